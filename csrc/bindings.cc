@@ -1,0 +1,212 @@
+// pybind11 bindings of the C++ core: dqnfast._core. The only file that
+// includes pybind11. Arguments are checked and converted with the GIL held;
+// the ring's work runs with the GIL released. dqnfast/replay.py is the public
+// face (dtype/shape checks with friendly messages, torch buffers, save/load).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "replay_ring.h"
+
+namespace py = pybind11;
+using dqnfast::BatchOut;
+using dqnfast::ReplayRing;
+using dqnfast::RingConfig;
+
+namespace {
+
+template <typename T>
+using CArray = py::array_t<T, py::array::c_style>;
+
+void CheckLen(const py::buffer_info& info, int64_t n, const char* name) {
+  if (info.ndim != 1 || info.shape[0] != n) {
+    throw std::invalid_argument(std::string(name) + " must have shape [" + std::to_string(n) + "]");
+  }
+}
+
+// A writable C-contiguous buffer of exactly `bytes` bytes.
+uint8_t* RawOut(py::buffer buf, int64_t bytes, const char* name) {
+  py::buffer_info info = buf.request(/*writable=*/true);
+  int64_t expect = info.itemsize;
+  for (int d = info.ndim - 1; d >= 0; --d) {
+    if (info.strides[d] != expect) {
+      throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+    }
+    expect *= info.shape[d];
+  }
+  if (info.size * info.itemsize != bytes) {
+    throw std::invalid_argument(std::string(name) + " must hold " + std::to_string(bytes) +
+                                " bytes, got " + std::to_string(info.size * info.itemsize));
+  }
+  return static_cast<uint8_t*>(info.ptr);
+}
+
+struct Outs {
+  BatchOut out;
+  int64_t batch = 0;
+};
+
+Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::buffer next_obs, CArray<int64_t> action,
+              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+  Outs o;
+  auto ai = action.request(true);
+  o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
+  if (o.batch < 0) throw std::invalid_argument("action must be 1-D");
+  const int64_t row = ring.config().stack * ring.config().frame_bytes;
+  o.out.obs = RawOut(obs, o.batch * row, "obs");
+  o.out.next_obs = RawOut(next_obs, o.batch * row, "next_obs");
+  auto ri = reward.request(true);
+  auto di = discount.request(true);
+  auto ii = index.request(true);
+  CheckLen(ri, o.batch, "reward");
+  CheckLen(di, o.batch, "discount");
+  CheckLen(ii, o.batch, "index");
+  o.out.action = static_cast<int64_t*>(ai.ptr);
+  o.out.reward = static_cast<float*>(ri.ptr);
+  o.out.discount = static_cast<float*>(di.ptr);
+  o.out.index = static_cast<int64_t*>(ii.ptr);
+  return o;
+}
+
+template <typename T>
+py::array View(py::object owner, T* ptr, std::vector<int64_t> shape) {
+  return py::array_t<T>(shape, ptr, owner);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "dqnfast C++ core: the replay ring (see dqnfast.replay for the public API)";
+
+  m.def("bytes_per_slot", &ReplayRing::BytesPerSlot, py::arg("frame_bytes"),
+        "Bytes one slot costs: frame + action + reward + flags + sampler.");
+
+  py::class_<ReplayRing>(m, "_ReplayRing")
+      .def(py::init([](int64_t capacity, int num_envs, int64_t frame_bytes, int stack,
+                       int n_step, double gamma, uint64_t seed, int num_threads) {
+             RingConfig c;
+             c.capacity = capacity;
+             c.num_envs = num_envs;
+             c.frame_bytes = frame_bytes;
+             c.stack = stack;
+             c.n_step = n_step;
+             c.gamma = gamma;
+             c.seed = seed;
+             c.num_threads = num_threads;
+             return std::make_unique<ReplayRing>(c);
+           }),
+           py::arg("capacity"), py::arg("num_envs"), py::arg("frame_bytes"), py::arg("stack"),
+           py::arg("n_step"), py::arg("gamma"), py::arg("seed"), py::arg("num_threads"))
+      .def(
+          "_add",
+          [](ReplayRing& r, CArray<int64_t> env_ids, py::buffer frames, CArray<int64_t> actions,
+             CArray<float> rewards, CArray<bool> terminated, CArray<bool> truncated,
+             CArray<bool> first) {
+            auto ei = env_ids.request();
+            if (ei.ndim != 1) throw std::invalid_argument("env_ids must be 1-D");
+            const int64_t k = ei.shape[0];
+            py::buffer_info fi = frames.request();
+            if (fi.ndim < 1 || fi.shape[0] != k) {
+              throw std::invalid_argument("frames must have one row per env id");
+            }
+            int64_t expect = fi.itemsize;
+            for (int d = fi.ndim - 1; d >= 1; --d) {
+              if (fi.strides[d] != expect) {
+                throw std::invalid_argument("each frame must be C-contiguous");
+              }
+              expect *= fi.shape[d];
+            }
+            if (expect != r.config().frame_bytes) {
+              throw std::invalid_argument("each frame must hold " +
+                                          std::to_string(r.config().frame_bytes) + " bytes, got " +
+                                          std::to_string(expect));
+            }
+            auto ai = actions.request();
+            auto ri = rewards.request();
+            auto ti = terminated.request();
+            auto ui = truncated.request();
+            auto si = first.request();
+            CheckLen(ai, k, "actions");
+            CheckLen(ri, k, "rewards");
+            CheckLen(ti, k, "terminated");
+            CheckLen(ui, k, "truncated");
+            CheckLen(si, k, "first");
+            const int64_t stride = k > 1 ? fi.strides[0] : expect;
+            py::gil_scoped_release release;
+            r.Add(k, static_cast<const int64_t*>(ei.ptr), static_cast<const uint8_t*>(fi.ptr),
+                  stride, static_cast<const int64_t*>(ai.ptr), static_cast<const float*>(ri.ptr),
+                  static_cast<const uint8_t*>(ti.ptr), static_cast<const uint8_t*>(ui.ptr),
+                  static_cast<const uint8_t*>(si.ptr));
+          },
+          py::arg("env_ids").noconvert(), py::arg("frames"), py::arg("actions").noconvert(),
+          py::arg("rewards").noconvert(), py::arg("terminated").noconvert(),
+          py::arg("truncated").noconvert(), py::arg("first").noconvert())
+      .def(
+          "_sample",
+          [](ReplayRing& r, py::buffer obs, py::buffer next_obs, CArray<int64_t> action,
+             CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+            Outs o = MakeOuts(r, obs, next_obs, action, reward, discount, index);
+            py::gil_scoped_release release;
+            r.Sample(o.batch, o.out);
+          },
+          py::arg("obs"), py::arg("next_obs"), py::arg("action").noconvert(),
+          py::arg("reward").noconvert(), py::arg("discount").noconvert(),
+          py::arg("index").noconvert())
+      .def(
+          "_gather",
+          [](ReplayRing& r, CArray<int64_t> indices, py::buffer obs, py::buffer next_obs,
+             CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
+             CArray<int64_t> index) {
+            Outs o = MakeOuts(r, obs, next_obs, action, reward, discount, index);
+            auto ii = indices.request();
+            CheckLen(ii, o.batch, "indices");
+            py::gil_scoped_release release;
+            r.Gather(o.batch, static_cast<const int64_t*>(ii.ptr), o.out);
+          },
+          py::arg("indices").noconvert(), py::arg("obs"), py::arg("next_obs"),
+          py::arg("action").noconvert(), py::arg("reward").noconvert(),
+          py::arg("discount").noconvert(), py::arg("index").noconvert())
+      .def("num_valid", &ReplayRing::NumValid)
+      .def("size", &ReplayRing::Size)
+      .def("valid_indices",
+           [](const ReplayRing& r) {
+             std::vector<int64_t> v;
+             r.ValidIndices(&v);
+             CArray<int64_t> out(static_cast<py::ssize_t>(v.size()));
+             std::copy(v.begin(), v.end(), out.mutable_data());
+             return out;
+           })
+      .def(
+          "locate",
+          [](const ReplayRing& r, CArray<int64_t> indices) {
+            auto ii = indices.request();
+            if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
+            CArray<int64_t> env(ii.shape[0]), step(ii.shape[0]);
+            r.Locate(ii.shape[0], static_cast<const int64_t*>(ii.ptr), env.mutable_data(),
+                     step.mutable_data());
+            return py::make_tuple(env, step);
+          },
+          py::arg("indices").noconvert())
+      .def("rebuild_index", &ReplayRing::RebuildIndex, py::call_guard<py::gil_scoped_release>())
+      .def_property("rng_state", &ReplayRing::rng_state, &ReplayRing::set_rng_state)
+      .def_property_readonly("segment_capacity", &ReplayRing::segment_capacity)
+      .def_property_readonly("capacity", &ReplayRing::capacity)
+      .def_property_readonly("num_threads",
+                             [](const ReplayRing& r) { return r.config().num_threads; })
+      .def("_storage", [](py::object self) {
+        // Zero-copy views of the raw arrays (for save/load); they keep the ring alive.
+        ReplayRing& r = self.cast<ReplayRing&>();
+        const int64_t ne = r.config().num_envs, seg = r.segment_capacity();
+        py::dict d;
+        d["frames"] = View<uint8_t>(self, r.frames(), {ne, seg, r.config().frame_bytes});
+        d["actions"] = View<int32_t>(self, r.actions(), {ne, seg});
+        d["rewards"] = View<float>(self, r.rewards(), {ne, seg});
+        d["flags"] = View<uint8_t>(self, r.flags(), {ne, seg});
+        d["cursors"] = View<int64_t>(self, r.cursors(), {ne});
+        return d;
+      });
+}

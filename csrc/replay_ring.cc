@@ -1,0 +1,275 @@
+#include "replay_ring.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace dqnfast {
+
+namespace {
+
+// Below this many output bytes a batch is gathered on the calling thread:
+// waking workers costs more than it saves.
+constexpr int64_t kParallelGatherBytes = 256 * 1024;
+constexpr int64_t kParallelAddBytes = 512 * 1024;
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+}  // namespace
+
+int64_t ReplayRing::BytesPerSlot(int64_t frame_bytes) {
+  return frame_bytes + sizeof(int32_t) + sizeof(float) + sizeof(uint8_t) +
+         UniformSampler(0).BytesPerSlot();
+}
+
+ReplayRing::ReplayRing(const RingConfig& config)
+    : config_(config), rng_(config.seed) {
+  if (config.num_envs <= 0) throw std::invalid_argument("num_envs must be positive");
+  if (config.frame_bytes <= 0) throw std::invalid_argument("frame_bytes must be positive");
+  if (config.stack <= 0) throw std::invalid_argument("stack must be positive");
+  if (config.n_step <= 0) throw std::invalid_argument("n_step must be positive");
+  if (!(config.gamma >= 0.0 && config.gamma <= 1.0))
+    throw std::invalid_argument("gamma must be in [0, 1]");
+  seg_ = config.capacity / config.num_envs;
+  const int64_t min_seg = config.stack + config.n_step + 1;
+  if (seg_ < min_seg) {
+    throw std::invalid_argument(
+        "capacity " + Str(config.capacity) + " gives " + Str(seg_) +
+        " slots per env; need at least stack + n_step + 1 = " + Str(min_seg) +
+        " per env, so capacity >= " + Str(min_seg * config.num_envs));
+  }
+  if (seg_ * config.num_envs >= (int64_t{1} << 31)) {
+    throw std::invalid_argument("capacity must be below 2^31 slots");
+  }
+  const int64_t slots = seg_ * config.num_envs;
+  frames_ = static_cast<uint8_t*>(std::calloc(slots, config.frame_bytes));
+  if (frames_ == nullptr) throw std::bad_alloc();
+  actions_.assign(slots, 0);
+  rewards_.assign(slots, 0.0f);
+  flags_.assign(slots, 0);
+  cursors_.assign(config.num_envs, 0);
+  seen_.assign(config.num_envs, 0);
+  gamma_pow_.resize(config.n_step + 1);
+  gamma_pow_[0] = 1.0;
+  for (int k = 1; k <= config.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config.gamma;
+  sampler_ = std::make_unique<UniformSampler>(slots);
+  pool_ = std::make_unique<ThreadPool>(config.num_threads);
+}
+
+ReplayRing::~ReplayRing() { std::free(frames_); }
+
+void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
+                     int64_t frame_stride, const int64_t* actions,
+                     const float* rewards, const uint8_t* terminated,
+                     const uint8_t* truncated, const uint8_t* first) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Check every id before writing anything: a bad call changes nothing.
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t e = env_ids[i];
+    if (e < 0 || e >= config_.num_envs) {
+      for (int64_t j = 0; j < i; ++j) seen_[env_ids[j]] = 0;
+      throw std::invalid_argument("env id " + Str(e) + " out of range [0, " +
+                                  Str(config_.num_envs) + ")");
+    }
+    if (seen_[e]) {
+      for (int64_t j = 0; j < i; ++j) seen_[env_ids[j]] = 0;
+      throw std::invalid_argument("env id " + Str(e) + " appears twice in one add");
+    }
+    seen_[e] = 1;
+  }
+  for (int64_t i = 0; i < k; ++i) seen_[env_ids[i]] = 0;
+
+  const int64_t fb = config_.frame_bytes;
+  auto copy_frames = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t e = env_ids[i];
+      std::memcpy(frames_ + Slot(e, cursors_[e]) * fb, frames + i * frame_stride, fb);
+    }
+  };
+  if (k * fb >= kParallelAddBytes) {
+    pool_->ParallelFor(k, copy_frames);
+  } else {
+    copy_frames(0, k);
+  }
+
+  const int64_t n = config_.n_step;
+  const int64_t hist = config_.stack - 1;
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t e = env_ids[i];
+    const int64_t t = cursors_[e];
+    const int64_t s = Slot(e, t);
+    actions_[s] = static_cast<int32_t>(actions[i]);
+    rewards_[s] = rewards[i];
+    flags_[s] = static_cast<uint8_t>((terminated[i] ? kTerminated : 0) |
+                                     (truncated[i] ? kTruncated : 0) |
+                                     (first[i] ? kFirst : 0));
+    cursors_[e] = t + 1;
+    // The new step can complete the returns of the n steps before it and is
+    // itself not yet valid; it also evicted the oldest step, which can take
+    // the stack history of the next `hist` steps with it.
+    const int64_t lo = Lo(e);
+    Refresh(e, std::max(lo, t - n), t + 1);
+    if (t + 1 > seg_) Refresh(e, lo, std::min(lo + hist, t - n));
+  }
+}
+
+void ReplayRing::Refresh(int64_t e, int64_t t_begin, int64_t t_end) {
+  for (int64_t t = t_begin; t < t_end; ++t) sampler_->SetValid(Slot(e, t), ComputeValid(e, t));
+}
+
+bool ReplayRing::ComputeValid(int64_t e, int64_t t) const {
+  const int64_t hi = cursors_[e];
+  const int64_t lo = Lo(e);
+  if (t < lo || t + 1 >= hi) return false;
+  if (FlagsAt(e, t + 1) & kFirst) return false;
+  for (int64_t k = 1; k <= config_.n_step; ++k) {
+    const int64_t j = t + k;
+    if (j >= hi) return false;
+    const uint8_t f = FlagsAt(e, j);
+    if (k >= 2 && (f & kFirst)) break;
+    if (f & (kTerminated | kTruncated)) break;
+  }
+  int64_t cur = t;
+  for (int i = 0; i < config_.stack - 1; ++i) {
+    if (FlagsAt(e, cur) & kFirst) break;
+    if (--cur < lo) return false;
+  }
+  return true;
+}
+
+int64_t ReplayRing::StepAt(int64_t e, int64_t pos) const {
+  const int64_t hi = cursors_[e];
+  if (hi == 0) return -1;
+  const int64_t newest = hi - 1;
+  const int64_t back = ((newest % seg_) - pos + seg_) % seg_;
+  const int64_t t = newest - back;
+  return t >= 0 ? t : -1;
+}
+
+void ReplayRing::CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst) const {
+  const int64_t fb = config_.frame_bytes;
+  const int stack = config_.stack;
+  int64_t cur = u;
+  std::memcpy(dst + (stack - 1) * fb, frames_ + Slot(e, cur) * fb, fb);
+  for (int i = stack - 2; i >= 0; --i) {
+    if (!(FlagsAt(e, cur) & kFirst) && cur - 1 >= lo) --cur;
+    std::memcpy(dst + i * fb, frames_ + Slot(e, cur) * fb, fb);
+  }
+}
+
+void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) const {
+  const int64_t e = index / seg_;
+  const int64_t t = StepAt(e, index % seg_);
+  const int64_t lo = Lo(e);
+  double ret = 0.0;
+  int64_t m = 0;
+  bool terminal = false;
+  for (int64_t k = 1; k <= config_.n_step; ++k) {
+    const uint8_t f = FlagsAt(e, t + k);
+    if (k >= 2 && (f & kFirst)) break;
+    ret += gamma_pow_[k - 1] * rewards_[Slot(e, t + k)];
+    m = k;
+    if (f & kTerminated) {
+      terminal = true;
+      break;
+    }
+    if (f & kTruncated) break;
+  }
+  const int64_t row_bytes = config_.stack * config_.frame_bytes;
+  CopyStack(e, lo, t, out.obs + row * row_bytes);
+  CopyStack(e, lo, t + m, out.next_obs + row * row_bytes);
+  out.action[row] = actions_[Slot(e, t + 1)];
+  out.reward[row] = static_cast<float>(ret);
+  out.discount[row] = terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
+}
+
+void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {
+  auto body = [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out);
+  };
+  const int64_t bytes = batch * 2 * config_.stack * config_.frame_bytes;
+  if (bytes >= kParallelGatherBytes) {
+    pool_->ParallelFor(batch, body);
+  } else {
+    body(0, batch);
+  }
+}
+
+void ReplayRing::Sample(int64_t batch, const BatchOut& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sampler_->NumValid() == 0) {
+    throw std::runtime_error(
+        "no valid transition to sample yet: add more steps first (each env needs "
+        "at least " + Str(config_.n_step + 1) + " consecutive steps of one episode)");
+  }
+  sampler_->Draw(&rng_, batch, out.index);
+  GatherRows(batch, out);
+}
+
+void ReplayRing::Gather(int64_t batch, const int64_t* indices, const BatchOut& out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t slots = capacity();
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t idx = indices[b];
+    if (idx < 0 || idx >= slots) {
+      throw std::invalid_argument("index " + Str(idx) + " out of range [0, " + Str(slots) + ")");
+    }
+    if (!sampler_->IsValid(idx)) {
+      throw std::invalid_argument("index " + Str(idx) + " is not a valid transition now");
+    }
+  }
+  if (out.index != indices) std::memcpy(out.index, indices, batch * sizeof(int64_t));
+  GatherRows(batch, out);
+}
+
+int64_t ReplayRing::NumValid() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return sampler_->NumValid();
+}
+
+int64_t ReplayRing::Size() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t total = 0;
+  for (int64_t e = 0; e < config_.num_envs; ++e) total += cursors_[e] - Lo(e);
+  return total;
+}
+
+void ReplayRing::ValidIndices(std::vector<int64_t>* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  out->clear();
+  out->reserve(sampler_->NumValid());
+  const int64_t slots = capacity();
+  for (int64_t i = 0; i < slots; ++i) {
+    if (sampler_->IsValid(i)) out->push_back(i);
+  }
+}
+
+void ReplayRing::Locate(int64_t n, const int64_t* indices, int64_t* env, int64_t* step) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  const int64_t slots = capacity();
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t idx = indices[b];
+    if (idx < 0 || idx >= slots) {
+      throw std::invalid_argument("index " + Str(idx) + " out of range [0, " + Str(slots) + ")");
+    }
+    const int64_t e = idx / seg_;
+    const int64_t t = StepAt(e, idx % seg_);
+    if (t < 0) throw std::invalid_argument("index " + Str(idx) + " was never written");
+    env[b] = e;
+    step[b] = t;
+  }
+}
+
+void ReplayRing::RebuildIndex() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<uint8_t> valid(capacity(), 0);
+  for (int64_t e = 0; e < config_.num_envs; ++e) {
+    if (cursors_[e] < 0) throw std::invalid_argument("negative cursor in loaded ring");
+    for (int64_t t = Lo(e); t < cursors_[e]; ++t) valid[Slot(e, t)] = ComputeValid(e, t);
+  }
+  sampler_->Reset(valid);
+}
+
+}  // namespace dqnfast

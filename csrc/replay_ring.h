@@ -1,0 +1,159 @@
+// The replay ring: every observation frame stored once, stacks rebuilt by index.
+//
+//   envpool step (N envs) ──► Add(env_ids, newest frame, action, reward, flags)
+//        │  one slot per env per step, in that env's circular segment
+//        ▼
+//   frames_[env][slot] (frame_bytes each)  +  action / reward / flags per slot
+//        │  validity of each slot kept current in the Sampler
+//        ▼
+//   Sample(B) ── Sampler::Draw ──► indices ── Gather (ThreadPool) ──► caller's
+//        buffers: obs, next_obs [B, stack, frame], action, n-step reward,
+//        discount, index
+//
+// Why this design and not the obvious one: storing (s, s') stacks costs
+// 2 * stack frames per transition (56 GB for 1M Atari transitions); storing
+// each frame once costs one (7 GB). The price is that stacks and n-step
+// returns must be rebuilt at sample time, under rules that match envpool
+// exactly — written here as invariants.
+//
+// Slots. The t-th Add that names env e (t = 0, 1, ... its "step") writes slot
+// t % S of segment e (S = segment capacity): the newest frame envpool
+// returned, the action that was sent to produce it, the reward, terminated,
+// truncated, and first = (elapsed_step == 0: the first observation of an
+// episode, from reset or from envpool's next-step autoreset). Env e's stored
+// steps are [lo_e, hi_e), hi_e = number of adds, lo_e = max(0, hi_e - S).
+// Global index of step t of env e: e * S + t % S.
+//
+// Transition at (e, t): s = stack(t), a = action(t+1), s' = stack(t+m) with
+//   m = the first k in 1..n with done(t+k) (terminated or truncated); if
+//   first(t+k) for k >= 2 the return stops at k-1 (bootstrapped); else n.
+//   reward = sum_{k=1..m} gamma^(k-1) reward(t+k);
+//   discount = 0 if terminated(t+m) else gamma^m (bootstraps through
+//   truncation: the final observation of a truncated episode is real and
+//   stored in its own slot; the reset step after it is another slot).
+// Valid(e, t) iff lo <= t, t + 1 < hi, !first(t+1), every step the return
+//   inspects is < hi, and stack(t) needs no step below lo.
+// stack(u): out[stack-1] = frame(u); walking back, each older entry takes the
+//   previous step's frame unless the current one is first, in which case the
+//   first frame repeats (envpool's reset stack). A life loss with
+//   episodic_life (terminated, no reset after it) cuts the return, not the
+//   stack.
+#ifndef DQNFAST_CSRC_REPLAY_RING_H_
+#define DQNFAST_CSRC_REPLAY_RING_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "rng.h"
+#include "sampler.h"
+#include "thread_pool.h"
+
+namespace dqnfast {
+
+struct RingConfig {
+  int64_t capacity = 0;     // total slots over all envs
+  int num_envs = 1;
+  int64_t frame_bytes = 0;  // bytes of one frame (84*84, 128, 4*dim, ...)
+  int stack = 4;
+  int n_step = 1;
+  double gamma = 0.99;
+  uint64_t seed = 0;
+  int num_threads = 1;
+};
+
+// Caller-owned output rows for a batch of B transitions.
+struct BatchOut {
+  uint8_t* obs = nullptr;       // [B, stack * frame_bytes]
+  uint8_t* next_obs = nullptr;  // [B, stack * frame_bytes]
+  int64_t* action = nullptr;    // [B]
+  float* reward = nullptr;      // [B]
+  float* discount = nullptr;    // [B]
+  int64_t* index = nullptr;     // [B]
+};
+
+class ReplayRing {
+ public:
+  enum Flag : uint8_t { kTerminated = 1, kTruncated = 2, kFirst = 4 };
+
+  explicit ReplayRing(const RingConfig& config);
+  ~ReplayRing();
+
+  ReplayRing(const ReplayRing&) = delete;
+  ReplayRing& operator=(const ReplayRing&) = delete;
+
+  // Appends one step for each of k envs. frames[i] starts at
+  // frames + i * frame_stride (frame_bytes contiguous bytes). Throws
+  // std::invalid_argument on an env id out of range or repeated.
+  void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
+           int64_t frame_stride, const int64_t* actions, const float* rewards,
+           const uint8_t* terminated, const uint8_t* truncated,
+           const uint8_t* first);
+
+  // Draws batch indices uniformly from the valid ones and gathers them.
+  // Throws std::runtime_error if no index is valid.
+  void Sample(int64_t batch, const BatchOut& out);
+
+  // Gathers the given indices (out.index receives a copy). Throws
+  // std::invalid_argument if any is out of range or not valid.
+  void Gather(int64_t batch, const int64_t* indices, const BatchOut& out);
+
+  int64_t NumValid() const;
+  int64_t Size() const;  // stored steps over all envs
+  void ValidIndices(std::vector<int64_t>* out) const;
+  // Maps indices to (env, step); throws std::invalid_argument if a slot is
+  // out of range or was never written.
+  void Locate(int64_t n, const int64_t* indices, int64_t* env, int64_t* step) const;
+
+  // Recomputes every slot's validity from the stored contents; call after
+  // writing the raw arrays below (loading a saved ring).
+  void RebuildIndex();
+
+  // Raw storage, for save/load (numpy views in the bindings).
+  uint8_t* frames() { return frames_; }
+  int32_t* actions() { return actions_.data(); }
+  float* rewards() { return rewards_.data(); }
+  uint8_t* flags() { return flags_.data(); }
+  int64_t* cursors() { return cursors_.data(); }
+  uint64_t rng_state() const { return rng_.state(); }
+  void set_rng_state(uint64_t s) { rng_.set_state(s); }
+
+  const RingConfig& config() const { return config_; }
+  int64_t segment_capacity() const { return seg_; }
+  int64_t capacity() const { return seg_ * config_.num_envs; }
+  // Bytes this ring uses per slot (frame + metadata + sampler).
+  static int64_t BytesPerSlot(int64_t frame_bytes);
+
+ private:
+  // Validity of step t of env e given the current cursor.
+  bool ComputeValid(int64_t e, int64_t t) const;
+  void Refresh(int64_t e, int64_t t_begin, int64_t t_end);  // [t_begin, t_end)
+  void GatherOne(int64_t row, int64_t index, const BatchOut& out) const;
+  void GatherRows(int64_t batch, const BatchOut& out);
+  void CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst) const;
+
+  int64_t Slot(int64_t e, int64_t t) const { return e * seg_ + t % seg_; }
+  uint8_t FlagsAt(int64_t e, int64_t t) const { return flags_[Slot(e, t)]; }
+  int64_t Lo(int64_t e) const { return cursors_[e] > seg_ ? cursors_[e] - seg_ : 0; }
+  // Absolute step held by in-segment position pos of env e (-1 if never written).
+  int64_t StepAt(int64_t e, int64_t pos) const;
+
+  RingConfig config_;
+  int64_t seg_;
+  uint8_t* frames_ = nullptr;  // calloc'd: pages are committed as they are written
+  std::vector<int32_t> actions_;
+  std::vector<float> rewards_;
+  std::vector<uint8_t> flags_;
+  std::vector<int64_t> cursors_;  // adds per env (hi)
+  std::vector<double> gamma_pow_;  // gamma^0 .. gamma^n
+  std::vector<uint8_t> seen_;     // scratch for duplicate env-id checks
+  std::unique_ptr<Sampler> sampler_;
+  std::unique_ptr<ThreadPool> pool_;
+  Rng rng_;
+  mutable std::mutex mu_;
+};
+
+}  // namespace dqnfast
+
+#endif  // DQNFAST_CSRC_REPLAY_RING_H_

@@ -1,0 +1,100 @@
+// Samplers: which transition indices a batch draws.
+//
+//   ReplayRing ── SetValid(index, bool) ──► Sampler ── Draw(rng, n) ──► indices
+//
+// The ring owns the validity rules (csrc/replay_ring.h) and tells the sampler
+// when an index becomes valid or invalid; the sampler only decides how valid
+// indices are drawn. UniformSampler draws every valid index with equal
+// probability, exactly (no rejection loop, so latency is fixed). A
+// prioritized sampler (a sum tree of priority^alpha, zero where invalid)
+// implements the same interface plus priority updates.
+#ifndef DQNFAST_CSRC_SAMPLER_H_
+#define DQNFAST_CSRC_SAMPLER_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "rng.h"
+
+namespace dqnfast {
+
+class Sampler {
+ public:
+  virtual ~Sampler() = default;
+  virtual void SetValid(int64_t index, bool valid) = 0;
+  // Replaces all validity flags at once (after loading a ring from disk).
+  virtual void Reset(const std::vector<uint8_t>& valid) = 0;
+  virtual bool IsValid(int64_t index) const = 0;
+  virtual int64_t NumValid() const = 0;
+  // Writes n indices drawn from the valid ones; requires NumValid() > 0.
+  virtual void Draw(Rng* rng, int64_t n, int64_t* out) const = 0;
+  // Bytes of memory per slot this sampler uses (for the memory budget).
+  virtual int64_t BytesPerSlot() const = 0;
+};
+
+// Uniform over valid indices: a Fenwick tree of 0/1 counts. Drawing is
+// "pick k uniform in [0, NumValid()), find the k-th valid slot" in O(log N).
+class UniformSampler final : public Sampler {
+ public:
+  explicit UniformSampler(int64_t size)
+      : size_(size), valid_(size, 0), tree_(size + 1, 0) {
+    top_bit_ = 1;
+    while (top_bit_ * 2 <= size_) top_bit_ *= 2;
+  }
+
+  void SetValid(int64_t index, bool valid) override {
+    const uint8_t v = valid ? 1 : 0;
+    if (valid_[index] == v) return;
+    valid_[index] = v;
+    const int32_t delta = valid ? 1 : -1;
+    num_valid_ += delta;
+    for (int64_t i = index + 1; i <= size_; i += i & (-i)) tree_[i] += delta;
+  }
+
+  void Reset(const std::vector<uint8_t>& valid) override {
+    num_valid_ = 0;
+    for (int64_t i = 0; i < size_; ++i) {
+      valid_[i] = valid[i] ? 1 : 0;
+      tree_[i + 1] = valid_[i];
+      num_valid_ += valid_[i];
+    }
+    tree_[0] = 0;
+    for (int64_t i = 1; i <= size_; ++i) {  // O(N) Fenwick construction
+      const int64_t parent = i + (i & (-i));
+      if (parent <= size_) tree_[parent] += tree_[i];
+    }
+  }
+
+  bool IsValid(int64_t index) const override { return valid_[index] != 0; }
+  int64_t NumValid() const override { return num_valid_; }
+
+  void Draw(Rng* rng, int64_t n, int64_t* out) const override {
+    for (int64_t b = 0; b < n; ++b) {
+      int64_t k = static_cast<int64_t>(rng->Below(static_cast<uint64_t>(num_valid_)));
+      int64_t pos = 0;
+      for (int64_t step = top_bit_; step > 0; step >>= 1) {
+        const int64_t next = pos + step;
+        if (next <= size_ && tree_[next] <= k) {
+          pos = next;
+          k -= tree_[next];
+        }
+      }
+      out[b] = pos;  // the (k+1)-th valid slot, 0-based
+    }
+  }
+
+  int64_t BytesPerSlot() const override {
+    return sizeof(uint8_t) + sizeof(int32_t);
+  }
+
+ private:
+  int64_t size_;
+  int64_t top_bit_;
+  int64_t num_valid_ = 0;
+  std::vector<uint8_t> valid_;
+  std::vector<int32_t> tree_;
+};
+
+}  // namespace dqnfast
+
+#endif  // DQNFAST_CSRC_SAMPLER_H_

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Builds dqnfast._core with AddressSanitizer + UndefinedBehaviorSanitizer
+# (CMake option DQNFAST_SANITIZE=ON) into a scratch copy of the package and
+# runs the replay tests against it. Usage: bash scripts/sanitize.sh [pytest args]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=${DQNFAST_SANITIZE_DIR:-$root/build/sanitize}
+rm -rf "$work/pkg" && mkdir -p "$work/pkg"
+cmake -S "$root" -B "$work/cmake" -DDQNFAST_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" \
+  -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$work/pkg/dqnfast" ${CMAKE_GENERATOR:+-G "$CMAKE_GENERATOR"} >/dev/null
+cp -r "$root/dqnfast" "$work/pkg/"
+rm -f "$work/pkg/dqnfast"/_core*.so
+cmake --build "$work/cmake" --parallel >/dev/null
+asan=$(g++ -print-file-name=libasan.so)
+ubsan=$(g++ -print-file-name=libubsan.so)
+cd "$root"
+# Python itself is not instrumented: leaks at interpreter exit are not ours.
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python - <<'PY'
+import dqnfast._core as c, sys
+assert "/build/sanitize/" in c.__file__ or "sanitize" in c.__file__, c.__file__
+print("sanitized core:", c.__file__)
+PY
+LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python -m pytest -p no:cacheprovider -q \
+  tests/test_replay_property.py tests/test_replay_api.py tests/test_replay_envpool.py "$@"
