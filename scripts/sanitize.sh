@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds dqnfast._core with AddressSanitizer + UndefinedBehaviorSanitizer
 # (CMake option DQNFAST_SANITIZE=ON) into a scratch copy of the package and
-# runs the replay tests against it. Usage: bash scripts/sanitize.sh [pytest args]
+# runs the replay tests against it. Usage: bash scripts/sanitize.sh [test files / pytest args]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${DQNFAST_SANITIZE_DIR:-$root/build/sanitize}
@@ -14,14 +14,17 @@ rm -f "$work/pkg/dqnfast"/_core*.so
 cmake --build "$work/cmake" --parallel >/dev/null
 asan=$(g++ -print-file-name=libasan.so)
 ubsan=$(g++ -print-file-name=libubsan.so)
-cd "$root"
+# Run from the scratch dir: the repo root on sys.path would shadow the copy.
+cd "$work"
 # Python itself is not instrumented: leaks at interpreter exit are not ours.
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python - <<'PY'
+LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python - "$work/pkg" <<'PY'
 import dqnfast._core as c, sys
-assert "/build/sanitize/" in c.__file__ or "sanitize" in c.__file__, c.__file__
+assert c.__file__.startswith(sys.argv[1]), c.__file__
 print("sanitized core:", c.__file__)
 PY
-LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python -m pytest -p no:cacheprovider -q \
-  tests/test_replay_property.py tests/test_replay_api.py tests/test_replay_envpool.py "$@"
+if [ "$#" -eq 0 ]; then
+  set -- "$root"/tests/test_replay_property.py "$root"/tests/test_replay_api.py "$root"/tests/test_replay_envpool.py
+fi
+LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python -m pytest -c "$root/pyproject.toml" --rootdir "$root" -p no:cacheprovider -q "$@"
