@@ -200,6 +200,8 @@ class ReplayRing:
         terminated, truncated, first: bool[K].
         """
         env_ids = np.asarray(env_ids)
+        if env_ids.size == 0:
+            return
         if env_ids.dtype.kind not in "iu":
             raise ValueError(f"env_ids must be integers, got dtype {env_ids.dtype}")
         frames = np.asarray(frames)
@@ -228,7 +230,9 @@ class ReplayRing:
     # ---------------------------------------------------------------- sampling
     def make_batch(self, batch_size: int, pin_memory: bool = False) -> Batch:
         """Allocates reusable output tensors for ``sample``/``gather``."""
-        b = _positive_int("batch_size", batch_size)
+        return self._alloc(_positive_int("batch_size", batch_size), pin_memory)
+
+    def _alloc(self, b: int, pin_memory: bool = False) -> Batch:
         tdt = _TORCH_DTYPES[self.frame_dtype]
         kw = {"pin_memory": pin_memory}
         return Batch(
@@ -262,9 +266,10 @@ class ReplayRing:
     def gather(self, indices, out: Batch | None = None) -> Batch:
         """Gathers the transitions at explicit ``indices`` (all must be valid)."""
         idx = np.ascontiguousarray(indices, dtype=np.int64).ravel()
-        out = self._out(len(idx), out) if len(idx) else self.make_batch(1)
-        if len(idx):
-            self._ring._gather(idx, *out._arrays())
+        if len(idx) == 0:
+            return self._alloc(0)
+        out = self._out(len(idx), out)
+        self._ring._gather(idx, *out._arrays())
         return out
 
     # ------------------------------------------------------------- inspection

