@@ -1,0 +1,128 @@
+"""Epsilon schedules and batched epsilon-greedy action selection.
+
+All step counts are agent steps summed over envs. The schedules start after
+``learning_starts`` steps of uniform-random play (as in Nature DQN and Dopamine, the
+decay does not tick during the warm-up):
+
+    linear:       eps(t) = end + (start - end) * max(0, 1 - t / decay_steps)
+    exponential:  eps(t) = end + (start - end) * exp(-t / decay_steps)
+
+with t = step - learning_starts; before learning_starts eps is 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon", "run_episodes"]
+
+
+def linear_epsilon(step: int, start: float, end: float, decay_steps: int, learning_starts: int = 0) -> float:
+    """Linear decay from ``start`` to ``end`` over ``decay_steps`` after ``learning_starts`` (Nature, CleanRL)."""
+    if step < learning_starts:
+        return 1.0
+    frac = min(1.0, (step - learning_starts) / max(1, decay_steps))
+    return float(start + (end - start) * frac)
+
+
+def exponential_epsilon(step: int, start: float, end: float, decay_steps: int, learning_starts: int = 0) -> float:
+    """Exponential decay ``end + (start - end) * exp(-t / decay_steps)`` (the PyTorch DQN tutorial's form)."""
+    if step < learning_starts:
+        return 1.0
+    return float(end + (start - end) * math.exp(-(step - learning_starts) / max(1, decay_steps)))
+
+
+class EpsilonSchedule:
+    """eps(step) for training, plus the fixed ``eval_epsilon``.
+
+    kind: ``linear`` | ``exponential``; start, end in [0, 1]; decay_steps and
+    learning_starts in agent steps.
+    """
+
+    def __init__(self, kind: str = "linear", start: float = 1.0, end: float = 0.1, decay_steps: int = 1_000_000,
+                 learning_starts: int = 0, eval_epsilon: float = 0.05) -> None:
+        fns = {"linear": linear_epsilon, "exponential": exponential_epsilon}
+        if kind not in fns:
+            raise ValueError(f"unknown schedule {kind!r}; choose linear or exponential")
+        self.kind = kind
+        self._fn = fns[kind]
+        self.start, self.end, self.decay_steps = float(start), float(end), int(decay_steps)
+        self.learning_starts = int(learning_starts)
+        self.eval_epsilon = float(eval_epsilon)
+
+    def __call__(self, step: int) -> float:
+        return self._fn(step, self.start, self.end, self.decay_steps, self.learning_starts)
+
+
+class Actor:
+    """Batched epsilon-greedy: one forward pass over all envs' observations.
+
+    network: the online Q-network (on ``device``); num_actions: discrete actions.
+    ``act(obs, eps)`` takes the observations of K envs -- uint8[K, 4, 84, 84],
+    uint8[K, 128] or float32[K, d], as envpool returns them -- and returns int32[K]
+    actions. With eps >= 1 the network is skipped (uniform random on the host).
+    Random draws come from seeded generators, so a run is repeatable on one device.
+    """
+
+    def __init__(self, network: nn.Module, num_actions: int, device: torch.device | str = "cpu", seed: int = 0) -> None:
+        self.network = network
+        self.num_actions = int(num_actions)
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng(seed)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(int(seed))
+
+    @torch.no_grad()
+    def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Q float32[K, A] on the actor's device."""
+        x = torch.as_tensor(obs).to(self.device, non_blocking=True)
+        return self.network(x)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | torch.Tensor, epsilon: float) -> np.ndarray:
+        """Epsilon-greedy actions, int32[K]."""
+        k = obs.shape[0]
+        if epsilon >= 1.0:
+            return self.rng.integers(0, self.num_actions, size=k, dtype=np.int32)
+        greedy = self.q_values(obs).argmax(dim=1)
+        if epsilon > 0.0:
+            explore = torch.rand(k, device=self.device, generator=self.gen) < epsilon
+            random = torch.randint(0, self.num_actions, (k,), device=self.device, generator=self.gen)
+            greedy = torch.where(explore, random, greedy)
+        return greedy.to(torch.int32).cpu().numpy()
+
+
+def run_episodes(env: Any, spec: Any, actor: Actor, epsilon: float, episodes: int) -> tuple[list[float], list[int]]:
+    """Plays ``episodes`` whole games on a fresh envpool ``env``; returns (scores, lengths).
+
+    Games are spread over the envs in fixed quotas (env i plays
+    ``episodes // N + (i < episodes % N)`` games), so each game is counted once and
+    short games are not over-represented. Scores are unclipped (``info["reward"]``)
+    and summed over lives; a game ends at its env's reset (see
+    ``dqnfast.envs.GameTracker``). Lengths are in agent steps. spec: the env's EnvSpec.
+    """
+    from dqnfast.envs import GameTracker, observation_of, raw_reward_of
+
+    n = spec.num_envs
+    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
+    done = np.zeros(n, np.int64)
+    tracker = GameTracker(n)
+    scores: list[float] = []
+    lengths: list[int] = []
+    env.async_reset()
+    while (done < quota).any():
+        obs, reward, _, _, info = env.recv()
+        env_id = info["env_id"]
+        for e, score, length in tracker.update(env_id, raw_reward_of(reward, info), info["elapsed_step"]):
+            if done[e] < quota[e]:
+                scores.append(score)
+                lengths.append(length)
+                done[e] += 1
+        env.send(actor.act(observation_of(obs, info, spec.obs_kind), epsilon), env_id)
+    env.recv()  # collect the last in-flight step before the caller closes the env
+    return scores, lengths

@@ -1,0 +1,338 @@
+"""Typed configuration of a training run, and its start-up checks.
+
+Every default lives in the YAML files under ``conf/`` (Hydra config groups); the
+dataclasses here are the *schema*: ``dqnfast.train`` registers them in Hydra's
+ConfigStore so that a wrong type fails at composition, and calls ``validate``
+on the composed config so that a wrong value fails at start-up with one line:
+``error: <key>: <message>``. This module is plain Python (no Hydra import), so
+tests and other tools can build a ``Config()`` directly.
+
+Units: "agent steps" (or "env steps") are calls of ``env.step`` summed over all
+envs; one agent step is ``envs.frame_skip`` emulator frames (4 for Atari).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+__all__ = [
+    "AlgoConfig",
+    "Config",
+    "ConfigError",
+    "EnvsConfig",
+    "EvalProtocolConfig",
+    "ExploreConfig",
+    "LoggerConfig",
+    "NetworkConfig",
+    "OptimConfig",
+    "ProtocolConfig",
+    "ReplayConfig",
+    "NETWORK_NAMES",
+    "OBS_KINDS",
+    "validate",
+]
+
+NETWORK_NAMES = ("auto", "nature", "mlp")
+OBS_KINDS = ("pixels", "ram")
+OPTIMIZERS = ("adam", "rmsprop")
+LOSSES = ("huber", "mse")
+SCHEDULES = ("linear", "exponential")
+COMPILE_MODES = ("auto", "true", "false")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. ``key`` is its dotted path (``optim.lr``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
+# --------------------------------------------------------------------- schema
+@dataclass
+class ProtocolConfig:
+    """How an Atari env is played (classic control ignores these fields).
+
+    episodic_life: a life loss ends the *training* episode (terminated=True; the
+        game goes on). reward_clip: rewards clipped to their sign. noop_max:
+        up to this many no-op agent steps at reset. repeat_action_probability:
+        sticky actions (0.25 in Machado et al. 2018). max_episode_steps: agent
+        steps before truncation (27000 = 108k frames).
+    """
+
+    episodic_life: bool = True
+    reward_clip: bool = True
+    noop_max: int = 30
+    repeat_action_probability: float = 0.0
+    max_episode_steps: int = 27000
+
+
+@dataclass
+class EvalProtocolConfig(ProtocolConfig):
+    """The evaluation protocol: whole games, unclipped scores.
+
+    episodes: games played in the final evaluation (each counted once);
+    num_envs: envs playing them in parallel (at most ``episodes``).
+    """
+
+    episodic_life: bool = False
+    reward_clip: bool = False
+    episodes: int = 10
+    num_envs: int = 8
+
+
+@dataclass
+class EnvsConfig:
+    """envpool settings.
+
+    num_envs: envs stepped in parallel. batch_size: results per ``recv``;
+    null or 0 = num_envs (synchronous); smaller = asynchronous send/recv.
+    num_threads: envpool worker threads; null or 0 = all cores.
+    frame_skip, stack: Atari frames per agent step and frames per observation.
+    """
+
+    num_envs: int = 8
+    batch_size: Optional[int] = None
+    num_threads: Optional[int] = None
+    frame_skip: int = 4
+    stack: int = 4
+    train: ProtocolConfig = field(default_factory=ProtocolConfig)
+    eval: EvalProtocolConfig = field(default_factory=EvalProtocolConfig)
+
+
+@dataclass
+class AlgoConfig:
+    """The DQN algorithm.
+
+    total_steps: agent steps (all envs) to train for. gamma: discount per agent
+    step. double: double-DQN target (van Hasselt 2016); false = Nature max target.
+    batch_size: transitions per update. replay_ratio: transitions sampled per agent
+    step (8 = one batch-32 update every 4 agent steps, as in Nature).
+    learning_starts: agent steps of uniform-random play before the first update.
+    target_update_period: updates between target syncs; at a sync
+    target <- tau * online + (1 - tau) * target (tau=1: hard copy).
+    loss: huber | mse. max_grad_norm: clip the gradient norm (null: off).
+    compile: torch.compile the update: auto (on for CUDA) | true | false.
+    """
+
+    total_steps: int = 10_000_000
+    gamma: float = 0.99
+    double: bool = True
+    batch_size: int = 32
+    replay_ratio: float = 8.0
+    learning_starts: int = 50_000
+    target_update_period: int = 10_000
+    tau: float = 1.0
+    loss: str = "huber"
+    max_grad_norm: Optional[float] = 10.0
+    compile: str = "auto"
+
+
+@dataclass
+class NetworkConfig:
+    """The Q-network.
+
+    name: auto (Nature CNN for pixels, MLP otherwise) | nature | mlp.
+    dueling: dueling head (Wang et al. 2016). cnn_hidden: width of the CNN's
+    fully connected layer. mlp_hidden: widths of the MLP's hidden layers.
+    """
+
+    name: str = "auto"
+    dueling: bool = False
+    cnn_hidden: int = 512
+    mlp_hidden: List[int] = field(default_factory=lambda: [256, 256])
+
+
+@dataclass
+class ReplayConfig:
+    """The replay ring (dqnfast.replay.ReplayRing).
+
+    capacity: stored agent steps over all envs (Atari pixels: 7056 B each).
+    n_step: return horizon. num_threads: sampling threads (null or 0 = all
+    cores). pin_memory: pinned sample buffers (auto = when training on CUDA).
+    check_memory: refuse a capacity that does not fit in RAM.
+    """
+
+    capacity: int = 1_000_000
+    n_step: int = 1
+    num_threads: Optional[int] = None
+    pin_memory: str = "auto"
+    check_memory: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer. name: adam | rmsprop; alpha and centered are RMSprop's."""
+
+    name: str = "adam"
+    lr: float = 1e-4
+    eps: float = 1.5e-4
+    alpha: float = 0.95
+    centered: bool = True
+
+
+@dataclass
+class ExploreConfig:
+    """Epsilon-greedy exploration, in agent steps counted after learning_starts.
+
+    schedule: linear (start -> end over decay_steps) | exponential
+    (end + (start - end) * exp(-t / decay_steps)). eval_epsilon: the final
+    evaluation's epsilon.
+    """
+
+    schedule: str = "linear"
+    start: float = 1.0
+    end: float = 0.1
+    decay_steps: int = 1_000_000
+    eval_epsilon: float = 0.05
+
+
+@dataclass
+class LoggerConfig:
+    """Logging and checkpoints.
+
+    log_every: agent steps between metric rows (metrics.csv in the run dir).
+    score_window: recent games in score_mean / score_median.
+    checkpoint_every: agent steps between checkpoints (0 = only the final one).
+    progress: tqdm progress bar. wandb: also log to Weights & Biases.
+    """
+
+    log_every: int = 10_000
+    score_window: int = 100
+    checkpoint_every: int = 1_000_000
+    progress: bool = True
+    wandb: bool = False
+    wandb_project: str = "dqnfast"
+    wandb_entity: Optional[str] = None
+
+
+@dataclass
+class Config:
+    """A whole training run. ``game``/``obs`` are plain keys, the rest groups."""
+
+    game: str = "Pong"
+    obs: str = "pixels"
+    seed: int = 1
+    device: str = "auto"
+    exp_name: str = "dqn"
+    torch_threads: Optional[int] = None  # null: torch's default on CUDA, half the cores on CPU
+    envs: EnvsConfig = field(default_factory=EnvsConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# ----------------------------------------------------------------- validation
+def _check(cond: bool, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(key, message)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(cfg: Any, prefix: str, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        _check(_finite(v) and v > 0, f"{prefix}.{n}", f"must be > 0, got {v!r}")
+
+
+def _non_negative(cfg: Any, prefix: str, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        _check(_finite(v) and v >= 0, f"{prefix}.{n}", f"must be >= 0, got {v!r}")
+
+
+def _choice(value: Any, key: str, choices: tuple[str, ...], what: str) -> None:
+    _check(
+        str(value).lower() in choices,
+        key,
+        f"unknown {what} {value!r}; choose one of {', '.join(choices)}",
+    )
+
+
+def _protocol(p: ProtocolConfig, prefix: str) -> None:
+    _non_negative(p, prefix, "noop_max")
+    _positive(p, prefix, "max_episode_steps")
+    r = p.repeat_action_probability
+    _check(_finite(r) and 0.0 <= r <= 1.0, f"{prefix}.repeat_action_probability", f"must be in [0, 1], got {r!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Checks every value that does not need an env or a device.
+
+    Raises ConfigError naming the first wrong key. (The game name, the network's
+    fit to the observation and the device are checked by ``dqnfast.train`` at
+    start-up, where envpool and torch are at hand.)
+    """
+    _check(isinstance(cfg.game, str) and cfg.game.strip() != "", "game", "must name a game, e.g. game=Pong")
+    _choice(cfg.obs, "obs", OBS_KINDS, "observation kind")
+    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}")
+    dev = str(cfg.device)
+    _check(dev == "auto" or dev == "cpu" or dev.startswith("cuda") or dev == "mps", "device",
+           f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
+    _check(cfg.torch_threads is None or cfg.torch_threads >= 0, "torch_threads",
+           f"must be >= 0, got {cfg.torch_threads!r}")
+
+    e = cfg.envs
+    _positive(e, "envs", "num_envs", "frame_skip", "stack")
+    if e.batch_size:
+        _check(0 < e.batch_size <= e.num_envs, "envs.batch_size",
+               f"must be in [1, envs.num_envs={e.num_envs}] (or null for synchronous), got {e.batch_size!r}")
+    _check(e.num_threads is None or e.num_threads >= 0, "envs.num_threads", f"must be >= 0, got {e.num_threads!r}")
+    _protocol(e.train, "envs.train")
+    _protocol(e.eval, "envs.eval")
+    _non_negative(e.eval, "envs.eval", "episodes")
+    _positive(e.eval, "envs.eval", "num_envs")
+
+    a = cfg.algo
+    _positive(a, "algo", "total_steps", "batch_size", "replay_ratio", "target_update_period")
+    _non_negative(a, "algo", "learning_starts")
+    _check(_finite(a.gamma) and 0.0 <= a.gamma <= 1.0, "algo.gamma", f"must be in [0, 1], got {a.gamma!r}")
+    _check(_finite(a.tau) and 0.0 < a.tau <= 1.0, "algo.tau", f"must be in (0, 1], got {a.tau!r}")
+    _choice(a.loss, "algo.loss", LOSSES, "loss")
+    _check(a.max_grad_norm is None or (_finite(a.max_grad_norm) and a.max_grad_norm > 0), "algo.max_grad_norm",
+           f"must be > 0 or null, got {a.max_grad_norm!r}")
+    _choice(a.compile, "algo.compile", COMPILE_MODES, "compile mode")
+
+    n = cfg.network
+    _choice(n.name, "network.name", NETWORK_NAMES, "network")
+    _positive(n, "network", "cnn_hidden")
+    _check(len(n.mlp_hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in n.mlp_hidden),
+           "network.mlp_hidden", f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}")
+
+    r = cfg.replay
+    _positive(r, "replay", "capacity", "n_step")
+    _check(r.num_threads is None or r.num_threads >= 0, "replay.num_threads", f"must be >= 0, got {r.num_threads!r}")
+    _choice(r.pin_memory, "replay.pin_memory", COMPILE_MODES, "pin_memory mode")
+    _check(a.batch_size <= r.capacity, "algo.batch_size",
+           f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})")
+    stack = e.stack if cfg.obs == "pixels" else 1
+    segment = r.capacity // e.num_envs
+    need = stack + r.n_step + 1
+    _check(segment >= need, "replay.capacity",
+           f"{r.capacity} gives each of the {e.num_envs} envs {segment} slots; need at least {need} "
+           f"(stack + n_step + 1), i.e. capacity >= {need * e.num_envs}")
+
+    o = cfg.optim
+    _choice(o.name, "optim.name", OPTIMIZERS, "optimizer")
+    _positive(o, "optim", "lr", "eps")
+    _check(_finite(o.alpha) and 0.0 <= o.alpha < 1.0, "optim.alpha", f"must be in [0, 1), got {o.alpha!r}")
+
+    x = cfg.explore
+    _choice(x.schedule, "explore.schedule", SCHEDULES, "schedule")
+    for k in ("start", "end", "eval_epsilon"):
+        v = getattr(x, k)
+        _check(_finite(v) and 0.0 <= v <= 1.0, f"explore.{k}", f"must be in [0, 1], got {v!r}")
+    _positive(x, "explore", "decay_steps")
+
+    g = cfg.logger
+    _positive(g, "logger", "log_every", "score_window")
+    _non_negative(g, "logger", "checkpoint_every")

@@ -1,0 +1,242 @@
+"""Building envpool environments from config: Atari pixels, Atari RAM, classic control.
+
+A *game* is named the way people say it (``Pong``, ``SpaceInvaders``, ``CartPole``);
+``resolve_game`` maps it to envpool's task id (``Pong-v5``, ``CartPole-v1``) or fails
+at once, in one line, with the closest valid names. ``make_env`` builds the batched
+env for the training or the evaluation protocol and returns an ``EnvSpec`` that says
+what the replay ring and the network must hold.
+
+Facts this module relies on (envpool 1.2.5; see DESIGN.md and tests/test_envs.py):
+
+* Atari obs are uint8[N, 4, 84, 84] (stack 4, frame_skip 4, grayscale);
+  ``info["ram"]`` is uint8[N, 128], ``info["lives"]`` int32[N],
+  ``info["reward"]`` the *unclipped* reward even with ``reward_clip=True``.
+* Autoreset is next-step: the step after ``terminated | truncated`` (at game over)
+  ignores its action and returns a new episode's first obs, reward 0,
+  ``info["elapsed_step"] == 0``. With ``episodic_life=True`` a life loss is
+  ``terminated=True`` but the game continues (no reset step follows).
+* ``send``/``recv`` return ``info["env_id"]``; results are keyed by it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dqnfast.config import EnvsConfig, ProtocolConfig
+
+__all__ = [
+    "CLASSIC_CONTROL",
+    "EnvSpec",
+    "GameTracker",
+    "atari_games",
+    "frames_of",
+    "make_env",
+    "observation_of",
+    "raw_reward_of",
+    "resolve_game",
+]
+
+# Short name -> envpool task id of the classic-control tasks we support.
+CLASSIC_CONTROL = {"CartPole": "CartPole-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0"}
+
+
+def atari_games() -> list[str]:
+    """Short names of every Atari game envpool ships (``Pong``, ``SpaceInvaders``, ...)."""
+    import envpool
+
+    ids = envpool.list_all_envs()
+    try:
+        from envpool.registration import registry
+
+        atari = {t for t, entry in registry.specs.items() if entry[0] == "envpool.atari"}
+    except (ImportError, AttributeError):  # registry layout changed: every *-v5 id is Atari
+        atari = set(ids)
+    return sorted(t[: -len("-v5")] for t in ids if t in atari and t.endswith("-v5"))
+
+
+def resolve_game(game: str) -> tuple[str, str]:
+    """Maps a game name to ``(task_id, family)``, family ``"atari"`` or ``"classic"``.
+
+    Accepts short names (``Pong``, ``CartPole``), any letter case, and full task ids
+    (``Pong-v5``, ``CartPole-v1``). Raises ValueError (one line) listing the closest
+    valid names when the game is unknown.
+    """
+    name = str(game).strip()
+    atari = atari_games()
+    table: dict[str, tuple[str, str]] = {}
+    for g in atari:
+        table[g.lower()] = (f"{g}-v5", "atari")
+        table[f"{g}-v5".lower()] = (f"{g}-v5", "atari")
+    for short, tid in CLASSIC_CONTROL.items():
+        table[short.lower()] = (tid, "classic")
+        table[tid.lower()] = (tid, "classic")
+    key = name.lower().replace("_", "").replace(" ", "")
+    if key in table:
+        return table[key]
+    valid = atari + list(CLASSIC_CONTROL)
+    lower = {v.lower(): v for v in valid}
+    close = difflib.get_close_matches(key.split("-v")[0], list(lower), n=5, cutoff=0.5)
+    hint = f"did you mean {', '.join(lower[c] for c in close)}?" if close else "no close match"
+    raise ValueError(
+        f"unknown game {name!r}; {hint} (valid: {len(atari)} Atari games such as Pong, Breakout, "
+        f"SpaceInvaders, or {', '.join(CLASSIC_CONTROL)})"
+    )
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a built env produces, for the ring and the network.
+
+    task_id: envpool id (``Pong-v5``). family: ``atari`` | ``classic``.
+    obs_kind: ``pixels`` | ``ram`` | ``vector``. frame_shape / frame_dtype: one stored
+    frame (``(84, 84)`` uint8, ``(128,)`` uint8, ``(4,)`` float32). stack: frames per
+    observation (4 for pixels, else 1). obs_shape: what the network sees
+    (``(4, 84, 84)``, ``(128,)``, ``(4,)``). num_actions: discrete actions.
+    frame_skip: emulator frames per agent step (1 for classic control).
+    num_envs, batch_size: envpool's (batch_size < num_envs: asynchronous).
+    """
+
+    task_id: str
+    family: str
+    obs_kind: str
+    frame_shape: tuple[int, ...]
+    frame_dtype: np.dtype
+    stack: int
+    obs_shape: tuple[int, ...]
+    num_actions: int
+    frame_skip: int
+    num_envs: int
+    batch_size: int
+
+    @property
+    def is_async(self) -> bool:
+        return self.batch_size < self.num_envs
+
+
+def _threads(n: int | None) -> int:
+    return int(n) if n else (os.cpu_count() or 1)
+
+
+def make_env(
+    game: str,
+    obs: str,
+    envs: EnvsConfig,
+    protocol: ProtocolConfig,
+    *,
+    seed: int,
+    num_envs: int | None = None,
+    batch_size: int | None = None,
+) -> tuple[Any, EnvSpec]:
+    """Builds a gymnasium-style envpool env and its EnvSpec.
+
+    game: a name ``resolve_game`` accepts. obs: ``pixels`` | ``ram`` (Atari only;
+    classic control always gives float32 vectors). envs: the ``envs`` config
+    section (threads, frame skip, stack). protocol: ``envs.train`` or ``envs.eval``
+    (Atari only). num_envs / batch_size override the section's (for evaluation).
+    """
+    import envpool
+
+    task_id, family = resolve_game(game)
+    n = int(num_envs or envs.num_envs)
+    b = int(batch_size or envs.batch_size or n)
+    b = min(b, n)
+    kwargs: dict[str, Any] = dict(
+        env_type="gymnasium", num_envs=n, batch_size=b, num_threads=min(_threads(envs.num_threads), n), seed=int(seed)
+    )
+    if family == "atari":
+        if obs not in ("pixels", "ram"):
+            raise ValueError(f"obs must be pixels or ram for Atari, got {obs!r}")
+        kwargs.update(
+            episodic_life=bool(protocol.episodic_life),
+            reward_clip=bool(protocol.reward_clip),
+            noop_max=int(protocol.noop_max),
+            repeat_action_probability=float(protocol.repeat_action_probability),
+            max_episode_steps=int(protocol.max_episode_steps),
+            frame_skip=int(envs.frame_skip),
+            stack_num=int(envs.stack),
+        )
+    with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
+        warnings.simplefilter("ignore", UserWarning)
+        env = envpool.make(task_id, **kwargs)
+        obs_space = env.observation_space
+    num_actions = int(env.action_space.n)
+    if family == "atari" and obs == "pixels":
+        shape = tuple(obs_space.shape)  # (stack, 84, 84)
+        spec = EnvSpec(task_id, family, "pixels", shape[1:], np.dtype(np.uint8), shape[0], shape, num_actions,
+                       int(envs.frame_skip), n, b)
+    elif family == "atari":
+        spec = EnvSpec(task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions,
+                       int(envs.frame_skip), n, b)
+    else:
+        shape = tuple(obs_space.shape)
+        spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape,
+                       num_actions, 1, n, b)
+    return env, spec
+
+
+def observation_of(obs: np.ndarray, info: dict, obs_kind: str) -> np.ndarray:
+    """What the network sees for one envpool result.
+
+    pixels: obs uint8[K, 4, 84, 84]; ram: info["ram"] uint8[K, 128];
+    vector: obs float32[K, d].
+    """
+    return info["ram"] if obs_kind == "ram" else obs
+
+
+def frames_of(obs: np.ndarray, info: dict, obs_kind: str) -> np.ndarray:
+    """The newest frame of each result, as the replay ring stores it.
+
+    pixels: obs[:, -1] uint8[K, 84, 84] (a strided view); ram: uint8[K, 128];
+    vector: float32[K, d].
+    """
+    if obs_kind == "pixels":
+        return obs[:, -1]
+    return observation_of(obs, info, obs_kind)
+
+
+class GameTracker:
+    """Real game scores: unclipped rewards summed over lives into whole games.
+
+    A game of env e ends at a reset, i.e. when a result with
+    ``elapsed_step == 0`` arrives for e after e has played (that happens after
+    ``terminated`` at game over, or after ``truncated``; a life loss under
+    ``episodic_life`` is not a reset). The reset step has reward 0, so the score
+    is complete when it arrives. Lengths are in agent steps.
+    """
+
+    def __init__(self, num_envs: int) -> None:
+        self.score = np.zeros(num_envs, np.float64)
+        self.length = np.zeros(num_envs, np.int64)
+        self.started = np.zeros(num_envs, bool)
+
+    def update(self, env_id: np.ndarray, raw_reward: np.ndarray,
+               elapsed_step: np.ndarray) -> list[tuple[int, float, int]]:
+        """Feeds one envpool result; returns ``[(env, score, length), ...]`` of games that ended.
+
+        env_id: int[K]; raw_reward: float[K] unclipped; elapsed_step: int[K] (``info["elapsed_step"]``).
+        """
+        ended: list[tuple[int, float, int]] = []
+        first = elapsed_step == 0
+        if first.any():
+            for e in env_id[first & self.started[env_id]]:
+                ended.append((int(e), float(self.score[e]), int(self.length[e])))
+            reset = env_id[first]
+            self.score[reset] = 0.0
+            self.length[reset] = 0
+            self.started[reset] = True
+        cont = env_id[~first]
+        self.score[cont] += raw_reward[~first]
+        self.length[cont] = elapsed_step[~first]
+        return ended
+
+
+def raw_reward_of(reward: np.ndarray, info: dict) -> np.ndarray:
+    """The unclipped reward: ``info["reward"]`` for Atari, the reward itself otherwise."""
+    r = info.get("reward")
+    return reward if r is None else r

@@ -1,0 +1,161 @@
+"""Q-networks: the Nature CNN (Mnih et al. 2015), an MLP, and the dueling head.
+
+Every network maps observations to Q-values ``float32[B, num_actions]``. Inputs stay
+in their stored dtype until the network scales them: uint8 inputs (Atari pixels
+``uint8[B, 4, 84, 84]``, Atari RAM ``uint8[B, 128]``) are divided by 255 inside
+``forward``; float inputs (classic-control vectors ``float32[B, d]``) are used as is.
+So the replay ring and the actor hand over raw uint8 tensors (4x less to copy to the
+GPU than float32).
+
+A network is described by a ``NetworkSpec`` (plain data, saved in checkpoints) and
+built by ``make_network(spec)``; ``spec_for`` picks the architecture from the config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "NatureCNN", "NetworkSpec", "QHead", "dueling_aggregate", "make_network", "spec_for"]
+
+
+def dueling_aggregate(value: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
+    """Q = V + A - mean_a A (Wang et al. 2016, eq. 9).
+
+    value: float[B, 1]; advantage: float[B, A] -> float[B, A].
+    """
+    return value + advantage - advantage.mean(dim=1, keepdim=True)
+
+
+def _scale(x: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1]; float inputs pass through (as float32)."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()
+
+
+class QHead(nn.Module):
+    """features float[B, F] -> Q float[B, A] through one hidden layer of width ``hidden``.
+
+    Plain: Linear(F, hidden) ReLU Linear(hidden, A). Dueling: a value stream and an
+    advantage stream of that shape (output 1 and A), combined by ``dueling_aggregate``.
+    """
+
+    def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False) -> None:
+        super().__init__()
+        self.dueling = dueling
+        self.advantage = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
+        self.value = (
+            nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if dueling else None
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        adv = self.advantage(features)
+        if self.value is None:
+            return adv
+        return dueling_aggregate(self.value(features), adv)
+
+
+class NatureCNN(nn.Module):
+    """The Nature DQN network (Mnih et al. 2015).
+
+    obs uint8[B, C, 84, 84] (C = stack, 4) -> Q float32[B, num_actions]:
+    conv 32 8x8/4, conv 64 4x4/2, conv 64 3x3/1 (ReLU), flatten (3136 for 84x84),
+    fully connected ``hidden`` (512), linear to the actions (or the dueling head).
+    """
+
+    def __init__(self, in_channels: int, num_actions: int, hidden: int = 512, dueling: bool = False,
+                 image_size: tuple[int, int] = (84, 84)) -> None:
+        super().__init__()
+        self.torso = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_flat = self.torso(torch.zeros(1, in_channels, *image_size)).shape[1]
+        self.head = QHead(n_flat, hidden, num_actions, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(_scale(obs)))
+
+
+class MLP(nn.Module):
+    """Fully connected Q-network for vector observations.
+
+    obs float32[B, d] (classic control) or uint8[B, 128] (Atari RAM, scaled by 1/255)
+    -> Q float32[B, num_actions]. hidden: widths; the last one is the head's hidden
+    layer (so ``dueling`` splits after ``hidden[:-1]``).
+    """
+
+    def __init__(self, in_features: int, num_actions: int, hidden: tuple[int, ...] = (256, 256),
+                 dueling: bool = False) -> None:
+        super().__init__()
+        hidden = tuple(int(h) for h in hidden)
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden[:-1]:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.torso = nn.Sequential(*layers)
+        self.head = QHead(width, hidden[-1], num_actions, dueling)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(_scale(obs)))
+
+
+@dataclass
+class NetworkSpec:
+    """Plain description of a Q-network; ``asdict(spec)`` goes into checkpoints.
+
+    kind: ``nature`` | ``mlp``. obs_shape: one observation (``(4, 84, 84)``,
+    ``(128,)``, ``(4,)``). obs_dtype: ``uint8`` | ``float32``. hidden: the CNN's
+    fully connected width as a one-element list, or the MLP's widths.
+    """
+
+    kind: str
+    obs_shape: list[int]
+    obs_dtype: str
+    num_actions: int
+    dueling: bool = False
+    hidden: list[int] = field(default_factory=lambda: [512])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def spec_for(name: str, obs_kind: str, obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int, *,
+             dueling: bool = False, cnn_hidden: int = 512, mlp_hidden: tuple[int, ...] = (256, 256)) -> NetworkSpec:
+    """Picks the architecture. name: ``auto`` (Nature CNN for pixels, else MLP) | ``nature`` | ``mlp``.
+
+    Raises ValueError when the network cannot take the observation (``nature`` on
+    RAM or vectors).
+    """
+    name = str(name).lower()
+    if name == "auto":
+        name = "nature" if obs_kind == "pixels" else "mlp"
+    if name == "nature":
+        if obs_kind != "pixels" or len(obs_shape) != 3:
+            raise ValueError(f"the Nature CNN needs stacked pixel observations, got {obs_kind} of shape "
+                             f"{tuple(obs_shape)}; use network.name=mlp (or auto)")
+        return NetworkSpec("nature", list(obs_shape), obs_dtype, int(num_actions), bool(dueling), [int(cnn_hidden)])
+    if name == "mlp":
+        return NetworkSpec("mlp", list(obs_shape), obs_dtype, int(num_actions), bool(dueling),
+                           [int(h) for h in mlp_hidden])
+    raise ValueError(f"unknown network {name!r}; choose one of auto, nature, mlp")
+
+
+def make_network(spec: NetworkSpec | dict) -> nn.Module:
+    """Builds the (randomly initialised, CPU) network a spec or its dict describes."""
+    if isinstance(spec, dict):
+        spec = NetworkSpec(**spec)
+    if spec.kind == "nature":
+        c, h, w = spec.obs_shape
+        return NatureCNN(c, spec.num_actions, spec.hidden[0], spec.dueling, (h, w))
+    if spec.kind == "mlp":
+        return MLP(math.prod(spec.obs_shape), spec.num_actions, tuple(spec.hidden), spec.dueling)
+    raise ValueError(f"unknown network kind {spec.kind!r}")

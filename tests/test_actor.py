@@ -1,0 +1,87 @@
+"""dqnfast.actor: epsilon schedules, batched epsilon-greedy, evaluation episodes."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from torch import nn
+
+from dqnfast.actor import Actor, EpsilonSchedule, exponential_epsilon, linear_epsilon, run_episodes
+from dqnfast.config import EnvsConfig, EvalProtocolConfig
+from dqnfast.envs import make_env
+
+
+def test_linear_schedule():
+    f = lambda s: linear_epsilon(s, 1.0, 0.1, 1000, learning_starts=500)  # noqa: E731
+    assert f(0) == 1.0 and f(499) == 1.0
+    assert f(500) == pytest.approx(1.0)
+    assert f(1000) == pytest.approx(0.55)
+    assert f(1500) == pytest.approx(0.1) and f(10**7) == pytest.approx(0.1)
+
+
+def test_exponential_schedule():
+    f = lambda s: exponential_epsilon(s, 1.0, 0.01, 100, learning_starts=50)  # noqa: E731
+    assert f(10) == 1.0 and f(50) == pytest.approx(1.0)
+    assert f(150) == pytest.approx(0.01 + 0.99 / math.e)
+    vals = [f(s) for s in range(50, 2000, 50)]
+    assert all(a > b for a, b in zip(vals, vals[1:])) and vals[-1] == pytest.approx(0.01, abs=1e-6)
+
+
+def test_epsilon_schedule_object():
+    s = EpsilonSchedule("linear", 1.0, 0.05, 100, learning_starts=10, eval_epsilon=0.001)
+    assert s(0) == 1.0 and s(110) == pytest.approx(0.05) and s.eval_epsilon == 0.001
+    assert EpsilonSchedule("exponential", 1.0, 0.0, 10)(10) == pytest.approx(math.exp(-1))
+    with pytest.raises(ValueError):
+        EpsilonSchedule("cosine")
+
+
+class FixedQ(nn.Module):
+    """Q-values = the observation itself (obs float32[K, A])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x.float()
+
+
+def test_greedy_actions_in_one_forward_pass():
+    net = FixedQ()
+    actor = Actor(net, 4)
+    obs = np.array([[0, 3, 1, 2], [5, 0, 0, 0], [0, 0, 0, 9]], np.float32)
+    a = actor.act(obs, 0.0)
+    assert a.dtype == np.int32 and a.shape == (3,)
+    np.testing.assert_array_equal(a, [1, 0, 3])
+    assert net.calls == 1
+
+
+def test_random_actions_skip_the_network():
+    net = FixedQ()
+    a = Actor(net, 5, seed=0).act(np.zeros((4000, 5), np.float32), 1.0)
+    assert net.calls == 0 and set(a.tolist()) == set(range(5))
+    assert np.bincount(a, minlength=5).min() > 600
+
+
+def test_epsilon_mixes_greedy_and_uniform():
+    obs = np.tile(np.array([[0, 0, 1, 0]], np.float32), (20000, 1))
+    a = Actor(FixedQ(), 4, seed=1).act(obs, 0.2)
+    # P(greedy action) = 1 - eps + eps / A = 0.85
+    assert (a == 2).mean() == pytest.approx(0.85, abs=0.015)
+    b = Actor(FixedQ(), 4, seed=1).act(obs, 0.2)
+    np.testing.assert_array_equal(a, b)  # seeded
+
+
+def test_run_episodes_counts_each_game_once():
+    env, spec = make_env("CartPole", "pixels", EnvsConfig(num_threads=1), EvalProtocolConfig(), seed=0, num_envs=3)
+    try:
+        actor = Actor(nn.Linear(4, 2), 2, seed=0)
+        scores, lengths = run_episodes(env, spec, actor, 0.5, episodes=5)
+    finally:
+        env.close()
+    assert len(scores) == 5 and len(lengths) == 5
+    assert scores == [float(n) for n in lengths]  # CartPole: +1 per agent step
+    assert all(1 <= n <= 500 for n in lengths)

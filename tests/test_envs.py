@@ -1,0 +1,181 @@
+"""dqnfast.envs: game names, env building, and the envpool facts the loop relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dqnfast.config import EnvsConfig, EvalProtocolConfig, ProtocolConfig
+from dqnfast.envs import (
+    GameTracker,
+    atari_games,
+    frames_of,
+    make_env,
+    observation_of,
+    raw_reward_of,
+    resolve_game,
+)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("Pong", ("Pong-v5", "atari")),
+        ("pong", ("Pong-v5", "atari")),
+        ("Pong-v5", ("Pong-v5", "atari")),
+        ("SpaceInvaders", ("SpaceInvaders-v5", "atari")),
+        ("space_invaders", ("SpaceInvaders-v5", "atari")),
+        ("Breakout", ("Breakout-v5", "atari")),
+        ("CartPole", ("CartPole-v1", "classic")),
+        ("CartPole-v1", ("CartPole-v1", "classic")),
+        ("Acrobot", ("Acrobot-v1", "classic")),
+        ("MountainCar", ("MountainCar-v0", "classic")),
+    ],
+)
+def test_resolve_game(name, expected):
+    assert resolve_game(name) == expected
+
+
+def test_every_envpool_atari_game_resolves():
+    games = atari_games()
+    assert len(games) > 50 and {"Pong", "Breakout", "SpaceInvaders", "MontezumaRevenge"} <= set(games)
+    assert all(resolve_game(g) == (f"{g}-v5", "atari") for g in games)
+
+
+@pytest.mark.parametrize(
+    "name, close",
+    [("Pongg", "Pong"), ("SpaceInvader", "SpaceInvaders"), ("Cartpol", "CartPole"), ("brekout", "Breakout")],
+)
+def test_unknown_game_suggests_close_names(name, close):
+    with pytest.raises(ValueError) as e:
+        resolve_game(name)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert repr(name) in msg and close in msg.split("did you mean")[1]
+
+
+def test_make_env_atari_pixels():
+    env, spec = make_env("Pong", "pixels", EnvsConfig(num_envs=2, num_threads=1), ProtocolConfig(), seed=0)
+    try:
+        assert (spec.task_id, spec.family, spec.obs_kind) == ("Pong-v5", "atari", "pixels")
+        assert spec.obs_shape == (4, 84, 84) and spec.frame_shape == (84, 84) and spec.stack == 4
+        assert spec.frame_dtype == np.uint8 and spec.num_actions == 6 and spec.frame_skip == 4
+        assert not spec.is_async
+        obs, info = env.reset()
+        assert obs.shape == (2, 4, 84, 84) and obs.dtype == np.uint8
+        assert observation_of(obs, info, "pixels") is obs
+        np.testing.assert_array_equal(frames_of(obs, info, "pixels"), obs[:, -1])
+        assert (info["elapsed_step"] == 0).all()
+    finally:
+        env.close()
+
+
+def test_make_env_atari_ram_and_classic_vector():
+    env, spec = make_env("Breakout", "ram", EnvsConfig(num_envs=2, num_threads=1), ProtocolConfig(), seed=0)
+    try:
+        assert (spec.obs_kind, spec.obs_shape, spec.frame_shape, spec.stack) == ("ram", (128,), (128,), 1)
+        obs, info = env.reset()
+        ram = observation_of(obs, info, "ram")
+        assert ram.shape == (2, 128) and ram.dtype == np.uint8
+        np.testing.assert_array_equal(frames_of(obs, info, "ram"), ram)
+    finally:
+        env.close()
+    env, spec = make_env("CartPole", "pixels", EnvsConfig(num_envs=3, num_threads=1), ProtocolConfig(), seed=0)
+    try:
+        assert (spec.family, spec.obs_kind, spec.obs_shape) == ("classic", "vector", (4,))
+        assert spec.stack == 1 and spec.frame_skip == 1
+        assert spec.frame_dtype == np.float32 and spec.num_actions == 2
+        obs, info = env.reset()
+        assert obs.shape == (3, 4) and obs.dtype == np.float32
+        assert env.spec.config.max_episode_steps == 500  # Atari's 27000 is not applied to CartPole
+    finally:
+        env.close()
+
+
+def test_protocols_reach_envpool():
+    cfg = EnvsConfig(num_envs=1, num_threads=1)
+    train = ProtocolConfig(noop_max=7, repeat_action_probability=0.25, max_episode_steps=1234)
+    env, _ = make_env("Pong", "pixels", cfg, train, seed=0)
+    c = env.spec.config
+    assert (c.episodic_life, c.reward_clip, c.noop_max, c.max_episode_steps) == (True, True, 7, 1234)
+    assert c.repeat_action_probability == pytest.approx(0.25)
+    env.close()
+    env, _ = make_env("Pong", "pixels", cfg, EvalProtocolConfig(), seed=0)
+    c = env.spec.config
+    assert (c.episodic_life, c.reward_clip, c.max_episode_steps) == (False, False, 27000)
+    env.close()
+
+
+def test_async_mode_keys_results_by_env_id():
+    cfg = EnvsConfig(num_envs=4, batch_size=2, num_threads=1)
+    env, spec = make_env("CartPole", "pixels", cfg, ProtocolConfig(), seed=0)
+    try:
+        assert spec.is_async and spec.batch_size == 2
+        env.async_reset()
+        seen = set()
+        for _ in range(6):
+            obs, r, te, tr, info = env.recv()
+            assert obs.shape == (2, 4) and len(info["env_id"]) == 2
+            seen |= set(info["env_id"].tolist())
+            env.send(np.zeros(2, np.int32), info["env_id"])
+        assert seen == {0, 1, 2, 3}
+    finally:
+        env.close()
+
+
+def test_info_reward_is_unclipped_with_reward_clip():
+    """The checked fact behind score tracking: info["reward"] keeps the game's points."""
+    env, spec = make_env("SpaceInvaders", "pixels", EnvsConfig(num_envs=4, num_threads=2), ProtocolConfig(), seed=3)
+    rng = np.random.default_rng(0)
+    env.reset()
+    big = 0
+    try:
+        for _ in range(3000):
+            _, r, _, _, info = env.step(rng.integers(0, spec.num_actions, 4).astype(np.int32))
+            assert set(np.unique(r)) <= {-1.0, 0.0, 1.0}
+            np.testing.assert_array_equal(np.sign(info["reward"]), r)
+            np.testing.assert_array_equal(raw_reward_of(r, info), info["reward"])
+            big += int((np.abs(info["reward"]) > 1).sum())
+            if big >= 3:
+                break
+    finally:
+        env.close()
+    assert big >= 3
+
+
+def test_episodic_life_and_next_step_autoreset():
+    """Life loss: terminated, game goes on. Game over: terminated, then a reset step."""
+    env, spec = make_env("Breakout", "pixels", EnvsConfig(num_envs=2, num_threads=2), ProtocolConfig(), seed=1)
+    rng = np.random.default_rng(0)
+    env.reset()
+    prev_te = np.zeros(2, bool)
+    prev_lives = np.full(2, 5)
+    life_losses = game_overs = 0
+    try:
+        for _ in range(2000):
+            _, r, te, tr, info = env.step(rng.integers(0, 4, 2).astype(np.int32))
+            for e in range(2):
+                if prev_te[e] and prev_lives[e] > 0:  # after a life loss: same game
+                    assert info["elapsed_step"][e] > 0
+                    life_losses += 1
+                if prev_te[e] and prev_lives[e] == 0:  # after game over: the reset step
+                    assert info["elapsed_step"][e] == 0 and r[e] == 0 and not te[e]
+                    game_overs += 1
+            prev_te, prev_lives = te.copy(), info["lives"].copy()
+            if game_overs >= 2 and life_losses >= 4:
+                break
+    finally:
+        env.close()
+    assert game_overs >= 2 and life_losses >= 4
+
+
+def test_game_tracker_sums_whole_games_over_lives():
+    t = GameTracker(2)
+    ids = np.array([0, 1])
+    assert t.update(ids, np.zeros(2), np.array([0, 0])) == []  # first reset: no game ended
+    assert t.update(ids, np.array([1.0, 5.0]), np.array([1, 1])) == []
+    assert t.update(ids, np.array([2.0, 0.0]), np.array([2, 2])) == []  # a life loss changes nothing
+    # async-style: only env 0 reports, its reset step ends the game (score 3, 2 agent steps)
+    assert t.update(np.array([0]), np.array([0.0]), np.array([0])) == [(0, 3.0, 2)]
+    assert t.update(ids, np.array([4.0, 1.0]), np.array([1, 3])) == []
+    assert t.update(np.array([1, 0]), np.array([0.0, 0.0]), np.array([0, 0])) == [(1, 6.0, 3), (0, 4.0, 1)]

@@ -1,0 +1,190 @@
+"""dqnfast.learner: targets checked by hand, loss, clipping, target sync, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from dqnfast.config import OptimConfig
+from dqnfast.learner import (
+    Learner,
+    load_checkpoint,
+    make_optimizer,
+    resolve_compile,
+    save_checkpoint,
+    td_target,
+    update_step,
+)
+from dqnfast.networks import NetworkSpec, make_network
+
+
+def linear(weights) -> nn.Linear:
+    w = torch.tensor(weights, dtype=torch.float32)
+    m = nn.Linear(w.shape[1], w.shape[0], bias=False)
+    with torch.no_grad():
+        m.weight.copy_(w)
+    return m
+
+
+# A fixed batch whose double-DQN and max targets differ (see the hand computation below).
+W_ONLINE = [[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]
+W_TARGET = [[2.0, 0.0], [0.0, 0.5], [1.0, 1.0]]
+OBS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+ACTION = torch.tensor([2, 1])
+REWARD = torch.tensor([1.0, 0.5])
+NEXT_OBS = torch.tensor([[1.0, 2.0], [3.0, 1.0]])
+DISCOUNT = torch.tensor([0.99, 0.0])  # 2nd transition ends in a terminal: no bootstrap
+# Q_online(s')  = [[1, 2, 1.5], [3, 1, 2]]   -> argmax a* = [1, 0]
+# Q_target(s')  = [[2, 1, 3],   [6, .5, 4]]  -> max = [3, 6]; at a*: [1, 6]
+# double y = [1 + .99 * 1, .5 + 0] = [1.99, .5];  max y = [1 + .99 * 3, .5] = [3.97, .5]
+# Q_online(s, a) = [0.5, 1.0]
+Y_DOUBLE = torch.tensor([1.99, 0.5])
+Y_MAX = torch.tensor([3.97, 0.5])
+
+
+def test_td_target_double_and_max_by_hand():
+    q_next_t = linear(W_TARGET)(NEXT_OBS)
+    q_next_o = linear(W_ONLINE)(NEXT_OBS)
+    torch.testing.assert_close(td_target(REWARD, DISCOUNT, q_next_t, q_next_o), Y_DOUBLE)
+    torch.testing.assert_close(td_target(REWARD, DISCOUNT, q_next_t), Y_MAX)
+
+
+@pytest.mark.parametrize(
+    "double, loss, expected_loss, y",
+    [
+        # huber: |d| > 1 -> |d| - 0.5, else d^2 / 2; d = q - y
+        (True, "huber", ((1.49 - 0.5) + 0.5**2 / 2) / 2, Y_DOUBLE),
+        (True, "mse", (1.49**2 + 0.5**2) / 2, Y_DOUBLE),
+        (False, "huber", ((3.47 - 0.5) + 0.5**2 / 2) / 2, Y_MAX),
+    ],
+)
+def test_update_step_matches_hand_computation(double, loss, expected_loss, y):
+    online, target = linear(W_ONLINE), linear(W_TARGET)
+    opt = torch.optim.SGD(online.parameters(), lr=0.1)
+    before = online.weight.detach().clone()
+    m = update_step(online, target, opt, OBS, ACTION, REWARD, NEXT_OBS, DISCOUNT, double=double, loss=loss)
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in m.values())
+    assert m["loss"].item() == pytest.approx(expected_loss, rel=1e-5)
+    assert m["target_mean"].item() == pytest.approx(y.mean().item(), rel=1e-5)
+    assert m["q_mean"].item() == pytest.approx(0.75)
+    # the gradient step on the taken actions only: dL/dW[a] = mean-weighted dloss * s
+    d = torch.tensor([0.5, 1.0]) - y
+    g = torch.clamp(d, -1, 1) if loss == "huber" else d
+    grad = torch.zeros(3, 2)
+    grad[2] += g[0] / 2 * OBS[0] * (2 if loss == "mse" else 1)
+    grad[1] += g[1] / 2 * OBS[1] * (2 if loss == "mse" else 1)
+    torch.testing.assert_close(online.weight.detach(), before - 0.1 * grad)
+    torch.testing.assert_close(target.weight.detach(), torch.tensor(W_TARGET))  # target untouched
+
+
+def test_gradient_norm_clipping():
+    online, target = linear(W_ONLINE), linear(W_TARGET)
+    opt = torch.optim.SGD(online.parameters(), lr=1.0)
+    before = online.weight.detach().clone()
+    m = update_step(online, target, opt, OBS, ACTION, REWARD, NEXT_OBS, DISCOUNT, max_grad_norm=1e-3)
+    assert m["grad_norm"].item() > 1e-3  # reported before clipping
+    assert (online.weight.detach() - before).norm().item() == pytest.approx(1e-3, rel=1e-3)
+
+
+def make_learner(period: int, tau: float) -> Learner:
+    torch.manual_seed(0)
+    online, target = nn.Linear(2, 3), nn.Linear(2, 3)
+    target.load_state_dict(online.state_dict())
+    opt = torch.optim.Adam(online.parameters(), lr=0.1)
+    return Learner(online, target, opt, target_update_period=period, tau=tau, max_grad_norm=None)
+
+
+BATCH = types.SimpleNamespace(obs=OBS, action=ACTION, reward=REWARD, next_obs=NEXT_OBS, discount=DISCOUNT)
+
+
+def params(m: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def test_target_network_changes_only_at_sync():
+    lr = make_learner(period=3, tau=1.0)
+    t0 = params(lr.target)
+    for i in (1, 2):
+        lr.update(BATCH)
+        assert lr.num_updates == i
+        for a, b in zip(params(lr.target), t0):
+            torch.testing.assert_close(a, b)
+        assert any(not torch.equal(a, b) for a, b in zip(params(lr.online), t0))
+    lr.update(BATCH)  # 3rd update: hard copy
+    assert lr.num_syncs == 1
+    for a, b in zip(params(lr.target), params(lr.online)):
+        torch.testing.assert_close(a, b)
+    t1 = params(lr.target)
+    lr.update(BATCH)
+    for a, b in zip(params(lr.target), t1):
+        torch.testing.assert_close(a, b)
+
+
+def test_soft_target_update_with_tau():
+    lr = make_learner(period=1, tau=0.25)
+    t0 = params(lr.target)
+    lr.update(BATCH)
+    for t, old, new in zip(params(lr.target), t0, params(lr.online)):
+        torch.testing.assert_close(t, 0.75 * old + 0.25 * new)
+
+
+def test_make_optimizer_nature_rmsprop_and_adam():
+    p = [nn.Parameter(torch.zeros(2))]
+    rms = make_optimizer(p, OptimConfig(name="rmsprop", lr=2.5e-4, eps=0.01, alpha=0.95, centered=True))
+    g = rms.param_groups[0]
+    assert isinstance(rms, torch.optim.RMSprop)
+    assert (g["lr"], g["alpha"], g["eps"], g["centered"]) == (2.5e-4, 0.95, 0.01, True)
+    adam = make_optimizer(p, OptimConfig())
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["eps"] == 1.5e-4
+    with pytest.raises(ValueError):
+        make_optimizer(p, OptimConfig(name="sgd"))
+
+
+def test_resolve_compile():
+    assert resolve_compile("auto", "cpu") is False
+    assert resolve_compile("auto", "cuda") is True
+    assert resolve_compile("true", "cpu") is True and resolve_compile(True, "cpu") is True
+    assert resolve_compile("false", "cuda") is False and resolve_compile(False, "cuda") is False
+
+
+def test_checkpoint_is_atomic_and_complete(tmp_path):
+    spec = NetworkSpec("mlp", [4], "float32", 2, hidden=[8, 8])
+    online, target = make_network(spec), make_network(spec)
+    opt = torch.optim.Adam(online.parameters())
+    path = save_checkpoint(tmp_path / "ck.pt", online=online, target=target, optimizer=opt,
+                           counters={"env_steps": 10, "updates": 2}, config={"game": "CartPole"},
+                           game="CartPole-v1", network=spec.to_dict())
+    assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
+    ck = load_checkpoint(path)
+    assert ck["counters"] == {"env_steps": 10, "updates": 2} and ck["game"] == "CartPole-v1"
+    assert ck["config"] == {"game": "CartPole"} and set(ck) >= {"online", "target", "optimizer", "network"}
+    net = make_network(ck["network"])
+    net.load_state_dict(ck["online"])
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(net(x), online(x))
+    (tmp_path / "bad.pt").write_bytes(b"")
+    with pytest.raises(Exception):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+@pytest.mark.slow
+def test_compiled_update_matches_eager():
+    """torch.compile (inductor on CPU: needs a C++ compiler; ~1 min) gives the same update."""
+    results = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        spec = NetworkSpec("nature", [4, 84, 84], "uint8", 4, hidden=[64])
+        online, target = make_network(spec), make_network(spec)
+        lr = Learner(online, target, torch.optim.Adam(online.parameters(), lr=1e-3), compile=compile)
+        g = torch.Generator().manual_seed(1)
+        batch = types.SimpleNamespace(
+            obs=torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8, generator=g),
+            next_obs=torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8, generator=g),
+            action=torch.randint(0, 4, (8,), generator=g), reward=torch.rand(8, generator=g),
+            discount=torch.full((8,), 0.99))
+        results.append([lr.update(batch)["loss"].item() for _ in range(3)])
+    assert results[0] == pytest.approx(results[1], rel=1e-4)

@@ -1,0 +1,172 @@
+"""dqnfast.train: configs, start-up errors, and real runs of the CLI.
+
+The CLI tests run ``python -m dqnfast.train`` in a subprocess with tiny settings and
+``hydra.run.dir`` under tmp_path; the CartPole tests check that DQN really learns.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from dqnfast.config import Config, ConfigError, validate
+from dqnfast.learner import load_checkpoint
+from dqnfast.networks import make_network
+from dqnfast.train import CONF_DIR, METRIC_COLUMNS, check_config, to_config, train
+
+PROMISED_COLUMNS = ["env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean",
+                    "loss", "q_mean", "epsilon", "sps", "time"]
+
+
+def composed(*overrides: str) -> Config:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return to_config(compose(config_name="config", overrides=list(overrides)))
+
+
+# ------------------------------------------------------------------- configs
+def test_yaml_defaults_match_the_schema_and_are_the_nature_recipe_with_double_dqn():
+    cfg = composed()
+    assert cfg == Config()  # every default is in YAML, and the dataclasses agree with it
+    a, o = cfg.algo, cfg.optim
+    assert a.double and a.loss == "huber" and a.batch_size == 32 and a.gamma == 0.99
+    assert a.replay_ratio == 8.0 and a.target_update_period == 10_000 and a.learning_starts == 50_000
+    assert a.total_steps == 10_000_000 and cfg.replay.capacity == 1_000_000 and cfg.replay.n_step == 1
+    assert cfg.explore.start == 1.0 and cfg.explore.end == 0.1 and cfg.explore.decay_steps == 1_000_000
+    assert cfg.envs.train.episodic_life and cfg.envs.train.reward_clip and cfg.envs.train.noop_max == 30
+    assert cfg.envs.train.max_episode_steps == 27_000
+    assert not cfg.envs.eval.episodic_life and not cfg.envs.eval.reward_clip
+    assert o.name == "adam"
+    validate(cfg)
+
+
+def test_nature_preset():
+    cfg = composed("preset=nature", "game=SpaceInvaders")
+    a, o = cfg.algo, cfg.optim
+    assert cfg.game == "SpaceInvaders" and not a.double and a.max_grad_norm is None
+    assert (o.name, o.lr, o.alpha, o.eps, o.centered) == ("rmsprop", 2.5e-4, 0.95, 0.01, True)
+    assert (a.total_steps, a.target_update_period, a.learning_starts, cfg.replay.capacity) == (
+        10_000_000, 10_000, 50_000, 1_000_000)
+    assert cfg.network.name == "nature" and cfg.explore.eval_epsilon == 0.05
+    assert composed("preset=nature", "optim=adam").optim.name == "adam"  # the command line wins
+    check_config(cfg)
+
+
+@pytest.mark.parametrize("preset", ["quick", "cartpole"])
+def test_presets_compose_and_validate(preset):
+    cfg = composed(f"preset={preset}")
+    check_config(cfg)
+    assert cfg.algo.total_steps <= 60_000
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        (lambda c: setattr(c.optim, "lr", -1.0), "optim.lr"),
+        (lambda c: setattr(c.replay, "capacity", 16), "algo.batch_size"),
+        (lambda c: setattr(c.network, "name", "resnet"), "network.name"),
+        (lambda c: setattr(c, "obs", "rgb"), "obs"),
+        (lambda c: setattr(c.algo, "gamma", 1.5), "algo.gamma"),
+        (lambda c: setattr(c.explore, "end", 2.0), "explore.end"),
+        (lambda c: setattr(c.envs, "batch_size", 99), "envs.batch_size"),
+        (lambda c: setattr(c.algo, "compile", "maybe"), "algo.compile"),
+        (lambda c: setattr(c, "game", "Pongg"), "game"),
+        (lambda c: (setattr(c, "obs", "ram"), setattr(c.network, "name", "nature")), "network.name"),
+        (lambda c: (setattr(c, "game", "CartPole"), setattr(c, "obs", "ram")), "obs"),
+    ],
+)
+def test_bad_values_name_their_key(change, key):
+    cfg = Config()
+    change(cfg)
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg)
+    assert e.value.key == key and str(e.value).startswith(f"{key}: ") and "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------ CLI
+@pytest.mark.parametrize(
+    "args, key, hint",
+    [
+        (["optim.lr=-1"], "optim.lr", "> 0"),
+        (["algo.batch_size=64", "replay.capacity=32"], "algo.batch_size", "replay.capacity=32"),
+        (["network.name=foo"], "network.name", "auto, nature, mlp"),
+        (["network=foo"], "network", "dueling"),
+        (["game=Pongg"], "game", "Pong"),
+        (["replay.capacity=100000000000"], "replay.capacity", "GB"),  # checked before allocating
+    ],
+)
+def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):
+    proc, _ = run_cli(*args, timeout=120)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {key}: ") and hint in err
+
+
+def test_cli_help_and_cfg(run_cli):
+    proc, _ = run_cli("--help", run_dir=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "== Configuration groups ==" in proc.stdout and "preset: cartpole, nature, quick" in proc.stdout
+    proc, _ = run_cli("game=Breakout", "preset=nature", "--cfg", "job", run_dir=False, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    job = yaml.safe_load(proc.stdout)
+    assert job["game"] == "Breakout" and job["algo"]["double"] is False and job["optim"]["name"] == "rmsprop"
+
+
+TINY = ["algo.learning_starts=200", "algo.total_steps=400", "replay.capacity=2000", "logger.log_every=100",
+        "logger.progress=false", "envs.eval.episodes=1", "envs.eval.num_envs=1", "envs.eval.max_episode_steps=100",
+        "algo.target_update_period=10"]
+
+
+def check_run(out, game: str, *, total: int, updates: float, network: str) -> dict:
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert list(rows[0])[: len(PROMISED_COLUMNS)] == PROMISED_COLUMNS and list(rows[0]) == list(METRIC_COLUMNS)
+    assert int(rows[-1]["env_steps"]) == total and int(rows[-1]["frames"]) == 4 * total and len(rows) >= 4
+    assert all(float(r["loss"]) >= 0 for r in rows[2:])
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["game"] == game and ck["config"]["game"] == game.split("-")[0] and ck["network"]["kind"] == network
+    assert ck["counters"]["env_steps"] == total and abs(ck["counters"]["updates"] - updates) <= 1
+    net = make_network(ck["network"])
+    net.load_state_dict(ck["online"])
+    ev = json.loads((out / "eval.json").read_text())
+    assert len(ev["scores"]) == 1 and ev["game"] == game
+    assert not list(out.glob(".*.tmp*"))
+    return ck
+
+
+def test_cli_atari_pixels_run(run_cli):
+    proc, out = run_cli("game=Pong", "envs.num_envs=2", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # replay ratio 8, batch 32: one update per 4 agent steps after learning_starts
+    ck = check_run(out, "Pong-v5", total=400, updates=(400 - 200) * 8 / 32, network="nature")
+    assert ck["network"]["obs_shape"] == [4, 84, 84]
+    assert (out / ".hydra" / "config.yaml").exists()
+
+
+def test_cli_atari_ram_async_run(run_cli):
+    proc, out = run_cli("game=Breakout", "obs=ram", "envs.num_envs=4", "envs.batch_size=2", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = check_run(out, "Breakout-v5", total=400, updates=(400 - 200) * 8 / 32, network="mlp")
+    assert ck["network"]["obs_shape"] == [128] and ck["network"]["obs_dtype"] == "uint8"
+
+
+# ------------------------------------------------------------------- learning
+def test_cli_cartpole_learns(run_cli):
+    """DQN really learns: mean greedy evaluation return >= 400 (of 500) on CartPole-v1."""
+    proc, out = run_cli("preset=cartpole", "seed=1", "logger.progress=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((out / "eval.json").read_text())
+    assert len(ev["scores"]) == 10
+    assert ev["mean"] >= 400, ev
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [2, 3, 4])
+def test_cartpole_learns_for_other_seeds(tmp_path, seed):
+    cfg = composed("preset=cartpole", f"seed={seed}", "logger.progress=false")
+    result = train(cfg, tmp_path, config_dict=dataclasses.asdict(cfg))
+    assert result["eval"]["mean"] >= 400, result["eval"]
