@@ -40,6 +40,8 @@ OPTIMIZERS = ("adam", "rmsprop")
 LOSSES = ("huber", "mse")
 SCHEDULES = ("linear", "exponential")
 COMPILE_MODES = ("auto", "true", "false")
+ENV_RESUME_MODES = ("reseed", "replay")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 class ConfigError(ValueError):
@@ -92,6 +94,12 @@ class EnvsConfig:
     null or 0 = num_envs (synchronous); smaller = asynchronous send/recv.
     num_threads: envpool worker threads; null or 0 = all cores.
     frame_skip, stack: Atari frames per agent step and frames per observation.
+    resume: how ``train resume=<run dir>`` restarts the envs (envpool state cannot be
+        saved): ``reseed`` = new envs seeded ``seed + 1_000_000 * resume_count``
+        (games in progress are dropped); ``replay`` = the same envs, fast-forwarded by
+        replaying every action sent since the run started (ALE and envpool's classic
+        control are deterministic for a seed), so a resumed run continues exactly the
+        same env stream; it records one byte per agent step and needs synchronous envs.
     """
 
     num_envs: int = 8
@@ -99,6 +107,7 @@ class EnvsConfig:
     num_threads: Optional[int] = None
     frame_skip: int = 4
     stack: int = 4
+    resume: str = "reseed"
     train: ProtocolConfig = field(default_factory=ProtocolConfig)
     eval: EvalProtocolConfig = field(default_factory=EvalProtocolConfig)
 
@@ -154,6 +163,9 @@ class ReplayConfig:
     n_step: return horizon. num_threads: sampling threads (null or 0 = all
     cores). pin_memory: pinned sample buffers (auto = when training on CUDA).
     check_memory: refuse a capacity that does not fit in RAM.
+    save: write the ring's contents with every checkpoint (``replay_<steps>.npz`` in the
+    run dir; Atari pixels: ~7 KB per stored step), so ``resume`` continues with the same
+    memory instead of refilling it with ``algo.learning_starts`` random steps.
     """
 
     capacity: int = 1_000_000
@@ -161,6 +173,7 @@ class ReplayConfig:
     num_threads: Optional[int] = None
     pin_memory: str = "auto"
     check_memory: bool = True
+    save: bool = False
 
 
 @dataclass
@@ -192,21 +205,37 @@ class ExploreConfig:
 
 @dataclass
 class LoggerConfig:
-    """Logging and checkpoints.
+    """Logging and checkpoints (``dqnfast.loggers``).
 
     log_every: agent steps between metric rows (metrics.csv in the run dir).
     score_window: recent games in score_mean / score_median.
     checkpoint_every: agent steps between checkpoints (0 = only the final one).
-    progress: tqdm progress bar. wandb: also log to Weights & Biases.
+    keep_checkpoints: numbered checkpoints kept in ``checkpoints/`` (the newest K).
+    progress: tqdm progress bar (false: one log line per metric row instead).
+    wandb: also log to Weights & Biases. wandb_mode: online | offline | disabled;
+        online falls back to offline (one line says why) without an API key or
+        without a connection. wandb_group: null = the Hydra sweep in a multirun
+        (one group per sweep), none for a single run. wandb_tags: added to the
+        default tags (game, exp_name). wandb_checkpoint: upload the final
+        checkpoint as a W&B artifact. wandb_init_timeout: seconds wandb.init may
+        take online before falling back to offline.
+    tensorboard: also write TensorBoard event files (run dir ``tensorboard/``).
     """
 
     log_every: int = 10_000
     score_window: int = 100
     checkpoint_every: int = 1_000_000
+    keep_checkpoints: int = 3
     progress: bool = True
     wandb: bool = False
     wandb_project: str = "dqnfast"
     wandb_entity: Optional[str] = None
+    wandb_mode: str = "online"
+    wandb_group: Optional[str] = None
+    wandb_tags: List[str] = field(default_factory=list)
+    wandb_checkpoint: bool = False
+    wandb_init_timeout: float = 30.0
+    tensorboard: bool = False
 
 
 @dataclass
@@ -226,6 +255,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    resume: Optional[str] = None  # a run dir or checkpoint to continue (train resume=<run dir>)
 
 
 # ----------------------------------------------------------------- validation
@@ -287,6 +317,10 @@ def validate(cfg: Config) -> None:
         _check(0 < e.batch_size <= e.num_envs, "envs.batch_size",
                f"must be in [1, envs.num_envs={e.num_envs}] (or null for synchronous), got {e.batch_size!r}")
     _check(e.num_threads is None or e.num_threads >= 0, "envs.num_threads", f"must be >= 0, got {e.num_threads!r}")
+    _choice(e.resume, "envs.resume", ENV_RESUME_MODES, "env resume mode")
+    _check(not (str(e.resume).lower() == "replay" and e.batch_size and e.batch_size < e.num_envs), "envs.resume",
+           "replay needs synchronous envs (envs.batch_size null or = envs.num_envs); use envs.resume=reseed with "
+           "asynchronous envs")
     _protocol(e.train, "envs.train")
     _protocol(e.eval, "envs.eval")
     _non_negative(e.eval, "envs.eval", "episodes")
@@ -334,5 +368,9 @@ def validate(cfg: Config) -> None:
     _positive(x, "explore", "decay_steps")
 
     g = cfg.logger
-    _positive(g, "logger", "log_every", "score_window")
+    _positive(g, "logger", "log_every", "score_window", "wandb_init_timeout")
     _non_negative(g, "logger", "checkpoint_every")
+    _positive(g, "logger", "keep_checkpoints")
+    _choice(g.wandb_mode, "logger.wandb_mode", WANDB_MODES, "wandb mode")
+    _check(all(isinstance(t, str) and t.strip() and len(t) <= 64 for t in g.wandb_tags), "logger.wandb_tags",
+           f"must be a list of non-empty tags of at most 64 characters, got {list(g.wandb_tags)!r}")

@@ -15,9 +15,7 @@ where R = sum_{k<m} gamma^k r_{t+k+1} and D = gamma^m, or 0 after ``terminated``
 
 from __future__ import annotations
 
-import os
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -28,10 +26,8 @@ from dqnfast.config import OptimConfig
 
 __all__ = [
     "Learner",
-    "load_checkpoint",
     "make_optimizer",
     "resolve_compile",
-    "save_checkpoint",
     "soft_update",
     "td_target",
     "update_step",
@@ -177,47 +173,3 @@ class Learner:
         """target <- tau * online + (1 - tau) * target."""
         soft_update(self.target, self.online, self.tau)
         self.num_syncs += 1
-
-
-def save_checkpoint(path: str | os.PathLike, *, online: nn.Module, target: nn.Module,
-                    optimizer: torch.optim.Optimizer, counters: dict[str, int], config: dict,
-                    game: str, network: dict) -> Path:
-    """Writes a training checkpoint atomically (temporary file, then ``os.replace``).
-
-    Contents (a dict for ``torch.save``): online, target, optimizer state dicts;
-    counters (env_steps, updates, episodes, ...); config as a plain dict; game (envpool
-    task id); network (NetworkSpec as a dict, enough to rebuild the net with
-    ``make_network``); format version.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": "dqnfast-checkpoint",
-        "version": 1,
-        "online": online.state_dict(),
-        "target": target.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "counters": {k: int(v) for k, v in counters.items()},
-        "config": config,
-        "game": game,
-        "network": network,
-    }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Reads a checkpoint written by ``save_checkpoint`` (plain dict)."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "dqnfast-checkpoint":
-        raise ValueError(f"{path} is not a dqnfast checkpoint")
-    return ckpt

@@ -1,8 +1,7 @@
-"""dqnfast.learner: targets checked by hand, loss, clipping, target sync, checkpoints."""
+"""dqnfast.learner: targets checked by hand, loss, clipping, target sync (checkpoints: test_checkpoint.py)."""
 
 from __future__ import annotations
 
-import os
 import types
 
 import pytest
@@ -12,10 +11,8 @@ from torch import nn
 from dqnfast.config import OptimConfig
 from dqnfast.learner import (
     Learner,
-    load_checkpoint,
     make_optimizer,
     resolve_compile,
-    save_checkpoint,
     td_target,
     update_step,
 )
@@ -149,26 +146,6 @@ def test_resolve_compile():
     assert resolve_compile("auto", "cuda") is True
     assert resolve_compile("true", "cpu") is True and resolve_compile(True, "cpu") is True
     assert resolve_compile("false", "cuda") is False and resolve_compile(False, "cuda") is False
-
-
-def test_checkpoint_is_atomic_and_complete(tmp_path):
-    spec = NetworkSpec("mlp", [4], "float32", 2, hidden=[8, 8])
-    online, target = make_network(spec), make_network(spec)
-    opt = torch.optim.Adam(online.parameters())
-    path = save_checkpoint(tmp_path / "ck.pt", online=online, target=target, optimizer=opt,
-                           counters={"env_steps": 10, "updates": 2}, config={"game": "CartPole"},
-                           game="CartPole-v1", network=spec.to_dict())
-    assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
-    ck = load_checkpoint(path)
-    assert ck["counters"] == {"env_steps": 10, "updates": 2} and ck["game"] == "CartPole-v1"
-    assert ck["config"] == {"game": "CartPole"} and set(ck) >= {"online", "target", "optimizer", "network"}
-    net = make_network(ck["network"])
-    net.load_state_dict(ck["online"])
-    x = torch.randn(3, 4)
-    torch.testing.assert_close(net(x), online(x))
-    (tmp_path / "bad.pt").write_bytes(b"")
-    with pytest.raises(Exception):
-        load_checkpoint(tmp_path / "bad.pt")
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from dqnfast.config import Config, ConfigError, validate
-from dqnfast.learner import load_checkpoint
+from dqnfast.checkpoint import load_checkpoint
 from dqnfast.networks import make_network
 from dqnfast.train import CONF_DIR, METRIC_COLUMNS, check_config, to_config, train
 

@@ -1,0 +1,213 @@
+"""dqnfast.evaluate, plots and video: the protocol, eval.json, PNGs, deterministic colour replay.
+
+CLI tests run ``python -m dqnfast.evaluate`` in a subprocess: on a CartPole agent trained in
+the test (the whole train -> evaluate path), and, for the video, on a Pong checkpoint of an
+untrained network with a short game cap (the replay and the encoding are what is tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dqnfast.checkpoint import write_checkpoint
+from dqnfast.config import Config, EnvsConfig, EvalProtocolConfig
+from dqnfast.evaluate import RecordingEnv, evaluate_network, format_table, play, summarize
+from dqnfast.networks import make_network, spec_for
+from dqnfast.video import ReplayDivergedError, replay_frames
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_module(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check_png(path: Path) -> None:
+    import matplotlib.image
+
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+
+
+def pong_checkpoint(path: Path, *, seed: int = 3) -> Path:
+    """A v2 checkpoint of an untrained Pong Nature CNN, as the trainer writes it (minus the loop state)."""
+    torch.manual_seed(seed)
+    spec = spec_for("auto", "pixels", (4, 84, 84), "uint8", 6, cnn_hidden=32)
+    net = make_network(spec)
+    cfg = dataclasses.asdict(Config(game="Pong", seed=seed))
+    return write_checkpoint(path, {
+        "online": net.state_dict(), "target": net.state_dict(), "optimizer": {},
+        "counters": {"env_steps": 1234, "frames": 4936, "updates": 56, "episodes": 0, "seed": seed},
+        "config": cfg, "game": "Pong-v5", "obs": {"kind": "pixels", "shape": [4, 84, 84], "dtype": "uint8"},
+        "num_actions": 6, "network": spec.to_dict(),
+    })
+
+
+# ------------------------------------------------------------------- library
+def test_summary_and_table():
+    s = summarize([1.0, 3.0, 2.0, 10.0], [5, 6, 7, 8])
+    assert (s["episodes"], s["mean"], s["median"], s["min"], s["max"]) == (4, 4.0, 2.5, 1.0, 10.0)
+    assert s["std"] == pytest.approx(np.std([1, 3, 2, 10]))
+    result = {"game": "Pong-v5", "checkpoint": "ck.pt", "env_steps": 100, "frames": 400, "updates": 3,
+              "protocol": {"episodes": 4, "num_envs": 2, "epsilon": 0.001, "seed": 0, "noop_max": 30,
+                           "repeat_action_probability": 0.25, "max_episode_steps": 27000,
+                           "max_episode_frames": 108000},
+              **s, "human_normalized": 0.7, "random": {**summarize([0.0, -1.0]), "human_normalized": 0.0},
+              "reference": {"random": -20.7, "human": 14.6}}
+    table = format_table(result)
+    assert "|   trained |" not in table and "| trained |     4 |" in table and "|  random |     2 |" in table
+    assert "sticky actions 0.25" in table and "108000 frames" in table and "0.700" in table
+
+
+def test_random_baseline_shares_the_protocol_and_counts_each_game_once():
+    envs = EnvsConfig(num_threads=1)
+    protocol = EvalProtocolConfig(episodes=7, num_envs=3)
+    net = make_network(spec_for("mlp", "vector", (4,), "float32", 2, mlp_hidden=(8,)))
+    ev = evaluate_network(net, game="CartPole", obs="pixels", envs=envs, protocol=protocol, epsilon=0.001, seed=5,
+                          record=True)
+    r = ev.result
+    assert r["episodes"] == 7 and len(r["scores"]) == 7 and r["random"]["episodes"] == 7
+    assert r["protocol"]["num_envs"] == 3 and r["protocol"]["seed"] == 5 and r["human_normalized"] is None
+    assert r["scores"] == [float(n) for n in r["lengths"]]  # CartPole: +1 per step
+    # the recording holds exactly the counted games: env i's first quota_i games (3, 2, 2)
+    games = ev.trained.games
+    assert sorted(g.score for g in games) == sorted(r["scores"])
+    assert sorted((g.env, g.index) for g in games) == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1)]
+
+
+def test_colour_replay_is_the_game_that_was_played(tmp_path):
+    """ALE is deterministic for a seed: re-playing env i's actions in a fresh one-env env seeded
+    seed + i reproduces its frames byte for byte (grey 84x84, as the agent saw them) and its rewards,
+    with sticky actions on; the colour replay then has 210x160x3 frames; a wrong record is refused."""
+    envs, seed = EnvsConfig(num_threads=1), 11
+    protocol = EvalProtocolConfig(episodes=3, num_envs=2, max_episode_steps=120, repeat_action_probability=0.25)
+    from dqnfast.envs import make_env
+
+    env, spec = make_env("Breakout", "pixels", envs, protocol, seed=seed, num_envs=2, batch_size=2)
+    rec = RecordingEnv(env, 2)
+    frames: list[list[np.ndarray]] = [[], []]
+    rng = np.random.default_rng(0)
+    rec.async_reset()
+    for _ in range(300):
+        obs, _, _, _, info = rec.recv()
+        for j, e in enumerate(info["env_id"]):
+            frames[e].append(obs[j, -1].copy())
+        rec.send(rng.integers(0, spec.num_actions, 2).astype(np.int32), info["env_id"])
+    rec.recv()
+    config = dict(env.config)
+    env.close()
+    games = rec.games([9, 9])
+    g = next(g for g in games if g.env == 1 and g.index == 1)  # env 1's second game: needs a pre-roll
+    args = ("Breakout-v5", config, 1, rec.actions[1], rec.rewards[1], rec.elapsed[1], g.start, g.stop)
+    grey = replay_frames(*args, img_height=84, img_width=84, gray_scale=True, stack_num=4)
+    assert grey.shape == (g.stop - g.start, 84, 84, 4) and grey.dtype == np.uint8
+    np.testing.assert_array_equal(grey[..., -1], np.stack(frames[1][g.start:g.stop]))
+    colour = replay_frames(*args)
+    assert colour.shape == (g.length + 1, 210, 160, 3) and colour.dtype == np.uint8
+    assert len({c.tobytes() for c in colour}) > 10  # the screen moves
+    wrong = list(rec.rewards[1])
+    wrong[g.stop - 2] += 1.0
+    with pytest.raises(ReplayDivergedError, match="diverged at step"):
+        replay_frames("Breakout-v5", config, 1, rec.actions[1], wrong, rec.elapsed[1], g.start, g.stop)
+
+
+def test_play_uses_the_given_seed_per_env():
+    envs, protocol = EnvsConfig(num_threads=1), EvalProtocolConfig(episodes=4, num_envs=2)
+    a = play("CartPole", "pixels", envs, protocol, None, epsilon=1.0, seed=3)
+    b = play("CartPole", "pixels", envs, protocol, None, epsilon=1.0, seed=3)
+    assert a.scores == b.scores and a.epsilon == 1.0
+
+
+# ------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    """A CartPole agent trained by the real CLI (~5 s): a run dir with metrics.csv and checkpoint.pt."""
+    tmp = tmp_path_factory.mktemp("cartpole")
+    proc = run_module("dqnfast.train", "preset=cartpole", "algo.total_steps=4000", "algo.learning_starts=500",
+                      "logger.log_every=500", "logger.progress=false", "envs.eval.episodes=2", "torch_threads=1",
+                      f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"
+
+
+def test_train_writes_eval_json_and_plots(cartpole_run):
+    ev = json.loads((cartpole_run / "eval.json").read_text())
+    assert ev["game"] == "CartPole-v1" and ev["env_steps"] == 4000 and len(ev["scores"]) == 2
+    assert ev["random"]["episodes"] == 2 and ev["protocol"]["epsilon"] == 0.0
+    for name in ("eval_scores.png", "learning_curve.png"):
+        check_png(cartpole_run / name)
+
+
+def test_cli_evaluates_trained_vs_random(cartpole_run):
+    proc = run_module("dqnfast.evaluate", f"run={cartpole_run}", "episodes=12", "num_envs=4", cwd=cartpole_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = cartpole_run / "eval"
+    ev = json.loads((out / "eval.json").read_text())
+    for key in ("mean", "std", "median", "min", "max", "scores", "lengths", "protocol", "checkpoint", "env_steps",
+                "random", "human_normalized", "plots", "video"):
+        assert key in ev, key
+    assert len(ev["scores"]) == 12 and len(ev["random"]["scores"]) == 12
+    assert ev["min"] <= ev["median"] <= ev["max"] and ev["mean"] == pytest.approx(np.mean(ev["scores"]))
+    assert ev["std"] == pytest.approx(np.std(ev["scores"]))
+    assert ev["protocol"]["epsilon"] == 0.001 and ev["protocol"]["episodes"] == 12
+    assert ev["env_steps"] == 4000 and ev["checkpoint"] == str((cartpole_run / "checkpoint.pt").resolve())
+    assert ev["mean"] > ev["random"]["mean"]  # 4000 steps of CartPole beat random play
+    assert "| trained |    12 |" in proc.stdout and "|  random |    12 |" in proc.stdout
+    for name in ("eval_scores.png", "learning_curve.png"):
+        check_png(out / name)
+
+
+def test_cli_video_and_gif_of_a_pong_game(tmp_path):
+    imageio = pytest.importorskip("imageio.v2", reason="videos need imageio and imageio-ffmpeg")
+    pytest.importorskip("imageio_ffmpeg", reason="videos need imageio-ffmpeg")
+
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    proc = run_module("dqnfast.evaluate", f"run={ck.parent}", "episodes=2", "num_envs=2", "max_episode_steps=60",
+                      "video=true", "gif=true", "video_episode=first", "plots=false", "random_baseline=false",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((ck.parent / "eval" / "eval.json").read_text())
+    v = ev["video"]
+    assert v["length"] == 60 and v["frames"] == 61 and v["shape"] == [210, 160, 3] and v["fps"] == 15.0
+    assert v["score"] == ev["scores"][0] or v["score"] in ev["scores"]
+    assert f"score{v['score']:g}" in Path(v["mp4"]).name and ev["random"] is None
+    reader = imageio.get_reader(v["mp4"])
+    frames = [f for f in reader]
+    reader.close()
+    assert len(frames) == 61 and frames[0].shape == (210, 160, 3) and frames[0].dtype == np.uint8
+    assert frames[0].mean() > 20  # a colour picture, not black
+    gif = imageio.mimread(v["gif"])
+    assert 1 < len(gif) <= 61 and gif[0].shape[:2] == (210, 160)  # GIF merges identical consecutive frames
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "checkpoint.pt").write_bytes(ck.read_bytes()[:5000])
+    cases = [
+        ([f"run={ck.parent}", "game=Breakout"], "error: run: checkpoint is for Pong-v5, this evaluation is Breakout-v5"),
+        ([f"run={tmp_path / 'cut'}"], "error: run: checkpoint"),
+        ([f"run={tmp_path / 'nothing'}"], "error: run: no run dir or checkpoint file"),
+        (["episodes=3"], "error: run: give the run dir"),
+    ]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-m", "dqnfast.evaluate", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args, _ in cases]
+    for p, (args, expect) in zip(procs, cases):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith(expect), (args, err)
+    assert not (tmp_path / "cut" / "eval").exists()  # refused before Hydra made a folder

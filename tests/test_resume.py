@@ -1,0 +1,183 @@
+"""Checkpoints and resume through the real CLI: SIGTERM mid-run, resume, exact continuation.
+
+With ``envs.resume=replay`` (the envs are restored by re-playing the recorded actions from
+the same seed) and ``replay.save=true`` (the ring and its sampler state come back), a run
+stopped by SIGTERM at an arbitrary step and resumed computes the same updates as a run that
+was never stopped: the same losses, Q-values, scores, epsilons in metrics.csv and the same
+final weights, bit for bit (CPU, one torch thread). The default ``envs.resume=reseed``
+without a saved ring is checked for what it promises: counters and schedules continue,
+the ring is refilled with ``learning_starts`` random steps, metrics.csv is appended to.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from dqnfast.actor import linear_epsilon
+from dqnfast.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+BASE = ["preset=cartpole", "algo.learning_starts=500", "algo.replay_ratio=8", "algo.batch_size=32",
+        "logger.log_every=250", "logger.progress=false", "envs.eval.episodes=2", "torch_threads=1",
+        "envs.num_threads=1", "replay.num_threads=1"]
+EXACT = ["envs.resume=replay", "replay.save=true"]
+COMPARED = ["env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean", "loss",
+            "q_mean", "epsilon", "updates"]  # all but sps and time
+
+
+def start(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dqnfast.train", *args], cwd=cwd, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(p: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    # A: never stopped, a numbered checkpoint every 500 steps to compare weights with
+    uninterrupted = start(*BASE, *EXACT, "algo.total_steps=6000", "logger.checkpoint_every=500",
+                          "logger.keep_checkpoints=100", f"hydra.run.dir={a}", cwd=tmp_path)
+    # B: the same run, stopped by SIGTERM once learning is under way, then resumed
+    proc = start(*BASE, *EXACT, "algo.total_steps=1000000", "logger.checkpoint_every=0", f"hydra.run.dir={b}",
+                 cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (b / "metrics.csv").exists() and len(rows(b)) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "SIGTERM: stopped at" in err and f"resume={b}" in err
+    ck = load_checkpoint(b / "checkpoint.pt")
+    stopped = ck["counters"]["env_steps"]
+    assert 750 <= stopped < 5000 and stopped % 4 == 0
+    assert ck["envs"]["actions"].shape == (stopped // 4, 4)  # one recorded action per env and step
+    assert (b / f"replay_{stopped:012d}.npz").exists() and not (b / "eval.json").exists()
+    assert all(int(r["env_steps"]) <= stopped for r in rows(b))  # no row written at the interruption
+
+    total = (stopped // 500 + 2) * 500  # a multiple of 4 envs and of log_every, <= 6000
+    code, _, err = finish(start(f"resume={b}", f"algo.total_steps={total}", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    log = (b / "train.log").read_text()
+    assert f"resume: changed algo.total_steps: 1000000 -> {total}" in log
+    assert f"at {stopped} agent steps" in log and "replay: reloaded" in log and "envs: restored by replaying" in log
+    assert list(b.glob(".hydra/resume-*/overrides.yaml"))  # the run's own .hydra/ is kept
+    code, _, err = finish(uninterrupted)
+    assert code == 0, err[-3000:]
+
+    ra, rb = [r for r in rows(a) if int(r["env_steps"]) <= total], rows(b)
+    assert [int(r["env_steps"]) for r in rb] == [int(r["env_steps"]) for r in ra]
+    assert rb[-1]["env_steps"] == str(total) and float(rb[-1]["loss"]) > 0
+    for x, y in zip(ra, rb):
+        assert {k: x[k] for k in COMPARED} == {k: y[k] for k in COMPARED}  # exactly: same floats, same text
+    ca, cb = load_checkpoint(a / "checkpoints" / f"step_{total:012d}.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert {k: v for k, v in ca["counters"].items() if k != "resumes"} == \
+        {k: v for k, v in cb["counters"].items() if k != "resumes"}
+    assert cb["counters"]["resumes"] == 1 and ca["epsilon"] == cb["epsilon"]
+    for name in ("online", "target"):
+        for k in ca[name]:
+            assert torch.equal(ca[name][k], cb[name][k]), (name, k)
+    for k, v in ca["optimizer"]["state"].items():
+        assert all(torch.equal(v[n], cb["optimizer"]["state"][k][n]) for n in v)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A finished CartPole run of 1500 agent steps, checkpoints every 500, the newest 2 kept (~5 s)."""
+    tmp = tmp_path_factory.mktemp("finished")
+    code, _, err = finish(start(*BASE, "algo.total_steps=1500", "logger.checkpoint_every=500",
+                                "logger.keep_checkpoints=2", f"hydra.run.dir={tmp / 'run'}", cwd=tmp))
+    assert code == 0, err[-3000:]
+    return tmp / "run"
+
+
+def test_default_resume_reseeds_refills_and_continues_the_counters(finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    ck1 = load_checkpoint(run / "checkpoint.pt")
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000001000.pt", "step_000000001500.pt"]
+    code, _, err = finish(start(f"resume={run}", "algo.total_steps=2500", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    log = (run / "train.log").read_text()
+    assert "the ring starts empty and is refilled with algo.learning_starts=500" in log
+    assert "envs: re-created with seed 1000001 (envs.resume=reseed)" in log
+    ck2 = load_checkpoint(run / "checkpoint.pt")
+    c1, c2 = ck1["counters"], ck2["counters"]
+    assert c2["env_steps"] == 2500 and c2["refill_steps"] == 500 and c2["resumes"] == 1
+    # one update per 4 agent steps before and after: the refill adds no updates and no steps
+    assert c2["updates"] - c1["updates"] == pytest.approx((2500 - 1500) * 8 / 32, abs=1)
+    assert c2["episodes"] > c1["episodes"]
+    r = rows(run)
+    steps = [int(x["env_steps"]) for x in r]
+    assert steps == sorted(set(steps)) and len(steps) == 10 and 1500 in steps and steps[-1] == 2500  # appended
+    for x in r:  # the schedule continues from the checkpoint's step (cartpole: 1 -> 0.05 over 10k); a row
+        # shows the epsilon of the last actions, chosen 4 agent steps (one per env) before the row's count
+        assert float(x["epsilon"]) == pytest.approx(linear_epsilon(int(x["env_steps"]) - 4, 1.0, 0.05, 10_000, 500))
+    assert [int(x["updates"]) for x in r] == sorted(int(x["updates"]) for x in r)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000002000.pt", "step_000000002500.pt"]
+
+
+def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
+    from test_checkpoint import flip_tensor_byte
+    from test_evaluate import pong_checkpoint
+
+    run = finished_run
+    data = (run / "checkpoint.pt").read_bytes()
+    for name in ("cut", "flip"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "cut" / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    flip_tensor_byte(run / "checkpoint.pt", tmp_path / "flip" / "checkpoint.pt")
+    pong = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    cases = [
+        ([f"resume={tmp_path / 'cut'}"], "error: resume: checkpoint", "is truncated or corrupt"),
+        ([f"resume={tmp_path / 'flip'}"], "error: resume: checkpoint", "is corrupt (checksum mismatch"),
+        ([f"resume={pong.parent}", "game=Breakout"], "error: resume: checkpoint is for Pong-v5, this run is Breakout-v5",
+         ""),
+        ([f"resume={run}", "network.mlp_hidden=[64]", "algo.total_steps=9000"],
+         "error: resume: checkpoint network is mlp hidden [128, 128] on float32[4], this run's is mlp hidden [64]", ""),
+    ]
+    procs = [start(*args, cwd=tmp_path) for args, _, _ in cases]
+    for p, (args, head, part) in zip(procs, cases):
+        code, _, err = finish(p)
+        assert code == 2 and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith(head) and part in err, (args, err)
+    assert not list((tmp_path / "cut").glob(".hydra*"))  # refused before Hydra wrote into the run dir
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    script = (
+        "import os, signal, time\n"
+        "from dqnfast.train import GracefulStop\n"
+        "with GracefulStop() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.1)\n"
+        "    assert stop.signum == signal.SIGINT, stop.signum\n"
+        "    print('first signal: flag set', flush=True)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(5)\n"
+        "print('not reached')\n"
+    )
+    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 128 + signal.SIGINT and "first signal: flag set" in p.stdout
+    assert "not reached" not in p.stdout and "SIGINT again: exiting now, without a checkpoint" in p.stderr
