@@ -16,7 +16,7 @@ dl() {
     --platform manylinux2014_x86_64 --platform any -d "$1" "${@:2}"
 }
 dl .device/whl dm-tree==0.1.10 optree==0.20.0 dm-env==1.6 gymnasium==1.4.0 farama-notifications==0.0.6 \
-  types-protobuf typing-extensions hydra-core==1.3.8 omegaconf==2.3.0 pyyaml cloudpickle tqdm
+  types-protobuf typing-extensions hydra-core==1.3.8 omegaconf==2.3.0 pyyaml cloudpickle tqdm ale-py==0.12.1
 # antlr4 4.9.3 (what omegaconf 2.3 pins) is a pure-Python sdist: build its wheel here.
 python3 -m pip wheel -q --no-deps -w .device/whl antlr4-python3-runtime==4.9.3
 tmp=$(mktemp -d)

@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmark scripts: they run, print ``NAME = value unit`` lines and save JSON.
+
+Nothing here asserts on time: figures only have to exist and be positive. ``fps.py --quick``
+runs every stage (env, actor, replay, learner, e2e through the real CLI, peer) in about a
+minute on 2 cores; ``replay.py --quick`` in about 15 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+METRIC_LINE = re.compile(r"^(fps\.[A-Za-z0-9_]+) = (\S+) (\S+)$", re.MULTILINE)
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_fps_quick_runs_every_stage(tmp_path):
+    out = tmp_path / "fps.json"
+    r = _run([str(BENCH / "fps.py"), "--quick", "--out", str(out)], timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    lines = {m.group(1): (m.group(2), m.group(3)) for m in METRIC_LINE.finditer(r.stdout)}
+    have_peer = importlib.util.find_spec("ale_py") is not None
+    expected = ["fps.env_sync_n8", "fps.env_sync_n8_frames", "fps.env_async_n8_b4", "fps.actor_sync_n8",
+                "fps.actor_sync_n8_vs_env", "fps.replay_sample_B256", "fps.replay_sample_B256_vs_memcpy",
+                "fps.learner_B32_eager_fp32", "fps.learner_B32_eager_bf16", "fps.e2e_nature",
+                "fps.e2e_nature_bound", "fps.e2e_nature_vs_bound"]
+    if have_peer:
+        expected += ["fps.peer", "fps.e2e_nature_vs_peer"]
+    for name in expected:
+        assert name in lines, f"{name} not printed; got {sorted(lines)}"
+        value = float(lines[name][0])
+        assert math.isfinite(value) and value > 0, (name, lines[name])
+    assert lines["fps.env_sync_n8"][1] == "steps/s" and lines["fps.env_sync_n8_frames"][1] == "frames/s"
+    assert "targets (issue 6)" in r.stdout and "ratio" in r.stdout  # the summary table and the targets
+
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "fps"
+    assert doc["machine"]["cpu_model"] and doc["machine"]["cores"] >= 1
+    assert set(doc["stages"]) >= {"env", "actor", "replay", "learner", "e2e"} | ({"peer"} if have_peer else set())
+    assert not any(s["error"] for s in doc["stages"].values()), doc["stages"]
+    assert set(doc["metrics"]) == set(lines)  # every printed line is saved, and only those
+    e2e = [row for row in doc["results"] if row["stage"] == "e2e"]
+    assert e2e and e2e[0]["updates_per_step"] == pytest.approx(0.25)  # the Nature ratio: 1 update / 4 steps
+
+
+def test_replay_quick_runs(tmp_path):
+    script = BENCH / "replay.py"
+    if not script.exists():
+        pytest.skip("benchmarks/replay.py not present")
+    out = tmp_path / "replay.json"
+    r = _run([str(script), "--quick", "--out", str(out)], timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert re.search(r"^replay\.sample_B256_threads1 = \d+ samples/s$", r.stdout, re.MULTILINE)
+    assert json.loads(out.read_text())["benchmark"] == "replay"
+
+
+def test_fps_rejects_unknown_stage():
+    r = _run([str(BENCH / "fps.py"), "--stage", "env,warp"], timeout=60)
+    assert r.returncode == 2 and "unknown stage" in r.stderr
+
+
+def test_fps_plan_measures_the_bounds_it_compares_with():
+    fps = _load("fps")
+    args = fps.parse_args(["--stage", "actor,e2e", "--quick", "--e2e", "nature,fast"])
+    p = fps.plan(args, "cpu")
+    cores = args.cores
+    # the actor's rows and both e2e settings' env ceilings are measured, as bounds only
+    assert p["bound_only"]["env"] and p["bound_only"]["learner"]
+    for n, b, _ in p["actor"]:
+        assert (n, b, min(max(args.threads), n)) in p["env"]
+    assert (8, 8, min(cores, 8)) in p["env"] and (64, 32, min(cores, 64)) in p["env"]
+    # learner: what dqnfast.train runs on this device at each setting's batch size
+    assert (32, "eager-fp32") in p["learner"] and (256, "eager-fp32") in p["learner"]
+    assert [s["replay_ratio"] for s in p["e2e"]] == [8.0, 8.0]
+    # CUDA graphs are skipped (with a note) off CUDA; on CUDA the default run compiles
+    full = fps.parse_args(["--stage", "learner"])
+    assert all(not v.startswith("graphs") for _, v in fps.plan(full, "cpu")["learner"])
+    assert {v for _, v in fps.plan(full, "cuda")["learner"]} >= {"compile-fp32", "graphs-fp32", "graphs-bf16"}
+    fast = next(s for s in fps.plan(fps.parse_args(["--stage", "e2e"]), "cuda")["e2e"] if s["name"] == "fast")
+    assert fast["learner_variant"] == "compile-fp32" and fast["batch_size"] == 256
+
+
+def test_peer_resize_standin_matches_opencv():
+    cv2 = pytest.importorskip("cv2")
+    if getattr(cv2, "__dqnfast_standin__", False):
+        pytest.skip("OpenCV not installed")
+    peer = _load("peer_dqn")
+    saved = sys.modules.get("cv2")
+    try:
+        peer.install_cv2_standin()
+        standin = sys.modules["cv2"]
+    finally:
+        sys.modules["cv2"] = saved
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (210, 160)).astype(np.uint8)
+    img[50:120, 30:40] = 236  # a flat block with edges, as Atari frames have
+    ours = standin.resize(img, (84, 84), interpolation=standin.INTER_AREA)
+    ref = cv2.resize(img, (84, 84), interpolation=cv2.INTER_AREA)
+    assert ours.shape == ref.shape == (84, 84) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
