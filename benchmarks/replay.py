@@ -7,7 +7,8 @@ and gather threads 1..cores:
                  (obs and next_obs delivered as torch uint8 tensors), num_envs envs
     sb3          stable_baselines3 ReplayBuffer.sample(B) -> torch tensors, n_envs=1 as in
                  CleanRL's dqn_atari.py, optimize_memory_usage False ("sb3") and True
-                 ("sb3-optmem", CleanRL's setting); handle_timeout_termination=False
+                 ("sb3-optmem", CleanRL's setting); handle_timeout_termination=False;
+                 "sb3-optmem-dm": CleanRL's setting with glibc's default malloc (see MALLOC_ENV)
     reference    dqnfast.replay_reference.ReferenceRing.sample(B) -> numpy arrays
     memcpy       one contiguous copy of B * 2 * 28224 bytes (obs + next_obs of one batch)
                  from a random 64-byte-aligned offset of a 2 GiB source into a reused
@@ -26,7 +27,7 @@ Buffers are filled before timing with real Pong-v5 frames from envpool (a pool o
 newest frames cycled; --frames random for random bytes) and realistic episode boundaries
 (episodes of 500..1500 steps, 10% of them truncated, sparse +-1 rewards).
 
-    python benchmarks/replay.py                 # full run (~5 min, ~12 GB peak RAM)
+    python benchmarks/replay.py                 # full run (~3 min idle 2-core box, ~12 GB peak RAM)
     python benchmarks/replay.py --quick         # seconds: smoke test
     python benchmarks/replay.py --threads 1 --batch-sizes 256 --capacity 200000
 
