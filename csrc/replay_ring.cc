@@ -6,16 +6,62 @@
 #include <stdexcept>
 #include <string>
 
+#include <sys/mman.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace dqnfast {
 
 namespace {
 
 // Below this many output bytes a batch is gathered on the calling thread:
-// waking workers costs more than it saves.
-constexpr int64_t kParallelGatherBytes = 256 * 1024;
+// waking workers (~50 us) costs more than it saves (B=32 Atari is 1.8 MB).
+constexpr int64_t kParallelGatherBytes = 2 * 1024 * 1024;
 constexpr int64_t kParallelAddBytes = 512 * 1024;
+// From this many output bytes on a batch is written with non-temporal stores
+// (measured: +10% at B=256 Atari, -20% at B=32, whose 1.8 MB stay in cache).
+constexpr int64_t kStreamBytes = 8 * 1024 * 1024;
 
 std::string Str(int64_t v) { return std::to_string(v); }
+
+// Copies one frame into a batch row. With `stream`, for batches far larger
+// than the caches (read next by the host-to-device copy or the learner, not by
+// this core), and where both ends are 16-byte aligned (Atari: 7056 = 441 * 16),
+// it uses non-temporal stores: they skip reading each destination line into
+// the cache before overwriting it, a third of the memory traffic of a copy.
+// Small batches stay in cache with plain stores, which is faster for them.
+// Callers issue one StreamFence() after their stores.
+inline void CopyFrame(uint8_t* dst, const uint8_t* src, int64_t bytes, bool stream) {
+#if defined(__SSE2__)
+  if (stream && ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
+        static_cast<uintptr_t>(bytes)) & 15) == 0) {
+    auto* d = reinterpret_cast<__m128i*>(dst);
+    const auto* p = reinterpret_cast<const __m128i*>(src);
+    const int64_t n = bytes / 16;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const __m128i a = _mm_load_si128(p + i), b = _mm_load_si128(p + i + 1);
+      const __m128i c = _mm_load_si128(p + i + 2), e = _mm_load_si128(p + i + 3);
+      _mm_stream_si128(d + i, a);
+      _mm_stream_si128(d + i + 1, b);
+      _mm_stream_si128(d + i + 2, c);
+      _mm_stream_si128(d + i + 3, e);
+    }
+    for (; i < n; ++i) _mm_stream_si128(d + i, _mm_load_si128(p + i));
+    return;
+  }
+#endif
+  std::memcpy(dst, src, bytes);
+}
+
+// Orders the non-temporal stores before the batch is handed back.
+inline void StreamFence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 }  // namespace
 
@@ -28,7 +74,8 @@ ReplayRing::ReplayRing(const RingConfig& config)
     : config_(config), rng_(config.seed) {
   if (config.num_envs <= 0) throw std::invalid_argument("num_envs must be positive");
   if (config.frame_bytes <= 0) throw std::invalid_argument("frame_bytes must be positive");
-  if (config.stack <= 0) throw std::invalid_argument("stack must be positive");
+  if (config.stack <= 0 || config.stack > kMaxStack)
+    throw std::invalid_argument("stack must be in [1, " + Str(kMaxStack) + "]");
   if (config.n_step <= 0) throw std::invalid_argument("n_step must be positive");
   if (!(config.gamma >= 0.0 && config.gamma <= 1.0))
     throw std::invalid_argument("gamma must be in [0, 1]");
@@ -44,8 +91,16 @@ ReplayRing::ReplayRing(const RingConfig& config)
     throw std::invalid_argument("capacity must be below 2^31 slots");
   }
   const int64_t slots = seg_ * config.num_envs;
-  frames_ = static_cast<uint8_t*>(std::calloc(slots, config.frame_bytes));
-  if (frames_ == nullptr) throw std::bad_alloc();
+  // Anonymous mapping: zero pages committed only as they are written, and
+  // transparent huge pages where the kernel offers them on request (fewer TLB
+  // misses for random frame reads across gigabytes).
+  frames_bytes_ = slots * config.frame_bytes;
+  void* mem = mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mem == MAP_FAILED) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  madvise(mem, frames_bytes_, MADV_HUGEPAGE);
+#endif
+  frames_ = static_cast<uint8_t*>(mem);
   actions_.assign(slots, 0);
   rewards_.assign(slots, 0.0f);
   flags_.assign(slots, 0);
@@ -58,7 +113,7 @@ ReplayRing::ReplayRing(const RingConfig& config)
   pool_ = std::make_unique<ThreadPool>(config.num_threads);
 }
 
-ReplayRing::~ReplayRing() { std::free(frames_); }
+ReplayRing::~ReplayRing() { munmap(frames_, frames_bytes_); }
 
 void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
                      int64_t frame_stride, const int64_t* actions,
@@ -148,18 +203,22 @@ int64_t ReplayRing::StepAt(int64_t e, int64_t pos) const {
   return t >= 0 ? t : -1;
 }
 
-void ReplayRing::CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst) const {
+void ReplayRing::CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst, bool stream) const {
   const int64_t fb = config_.frame_bytes;
   const int stack = config_.stack;
+  // Resolve the stack's steps newest first (the reset rule walks backwards),
+  // then copy oldest first: ascending addresses keep the prefetchers ahead.
+  int64_t steps[kMaxStack];
   int64_t cur = u;
-  std::memcpy(dst + (stack - 1) * fb, frames_ + Slot(e, cur) * fb, fb);
+  steps[stack - 1] = cur;
   for (int i = stack - 2; i >= 0; --i) {
     if (!(FlagsAt(e, cur) & kFirst) && cur - 1 >= lo) --cur;
-    std::memcpy(dst + i * fb, frames_ + Slot(e, cur) * fb, fb);
+    steps[i] = cur;
   }
+  for (int i = 0; i < stack; ++i) CopyFrame(dst + i * fb, frames_ + Slot(e, steps[i]) * fb, fb, stream);
 }
 
-void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) const {
+void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out, bool stream) const {
   const int64_t e = index / seg_;
   const int64_t t = StepAt(e, index % seg_);
   const int64_t lo = Lo(e);
@@ -178,18 +237,20 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
     if (f & kTruncated) break;
   }
   const int64_t row_bytes = config_.stack * config_.frame_bytes;
-  CopyStack(e, lo, t, out.obs + row * row_bytes);
-  CopyStack(e, lo, t + m, out.next_obs + row * row_bytes);
+  CopyStack(e, lo, t, out.obs + row * row_bytes, stream);
+  CopyStack(e, lo, t + m, out.next_obs + row * row_bytes, stream);
   out.action[row] = actions_[Slot(e, t + 1)];
   out.reward[row] = static_cast<float>(ret);
   out.discount[row] = terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
 }
 
 void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {
-  auto body = [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out);
-  };
   const int64_t bytes = batch * 2 * config_.stack * config_.frame_bytes;
+  const bool stream = bytes >= kStreamBytes;
+  auto body = [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out, stream);
+    if (stream) StreamFence();  // on the thread that issued the stores
+  };
   if (bytes >= kParallelGatherBytes) {
     pool_->ParallelFor(batch, body);
   } else {

@@ -52,6 +52,9 @@
 
 namespace dqnfast {
 
+// Longest frame stack the ring rebuilds (Atari uses 4).
+constexpr int kMaxStack = 64;
+
 struct RingConfig {
   int64_t capacity = 0;     // total slots over all envs
   int num_envs = 1;
@@ -129,9 +132,9 @@ class ReplayRing {
   // Validity of step t of env e given the current cursor.
   bool ComputeValid(int64_t e, int64_t t) const;
   void Refresh(int64_t e, int64_t t_begin, int64_t t_end);  // [t_begin, t_end)
-  void GatherOne(int64_t row, int64_t index, const BatchOut& out) const;
+  void GatherOne(int64_t row, int64_t index, const BatchOut& out, bool stream) const;
   void GatherRows(int64_t batch, const BatchOut& out);
-  void CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst) const;
+  void CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst, bool stream) const;
 
   int64_t Slot(int64_t e, int64_t t) const { return e * seg_ + t % seg_; }
   uint8_t FlagsAt(int64_t e, int64_t t) const { return flags_[Slot(e, t)]; }
@@ -141,7 +144,8 @@ class ReplayRing {
 
   RingConfig config_;
   int64_t seg_;
-  uint8_t* frames_ = nullptr;  // calloc'd: pages are committed as they are written
+  uint8_t* frames_ = nullptr;  // mmap'd: pages are committed as they are written
+  int64_t frames_bytes_ = 0;
   std::vector<int32_t> actions_;
   std::vector<float> rewards_;
   std::vector<uint8_t> flags_;
