@@ -41,6 +41,8 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dqnfast.atomic import atomic_open
+
 if TYPE_CHECKING:  # torch is imported where it is used: finding a checkpoint needs no torch
     import torch
     from torch import nn
@@ -112,16 +114,8 @@ def payload_digest(payload: dict) -> str:
 def _atomic_save(payload: dict, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path) as f:
+        torch.save(payload, f)
 
 
 def package_version() -> str:

@@ -601,33 +601,13 @@ def _preflight(argv: list[str]) -> None:
     if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--resolve") or a.startswith("--cfg")
            or a.startswith("--info") for a in argv):
         return
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    from dqnfast.overrides import check_overrides
 
-    args = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
-        overrides = OverridesParser.create().parse_overrides(args)
-    except Exception:  # Hydra's own parser error says it best
-        return
-    runs: list[str] = []
-    for o in overrides:
-        key = o.key_or_group
-        if key.startswith("hydra") or o.is_delete() or o.is_add() or o.package:
-            continue
-        try:
-            values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
-        except Exception:
-            continue
-        for value in values:
-            try:
-                OmegaConf.update(OmegaConf.structured(EvalConfig), key, value, merge=True)
-            except Exception as e:  # unknown key, wrong type
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                if "not in" in first or "Key '" in first:
-                    first = "no such key (see python -m dqnfast.evaluate --help)"
-                _fail(ConfigError(key, first))
-            if key == "run":
-                runs.append(str(value))
+        runs = [str(r) for r in check_overrides(argv, EvalConfig, hint="see python -m dqnfast.evaluate --help")
+                .get("run", [])]
+    except ConfigError as e:
+        _fail(e)
     if not runs:
         _fail(ConfigError("run", "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate "
                                  "run=outputs/DATE/TIME"))

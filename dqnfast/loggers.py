@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
+from dqnfast.atomic import atomic_open
 from dqnfast.config import ConfigError, LoggerConfig
 
 __all__ = [
@@ -237,12 +238,11 @@ class CsvLogger:
                 rows = list(csv.DictReader(f))
             kept = [r for r in rows if r.get(STEP_KEY) and float(r[STEP_KEY]) <= resume_step]
             if len(kept) != len(rows):  # rows written after the checkpoint: rewrite atomically without them
-                tmp = self.path.with_name(f".{self.path.name}.tmp")
-                with open(tmp, "w", newline="") as f:
+                with atomic_open(self.path, "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
                     w.writeheader()
                     w.writerows(kept)
-                os.replace(tmp, self.path)
+                log.info("metrics.csv: dropped %d rows written after the checkpoint", len(rows) - len(kept))
             self._file = open(self.path, "a", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         else:
@@ -282,7 +282,6 @@ def _wandb_has_credentials(wandb: Any, base_url: str) -> bool:
     except Exception:  # a malformed key: let wandb.init report it, then fall back
         return True
     import netrc
-    import os
 
     if os.environ.get("WANDB_API_KEY"):
         return True

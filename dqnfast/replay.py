@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from dqnfast import _core
+from dqnfast.atomic import atomic_open
 
 __all__ = ["Batch", "ReplayRing", "ReplayMemoryError", "ReplayFileError", "available_memory_bytes"]
 
@@ -323,18 +324,8 @@ class ReplayRing:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        arrays = self._ring._storage()
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, meta=np.array(json.dumps(self._meta())), **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_open(path) as f:
+            np.savez(f, meta=np.array(json.dumps(self._meta())), **self._ring._storage())
         return path
 
     @classmethod

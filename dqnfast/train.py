@@ -40,7 +40,6 @@ same updates, bit for bit, as one that was never stopped; tests/test_resume.py).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -63,13 +62,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqnfast.config import Config, ConfigError, validate
-from dqnfast.loggers import METRIC_COLUMNS, RunInfo, RunLoggers, check_logger_config, eval_media
+from dqnfast.loggers import RunInfo, RunLoggers, check_logger_config, eval_media
 
 log = logging.getLogger("dqnfast.train")
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"  # a link to the repo's conf/, shipped in wheels
 GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "preset")
-# METRIC_COLUMNS (metrics.csv's columns) lives in dqnfast.loggers and is re-exported here
 
 
 # ------------------------------------------------------------------ start-up
@@ -311,23 +309,6 @@ def _set_rng_state(state: dict[str, Any], actor: Any, ring: Any, device: Any, *,
         torch.cuda.set_rng_state_all(state["torch_cuda"])
 
 
-def _keep_metrics_rows(path: Path, up_to: int) -> int:
-    """Drops metrics.csv rows after agent step ``up_to`` (written after the checkpoint); returns how many."""
-    if not path.exists():
-        return 0
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    kept = [r for r in rows if r.get("env_steps") and float(r["env_steps"]) <= up_to]
-    if len(kept) != len(rows):
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(kept)
-        os.replace(tmp, path)
-    return len(rows) - len(kept)
-
-
 # ---------------------------------------------------------------------- train
 def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None = None,
           resume: str | os.PathLike | dict | None = None, tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -525,11 +506,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
             tracker.started[:] = loop["tracker_started"].numpy()
         if replay_file is None:
             refill_left = a.learning_starts
-        dropped = _keep_metrics_rows(metrics_path, env_steps)
         log.info("resume %s from %s at %d agent steps (%d updates, %d games, eps %.4f); resume #%d",
                  name, ck.get("_path", "the checkpoint"), env_steps, learner.num_updates, episodes, epsilon, resumes)
-        if dropped:
-            log.info("metrics.csv: dropped %d rows written after the checkpoint", dropped)
         if replay_file is not None:
             log.info("replay: reloaded %s (%d stored steps, sampler state restored)", replay_file.name, len(ring))
         else:
@@ -793,41 +771,17 @@ _register_configs()
 def _preflight(argv: list[str]) -> None:
     """One-line errors, before Hydra, for overrides Hydra would report in many lines.
 
-    Checks unknown config-group options (``network=foo``) and, against the typed
-    schema, unknown keys and values of the wrong type (``optim.lr=abc``); every
-    value of a sweep (``seed=0,1,2``) is checked. Values are checked by
+    Unknown config-group options (``network=foo``), unknown keys and values of the
+    wrong type (``optim.lr=abc``), every value of a sweep; values are checked by
     ``config.validate`` once the run starts.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from dqnfast.overrides import check_overrides
 
-    args = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
-        overrides = OverridesParser.create().parse_overrides(args)
-    except Exception:  # Hydra's own parser error says it best
-        return
-    schema = OmegaConf.structured(Config)
-    for o in overrides:
-        key = o.key_or_group
-        if key.startswith("hydra") or o.is_delete() or o.is_add() or o.package:
-            continue
-        try:
-            values = list(o.sweep_iterator()) if o.is_sweep_override() else [o.value()]
-        except Exception:  # interval/range sweeps for sweepers: checked per trial
-            continue
-        if key in GROUPS:
-            for option in values:
-                if option is not None and not (CONF_DIR / key / f"{option}.yaml").exists():
-                    options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
-                    _fail(ConfigError(key, f"unknown option {option!r}; choose one of {', '.join(options)}"))
-            continue
-        for value in values:
-            try:
-                OmegaConf.update(OmegaConf.structured(schema), key, value, merge=True)
-            except Exception as e:  # omegaconf ValidationError / ConfigKeyError
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                if "not in" in first or "Key '" in first:
-                    first = "no such key in the config (see python -m dqnfast.train --cfg job)"
-                _fail(ConfigError(key, first))
+        check_overrides(argv, Config, hint="see python -m dqnfast.train --cfg job", groups=GROUPS,
+                        conf_dir=CONF_DIR)
+    except ConfigError as e:
+        _fail(e)
 
 
 def _flat_keys(node: Any, prefix: str = "") -> list[str]:
