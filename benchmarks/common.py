@@ -200,20 +200,10 @@ def release_free_memory() -> None:
 
 
 def mem_available_bytes() -> int:
-    """``MemAvailable`` from /proc/meminfo, capped by a cgroup v2 memory limit."""
-    avail = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                avail = int(line.split()[1]) * 1024
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return avail
+    """``MemAvailable`` from /proc/meminfo, capped by a cgroup v2 memory limit (dqnfast's own probe)."""
+    from dqnfast.memory import available_memory_bytes  # torch-free
+
+    return available_memory_bytes()
 
 
 def cpu_count() -> int:

@@ -38,6 +38,7 @@ import torch
 
 from dqnfast import _core
 from dqnfast.atomic import atomic_open
+from dqnfast.memory import available_memory_bytes
 
 __all__ = ["Batch", "ReplayRing", "ReplayMemoryError", "ReplayFileError", "available_memory_bytes"]
 
@@ -59,29 +60,6 @@ class ReplayMemoryError(MemoryError):
 
 class ReplayFileError(ValueError):
     """A saved ring file is truncated, corrupt or of another format."""
-
-
-def available_memory_bytes() -> int:
-    """Memory this process can still commit: MemAvailable, capped by a cgroup limit."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if avail is None:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:  # cgroup v2 limit (containers, SLURM jobs)
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return max(0, avail)
 
 
 @dataclass
