@@ -143,6 +143,17 @@ def make_schedule(steps: int, num_envs: int, episode_len: int, seed: int) -> dic
 # -------------------------------------------------------------------------- workers
 # Each runs in a fresh spawned process (see _run_isolated) and returns plain dicts.
 
+def fill_ring(ring, frames: np.ndarray, sch: dict[str, np.ndarray], ids: np.ndarray, steps: int) -> float:
+    """Adds ``steps`` steps for all envs (frames cycled from the pool); returns the seconds it took."""
+    num_envs, n_pool = len(ids), len(frames) - len(ids)
+    t0 = time.perf_counter()
+    for s in range(steps):
+        j = (s * num_envs) % n_pool
+        ring.add(ids, frames[j:j + num_envs], sch["actions"][s], sch["rewards"][s], sch["terminated"][s],
+                 sch["truncated"][s], sch["first"][s])
+    return time.perf_counter() - t0
+
+
 def _set_torch_threads(t: int) -> None:
     import torch
 
@@ -185,19 +196,13 @@ def worker_dqnfast(cfg: dict) -> dict:
     steps = seg + max(64, seg // 50)  # every slot written, and the ring has wrapped
     sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
     ids = np.arange(num_envs, dtype=np.int64)
-    n_pool = frames.shape[0] - num_envs
 
     release_free_memory()
     rss0 = rss_bytes()
     ring = ReplayRing(cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99,
                       seed=cfg["seed"], num_threads=t_threads)
     rss_alloc = rss_bytes()
-    t0 = time.perf_counter()
-    for s in range(steps):
-        j = (s * num_envs) % n_pool
-        ring.add(ids, frames[j:j + num_envs], sch["actions"][s], sch["rewards"][s], sch["terminated"][s],
-                 sch["truncated"][s], sch["first"][s])
-    fill_s = time.perf_counter() - t0
+    fill_s = fill_ring(ring, frames, sch, ids, steps)
     rss_full = rss_bytes()
     del sch
     mem = {
@@ -234,17 +239,11 @@ def worker_reference(cfg: dict) -> dict:
     steps = seg + max(64, seg // 50)
     sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
     ids = np.arange(num_envs, dtype=np.int64)
-    n_pool = frames.shape[0] - num_envs
 
     release_free_memory()
     rss0 = rss_bytes()
     ring = ReferenceRing(cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"])
-    t0 = time.perf_counter()
-    for s in range(steps):
-        j = (s * num_envs) % n_pool
-        ring.add(ids, frames[j:j + num_envs], sch["actions"][s], sch["rewards"][s], sch["terminated"][s],
-                 sch["truncated"][s], sch["first"][s])
-    fill_s = time.perf_counter() - t0
+    fill_s = fill_ring(ring, frames, sch, ids, steps)
     del sch
     ring.sample(1)  # builds the valid-index cache once (not part of sampling cost)
     rss_full = rss_bytes()
