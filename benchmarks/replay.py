@@ -4,7 +4,10 @@ Measured side by side in one run, for Atari observations (uint8[4, 84, 84]) at b
 and gather threads 1..cores:
 
     dqnfast      ReplayRing.sample(B, out=batch) into a reused batch from make_batch
-                 (obs and next_obs delivered as torch uint8 tensors), num_envs envs
+                 (obs and next_obs delivered as torch uint8 tensors), num_envs envs; the
+                 default batch has shared rows (obs and next_obs [B, 4, 84, 84] are views of
+                 one [B, 5, 84, 84] window: 5 frames gathered per transition, not 8)
+    dqnfast-separate  the same ring into separate obs and next_obs tensors (8 frames)
     sb3          stable_baselines3 ReplayBuffer.sample(B) -> torch tensors, n_envs=1 as in
                  CleanRL's dqn_atari.py, optimize_memory_usage False ("sb3") and True
                  ("sb3-optmem", CleanRL's setting); handle_timeout_termination=False;
@@ -220,12 +223,15 @@ def worker_dqnfast(cfg: dict) -> dict:
     }
     rows = []
     for b in cfg["batch_sizes"]:
-        batch = ring.make_batch(b)
-        timing = time_rate(lambda b=b, batch=batch: ring.sample(b, out=batch), b, cfg["min_time"], cfg["reps"],
-                           max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
-        rows.append(_row("dqnfast", b, t_threads, ring.capacity, timing, mem["rss_bytes_per_transition"],
-                         num_envs=num_envs))
-        del batch
+        # dqnfast: the default batch (shared rows: obs and next_obs are views of one window of 5
+        # frames); dqnfast-separate: obs and next_obs gathered into two tensors (8 frames)
+        for impl, shared in (("dqnfast", None), ("dqnfast-separate", False)):
+            batch = ring.make_batch(b, shared=shared)
+            timing = time_rate(lambda b=b, batch=batch: ring.sample(b, out=batch), b, cfg["min_time"], cfg["reps"],
+                               max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
+            rows.append(_row(impl, b, t_threads, ring.capacity, timing, mem["rss_bytes_per_transition"],
+                             num_envs=num_envs, shared_rows=batch.frames is not None))
+            del batch
     return {"rows": rows, "memory": mem}
 
 
@@ -527,7 +533,7 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
         sb = _best([x for x in rows if x["threads"] == r["threads"]], sb3_impls, b)
         r["vs_memcpy"] = r["samples_per_s"] / mc["samples_per_s"] if mc else None
         r["vs_sb3"] = r["samples_per_s"] / sb["samples_per_s"] if sb else None
-    order = {"dqnfast": 0, "reference": 1, "sb3-optmem": 2, "sb3": 3, "sb3-optmem-dm": 4, "memcpy-numpy": 5,
+    order = {"dqnfast": 0, "dqnfast-separate": 0.5, "reference": 1, "sb3-optmem": 2, "sb3": 3, "sb3-optmem-dm": 4, "memcpy-numpy": 5,
              "memcpy-torch": 6}
     rows.sort(key=lambda r: (r["batch_size"], order.get(r["impl"], 9), r["threads"]))
     for r in rows:
@@ -546,6 +552,7 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
     for r in rows:
         b, t = r["batch_size"], r["threads"]
         key = {"dqnfast": f"replay.sample_B{b}_threads{t}",
+               "dqnfast-separate": f"replay.sample_separate_B{b}_threads{t}",
                "reference": f"replay.reference_sample_B{b}",
                "sb3": f"replay.sb3_sample_B{b}_threads{t}",
                "sb3-optmem": f"replay.sb3_optmem_sample_B{b}_threads{t}",

@@ -50,21 +50,55 @@ struct Outs {
   int64_t batch = 0;
 };
 
-Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::buffer next_obs, CArray<int64_t> action,
+// next_obs None: shared rows (obs holds stack + 1 frames per row; see BatchOut).
+Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArray<int64_t> action,
               CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
   Outs o;
   auto ai = action.request(true);
   o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
   if (o.batch < 0) throw std::invalid_argument("action must be 1-D");
   const int64_t row = ring.config().stack * ring.config().frame_bytes;
-  o.out.obs = RawOut(obs, o.batch * row, "obs");
-  o.out.next_obs = RawOut(next_obs, o.batch * row, "next_obs");
+  if (next_obs.is_none()) {
+    o.out.obs = RawOut(obs, o.batch * (row + ring.config().frame_bytes), "obs (shared rows: stack + 1 frames)");
+    o.out.shared = true;
+  } else {
+    o.out.obs = RawOut(obs, o.batch * row, "obs");
+    o.out.next_obs = RawOut(next_obs.cast<py::buffer>(), o.batch * row, "next_obs");
+  }
   auto ri = reward.request(true);
   auto di = discount.request(true);
   auto ii = index.request(true);
   CheckLen(ri, o.batch, "reward");
   CheckLen(di, o.batch, "discount");
   CheckLen(ii, o.batch, "index");
+  o.out.action = static_cast<int64_t*>(ai.ptr);
+  o.out.reward = static_cast<float*>(ri.ptr);
+  o.out.discount = static_cast<float*>(di.ptr);
+  o.out.index = static_cast<int64_t*>(ii.ptr);
+  return o;
+}
+
+// Frame slots instead of frames: frame_slots int64[B, stack + 1] (shared) or [B, 2 * stack].
+Outs MakeSlotOuts(const ReplayRing& ring, CArray<int64_t> frame_slots, bool shared, CArray<int64_t> action,
+                  CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+  Outs o;
+  auto ai = action.request(true);
+  o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
+  if (o.batch < 0) throw std::invalid_argument("action must be 1-D");
+  o.out.shared = shared;
+  const int width = o.out.RowFrames(ring.config().stack);
+  auto si = frame_slots.request(true);
+  if (si.ndim != 2 || si.shape[0] != o.batch || si.shape[1] != width) {
+    throw std::invalid_argument("frame_slots must have shape [" + std::to_string(o.batch) + ", " +
+                                std::to_string(width) + "]");
+  }
+  auto ri = reward.request(true);
+  auto di = discount.request(true);
+  auto ii = index.request(true);
+  CheckLen(ri, o.batch, "reward");
+  CheckLen(di, o.batch, "discount");
+  CheckLen(ii, o.batch, "index");
+  o.out.frame_slots = static_cast<int64_t*>(si.ptr);
   o.out.action = static_cast<int64_t*>(ai.ptr);
   o.out.reward = static_cast<float*>(ri.ptr);
   o.out.discount = static_cast<float*>(di.ptr);
@@ -87,7 +121,7 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<ReplayRing>(m, "_ReplayRing")
       .def(py::init([](int64_t capacity, int num_envs, int64_t frame_bytes, int stack,
-                       int n_step, double gamma, uint64_t seed, int num_threads) {
+                       int n_step, double gamma, uint64_t seed, int num_threads, bool store_frames) {
              RingConfig c;
              c.capacity = capacity;
              c.num_envs = num_envs;
@@ -97,10 +131,12 @@ PYBIND11_MODULE(_core, m) {
              c.gamma = gamma;
              c.seed = seed;
              c.num_threads = num_threads;
+             c.store_frames = store_frames;
              return std::make_unique<ReplayRing>(c);
            }),
            py::arg("capacity"), py::arg("num_envs"), py::arg("frame_bytes"), py::arg("stack"),
-           py::arg("n_step"), py::arg("gamma"), py::arg("seed"), py::arg("num_threads"))
+           py::arg("n_step"), py::arg("gamma"), py::arg("seed"), py::arg("num_threads"),
+           py::arg("store_frames") = true)
       .def(
           "_add",
           [](ReplayRing& r, CArray<int64_t> env_ids, py::buffer frames, CArray<int64_t> actions,
@@ -147,18 +183,18 @@ PYBIND11_MODULE(_core, m) {
           py::arg("truncated").noconvert(), py::arg("first").noconvert())
       .def(
           "_sample",
-          [](ReplayRing& r, py::buffer obs, py::buffer next_obs, CArray<int64_t> action,
+          [](ReplayRing& r, py::buffer obs, py::object next_obs, CArray<int64_t> action,
              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
             Outs o = MakeOuts(r, obs, next_obs, action, reward, discount, index);
             py::gil_scoped_release release;
             r.Sample(o.batch, o.out);
           },
-          py::arg("obs"), py::arg("next_obs"), py::arg("action").noconvert(),
+          py::arg("obs"), py::arg("next_obs").none(true), py::arg("action").noconvert(),
           py::arg("reward").noconvert(), py::arg("discount").noconvert(),
           py::arg("index").noconvert())
       .def(
           "_gather",
-          [](ReplayRing& r, CArray<int64_t> indices, py::buffer obs, py::buffer next_obs,
+          [](ReplayRing& r, CArray<int64_t> indices, py::buffer obs, py::object next_obs,
              CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
              CArray<int64_t> index) {
             Outs o = MakeOuts(r, obs, next_obs, action, reward, discount, index);
@@ -167,7 +203,32 @@ PYBIND11_MODULE(_core, m) {
             py::gil_scoped_release release;
             r.Gather(o.batch, static_cast<const int64_t*>(ii.ptr), o.out);
           },
-          py::arg("indices").noconvert(), py::arg("obs"), py::arg("next_obs"),
+          py::arg("indices").noconvert(), py::arg("obs"), py::arg("next_obs").none(true),
+          py::arg("action").noconvert(), py::arg("reward").noconvert(),
+          py::arg("discount").noconvert(), py::arg("index").noconvert())
+      .def(
+          "_sample_slots",
+          [](ReplayRing& r, CArray<int64_t> frame_slots, bool shared, CArray<int64_t> action,
+             CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+            Outs o = MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index);
+            py::gil_scoped_release release;
+            r.Sample(o.batch, o.out);
+          },
+          py::arg("frame_slots").noconvert(), py::arg("shared"), py::arg("action").noconvert(),
+          py::arg("reward").noconvert(), py::arg("discount").noconvert(),
+          py::arg("index").noconvert())
+      .def(
+          "_gather_slots",
+          [](ReplayRing& r, CArray<int64_t> indices, CArray<int64_t> frame_slots, bool shared,
+             CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
+             CArray<int64_t> index) {
+            Outs o = MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index);
+            auto ii = indices.request();
+            CheckLen(ii, o.batch, "indices");
+            py::gil_scoped_release release;
+            r.Gather(o.batch, static_cast<const int64_t*>(ii.ptr), o.out);
+          },
+          py::arg("indices").noconvert(), py::arg("frame_slots").noconvert(), py::arg("shared"),
           py::arg("action").noconvert(), py::arg("reward").noconvert(),
           py::arg("discount").noconvert(), py::arg("index").noconvert())
       .def("num_valid", &ReplayRing::NumValid)
@@ -202,7 +263,9 @@ PYBIND11_MODULE(_core, m) {
         ReplayRing& r = self.cast<ReplayRing&>();
         const int64_t ne = r.config().num_envs, seg = r.segment_capacity();
         py::dict d;
-        d["frames"] = View<uint8_t>(self, r.frames(), {ne, seg, r.config().frame_bytes});
+        if (r.frames() != nullptr) {  // absent with store_frames=false
+          d["frames"] = View<uint8_t>(self, r.frames(), {ne, seg, r.config().frame_bytes});
+        }
         d["actions"] = View<int32_t>(self, r.actions(), {ne, seg});
         d["rewards"] = View<float>(self, r.rewards(), {ne, seg});
         d["flags"] = View<uint8_t>(self, r.flags(), {ne, seg});

@@ -8,10 +8,6 @@
 
 #include <sys/mman.h>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
-
 namespace dqnfast {
 
 namespace {
@@ -20,48 +16,7 @@ namespace {
 // waking workers (~50 us) costs more than it saves (B=32 Atari is 1.8 MB).
 constexpr int64_t kParallelGatherBytes = 2 * 1024 * 1024;
 constexpr int64_t kParallelAddBytes = 512 * 1024;
-// From this many output bytes on a batch is written with non-temporal stores
-// (measured: +10% at B=256 Atari, -20% at B=32, whose 1.8 MB stay in cache).
-constexpr int64_t kStreamBytes = 8 * 1024 * 1024;
-
 std::string Str(int64_t v) { return std::to_string(v); }
-
-// Copies one frame into a batch row. With `stream`, for batches far larger
-// than the caches (read next by the host-to-device copy or the learner, not by
-// this core), and where both ends are 16-byte aligned (Atari: 7056 = 441 * 16),
-// it uses non-temporal stores: they skip reading each destination line into
-// the cache before overwriting it, a third of the memory traffic of a copy.
-// Small batches stay in cache with plain stores, which is faster for them.
-// Callers issue one StreamFence() after their stores.
-inline void CopyFrame(uint8_t* dst, const uint8_t* src, int64_t bytes, bool stream) {
-#if defined(__SSE2__)
-  if (stream && ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) |
-        static_cast<uintptr_t>(bytes)) & 15) == 0) {
-    auto* d = reinterpret_cast<__m128i*>(dst);
-    const auto* p = reinterpret_cast<const __m128i*>(src);
-    const int64_t n = bytes / 16;
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-      const __m128i a = _mm_load_si128(p + i), b = _mm_load_si128(p + i + 1);
-      const __m128i c = _mm_load_si128(p + i + 2), e = _mm_load_si128(p + i + 3);
-      _mm_stream_si128(d + i, a);
-      _mm_stream_si128(d + i + 1, b);
-      _mm_stream_si128(d + i + 2, c);
-      _mm_stream_si128(d + i + 3, e);
-    }
-    for (; i < n; ++i) _mm_stream_si128(d + i, _mm_load_si128(p + i));
-    return;
-  }
-#endif
-  std::memcpy(dst, src, bytes);
-}
-
-// Orders the non-temporal stores before the batch is handed back.
-inline void StreamFence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
 
 }  // namespace
 
@@ -94,13 +49,15 @@ ReplayRing::ReplayRing(const RingConfig& config)
   // Anonymous mapping: zero pages committed only as they are written, and
   // transparent huge pages where the kernel offers them on request (fewer TLB
   // misses for random frame reads across gigabytes).
-  frames_bytes_ = slots * config.frame_bytes;
-  void* mem = mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mem == MAP_FAILED) throw std::bad_alloc();
+  if (config.store_frames) {
+    frames_bytes_ = slots * config.frame_bytes;
+    void* mem = mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
-  madvise(mem, frames_bytes_, MADV_HUGEPAGE);
+    madvise(mem, frames_bytes_, MADV_HUGEPAGE);
 #endif
-  frames_ = static_cast<uint8_t*>(mem);
+    frames_ = static_cast<uint8_t*>(mem);
+  }
   actions_.assign(slots, 0);
   rewards_.assign(slots, 0.0f);
   flags_.assign(slots, 0);
@@ -113,7 +70,9 @@ ReplayRing::ReplayRing(const RingConfig& config)
   pool_ = std::make_unique<ThreadPool>(config.num_threads);
 }
 
-ReplayRing::~ReplayRing() { munmap(frames_, frames_bytes_); }
+ReplayRing::~ReplayRing() {
+  if (frames_ != nullptr) munmap(frames_, frames_bytes_);
+}
 
 void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
                      int64_t frame_stride, const int64_t* actions,
@@ -135,6 +94,8 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
     seen_[e] = 1;
   }
   for (int64_t i = 0; i < k; ++i) seen_[env_ids[i]] = 0;
+  // no frame storage: the caller keeps the frames (written by slot on its device)
+  const int64_t k_frames = frames_ != nullptr ? k : 0;
 
   const int64_t fb = config_.frame_bytes;
   auto copy_frames = [&](int64_t begin, int64_t end) {
@@ -143,10 +104,10 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
       std::memcpy(frames_ + Slot(e, cursors_[e]) * fb, frames + i * frame_stride, fb);
     }
   };
-  if (k * fb >= kParallelAddBytes) {
-    pool_->ParallelFor(k, copy_frames);
+  if (k_frames * fb >= kParallelAddBytes) {
+    pool_->ParallelFor(k_frames, copy_frames);
   } else {
-    copy_frames(0, k);
+    copy_frames(0, k_frames);
   }
 
   const int64_t n = config_.n_step;
@@ -203,22 +164,24 @@ int64_t ReplayRing::StepAt(int64_t e, int64_t pos) const {
   return t >= 0 ? t : -1;
 }
 
-void ReplayRing::CopyStack(int64_t e, int64_t lo, int64_t u, uint8_t* dst, bool stream) const {
-  const int64_t fb = config_.frame_bytes;
-  const int stack = config_.stack;
-  // Resolve the stack's steps newest first (the reset rule walks backwards),
-  // then copy oldest first: ascending addresses keep the prefetchers ahead.
-  int64_t steps[kMaxStack];
+int ReplayRing::ResolveStack(int64_t e, int64_t lo, int64_t u, int len, int64_t* slots) const {
+  // Walk the stack's steps newest first (the reset rule walks backwards); the
+  // slots come out oldest first: ascending addresses keep the prefetchers ahead.
   int64_t cur = u;
-  steps[stack - 1] = cur;
-  for (int i = stack - 2; i >= 0; --i) {
+  slots[len - 1] = Slot(e, cur);
+  for (int i = len - 2; i >= 0; --i) {
     if (!(FlagsAt(e, cur) & kFirst) && cur - 1 >= lo) --cur;
-    steps[i] = cur;
+    slots[i] = Slot(e, cur);
   }
-  for (int i = 0; i < stack; ++i) CopyFrame(dst + i * fb, frames_ + Slot(e, steps[i]) * fb, fb, stream);
+  return len;
 }
 
-void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out, bool stream) const {
+void ReplayRing::CopySlots(const int64_t* slots, int len, uint8_t* dst) const {
+  const int64_t fb = config_.frame_bytes;
+  for (int i = 0; i < len; ++i) std::memcpy(dst + i * fb, frames_ + slots[i] * fb, fb);
+}
+
+void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) const {
   const int64_t e = index / seg_;
   const int64_t t = StepAt(e, index % seg_);
   const int64_t lo = Lo(e);
@@ -236,20 +199,36 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out, bool
     }
     if (f & kTruncated) break;
   }
-  const int64_t row_bytes = config_.stack * config_.frame_bytes;
-  CopyStack(e, lo, t, out.obs + row * row_bytes, stream);
-  CopyStack(e, lo, t + m, out.next_obs + row * row_bytes, stream);
+  const int stack = config_.stack;
+  const int width = out.RowFrames(stack);
+  int64_t local[2 * kMaxStack];
+  int64_t* slots = out.frame_slots != nullptr ? out.frame_slots + row * width : local;
+  if (out.shared) {  // n = 1, so m = 1: one window of stack + 1 steps
+    ResolveStack(e, lo, t + 1, stack + 1, slots);
+  } else {
+    ResolveStack(e, lo, t, stack, slots);
+    ResolveStack(e, lo, t + m, stack, slots + stack);
+  }
+  if (out.frame_slots == nullptr) {  // copy the frames; else the caller gathers them by slot
+    const int64_t fb = config_.frame_bytes;
+    if (out.shared) {
+      CopySlots(slots, stack + 1, out.obs + row * (stack + 1) * fb);
+    } else {
+      CopySlots(slots, stack, out.obs + row * stack * fb);
+      CopySlots(slots + stack, stack, out.next_obs + row * stack * fb);
+    }
+  }
   out.action[row] = actions_[Slot(e, t + 1)];
   out.reward[row] = static_cast<float>(ret);
   out.discount[row] = terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
 }
 
 void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {
-  const int64_t bytes = batch * 2 * config_.stack * config_.frame_bytes;
-  const bool stream = bytes >= kStreamBytes;
+  const int64_t bytes = out.frame_slots != nullptr
+                            ? 0
+                            : batch * out.RowFrames(config_.stack) * config_.frame_bytes;
   auto body = [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out, stream);
-    if (stream) StreamFence();  // on the thread that issued the stores
+    for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out);
   };
   if (bytes >= kParallelGatherBytes) {
     pool_->ParallelFor(batch, body);
@@ -258,7 +237,20 @@ void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {
   }
 }
 
+void ReplayRing::CheckOut(const BatchOut& out) const {
+  if (out.shared && config_.n_step != 1) {
+    throw std::invalid_argument("shared obs/next_obs rows need n_step == 1 (this ring has n_step " +
+                                Str(config_.n_step) + "); pass separate obs and next_obs buffers");
+  }
+  if (out.frame_slots == nullptr && frames_ == nullptr) {
+    throw std::invalid_argument(
+        "this ring keeps no frames (store_frames=false: they live on the device); sample frame slots "
+        "instead");
+  }
+}
+
 void ReplayRing::Sample(int64_t batch, const BatchOut& out) {
+  CheckOut(out);
   std::lock_guard<std::mutex> lock(mu_);
   if (sampler_->NumValid() == 0) {
     throw std::runtime_error(
@@ -270,6 +262,7 @@ void ReplayRing::Sample(int64_t batch, const BatchOut& out) {
 }
 
 void ReplayRing::Gather(int64_t batch, const int64_t* indices, const BatchOut& out) {
+  CheckOut(out);
   std::lock_guard<std::mutex> lock(mu_);
   const int64_t slots = capacity();
   for (int64_t b = 0; b < batch; ++b) {

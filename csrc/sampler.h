@@ -5,7 +5,8 @@
 // The ring owns the validity rules (csrc/replay_ring.h) and tells the sampler
 // when an index becomes valid or invalid; the sampler only decides how valid
 // indices are drawn. UniformSampler draws every valid index with equal
-// probability, exactly (no rejection loop, so latency is fixed). A
+// probability, exactly (rejection when most slots are valid, a Fenwick descent
+// otherwise, so latency stays bounded). A
 // prioritized sampler (a sum tree of priority^alpha, zero where invalid)
 // implements the same interface plus priority updates.
 #ifndef DQNFAST_CSRC_SAMPLER_H_
@@ -33,7 +34,9 @@ class Sampler {
 };
 
 // Uniform over valid indices: a Fenwick tree of 0/1 counts. Drawing is
-// "pick k uniform in [0, NumValid()), find the k-th valid slot" in O(log N).
+// "pick k uniform in [0, NumValid()), find the k-th valid slot" in O(log N),
+// or, when at least half the slots are valid, "pick a uniform slot until one
+// is valid" in O(1) expected.
 class UniformSampler final : public Sampler {
  public:
   explicit UniformSampler(int64_t size)
@@ -69,17 +72,28 @@ class UniformSampler final : public Sampler {
   int64_t NumValid() const override { return num_valid_; }
 
   void Draw(Rng* rng, int64_t n, int64_t* out) const override {
+    // A full ring has nearly every slot valid: then a uniform slot is accepted
+    // if valid (rejection sampling, exact; 1.0-1.1 tries on average, one cached
+    // byte each), which is ~20x cheaper than the Fenwick descent (20 dependent
+    // loads). Both give every valid index probability 1 / NumValid, and so
+    // does their mixture; the descent also ends the rare long rejection run.
+    const bool mostly_valid = num_valid_ * 2 >= size_;
     for (int64_t b = 0; b < n; ++b) {
-      int64_t k = static_cast<int64_t>(rng->Below(static_cast<uint64_t>(num_valid_)));
-      int64_t pos = 0;
-      for (int64_t step = top_bit_; step > 0; step >>= 1) {
-        const int64_t next = pos + step;
-        if (next <= size_ && tree_[next] <= k) {
-          pos = next;
-          k -= tree_[next];
+      if (mostly_valid) {
+        int64_t found = -1;
+        for (int tries = 0; tries < kMaxTries; ++tries) {
+          const int64_t i = static_cast<int64_t>(rng->Below(static_cast<uint64_t>(size_)));
+          if (valid_[i]) {
+            found = i;
+            break;
+          }
+        }
+        if (found >= 0) {
+          out[b] = found;
+          continue;
         }
       }
-      out[b] = pos;  // the (k+1)-th valid slot, 0-based
+      out[b] = Descend(static_cast<int64_t>(rng->Below(static_cast<uint64_t>(num_valid_))));
     }
   }
 
@@ -88,6 +102,21 @@ class UniformSampler final : public Sampler {
   }
 
  private:
+  static constexpr int kMaxTries = 32;  // at >= 50% valid, all fail with p <= 2^-32
+
+  // The (k+1)-th valid slot, 0-based, for k in [0, NumValid()).
+  int64_t Descend(int64_t k) const {
+    int64_t pos = 0;
+    for (int64_t step = top_bit_; step > 0; step >>= 1) {
+      const int64_t next = pos + step;
+      if (next <= size_ && tree_[next] <= k) {
+        pos = next;
+        k -= tree_[next];
+      }
+    }
+    return pos;
+  }
+
   int64_t size_;
   int64_t top_bit_;
   int64_t num_valid_ = 0;

@@ -1,8 +1,11 @@
 // A fixed pool of worker threads for data-parallel loops.
 //
-//   caller ── ParallelFor(n, fn) ──► chunk 0 runs on the caller
-//                                 └─► chunks 1..T-1 run on the workers
-//   returns when every chunk is done (no allocation, no task queue).
+//   caller ── ParallelFor(n, fn) ──► the caller starts on [0, n) at once
+//                                 └─► woken workers join in
+//   Work is handed out in grains from a shared counter, so a worker that wakes
+//   late (a futex wake costs tens of microseconds) takes less of it instead of
+//   holding the caller up; returns when every grain is done and no worker is
+//   still inside fn (no allocation, no task queue).
 //
 // The ring uses it to gather frame stacks for a batch; work items are
 // independent and write disjoint output rows.
@@ -10,6 +13,7 @@
 #define DQNFAST_CSRC_THREAD_POOL_H_
 
 #include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -44,7 +48,8 @@ class ThreadPool {
 
   int num_threads() const { return num_threads_; }
 
-  // Runs fn over [0, n) split into at most `max_chunks` contiguous chunks.
+  // Runs fn over [0, n) on at most `max_chunks` threads (the caller included),
+  // in contiguous grains of about n / (4 * threads) items.
   void ParallelFor(int64_t n, const RangeFn& fn, int max_chunks = 0) {
     int chunks = num_threads_;
     if (max_chunks > 0) chunks = std::min(chunks, max_chunks);
@@ -57,22 +62,25 @@ class ThreadPool {
       std::lock_guard<std::mutex> lock(mu_);
       fn_ = &fn;
       n_ = n;
+      grain_ = std::max<int64_t>(1, n / (4 * chunks));
+      next_.store(0, std::memory_order_relaxed);
       chunks_ = chunks;
-      pending_ = chunks - 1;
       ++generation_;
     }
     start_cv_.notify_all();
-    RunChunk(0);
+    RunGrains();
     std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    done_cv_.wait(lock, [this] { return active_ == 0; });
     fn_ = nullptr;
   }
 
  private:
-  void RunChunk(int chunk) {
-    const int64_t begin = n_ * chunk / chunks_;
-    const int64_t end = n_ * (chunk + 1) / chunks_;
-    if (begin < end) (*fn_)(begin, end);
+  void RunGrains() {
+    while (true) {
+      const int64_t begin = next_.fetch_add(grain_, std::memory_order_relaxed);
+      if (begin >= n_) return;
+      (*fn_)(begin, std::min(begin + grain_, n_));
+    }
   }
 
   void WorkerLoop(int worker) {
@@ -83,12 +91,14 @@ class ThreadPool {
         start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
-        if (worker >= chunks_) continue;  // this round needs fewer chunks
+        // this round needs fewer threads, or the others already took every grain
+        if (worker >= chunks_ || next_.load(std::memory_order_relaxed) >= n_) continue;
+        ++active_;
       }
-      RunChunk(worker);
+      RunGrains();
       {
         std::lock_guard<std::mutex> lock(mu_);
-        if (--pending_ == 0) done_cv_.notify_one();
+        if (--active_ == 0) done_cv_.notify_one();
       }
     }
   }
@@ -100,8 +110,10 @@ class ThreadPool {
   std::condition_variable done_cv_;
   const RangeFn* fn_ = nullptr;
   int64_t n_ = 0;
+  int64_t grain_ = 1;
+  std::atomic<int64_t> next_{0};
   int chunks_ = 0;
-  int pending_ = 0;
+  int active_ = 0;  // workers inside RunGrains this round
   int64_t generation_ = 0;
   bool stop_ = false;
 };

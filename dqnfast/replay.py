@@ -29,7 +29,7 @@ import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -69,6 +69,13 @@ class Batch:
     obs, next_obs: frame_dtype[B, *obs_shape] (uint8[B, 4, 84, 84] for Atari);
     action: int64[B]; reward: float32[B] (n-step discounted return);
     discount: float32[B] (gamma^m, 0 after terminated); index: int64[B].
+
+    frames: with shared rows (``make_batch(shared=True)``, the default for stacked
+    frames and n_step=1), the window uint8[B, stack + 1, ...] of steps t-3 .. t+1
+    that ``obs = frames[:, :-1]`` and ``next_obs = frames[:, 1:]`` are views of: each
+    transition's 5 distinct frames are gathered and copied to the GPU once, not 8
+    (37.5% less memory traffic). The views are read-only in spirit: writing into
+    obs changes next_obs. None with separate rows.
     """
 
     obs: torch.Tensor
@@ -77,22 +84,38 @@ class Batch:
     reward: torch.Tensor
     discount: torch.Tensor
     index: torch.Tensor
+    frames: torch.Tensor | None = None
+
+    @staticmethod
+    def shared(frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor,
+               index: torch.Tensor) -> "Batch":
+        """A batch whose obs and next_obs are views of one window tensor [B, stack + 1, ...]."""
+        return Batch(frames[:, :-1], frames[:, 1:], action, reward, discount, index, frames)
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
-        """Copies every tensor to ``device`` (asynchronously from pinned memory)."""
-        return Batch(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
+        """Copies every tensor to ``device`` (asynchronously from pinned memory); shared rows stay shared."""
+        rest = [t.to(device, non_blocking=non_blocking) for t in (self.action, self.reward, self.discount, self.index)]
+        if self.frames is not None:
+            return Batch.shared(self.frames.to(device, non_blocking=non_blocking), *rest)
+        return Batch(self.obs.to(device, non_blocking=non_blocking), self.next_obs.to(device, non_blocking=non_blocking),
+                     *rest)
 
     def __len__(self) -> int:
         return self.action.shape[0]
 
-    def _arrays(self) -> tuple[np.ndarray, ...]:
+    def _arrays(self) -> tuple[np.ndarray | None, ...]:
+        """(obs or frames, next_obs or None, action, reward, discount, index) as numpy views for the core."""
         cached = self.__dict__.get("_np")
         if cached is None:
-            for f in fields(self):
-                t = getattr(self, f.name)
-                if t.device.type != "cpu":
-                    raise ValueError(f"out.{f.name} must be a CPU tensor (got {t.device}); copy to the GPU after sampling")
-            cached = tuple(getattr(self, f.name).numpy() for f in fields(self))
+            ts = (self.frames if self.frames is not None else self.obs,
+                  None if self.frames is not None else self.next_obs,
+                  self.action, self.reward, self.discount, self.index)
+            names = ("frames" if self.frames is not None else "obs", "next_obs", "action", "reward", "discount",
+                     "index")
+            for name, t in zip(names, ts):
+                if t is not None and t.device.type != "cpu":
+                    raise ValueError(f"out.{name} must be a CPU tensor (got {t.device}); copy to the GPU after sampling")
+            cached = tuple(None if t is None else t.numpy() for t in ts)
             self.__dict__["_np"] = cached
         return cached
 
@@ -118,7 +141,16 @@ class ReplayRing:
         gamma: discount in [0, 1].
         seed: seed of the sampler's RNG.
         num_threads: C++ threads for gathering (default: all cores).
-        check_memory: refuse, before allocating, a ring that would not fit in RAM.
+        check_memory: refuse, before allocating, a ring that would not fit in RAM
+            (or, with ``frames_device``, in that device's free memory).
+        frames_device: None (default): the frames live in the C++ ring's host
+            memory and ``sample`` copies them into CPU tensors. A torch device
+            (``"cuda"``): the frames live in one tensor on that device, written
+            by ``add``; the C++ ring keeps everything else (validity, sampling,
+            n-step returns) and hands out the slot of each frame, which the
+            device gathers with one ``index_select``. Batches are then device
+            tensors and no frame crosses PCIe at sample time. ``"cpu"`` runs
+            the same path on host tensors (tests, machines without a GPU).
     """
 
     def __init__(
@@ -133,6 +165,7 @@ class ReplayRing:
         seed: int = 0,
         num_threads: int | None = None,
         check_memory: bool = True,
+        frames_device: str | torch.device | None = None,
     ) -> None:
         capacity = _positive_int("capacity", capacity)
         self.num_envs = _positive_int("num_envs", num_envs)
@@ -154,21 +187,38 @@ class ReplayRing:
             num_threads = os.cpu_count() or 1
         num_threads = _positive_int("num_threads", num_threads)
 
+        self.frames_device = None if frames_device is None else torch.device(frames_device)
+        on_host = self.frames_device is None
         slots = (capacity // self.num_envs) * self.num_envs
-        self.nbytes = slots * _core.bytes_per_slot(self.frame_bytes)
+        per_slot = _core.bytes_per_slot(self.frame_bytes) - (0 if on_host else self.frame_bytes)
+        self.nbytes = slots * per_slot  # host memory
+        self.device_nbytes = 0 if on_host else slots * self.frame_bytes
         if check_memory:
             avail = available_memory_bytes()
             if self.nbytes > avail:
-                fit = avail // _core.bytes_per_slot(self.frame_bytes)
                 raise ReplayMemoryError(
                     f"replay capacity {capacity} needs {self.nbytes / 1e9:.2f} GB of RAM but only "
-                    f"{avail / 1e9:.2f} GB is available; lower the capacity to at most {fit}"
+                    f"{avail / 1e9:.2f} GB is available; lower the capacity to at most {avail // per_slot}"
                 )
+            if self.frames_device is not None and self.frames_device.type == "cuda":
+                free = torch.cuda.mem_get_info(self.frames_device)[0]
+                budget = int(free * 0.8)  # the networks, optimizer and batches need the rest
+                if self.device_nbytes > budget:
+                    raise ReplayMemoryError(
+                        f"replay capacity {capacity} needs {self.device_nbytes / 1e9:.2f} GB on {self.frames_device} "
+                        f"but 80% of its free memory is {budget / 1e9:.2f} GB; lower the capacity to at most "
+                        f"{budget // self.frame_bytes} or keep the frames in RAM (replay.storage=cpu)"
+                    )
         self._ring = _core._ReplayRing(
-            capacity, self.num_envs, self.frame_bytes, self.stack, self.n_step, self.gamma, self.seed, num_threads
+            capacity, self.num_envs, self.frame_bytes, self.stack, self.n_step, self.gamma, self.seed, num_threads,
+            store_frames=on_host,
         )
         self.capacity = self._ring.capacity
         self.segment_capacity = self._ring.segment_capacity
+        self._dev_frames: torch.Tensor | None = None
+        if not on_host:
+            self._dev_frames = torch.zeros((self.capacity, *self.frame_shape), dtype=_TORCH_DTYPES[self.frame_dtype],
+                                           device=self.frames_device)
 
     # ----------------------------------------------------------------- writing
     def add(self, env_ids, frames, actions, rewards, terminated, truncated, first) -> None:
@@ -196,8 +246,9 @@ class ReplayRing:
         actions = np.asarray(actions)
         if actions.dtype.kind not in "iu":
             raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
+        ids = env_ids.astype(np.int64, copy=False).ravel()
         self._ring._add(
-            env_ids.astype(np.int64, copy=False).ravel(),
+            ids,
             frames,
             actions.astype(np.int64, copy=False).ravel(),
             np.asarray(rewards, dtype=np.float32).ravel(),
@@ -205,15 +256,46 @@ class ReplayRing:
             np.asarray(truncated, dtype=bool).ravel(),
             np.asarray(first, dtype=bool).ravel(),
         )
+        if self._dev_frames is not None:  # the core checked the call; the frames go to their slots on the device
+            cursors = self._ring._storage()["cursors"]
+            slots = ids * self.segment_capacity + (cursors[ids] - 1) % self.segment_capacity
+            dev = self.frames_device
+            self._dev_frames[torch.from_numpy(slots).to(dev)] = torch.from_numpy(
+                np.ascontiguousarray(frames)).to(dev, non_blocking=True)
 
     # ---------------------------------------------------------------- sampling
-    def make_batch(self, batch_size: int, pin_memory: bool = False) -> Batch:
-        """Allocates reusable output tensors for ``sample``/``gather``."""
-        return self._alloc(_positive_int("batch_size", batch_size), pin_memory)
+    @property
+    def can_share(self) -> bool:
+        """Whether batches can use shared obs/next_obs rows: stacked frames and n_step == 1."""
+        return self.stack > 1 and self.n_step == 1
 
-    def _alloc(self, b: int, pin_memory: bool = False) -> Batch:
+    def make_batch(self, batch_size: int, pin_memory: bool = False, shared: bool | None = None) -> Batch:
+        """Allocates reusable output tensors for ``sample``/``gather``.
+
+        shared: obs and next_obs as two views of one [B, stack + 1, ...] window
+        (``Batch.frames``), which gathers 5 frames per Atari transition instead of 8.
+        None (default): shared where possible (``can_share``: stack > 1, n_step == 1).
+        """
+        if shared is None:
+            shared = self.can_share
+        elif shared and not self.can_share:
+            raise ValueError(f"shared obs/next_obs rows need stack > 1 and n_step == 1 (this ring: stack "
+                             f"{self.stack}, n_step {self.n_step}); use make_batch(..., shared=False)")
+        return self._alloc(_positive_int("batch_size", batch_size), pin_memory, bool(shared))
+
+    def _alloc(self, b: int, pin_memory: bool = False, shared: bool = False) -> Batch:
         tdt = _TORCH_DTYPES[self.frame_dtype]
+        if self._dev_frames is not None:
+            return self._alloc_device(b, shared)
         kw = {"pin_memory": pin_memory}
+        if shared:
+            return Batch.shared(
+                torch.empty((b, self.stack + 1, *self.frame_shape), dtype=tdt, **kw),
+                action=torch.empty(b, dtype=torch.int64, **kw),
+                reward=torch.empty(b, dtype=torch.float32, **kw),
+                discount=torch.empty(b, dtype=torch.float32, **kw),
+                index=torch.empty(b, dtype=torch.int64, **kw),
+            )
         return Batch(
             obs=torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
             next_obs=torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
@@ -222,6 +304,56 @@ class ReplayRing:
             discount=torch.empty(b, dtype=torch.float32, **kw),
             index=torch.empty(b, dtype=torch.int64, **kw),
         )
+
+    def _alloc_device(self, b: int, shared: bool) -> Batch:
+        """A batch on the frames' device, with host staging for the core's output (pinned on CUDA)."""
+        dev = self.frames_device
+        pin = dev.type == "cuda"
+        width = self.stack + 1 if shared else 2 * self.stack
+        host = {
+            "slots": torch.empty((b, width), dtype=torch.int64, pin_memory=pin),
+            "action": torch.empty(b, dtype=torch.int64, pin_memory=pin),
+            "reward": torch.empty(b, dtype=torch.float32, pin_memory=pin),
+            "discount": torch.empty(b, dtype=torch.float32, pin_memory=pin),
+            "index": torch.empty(b, dtype=torch.int64, pin_memory=pin),
+        }
+        frames = torch.empty((b, width, *self.frame_shape), dtype=self._dev_frames.dtype, device=dev)
+        meta = [torch.empty(b, dtype=host[k].dtype, device=dev) for k in ("action", "reward", "discount", "index")]
+        if shared:
+            batch = Batch.shared(frames, *meta)
+        elif self.stack > 1:
+            batch = Batch(frames[:, : self.stack], frames[:, self.stack:], *meta)
+        else:
+            batch = Batch(frames[:, 0], frames[:, 1], *meta)
+        batch.__dict__["_device"] = {"host": host, "np": {k: v.numpy() for k, v in host.items()}, "frames": frames,
+                                     "shared": shared, "event": None}
+        return batch
+
+    def _fill_device(self, out: Batch, indices: np.ndarray | None) -> Batch:
+        """Core -> slots and metadata on the host -> the device gathers the frames (no host sync)."""
+        d = out.__dict__.get("_device")
+        if d is None:
+            raise ValueError("out was not made by this ring's make_batch (its frames live on "
+                             f"{self.frames_device}); use ring.make_batch")
+        if d["event"] is not None:  # the staging buffers are refilled only after their last copy finished
+            d["event"].synchronize()
+        h = d["np"]
+        args = (h["slots"], d["shared"], h["action"], h["reward"], h["discount"], h["index"])
+        if indices is None:
+            self._ring._sample_slots(*args)
+        else:
+            self._ring._gather_slots(indices, *args)
+        t = d["host"]
+        b, width = h["slots"].shape
+        frames = d["frames"]
+        slots = t["slots"].to(self.frames_device, non_blocking=True)
+        torch.index_select(self._dev_frames, 0, slots.view(-1), out=frames.view(b * width, *self.frame_shape))
+        for name in ("action", "reward", "discount", "index"):
+            getattr(out, name).copy_(t[name], non_blocking=True)
+        if self.frames_device.type == "cuda":
+            d["event"] = torch.cuda.Event()
+            d["event"].record()
+        return out
 
     def _out(self, batch_size: int, out: Batch | None) -> Batch:
         if out is None:
@@ -237,6 +369,8 @@ class ReplayRing:
         """
         out = self._out(_positive_int("batch_size", batch_size), out)
         try:
+            if self._dev_frames is not None:
+                return self._fill_device(out, None)
             self._ring._sample(*out._arrays())
         except RuntimeError as e:  # no valid transition yet
             raise ValueError(str(e)) from None
@@ -248,6 +382,8 @@ class ReplayRing:
         if len(idx) == 0:
             return self._alloc(0)
         out = self._out(len(idx), out)
+        if self._dev_frames is not None:
+            return self._fill_device(out, idx)
         self._ring._gather(idx, *out._arrays())
         return out
 
@@ -302,15 +438,20 @@ class ReplayRing:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
+        arrays = dict(self._ring._storage())
+        if self._dev_frames is not None:  # frames from the device, in the same layout as a host ring's
+            arrays["frames"] = self._dev_frames.cpu().numpy().view(np.uint8).reshape(
+                self.num_envs, self.segment_capacity, self.frame_bytes)
         with atomic_open(path) as f:
-            np.savez(f, meta=np.array(json.dumps(self._meta())), **self._ring._storage())
+            np.savez(f, meta=np.array(json.dumps(self._meta())), **arrays)
         return path
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, num_threads: int | None = None, check_memory: bool = True
+        cls, path: str | os.PathLike, num_threads: int | None = None, check_memory: bool = True,
+        frames_device: str | torch.device | None = None,
     ) -> "ReplayRing":
-        """Rebuilds a ring saved by ``save`` (contents, cursors and RNG state)."""
+        """Rebuilds a ring saved by ``save`` (contents, cursors and RNG state), frames where ``frames_device`` says."""
         path = Path(path)
         if not path.exists() and path.with_name(path.name + ".npz").exists():
             path = path.with_name(path.name + ".npz")
@@ -324,8 +465,11 @@ class ReplayRing:
                 ring = cls(
                     meta["capacity"], meta["num_envs"], meta["frame_shape"], np.dtype(meta["frame_dtype"]),
                     meta["stack"], meta["n_step"], meta["gamma"], meta["seed"], num_threads, check_memory,
+                    frames_device,
                 )
-                views = ring._ring._storage()
+                views = dict(ring._ring._storage())
+                if ring._dev_frames is not None:  # read into host memory, then copied to the device
+                    views["frames"] = np.empty((ring.num_envs, ring.segment_capacity, ring.frame_bytes), np.uint8)
                 for name, view in views.items():
                     arr = z[name]
                     if arr.shape != view.shape or arr.dtype != view.dtype:
@@ -335,6 +479,10 @@ class ReplayRing:
                     view[...] = arr
                 if (views["cursors"] < 0).any():
                     raise ReplayFileError(f"{path}: negative cursor")
+                if ring._dev_frames is not None:
+                    host = torch.from_numpy(views["frames"].view(ring.frame_dtype).reshape(
+                        ring.capacity, *ring.frame_shape))
+                    ring._dev_frames.copy_(host)
                 ring.rng_state = int(meta["rng_state"])
                 ring._ring.rebuild_index()
                 return ring

@@ -296,6 +296,38 @@ def test_out_buffers_are_reused():
     _one_line(ei)
 
 
+def test_shared_rows_are_views_of_one_window():
+    """n_step=1 with stacked frames: obs and next_obs are views of one [B, 5, 84, 84] window."""
+    ring, ref = _filled(n_step=1)
+    assert ring.can_share
+    b = ring.sample(48)
+    assert b.frames is not None and b.frames.shape == (48, 5, 84, 84) and b.frames.dtype == torch.uint8
+    assert b.obs.shape == b.next_obs.shape == (48, 4, 84, 84)
+    assert b.obs.data_ptr() == b.frames.data_ptr()
+    assert b.next_obs.data_ptr() == b.frames[:, 1].data_ptr()
+    _assert_matches_ref(b, ref)
+    sep = ring.gather(b.index.numpy(), out=ring.make_batch(48, shared=False))
+    assert sep.frames is None
+    _assert_batch_equal(b, sep)
+    moved = b.to("cpu")  # a device copy keeps the sharing: one window copied, two views
+    assert moved.frames is not None and moved.next_obs.data_ptr() == moved.frames[:, 1].data_ptr()
+    _assert_batch_equal(b, moved)
+
+
+def test_shared_rows_refused_where_they_cannot_hold_both_stacks():
+    ring, _ = _filled(n_step=3)
+    assert not ring.can_share and ring.make_batch(4).frames is None
+    with pytest.raises(ValueError, match="n_step == 1") as ei:
+        ring.make_batch(4, shared=True)
+    _one_line(ei)
+    out = _filled(n_step=1)[0].make_batch(4, shared=True)
+    with pytest.raises(ValueError, match="n_step == 1") as ei:  # the core checks too
+        ring._ring._sample(*out._arrays())
+    _one_line(ei)
+    flat, _ = _filled(stack=1, n_step=1, frame_shape=(4,), dtype=np.float32)
+    assert not flat.can_share and flat.make_batch(4).frames is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
 def test_pinned_batches():
     ring, ref = _filled()
@@ -378,3 +410,40 @@ def test_loading_corrupt_files_raises_clear_error(tmp_path):
         assert str(path.name) in msg or "corrupt" in msg.lower() or "replay" in msg.lower(), (name, msg)
     with pytest.raises(FileNotFoundError):
         ReplayRing.load(tmp_path / "does_not_exist.npz")
+
+
+# ------------------------------------------------------------------- frames on a device
+@pytest.mark.parametrize("stack,n_step,frame_shape,dtype", [
+    (4, 1, (84, 84), np.uint8),   # shared rows
+    (4, 3, (84, 84), np.uint8),   # separate rows
+    (1, 2, (4,), np.float32),     # vectors
+])
+def test_frames_on_a_device_match_the_host_ring(stack, n_step, frame_shape, dtype, tmp_path):
+    """frames_device: the same batches as the host ring, from frames kept in a torch tensor.
+
+    Run on "cpu" here (CI has no GPU); on "cuda" the same code keeps the frames in GPU
+    memory (``replay.storage=cuda``).
+    """
+    kw = dict(stack=stack, n_step=n_step, gamma=0.9, seed=3, num_threads=2)
+    host = ReplayRing(SEG * E, E, frame_shape, dtype, **kw)
+    dev = ReplayRing(SEG * E, E, frame_shape, dtype, frames_device="cpu", **kw)
+    assert dev.device_nbytes == dev.capacity * host.frame_bytes and dev.nbytes < host.nbytes
+    for a in _episode_adds(steps=60, frame_shape=frame_shape, dtype=dtype, seed=4):  # wraps: SEG < 60
+        host.add(*a)
+        dev.add(*a)
+    out_h, out_d = host.make_batch(64), dev.make_batch(64)
+    assert (out_h.frames is None) == (out_d.frames is None)
+    for _ in range(3):
+        _assert_batch_equal(host.sample(64, out=out_h), dev.sample(64, out=out_d))
+    idx = host.valid_indices()
+    _assert_batch_equal(host.gather(idx), dev.gather(idx))
+    # save on the device ring, load into a host ring and back: the same contents and RNG
+    path = dev.save(tmp_path / "dev.npz")
+    again_host = ReplayRing.load(path)
+    again_dev = ReplayRing.load(path, frames_device="cpu")
+    b1, b2, b3 = host.sample(32), again_host.sample(32), again_dev.sample(32)
+    _assert_batch_equal(b1, b2)
+    _assert_batch_equal(b1, b3)
+    with pytest.raises(ValueError, match="make_batch") as ei:  # a host batch cannot receive device frames
+        dev.sample(64, out=out_h)
+    _one_line(ei)

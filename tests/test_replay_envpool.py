@@ -239,6 +239,15 @@ def check_ring(rt: RingUnderTest, traj: Trajectory, counts: Counter, full: bool)
             counts["bootstrap_truncation"] += 1
             assert discount[row] > 0.0
     if full:
+        # shared rows (the default where stack > 1 and n = 1: obs and next_obs are views of one
+        # window) and separate rows give the same batch
+        assert (batch.frames is not None) == (rt.stack > 1 and n == 1)
+        if batch.frames is not None:
+            sep = ring.gather(valid, out=ring.make_batch(len(valid), shared=False))
+            assert sep.frames is None
+            np.testing.assert_array_equal(sep.obs.numpy(), obs)
+            np.testing.assert_array_equal(sep.next_obs.numpy(), next_obs)
+            np.testing.assert_array_equal(batch.frames.numpy()[:, 1:], next_obs)
         # the same batch from the reference
         exp = rt.ref.gather(idx)
         np.testing.assert_array_equal(obs, exp["obs"])
