@@ -88,7 +88,7 @@ TARGETS = {"actor_vs_env": 0.8, "graphs_vs_eager_B32": 3.0, "e2e_vs_bound": 0.8,
            "e2e_vs_peer": 20.0}
 E2E_SETTINGS = {  # name -> Hydra overrides on top of the defaults (the Nature recipe)
     "nature": [],
-    "fast": ["envs.num_envs=64", "envs.batch_size=32", "algo.batch_size=256"],
+    "fast": ["preset=fast"],
 }
 PEER_PACKAGES = ("ale-py", "opencv-python-headless")
 
@@ -409,12 +409,16 @@ def _replay_inline(cfg: dict, sink: Sink) -> None:
 
 
 def worker_learner(cfg: dict, sink: Sink) -> None:
-    """update_step (double DQN, Huber, grad-norm clip 10, Adam as dqnfast.train builds it) on a device batch."""
-    from functools import partial
+    """dqnfast.learner.Learner.update (double DQN, Huber, grad-norm clip 10, Adam as dqnfast.train builds it).
+
+    Variants map to ``algo.compile`` / ``algo.amp``: eager = false, compile = default,
+    graphs = reduce-overhead (what ``auto`` runs on CUDA); fp32 = none, bf16 = bf16.
+    """
+    import types
 
     torch, device = _torch_setup(cfg)
     from dqnfast.config import OptimConfig
-    from dqnfast.learner import make_optimizer, update_step
+    from dqnfast.learner import Learner, make_optimizer
     from dqnfast.networks import NatureCNN
 
     try:
@@ -422,6 +426,7 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
     except ImportError:  # pragma: no cover - private API moved
         counters = None
     num_actions = cfg["num_actions"]
+    modes = {"eager": None, "compile": "default", "graphs": "reduce-overhead"}
     # k updates per timed call, then a device sync: the rate is of finished updates, not launches
     k = 10 if device.type == "cuda" else 1
     for b, variant in cfg["configs"]:
@@ -430,30 +435,25 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
         online = NatureCNN(4, num_actions).to(device)
         target = NatureCNN(4, num_actions).to(device)
         target.load_state_dict(online.state_dict())
-        for p in target.parameters():
-            p.requires_grad_(False)
-        opt = make_optimizer(online.parameters(), OptimConfig())
-        g = torch.Generator(device="cpu").manual_seed(cfg["seed"])
-        obs = torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device)
-        next_obs = torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device)
-        action = torch.randint(0, num_actions, (b,), generator=g).to(device)
-        reward = torch.randint(-1, 2, (b,), generator=g).float().to(device)
-        discount = torch.full((b,), 0.99, device=device)
-        step = partial(update_step, double=True, loss="huber", max_grad_norm=10.0)
-        if kind != "eager":
+        mode = modes[kind]
+        if mode is not None:
             torch._dynamo.reset()
-            step = torch.compile(step, mode="reduce-overhead" if kind == "graphs" else None)
+        opt = make_optimizer(online.parameters(), OptimConfig(), device=device, compile_mode=mode)
+        learner = Learner(online, target, opt, double=True, loss="huber", max_grad_norm=10.0,
+                          target_update_period=10**9, device=device, compile=mode,
+                          amp_dtype=torch.bfloat16 if dtype == "bf16" else None)
+        g = torch.Generator(device="cpu").manual_seed(cfg["seed"])
+        batch = types.SimpleNamespace(
+            obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device),
+            next_obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device),
+            action=torch.randint(0, num_actions, (b,), generator=g).to(device),
+            reward=torch.randint(-1, 2, (b,), generator=g).float().to(device),
+            discount=torch.full((b,), 0.99, device=device))
         skips0 = _cudagraph_skips(counters)
-        amp = dtype == "bf16"
-        graphs = kind == "graphs"
         out: dict = {}
 
-        def call(step=step, amp=amp, graphs=graphs, out=out,
-                 args=(online, target, opt, obs, action, reward, next_obs, discount)):
-            if graphs:  # one update = one CUDA-graph generation (the update has a graph break at backward)
-                torch.compiler.cudagraph_mark_step_begin()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out["m"] = step(*args)
+        def call(learner=learner, batch=batch, out=out):
+            out["m"] = learner.update(batch)
 
         def call_k(call=call):
             for _ in range(k):
@@ -465,6 +465,8 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
             call()
             _sync(torch, device)
             first_s = time.perf_counter() - t0
+            if learner.compile_mode != mode:
+                raise RuntimeError("compiling failed; the learner fell back to eager (see the log)")
             _warm(call_k, cfg["warm_s"], min_calls=3)  # reduce-overhead records its graphs on the first calls
             tm = _timing(cfg, call_k, k, warmup=1)
             loss = float(out["m"]["loss"].float().item())
@@ -475,9 +477,9 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
             continue
         skips = _cudagraph_skips(counters) - skips0 if counters is not None else None
         row = {"stage": "learner", "batch_size": b, "variant": variant, "kind": kind, "dtype": dtype,
-               "device": str(device), "torch_threads": torch.get_num_threads(),
-               "updates_per_s": tm["rate"], "ms_per_update": 1e3 / tm["rate"], "first_call_s": first_s,
-               "cudagraph_skips": skips, "loss_finite": math.isfinite(loss), **tm}
+               "device": str(device), "torch_threads": torch.get_num_threads(), "compile_mode": mode,
+               "graphed": learner.graphed, "updates_per_s": tm["rate"], "ms_per_update": 1e3 / tm["rate"],
+               "first_call_s": first_s, "cudagraph_skips": skips, "loss_finite": math.isfinite(loss), **tm}
         if kind != "eager" and counters is not None:
             row["graph_breaks"] = int(sum(counters["graph_break"].values()))
             row["unique_graphs"] = int(counters["stats"].get("unique_graphs", 0))
@@ -486,7 +488,7 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
         print(f"learner B={b:<4d} {variant:13s} {tm['rate']:>9,.1f} updates/s  {1e3 / tm['rate']:7.2f} ms"
               f"  (first call {first_s:.1f} s)", flush=True)
         sink.add(row)
-        del online, target, opt, step, call, call_k
+        del online, target, opt, learner, call, call_k
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -679,36 +681,44 @@ def _env_cfgs(num_envs, threads, with_async: bool) -> list[tuple[int, int, int]]
     return out
 
 
-def _e2e_settings(args) -> list[dict]:
-    from dqnfast.config import Config
+def _composed(overrides: list[str]):
+    """The Config that ``python -m dqnfast.train <overrides>`` runs with (Hydra's own composition)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    d = Config()
+    from dqnfast.train import CONF_DIR, to_config
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_config(compose(config_name="config", overrides=[o for o in overrides if not o.startswith("hydra.")]))
+
+
+def _e2e_settings(args) -> list[dict]:
     out = []
     for name in args.e2e:
         ov = list(args.e2e_fast if name == "fast" else E2E_SETTINGS[name])
         if args.quick and not any(o.startswith("algo.compile=") for o in ov):
             ov.append("algo.compile=false")  # a smoke test: no 30 s compile on CUDA
-        kv = {k.lstrip("+"): v for k, v in (o.split("=", 1) for o in ov if "=" in o)}
-
-        def num(key, default, kv=kv):  # null / 0 / absent: the config default (None = "all" / "sync")
-            v = kv.get(key)
-            return default if v in (None, "null", "None", "", "0") else float(v)
-
-        n = int(num("envs.num_envs", d.envs.num_envs))
-        b_env = int(num("envs.batch_size", n))
-        t = int(num("envs.num_threads", args.cores))
+        c = _composed(ov)
+        n = c.envs.num_envs
+        b_env = c.envs.batch_size or n
+        t = c.envs.num_threads or args.cores
         out.append({"name": name, "overrides": ov, "num_envs": n, "env_batch": min(b_env, n), "env_threads": min(t, n),
-                    "batch_size": int(num("algo.batch_size", d.algo.batch_size)),
-                    "replay_ratio": num("algo.replay_ratio", float(d.algo.replay_ratio)),
-                    "compile": kv.get("algo.compile", d.algo.compile)})
+                    "batch_size": c.algo.batch_size, "replay_ratio": float(c.algo.replay_ratio),
+                    "compile": c.algo.compile, "amp": c.algo.amp})
     return out
 
 
-def _train_variant(compile_mode: str, device: str) -> str:
-    """The learner variant dqnfast.train runs: torch.compile (default mode) on CUDA with compile=auto, fp32."""
-    from dqnfast.learner import resolve_compile
+def _train_variant(compile_mode: str, device: str, amp: str = "none") -> str:
+    """The learner variant dqnfast.train runs for algo.compile / algo.amp (auto: graphs on CUDA, eager on CPU)."""
+    from dqnfast.learner import resolve_compile, uses_cudagraphs
 
-    return ("compile" if resolve_compile(compile_mode, device) else "eager") + "-fp32"
+    mode = resolve_compile(compile_mode, device)
+    if mode is None:
+        kind = "eager"
+    else:
+        kind = "graphs" if uses_cudagraphs(mode) and device.startswith("cuda") else "compile"
+    return f"{kind}-{'bf16' if str(amp).lower() == 'bf16' else 'fp32'}"
 
 
 def plan(args, device: str) -> dict:
@@ -739,7 +749,7 @@ def plan(args, device: str) -> dict:
     else:
         learner = []
     for s in settings:
-        c = (s["batch_size"], _train_variant(s["compile"], device))
+        c = (s["batch_size"], _train_variant(s["compile"], device, s.get("amp", "none")))
         if c not in learner:
             learner.append(c)
         s["learner_variant"] = c[1]

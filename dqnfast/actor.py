@@ -66,11 +66,14 @@ class Actor:
     ``act(obs, eps)`` takes the observations of K envs -- uint8[K, 4, 84, 84],
     uint8[K, 128] or float32[K, d], as envpool returns them -- and returns int32[K]
     actions. With eps >= 1 the network is skipped (uniform random on the host).
+    amp_dtype: autocast dtype of the forward pass (torch.bfloat16) or None (fp32).
     Random draws come from seeded generators, so a run is repeatable on one device.
     """
 
-    def __init__(self, network: nn.Module, num_actions: int, device: torch.device | str = "cpu", seed: int = 0) -> None:
+    def __init__(self, network: nn.Module, num_actions: int, device: torch.device | str = "cpu", seed: int = 0,
+                 amp_dtype: torch.dtype | None = None) -> None:
         self.network = network
+        self.amp_dtype = amp_dtype
         self.num_actions = int(num_actions)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
@@ -81,7 +84,8 @@ class Actor:
     def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Q float32[K, A] on the actor's device."""
         x = torch.as_tensor(obs).to(self.device, non_blocking=True)
-        return self.network(x)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+            return self.network(x).float()
 
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, epsilon: float) -> np.ndarray:

@@ -39,7 +39,11 @@ OBS_KINDS = ("pixels", "ram")
 OPTIMIZERS = ("adam", "rmsprop")
 LOSSES = ("huber", "mse")
 SCHEDULES = ("linear", "exponential")
-COMPILE_MODES = ("auto", "true", "false")
+COMPILE_MODES = ("auto", "true", "false", "default", "reduce-overhead", "max-autotune",
+                 "max-autotune-no-cudagraphs")
+AUTO_BOOL = ("auto", "true", "false")
+AMP_MODES = ("none", "bf16")
+STORAGES = ("cpu", "cuda")
 ENV_RESUME_MODES = ("reseed", "replay")
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -124,7 +128,12 @@ class AlgoConfig:
     target_update_period: updates between target syncs; at a sync
     target <- tau * online + (1 - tau) * target (tau=1: hard copy).
     loss: huber | mse. max_grad_norm: clip the gradient norm (null: off).
-    compile: torch.compile the update: auto (on for CUDA) | true | false.
+    compile: how the update runs: auto (reduce-overhead on CUDA, eager on CPU) | false
+    (eager) | true (= default) | a torch.compile mode: default, reduce-overhead
+    (compiled and replayed as CUDA graphs), max-autotune, max-autotune-no-cudagraphs.
+    amp: none (fp32) | bf16 (bfloat16 autocast of the network's forward passes; the loss
+    and the optimizer stay fp32). channels_last: NHWC convolutions (helps with bf16 on
+    recent GPUs).
     """
 
     total_steps: int = 10_000_000
@@ -138,6 +147,8 @@ class AlgoConfig:
     loss: str = "huber"
     max_grad_norm: Optional[float] = 10.0
     compile: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
 
 
 @dataclass
@@ -163,6 +174,9 @@ class ReplayConfig:
     n_step: return horizon. num_threads: sampling threads (null or 0 = all
     cores). pin_memory: pinned sample buffers (auto = when training on CUDA).
     check_memory: refuse a capacity that does not fit in RAM.
+    storage: where frames live: cpu (the C++ ring's host memory, sampled into pinned
+    buffers) | cuda (device memory: the C++ ring keeps the indices and the GPU gathers
+    the frames, so no frames cross PCIe at sample time; needs device=cuda).
     save: write the ring's contents with every checkpoint (``replay_<steps>.npz`` in the
     run dir; Atari pixels: ~7 KB per stored step), so ``resume`` continues with the same
     memory instead of refilling it with ``algo.learning_starts`` random steps.
@@ -173,6 +187,7 @@ class ReplayConfig:
     num_threads: Optional[int] = None
     pin_memory: str = "auto"
     check_memory: bool = True
+    storage: str = "cpu"
     save: bool = False
 
 
@@ -335,6 +350,7 @@ def validate(cfg: Config) -> None:
     _check(a.max_grad_norm is None or (_finite(a.max_grad_norm) and a.max_grad_norm > 0), "algo.max_grad_norm",
            f"must be > 0 or null, got {a.max_grad_norm!r}")
     _choice(a.compile, "algo.compile", COMPILE_MODES, "compile mode")
+    _choice(a.amp, "algo.amp", AMP_MODES, "amp mode")
 
     n = cfg.network
     _choice(n.name, "network.name", NETWORK_NAMES, "network")
@@ -345,7 +361,10 @@ def validate(cfg: Config) -> None:
     r = cfg.replay
     _positive(r, "replay", "capacity", "n_step")
     _check(r.num_threads is None or r.num_threads >= 0, "replay.num_threads", f"must be >= 0, got {r.num_threads!r}")
-    _choice(r.pin_memory, "replay.pin_memory", COMPILE_MODES, "pin_memory mode")
+    _choice(r.pin_memory, "replay.pin_memory", AUTO_BOOL, "pin_memory mode")
+    _choice(r.storage, "replay.storage", STORAGES, "replay storage")
+    _check(str(r.storage).lower() != "cuda" or dev == "auto" or dev.startswith("cuda"), "replay.storage",
+           f"cuda storage needs a CUDA device, but device={dev}; use replay.storage=cpu")
     _check(a.batch_size <= r.capacity, "algo.batch_size",
            f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})")
     stack = e.stack if cfg.obs == "pixels" else 1

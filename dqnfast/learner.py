@@ -15,6 +15,7 @@ where R = sum_{k<m} gamma^k r_{t+k+1} and D = gamma^m, or 0 after ``terminated``
 
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Any, Callable, Iterable
 
@@ -27,7 +28,9 @@ from dqnfast.config import OptimConfig
 __all__ = [
     "Learner",
     "make_optimizer",
+    "resolve_amp",
     "resolve_compile",
+    "uses_cudagraphs",
     "soft_update",
     "td_target",
     "update_step",
@@ -53,20 +56,24 @@ def td_target(reward: torch.Tensor, discount: torch.Tensor, next_q_target: torch
 def update_step(online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
                 obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
                 discount: torch.Tensor, *, double: bool = True, loss: str = "huber",
-                max_grad_norm: float | None = None) -> dict[str, torch.Tensor]:
+                max_grad_norm: float | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """One gradient step on one batch; returns metrics as detached 0-d device tensors.
 
     obs, next_obs: [B, *obs_shape] (uint8 or float32, as stored); action: int64[B];
     reward, discount: float32[B]. loss: ``huber`` (delta 1, = Nature's error clipping)
     or ``mse``. max_grad_norm: clip the global gradient norm (None: no clipping).
-    Metrics: loss, q_mean (mean Q(s, a) of the batch), target_mean, grad_norm (before
-    clipping).
+    amp_dtype: run the networks' forward passes under autocast to this dtype
+    (torch.bfloat16); Q-values are cast back to float32 for the target and the loss,
+    and the optimizer works on the float32 weights. Metrics: loss, q_mean (mean
+    Q(s, a) of the batch), target_mean, grad_norm (before clipping).
     """
-    with torch.no_grad():
-        next_q_target = target(next_obs)
-        next_q_online = online(next_obs) if double else None
-        y = td_target(reward, discount, next_q_target, next_q_online)
-    q = online(obs).gather(1, action.long().unsqueeze(1)).squeeze(1)
+    dev = obs.device.type
+    with torch.autocast(dev, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with torch.no_grad():
+            next_q_target = target(next_obs).float()
+            next_q_online = online(next_obs).float() if double else None
+            y = td_target(reward, discount, next_q_target, next_q_online)
+        q = online(obs).float().gather(1, action.long().unsqueeze(1)).squeeze(1)
     if loss == "huber":
         td_loss = F.smooth_l1_loss(q, y)
     else:
@@ -95,22 +102,58 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(t_params, o_params, float(tau))
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """Adam(lr, eps) or RMSprop(lr, alpha, eps, centered) -- Nature: 2.5e-4, 0.95, 0.01, centered."""
+def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, *, device: torch.device | str = "cpu",
+                   compile_mode: str | None = None) -> torch.optim.Optimizer:
+    """Adam(lr, eps) or RMSprop(lr, alpha, eps, centered) -- Nature: 2.5e-4, 0.95, 0.01, centered.
+
+    The implementation follows how the update runs (see ``resolve_compile``): eager on
+    CUDA uses the fused Adam kernel (RMSprop: foreach), compiled code lets torch.compile
+    fuse the step, and modes that replay CUDA graphs keep the step counter on the device
+    (``capturable``) so the optimizer step can live inside the graph. The maths is the same.
+    """
     name = str(cfg.name).lower()
+    cuda = torch.device(device).type == "cuda"
+    kw: dict[str, Any] = {}
+    if cuda and compile_mode is None:
+        kw = {"fused": True} if name == "adam" else {"foreach": True}
+    elif cuda and uses_cudagraphs(compile_mode):
+        kw = {"capturable": True}
     if name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps)
+        return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, **kw)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, centered=cfg.centered)
+        kw.pop("fused", None)
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, centered=cfg.centered, **kw)
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose adam or rmsprop")
 
 
-def resolve_compile(mode: str | bool, device: torch.device | str) -> bool:
-    """``auto`` -> compile on CUDA only; ``true``/``false`` force it."""
-    m = str(mode).lower()
+def resolve_compile(mode: str | bool | None, device: torch.device | str) -> str | None:
+    """How the update runs: None = eager, else the ``torch.compile`` mode.
+
+    ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on CUDA, eager on
+    the CPU (compiling takes longer than a short CPU run gains); ``true`` = ``default``;
+    ``false`` = eager; any other value is a torch.compile mode.
+    """
+    m = str(mode).lower() if mode is not None else "false"
     if m == "auto":
-        return torch.device(device).type == "cuda"
-    return m == "true"
+        return "reduce-overhead" if torch.device(device).type == "cuda" else None
+    if m in ("false", "none", "eager"):
+        return None
+    return "default" if m == "true" else m
+
+
+def uses_cudagraphs(compile_mode: str | None) -> bool:
+    """Whether a torch.compile mode replays CUDA graphs (on CUDA tensors)."""
+    return compile_mode in ("reduce-overhead", "max-autotune")
+
+
+def resolve_amp(amp: str | None) -> torch.dtype | None:
+    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16."""
+    m = str(amp).lower() if amp is not None else "none"
+    if m in ("none", "fp32", "false"):
+        return None
+    if m in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    raise ValueError(f"unknown amp mode {amp!r}; choose none or bf16")
 
 
 class Learner:
@@ -121,18 +164,25 @@ class Learner:
 
     Args:
         online, target: networks of the same architecture, already on ``device``.
-        optimizer: built on ``online.parameters()``.
+        optimizer: built on ``online.parameters()`` (``make_optimizer``).
         double: double-DQN target; False = Nature max target.
         loss: ``huber`` | ``mse``. max_grad_norm: global norm clip (None: off).
         target_update_period: updates between syncs. tau: sync step size.
         device: where the update runs; batches are moved there (non-blocking).
-        compile: torch.compile ``update_step``.
+        compile: how ``update_step`` runs: False/None = eager, True = torch.compile's
+            default mode, or a torch.compile mode name (``reduce-overhead``: the update
+            is recorded once as CUDA graphs and replayed; see ``resolve_compile``).
+        amp_dtype: autocast dtype of the forward passes (torch.bfloat16) or None.
+
+    Nothing in ``update`` waits for the device: metrics stay on it until the caller
+    reads them. If compiling fails on the first update (an unsupported torch/GPU
+    combination), the learner logs one warning and continues eagerly.
     """
 
     def __init__(self, online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, *,
                  double: bool = True, loss: str = "huber", max_grad_norm: float | None = 10.0,
                  target_update_period: int = 10_000, tau: float = 1.0, device: torch.device | str = "cpu",
-                 compile: bool = False) -> None:
+                 compile: bool | str | None = False, amp_dtype: torch.dtype | None = None) -> None:
         if loss not in ("huber", "mse"):
             raise ValueError(f"unknown loss {loss!r}; choose huber or mse")
         self.online = online
@@ -145,28 +195,63 @@ class Learner:
         self.num_syncs = 0
         for p in self.target.parameters():
             p.requires_grad_(False)
-        step: Callable[..., dict[str, torch.Tensor]] = partial(
-            update_step, double=bool(double), loss=loss, max_grad_norm=max_grad_norm
+        self._eager: Callable[..., dict[str, torch.Tensor]] = partial(
+            update_step, double=bool(double), loss=loss, max_grad_norm=max_grad_norm, amp_dtype=amp_dtype
         )
-        self._step = torch.compile(step) if compile else step
-        self.compiled = bool(compile)
+        mode = ("default" if compile is True else None) if isinstance(compile, bool) or compile is None else compile
+        self.compile_mode: str | None = mode
+        self.amp_dtype = amp_dtype
+        self.graphed = mode is not None and uses_cudagraphs(mode) and self.device.type == "cuda"
+        self._step = torch.compile(self._eager, mode=mode) if mode is not None else self._eager
+        self._checked = mode is None
+
+    @property
+    def compiled(self) -> bool:
+        return self.compile_mode is not None
 
     def update(self, batch: Any) -> dict[str, torch.Tensor]:
-        """One update on a replay Batch (CPU tensors, pinned or not); returns device metrics.
+        """One update on a replay Batch (CPU tensors, pinned or not, or device tensors); returns device metrics.
 
         batch: obs/next_obs [B, *obs_shape], action int64[B], reward/discount float32[B].
         Syncs the target network when ``num_updates`` reaches a multiple of the period.
         """
+        if getattr(batch, "frames", None) is not None and batch.frames.device != self.device:
+            batch = batch.to(self.device)  # shared rows: one window copied, two views
         dev, nb = self.device, True
-        metrics = self._step(
-            self.online, self.target, self.optimizer,
-            batch.obs.to(dev, non_blocking=nb), batch.action.to(dev, non_blocking=nb),
-            batch.reward.to(dev, non_blocking=nb), batch.next_obs.to(dev, non_blocking=nb),
-            batch.discount.to(dev, non_blocking=nb),
-        )
+        args = (self.online, self.target, self.optimizer,
+                batch.obs.to(dev, non_blocking=nb), batch.action.to(dev, non_blocking=nb),
+                batch.reward.to(dev, non_blocking=nb), batch.next_obs.to(dev, non_blocking=nb),
+                batch.discount.to(dev, non_blocking=nb))
+        if self.graphed:  # one update = one CUDA-graph generation (the update has a graph break at backward)
+            torch.compiler.cudagraph_mark_step_begin()
+        if self._checked:
+            metrics = self._step(*args)
+        else:
+            metrics = self._first_compiled(args)
+        if self.graphed:  # graph outputs are overwritten by the next replay: keep copies
+            metrics = {k: v.clone() for k, v in metrics.items()}
         self.num_updates += 1
         if self.num_updates % self.target_update_period == 0:
             self.sync_target()
+        return metrics
+
+    def _first_compiled(self, args: tuple) -> dict[str, torch.Tensor]:
+        """The first compiled update; on a compiler error, one warning and eager from then on."""
+        import logging
+
+        state = ({k: v.detach().clone() for k, v in self.online.state_dict().items()},
+                 copy.deepcopy(self.optimizer.state_dict()))
+        try:
+            metrics = self._step(*args)
+        except Exception as e:  # noqa: BLE001 - torch.compile raises many types (BackendCompilerFailed, ...)
+            logging.getLogger("dqnfast.learner").warning(
+                "torch.compile(mode=%r) failed (%s: %s); running the update eagerly (set algo.compile=false to "
+                "skip compiling)", self.compile_mode, type(e).__name__, " ".join(str(e).split())[:200])
+            self.online.load_state_dict(state[0])
+            self.optimizer.load_state_dict(state[1])
+            self._step, self.compile_mode, self.graphed = self._eager, None, False
+            metrics = self._step(*args)
+        self._checked = True
         return metrics
 
     def sync_target(self) -> None:

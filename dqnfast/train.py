@@ -337,7 +337,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
         CheckpointError, check_compatible, find_checkpoint, load_checkpoint, save_run_checkpoint,
     )
     from dqnfast.envs import GameTracker, frames_of, make_env, observation_of, raw_reward_of, resolve_game
-    from dqnfast.learner import Learner, make_optimizer, resolve_compile
+    from dqnfast.learner import Learner, make_optimizer, resolve_amp, resolve_compile
     from dqnfast.networks import make_network, spec_for
     from dqnfast.replay import ReplayFileError, ReplayRing
 
@@ -390,6 +390,11 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
                         mlp_hidden=tuple(cfg.network.mlp_hidden))
     ring = None
     replay_file: Path | None = None
+    frames_device = device if str(cfg.replay.storage).lower() == "cuda" else None
+    if frames_device is not None and device.type != "cuda":
+        env.close()
+        raise ConfigError("replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; "
+                                            "use replay.storage=cpu")
     try:
         if ck:
             check_compatible(ck, game=spec.task_id, obs_kind=spec.obs_kind, num_actions=spec.num_actions,
@@ -405,7 +410,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
                 replay_file = run_dir / saved
                 try:
                     ring = ReplayRing.load(replay_file, num_threads=cfg.replay.num_threads or None,
-                                           check_memory=cfg.replay.check_memory)
+                                           check_memory=cfg.replay.check_memory, frames_device=frames_device)
                 except (ReplayFileError, FileNotFoundError, MemoryError) as e:
                     raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") \
                         from None
@@ -419,6 +424,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
                 cfg.replay.capacity, spec.num_envs, spec.frame_shape, spec.frame_dtype, stack=spec.stack,
                 n_step=cfg.replay.n_step, gamma=a.gamma, seed=cfg.seed + (ENV_RESEED_STRIDE * resumes if ck else 0),
                 num_threads=cfg.replay.num_threads or None, check_memory=cfg.replay.check_memory,
+                frames_device=frames_device,
             )
     except MemoryError as e:
         env.close()
@@ -431,17 +437,22 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
         raise
     online = make_network(net_spec).to(device)
     target = make_network(net_spec).to(device)
+    if a.channels_last and net_spec.kind == "nature":
+        online, target = online.to(memory_format=torch.channels_last), target.to(memory_format=torch.channels_last)
     target.load_state_dict(online.state_dict())
-    optimizer = make_optimizer(online.parameters(), cfg.optim)
+    compile_mode = resolve_compile(a.compile, device)
+    amp_dtype = resolve_amp(a.amp)
+    optimizer = make_optimizer(online.parameters(), cfg.optim, device=device, compile_mode=compile_mode)
     learner = Learner(
         online, target, optimizer, double=a.double, loss=a.loss.lower(), max_grad_norm=a.max_grad_norm,
         target_update_period=a.target_update_period, tau=a.tau, device=device,
-        compile=resolve_compile(a.compile, device),
+        compile=compile_mode, amp_dtype=amp_dtype,
     )
-    actor = Actor(online, spec.num_actions, device, seed=cfg.seed)
+    actor = Actor(online, spec.num_actions, device, seed=cfg.seed, amp_dtype=amp_dtype)
     schedule = EpsilonSchedule(x.schedule.lower(), x.start, x.end, x.decay_steps, a.learning_starts, x.eval_epsilon)
     pin = str(cfg.replay.pin_memory).lower()
     pin = device.type == "cuda" if pin == "auto" else (pin == "true" and torch.cuda.is_available())
+    pin = pin and frames_device is None  # device frames: the ring stages its small host arrays itself
     use_events = pin and device.type == "cuda"
     buffers = [ring.make_batch(a.batch_size, pin_memory=pin) for _ in range(2)]
     copied = [None, None]  # CUDA events: a pinned buffer is refilled only after its copy finished

@@ -103,7 +103,7 @@ def test_fps_plan_measures_the_bounds_it_compares_with():
     assert all(not v.startswith("graphs") for _, v in fps.plan(full, "cpu")["learner"])
     assert {v for _, v in fps.plan(full, "cuda")["learner"]} >= {"compile-fp32", "graphs-fp32", "graphs-bf16"}
     fast = next(s for s in fps.plan(fps.parse_args(["--stage", "e2e"]), "cuda")["e2e"] if s["name"] == "fast")
-    assert fast["learner_variant"] == "compile-fp32" and fast["batch_size"] == 256
+    assert fast["learner_variant"] == "graphs-fp32" and fast["batch_size"] == 256  # auto = reduce-overhead on CUDA
 
 
 def test_peer_resize_standin_matches_opencv():

@@ -12,8 +12,10 @@ from dqnfast.config import OptimConfig
 from dqnfast.learner import (
     Learner,
     make_optimizer,
+    resolve_amp,
     resolve_compile,
     td_target,
+    uses_cudagraphs,
     update_step,
 )
 from dqnfast.networks import NetworkSpec, make_network
@@ -142,26 +144,81 @@ def test_make_optimizer_nature_rmsprop_and_adam():
 
 
 def test_resolve_compile():
-    assert resolve_compile("auto", "cpu") is False
-    assert resolve_compile("auto", "cuda") is True
-    assert resolve_compile("true", "cpu") is True and resolve_compile(True, "cpu") is True
-    assert resolve_compile("false", "cuda") is False and resolve_compile(False, "cuda") is False
+    assert resolve_compile("auto", "cpu") is None  # eager on the CPU
+    assert resolve_compile("auto", "cuda") == "reduce-overhead"  # compiled + CUDA graphs on the GPU
+    assert resolve_compile("true", "cpu") == "default" and resolve_compile(True, "cpu") == "default"
+    assert resolve_compile("false", "cuda") is None and resolve_compile(False, "cuda") is None
+    assert resolve_compile("max-autotune", "cuda") == "max-autotune"
+    assert uses_cudagraphs("reduce-overhead") and not uses_cudagraphs("default") and not uses_cudagraphs(None)
+    assert resolve_amp("none") is None and resolve_amp("bf16") is torch.bfloat16
+    with pytest.raises(ValueError):
+        resolve_amp("fp8")
+
+
+def _cnn_and_batch(b: int = 8):
+    torch.manual_seed(0)
+    spec = NetworkSpec("nature", [4, 84, 84], "uint8", 4, hidden=[64])
+    online, target = make_network(spec), make_network(spec)
+    target.load_state_dict(online.state_dict())
+    g = torch.Generator().manual_seed(1)
+    batch = types.SimpleNamespace(
+        obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g),
+        next_obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g),
+        action=torch.randint(0, 4, (b,), generator=g), reward=torch.rand(b, generator=g),
+        discount=torch.full((b,), 0.99))
+    return online, target, batch
+
+
+def test_bf16_autocast_update_tracks_fp32():
+    """algo.amp=bf16: forward passes in bfloat16, loss and weights in float32, close to the fp32 update."""
+    runs = {}
+    for amp in (None, torch.bfloat16):
+        online, target, batch = _cnn_and_batch()
+        opt = torch.optim.Adam(online.parameters(), lr=1e-3)
+        lr = Learner(online, target, opt, amp_dtype=amp, max_grad_norm=None)
+        losses = [lr.update(batch)["loss"] for _ in range(3)]
+        assert all(v.dtype == torch.float32 for v in losses)
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in online.parameters())
+        runs[amp] = [v.item() for v in losses]
+    assert runs[torch.bfloat16] == pytest.approx(runs[None], rel=0.05)
+    assert runs[None][2] < runs[None][0] and runs[torch.bfloat16][2] < runs[torch.bfloat16][0]
+
+
+def test_compile_failure_falls_back_to_eager(caplog):
+    """A compiler error on the first update: one warning, the weights untouched, then eager updates."""
+    online, target, batch = _cnn_and_batch()
+    ref_online, ref_target, _ = _cnn_and_batch()
+    ref = Learner(ref_online, ref_target, torch.optim.Adam(ref_online.parameters(), lr=1e-3), max_grad_norm=None)
+    lr = Learner(online, target, torch.optim.Adam(online.parameters(), lr=1e-3), max_grad_norm=None)
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        args[2].step()  # even a half-done step is rolled back
+        raise RuntimeError("BackendCompilerFailed: no compiler\nsecond line")
+
+    lr._step, lr._checked, lr.compile_mode = broken, False, "default"
+    with caplog.at_level("WARNING", logger="dqnfast.learner"):
+        got = [lr.update(batch)["loss"].item() for _ in range(2)]
+    want = [ref.update(batch)["loss"].item() for _ in range(2)]
+    assert calls == [1] and lr.compile_mode is None and not lr.compiled
+    assert got == pytest.approx(want, rel=1e-6)
+    msgs = [r.getMessage() for r in caplog.records if "failed" in r.getMessage()]
+    assert len(msgs) == 1 and "\n" not in msgs[0] and "algo.compile=false" in msgs[0]
 
 
 @pytest.mark.slow
-def test_compiled_update_matches_eager():
-    """torch.compile (inductor on CPU: needs a C++ compiler; ~1 min) gives the same update."""
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compiled_update_matches_eager(mode):
+    """torch.compile (inductor on CPU: needs a C++ compiler; ~1 min) gives the same update.
+
+    On the CPU reduce-overhead compiles the same code (CUDA graphs apply to CUDA tensors
+    only), so this checks the graphed path's plumbing (mark_step_begin, output copies).
+    """
     results = []
-    for compile in (False, True):
-        torch.manual_seed(0)
-        spec = NetworkSpec("nature", [4, 84, 84], "uint8", 4, hidden=[64])
-        online, target = make_network(spec), make_network(spec)
+    for compile in (None, mode):
+        online, target, batch = _cnn_and_batch()
         lr = Learner(online, target, torch.optim.Adam(online.parameters(), lr=1e-3), compile=compile)
-        g = torch.Generator().manual_seed(1)
-        batch = types.SimpleNamespace(
-            obs=torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8, generator=g),
-            next_obs=torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8, generator=g),
-            action=torch.randint(0, 4, (8,), generator=g), reward=torch.rand(8, generator=g),
-            discount=torch.full((8,), 0.99))
         results.append([lr.update(batch)["loss"].item() for _ in range(3)])
+        assert lr.compile_mode == compile  # no silent fallback to eager
     assert results[0] == pytest.approx(results[1], rel=1e-4)

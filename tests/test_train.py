@@ -64,6 +64,17 @@ def test_presets_compose_and_validate(preset):
     assert cfg.algo.total_steps <= 60_000
 
 
+def test_fast_preset_keeps_the_nature_budget_with_fewer_larger_updates():
+    d, f = composed(), composed("preset=fast")
+    check_config(f)
+    assert (f.algo.total_steps, f.replay.capacity, f.algo.replay_ratio) == (
+        d.algo.total_steps, d.replay.capacity, d.algo.replay_ratio)
+    assert f.envs.num_envs == 64 and f.envs.batch_size == 32 and f.algo.batch_size == 256
+    # the target is synced after as many agent steps as the default recipe's
+    steps_between_syncs = lambda c: c.algo.target_update_period * c.algo.batch_size / c.algo.replay_ratio  # noqa: E731
+    assert steps_between_syncs(f) == steps_between_syncs(d)
+
+
 @pytest.mark.parametrize(
     "change, key",
     [
@@ -75,6 +86,9 @@ def test_presets_compose_and_validate(preset):
         (lambda c: setattr(c.explore, "end", 2.0), "explore.end"),
         (lambda c: setattr(c.envs, "batch_size", 99), "envs.batch_size"),
         (lambda c: setattr(c.algo, "compile", "maybe"), "algo.compile"),
+        (lambda c: setattr(c.algo, "amp", "fp8"), "algo.amp"),
+        (lambda c: setattr(c.replay, "storage", "disk"), "replay.storage"),
+        (lambda c: (setattr(c, "device", "cpu"), setattr(c.replay, "storage", "cuda")), "replay.storage"),
         (lambda c: setattr(c, "game", "Pongg"), "game"),
         (lambda c: (setattr(c, "obs", "ram"), setattr(c.network, "name", "nature")), "network.name"),
         (lambda c: (setattr(c, "game", "CartPole"), setattr(c, "obs", "ram")), "obs"),
@@ -111,7 +125,7 @@ def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):
 def test_cli_help_and_cfg(run_cli):
     proc, _ = run_cli("--help", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "== Configuration groups ==" in proc.stdout and "preset: cartpole, nature, quick" in proc.stdout
+    assert "== Configuration groups ==" in proc.stdout and "preset: cartpole, fast, nature, quick" in proc.stdout
     proc, _ = run_cli("game=Breakout", "preset=nature", "--cfg", "job", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     job = yaml.safe_load(proc.stdout)
