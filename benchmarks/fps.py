@@ -297,13 +297,17 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
 
     torch, device = _torch_setup(cfg)
     from dqnfast.actor import Actor
+    from dqnfast.learner import resolve_compile
     from dqnfast.networks import make_network, spec_for
     from dqnfast.replay import ReplayRing
 
+    mode = resolve_compile("auto", device)  # as dqnfast.train: a CUDA graph per batch shape on CUDA, eager on CPU
     for n, b, t in cfg["configs"]:
         env, spec = _make_env(cfg, n, b, t)
         net = make_network(spec_for("nature", "pixels", spec.obs_shape, "uint8", spec.num_actions)).to(device)
-        actor = Actor(net, spec.num_actions, device, seed=cfg["seed"])
+        if mode is not None:
+            torch._dynamo.reset()
+        actor = Actor(net, spec.num_actions, device, seed=cfg["seed"], compile_mode=mode)
         cap = max(cfg["actor_capacity"], 64 * n)
         ring = ReplayRing(cap, n, spec.frame_shape, spec.frame_dtype, stack=spec.stack, n_step=1, gamma=0.99,
                           seed=cfg["seed"])
@@ -324,6 +328,7 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
         env.close()
         row = {"stage": "actor", "mode": "sync" if b == n else "async", "num_envs": n, "batch": b, "threads": t,
                "device": str(device), "torch_threads": torch.get_num_threads(), "ring_capacity": ring.capacity,
+               "actor_compile": actor.compile_mode,
                "steps_per_s": tm["rate"], "frames_per_s": tm["rate"] * spec.frame_skip, **tm}
         print(f"actor  {row['mode']:5s} N={n:<4d} batch={b:<4d} threads={t:<3d} {tm['rate']:>10,.0f} steps/s "
               f"({device})", flush=True)

@@ -67,13 +67,21 @@ class Actor:
     uint8[K, 128] or float32[K, d], as envpool returns them -- and returns int32[K]
     actions. With eps >= 1 the network is skipped (uniform random on the host).
     amp_dtype: autocast dtype of the forward pass (torch.bfloat16) or None (fp32).
+    compile_mode: None (eager) or a torch.compile mode for the forward pass
+    (``reduce-overhead``: replayed as a CUDA graph, one per batch shape; the graph reads
+    the network's weights in place, so it sees every update). A compiler error on the
+    first call falls back to eager with one warning.
     Random draws come from seeded generators, so a run is repeatable on one device.
     """
 
     def __init__(self, network: nn.Module, num_actions: int, device: torch.device | str = "cpu", seed: int = 0,
-                 amp_dtype: torch.dtype | None = None) -> None:
+                 amp_dtype: torch.dtype | None = None, compile_mode: str | None = None) -> None:
         self.network = network
         self.amp_dtype = amp_dtype
+        self.compile_mode = compile_mode
+        self._forward = network if compile_mode is None else torch.compile(network, mode=compile_mode, dynamic=False)
+        self._graphed = compile_mode in ("reduce-overhead", "max-autotune") and torch.device(device).type == "cuda"
+        self._checked = compile_mode is None
         self.num_actions = int(num_actions)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
@@ -84,8 +92,27 @@ class Actor:
     def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Q float32[K, A] on the actor's device."""
         x = torch.as_tensor(obs).to(self.device, non_blocking=True)
+        if self._graphed:
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            return self.network(x).float()
+            if self._checked:
+                return self._forward(x).float()
+            return self._first_compiled(x)
+
+    def _first_compiled(self, x: torch.Tensor) -> torch.Tensor:
+        """The first compiled forward; on a compiler error, one warning and eager from then on."""
+        try:
+            q = self._forward(x).float()
+        except Exception as e:  # noqa: BLE001 - torch.compile raises many types
+            import logging
+
+            logging.getLogger("dqnfast.actor").warning(
+                "torch.compile(mode=%r) of the actor failed (%s: %s); acting eagerly", self.compile_mode,
+                type(e).__name__, " ".join(str(e).split())[:200])
+            self._forward, self.compile_mode, self._graphed = self.network, None, False
+            q = self._forward(x).float()
+        self._checked = True
+        return q
 
     @torch.no_grad()
     def act(self, obs: np.ndarray | torch.Tensor, epsilon: float) -> np.ndarray:

@@ -448,7 +448,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
         target_update_period=a.target_update_period, tau=a.tau, device=device,
         compile=compile_mode, amp_dtype=amp_dtype,
     )
-    actor = Actor(online, spec.num_actions, device, seed=cfg.seed, amp_dtype=amp_dtype)
+    actor = Actor(online, spec.num_actions, device, seed=cfg.seed, amp_dtype=amp_dtype, compile_mode=compile_mode)
     schedule = EpsilonSchedule(x.schedule.lower(), x.start, x.end, x.decay_steps, a.learning_starts, x.eval_epsilon)
     pin = str(cfg.replay.pin_memory).lower()
     pin = device.type == "cuda" if pin == "auto" else (pin == "true" and torch.cuda.is_available())

@@ -75,6 +75,46 @@ def test_epsilon_mixes_greedy_and_uniform():
     np.testing.assert_array_equal(a, b)  # seeded
 
 
+def test_bf16_actor_picks_the_same_clear_winners():
+    import torch
+
+    obs = np.array([[0, 3, 1, 2], [5, 0, 0, 0], [0, 0, 0, 9]], np.float32)
+    a = Actor(FixedQ(), 4, amp_dtype=torch.bfloat16).act(obs, 0.0)
+    np.testing.assert_array_equal(a, [1, 0, 3])
+
+
+def test_actor_compile_failure_falls_back_to_eager(caplog):
+    actor = Actor(FixedQ(), 4)
+
+    def broken(x):
+        raise RuntimeError("BackendCompilerFailed: no compiler")
+
+    actor._forward, actor._checked, actor.compile_mode = broken, False, "default"
+    obs = np.array([[0, 3, 1, 2], [5, 0, 0, 0]], np.float32)
+    with caplog.at_level("WARNING", logger="dqnfast.actor"):
+        np.testing.assert_array_equal(actor.act(obs, 0.0), [1, 0])
+        np.testing.assert_array_equal(actor.act(obs, 0.0), [1, 0])
+    assert actor.compile_mode is None
+    assert sum("failed" in r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.slow
+def test_compiled_actor_acts_like_the_eager_one():
+    """torch.compile of the actor's forward (inductor on CPU, ~20 s): the same greedy actions."""
+    import torch
+
+    from dqnfast.networks import NetworkSpec, make_network
+
+    torch.manual_seed(0)
+    net = make_network(NetworkSpec("nature", [4, 84, 84], "uint8", 6, hidden=[64]))
+    obs = np.random.default_rng(0).integers(0, 256, (8, 4, 84, 84), dtype=np.uint8)
+    eager = Actor(net, 6).q_values(obs)
+    compiled = Actor(net, 6, compile_mode="reduce-overhead")
+    for _ in range(2):
+        torch.testing.assert_close(compiled.q_values(obs), eager, rtol=1e-4, atol=1e-5)
+    assert compiled.compile_mode == "reduce-overhead"
+
+
 def test_run_episodes_counts_each_game_once():
     env, spec = make_env("CartPole", "pixels", EnvsConfig(num_threads=1), EvalProtocolConfig(), seed=0, num_envs=3)
     try:
