@@ -50,21 +50,12 @@ struct Outs {
   int64_t batch = 0;
 };
 
-// next_obs None: shared rows (obs holds stack + 1 frames per row; see BatchOut).
-Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArray<int64_t> action,
-              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+// The per-row metadata outputs, shared by both kinds of batch; sets o.batch from action.
+Outs MetaOuts(CArray<int64_t> action, CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
   Outs o;
   auto ai = action.request(true);
   o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
   if (o.batch < 0) throw std::invalid_argument("action must be 1-D");
-  const int64_t row = ring.config().stack * ring.config().frame_bytes;
-  if (next_obs.is_none()) {
-    o.out.obs = RawOut(obs, o.batch * (row + ring.config().frame_bytes), "obs (shared rows: stack + 1 frames)");
-    o.out.shared = true;
-  } else {
-    o.out.obs = RawOut(obs, o.batch * row, "obs");
-    o.out.next_obs = RawOut(next_obs.cast<py::buffer>(), o.batch * row, "next_obs");
-  }
   auto ri = reward.request(true);
   auto di = discount.request(true);
   auto ii = index.request(true);
@@ -78,13 +69,25 @@ Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArra
   return o;
 }
 
+// next_obs None: shared rows (obs holds stack + 1 frames per row; see BatchOut).
+Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArray<int64_t> action,
+              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+  Outs o = MetaOuts(action, reward, discount, index);
+  const int64_t row = ring.config().stack * ring.config().frame_bytes;
+  if (next_obs.is_none()) {
+    o.out.obs = RawOut(obs, o.batch * (row + ring.config().frame_bytes), "obs (shared rows: stack + 1 frames)");
+    o.out.shared = true;
+  } else {
+    o.out.obs = RawOut(obs, o.batch * row, "obs");
+    o.out.next_obs = RawOut(next_obs.cast<py::buffer>(), o.batch * row, "next_obs");
+  }
+  return o;
+}
+
 // Frame slots instead of frames: frame_slots int64[B, stack + 1] (shared) or [B, 2 * stack].
 Outs MakeSlotOuts(const ReplayRing& ring, CArray<int64_t> frame_slots, bool shared, CArray<int64_t> action,
                   CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
-  Outs o;
-  auto ai = action.request(true);
-  o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
-  if (o.batch < 0) throw std::invalid_argument("action must be 1-D");
+  Outs o = MetaOuts(action, reward, discount, index);
   o.out.shared = shared;
   const int width = o.out.RowFrames(ring.config().stack);
   auto si = frame_slots.request(true);
@@ -92,18 +95,24 @@ Outs MakeSlotOuts(const ReplayRing& ring, CArray<int64_t> frame_slots, bool shar
     throw std::invalid_argument("frame_slots must have shape [" + std::to_string(o.batch) + ", " +
                                 std::to_string(width) + "]");
   }
-  auto ri = reward.request(true);
-  auto di = discount.request(true);
-  auto ii = index.request(true);
-  CheckLen(ri, o.batch, "reward");
-  CheckLen(di, o.batch, "discount");
-  CheckLen(ii, o.batch, "index");
   o.out.frame_slots = static_cast<int64_t*>(si.ptr);
-  o.out.action = static_cast<int64_t*>(ai.ptr);
-  o.out.reward = static_cast<float*>(ri.ptr);
-  o.out.discount = static_cast<float*>(di.ptr);
-  o.out.index = static_cast<int64_t*>(ii.ptr);
   return o;
+}
+
+// Samples into o (indices null) or gathers the given indices into it, with the GIL released.
+void Fill(ReplayRing& r, const Outs& o, const CArray<int64_t>* indices) {
+  const int64_t* idx = nullptr;
+  if (indices != nullptr) {
+    auto ii = indices->request();
+    CheckLen(ii, o.batch, "indices");
+    idx = static_cast<const int64_t*>(ii.ptr);
+  }
+  py::gil_scoped_release release;
+  if (idx != nullptr) {
+    r.Gather(o.batch, idx, o.out);
+  } else {
+    r.Sample(o.batch, o.out);
+  }
 }
 
 template <typename T>
@@ -185,9 +194,7 @@ PYBIND11_MODULE(_core, m) {
           "_sample",
           [](ReplayRing& r, py::buffer obs, py::object next_obs, CArray<int64_t> action,
              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
-            Outs o = MakeOuts(r, obs, next_obs, action, reward, discount, index);
-            py::gil_scoped_release release;
-            r.Sample(o.batch, o.out);
+            Fill(r, MakeOuts(r, obs, next_obs, action, reward, discount, index), nullptr);
           },
           py::arg("obs"), py::arg("next_obs").none(true), py::arg("action").noconvert(),
           py::arg("reward").noconvert(), py::arg("discount").noconvert(),
@@ -197,11 +204,7 @@ PYBIND11_MODULE(_core, m) {
           [](ReplayRing& r, CArray<int64_t> indices, py::buffer obs, py::object next_obs,
              CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
              CArray<int64_t> index) {
-            Outs o = MakeOuts(r, obs, next_obs, action, reward, discount, index);
-            auto ii = indices.request();
-            CheckLen(ii, o.batch, "indices");
-            py::gil_scoped_release release;
-            r.Gather(o.batch, static_cast<const int64_t*>(ii.ptr), o.out);
+            Fill(r, MakeOuts(r, obs, next_obs, action, reward, discount, index), &indices);
           },
           py::arg("indices").noconvert(), py::arg("obs"), py::arg("next_obs").none(true),
           py::arg("action").noconvert(), py::arg("reward").noconvert(),
@@ -210,9 +213,7 @@ PYBIND11_MODULE(_core, m) {
           "_sample_slots",
           [](ReplayRing& r, CArray<int64_t> frame_slots, bool shared, CArray<int64_t> action,
              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
-            Outs o = MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index);
-            py::gil_scoped_release release;
-            r.Sample(o.batch, o.out);
+            Fill(r, MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index), nullptr);
           },
           py::arg("frame_slots").noconvert(), py::arg("shared"), py::arg("action").noconvert(),
           py::arg("reward").noconvert(), py::arg("discount").noconvert(),
@@ -222,11 +223,7 @@ PYBIND11_MODULE(_core, m) {
           [](ReplayRing& r, CArray<int64_t> indices, CArray<int64_t> frame_slots, bool shared,
              CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
              CArray<int64_t> index) {
-            Outs o = MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index);
-            auto ii = indices.request();
-            CheckLen(ii, o.batch, "indices");
-            py::gil_scoped_release release;
-            r.Gather(o.batch, static_cast<const int64_t*>(ii.ptr), o.out);
+            Fill(r, MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index), &indices);
           },
           py::arg("indices").noconvert(), py::arg("frame_slots").noconvert(), py::arg("shared"),
           py::arg("action").noconvert(), py::arg("reward").noconvert(),
