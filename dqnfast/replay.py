@@ -216,6 +216,7 @@ class ReplayRing:
         self.capacity = self._ring.capacity
         self.segment_capacity = self._ring.segment_capacity
         self._dev_frames: torch.Tensor | None = None
+        self._cursors = self._ring._storage()["cursors"]  # a live view: steps added per env
         if not on_host:
             self._dev_frames = torch.zeros((self.capacity, *self.frame_shape), dtype=_TORCH_DTYPES[self.frame_dtype],
                                            device=self.frames_device)
@@ -257,8 +258,7 @@ class ReplayRing:
             np.asarray(first, dtype=bool).ravel(),
         )
         if self._dev_frames is not None:  # the core checked the call; the frames go to their slots on the device
-            cursors = self._ring._storage()["cursors"]
-            slots = ids * self.segment_capacity + (cursors[ids] - 1) % self.segment_capacity
+            slots = ids * self.segment_capacity + (self._cursors[ids] - 1) % self.segment_capacity
             dev = self.frames_device
             self._dev_frames[torch.from_numpy(slots).to(dev)] = torch.from_numpy(
                 np.ascontiguousarray(frames)).to(dev, non_blocking=True)
