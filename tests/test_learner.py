@@ -181,6 +181,7 @@ def test_bf16_autocast_update_tracks_fp32():
         assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in online.parameters())
         runs[amp] = [v.item() for v in losses]
     assert runs[torch.bfloat16] == pytest.approx(runs[None], rel=0.05)
+    assert runs[torch.bfloat16] != runs[None]  # bf16 really ran (its rounding shows in the loss)
     assert runs[None][2] < runs[None][0] and runs[torch.bfloat16][2] < runs[torch.bfloat16][0]
 
 
