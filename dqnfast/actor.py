@@ -81,7 +81,7 @@ class Actor:
         self.compile_mode = compile_mode
         self._forward = network if compile_mode is None else torch.compile(network, mode=compile_mode, dynamic=False)
         self._graphed = compile_mode in ("reduce-overhead", "max-autotune") and torch.device(device).type == "cuda"
-        self._checked = compile_mode is None
+        self._guarded_calls = 0 if compile_mode is None else 3  # graph trees record on the 2nd call
         self.num_actions = int(num_actions)
         self.device = torch.device(device)
         self.rng = np.random.default_rng(seed)
@@ -95,12 +95,12 @@ class Actor:
         if self._graphed:
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
-            if self._checked:
-                return self._forward(x).float()
-            return self._first_compiled(x)
+            q = self._forward(x).float() if not self._guarded_calls else self._guarded(x)
+        # a graph's output buffer is overwritten by its next replay: hand out a copy
+        return q.clone() if self._graphed else q
 
-    def _first_compiled(self, x: torch.Tensor) -> torch.Tensor:
-        """The first compiled forward; on a compiler error, one warning and eager from then on."""
+    def _guarded(self, x: torch.Tensor) -> torch.Tensor:
+        """One of the first compiled forwards; on a compiler error, one warning and eager from then on."""
         try:
             q = self._forward(x).float()
         except Exception as e:  # noqa: BLE001 - torch.compile raises many types
@@ -110,8 +110,9 @@ class Actor:
                 "torch.compile(mode=%r) of the actor failed (%s: %s); acting eagerly", self.compile_mode,
                 type(e).__name__, " ".join(str(e).split())[:200])
             self._forward, self.compile_mode, self._graphed = self.network, None, False
-            q = self._forward(x).float()
-        self._checked = True
+            self._guarded_calls = 0
+            return self._forward(x).float()
+        self._guarded_calls -= 1
         return q
 
     @torch.no_grad()

@@ -175,8 +175,9 @@ class Learner:
         amp_dtype: autocast dtype of the forward passes (torch.bfloat16) or None.
 
     Nothing in ``update`` waits for the device: metrics stay on it until the caller
-    reads them. If compiling fails on the first update (an unsupported torch/GPU
-    combination), the learner logs one warning and continues eagerly.
+    reads them. If compiling or CUDA-graph recording fails in the first updates (an
+    unsupported torch/GPU combination), the learner rolls that update back, logs one
+    warning and continues eagerly.
     """
 
     def __init__(self, online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, *,
@@ -203,7 +204,9 @@ class Learner:
         self.amp_dtype = amp_dtype
         self.graphed = mode is not None and uses_cudagraphs(mode) and self.device.type == "cuda"
         self._step = torch.compile(self._eager, mode=mode) if mode is not None else self._eager
-        self._checked = mode is None
+        # compiled calls still guarded by the eager fallback: CUDA-graph trees warm up on the
+        # first call and record on the second, so a failure can come as late as that
+        self._guarded_calls = 0 if mode is None else 3
 
     @property
     def compiled(self) -> bool:
@@ -224,10 +227,10 @@ class Learner:
                 batch.discount.to(dev, non_blocking=nb))
         if self.graphed:  # one update = one CUDA-graph generation (the update has a graph break at backward)
             torch.compiler.cudagraph_mark_step_begin()
-        if self._checked:
-            metrics = self._step(*args)
+        if self._guarded_calls:
+            metrics = self._guarded(args)
         else:
-            metrics = self._first_compiled(args)
+            metrics = self._step(*args)
         if self.graphed:  # graph outputs are overwritten by the next replay: keep copies
             metrics = {k: v.clone() for k, v in metrics.items()}
         self.num_updates += 1
@@ -235,8 +238,8 @@ class Learner:
             self.sync_target()
         return metrics
 
-    def _first_compiled(self, args: tuple) -> dict[str, torch.Tensor]:
-        """The first compiled update; on a compiler error, one warning and eager from then on."""
+    def _guarded(self, args: tuple) -> dict[str, torch.Tensor]:
+        """One of the first compiled updates; on a compiler error, one warning and eager from then on."""
         import logging
 
         state = ({k: v.detach().clone() for k, v in self.online.state_dict().items()},
@@ -250,8 +253,9 @@ class Learner:
             self.online.load_state_dict(state[0])
             self.optimizer.load_state_dict(state[1])
             self._step, self.compile_mode, self.graphed = self._eager, None, False
-            metrics = self._step(*args)
-        self._checked = True
+            self._guarded_calls = 0
+            return self._step(*args)
+        self._guarded_calls -= 1
         return metrics
 
     def sync_target(self) -> None:

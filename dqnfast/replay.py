@@ -260,7 +260,9 @@ class ReplayRing:
         if self._dev_frames is not None:  # the core checked the call; the frames go to their slots on the device
             slots = ids * self.segment_capacity + (self._cursors[ids] - 1) % self.segment_capacity
             dev = self.frames_device
-            self._dev_frames[torch.from_numpy(slots).to(dev)] = torch.from_numpy(
+            # non_blocking from pageable memory: CUDA stages the bytes before returning, and the
+            # copy does not wait for the updates queued on the stream
+            self._dev_frames[torch.from_numpy(slots).to(dev, non_blocking=True)] = torch.from_numpy(
                 np.ascontiguousarray(frames)).to(dev, non_blocking=True)
 
     # ---------------------------------------------------------------- sampling
@@ -352,7 +354,7 @@ class ReplayRing:
             getattr(out, name).copy_(t[name], non_blocking=True)
         if self.frames_device.type == "cuda":
             d["event"] = torch.cuda.Event()
-            d["event"].record()
+            d["event"].record(torch.cuda.current_stream(self.frames_device))  # that GPU's stream, not cuda:0's
         return out
 
     def _out(self, batch_size: int, out: Batch | None) -> Batch:
@@ -468,21 +470,26 @@ class ReplayRing:
                     frames_device,
                 )
                 views = dict(ring._ring._storage())
-                if ring._dev_frames is not None:  # read into host memory, then copied to the device
-                    views["frames"] = np.empty((ring.num_envs, ring.segment_capacity, ring.frame_bytes), np.uint8)
+                if ring._dev_frames is not None:  # a stand-in for the shape check; the frames go to the device
+                    views["frames"] = np.lib.stride_tricks.as_strided(
+                        np.zeros(1, np.uint8), (ring.num_envs, ring.segment_capacity, ring.frame_bytes), (0, 0, 0))
                 for name, view in views.items():
                     arr = z[name]
                     if arr.shape != view.shape or arr.dtype != view.dtype:
                         raise ReplayFileError(
                             f"{path}: array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}"
                         )
+                    if name == "frames" and ring._dev_frames is not None:
+                        # straight from the file's array to the device, one env segment at a time
+                        seg = ring.segment_capacity
+                        for e in range(ring.num_envs):
+                            ring._dev_frames[e * seg:(e + 1) * seg].copy_(torch.from_numpy(
+                                np.ascontiguousarray(arr[e]).view(ring.frame_dtype).reshape(seg, *ring.frame_shape)))
+                        del arr
+                        continue
                     view[...] = arr
                 if (views["cursors"] < 0).any():
                     raise ReplayFileError(f"{path}: negative cursor")
-                if ring._dev_frames is not None:
-                    host = torch.from_numpy(views["frames"].view(ring.frame_dtype).reshape(
-                        ring.capacity, *ring.frame_shape))
-                    ring._dev_frames.copy_(host)
                 ring.rng_state = int(meta["rng_state"])
                 ring._ring.rebuild_index()
                 return ring

@@ -374,6 +374,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # streams, events and graphs default to the current device
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     elif device.type == "cpu":
@@ -487,6 +489,10 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
             optimizer.load_state_dict(ck["optimizer"])
             for g, h in zip(optimizer.param_groups, hyper):  # optim.* given on resume win over the saved ones
                 g.update(h)
+                for p in g["params"]:  # a capturable/fused step keeps its counter on the device
+                    st = optimizer.state.get(p, {})
+                    if (g.get("capturable") or g.get("fused")) and torch.is_tensor(st.get("step")):
+                        st["step"] = st["step"].to(p.device)
         except (RuntimeError, ValueError, KeyError) as e:
             env.close()
             raise ConfigError("resume", f"the checkpoint's weights do not fit this network "
@@ -672,7 +678,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
                         batch = ring.sample(a.batch_size, out=buffers[i]).to(device)
                         if use_events:
                             copied[i] = torch.cuda.Event()
-                            copied[i].record()
+                            copied[i].record(torch.cuda.current_stream(device))
                         metrics = learner.update(batch)
                         loss_sum = metrics["loss"] if loss_sum is None else loss_sum + metrics["loss"]
                         q_sum = metrics["q_mean"] if q_sum is None else q_sum + metrics["q_mean"]

@@ -89,7 +89,7 @@ def test_actor_compile_failure_falls_back_to_eager(caplog):
     def broken(x):
         raise RuntimeError("BackendCompilerFailed: no compiler")
 
-    actor._forward, actor._checked, actor.compile_mode = broken, False, "default"
+    actor._forward, actor._guarded_calls, actor.compile_mode = broken, 3, "default"
     obs = np.array([[0, 3, 1, 2], [5, 0, 0, 0]], np.float32)
     with caplog.at_level("WARNING", logger="dqnfast.actor"):
         np.testing.assert_array_equal(actor.act(obs, 0.0), [1, 0])
