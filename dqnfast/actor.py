@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dqnfast.learner import uses_cudagraphs
+
 __all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon", "run_episodes"]
 
 
@@ -80,7 +82,7 @@ class Actor:
         self.amp_dtype = amp_dtype
         self.compile_mode = compile_mode
         self._forward = network if compile_mode is None else torch.compile(network, mode=compile_mode, dynamic=False)
-        self._graphed = compile_mode in ("reduce-overhead", "max-autotune") and torch.device(device).type == "cuda"
+        self._graphed = uses_cudagraphs(compile_mode) and torch.device(device).type == "cuda"
         self._guarded_calls = 0 if compile_mode is None else 3  # graph trees record on the 2nd call
         self.num_actions = int(num_actions)
         self.device = torch.device(device)

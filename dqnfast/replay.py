@@ -290,37 +290,21 @@ class ReplayRing:
         if self._dev_frames is not None:
             return self._alloc_device(b, shared)
         kw = {"pin_memory": pin_memory}
+        meta = _meta_tensors(b, **kw)
         if shared:
-            return Batch.shared(
-                torch.empty((b, self.stack + 1, *self.frame_shape), dtype=tdt, **kw),
-                action=torch.empty(b, dtype=torch.int64, **kw),
-                reward=torch.empty(b, dtype=torch.float32, **kw),
-                discount=torch.empty(b, dtype=torch.float32, **kw),
-                index=torch.empty(b, dtype=torch.int64, **kw),
-            )
-        return Batch(
-            obs=torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
-            next_obs=torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
-            action=torch.empty(b, dtype=torch.int64, **kw),
-            reward=torch.empty(b, dtype=torch.float32, **kw),
-            discount=torch.empty(b, dtype=torch.float32, **kw),
-            index=torch.empty(b, dtype=torch.int64, **kw),
-        )
+            return Batch.shared(torch.empty((b, self.stack + 1, *self.frame_shape), dtype=tdt, **kw), *meta)
+        return Batch(torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
+                     torch.empty((b, *self.obs_shape), dtype=tdt, **kw), *meta)
 
     def _alloc_device(self, b: int, shared: bool) -> Batch:
         """A batch on the frames' device, with host staging for the core's output (pinned on CUDA)."""
         dev = self.frames_device
         pin = dev.type == "cuda"
         width = self.stack + 1 if shared else 2 * self.stack
-        host = {
-            "slots": torch.empty((b, width), dtype=torch.int64, pin_memory=pin),
-            "action": torch.empty(b, dtype=torch.int64, pin_memory=pin),
-            "reward": torch.empty(b, dtype=torch.float32, pin_memory=pin),
-            "discount": torch.empty(b, dtype=torch.float32, pin_memory=pin),
-            "index": torch.empty(b, dtype=torch.int64, pin_memory=pin),
-        }
+        host = {"slots": torch.empty((b, width), dtype=torch.int64, pin_memory=pin),
+                **dict(zip(_META_NAMES, _meta_tensors(b, pin_memory=pin)))}
         frames = torch.empty((b, width, *self.frame_shape), dtype=self._dev_frames.dtype, device=dev)
-        meta = [torch.empty(b, dtype=host[k].dtype, device=dev) for k in ("action", "reward", "discount", "index")]
+        meta = _meta_tensors(b, device=dev)
         if shared:
             batch = Batch.shared(frames, *meta)
         elif self.stack > 1:
@@ -350,7 +334,7 @@ class ReplayRing:
         frames = d["frames"]
         slots = t["slots"].to(self.frames_device, non_blocking=True)
         torch.index_select(self._dev_frames, 0, slots.view(-1), out=frames.view(b * width, *self.frame_shape))
-        for name in ("action", "reward", "discount", "index"):
+        for name in _META_NAMES:
             getattr(out, name).copy_(t[name], non_blocking=True)
         if self.frames_device.type == "cuda":
             d["event"] = torch.cuda.Event()
@@ -499,6 +483,14 @@ class ReplayRing:
             raise ReplayFileError(
                 f"replay file {path} is truncated or corrupt ({type(e).__name__}: {e}); delete it to start with an empty ring"
             ) from None
+
+
+_META_NAMES = ("action", "reward", "discount", "index")
+
+
+def _meta_tensors(b: int, **kw) -> list[torch.Tensor]:
+    """Empty per-row action int64, reward float32, discount float32, index int64 tensors."""
+    return [torch.empty(b, dtype=dt, **kw) for dt in (torch.int64, torch.float32, torch.float32, torch.int64)]
 
 
 def _inner_contiguous(a: np.ndarray) -> bool:
