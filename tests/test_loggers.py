@@ -14,6 +14,7 @@ import logging
 import math
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -38,9 +39,22 @@ def row(step: int, score: float = 1.0) -> dict:
 
 
 # ------------------------------------------------------------ W&B's run log
-def read_wandb_run(run_dir: Path) -> dict:
+def read_wandb_run(run_dir: Path, timeout: float = 20.0) -> dict:
     """The offline W&B run under ``run_dir/wandb``: {"history": [...], "run": RunRecord, "metrics",
-    "artifacts", "exit_code"}. History rows map keys to decoded JSON values."""
+    "artifacts", "exit_code"}. History rows map keys to decoded JSON values.
+
+    wandb's writer process can still be flushing the file when ``wandb.finish`` returns (seen
+    about once in five runs), so this reads until the run's exit record, written last, is there.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = _parse_wandb_file(run_dir)
+        if out["exit_code"] is not None or time.monotonic() > deadline:
+            return out
+        time.sleep(0.1)
+
+
+def _parse_wandb_file(run_dir: Path) -> dict:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
