@@ -31,6 +31,28 @@ batched actor does; CleanRL skips the forward on random steps.
     python benchmarks/peer_dqn.py                       # Pong, device auto, 30 s timed
     python benchmarks/peer_dqn.py --seconds 5 --json /tmp/peer.json
 
+Learning run (``--learn``): CleanRL's ``dqn_atari.py`` recipe and loop on one env, from the
+first step to a final evaluation, for learning curves beside dqnfast's
+(``benchmarks/learning.py --peer``):
+
+    env      CleanRL's wrapper chain over ale-py: RecordEpisodeStatistics (whole-game scores,
+             unclipped) -> NoopReset(30) -> MaxAndSkip(4) -> EpisodicLife -> FireReset (games
+             with FIRE) -> ClipReward -> resize 84x84 -> grayscale -> FrameStack(4), the SB3
+             Atari wrappers CleanRL imports
+    replay   SB3 ``ReplayBuffer(optimize_memory_usage=True)``, as CleanRL
+    learn    Adam(lr, eps 1e-8), MSE loss on the max target (CleanRL's defaults; --loss huber
+             and --double switch them), an update every --train-every agent steps after
+             --learning-starts, the target copied every --target-every-steps agent steps
+    explore  epsilon 1 -> --end-e linearly over the first --exploration-steps agent steps (from
+             step 0, as CleanRL); a random action skips the forward pass, as CleanRL
+    log      <out>/metrics.csv every --log-every agent steps (the columns of dqnfast's
+             metrics.csv that apply: env_steps, episodes, score_mean over the last 100 games,
+             loss, q_mean, epsilon, sps, time); <out>/eval.json: --eval-episodes whole games
+             (no episodic life, unclipped, 27k-step cap) at --eval-epsilon
+
+    python benchmarks/peer_dqn.py --learn --game Breakout --total-steps 300000 \
+        --learning-starts 20000 --exploration-steps 75000 --capacity 100000 --out outputs/peer
+
 Needs ``ale-py`` (the emulator and ROMs) and ``opencv-python-headless`` (gymnasium's
 AtariPreprocessing resizes with cv2): ``pip install ale-py opencv-python-headless``. Where
 OpenCV cannot be installed (the GPU machine's 64 MiB carry cannot hold its 61 MB wheel), a
@@ -160,11 +182,28 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="cv2.resize for AtariPreprocessing: OpenCV, or the NumPy stand-in (auto: OpenCV if installed)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default="", help="write the figures to this JSON file")
+    g = p.add_argument_group("learning run (--learn): CleanRL's dqn_atari.py recipe")
+    g.add_argument("--learn", action="store_true", help="a whole learning run instead of the timed throughput run")
+    g.add_argument("--total-steps", type=int, default=300_000, help="agent steps to train for")
+    g.add_argument("--exploration-steps", type=int, default=75_000,
+                   help="agent steps over which epsilon falls from 1 to --end-e (from step 0)")
+    g.add_argument("--end-e", type=float, default=0.01, help="final training epsilon")
+    g.add_argument("--target-every-steps", type=int, default=1000, help="agent steps between target copies")
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon (torch's and CleanRL's default)")
+    g.add_argument("--loss", choices=("mse", "huber"), default="mse", help="TD loss (CleanRL: mse)")
+    g.add_argument("--double", action="store_true", help="double-DQN target instead of CleanRL's max target")
+    g.add_argument("--log-every", type=int, default=10_000, help="agent steps between metrics.csv rows")
+    g.add_argument("--eval-episodes", type=int, default=30, help="whole games in the final evaluation")
+    g.add_argument("--eval-epsilon", type=float, default=0.05, help="epsilon of the final evaluation")
+    g.add_argument("--out", default="", help="--learn: folder for metrics.csv, eval.json, q_net.pt")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.learn:
+        return learn_main(args)
     import torch
     import torch.nn.functional as F
 
@@ -287,6 +326,191 @@ def main(argv=None) -> int:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         os.replace(tmp, path)
     return 0
+
+
+def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "auto"):
+    """CleanRL's Atari env: the SB3 wrappers over ale-py, then resize, grayscale and a 4-frame stack.
+
+    train=False drops EpisodicLife and ClipReward (whole games, real scores) for evaluation.
+    RecordEpisodeStatistics is innermost, so ``info["episode"]["r"]`` is a whole game's score.
+    """
+    try:
+        import ale_py
+        import gymnasium as gym
+        from stable_baselines3.common.atari_wrappers import (ClipRewardEnv, EpisodicLifeEnv, FireResetEnv,
+                                                             MaxAndSkipEnv, NoopResetEnv)
+    except ImportError as e:
+        raise SystemExit(f"error: the peer's learning run needs {' and '.join(PEER_PACKAGES)} and "
+                         f"stable-baselines3 ({e}); pip install -e '.[bench]'") from None
+    if resize == "numpy":
+        install_cv2_standin()
+    gym.register_envs(ale_py)
+    env = gym.make(ale_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False,
+                   max_episode_steps=27_000 * 4)
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    env = NoopResetEnv(env, noop_max=30)
+    env = MaxAndSkipEnv(env, skip=4)
+    if train:
+        env = EpisodicLifeEnv(env)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireResetEnv(env)
+    if train:
+        env = ClipRewardEnv(env)
+    env = gym.wrappers.ResizeObservation(env, (84, 84))
+    env = gym.wrappers.GrayscaleObservation(env)
+    env = gym.wrappers.FrameStackObservation(env, 4)
+    env.action_space.seed(seed)
+    return env
+
+
+def learn_main(args: argparse.Namespace) -> int:
+    """CleanRL's dqn_atari.py loop on one env: train, log metrics.csv, evaluate, write eval.json."""
+    import csv
+
+    import torch
+    import torch.nn.functional as F
+
+    from dqnfast.networks import NatureCNN
+
+    if not args.out:
+        raise SystemExit("error: --learn needs --out FOLDER (metrics.csv, eval.json and q_net.pt go there)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    env = make_cleanrl_env(args.game, args.seed, train=True, resize=args.resize)
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    n_actions = int(env.action_space.n)
+    q_net = NatureCNN(4, n_actions).to(device)
+    target_net = NatureCNN(4, n_actions).to(device)
+    target_net.load_state_dict(q_net.state_dict())
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr, eps=args.adam_eps)
+    rb = ReplayBuffer(args.capacity, env.observation_space, env.action_space, device,
+                      optimize_memory_usage=True, handle_timeout_termination=False)
+    td_loss = F.mse_loss if args.loss == "mse" else F.smooth_l1_loss
+
+    columns = ["env_steps", "frames", "episodes", "score_mean", "loss", "q_mean", "epsilon", "sps", "time"]
+    f = open(out / "metrics.csv", "w", newline="")
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    scores: deque = deque(maxlen=100)
+    episodes = 0
+    loss_sum = q_sum = 0.0
+    n_loss = 0
+    t_start = time.perf_counter()
+    t_row, s_row = t_start, 0
+
+    obs, _ = env.reset(seed=args.seed)
+    obs = np.asarray(obs)
+    for step in range(1, args.total_steps + 1):
+        frac = min(1.0, (step - 1) / max(1, args.exploration_steps))
+        epsilon = 1.0 + frac * (args.end_e - 1.0)
+        if random.random() < epsilon:
+            action = int(env.action_space.sample())
+        else:
+            with torch.no_grad():
+                action = int(q_net(torch.from_numpy(obs).unsqueeze(0).to(device)).argmax(dim=1).item())
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        next_obs = np.asarray(next_obs)
+        rb.add(obs[None], next_obs[None], np.array([[action]]), np.array([reward], np.float32),
+               np.array([terminated], np.float32), [info])
+        if "episode" in info:  # a whole game ended (RecordEpisodeStatistics is innermost)
+            scores.append(float(info["episode"]["r"]))
+            episodes += 1
+        if terminated or truncated:
+            next_obs, _ = env.reset()
+            next_obs = np.asarray(next_obs)
+        obs = next_obs
+
+        if step > args.learning_starts and step % args.train_every == 0:
+            data = rb.sample(args.batch_size)
+            with torch.no_grad():
+                if args.double:
+                    a_star = q_net(data.next_observations).argmax(dim=1, keepdim=True)
+                    target_q = target_net(data.next_observations).gather(1, a_star).squeeze(1)
+                else:
+                    target_q = target_net(data.next_observations).max(dim=1).values
+                td_target = data.rewards.flatten() + 0.99 * target_q * (1.0 - data.dones.flatten())
+            q = q_net(data.observations).gather(1, data.actions).squeeze(1)
+            loss = td_loss(q, td_target)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach())
+            q_sum += float(q.detach().mean())
+            n_loss += 1
+        if step > args.learning_starts and step % args.target_every_steps == 0:
+            target_net.load_state_dict(q_net.state_dict())
+
+        if step % args.log_every == 0 or step == args.total_steps:
+            now = time.perf_counter()
+            row = [step, 4 * step, episodes, f"{np.mean(scores):.4f}" if scores else "",
+                   f"{loss_sum / n_loss:.6f}" if n_loss else "", f"{q_sum / n_loss:.6f}" if n_loss else "",
+                   f"{epsilon:.4f}", f"{(step - s_row) / (now - t_row):.2f}", f"{now - t_start:.1f}"]
+            writer.writerow(row)
+            f.flush()
+            print(" ".join(f"{k}={v}" for k, v in zip(columns, row)), flush=True)
+            t_row, s_row = now, step
+            loss_sum = q_sum = 0.0
+            n_loss = 0
+    train_seconds = time.perf_counter() - t_start
+    f.close()
+    env.close()
+    torch.save(q_net.state_dict(), out / "q_net.pt")
+
+    eval_scores = evaluate_peer(q_net, args, device)
+    doc = {
+        "game": args.game,
+        "agent": "peer (CleanRL dqn_atari.py recipe)",
+        "episodes": len(eval_scores),
+        "epsilon": args.eval_epsilon,
+        "protocol": "whole games, no episodic life, unclipped rewards, 30 no-op starts, 27k agent-step cap",
+        "scores": eval_scores,
+        "score_mean": float(np.mean(eval_scores)),
+        "score_std": float(np.std(eval_scores)),
+        "train_steps": args.total_steps,
+        "train_seconds": train_seconds,
+        "train_sps": args.total_steps / train_seconds,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "config": vars(args),
+        "versions": _versions(),
+    }
+    tmp = out / f".eval.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, out / "eval.json")
+    print(f"peer.eval score_mean = {doc['score_mean']:.2f} over {len(eval_scores)} games "
+          f"(epsilon {args.eval_epsilon}); trained {args.total_steps} steps at {doc['train_sps']:.1f} steps/s")
+    return 0
+
+
+def evaluate_peer(q_net, args: argparse.Namespace, device) -> list[float]:
+    """--eval-episodes whole games at --eval-epsilon, one env, scores unclipped."""
+    import torch
+
+    env = make_cleanrl_env(args.game, args.seed + 10_000, train=False, resize=args.resize)
+    rng = random.Random(args.seed + 10_000)
+    scores: list[float] = []
+    obs, _ = env.reset(seed=args.seed + 10_000)
+    while len(scores) < args.eval_episodes:
+        if rng.random() < args.eval_epsilon:
+            action = int(env.action_space.sample())
+        else:
+            with torch.no_grad():
+                x = torch.from_numpy(np.asarray(obs)).unsqueeze(0).to(device)
+                action = int(q_net(x).argmax(dim=1).item())
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            scores.append(float(info["episode"]["r"]))
+            obs, _ = env.reset()
+    env.close()
+    return scores
 
 
 def _versions() -> dict:

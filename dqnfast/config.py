@@ -197,7 +197,7 @@ class OptimConfig:
 
     name: str = "adam"
     lr: float = 1e-4
-    eps: float = 1.5e-4
+    eps: float = 1e-8
     alpha: float = 0.95
     centered: bool = True
 

@@ -138,7 +138,7 @@ def test_make_optimizer_nature_rmsprop_and_adam():
     assert isinstance(rms, torch.optim.RMSprop)
     assert (g["lr"], g["alpha"], g["eps"], g["centered"]) == (2.5e-4, 0.95, 0.01, True)
     adam = make_optimizer(p, OptimConfig())
-    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["eps"] == 1.5e-4
+    assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["eps"] == 1e-8
     with pytest.raises(ValueError):
         make_optimizer(p, OptimConfig(name="sgd"))
 
