@@ -472,8 +472,11 @@ def learn_main(args: argparse.Namespace) -> int:
         "epsilon": args.eval_epsilon,
         "protocol": "whole games, no episodic life, unclipped rewards, 30 no-op starts, 27k agent-step cap",
         "scores": eval_scores,
-        "score_mean": float(np.mean(eval_scores)),
-        "score_std": float(np.std(eval_scores)),
+        "mean": float(np.mean(eval_scores)),
+        "std": float(np.std(eval_scores)),
+        "median": float(np.median(eval_scores)),
+        "min": float(np.min(eval_scores)),
+        "max": float(np.max(eval_scores)),
         "train_steps": args.total_steps,
         "train_seconds": train_seconds,
         "train_sps": args.total_steps / train_seconds,
@@ -485,7 +488,7 @@ def learn_main(args: argparse.Namespace) -> int:
     tmp = out / f".eval.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, out / "eval.json")
-    print(f"peer.eval score_mean = {doc['score_mean']:.2f} over {len(eval_scores)} games "
+    print(f"peer.eval mean = {doc['mean']:.2f} over {len(eval_scores)} games "
           f"(epsilon {args.eval_epsilon}); trained {args.total_steps} steps at {doc['train_sps']:.1f} steps/s")
     return 0
 

@@ -41,7 +41,25 @@ def test_yaml_defaults_match_the_schema_and_are_the_nature_recipe_with_double_dq
     assert cfg.envs.train.episodic_life and cfg.envs.train.reward_clip and cfg.envs.train.noop_max == 30
     assert cfg.envs.train.max_episode_steps == 27_000
     assert not cfg.envs.eval.episodic_life and not cfg.envs.eval.reward_clip
-    assert o.name == "adam"
+    assert o.name == "adam" and o.lr == 1e-4
+    # torch's default: a larger eps (1.5e-4) shrank the early Huber-loss steps tenfold and the
+    # default recipe stayed at random play on Breakout (benchmarks/learning.py checks learning).
+    assert o.eps == 1e-8
+    validate(cfg)
+
+
+def test_cpu_budget_preset_scales_the_default_recipe():
+    cfg = composed("preset=cpu_budget", "game=Breakout")
+    a, x = cfg.algo, cfg.explore
+    assert (a.total_steps, a.learning_starts, cfg.replay.capacity) == (300_000, 20_000, 100_000)
+    # epsilon reaches its end value at 75k agent steps; the target syncs every 1000 agent steps
+    assert (x.schedule, x.end, a.learning_starts + x.decay_steps) == ("linear", 0.01, 75_000)
+    assert a.target_update_period * a.batch_size / a.replay_ratio == 1000
+    assert cfg.envs.eval.episodes == 30
+    default = composed("game=Breakout")
+    for key in ("double", "loss", "max_grad_norm", "batch_size", "replay_ratio", "gamma"):
+        assert getattr(a, key) == getattr(default.algo, key), key
+    assert cfg.optim == default.optim and cfg.envs.num_envs == default.envs.num_envs
     validate(cfg)
 
 
@@ -49,7 +67,9 @@ def test_nature_preset():
     cfg = composed("preset=nature", "game=SpaceInvaders")
     a, o = cfg.algo, cfg.optim
     assert cfg.game == "SpaceInvaders" and not a.double and a.max_grad_norm is None
-    assert (o.name, o.lr, o.alpha, o.eps, o.centered) == ("rmsprop", 2.5e-4, 0.95, 0.01, True)
+    # Nature's 0.01 inside the root of summed-batch squared gradients, for a batch-mean loss with
+    # torch's eps outside the root: sqrt(0.01 / 32**2).
+    assert (o.name, o.lr, o.alpha, o.eps, o.centered) == ("rmsprop", 2.5e-4, 0.95, 3.125e-3, True)
     assert (a.total_steps, a.target_update_period, a.learning_starts, cfg.replay.capacity) == (
         10_000_000, 10_000, 50_000, 1_000_000)
     assert cfg.network.name == "nature" and cfg.explore.eval_epsilon == 0.05

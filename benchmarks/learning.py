@@ -1,0 +1,360 @@
+"""Learning curves: does the default recipe learn Atari, and how does it compare with the peer?
+
+Runs the real CLI (``python -m dqnfast.train``) for a list of games and seeds at a named
+budget, optionally the peer (``benchmarks/peer_dqn.py --learn``: CleanRL's ``dqn_atari.py``
+recipe and loop) beside it on the same machine at the same time, then reads every run's
+``metrics.csv`` and ``eval.json`` and writes
+
+    benchmarks/results/learning.json      (budget ``cpu``; ``learning_<budget>.json`` otherwise)
+    docs/learning_<budget>.png            score (mean of the last 100 games) against agent steps,
+                                          one line per agent and seed, random and human reference
+                                          lines, the final evaluation as a point with its std,
+                                          and the published 10M-step scores on the ``full`` budget
+
+Budgets (agent steps; 1 agent step = 4 frames):
+
+    cpu    300k steps: the default recipe scaled the way the field scales DQN to short runs
+           (``preset=cpu_budget``: 20k random steps, epsilon 1 -> 0.01 reached at 75k, a 100k
+           replay, target sync every 1000 agent steps, 30 evaluation games); the peer gets the
+           same numbers in CleanRL's form (epsilon decays from step 0, as CleanRL)
+    full   the default 10M-step recipe (a GPU-sized job); the peer runs CleanRL's defaults
+    tiny   a few thousand steps: checks that this script and the peer still run (tests)
+
+A run folder that already holds an ``eval.json`` is read, not run again (``--rerun`` to redo),
+so an interrupted benchmark continues where it stopped and long runs started by hand under
+``<out>/<budget>/<game>/<agent>_seed<k>`` are collected too.
+
+Regression check: a stored threshold per (budget, game) on the final evaluation's mean score
+(``THRESHOLDS``; Breakout at the ``cpu`` budget must reach 10, random play scores 1.7). A run
+below its threshold makes the script exit with status 1 and say so.
+
+    python benchmarks/learning.py --budget cpu --games Breakout Pong --seeds 1 --peer Breakout
+    python benchmarks/learning.py --budget cpu --collect      # only read finished runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parent
+if str(_REPO) not in sys.path:  # run as a script from anywhere: find dqnfast
+    sys.path.insert(0, str(_REPO))
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+from common import cpu_count, machine_info  # noqa: E402
+
+# Hydra overrides of the dqnfast run, and the peer's command-line flags, per budget.
+BUDGETS: dict[str, dict] = {
+    "cpu": {
+        "steps": 300_000,
+        "dqnfast": ["preset=cpu_budget"],
+        "peer": ["--total-steps", "300000", "--learning-starts", "20000", "--exploration-steps", "75000",
+                 "--end-e", "0.01", "--capacity", "100000", "--target-every-steps", "1000",
+                 "--eval-episodes", "30"],
+    },
+    "full": {
+        "steps": 10_000_000,
+        "dqnfast": [],
+        "peer": ["--total-steps", "10000000", "--learning-starts", "80000", "--exploration-steps", "1000000",
+                 "--end-e", "0.01", "--capacity", "1000000", "--target-every-steps", "1000",
+                 "--eval-episodes", "30", "--log-every", "100000"],
+    },
+    "tiny": {
+        "steps": 1200,
+        "dqnfast": ["preset=cpu_budget", "algo.total_steps=1200", "algo.learning_starts=800",
+                    "replay.capacity=2000", "explore.decay_steps=400", "envs.num_envs=2",
+                    "envs.eval.episodes=2", "envs.eval.num_envs=2", "envs.eval.max_episode_steps=300",
+                    "logger.log_every=400", "logger.checkpoint_every=0"],
+        "peer": ["--total-steps", "800", "--learning-starts", "400", "--exploration-steps", "400",
+                 "--end-e", "0.01", "--capacity", "1000", "--target-every-steps", "200",
+                 "--eval-episodes", "1", "--log-every", "400"],
+    },
+}
+
+# Final-evaluation mean score a run must reach: the regression check of the default recipe.
+THRESHOLDS: dict[tuple[str, str], float] = {("cpu", "Breakout"): 10.0}
+
+# Published final scores after long training, for the ``full`` budget's plot and the README.
+# Labelled as published: dqnfast has not reproduced them until a ``full`` run exists.
+PUBLISHED: dict[str, list[dict]] = {
+    "Breakout": [
+        {"source": "Nature DQN (Mnih et al. 2015, Ext. Data Table 2)", "score": 401.2, "agent_steps": 12_500_000},
+        {"source": "CleanRL dqn_atari.py (3 seeds)", "score": 366.928, "agent_steps": 10_000_000},
+    ],
+    "Pong": [
+        {"source": "Nature DQN (Mnih et al. 2015, Ext. Data Table 2)", "score": 18.9, "agent_steps": 12_500_000},
+        {"source": "CleanRL dqn_atari.py (3 seeds)", "score": 20.25, "agent_steps": 10_000_000},
+    ],
+}
+
+
+def run_dir(out: Path, budget: str, game: str, agent: str, seed: int) -> Path:
+    return out / budget / game / f"{agent}_seed{seed}"
+
+
+def dqnfast_command(budget: str, game: str, seed: int, folder: Path, threads: int, device: str,
+                    extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "dqnfast.train", f"game={game}", f"seed={seed}", *BUDGETS[budget]["dqnfast"],
+            f"torch_threads={threads}", "logger.progress=false", f"device={device}",
+            f"hydra.run.dir={folder}", *extra]
+
+
+def peer_command(budget: str, game: str, seed: int, folder: Path, threads: int, device: str) -> list[str]:
+    return [sys.executable, str(_HERE / "peer_dqn.py"), "--learn", "--game", game, "--seed", str(seed),
+            *BUDGETS[budget]["peer"], "--torch-threads", str(threads), "--device", device, "--out", str(folder)]
+
+
+def launch(jobs: list[tuple[str, list[str], Path]], parallel: int) -> dict[str, float]:
+    """Runs the commands, at most ``parallel`` at once, each logging to ``<folder>.log``.
+
+    Returns each job's wall seconds. A failed job is reported and leaves no eval.json, so
+    ``collect`` lists it as unfinished.
+    """
+    pending = list(jobs)
+    running: list[tuple[str, subprocess.Popen, float, Path]] = []
+    walls: dict[str, float] = {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            name, cmd, folder = pending.pop(0)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            log = open(folder.with_name(folder.name + ".log"), "w")
+            print(f"start {name}: {' '.join(cmd[1:])}", flush=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=_REPO)
+            log.close()
+            running.append((name, proc, time.perf_counter(), folder))
+        time.sleep(1.0)
+        for item in list(running):
+            name, proc, t0, folder = item
+            if proc.poll() is not None:
+                running.remove(item)
+                walls[name] = time.perf_counter() - t0
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {folder}.log)"
+                print(f"{status}: {name} in {walls[name]:.0f} s", flush=True)
+    return walls
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv rows with numbers parsed (empty and nan cells as None)."""
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            parsed = {}
+            for k, v in row.items():
+                try:
+                    x = float(v)
+                    parsed[k] = None if math.isnan(x) else x
+                except (TypeError, ValueError):
+                    parsed[k] = None
+            rows.append(parsed)
+    return rows
+
+
+def learning_phase_sps(rows: list[dict], learning_starts: int) -> float | None:
+    """Agent steps per second from the first row at or after learning_starts to the last row."""
+    after = [r for r in rows if r.get("env_steps") is not None and r["env_steps"] >= learning_starts]
+    if len(after) < 2 or after[-1]["time"] is None or after[0]["time"] is None:
+        return None
+    dt = after[-1]["time"] - after[0]["time"]
+    return (after[-1]["env_steps"] - after[0]["env_steps"]) / dt if dt > 0 else None
+
+
+def collect_run(folder: Path, agent: str, game: str, seed: int, learning_starts: int) -> dict:
+    out: dict = {"agent": agent, "game": game, "seed": seed, "folder": str(folder), "finished": False}
+    metrics = folder / "metrics.csv"
+    if metrics.is_file():
+        rows = read_metrics(metrics)
+        out["curve"] = [[r["env_steps"], r.get("score_mean")] for r in rows if r.get("env_steps") is not None]
+        out["loss"] = [[r["env_steps"], r.get("loss")] for r in rows if r.get("env_steps") is not None]
+        out["q_mean"] = [[r["env_steps"], r.get("q_mean")] for r in rows if r.get("env_steps") is not None]
+        if rows and rows[-1].get("time"):
+            out["agent_steps"] = rows[-1]["env_steps"]
+            out["train_seconds"] = rows[-1]["time"]
+            out["sps"] = rows[-1]["env_steps"] / rows[-1]["time"]
+        out["learning_sps"] = learning_phase_sps(rows, learning_starts)
+    ev = folder / "eval.json"
+    if ev.is_file():
+        doc = json.loads(ev.read_text())
+        mean = doc.get("mean", doc.get("score_mean"))
+        std = doc.get("std", doc.get("score_std"))
+        rand = doc.get("random") or {}
+        out["eval"] = {"mean": mean, "std": std, "episodes": doc.get("episodes"), "epsilon": doc.get("epsilon"),
+                       "scores": doc.get("scores"), "random_mean": rand.get("mean"),
+                       "human_normalized": doc.get("human_normalized")}
+        out["finished"] = True
+    return out
+
+
+def plot(doc: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dqnfast.atari_scores import REFERENCE_SCORES
+
+    games = sorted({r["game"] for r in doc["runs"]})
+    fig, axes = plt.subplots(1, max(1, len(games)), figsize=(6.4 * max(1, len(games)), 4.4), squeeze=False)
+    colours = {"dqnfast": "tab:blue", "peer": "tab:orange"}
+    for ax, game in zip(axes[0], games):
+        for r in (r for r in doc["runs"] if r["game"] == game):
+            pts = [(s, v) for s, v in r.get("curve", []) if v is not None]
+            label = f"{'dqnfast' if r['agent'] == 'dqnfast' else 'peer (CleanRL recipe)'} seed {r['seed']}"
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours.get(r["agent"], "grey"),
+                        alpha=0.9, label=label)
+            ev = r.get("eval")
+            if ev and ev.get("mean") is not None and r.get("agent_steps"):
+                ax.errorbar([r["agent_steps"]], [ev["mean"]], yerr=[ev.get("std") or 0], fmt="o", capsize=4,
+                            color=colours.get(r["agent"], "grey"))
+        ref = REFERENCE_SCORES.get(game)
+        if ref:
+            ax.axhline(ref[0], color="grey", ls=":", label=f"random {ref[0]:g}")
+            if doc["budget"] == "full" or ref[1] < 2 * max([1.0] + [abs(p[1]) for r in doc["runs"] if r["game"] == game
+                                                                     for p in r.get("curve", []) if p[1] is not None]):
+                ax.axhline(ref[1], color="grey", ls="--", label=f"human {ref[1]:g}")
+        if doc["budget"] == "full":
+            for p in PUBLISHED.get(game, []):
+                ax.plot([p["agent_steps"]], [p["score"]], marker="*", ms=11, ls="none", label=p["source"])
+        ax.set_title(f"{game}, {doc['budget']} budget ({BUDGETS[doc['budget']]['steps']:,} agent steps)")
+        ax.set_xlabel("agent steps (1 = 4 frames)")
+        ax.set_ylabel("score (mean of the last 100 games)")
+        ax.plot([], [], "ko", label="final evaluation ± std")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"dqnfast {doc['commit'][:8]} on {doc['machine'].get('cpu_model', 'this machine')}, {doc['date']}",
+                 fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    p.add_argument("--games", nargs="+", default=["Breakout", "Pong"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[1])
+    p.add_argument("--peer", nargs="*", default=[], metavar="GAME",
+                   help="games on which the peer (CleanRL recipe) also runs, at the same time as dqnfast")
+    p.add_argument("--parallel", type=int, default=0,
+                   help="runs at once (0: all of them, so that dqnfast and the peer share the machine)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / runs at once)")
+    p.add_argument("--device", default="auto", help="device of every run: auto (cuda if available) | cpu | cuda")
+    p.add_argument("--out", default=str(_REPO / "outputs" / "learning"), help="where the run folders go")
+    p.add_argument("--json", default="", help="result file (default benchmarks/results/learning[_<budget>].json)")
+    p.add_argument("--plot", default="", help="plot file (default docs/learning_<budget>.png)")
+    p.add_argument("--collect", action="store_true", help="do not run anything: read the finished runs")
+    p.add_argument("--rerun", action="store_true", help="run again even where an eval.json exists")
+    p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the dqnfast runs (key=value)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    budget = args.budget
+    plan = [("dqnfast", g, s) for g in args.games for s in args.seeds]
+    plan += [("peer", g, s) for g in args.peer for s in args.seeds]
+    todo = [(a, g, s) for a, g, s in plan
+            if args.rerun or not (run_dir(out, budget, g, a, s) / "eval.json").is_file()]
+    walls: dict[str, float] = {}
+    if todo and not args.collect:
+        parallel = args.parallel or len(todo)
+        threads = args.threads or max(1, cpu_count() // min(parallel, len(todo)))
+        jobs = []
+        for a, g, s in todo:
+            folder = run_dir(out, budget, g, a, s)
+            cmd = (dqnfast_command(budget, g, s, folder, threads, args.device, args.overrides) if a == "dqnfast"
+                   else peer_command(budget, g, s, folder, threads, args.device))
+            jobs.append((f"{a}/{g}/seed{s}", cmd, folder))
+        walls = launch(jobs, parallel)
+
+    learning_starts = {"cpu": 20_000, "full": 50_000, "tiny": 800}[budget]
+    runs = [collect_run(run_dir(out, budget, g, a, s), a, g, s,
+                        learning_starts if a == "dqnfast" else
+                        int(BUDGETS[budget]["peer"][BUDGETS[budget]["peer"].index("--learning-starts") + 1]))
+            for a, g, s in plan]
+    for r in runs:
+        r["wall_seconds"] = walls.get(f"{r['agent']}/{r['game']}/seed{r['seed']}")
+
+    side_by_side = {}
+    for g in args.peer:
+        for s in args.seeds:
+            d = next((r for r in runs if r["agent"] == "dqnfast" and r["game"] == g and r["seed"] == s), None)
+            p = next((r for r in runs if r["agent"] == "peer" and r["game"] == g and r["seed"] == s), None)
+            if d and p and d.get("sps") and p.get("sps"):
+                side_by_side[f"{g}/seed{s}"] = {
+                    "dqnfast_sps": d["sps"], "peer_sps": p["sps"], "ratio": d["sps"] / p["sps"],
+                    "dqnfast_learning_sps": d.get("learning_sps"), "peer_learning_sps": p.get("learning_sps"),
+                    "learning_ratio": (d["learning_sps"] / p["learning_sps"]
+                                       if d.get("learning_sps") and p.get("learning_sps") else None)}
+
+    failures = []
+    for r in runs:
+        thr = THRESHOLDS.get((budget, r["game"]))
+        if r["agent"] != "dqnfast" or thr is None:
+            continue
+        mean = (r.get("eval") or {}).get("mean")
+        r["threshold"] = thr
+        if mean is None or mean < thr:
+            failures.append(f"{r['game']} seed {r['seed']}: final evaluation "
+                            f"{'missing' if mean is None else f'{mean:.2f}'} < {thr} (budget {budget})")
+
+    doc = {"budget": budget, "agent_steps": BUDGETS[budget]["steps"], "commit": _commit(),
+           "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+           "dqnfast_overrides": BUDGETS[budget]["dqnfast"] + list(args.overrides), "peer_flags": BUDGETS[budget]["peer"],
+           "thresholds": {f"{b}/{g}": v for (b, g), v in THRESHOLDS.items() if b == budget},
+           "published": PUBLISHED, "side_by_side": side_by_side, "runs": runs, "regressions": failures}
+    default_json = "learning.json" if budget == "cpu" else f"learning_{budget}.json"
+    json_path = Path(args.json or _HERE / "results" / default_json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_path.with_name(f".{json_path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, json_path)
+    plot_path = plot(doc, Path(args.plot or _REPO / "docs" / f"learning_{budget}.png"))
+
+    for r in runs:
+        ev = r.get("eval") or {}
+        curve = [v for _, v in r.get("curve", []) if v is not None]
+        print(f"learning.{budget}.{r['agent']}.{r['game']}.seed{r['seed']}: "
+              f"{'finished' if r['finished'] else 'UNFINISHED'}; last score_mean "
+              f"{curve[-1] if curve else float('nan'):.2f}; eval "
+              f"{ev.get('mean') if ev.get('mean') is not None else float('nan'):.2f} "
+              f"± {ev.get('std') or 0:.2f} over {ev.get('episodes')} games; {r.get('sps') or float('nan'):.1f} steps/s")
+    for k, v in side_by_side.items():
+        print(f"learning.{budget}.side_by_side.{k}: dqnfast/peer = {v['ratio']:.2f} overall "
+              f"({v['dqnfast_sps']:.1f} vs {v['peer_sps']:.1f} steps/s)"
+              + (f", {v['learning_ratio']:.2f} while learning" if v.get("learning_ratio") else ""))
+    print(f"wrote {json_path} and {plot_path}")
+    if failures:
+        for f in failures:
+            print(f"REGRESSION: {f}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
