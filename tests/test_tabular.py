@@ -162,7 +162,7 @@ def _bad(change):
     (lambda T, R, A: T[0].__setitem__(0, [0.7, 0.2, 0.0]), r"T\[0, 0\] sums to 0\.9"),
     (lambda T, R, A: A[1].append(1), r"action 1 is listed for state 1 but T\[1, 1\] has no transitions"),
     (lambda T, R, A: T[1].__setitem__(1, [0.0, 1.0, 0.0]), r"T\[1, 1\] has transitions but action 1 is not in"),
-    (lambda T, R, A: T[0].__setitem__(2, [1.2, -0.2, 0.0]), r"T\[0, 2\] must hold finite probabilities >= 0"),
+    (lambda T, R, A: T[0].__setitem__(2, [1.2, -0.2, 0.0]), r"T\[0, 2, 1\] is -0\.2: probabilities must be finite and >= 0"),
     (lambda T, R, A: R[0].__setitem__(0, [math.nan, 0, 0]), r"R\[0, 0, 0\] is nan on a possible transition"),
     (lambda T, R, A: A.__setitem__(2, []), r"state 2 has no allowed action"),
     (lambda T, R, A: A.__setitem__(2, [3]), r"possible_actions\[2\] holds 3"),

@@ -94,8 +94,10 @@ class MDP:
                     continue
                 if np.all(np.isnan(row)) or np.all(row == 0):
                     raise ValueError(f"action {a} is listed for state {s} but T[{s}, {a}] has no transitions")
-                if not np.all(np.isfinite(row)) or np.any(row < 0):
-                    raise ValueError(f"T[{s}, {a}] must hold finite probabilities >= 0, got {row.tolist()}")
+                wrong = ~np.isfinite(row) | (row < 0)
+                if np.any(wrong):
+                    i = int(np.argmax(wrong))
+                    raise ValueError(f"T[{s}, {a}, {i}] is {row[i]}: probabilities must be finite and >= 0")
                 total = float(row.sum())
                 if abs(total - 1.0) > PROB_ATOL:
                     raise ValueError(f"T[{s}, {a}] sums to {total:.12g} over s', not 1")
