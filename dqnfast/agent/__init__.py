@@ -1,0 +1,1 @@
+"""Learners: networks, update steps and the objects that hold their state (DQN; tabular beside it)."""
