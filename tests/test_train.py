@@ -49,7 +49,7 @@ def test_nature_preset():
     cfg = composed("preset=nature", "game=SpaceInvaders")
     a, o = cfg.algo, cfg.optim
     assert cfg.game == "SpaceInvaders" and not a.double and a.max_grad_norm is None
-    assert (o.name, o.lr, o.alpha, o.eps, o.centered) == ("rmsprop", 2.5e-4, 0.95, 0.01, True)
+    assert (o.name, o.lr, o.alpha, o.eps, o.centered) == ("rmsprop", 2.5e-4, 0.95, 3.125e-3, True)
     assert (a.total_steps, a.target_update_period, a.learning_starts, cfg.replay.capacity) == (
         10_000_000, 10_000, 50_000, 1_000_000)
     assert cfg.network.name == "nature" and cfg.explore.eval_epsilon == 0.05
@@ -125,7 +125,7 @@ def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):
 def test_cli_help_and_cfg(run_cli):
     proc, _ = run_cli("--help", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "== Configuration groups ==" in proc.stdout and "preset: cartpole, fast, nature, quick" in proc.stdout
+    assert "== Configuration groups ==" in proc.stdout and "preset: cartpole, cpu_budget, fast, nature, quick" in proc.stdout
     proc, _ = run_cli("game=Breakout", "preset=nature", "--cfg", "job", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     job = yaml.safe_load(proc.stdout)
