@@ -297,7 +297,7 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
 
     torch, device = _torch_setup(cfg)
     from dqnfast.actor import Actor
-    from dqnfast.learner import resolve_compile
+    from dqnfast.config.resolve import resolve_compile
     from dqnfast.networks import make_network, spec_for
     from dqnfast.replay import ReplayRing
 
@@ -691,7 +691,7 @@ def _composed(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from dqnfast.train import CONF_DIR, to_config
+    from dqnfast.cli.train import CONF_DIR, to_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -716,7 +716,7 @@ def _e2e_settings(args) -> list[dict]:
 
 def _train_variant(compile_mode: str, device: str, amp: str = "none") -> str:
     """The learner variant dqnfast.train runs for algo.compile / algo.amp (auto: graphs on CUDA, eager on CPU)."""
-    from dqnfast.learner import resolve_compile, uses_cudagraphs
+    from dqnfast.config.resolve import resolve_compile, uses_cudagraphs
 
     mode = resolve_compile(compile_mode, device)
     if mode is None:

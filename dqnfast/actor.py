@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dqnfast.learner import uses_cudagraphs
+from dqnfast.config.resolve import uses_cudagraphs
 
 __all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon", "run_episodes"]
 
@@ -89,6 +89,14 @@ class Actor:
         self.rng = np.random.default_rng(seed)
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(int(seed))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The exploration RNGs (numpy for uniform-random steps, torch for epsilon-greedy draws)."""
+        return {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["numpy"]
+        self.gen.set_state(state["torch"])
 
     @torch.no_grad()
     def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:

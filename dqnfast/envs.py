@@ -31,6 +31,7 @@ import numpy as np
 from dqnfast.config import EnvsConfig, ProtocolConfig
 
 __all__ = [
+    "ActionLog",
     "CLASSIC_CONTROL",
     "EnvSpec",
     "GameTracker",
@@ -120,7 +121,10 @@ class EnvSpec:
 
 
 def _threads(n: int | None) -> int:
-    return int(n) if n else (os.cpu_count() or 1)
+    """A given thread count, or one per core this process may use."""
+    from dqnfast.config.resolve import available_cores
+
+    return int(n) if n else available_cores()
 
 
 def make_env(
@@ -235,8 +239,60 @@ class GameTracker:
         self.length[cont] = elapsed_step[~first]
         return ended
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the games in progress: score float64[N], length int64[N], started bool[N]."""
+        return {"score": self.score.copy(), "length": self.length.copy(), "started": self.started.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.score[:] = np.asarray(state["score"])
+        self.length[:] = np.asarray(state["length"])
+        self.started[:] = np.asarray(state["started"])
+
 
 def raw_reward_of(reward: np.ndarray, info: dict) -> np.ndarray:
     """The unclipped reward: ``info["reward"]`` for Atari, the reward itself otherwise."""
     r = info.get("reward")
     return reward if r is None else r
+
+
+class ActionLog:
+    """Every action sent to a synchronous env batch, uint8[T, num_envs] (one byte per agent step).
+
+    With the env seed this restores the envs exactly (``replay``): ALE and envpool's
+    classic control are deterministic for a seed and an action sequence.
+    """
+
+    def __init__(self, num_envs: int, rows: np.ndarray | None = None) -> None:
+        self.num_envs = num_envs
+        self._buf = np.zeros((1024, num_envs), np.uint8)
+        self.n = 0
+        if rows is not None and len(rows):
+            self.extend(np.asarray(rows, np.uint8))
+
+    def extend(self, rows: np.ndarray) -> None:
+        while self.n + len(rows) > len(self._buf):
+            self._buf = np.concatenate([self._buf, np.zeros_like(self._buf)])
+        self._buf[self.n : self.n + len(rows)] = rows
+        self.n += len(rows)
+
+    def append(self, row: np.ndarray) -> None:
+        self.extend(np.asarray(row, np.uint8)[None])
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._buf[: self.n]
+
+    def replay(self, env: Any, rows: np.ndarray, stop: Any = None) -> int:
+        """Sends ``rows`` (uint8[T, num_envs]) to a freshly reset ``env``, recording them; returns steps sent.
+
+        ``stop``: an object whose ``signum`` ends the replay early when set.
+        """
+        sent = 0
+        for row in rows:
+            ids = env.recv()[4]["env_id"]
+            env.send(row[ids].astype(np.int32), ids)
+            sent += 1
+            if stop is not None and stop.signum:
+                break
+        self.extend(rows)
+        return sent

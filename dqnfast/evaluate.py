@@ -46,6 +46,7 @@ __all__ = [
     "default_out",
     "evaluate",
     "evaluate_network",
+    "final_evaluation",
     "format_table",
     "play",
     "summarize",
@@ -328,6 +329,31 @@ def evaluate_network(network: Any, *, game: str, obs: str, envs: EnvsConfig, pro
     return Evaluation(result, trained, rand)
 
 
+def final_evaluation(cfg: Any, network: Any, device: Any, run_dir: Path, *, task_id: str, run_name: str,
+                     env_steps: int, frame_skip: int, updates: int, checkpoint: Path) -> dict[str, Any]:
+    """A training run's final evaluation: ``envs.eval`` games at ``explore.eval_epsilon``, trained vs random.
+
+    cfg: the run's Config. Seeds the envs with ``seed + 10000`` (as ``python -m
+    dqnfast.evaluate`` does by default), writes ``eval.json`` and the two plots into
+    ``run_dir``; returns eval.json's dict (``evaluate_network``'s, plus game, run_name,
+    env_steps, frames, updates, checkpoint). A failed plot is logged, never raised.
+    """
+    ev = cfg.envs.eval
+    if ev.episodes <= 0:
+        result: dict[str, Any] = {**summarize([]), "epsilon": cfg.explore.eval_epsilon, "random": None}
+    else:
+        result = evaluate_network(network, game=cfg.game, obs=cfg.obs, envs=cfg.envs, protocol=ev,
+                                  epsilon=cfg.explore.eval_epsilon, seed=cfg.seed + 10_000, device=device).result
+    result.update(game=task_id, run_name=run_name, env_steps=env_steps, frames=env_steps * frame_skip,
+                  updates=updates, checkpoint=str(checkpoint))
+    write_json(result, run_dir / "eval.json")
+    try:
+        write_plots(result, run_dir, run_dir / "metrics.csv", frame_skip=frame_skip)
+    except Exception as e:  # a plot must never lose a finished run
+        logging.getLogger("dqnfast.train").warning("plots: %s", " ".join(str(e).split()))
+    return result
+
+
 # ---------------------------------------------------------------------- report
 def _fmt(x: Any, width: int = 9) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -578,76 +604,7 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     return result
 
 
-# ------------------------------------------------------------------------- CLI
-def _fail(err: Exception, code: int = 2) -> None:
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-    sys.exit(code)
-
-
-def _eval_dir(run: str, out: Any = None) -> str:
-    """Hydra's run dir for an evaluation (resolver ``dqnfast_eval_dir``): ``out`` or the default."""
-    if out not in (None, "", "None", "null"):
-        return str(out)
-    try:
-        from dqnfast.checkpoint import find_checkpoint
-
-        return str(default_out(find_checkpoint(run)))
-    except Exception:  # checked, with a clear message, before Hydra runs
-        return str(Path("outputs") / "eval")
-
-
-def _preflight(argv: list[str]) -> None:
-    """One-line errors before Hydra creates any folder: no ``run=``, an unusable checkpoint, a bad key or type."""
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--resolve") or a.startswith("--cfg")
-           or a.startswith("--info") for a in argv):
-        return
-    from dqnfast.overrides import check_overrides
-
-    try:
-        runs = [str(r) for r in check_overrides(argv, EvalConfig, hint="see python -m dqnfast.evaluate --help")
-                .get("run", [])]
-    except ConfigError as e:
-        _fail(e)
-    if not runs:
-        _fail(ConfigError("run", "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate "
-                                 "run=outputs/DATE/TIME"))
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-
-    for r in runs:
-        try:
-            load_checkpoint(find_checkpoint(r))
-        except CheckpointError as e:
-            _fail(ConfigError("run", str(e)))
-
-
-def cli() -> None:
-    """``python -m dqnfast.evaluate run=<run dir or checkpoint> [key=value ...]`` (Hydra app, conf/evaluate.yaml)."""
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    _preflight(sys.argv[1:])
-    if not OmegaConf.has_resolver("dqnfast_eval_dir"):
-        OmegaConf.register_new_resolver("dqnfast_eval_dir", _eval_dir)
-    ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
-
-    @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-    def main(dcfg) -> None:
-        try:
-            cfg = OmegaConf.to_object(dcfg)
-            evaluate(cfg, HydraConfig.get().runtime.output_dir)
-        except ConfigError as e:
-            _fail(e)
-        except Exception as e:  # VideoError, ReplayDivergedError: one line, no traceback
-            from dqnfast.video import VideoError
-
-            if isinstance(e, VideoError):
-                _fail(e, 1)
-            raise
-
-    main()
-
-
 if __name__ == "__main__":
+    from dqnfast.cli.evaluate import cli
+
     cli()

@@ -24,13 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnfast.config import OptimConfig
+from dqnfast.config.resolve import resolve_amp, resolve_compile, uses_cudagraphs
 
 __all__ = [
     "Learner",
     "make_optimizer",
-    "resolve_amp",
-    "resolve_compile",
-    "uses_cudagraphs",
     "soft_update",
     "td_target",
     "update_step",
@@ -111,7 +109,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, *, de
     fuse the step, and modes that replay CUDA graphs keep the step counter on the device
     (``capturable``) so the optimizer step can live inside the graph. The maths is the same.
     """
-    name = str(cfg.name).lower()
+    name = str(cfg.name)
     cuda = torch.device(device).type == "cuda"
     kw: dict[str, Any] = {}
     if cuda and compile_mode is None:
@@ -124,36 +122,6 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, *, de
         kw.pop("fused", None)
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, centered=cfg.centered, **kw)
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose adam or rmsprop")
-
-
-def resolve_compile(mode: str | bool | None, device: torch.device | str) -> str | None:
-    """How the update runs: None = eager, else the ``torch.compile`` mode.
-
-    ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on CUDA, eager on
-    the CPU (compiling takes longer than a short CPU run gains); ``true`` = ``default``;
-    ``false`` = eager; any other value is a torch.compile mode.
-    """
-    m = str(mode).lower() if mode is not None else "false"
-    if m == "auto":
-        return "reduce-overhead" if torch.device(device).type == "cuda" else None
-    if m in ("false", "none", "eager"):
-        return None
-    return "default" if m == "true" else m
-
-
-def uses_cudagraphs(compile_mode: str | None) -> bool:
-    """Whether a torch.compile mode replays CUDA graphs (on CUDA tensors)."""
-    return compile_mode in ("reduce-overhead", "max-autotune")
-
-
-def resolve_amp(amp: str | None) -> torch.dtype | None:
-    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16."""
-    m = str(amp).lower() if amp is not None else "none"
-    if m in ("none", "fp32", "false"):
-        return None
-    if m in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    raise ValueError(f"unknown amp mode {amp!r}; choose none or bf16")
 
 
 class Learner:
@@ -257,6 +225,35 @@ class Learner:
             return self._step(*args)
         self._guarded_calls -= 1
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizer and counters: everything a resumed run needs to update on."""
+        return {"online": self.online.state_dict(), "target": self.target.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates,
+                "num_syncs": self.num_syncs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores ``state_dict()``'s output; missing counters are left as they are.
+
+        The optimizer's hyperparameters (lr, eps, ...) stay this learner's: the config of
+        a resumed run wins over the saved one. A capturable or fused optimizer keeps its
+        step counter on the parameters' device, where ``load_state_dict`` does not put it.
+        """
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        opt = self.optimizer
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(state["optimizer"])
+        for g, h in zip(opt.param_groups, hyper):
+            g.update(h)
+            if not (g.get("capturable") or g.get("fused")):
+                continue
+            for p in g["params"]:
+                st = opt.state.get(p, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(p.device)
+        self.num_updates = int(state.get("num_updates", self.num_updates))
+        self.num_syncs = int(state.get("num_syncs", self.num_syncs))
 
     def sync_target(self) -> None:
         """target <- tau * online + (1 - tau) * target."""

@@ -23,7 +23,7 @@ logged ``offline`` into ``<run dir>/wandb/`` and ONE log line says why and how t
 later (``wandb sync <dir>``). It never waits on a prompt, and an online ``wandb.init`` that
 fails or takes longer than ``logger.wandb_init_timeout`` falls back to offline too.
 
-wandb and tensorboard are imported only when enabled; nothing here imports hydra (train.py
+wandb and tensorboard are imported only when enabled; nothing here imports hydra (the CLI
 passes the Hydra sweep as plain values in ``RunInfo``).
 """
 

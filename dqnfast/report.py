@@ -28,7 +28,6 @@ within each game (rliable's stratified bootstrap).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -459,27 +458,7 @@ def write_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None, 
     return {"md": out / "report.md", "png": png, "csv": out / "report.csv", "rows": rows, "aggregates": aggs}
 
 
-# ------------------------------------------------------------------------ CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dqnfast.report DIR [DIR ...] [--out DIR]``: writes report.md/.png/.csv."""
-    p = argparse.ArgumentParser(prog="python -m dqnfast.report", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dirs", nargs="+", help="Hydra multirun dir(s) (multirun/DATE/TIME) or run dirs")
-    p.add_argument("--out", default=None, help="where to write report.md/.png/.csv (default: the first dir)")
-    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM's CI (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    args = p.parse_args(argv)
-    try:
-        paths = write_report(args.dirs, args.out, reps=args.reps, seed=args.seed)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for r in paths["rows"]:
-        print(f"{r.game:<16} {r.config:<40} n={r.n:<3} {_fmt(r.mean):>10} ± {_fmt(r.std):<8} "
-              f"CI {_ci(r.ci_low, r.ci_high)}")
-    print(f"wrote {paths['md']}, {paths['png']} and {paths['csv']}")
-    return 0
-
-
 if __name__ == "__main__":
+    from dqnfast.cli.report import main
+
     sys.exit(main())

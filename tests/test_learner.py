@@ -9,15 +9,8 @@ import torch
 from torch import nn
 
 from dqnfast.config import OptimConfig
-from dqnfast.learner import (
-    Learner,
-    make_optimizer,
-    resolve_amp,
-    resolve_compile,
-    td_target,
-    uses_cudagraphs,
-    update_step,
-)
+from dqnfast.config.resolve import resolve_amp, resolve_compile, uses_cudagraphs
+from dqnfast.learner import Learner, make_optimizer, td_target, update_step
 from dqnfast.networks import NetworkSpec, make_network
 
 

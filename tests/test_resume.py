@@ -167,7 +167,7 @@ def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
 def test_a_second_signal_exits_at_once(tmp_path):
     script = (
         "import os, signal, time\n"
-        "from dqnfast.train import GracefulStop\n"
+        "from dqnfast.training import GracefulStop\n"
         "with GracefulStop() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(0.1)\n"

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from dqnfast.train import CONF_DIR, job_cores
+from dqnfast.cli import CONF_DIR
+from dqnfast.config.resolve import job_cores
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["preset=cartpole", "algo.total_steps=2000", "algo.learning_starts=500", "envs.eval.episodes=2",

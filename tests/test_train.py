@@ -18,7 +18,8 @@ from dqnfast.config import Config, ConfigError, validate
 from dqnfast.checkpoint import load_checkpoint
 from dqnfast.networks import make_network
 from dqnfast.loggers import METRIC_COLUMNS
-from dqnfast.train import CONF_DIR, check_config, to_config, train
+from dqnfast.cli.train import CONF_DIR, to_config
+from dqnfast.training import check_config, train
 
 PROMISED_COLUMNS = ["env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean",
                     "loss", "q_mean", "epsilon", "sps", "time"]

@@ -1,7 +1,7 @@
 """Typed configuration of a training run, and its start-up checks.
 
 Every default lives in the YAML files under ``conf/`` (Hydra config groups); the
-dataclasses here are the *schema*: ``dqnfast.train`` registers them in Hydra's
+dataclasses here are the *schema*: ``dqnfast.cli.train`` registers them in Hydra's
 ConfigStore so that a wrong type fails at composition, and calls ``validate``
 on the composed config so that a wrong value fails at start-up with one line:
 ``error: <key>: <message>``. This module is plain Python (no Hydra import), so
@@ -314,7 +314,7 @@ def validate(cfg: Config) -> None:
     """Checks every value that does not need an env or a device.
 
     Raises ConfigError naming the first wrong key. (The game name, the network's
-    fit to the observation and the device are checked by ``dqnfast.train`` at
+    fit to the observation and the device are checked by ``dqnfast.training.check_config`` at
     start-up, where envpool and torch are at hand.)
     """
     _check(isinstance(cfg.game, str) and cfg.game.strip() != "", "game", "must name a game, e.g. game=Pong")
