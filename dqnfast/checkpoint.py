@@ -138,6 +138,10 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "dqnfast": package_version(), **payload}
+    if isinstance(payload.get("config"), dict):  # config choices are Enums; a weights-only load takes plain str
+        from dqnfast.config.schema import plain
+
+        payload["config"] = plain(payload["config"])
     payload.pop("sha256", None)
     payload["sha256"] = payload_digest(payload)
     _atomic_save(payload, path)

@@ -182,7 +182,7 @@ def check_logger_config(cfg: LoggerConfig) -> None:
     """Start-up check (no imports of the backends): raises ConfigError if a backend is missing."""
     import importlib.util
 
-    if cfg.wandb and str(cfg.wandb_mode).lower() != "disabled" and importlib.util.find_spec("wandb") is None:
+    if cfg.wandb and str(cfg.wandb_mode) != "disabled" and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger.wandb", "needs the wandb package: pip install wandb")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger.tensorboard", "needs the tensorboard package: pip install tensorboard")
@@ -307,7 +307,7 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
 def choose_wandb_mode(requested: str, *, has_credentials: Callable[[], bool],
                       reachable: Callable[[], bool]) -> tuple[str, str | None]:
     """(mode, reason): ``online`` only with credentials and a reachable server, else ``offline``."""
-    requested = str(requested).lower()
+    requested = str(requested)
     if requested != "online":
         return requested, None
     if not has_credentials():

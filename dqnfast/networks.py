@@ -135,7 +135,7 @@ def spec_for(name: str, obs_kind: str, obs_shape: tuple[int, ...], obs_dtype: st
     Raises ValueError when the network cannot take the observation (``nature`` on
     RAM or vectors).
     """
-    name = str(name).lower()
+    name = str(name)
     if name == "auto":
         name = "nature" if obs_kind == "pixels" else "mlp"
     if name == "nature":

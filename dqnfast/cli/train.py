@@ -106,7 +106,7 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[D
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     base = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(saved))
-    before = OmegaConf.to_container(base, resolve=True)
+    before = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
     keys: list[str] = []
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.key_or_group
@@ -124,7 +124,7 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[D
         if isinstance(value, DictConfig):  # a whole section: every key of it is set
             value = OmegaConf.to_container(value)
         OmegaConf.update(base, key, value, merge=True)
-    after = OmegaConf.to_container(base, resolve=True)
+    after = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
     fb, fa = _flatten(before), _flatten(after)
     changes = [f"{k}: {fb.get(k)!r} -> {fa[k]!r}" for k in sorted(fa) if k != "resume" and fb.get(k) != fa[k]]
     return base, changes
@@ -152,7 +152,7 @@ def _resume_run(cfg: DictConfig, conf: Config) -> tuple[Config, dict, dict, Path
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if run_dir.resolve() != run_dir_of(path):
         log.info("resume: writing to %s (the checkpoint's run is %s)", run_dir, run_dir_of(path))
-    return to_config(merged), OmegaConf.to_container(merged, resolve=True), ck, run_dir
+    return to_config(merged), OmegaConf.to_container(merged, resolve=True, enum_to_str=True), ck, run_dir
 
 
 def _tracking(conf: Config, config_dict: dict) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def main(cfg: DictConfig) -> float | None:
             conf, config_dict, ck, run_dir = _resume_run(cfg, conf)
         check_config(conf)
         if config_dict is None:
-            config_dict = OmegaConf.to_container(cfg, resolve=True)
+            config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         tracking = _tracking(conf, config_dict)
         summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:

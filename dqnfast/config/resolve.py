@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from dqnfast.config.schema import Config, ConfigError
+from dqnfast.config.schema import Config, ConfigError, Storage
 
 __all__ = [
     "Resolved",
@@ -63,7 +63,7 @@ def resolve_compile(mode: Any, device: Any) -> str | None:
     """
     import torch
 
-    m = str(mode).lower() if mode is not None else "false"
+    m = str(mode).lower() if mode is not None else "false"  # a bool from a library caller: "True"
     if m == "auto":
         return "reduce-overhead" if torch.device(device).type == "cuda" else None
     if m in ("false", "none", "eager"):
@@ -172,7 +172,7 @@ def resolve(cfg: Config) -> Resolved:
     cores = available_cores()
     envs, sampler, torch_threads = thread_counts(cores, cpu=device.type == "cpu", envs=cfg.envs.num_threads,
                                                  sampler=cfg.replay.num_threads, torch_threads=cfg.torch_threads)
-    on_device = str(cfg.replay.storage).lower() == "cuda"
+    on_device = cfg.replay.storage == Storage.cuda
     if on_device and device.type != "cuda":
         raise ConfigError("replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; "
                                             "use replay.storage=cpu")

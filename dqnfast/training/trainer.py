@@ -21,8 +21,9 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from dqnfast.config import Config, ConfigError
+from dqnfast.config.schema import plain
 from dqnfast.config.resolve import Resolved, resolve
-from dqnfast.training.components import Run, build
+from dqnfast.training.components import Run, build, check_config
 from dqnfast.training.loop import run_loop
 from dqnfast.training.resume import ResumePlan, plan_resume
 from dqnfast.training.state import LoopState, restore
@@ -126,7 +127,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in run_dir.glob(".*.tmp*"):  # left by a run killed mid-write (the real files are intact)
         stale.unlink(missing_ok=True)
-    config_dict = config_dict if config_dict is not None else dataclasses.asdict(cfg)
+    check_config(cfg)
+    config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
     plan = plan_resume(cfg, resume)
     r = resolve(cfg)
     _set_up_process(cfg, r, plan)
