@@ -256,7 +256,7 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}".rstrip(": ")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: "str | torch.device" = "cpu") -> dict:
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Reads and verifies a checkpoint written by ``save_checkpoint`` / ``write_checkpoint``.
 
     Loads with ``weights_only=True`` (no pickled code runs). Raises CheckpointError

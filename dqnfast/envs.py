@@ -21,7 +21,6 @@ Facts this module relies on (envpool 1.2.5; see DESIGN.md and tests/test_envs.py
 from __future__ import annotations
 
 import difflib
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any

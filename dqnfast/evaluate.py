@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,7 +167,7 @@ class RecordingEnv:
     def close(self) -> None:
         self.env.close()
 
-    def games(self, quota: Sequence[int]) -> list["Game"]:
+    def games(self, quota: Sequence[int]) -> list[Game]:
         """The first ``quota[e]`` finished games of each env e (the ones run_episodes counted)."""
         out: list[Game] = []
         for e, (rew, ela) in enumerate(zip(self.rewards, self.elapsed)):

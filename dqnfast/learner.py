@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnfast.config import OptimConfig
-from dqnfast.config.resolve import resolve_amp, resolve_compile, uses_cudagraphs
+from dqnfast.config.resolve import uses_cudagraphs
 
 __all__ = [
     "Learner",

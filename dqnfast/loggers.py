@@ -423,7 +423,7 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ConfigError("logger.tensorboard", f"needs the tensorboard package: pip install tensorboard ({e})")
+            raise ConfigError("logger.tensorboard", f"needs the tensorboard package: pip install tensorboard ({e})") from None
         self.info = info
         self.log_dir = info.run_dir / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir))

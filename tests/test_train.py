@@ -14,11 +14,11 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from dqnfast.config import Config, ConfigError, validate
 from dqnfast.checkpoint import load_checkpoint
-from dqnfast.networks import make_network
-from dqnfast.loggers import METRIC_COLUMNS
 from dqnfast.cli.train import CONF_DIR, to_config
+from dqnfast.config import Config, ConfigError, validate
+from dqnfast.loggers import METRIC_COLUMNS
+from dqnfast.networks import make_network
 from dqnfast.training import check_config, train
 
 PROMISED_COLUMNS = ["env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean",

@@ -21,8 +21,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from dqnfast.config import Config, ConfigError
-from dqnfast.config.schema import plain
 from dqnfast.config.resolve import Resolved, resolve
+from dqnfast.config.schema import plain
 from dqnfast.training.components import Run, build, check_config
 from dqnfast.training.loop import run_loop
 from dqnfast.training.resume import ResumePlan, plan_resume
