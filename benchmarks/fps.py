@@ -34,7 +34,7 @@ learner configurations it is compared with), so every ratio is measured side by 
     python benchmarks/fps.py --stage learner --batch-sizes 32 --variants eager-fp32,graphs-fp32
 
 Prints one ``NAME = value unit`` line per figure, a table of every stage's figure, bound and
-ratio, and the targets of issue 6; saves JSON (default benchmarks/results/fps.json) with the
+ratio, and the speed targets; saves JSON (default benchmarks/results/fps.json) with the
 machine's description. Nothing here asserts on time.
 """
 
@@ -83,7 +83,7 @@ REFERENCE = {
     "torch.compile(mode='reduce-overhead')": "1.25 ms (B=32), 1.77 ms (B=256)",
 }
 CLEANRL_SPS = 330.0
-# Issue 6's targets on the GPU machine.
+# Speed targets, for a CUDA machine.
 TARGETS = {"actor_vs_env": 0.8, "graphs_vs_eager_B32": 3.0, "e2e_vs_bound": 0.8, "e2e_vs_cleanrl": 15.0,
            "e2e_vs_peer": 20.0}
 E2E_SETTINGS = {  # name -> Hydra overrides on top of the defaults (the Nature recipe)
@@ -362,55 +362,9 @@ def worker_replay(cfg: dict, sink: Sink) -> None:
                 sink.note(f"replay.py: {n}")
             out.unlink(missing_ok=True)
             return
-        sink.note(f"benchmarks/replay.py failed (exit status {r.returncode}); measuring inline with its method")
+        sink.note(f"benchmarks/replay.py failed (exit status {r.returncode}); no replay figures")
     else:
-        sink.note("benchmarks/replay.py not found; measuring inline with its method")
-    _replay_inline(cfg, sink)
-
-
-def _replay_inline(cfg: dict, sink: Sink) -> None:
-    """ring.sample(B, out=batch) vs np.copyto of B*2*28224 bytes from a random 64-aligned offset of a big source."""
-    import numpy as np
-
-    from dqnfast.replay import ReplayRing
-
-    obs_bytes = 4 * 84 * 84
-    rng = np.random.default_rng(cfg["seed"])
-    frames = rng.integers(0, 256, (4096, 84, 84), dtype=np.uint8)
-    num_envs, cap = 8, cfg["capacity"]
-    ids = np.arange(num_envs)
-    zeros_f, zeros_b = np.zeros(num_envs, np.float32), np.zeros(num_envs, bool)
-    for t in cfg["threads"]:
-        ring = ReplayRing(cap, num_envs, (84, 84), np.uint8, stack=4, n_step=1, gamma=0.99, seed=cfg["seed"],
-                          num_threads=t)
-        for s in range(cap // num_envs + 64):  # episodes of 1000 steps, every slot written
-            j = (s * num_envs) % (4096 - num_envs)
-            ring.add(ids, frames[j:j + num_envs], rng.integers(0, 6, num_envs), zeros_f, zeros_b | (s % 1000 == 999),
-                     zeros_b, zeros_b | (s % 1000 == 0))
-        for b in cfg["batch_sizes"]:
-            batch = ring.make_batch(b)
-            tm = _timing(cfg, lambda b=b, batch=batch, ring=ring: ring.sample(b, out=batch), b)
-            sink.add({"stage": "replay", "method": "inline", "impl": "dqnfast", "batch_size": b, "threads": t,
-                      "capacity": ring.capacity, "samples_per_s": tm["rate"], "foreign_cores": tm["foreign_cores"],
-                      "clean": tm["clean"], "ms_per_batch": tm["sec_per_call"] * 1e3})
-        del ring
-    src = np.empty((256 << 20) if cfg["quick"] else (2 << 30), np.uint8)
-    src.fill(0x5A)
-    for b in cfg["batch_sizes"]:
-        n = b * 2 * obs_bytes
-        dst = np.zeros(n, np.uint8)
-        offs = (rng.integers(0, (src.size - n) // 64, 4096) * 64).tolist()
-        k = [0]
-
-        def copy(dst=dst, n=n, offs=offs, k=k):
-            o = offs[k[0] & 4095]
-            k[0] += 1
-            np.copyto(dst, src[o:o + n])
-
-        tm = _timing(cfg, copy, b)
-        sink.add({"stage": "replay", "method": "inline", "impl": "memcpy-numpy", "batch_size": b, "threads": 1,
-                  "samples_per_s": tm["rate"], "foreign_cores": tm["foreign_cores"], "clean": tm["clean"],
-                  "ms_per_batch": tm["sec_per_call"] * 1e3})
+        sink.note("benchmarks/replay.py not found; no replay figures")
 
 
 def worker_learner(cfg: dict, sink: Sink) -> None:
@@ -1109,7 +1063,7 @@ def report_stage(stage, results, p, args, metrics: Metrics, notes, summary, devi
 
 
 def judge_targets(results, p, metrics: Metrics, notes, cuda: bool) -> None:
-    """Issue 6's targets (for the GPU machine): printed PASS/FAIL, informational elsewhere."""
+    """The speed targets (for a CUDA machine): printed PASS/FAIL, informational elsewhere."""
     lines = []
     actor = [r for r in results.get("actor", {}).get("rows", []) if r.get("vs_env") is not None]
     if actor:
@@ -1132,8 +1086,8 @@ def judge_targets(results, p, metrics: Metrics, notes, cuda: bool) -> None:
             lines.append((f"e2e {r['setting']} >= 20 x peer", r["vs_peer"], TARGETS["e2e_vs_peer"]))
     if not lines:
         return
-    where = "" if cuda else " -- targets are for the GPU machine; informational on CPU"
-    print(f"targets (issue 6){where}:")
+    where = "" if cuda else " -- targets are for a CUDA machine; informational on CPU"
+    print(f"targets{where}:")
     for text, value, want in lines:
         print(f"  {text}: {value:.3g} -> {'PASS' if value >= want else 'FAIL'}")
 

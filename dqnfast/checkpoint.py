@@ -6,13 +6,13 @@ without running pickled code. Every save is atomic: the bytes go to a temporary 
 in the same folder, are flushed to disk, then ``os.replace`` puts them in place; a
 reader sees the old file or the new one, never half of one.
 
-Layout of a run dir (``save_checkpoint(run_dir, ...)`` via ``CheckpointWriter``)::
+Layout of a run dir (``save_run_checkpoint``)::
 
     checkpoints/step_000000100000.pt   numbered by agent steps; the newest ``keep`` are kept
     checkpoint.pt                      the newest one (a hard link to it: no second copy)
 
-Format (``version`` 2; version 1 files from dqnfast 0.1's ``learner.save_checkpoint``
-still load):
+Format (``version`` 2; version 1 files, written before checksums, still load so that old runs
+can be evaluated):
 
     format      "dqnfast-checkpoint"
     version     2
@@ -45,7 +45,6 @@ from dqnfast.atomic import atomic_open
 
 if TYPE_CHECKING:  # torch is imported where it is used: finding a checkpoint needs no torch
     import torch
-    from torch import nn
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -57,7 +56,6 @@ __all__ = [
     "payload_digest",
     "prune_checkpoints",
     "run_dir_of",
-    "save_checkpoint",
     "save_run_checkpoint",
     "write_checkpoint",
 ]
@@ -148,29 +146,6 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
-def save_checkpoint(path: str | os.PathLike, *, online: nn.Module, target: nn.Module,
-                    optimizer: torch.optim.Optimizer, counters: dict[str, int], config: dict,
-                    game: str, network: dict, **extra: Any) -> Path:
-    """Writes a training checkpoint to ``path`` atomically (see the module docstring).
-
-    online, target: networks; optimizer: built on online's parameters; counters:
-    env_steps, updates, episodes, ... (ints); config: plain dict; game: envpool task id;
-    network: ``NetworkSpec.to_dict()``; extra: more plain entries (obs, num_actions,
-    loop and RNG state, ...).
-    """
-    payload = {
-        "online": online.state_dict(),
-        "target": target.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "counters": {k: int(v) for k, v in counters.items()},
-        "config": config,
-        "game": game,
-        "network": network,
-        **extra,
-    }
-    return write_checkpoint(path, payload)
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Points ``dst`` at ``src``'s bytes atomically: a hard link, or a copy where links fail."""
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
@@ -257,7 +232,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Reads and verifies a checkpoint written by ``save_checkpoint`` / ``write_checkpoint``.
+    """Reads and verifies a checkpoint written by ``write_checkpoint``.
 
     Loads with ``weights_only=True`` (no pickled code runs). Raises CheckpointError
     (a ValueError, one line) when the file is missing, truncated or corrupt, not a

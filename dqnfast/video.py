@@ -23,7 +23,6 @@ import numpy as np
 
 __all__ = [
     "ReplayDivergedError", "VideoError", "check_video_deps", "iter_replay", "replay_frames", "write_frames",
-    "write_gif", "write_mp4",
 ]
 
 # envpool Atari settings that define the game and the protocol; copied into the replay env
@@ -152,15 +151,3 @@ def write_frames(frames: Iterable[np.ndarray], *, mp4: str | os.PathLike | None 
         for p in targets:
             _tmp(p).unlink(missing_ok=True)
     return n
-
-
-def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float = 15.0) -> Path:
-    """H.264 MP4 of uint8[H, W, 3] frames at their own size (H, W even), written atomically."""
-    write_frames(frames, mp4=path, fps=fps)
-    return Path(path)
-
-
-def write_gif(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float = 15.0) -> Path:
-    """Looping GIF of uint8[H, W, 3] frames, written atomically."""
-    write_frames(frames, gif=path, fps=fps)
-    return Path(path)

@@ -19,7 +19,6 @@ from dqnfast.checkpoint import (
     numbered_checkpoints,
     payload_digest,
     run_dir_of,
-    save_checkpoint,
     save_run_checkpoint,
     write_checkpoint,
 )
@@ -70,14 +69,10 @@ def test_round_trip_numbered_link_and_keep_k(tmp_path):
     assert run_dir_of(newest) == tmp_path.resolve() and run_dir_of(latest) == tmp_path.resolve()
 
 
-def test_legacy_keyword_api_and_version_1_files(tmp_path):
-    online, target = make_network(SPEC), make_network(SPEC)
-    path = save_checkpoint(tmp_path / "ck.pt", online=online, target=target,
-                           optimizer=torch.optim.Adam(online.parameters()), counters={"env_steps": 10},
-                           config={"game": "CartPole"}, game="CartPole-v1", network=SPEC.to_dict())
-    assert load_checkpoint(path)["counters"] == {"env_steps": 10}
+def test_version_1_files_without_a_checksum_still_load(tmp_path):
+    online = make_network(SPEC)
     old = {"format": "dqnfast-checkpoint", "version": 1, "online": online.state_dict(), "game": "CartPole-v1"}
-    torch.save(old, tmp_path / "v1.pt")  # dqnfast 0.1: no checksum
+    torch.save(old, tmp_path / "v1.pt")  # format version 1: no checksum
     assert load_checkpoint(tmp_path / "v1.pt")["version"] == 1
 
 
