@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig
+from dqnfast.config.resolve import available_cores, resolve_device, thread_counts
 
 __all__ = [
     "EvalConfig",
@@ -408,11 +409,11 @@ def _json_safe(x: Any) -> Any:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """eval.json, atomically, NaN written as null."""
+    from dqnfast.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_open(path, "w") as f:
+        f.write(json.dumps(_json_safe(result), indent=2) + "\n")
     return path
 
 
@@ -476,20 +477,6 @@ def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = 
 
 
 # ----------------------------------------------------------------- evaluate app
-def _device(name: str):
-    import torch
-
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(str(name))
-    except RuntimeError as e:
-        raise ConfigError("device", f"{name!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name!r} asked for but CUDA is not available; use device=auto or cpu")
-    return dev
-
-
 def default_out(checkpoint: Path) -> Path:
     """``<run dir>/eval`` for a run's newest checkpoint, ``<run dir>/eval-<stem>`` for another one."""
     from dqnfast.checkpoint import CHECKPOINT_NAME, run_dir_of
@@ -561,11 +548,10 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         net.load_state_dict(ckpt["online"])
     except (CheckpointError, RuntimeError, KeyError, TypeError, ValueError) as e:
         raise ConfigError("run", " ".join(str(e).split()) or type(e).__name__) from None
-    device = _device(cfg.device)
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
-    elif device.type == "cpu":  # as in training: spinning torch workers beside envpool's cost up to 10x
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    device = resolve_device(cfg.device)
+    _, _, threads = thread_counts(available_cores(), cpu=device.type == "cpu", torch_threads=cfg.torch_threads)
+    if threads:  # as in training: spinning torch workers beside envpool's cost up to 10x
+        torch.set_num_threads(threads)
     net.to(device)
     counters = ckpt.get("counters") or {}
     seed = int(cfg.seed if cfg.seed is not None else int(counters.get("seed", train_cfg.get("seed", 0))) + 10_000)

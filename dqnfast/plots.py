@@ -28,11 +28,11 @@ def _figure(height: float, rows: int = 1):
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
+    from dqnfast.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png")
     return path
 
 

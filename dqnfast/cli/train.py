@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from dqnfast.cli import CONF_DIR
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
+from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
 
 log = logging.getLogger("dqnfast.train")
@@ -75,25 +76,6 @@ def _preflight(argv: list[str]) -> None:
         _fail(e)
 
 
-def _flat_keys(node: Any, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in node.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        out += _flat_keys(v, key) if isinstance(v, dict) else [key]
-    return out
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(_flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
 def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[DictConfig, list[str]]:
     """The config of a resumed run: the checkpoint's config, then this command line's overrides.
 
@@ -114,7 +96,7 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[D
             preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "preset" / f"{o.value()}.yaml"))
             for d in preset.pop("defaults", None) or []:  # "override /optim: rmsprop"
                 keys += [str(k).split("/")[-1] for k in (d if isinstance(d, dict) else {})]
-            keys += _flat_keys(preset)
+            keys += list(flatten(preset))
             continue
         if key in ("resume", "preset") or key.startswith("hydra") or o.is_delete():
             continue
@@ -125,7 +107,7 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[D
             value = OmegaConf.to_container(value)
         OmegaConf.update(base, key, value, merge=True)
     after = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
-    fb, fa = _flatten(before), _flatten(after)
+    fb, fa = flatten(before), flatten(after)
     changes = [f"{k}: {fb.get(k)!r} -> {fa[k]!r}" for k in sorted(fa) if k != "resume" and fb.get(k) != fa[k]]
     return base, changes
 
