@@ -499,7 +499,8 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     """The ``dqnfast.evaluate`` app without Hydra: loads, checks, plays, writes, prints; returns eval.json's dict.
 
     Raises ConfigError (key ``run`` for an unusable or mismatched checkpoint, the
-    key's name for a bad value) and ``dqnfast.video.VideoError``.
+    key's name for a bad value) and ``dqnfast.video.VideoError``. The app's steps in the
+    order they run (check, load, play, write, print); splitting it would pass a dozen locals.
     """
     import torch
 

@@ -380,6 +380,7 @@ def write_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None, 
 
     out_dir: default the first dir. Returns {"md", "png", "csv"}: the paths, and
     {"rows", "aggregates"}: the tables. Raises FileNotFoundError if no job is found.
+    Writes report.md top to bottom in one place, so the file's layout reads off the code.
     """
     dirs = [Path(d) for d in dirs]
     for d in dirs:

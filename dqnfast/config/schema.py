@@ -398,7 +398,8 @@ def _protocol(p: ProtocolConfig, prefix: str) -> None:
 def validate(cfg: Config) -> None:
     """Checks every value that does not need an env or a device.
 
-    Raises ConfigError naming the first wrong key. (The game name, the network's
+    Raises ConfigError naming the first wrong key. One flat list of checks in the schema's
+    order (longer than most functions on purpose: a key's check is found by searching its name). (The game name, the network's
     fit to the observation and the device are checked by ``dqnfast.training.check_config`` at
     start-up, where envpool and torch are at hand.)
     """
