@@ -252,8 +252,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dqnfast checkpoint")
     if ckpt.get("version", 1) > VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {ckpt['version']}; this dqnfast reads "
-                              f"up to {VERSION} (upgrade dqnfast)")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt['version']}; this dqnfast reads "
+            f"up to {VERSION} (upgrade dqnfast)"
+        )
     digest = ckpt.get("sha256")
     if digest is not None:
         try:
@@ -261,8 +263,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         except TypeError as e:
             raise CheckpointError(f"checkpoint {path} is corrupt ({e})") from None
         if actual != digest:
-            raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch: its contents changed after "
-                                  "it was written)")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt (checksum mismatch: its contents changed after it was written)"
+            )
     elif ckpt.get("version", 1) >= 2:
         raise CheckpointError(f"checkpoint {path} is corrupt (no checksum)")
     return ckpt
@@ -271,12 +274,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 # --------------------------------------------------------------- compatibility
 def _net_words(spec: dict) -> str:
     hidden = spec.get("hidden")
-    return (f"{spec.get('kind')}{' dueling' if spec.get('dueling') else ''} hidden {list(hidden or [])} "
-            f"on {spec.get('obs_dtype')}{list(spec.get('obs_shape') or [])}")
+    return (
+        f"{spec.get('kind')}{' dueling' if spec.get('dueling') else ''} hidden {list(hidden or [])} "
+        f"on {spec.get('obs_dtype')}{list(spec.get('obs_shape') or [])}"
+    )
 
 
-def check_compatible(ckpt: dict, *, game: str, obs_kind: str | None, num_actions: int, network: dict,
-                     what: str = "this run") -> None:
+def check_compatible(
+    ckpt: dict, *, game: str, obs_kind: str | None, num_actions: int, network: dict, what: str = "this run"
+) -> None:
     """Refuses a checkpoint for another game, observation type, action count or network.
 
     Raises CheckpointError with one line naming the first mismatch, e.g.

@@ -171,15 +171,26 @@ def make_env(
     num_actions = int(env.action_space.n)
     if family == "atari" and obs == "pixels":
         shape = tuple(obs_space.shape)  # (stack, 84, 84)
-        spec = EnvSpec(task_id, family, "pixels", shape[1:], np.dtype(np.uint8), shape[0], shape, num_actions,
-                       int(envs.frame_skip), n, b)
+        spec = EnvSpec(
+            task_id,
+            family,
+            "pixels",
+            shape[1:],
+            np.dtype(np.uint8),
+            shape[0],
+            shape,
+            num_actions,
+            int(envs.frame_skip),
+            n,
+            b,
+        )
     elif family == "atari":
-        spec = EnvSpec(task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions,
-                       int(envs.frame_skip), n, b)
+        spec = EnvSpec(
+            task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions, int(envs.frame_skip), n, b
+        )
     else:
         shape = tuple(obs_space.shape)
-        spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape,
-                       num_actions, 1, n, b)
+        spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape, num_actions, 1, n, b)
     return env, spec
 
 
@@ -218,8 +229,9 @@ class GameTracker:
         self.length = np.zeros(num_envs, np.int64)
         self.started = np.zeros(num_envs, bool)
 
-    def update(self, env_id: np.ndarray, raw_reward: np.ndarray,
-               elapsed_step: np.ndarray) -> list[tuple[int, float, int]]:
+    def update(
+        self, env_id: np.ndarray, raw_reward: np.ndarray, elapsed_step: np.ndarray
+    ) -> list[tuple[int, float, int]]:
         """Feeds one envpool result; returns ``[(env, score, length), ...]`` of games that ended.
 
         env_id: int[K]; raw_reward: float[K] unclipped; elapsed_step: int[K] (``info["elapsed_step"]``).

@@ -59,8 +59,9 @@ __all__ = [
 log = logging.getLogger("dqnfast.evaluate")
 
 VIDEO_CHOICES = ("first", "best", "median", "worst")
-REFERENCE_SOURCE = ("Mnih et al. 2015 (Nature), Extended Data Table 2; Badia et al. 2020 (Agent57), Table H.4 "
-                    "-- dqnfast.atari_scores")
+REFERENCE_SOURCE = (
+    "Mnih et al. 2015 (Nature), Extended Data Table 2; Badia et al. 2020 (Agent57), Table H.4 -- dqnfast.atari_scores"
+)
 
 
 # --------------------------------------------------------------------- config
@@ -106,22 +107,32 @@ class EvalConfig:
 
 def validate_eval(cfg: EvalConfig) -> None:
     """Value checks; raises ConfigError naming the key."""
+
     def check(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(key, msg)
 
-    check(cfg.run not in (None, "", "???"), "run", "give the run dir or checkpoint to evaluate: "
-          "python -m dqnfast.evaluate run=outputs/DATE/TIME")
+    check(
+        cfg.run not in (None, "", "???"),
+        "run",
+        "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate run=outputs/DATE/TIME",
+    )
     check(isinstance(cfg.episodes, int) and cfg.episodes >= 1, "episodes", f"must be >= 1, got {cfg.episodes!r}")
     check(isinstance(cfg.num_envs, int) and cfg.num_envs >= 1, "num_envs", f"must be >= 1, got {cfg.num_envs!r}")
     check(0.0 <= cfg.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {cfg.epsilon!r}")
     check(cfg.noop_max >= 0, "noop_max", f"must be >= 0, got {cfg.noop_max!r}")
-    check(0.0 <= cfg.repeat_action_probability <= 1.0, "repeat_action_probability",
-          f"must be in [0, 1], got {cfg.repeat_action_probability!r}")
+    check(
+        0.0 <= cfg.repeat_action_probability <= 1.0,
+        "repeat_action_probability",
+        f"must be in [0, 1], got {cfg.repeat_action_probability!r}",
+    )
     check(cfg.max_episode_steps >= 1, "max_episode_steps", f"must be >= 1, got {cfg.max_episode_steps!r}")
     check(cfg.seed is None or cfg.seed >= 0, "seed", f"must be >= 0 or null, got {cfg.seed!r}")
-    check(str(cfg.video_episode) in VIDEO_CHOICES, "video_episode",
-          f"unknown choice {cfg.video_episode!r}; choose one of {', '.join(VIDEO_CHOICES)}")
+    check(
+        str(cfg.video_episode) in VIDEO_CHOICES,
+        "video_episode",
+        f"unknown choice {cfg.video_episode!r}; choose one of {', '.join(VIDEO_CHOICES)}",
+    )
     check(cfg.video_fps is None or cfg.video_fps > 0, "video_fps", f"must be > 0 or null, got {cfg.video_fps!r}")
 
 
@@ -154,8 +165,9 @@ class RecordingEnv:
         out = self.env.recv()
         _, reward, _, _, info = out
         raw = raw_reward_of(reward, info)
-        for e, r, n in zip(info["env_id"].tolist(), np.asarray(raw, np.float64).tolist(),
-                           info["elapsed_step"].tolist()):
+        for e, r, n in zip(
+            info["env_id"].tolist(), np.asarray(raw, np.float64).tolist(), info["elapsed_step"].tolist()
+        ):
             self.rewards[e].append(r)
             self.elapsed[e].append(n)
         return out
@@ -176,8 +188,9 @@ class RecordingEnv:
             for j, (s, t) in enumerate(zip(starts, starts[1:])):
                 if j >= quota[e]:
                     break
-                out.append(Game(env=e, index=j, start=s, stop=t, score=float(sum(rew[s + 1:t])),
-                                length=int(ela[t - 1])))
+                out.append(
+                    Game(env=e, index=j, start=s, stop=t, score=float(sum(rew[s + 1 : t])), length=int(ela[t - 1]))
+                )
         return out
 
 
@@ -211,8 +224,18 @@ def _quota(episodes: int, n: int) -> list[int]:
     return [episodes // n + (i < episodes % n) for i in range(n)]
 
 
-def play(game: str, obs: str, envs: EnvsConfig, protocol: EvalProtocolConfig, network: Any, *, epsilon: float,
-         seed: int, device: Any = "cpu", record: bool = False) -> Played:
+def play(
+    game: str,
+    obs: str,
+    envs: EnvsConfig,
+    protocol: EvalProtocolConfig,
+    network: Any,
+    *,
+    epsilon: float,
+    seed: int,
+    device: Any = "cpu",
+    record: bool = False,
+) -> Played:
     """Plays ``protocol.episodes`` whole games with ``network`` (None: uniform random) at ``epsilon``.
 
     Uses ``min(protocol.num_envs, protocol.episodes)`` synchronous envs seeded
@@ -238,8 +261,15 @@ def play(game: str, obs: str, envs: EnvsConfig, protocol: EvalProtocolConfig, ne
         network.train(was_training)
         config = dict(env.config)
         env.close()
-    out = Played([float(s) for s in scores], [int(n_) for n_ in lengths], float(epsilon), spec.task_id, int(seed),
-                 rec, env_config=config)
+    out = Played(
+        [float(s) for s in scores],
+        [int(n_) for n_ in lengths],
+        float(epsilon),
+        spec.task_id,
+        int(seed),
+        rec,
+        env_config=config,
+    )
     if rec is not None:
         out.games = rec.games(_quota(int(protocol.episodes), n))
         if sorted(g.score for g in out.games) != sorted(out.scores):  # the recording must tell the same story
@@ -276,9 +306,19 @@ class Evaluation:
     random: Played | None
 
 
-def evaluate_network(network: Any, *, game: str, obs: str, envs: EnvsConfig, protocol: EvalProtocolConfig,
-                     epsilon: float, seed: int, device: Any = "cpu", random_baseline: bool = True,
-                     record: bool = False) -> Evaluation:
+def evaluate_network(
+    network: Any,
+    *,
+    game: str,
+    obs: str,
+    envs: EnvsConfig,
+    protocol: EvalProtocolConfig,
+    epsilon: float,
+    seed: int,
+    device: Any = "cpu",
+    random_baseline: bool = True,
+    record: bool = False,
+) -> Evaluation:
     """Evaluates ``network`` and (optionally) a uniform-random agent with the same protocol and env seeds.
 
     Returns an Evaluation whose ``result`` holds, for the trained agent at the top
@@ -329,8 +369,19 @@ def evaluate_network(network: Any, *, game: str, obs: str, envs: EnvsConfig, pro
     return Evaluation(result, trained, rand)
 
 
-def final_evaluation(cfg: Any, network: Any, device: Any, run_dir: Path, *, task_id: str, run_name: str,
-                     env_steps: int, frame_skip: int, updates: int, checkpoint: Path) -> dict[str, Any]:
+def final_evaluation(
+    cfg: Any,
+    network: Any,
+    device: Any,
+    run_dir: Path,
+    *,
+    task_id: str,
+    run_name: str,
+    env_steps: int,
+    frame_skip: int,
+    updates: int,
+    checkpoint: Path,
+) -> dict[str, Any]:
     """A training run's final evaluation: ``envs.eval`` games at ``explore.eval_epsilon``, trained vs random.
 
     cfg: the run's Config. Seeds the envs with ``seed + 10000`` (as ``python -m
@@ -342,10 +393,24 @@ def final_evaluation(cfg: Any, network: Any, device: Any, run_dir: Path, *, task
     if ev.episodes <= 0:
         result: dict[str, Any] = {**summarize([]), "epsilon": cfg.explore.eval_epsilon, "random": None}
     else:
-        result = evaluate_network(network, game=cfg.game, obs=cfg.obs, envs=cfg.envs, protocol=ev,
-                                  epsilon=cfg.explore.eval_epsilon, seed=cfg.seed + 10_000, device=device).result
-    result.update(game=task_id, run_name=run_name, env_steps=env_steps, frames=env_steps * frame_skip,
-                  updates=updates, checkpoint=str(checkpoint))
+        result = evaluate_network(
+            network,
+            game=cfg.game,
+            obs=cfg.obs,
+            envs=cfg.envs,
+            protocol=ev,
+            epsilon=cfg.explore.eval_epsilon,
+            seed=cfg.seed + 10_000,
+            device=device,
+        ).result
+    result.update(
+        game=task_id,
+        run_name=run_name,
+        env_steps=env_steps,
+        frames=env_steps * frame_skip,
+        updates=updates,
+        checkpoint=str(checkpoint),
+    )
     write_json(result, run_dir / "eval.json")
     try:
         write_plots(result, run_dir, run_dir / "metrics.csv", frame_skip=frame_skip)
@@ -368,14 +433,23 @@ def format_table(result: dict[str, Any]) -> str:
     p = result.get("protocol") or {}
     lines = [f"{result.get('game')}: {result.get('checkpoint', '')}".rstrip(": ")]
     if result.get("env_steps") is not None:
-        lines.append(f"trained {result['env_steps']:,} agent steps ({result.get('frames', 0):,} frames), "
-                     f"{result.get('updates', 0):,} updates")
-    prot = [f"{p.get('episodes')} games on {p.get('num_envs')} envs", f"eps {p.get('epsilon')}", f"seed {p.get('seed')}"]
+        lines.append(
+            f"trained {result['env_steps']:,} agent steps ({result.get('frames', 0):,} frames), "
+            f"{result.get('updates', 0):,} updates"
+        )
+    prot = [
+        f"{p.get('episodes')} games on {p.get('num_envs')} envs",
+        f"eps {p.get('epsilon')}",
+        f"seed {p.get('seed')}",
+    ]
     if p.get("noop_max") is not None:
-        prot += [f"up to {p['noop_max']} no-ops", f"sticky actions {p['repeat_action_probability']}",
-                 f"cap {p['max_episode_steps']} steps ({p['max_episode_frames']} frames)",
-                 "episodic life" if p.get("episodic_life") else "whole games",
-                 "clipped rewards" if p.get("reward_clip") else "unclipped scores"]
+        prot += [
+            f"up to {p['noop_max']} no-ops",
+            f"sticky actions {p['repeat_action_probability']}",
+            f"cap {p['max_episode_steps']} steps ({p['max_episode_frames']} frames)",
+            "episodic life" if p.get("episodic_life") else "whole games",
+            "clipped rewards" if p.get("reward_clip") else "unclipped scores",
+        ]
     lines.append("protocol: " + ", ".join(prot))
     lines.append("")
     cols = ("agent", "games", "mean", "std", "median", "min", "max", "human-norm.")
@@ -384,14 +458,17 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     rows = [("trained", result)] + ([("random", result["random"])] if result.get("random") else [])
     for name, r in rows:
-        vals = [f"{name:>7}", _fmt(r.get("episodes"), 5)] + [_fmt(r.get(k)) for k in ("mean", "std", "median", "min",
-                                                                                      "max")]
+        vals = [f"{name:>7}", _fmt(r.get("episodes"), 5)] + [
+            _fmt(r.get(k)) for k in ("mean", "std", "median", "min", "max")
+        ]
         vals.append(_fmt(r.get("human_normalized"), 11))
         lines.append("| " + " | ".join(vals) + " |")
     ref = result.get("reference")
     if ref:
-        lines.append(f"human-normalized = (score - {ref['random']}) / ({ref['human']} - {ref['random']}): "
-                     "0 = random, 1 = human (Mnih et al. 2015)")
+        lines.append(
+            f"human-normalized = (score - {ref['random']}) / ({ref['human']} - {ref['random']}): "
+            "0 = random, 1 = human (Mnih et al. 2015)"
+        )
     return "\n".join(lines)
 
 
@@ -426,12 +503,20 @@ def write_plots(result: dict[str, Any], out: Path, metrics_csv: Path | None, *, 
     eps = (result.get("protocol") or {}).get("epsilon", result.get("epsilon"))
     title = f"{result.get('game')}{steps}: trained (eps {eps}) vs random"
     rand = result.get("random") or {}
-    paths["eval_scores"] = str(plot_eval_scores(result.get("scores", []), rand.get("scores"),
-                                                out / "eval_scores.png", title=title))
+    paths["eval_scores"] = str(
+        plot_eval_scores(result.get("scores", []), rand.get("scores"), out / "eval_scores.png", title=title)
+    )
     if metrics_csv is not None and metrics_csv.is_file():
-        paths["learning_curve"] = str(plot_learning_curve(
-            metrics_csv, out / "learning_curve.png", title=f"{result.get('game')}: learning curve",
-            frame_skip=frame_skip, eval_mean=result.get("mean"), random_mean=rand.get("mean")))
+        paths["learning_curve"] = str(
+            plot_learning_curve(
+                metrics_csv,
+                out / "learning_curve.png",
+                title=f"{result.get('game')}: learning curve",
+                frame_skip=frame_skip,
+                eval_mean=result.get("mean"),
+                random_mean=rand.get("mean"),
+            )
+        )
     return paths
 
 
@@ -445,8 +530,9 @@ def _pick_game(games: list[Game], which: str) -> Game:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = True, gif: bool = False,
-                 fps: float | None = None) -> dict[str, Any]:
+def write_videos(
+    played: Played, out: Path, *, which: str = "best", mp4: bool = True, gif: bool = False, fps: float | None = None
+) -> dict[str, Any]:
     """Re-plays one recorded game in colour (``dqnfast.video``) and streams it to MP4 / GIF; returns paths and facts.
 
     The file names carry the game's score: ``video_<game>_<which>_score<score>.mp4``.
@@ -457,8 +543,16 @@ def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = 
         raise ValueError("write_videos needs a recorded evaluation (play(..., record=True)) with finished games")
     g = _pick_game(played.games, which)
     rec = played.recorder
-    frames = iter_replay(played.task_id, played.env_config, g.env, rec.actions[g.env], rec.rewards[g.env],
-                         rec.elapsed[g.env], g.start, g.stop)
+    frames = iter_replay(
+        played.task_id,
+        played.env_config,
+        g.env,
+        rec.actions[g.env],
+        rec.rewards[g.env],
+        rec.elapsed[g.env],
+        g.start,
+        g.stop,
+    )
     fps = float(fps or 60.0 / max(1, int(played.env_config.get("frame_skip", 4))))
     stem = f"video_{_short(played.task_id)}_{which}_score{g.score:g}"
     paths = {"mp4": out / f"{stem}.mp4" if mp4 else None, "gif": out / f"{stem}.gif" if gif else None}
@@ -470,8 +564,16 @@ def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = 
             yield f
 
     n = write_frames(seen(frames), mp4=paths["mp4"], gif=paths["gif"], fps=fps)
-    info: dict[str, Any] = {"episode": which, "env": g.env, "game_of_env": g.index, "score": g.score,
-                            "length": g.length, "frames": n, "fps": fps, "shape": shape}
+    info: dict[str, Any] = {
+        "episode": which,
+        "env": g.env,
+        "game_of_env": g.index,
+        "score": g.score,
+        "length": g.length,
+        "frames": n,
+        "fps": fps,
+        "shape": shape,
+    }
     info.update({k: str(p) for k, p in paths.items() if p is not None})
     return info
 
@@ -533,18 +635,32 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         raise ConfigError("game", str(e)) from None
     if (cfg.video or cfg.gif) and family != "atari":
         raise ConfigError("video", f"videos are for Atari games; {task_id} has no screen")
-    envs = EnvsConfig(num_envs=cfg.num_envs, num_threads=cfg.num_threads,
-                      frame_skip=int(envs_cfg.get("frame_skip", 4)), stack=int(envs_cfg.get("stack", 4)))
-    protocol = EvalProtocolConfig(episodic_life=False, reward_clip=False, noop_max=cfg.noop_max,
-                                  repeat_action_probability=cfg.repeat_action_probability,
-                                  max_episode_steps=cfg.max_episode_steps, episodes=cfg.episodes,
-                                  num_envs=cfg.num_envs)
+    envs = EnvsConfig(
+        num_envs=cfg.num_envs,
+        num_threads=cfg.num_threads,
+        frame_skip=int(envs_cfg.get("frame_skip", 4)),
+        stack=int(envs_cfg.get("stack", 4)),
+    )
+    protocol = EvalProtocolConfig(
+        episodic_life=False,
+        reward_clip=False,
+        noop_max=cfg.noop_max,
+        repeat_action_probability=cfg.repeat_action_probability,
+        max_episode_steps=cfg.max_episode_steps,
+        episodes=cfg.episodes,
+        num_envs=cfg.num_envs,
+    )
     probe, spec = make_env(task_id, "pixels" if obs == "vector" else obs, envs, protocol, seed=0, num_envs=1)
     probe.close()
     try:
-        check_compatible(ckpt, game=task_id, obs_kind=spec.obs_kind, num_actions=spec.num_actions,
-                         network={**ckpt["network"], "obs_shape": list(spec.obs_shape),
-                                  "num_actions": spec.num_actions}, what="this evaluation")
+        check_compatible(
+            ckpt,
+            game=task_id,
+            obs_kind=spec.obs_kind,
+            num_actions=spec.num_actions,
+            network={**ckpt["network"], "obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions},
+            what="this evaluation",
+        )
         net = make_network(ckpt["network"])
         net.load_state_dict(ckpt["online"])
     except (CheckpointError, RuntimeError, KeyError, TypeError, ValueError) as e:
@@ -558,19 +674,40 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     seed = int(cfg.seed if cfg.seed is not None else int(counters.get("seed", train_cfg.get("seed", 0))) + 10_000)
 
     start = time.perf_counter()
-    log.info("evaluating %s (%s, %d agent steps) on %s: %d games, eps %g, seed %d", path, task_id,
-             int(counters.get("env_steps", 0)), device, cfg.episodes, cfg.epsilon, seed)
-    ev = evaluate_network(net, game=task_id, obs=spec.obs_kind, envs=envs, protocol=protocol, epsilon=cfg.epsilon,
-                          seed=seed, device=device, random_baseline=cfg.random_baseline,
-                          record=cfg.video or cfg.gif)
+    log.info(
+        "evaluating %s (%s, %d agent steps) on %s: %d games, eps %g, seed %d",
+        path,
+        task_id,
+        int(counters.get("env_steps", 0)),
+        device,
+        cfg.episodes,
+        cfg.epsilon,
+        seed,
+    )
+    ev = evaluate_network(
+        net,
+        game=task_id,
+        obs=spec.obs_kind,
+        envs=envs,
+        protocol=protocol,
+        epsilon=cfg.epsilon,
+        seed=seed,
+        device=device,
+        random_baseline=cfg.random_baseline,
+        record=cfg.video or cfg.gif,
+    )
     from dqnfast.checkpoint import package_version
 
     result = ev.result
     fs = int(envs.frame_skip) if family == "atari" else 1
-    head = {"game": task_id, "checkpoint": str(path.resolve()), "run_dir": str(run_dir),
-            "env_steps": int(counters.get("env_steps", 0)),
-            "frames": int(counters.get("frames", int(counters.get("env_steps", 0)) * fs)),
-            "updates": int(counters.get("updates", 0))}
+    head = {
+        "game": task_id,
+        "checkpoint": str(path.resolve()),
+        "run_dir": str(run_dir),
+        "env_steps": int(counters.get("env_steps", 0)),
+        "frames": int(counters.get("frames", int(counters.get("env_steps", 0)) * fs)),
+        "updates": int(counters.get("updates", 0)),
+    }
     result = {**head, **{k: v for k, v in result.items() if k not in head}}
     result["time"] = time.perf_counter() - start
     result["dqnfast"] = package_version()
@@ -579,14 +716,19 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     result["video"] = None
     write_json(result, out / "eval.json")  # the scores are safe before the video is tried
     if cfg.video or cfg.gif:
-        result["video"] = write_videos(ev.trained, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif,
-                                       fps=cfg.video_fps)
+        result["video"] = write_videos(
+            ev.trained, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif, fps=cfg.video_fps
+        )
         write_json(result, out / "eval.json")
     if echo:
         print(format_table(result))
-        print(f"wrote {out / 'eval.json'}" + "".join(f", {Path(p).name}" for p in result["plots"].values())
-              + "".join(f", {Path(result['video'][k]).name}" for k in ("mp4", "gif")
-                        if result["video"] and k in result["video"]))
+        print(
+            f"wrote {out / 'eval.json'}"
+            + "".join(f", {Path(p).name}" for p in result["plots"].values())
+            + "".join(
+                f", {Path(result['video'][k]).name}" for k in ("mp4", "gif") if result["video"] and k in result["video"]
+            )
+        )
     return result
 
 

@@ -157,8 +157,10 @@ def _cnn_and_batch(b: int = 8):
     batch = types.SimpleNamespace(
         obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g),
         next_obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g),
-        action=torch.randint(0, 4, (b,), generator=g), reward=torch.rand(b, generator=g),
-        discount=torch.full((b,), 0.99))
+        action=torch.randint(0, 4, (b,), generator=g),
+        reward=torch.rand(b, generator=g),
+        discount=torch.full((b,), 0.99),
+    )
     return online, target, batch
 
 

@@ -31,8 +31,15 @@ def cartpole(total_steps: int = 60_000) -> Config:
     return Config(
         game="CartPole",
         envs=EnvsConfig(num_envs=4, eval=EvalProtocolConfig(episodes=10, num_envs=10)),
-        algo=AlgoConfig(total_steps=total_steps, learning_starts=1000, batch_size=64, replay_ratio=16.0,
-                        target_update_period=1, tau=0.01, max_grad_norm=10.0),
+        algo=AlgoConfig(
+            total_steps=total_steps,
+            learning_starts=1000,
+            batch_size=64,
+            replay_ratio=16.0,
+            target_update_period=1,
+            tau=0.01,
+            max_grad_norm=10.0,
+        ),
         network=NetworkConfig(name="mlp", mlp_hidden=[128, 128]),
         replay=ReplayConfig(capacity=50_000, n_step=3),
         optim=OptimConfig(name="adam", lr=1e-3, eps=1e-8),
@@ -70,8 +77,9 @@ print(json.dumps({{"hydra": "hydra" in sys.modules, "torch_threads": torch.get_n
 
 def run_script(tmp_path: Path, *, steps: int, cores: set[int] | None = None) -> tuple[dict, str]:
     script = SCRIPT.format(tests=str(Path(__file__).parent), cores=cores, steps=steps, run_dir=str(tmp_path / "run"))
-    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                       timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
 

@@ -38,19 +38,28 @@ def _eval_dir(run: str, out: Any = None) -> str:
 
 def _preflight(argv: list[str]) -> None:
     """One-line errors before Hydra creates any folder: no ``run=``, an unusable checkpoint, a bad key or type."""
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--resolve") or a.startswith("--cfg")
-           or a.startswith("--info") for a in argv):
+    if any(
+        a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--resolve")
+        or a.startswith("--cfg")
+        or a.startswith("--info")
+        for a in argv
+    ):
         return
     from dqnfast.cli.overrides import check_overrides
 
     try:
-        runs = [str(r) for r in check_overrides(argv, EvalConfig, hint="see python -m dqnfast.evaluate --help")
-                .get("run", [])]
+        runs = [
+            str(r)
+            for r in check_overrides(argv, EvalConfig, hint="see python -m dqnfast.evaluate --help").get("run", [])
+        ]
     except ConfigError as e:
         _fail(e)
     if not runs:
-        _fail(ConfigError("run", "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate "
-                                 "run=outputs/DATE/TIME"))
+        _fail(
+            ConfigError(
+                "run", "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate run=outputs/DATE/TIME"
+            )
+        )
     from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
     for r in runs:
@@ -82,4 +91,3 @@ def cli() -> None:
             raise
 
     main()
-

@@ -17,8 +17,9 @@ from dqnfast.config.schema import Choice
 __all__ = ["check_overrides"]
 
 
-def check_overrides(argv: Sequence[str], schema: type, *, hint: str, groups: Sequence[str] = (),
-                    conf_dir: Path | None = None) -> dict[str, list[Any]]:
+def check_overrides(
+    argv: Sequence[str], schema: type, *, hint: str, groups: Sequence[str] = (), conf_dir: Path | None = None
+) -> dict[str, list[Any]]:
     """Checks every ``key=value`` in ``argv`` against ``schema`` (a config dataclass).
 
     Each value of a sweep (``seed=0,1,2``) is checked; interval and range sweeps

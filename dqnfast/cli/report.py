@@ -11,8 +11,11 @@ from dqnfast import report
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m dqnfast.report DIR [DIR ...] [--out DIR]``: writes report.md/.png/.csv."""
-    p = argparse.ArgumentParser(prog="python -m dqnfast.report", description=report.__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m dqnfast.report",
+        description=report.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("dirs", nargs="+", help="Hydra multirun dir(s) (multirun/DATE/TIME) or run dirs")
     p.add_argument("--out", default=None, help="where to write report.md/.png/.csv (default: the first dir)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM's CI (default 2000)")
@@ -24,8 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for r in paths["rows"]:
-        print(f"{r.game:<16} {r.config:<40} n={r.n:<3} {report._fmt(r.mean):>10} ± {report._fmt(r.std):<8} "
-              f"CI {report._ci(r.ci_low, r.ci_high)}")
+        print(
+            f"{r.game:<16} {r.config:<40} n={r.n:<3} {report._fmt(r.mean):>10} ± {report._fmt(r.std):<8} "
+            f"CI {report._ci(r.ci_low, r.ci_high)}"
+        )
     print(f"wrote {paths['md']}, {paths['png']} and {paths['csv']}")
     return 0
-

@@ -70,8 +70,7 @@ def _preflight(argv: list[str]) -> None:
     from dqnfast.cli.overrides import check_overrides
 
     try:
-        check_overrides(argv, Config, hint="see python -m dqnfast.train --cfg job", groups=GROUPS,
-                        conf_dir=CONF_DIR)
+        check_overrides(argv, Config, hint="see python -m dqnfast.train --cfg job", groups=GROUPS, conf_dir=CONF_DIR)
     except ConfigError as e:
         _fail(e)
 
@@ -191,8 +190,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(130)
     if summary.get("interrupted"):
         sig = signal.Signals[summary["interrupted"]]
-        print(f"{sig.name}: stopped at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; "
-              f"continue with: python -m dqnfast.train resume={run_dir}", file=sys.stderr)
+        print(
+            f"{sig.name}: stopped at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; "
+            f"continue with: python -m dqnfast.train resume={run_dir}",
+            file=sys.stderr,
+        )
         sys.exit(128 + int(sig))
     return objective(summary)
 
@@ -226,4 +228,3 @@ def cli() -> None:
     _preflight(sys.argv[1:])
     sys.argv = sys.argv[:1] + _resume_preflight(sys.argv[1:])
     main()
-

@@ -88,8 +88,9 @@ def resolve_amp(amp: Any):
     raise ValueError(f"unknown amp mode {amp!r}; choose none or bf16")
 
 
-def thread_counts(cores: int, *, cpu: bool, envs: int | None = None, sampler: int | None = None,
-                  torch_threads: int | None = None) -> tuple[int, int, int | None]:
+def thread_counts(
+    cores: int, *, cpu: bool, envs: int | None = None, sampler: int | None = None, torch_threads: int | None = None
+) -> tuple[int, int, int | None]:
     """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
 
     On the CPU torch gets half the cores: its spinning OpenMP workers and busy envpool
@@ -132,8 +133,9 @@ def share_cores(cfg: Config, config_dict: dict, cores: int) -> str:
     checkpoint and W&B record); returns a description for the log.
     """
     cpu = resolve_device(cfg.device).type == "cpu"
-    envs, sampler, torch_threads = thread_counts(cores, cpu=cpu, envs=cfg.envs.num_threads,
-                                                 sampler=cfg.replay.num_threads, torch_threads=cfg.torch_threads)
+    envs, sampler, torch_threads = thread_counts(
+        cores, cpu=cpu, envs=cfg.envs.num_threads, sampler=cfg.replay.num_threads, torch_threads=cfg.torch_threads
+    )
     cfg.envs.num_threads, cfg.replay.num_threads = envs, sampler
     cfg.torch_threads = torch_threads or cores
     config_dict.setdefault("envs", {})["num_threads"] = cfg.envs.num_threads
@@ -170,17 +172,28 @@ def resolve(cfg: Config) -> Resolved:
 
     device = resolve_device(cfg.device)
     cores = available_cores()
-    envs, sampler, torch_threads = thread_counts(cores, cpu=device.type == "cpu", envs=cfg.envs.num_threads,
-                                                 sampler=cfg.replay.num_threads, torch_threads=cfg.torch_threads)
+    envs, sampler, torch_threads = thread_counts(
+        cores,
+        cpu=device.type == "cpu",
+        envs=cfg.envs.num_threads,
+        sampler=cfg.replay.num_threads,
+        torch_threads=cfg.torch_threads,
+    )
     on_device = cfg.replay.storage == Storage.cuda
     if on_device and device.type != "cuda":
-        raise ConfigError("replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; "
-                                            "use replay.storage=cpu")
+        raise ConfigError(
+            "replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; use replay.storage=cpu"
+        )
     pin = str(cfg.replay.pin_memory).lower()
     pin = device.type == "cuda" if pin == "auto" else (pin == "true" and torch.cuda.is_available())
     return Resolved(
-        device=device, cores=cores, env_threads=envs, sampler_threads=sampler, torch_threads=torch_threads,
-        compile_mode=resolve_compile(cfg.algo.compile, device), amp_dtype=resolve_amp(cfg.algo.amp),
+        device=device,
+        cores=cores,
+        env_threads=envs,
+        sampler_threads=sampler,
+        torch_threads=torch_threads,
+        compile_mode=resolve_compile(cfg.algo.compile, device),
+        amp_dtype=resolve_amp(cfg.algo.amp),
         frames_on_device=on_device,
         pin_memory=pin and not on_device,  # device frames: the ring stages its small host arrays itself
     )

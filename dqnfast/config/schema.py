@@ -35,6 +35,7 @@ __all__ = [
     "validate",
 ]
 
+
 class _Caseless(EnumMeta):
     """Looks members up by name without regard to case: OmegaConf converts a YAML or
     command-line string with ``Enum[name]``, and ``optim.name=Adam`` has always worked."""
@@ -55,8 +56,9 @@ class Choice(StrEnum, metaclass=_Caseless):
         try:
             return cls[str(value.value if isinstance(value, Enum) else value)]
         except KeyError:
-            raise ConfigError(key, f"unknown {cls.what()} {str(value)!r}; choose one of "
-                                   f"{', '.join(m.value for m in cls)}") from None
+            raise ConfigError(
+                key, f"unknown {cls.what()} {str(value)!r}; choose one of {', '.join(m.value for m in cls)}"
+            ) from None
 
     @classmethod
     def what(cls) -> str:
@@ -113,14 +115,29 @@ class WandbMode(Choice):
 # Two choices stay ``str`` fields, checked against these sets: their values include true and
 # false, which YAML and Hydra's override parser read as booleans, and OmegaConf refuses a
 # boolean for an Enum field (``algo.compile=false`` is a documented command).
-CompileMode = Choice("CompileMode", [(v, v) for v in ("auto", "true", "false", "default", "reduce-overhead",
-                                                       "max-autotune", "max-autotune-no-cudagraphs")],
-                     module=__name__)
+CompileMode = Choice(
+    "CompileMode",
+    [
+        (v, v)
+        for v in ("auto", "true", "false", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    ],
+    module=__name__,
+)
 AutoBool = Choice("AutoBool", [(v, v) for v in ("auto", "true", "false")], module=__name__)
 
-_WHAT = {"ObsKind": "observation kind", "NetworkName": "network", "OptimName": "optimizer", "Loss": "loss",
-         "Schedule": "schedule", "Amp": "amp mode", "Storage": "replay storage", "EnvResume": "env resume mode",
-         "WandbMode": "wandb mode", "CompileMode": "compile mode", "AutoBool": "pin_memory mode"}
+_WHAT = {
+    "ObsKind": "observation kind",
+    "NetworkName": "network",
+    "OptimName": "optimizer",
+    "Loss": "loss",
+    "Schedule": "schedule",
+    "Amp": "amp mode",
+    "Storage": "replay storage",
+    "EnvResume": "env resume mode",
+    "WandbMode": "wandb mode",
+    "CompileMode": "compile mode",
+    "AutoBool": "pin_memory mode",
+}
 NETWORK_NAMES = tuple(m.value for m in NetworkName)
 OBS_KINDS = tuple(m.value for m in ObsKind)
 
@@ -407,21 +424,31 @@ def validate(cfg: Config) -> None:
     _choice(cfg, "obs", "obs", ObsKind)
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}")
     dev = str(cfg.device)
-    _check(dev == "auto" or dev == "cpu" or dev.startswith("cuda") or dev == "mps", "device",
-           f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
-    _check(cfg.torch_threads is None or cfg.torch_threads >= 0, "torch_threads",
-           f"must be >= 0, got {cfg.torch_threads!r}")
+    _check(
+        dev == "auto" or dev == "cpu" or dev.startswith("cuda") or dev == "mps",
+        "device",
+        f"must be auto, cpu, cuda or cuda:N, got {dev!r}",
+    )
+    _check(
+        cfg.torch_threads is None or cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads!r}"
+    )
 
     e = cfg.envs
     _positive(e, "envs", "num_envs", "frame_skip", "stack")
     if e.batch_size:
-        _check(0 < e.batch_size <= e.num_envs, "envs.batch_size",
-               f"must be in [1, envs.num_envs={e.num_envs}] (or null for synchronous), got {e.batch_size!r}")
+        _check(
+            0 < e.batch_size <= e.num_envs,
+            "envs.batch_size",
+            f"must be in [1, envs.num_envs={e.num_envs}] (or null for synchronous), got {e.batch_size!r}",
+        )
     _check(e.num_threads is None or e.num_threads >= 0, "envs.num_threads", f"must be >= 0, got {e.num_threads!r}")
     _choice(e, "resume", "envs.resume", EnvResume)
-    _check(not (e.resume == EnvResume.replay and e.batch_size and e.batch_size < e.num_envs), "envs.resume",
-           "replay needs synchronous envs (envs.batch_size null or = envs.num_envs); use envs.resume=reseed with "
-           "asynchronous envs")
+    _check(
+        not (e.resume == EnvResume.replay and e.batch_size and e.batch_size < e.num_envs),
+        "envs.resume",
+        "replay needs synchronous envs (envs.batch_size null or = envs.num_envs); use envs.resume=reseed with "
+        "asynchronous envs",
+    )
     _protocol(e.train, "envs.train")
     _protocol(e.eval, "envs.eval")
     _non_negative(e.eval, "envs.eval", "episodes")
@@ -433,32 +460,47 @@ def validate(cfg: Config) -> None:
     _check(_finite(a.gamma) and 0.0 <= a.gamma <= 1.0, "algo.gamma", f"must be in [0, 1], got {a.gamma!r}")
     _check(_finite(a.tau) and 0.0 < a.tau <= 1.0, "algo.tau", f"must be in (0, 1], got {a.tau!r}")
     _choice(a, "loss", "algo.loss", Loss)
-    _check(a.max_grad_norm is None or (_finite(a.max_grad_norm) and a.max_grad_norm > 0), "algo.max_grad_norm",
-           f"must be > 0 or null, got {a.max_grad_norm!r}")
+    _check(
+        a.max_grad_norm is None or (_finite(a.max_grad_norm) and a.max_grad_norm > 0),
+        "algo.max_grad_norm",
+        f"must be > 0 or null, got {a.max_grad_norm!r}",
+    )
     CompileMode.parse(a.compile, "algo.compile")
     _choice(a, "amp", "algo.amp", Amp)
 
     n = cfg.network
     _choice(n, "name", "network.name", NetworkName)
     _positive(n, "network", "cnn_hidden")
-    _check(len(n.mlp_hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in n.mlp_hidden),
-           "network.mlp_hidden", f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}")
+    _check(
+        len(n.mlp_hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in n.mlp_hidden),
+        "network.mlp_hidden",
+        f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}",
+    )
 
     r = cfg.replay
     _positive(r, "replay", "capacity", "n_step")
     _check(r.num_threads is None or r.num_threads >= 0, "replay.num_threads", f"must be >= 0, got {r.num_threads!r}")
     AutoBool.parse(r.pin_memory, "replay.pin_memory")
     _choice(r, "storage", "replay.storage", Storage)
-    _check(r.storage != Storage.cuda or dev == "auto" or dev.startswith("cuda"), "replay.storage",
-           f"cuda storage needs a CUDA device, but device={dev}; use replay.storage=cpu")
-    _check(a.batch_size <= r.capacity, "algo.batch_size",
-           f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})")
+    _check(
+        r.storage != Storage.cuda or dev == "auto" or dev.startswith("cuda"),
+        "replay.storage",
+        f"cuda storage needs a CUDA device, but device={dev}; use replay.storage=cpu",
+    )
+    _check(
+        a.batch_size <= r.capacity,
+        "algo.batch_size",
+        f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})",
+    )
     stack = e.stack if cfg.obs == "pixels" else 1
     segment = r.capacity // e.num_envs
     need = stack + r.n_step + 1
-    _check(segment >= need, "replay.capacity",
-           f"{r.capacity} gives each of the {e.num_envs} envs {segment} slots; need at least {need} "
-           f"(stack + n_step + 1), i.e. capacity >= {need * e.num_envs}")
+    _check(
+        segment >= need,
+        "replay.capacity",
+        f"{r.capacity} gives each of the {e.num_envs} envs {segment} slots; need at least {need} "
+        f"(stack + n_step + 1), i.e. capacity >= {need * e.num_envs}",
+    )
 
     o = cfg.optim
     _choice(o, "name", "optim.name", OptimName)
@@ -477,5 +519,8 @@ def validate(cfg: Config) -> None:
     _non_negative(g, "logger", "checkpoint_every")
     _positive(g, "logger", "keep_checkpoints")
     _choice(g, "wandb_mode", "logger.wandb_mode", WandbMode)
-    _check(all(isinstance(t, str) and t.strip() and len(t) <= 64 for t in g.wandb_tags), "logger.wandb_tags",
-           f"must be a list of non-empty tags of at most 64 characters, got {list(g.wandb_tags)!r}")
+    _check(
+        all(isinstance(t, str) and t.strip() and len(t) <= 64 for t in g.wandb_tags),
+        "logger.wandb_tags",
+        f"must be a list of non-empty tags of at most 64 characters, got {list(g.wandb_tags)!r}",
+    )

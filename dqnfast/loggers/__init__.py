@@ -67,6 +67,7 @@ __all__ = [
     "flatten",
 ]
 
+
 class RunLoggers:
     """Console + metrics.csv, plus W&B and TensorBoard when ``cfg`` enables them.
 
@@ -75,14 +76,23 @@ class RunLoggers:
     (a resumed run: the bar starts there and metrics.csv keeps its rows up to it).
     """
 
-    def __init__(self, cfg: LoggerConfig, info: RunInfo, *, total_steps: int,
-                 columns: Sequence[str] = METRIC_COLUMNS, start_step: int = 0, desc: str | None = None) -> None:
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        info: RunInfo,
+        *,
+        total_steps: int,
+        columns: Sequence[str] = METRIC_COLUMNS,
+        start_step: int = 0,
+        desc: str | None = None,
+    ) -> None:
         info.run_dir.mkdir(parents=True, exist_ok=True)
         self.info = info
         self.metrics_path = info.run_dir / "metrics.csv"
         self.backends: list[Any] = []
-        self.console = ConsoleLogger(total_steps=total_steps, progress=cfg.progress, desc=desc or info.game,
-                                     initial=start_step)
+        self.console = ConsoleLogger(
+            total_steps=total_steps, progress=cfg.progress, desc=desc or info.game, initial=start_step
+        )
         try:
             self.csv = CsvLogger(self.metrics_path, columns, resume_step=start_step if info.resume else None)
             if cfg.wandb:

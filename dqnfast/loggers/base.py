@@ -15,8 +15,18 @@ log = logging.getLogger("dqnfast.loggers")
 # metrics.csv columns, in order. Step counts are agent steps; sps = agent steps per second
 # since the previous row; loss and q_mean are averaged over the updates since that row.
 METRIC_COLUMNS = (
-    "env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean",
-    "loss", "q_mean", "epsilon", "sps", "time", "updates",
+    "env_steps",
+    "frames",
+    "episodes",
+    "score_mean",
+    "score_median",
+    "episode_length_mean",
+    "loss",
+    "q_mean",
+    "epsilon",
+    "sps",
+    "time",
+    "updates",
 )
 # column -> W&B / TensorBoard key (CleanRL's names where it has one)
 METRIC_KEYS = {
@@ -136,5 +146,3 @@ def check_logger_config(cfg: LoggerConfig) -> None:
         raise ConfigError("logger.wandb", "needs the wandb package: pip install wandb")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger.tensorboard", "needs the tensorboard package: pip install tensorboard")
-
-

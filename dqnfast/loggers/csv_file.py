@@ -21,8 +21,9 @@ class CsvLogger:
     checkpoint a resumed run starts from) and append after them; None = a new file.
     """
 
-    def __init__(self, path: str | Path, columns: Sequence[str] = METRIC_COLUMNS, *,
-                 resume_step: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, columns: Sequence[str] = METRIC_COLUMNS, *, resume_step: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.columns = tuple(columns)
         if resume_step is not None and self.path.exists():
@@ -50,5 +51,3 @@ class CsvLogger:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
-
-

@@ -24,7 +24,9 @@ class TensorBoardLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ConfigError("logger.tensorboard", f"needs the tensorboard package: pip install tensorboard ({e})") from None
+            raise ConfigError(
+                "logger.tensorboard", f"needs the tensorboard package: pip install tensorboard ({e})"
+            ) from None
         self.info = info
         self.log_dir = info.run_dir / "tensorboard"
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
@@ -58,10 +60,14 @@ class TensorBoardLogger:
                 self.writer.add_image(f"eval/{p.stem}", img[..., :3], global_step=step, dataformats="HWC")
             else:  # videos need moviepy and a tensor: point to the file instead
                 self.writer.add_text(f"eval/{p.stem}", str(p), global_step=step)
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                   for k, v in flatten(self.info.config).items()}
-        metrics = {f"hparam/{k.split('/', 1)[1]}": v for k, v in scalars.items()
-                   if k in ("eval/mean", "eval/median", "eval/human_normalized")}
+        hparams = {
+            k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(self.info.config).items()
+        }
+        metrics = {
+            f"hparam/{k.split('/', 1)[1]}": v
+            for k, v in scalars.items()
+            if k in ("eval/mean", "eval/median", "eval/human_normalized")
+        }
         if hparams and metrics:
             self.writer.add_hparams(hparams, metrics, run_name=".", global_step=step)
 
@@ -70,5 +76,3 @@ class TensorBoardLogger:
 
     def close(self, exit_code: int = 0) -> None:
         self.writer.close()
-
-

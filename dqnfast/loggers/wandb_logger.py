@@ -35,8 +35,9 @@ def _wandb_has_credentials(wandb: Any, base_url: str) -> bool:
     try:  # wandb >= 0.22: the lookup wandb.init does, without prompting or saving anything
         from wandb.sdk.lib import wbauth
 
-        return wbauth.authenticate_session(host=base_url, source="dqnfast", prompt=False,
-                                           update_session=False) is not None
+        return (
+            wbauth.authenticate_session(host=base_url, source="dqnfast", prompt=False, update_session=False) is not None
+        )
     except ImportError:
         pass
     except Exception:  # a malformed key: let wandb.init report it, then fall back
@@ -64,8 +65,9 @@ def _reachable(url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def choose_wandb_mode(requested: str, *, has_credentials: Callable[[], bool],
-                      reachable: Callable[[], bool]) -> tuple[str, str | None]:
+def choose_wandb_mode(
+    requested: str, *, has_credentials: Callable[[], bool], reachable: Callable[[], bool]
+) -> tuple[str, str | None]:
     """(mode, reason): ``online`` only with credentials and a reachable server, else ``offline``."""
     requested = str(requested)
     if requested != "online":
@@ -99,15 +101,23 @@ class WandbLogger:
         run_id = id_file.read_text().strip() if info.resume and id_file.exists() else None
         tags = list(dict.fromkeys([t for t in (info.game.split("-v")[0], *info.tags, *cfg.wandb_tags) if t]))
         kwargs = dict(
-            project=cfg.wandb_project, entity=cfg.wandb_entity, name=info.name, group=cfg.wandb_group or info.group,
-            tags=[t[:64] for t in tags], job_type=info.job_type, config=info.config, dir=str(info.run_dir),
-            id=run_id, resume="allow" if run_id else None,
+            project=cfg.wandb_project,
+            entity=cfg.wandb_entity,
+            name=info.name,
+            group=cfg.wandb_group or info.group,
+            tags=[t[:64] for t in tags],
+            job_type=info.job_type,
+            config=info.config,
+            dir=str(info.run_dir),
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         self.run = None
         if mode == "online":
             try:
-                self.run = wandb.init(mode="online", settings=wandb.Settings(silent=True,
-                                      init_timeout=cfg.wandb_init_timeout), **kwargs)
+                self.run = wandb.init(
+                    mode="online", settings=wandb.Settings(silent=True, init_timeout=cfg.wandb_init_timeout), **kwargs
+                )
             except Exception as e:  # CommError, AuthenticationError, a timeout: go on offline
                 msg = _one_line(e)
                 mode, reason = "offline", f"wandb.init online failed ({msg[:160] + '...' if len(msg) > 160 else msg})"
@@ -118,8 +128,9 @@ class WandbLogger:
             id_file.write_text(self.run.id + "\n")
         self.sync_dir = self._sync_dir()
         if reason:
-            log.warning("wandb: %s; logging offline to %s (upload later: wandb sync %s)", reason, self.sync_dir,
-                        self.sync_dir)
+            log.warning(
+                "wandb: %s; logging offline to %s (upload later: wandb sync %s)", reason, self.sync_dir, self.sync_dir
+            )
         elif mode == "online":
             log.info("wandb: %s", getattr(self.run, "url", None) or self.run.name)
         self.run.define_metric(STEP_KEY)
@@ -161,8 +172,11 @@ class WandbLogger:
     def log_checkpoint(self, path: str | Path, *, step: int, metadata: Mapping[str, Any] | None = None) -> None:
         if not self.cfg.wandb_checkpoint or self.mode == "disabled":
             return
-        artifact = self.wandb.Artifact(f"checkpoint-{self.run.id}", type="model",
-                                       metadata={"env_steps": step, "game": self.info.game, **(metadata or {})})
+        artifact = self.wandb.Artifact(
+            f"checkpoint-{self.run.id}",
+            type="model",
+            metadata={"env_steps": step, "game": self.info.game, **(metadata or {})},
+        )
         artifact.add_file(str(path))
         self.run.log_artifact(artifact, aliases=["latest", f"step-{step}"])
 
@@ -173,5 +187,3 @@ class WandbLogger:
         run.finish(exit_code=exit_code)
         if self.mode == "offline":
             log.info("wandb: offline run in %s; upload it with: wandb sync %s", self.sync_dir, self.sync_dir)
-
-

@@ -127,8 +127,16 @@ def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> t
     env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed)
     stack.callback(env.close)
     n = cfg.network
-    net_spec = spec_for(n.name, spec.obs_kind, spec.obs_shape, spec.frame_dtype.name, spec.num_actions,
-                        dueling=n.dueling, cnn_hidden=n.cnn_hidden, mlp_hidden=tuple(n.mlp_hidden))
+    net_spec = spec_for(
+        n.name,
+        spec.obs_kind,
+        spec.obs_shape,
+        spec.frame_dtype.name,
+        spec.num_actions,
+        dueling=n.dueling,
+        cnn_hidden=n.cnn_hidden,
+        mlp_hidden=tuple(n.mlp_hidden),
+    )
     return env, spec, net_spec
 
 
@@ -139,14 +147,21 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
     frames_device = r.device if r.frames_on_device else None
     try:
         if plan.ck:
-            ring, path = load_ring(plan, cfg, spec, run_dir, num_threads=r.sampler_threads,
-                                   frames_device=frames_device)
+            ring, path = load_ring(plan, cfg, spec, run_dir, num_threads=r.sampler_threads, frames_device=frames_device)
             if ring is not None:
                 return ring, path
         ring = ReplayRing(
-            cfg.replay.capacity, spec.num_envs, spec.frame_shape, spec.frame_dtype, stack=spec.stack,
-            n_step=cfg.replay.n_step, gamma=cfg.algo.gamma, seed=cfg.seed + plan.ring_seed_offset,
-            num_threads=r.sampler_threads, check_memory=cfg.replay.check_memory, frames_device=frames_device,
+            cfg.replay.capacity,
+            spec.num_envs,
+            spec.frame_shape,
+            spec.frame_dtype,
+            stack=spec.stack,
+            n_step=cfg.replay.n_step,
+            gamma=cfg.algo.gamma,
+            seed=cfg.seed + plan.ring_seed_offset,
+            num_threads=r.sampler_threads,
+            check_memory=cfg.replay.check_memory,
+            frames_device=frames_device,
         )
     except MemoryError as e:
         raise ConfigError("replay.capacity", str(e)) from None
@@ -167,9 +182,19 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
         online, target = online.to(memory_format=torch.channels_last), target.to(memory_format=torch.channels_last)
     target.load_state_dict(online.state_dict())
     optimizer = make_optimizer(online.parameters(), cfg.optim, device=device, compile_mode=r.compile_mode)
-    return Learner(online, target, optimizer, double=a.double, loss=str(a.loss), max_grad_norm=a.max_grad_norm,
-                   target_update_period=a.target_update_period, tau=a.tau, device=device,
-                   compile=r.compile_mode, amp_dtype=r.amp_dtype)
+    return Learner(
+        online,
+        target,
+        optimizer,
+        double=a.double,
+        loss=str(a.loss),
+        max_grad_norm=a.max_grad_norm,
+        target_update_period=a.target_update_period,
+        tau=a.tau,
+        device=device,
+        compile=r.compile_mode,
+        amp_dtype=r.amp_dtype,
+    )
 
 
 def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, stack: ExitStack) -> Run:
@@ -186,12 +211,27 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
         check_resumable(plan, cfg, spec, net_spec)
     ring, replay_file = _make_ring(cfg, r, plan, spec, run_dir)
     learner = _make_learner(cfg, r, net_spec)
-    actor = Actor(learner.online, spec.num_actions, r.device, seed=cfg.seed, amp_dtype=r.amp_dtype,
-                  compile_mode=r.compile_mode)
+    actor = Actor(
+        learner.online, spec.num_actions, r.device, seed=cfg.seed, amp_dtype=r.amp_dtype, compile_mode=r.compile_mode
+    )
     x = cfg.explore
-    schedule = EpsilonSchedule(str(x.schedule), x.start, x.end, x.decay_steps, cfg.algo.learning_starts,
-                               x.eval_epsilon)
+    schedule = EpsilonSchedule(str(x.schedule), x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
     batches = PinnedBatches(ring, cfg.algo.batch_size, r.device, pin_memory=r.pin_memory)
     record = plan.env_mode == "replay" and not spec.is_async
-    return Run(cfg, r, plan, run_dir, config_dict, env, spec, net_spec, ring, replay_file, learner, actor,
-               schedule, batches, ActionLog(spec.num_envs) if record else None)
+    return Run(
+        cfg,
+        r,
+        plan,
+        run_dir,
+        config_dict,
+        env,
+        spec,
+        net_spec,
+        ring,
+        replay_file,
+        learner,
+        actor,
+        schedule,
+        batches,
+        ActionLog(spec.num_envs) if record else None,
+    )

@@ -34,12 +34,20 @@ def start_envs(run: Run, stop: Any) -> None:
         t0 = time.perf_counter()
         rows = ck["envs"]["actions"].numpy()
         run.actions_log.replay(run.env, rows, stop)
-        log.info("envs: restored by replaying %d recorded steps of %d envs from seed %d in %.1f s",
-                 len(rows), run.spec.num_envs, plan.env_seed, time.perf_counter() - t0)
+        log.info(
+            "envs: restored by replaying %d recorded steps of %d envs from seed %d in %.1f s",
+            len(rows),
+            run.spec.num_envs,
+            plan.env_seed,
+            time.perf_counter() - t0,
+        )
     elif ck:
-        log.info("envs: re-created with seed %d (envs.resume=%s%s); games in progress at the checkpoint "
-                 "are dropped", plan.env_seed, plan.env_mode, "" if plan.env_mode == "reseed" else
-                 ", but the checkpoint has no usable action log")
+        log.info(
+            "envs: re-created with seed %d (envs.resume=%s%s); games in progress at the checkpoint are dropped",
+            plan.env_seed,
+            plan.env_mode,
+            "" if plan.env_mode == "reseed" else ", but the checkpoint has no usable action log",
+        )
 
 
 def write_checkpoint(run: Run, st: LoopState) -> Path:
@@ -50,8 +58,12 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
     from dqnfast.checkpoint import save_run_checkpoint
 
     ring_file = run.ring.save(run.run_dir / f"replay_{st.env_steps:012d}.npz") if run.cfg.replay.save else None
-    path = save_run_checkpoint(run.run_dir, payload(run, st, replay_file=ring_file.name if ring_file else None),
-                               env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints)
+    path = save_run_checkpoint(
+        run.run_dir,
+        payload(run, st, replay_file=ring_file.name if ring_file else None),
+        env_steps=st.env_steps,
+        keep=run.cfg.logger.keep_checkpoints,
+    )
     for old in run.run_dir.glob("replay_*.npz"):
         if ring_file is None or old.name != ring_file.name:
             old.unlink(missing_ok=True)
@@ -74,8 +86,15 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         refilling = st.refill_left > 0
 
         # store: the newest frame of each result, with the action that produced it
-        ring.add(env_id, frames_of(obs, info, spec.obs_kind), st.last_action[env_id], reward,
-                 terminated, truncated, elapsed == 0)
+        ring.add(
+            env_id,
+            frames_of(obs, info, spec.obs_kind),
+            st.last_action[env_id],
+            reward,
+            terminated,
+            truncated,
+            elapsed == 0,
+        )
         for _, score, length in st.tracker.update(env_id, raw_reward_of(reward, info), elapsed):
             if not refilling:  # games of the random refill after a resume are not the agent's
                 st.game_ended(score, length)
@@ -118,8 +137,13 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         # no metrics row here: the partial averages go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
         path = write_checkpoint(run, st)
-        log.warning("%s at %d agent steps: checkpoint written to %s; continue with: "
-                    "python -m dqnfast.train resume=%s", stop.name, st.env_steps, path, run.run_dir)
+        log.warning(
+            "%s at %d agent steps: checkpoint written to %s; continue with: python -m dqnfast.train resume=%s",
+            stop.name,
+            st.env_steps,
+            path,
+            run.run_dir,
+        )
         return
     if st.n_metrics or st.last_steps != st.env_steps:
         log_row(run, st, loggers)

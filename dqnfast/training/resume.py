@@ -63,8 +63,12 @@ def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumeP
     resumes = int(counters.get("resumes", 0)) + (1 if ck else 0)
     env_mode = str(cfg.envs.resume)
     ck_envs = (ck or {}).get("envs") or {}
-    replay_envs = (bool(ck) and env_mode == "replay" and ck_envs.get("actions") is not None
-                   and int(ck_envs.get("num_envs", -1)) == cfg.envs.num_envs)
+    replay_envs = (
+        bool(ck)
+        and env_mode == "replay"
+        and ck_envs.get("actions") is not None
+        and int(ck_envs.get("num_envs", -1)) == cfg.envs.num_envs
+    )
     if not ck:
         env_seed = cfg.seed
     elif replay_envs:
@@ -81,23 +85,31 @@ def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> 
 
     ck = plan.ck
     try:
-        check_compatible(ck, game=spec.task_id, obs_kind=spec.obs_kind, num_actions=spec.num_actions,
-                         network=net_spec.to_dict())
+        check_compatible(
+            ck, game=spec.task_id, obs_kind=spec.obs_kind, num_actions=spec.num_actions, network=net_spec.to_dict()
+        )
     except CheckpointError as e:
         raise ConfigError("resume", str(e)) from None
     if not all(k in ck for k in ("loop", "rng", "envs")):
-        raise ConfigError("resume", "the checkpoint has no training-loop state (an older or hand-made "
-                                    "checkpoint): it can be evaluated, not resumed")
+        raise ConfigError(
+            "resume",
+            "the checkpoint has no training-loop state (an older or hand-made "
+            "checkpoint): it can be evaluated, not resumed",
+        )
     if cfg.algo.total_steps <= int(plan.counters["env_steps"]):
-        raise ConfigError("resume", f"the run already has {plan.counters['env_steps']} agent steps and "
-                                    f"algo.total_steps={cfg.algo.total_steps}; set algo.total_steps higher to continue")
+        raise ConfigError(
+            "resume",
+            f"the run already has {plan.counters['env_steps']} agent steps and "
+            f"algo.total_steps={cfg.algo.total_steps}; set algo.total_steps higher to continue",
+        )
     was = str(((ck.get("config") or {}).get("optim") or {}).get("name", cfg.optim.name))
     if was != str(cfg.optim.name):
         raise ConfigError("resume", f"the checkpoint's optimizer is {was}, this run's is {cfg.optim.name}")
 
 
-def load_ring(plan: ResumePlan, cfg: Config, spec: Any, run_dir: Path, *, num_threads: int,
-              frames_device: Any) -> tuple[Any, Path] | tuple[None, None]:
+def load_ring(
+    plan: ResumePlan, cfg: Config, spec: Any, run_dir: Path, *, num_threads: int, frames_device: Any
+) -> tuple[Any, Path] | tuple[None, None]:
     """The ring saved with the checkpoint (``replay.save``), or (None, None) when there is none to load."""
     from dqnfast.replay import ReplayFileError, ReplayRing
 
@@ -106,13 +118,17 @@ def load_ring(plan: ResumePlan, cfg: Config, spec: Any, run_dir: Path, *, num_th
         return None, None
     path = run_dir / saved
     try:
-        ring = ReplayRing.load(path, num_threads=num_threads, check_memory=cfg.replay.check_memory,
-                               frames_device=frames_device)
+        ring = ReplayRing.load(
+            path, num_threads=num_threads, check_memory=cfg.replay.check_memory, frames_device=frames_device
+        )
     except (ReplayFileError, FileNotFoundError, MemoryError) as e:
         raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") from None
     have = (ring.num_envs, ring.n_step, ring.stack, float(ring.gamma))
     want = (spec.num_envs, cfg.replay.n_step, spec.stack, float(cfg.algo.gamma))
     if have != want:
-        raise ConfigError("resume", "the saved replay ring has (envs, n_step, stack, gamma) = "
-                                    f"{have}, this run {want}; keep them, or resume with replay.save=false")
+        raise ConfigError(
+            "resume",
+            "the saved replay ring has (envs, n_step, stack, gamma) = "
+            f"{have}, this run {want}; keep them, or resume with replay.save=false",
+        )
     return ring, path

@@ -147,17 +147,31 @@ class LoopState:
             return t.detach().cpu() if t is not None else None
 
         return {
-            "update_budget": self.update_budget, "can_sample": self.can_sample, "n_metrics": self.n_metrics,
-            "loss_sum": cpu(self.loss_sum), "q_sum": cpu(self.q_sum), "next_log": int(self.next_log),
+            "update_budget": self.update_budget,
+            "can_sample": self.can_sample,
+            "n_metrics": self.n_metrics,
+            "loss_sum": cpu(self.loss_sum),
+            "q_sum": cpu(self.q_sum),
+            "next_log": int(self.next_log),
             "next_ckpt": None if self.next_ckpt == math.inf else int(self.next_ckpt),
-            "checkpoint_every": checkpoint_every, "time": self.elapsed(),
-            "scores": list(self.scores), "lengths": list(self.lengths),
+            "checkpoint_every": checkpoint_every,
+            "time": self.elapsed(),
+            "scores": list(self.scores),
+            "lengths": list(self.lengths),
             "last_action": torch.from_numpy(self.last_action.copy()),
             **{f"tracker_{k}": torch.from_numpy(v) for k, v in self.tracker.state_dict().items()},
         }
 
-    def load_state_dict(self, loop: dict[str, Any], counters: dict[str, Any], *, device: Any, log_every: int,
-                        checkpoint_every: int, envs_too: bool) -> None:
+    def load_state_dict(
+        self,
+        loop: dict[str, Any],
+        counters: dict[str, Any],
+        *,
+        device: Any,
+        log_every: int,
+        checkpoint_every: int,
+        envs_too: bool,
+    ) -> None:
         """Restores ``state_dict()``'s ``loop`` and the counters.
 
         A changed ``logger.log_every`` / ``checkpoint_every`` takes effect from now on.
@@ -221,20 +235,37 @@ def payload(run: Any, st: LoopState, *, replay_file: str | None) -> dict[str, An
     import torch
 
     spec, learned = run.spec, run.learner.state_dict()
-    counters = {"env_steps": st.env_steps, "frames": st.env_steps * spec.frame_skip,
-                "updates": learned["num_updates"], "episodes": st.episodes, "seed": run.cfg.seed,
-                "syncs": learned["num_syncs"], "resumes": st.resumes, "refill_steps": st.refill_steps}
+    counters = {
+        "env_steps": st.env_steps,
+        "frames": st.env_steps * spec.frame_skip,
+        "updates": learned["num_updates"],
+        "episodes": st.episodes,
+        "seed": run.cfg.seed,
+        "syncs": learned["num_syncs"],
+        "resumes": st.resumes,
+        "refill_steps": st.refill_steps,
+    }
     log = run.actions_log
     return {
-        "online": learned["online"], "target": learned["target"], "optimizer": learned["optimizer"],
-        "counters": counters, "config": run.config_dict, "game": spec.task_id,
+        "online": learned["online"],
+        "target": learned["target"],
+        "optimizer": learned["optimizer"],
+        "counters": counters,
+        "config": run.config_dict,
+        "game": spec.task_id,
         "obs": {"kind": spec.obs_kind, "shape": list(spec.obs_shape), "dtype": spec.frame_dtype.name},
-        "num_actions": spec.num_actions, "network": run.net_spec.to_dict(), "run_name": run.name,
+        "num_actions": spec.num_actions,
+        "network": run.net_spec.to_dict(),
+        "run_name": run.name,
         "epsilon": st.epsilon,
         "loop": st.state_dict(checkpoint_every=run.cfg.logger.checkpoint_every),
         "rng": rng_state(run.actor, run.ring, run.device),
-        "envs": {"mode": run.env_mode, "seed": run.env_seed, "num_envs": spec.num_envs,
-                 "actions": torch.from_numpy(log.rows.copy()) if log is not None else None},
+        "envs": {
+            "mode": run.env_mode,
+            "seed": run.env_seed,
+            "num_envs": spec.num_envs,
+            "actions": torch.from_numpy(log.rows.copy()) if log is not None else None,
+        },
         "replay": {"file": replay_file},
     }
 
@@ -243,7 +274,13 @@ def restore(run: Any, st: LoopState, ck: dict[str, Any], *, envs_too: bool, ring
     """Reads ``payload``'s keys back into ``run``'s objects and ``st`` (the networks are loaded by the caller)."""
     counters, lg = ck["counters"], run.cfg.logger
     run.learner.num_updates, run.learner.num_syncs = int(counters["updates"]), int(counters.get("syncs", 0))
-    st.load_state_dict(ck["loop"], counters, device=run.device, log_every=lg.log_every,
-                       checkpoint_every=lg.checkpoint_every, envs_too=envs_too)
+    st.load_state_dict(
+        ck["loop"],
+        counters,
+        device=run.device,
+        log_every=lg.log_every,
+        checkpoint_every=lg.checkpoint_every,
+        envs_too=envs_too,
+    )
     st.epsilon = float(ck.get("epsilon", 1.0))
     set_rng_state(ck["rng"], run.actor, run.ring, run.device, ring_too=ring_too)

@@ -59,28 +59,44 @@ def _set_up_process(cfg: Config, r: Resolved, plan: ResumePlan) -> None:
 def _loop_state(run: Run) -> LoopState:
     """A fresh loop state, or the checkpoint's (networks, optimizer, counters, RNGs) restored into the run."""
     lg, a, plan = run.cfg.logger, run.cfg.algo, run.plan
-    st = LoopState(run.spec.num_envs, lg.score_window, resumes=plan.resumes, next_log=lg.log_every,
-                   next_ckpt=lg.checkpoint_every or math.inf)
+    st = LoopState(
+        run.spec.num_envs,
+        lg.score_window,
+        resumes=plan.resumes,
+        next_log=lg.log_every,
+        next_ckpt=lg.checkpoint_every or math.inf,
+    )
     if not plan.ck:
         return st
     try:
         run.learner.load_state_dict(plan.ck)
     except (RuntimeError, ValueError, KeyError) as e:
-        raise ConfigError("resume", f"the checkpoint's weights do not fit this network "
-                                    f"({' '.join(str(e).split())[:200]})") from None
+        raise ConfigError(
+            "resume", f"the checkpoint's weights do not fit this network ({' '.join(str(e).split())[:200]})"
+        ) from None
     restore(run, st, plan.ck, envs_too=plan.replay_envs, ring_too=run.replay_file is not None)
     if run.replay_file is None:
         st.refill_left = a.learning_starts
-    log.info("resume %s from %s at %d agent steps (%d updates, %d games, eps %.4f); resume #%d", run.name,
-             plan.ck.get("_path", "the checkpoint"), st.env_steps, run.learner.num_updates, st.episodes,
-             st.epsilon, plan.resumes)
+    log.info(
+        "resume %s from %s at %d agent steps (%d updates, %d games, eps %.4f); resume #%d",
+        run.name,
+        plan.ck.get("_path", "the checkpoint"),
+        st.env_steps,
+        run.learner.num_updates,
+        st.episodes,
+        st.epsilon,
+        plan.resumes,
+    )
     if run.replay_file is not None:
         log.info("replay: reloaded %s (%d stored steps, sampler state restored)", run.replay_file.name, len(run.ring))
     else:
         saved = (plan.ck.get("replay") or {}).get("file")
-        log.info("replay: %s, so the ring starts empty and is refilled with algo.learning_starts=%d "
-                 "uniform-random agent steps before learning resumes (not counted in env_steps)",
-                 "not saved with the checkpoint" if not saved else "replay.save=false", a.learning_starts)
+        log.info(
+            "replay: %s, so the ring starts empty and is refilled with algo.learning_starts=%d "
+            "uniform-random agent steps before learning resumes (not counted in env_steps)",
+            "not saved with the checkpoint" if not saved else "replay.save=false",
+            a.learning_starts,
+        )
     return st
 
 
@@ -90,11 +106,18 @@ def _open_loggers(run: Run, st: LoopState, tracking: Mapping[str, Any] | None) -
 
     tracking = dict(tracking or {})
     extra = {"hydra": tracking["hydra"]} if tracking.get("hydra") else {}
-    info = RunInfo(run.run_dir, run.name, game=run.spec.task_id, config={**run.config_dict, **extra},
-                   group=tracking.get("group"), tags=[run.cfg.exp_name, *tracking.get("tags", ())],
-                   resume=bool(run.plan.ck))
-    return RunLoggers(run.cfg.logger, info, total_steps=run.cfg.algo.total_steps, start_step=st.env_steps,
-                      desc=run.spec.task_id)
+    info = RunInfo(
+        run.run_dir,
+        run.name,
+        game=run.spec.task_id,
+        config={**run.config_dict, **extra},
+        group=tracking.get("group"),
+        tags=[run.cfg.exp_name, *tracking.get("tags", ())],
+        resume=bool(run.plan.ck),
+    )
+    return RunLoggers(
+        run.cfg.logger, info, total_steps=run.cfg.algo.total_steps, start_step=st.env_steps, desc=run.spec.task_id
+    )
 
 
 @contextmanager
@@ -107,8 +130,14 @@ def _failed_run_closes(loggers: Any) -> Iterator[None]:
         raise
 
 
-def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None = None,
-          resume: str | os.PathLike | dict | None = None, tracking: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    *,
+    config_dict: dict | None = None,
+    resume: str | os.PathLike | dict | None = None,
+    tracking: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Runs one training run into ``run_dir``; returns a summary dict.
 
     cfg: a validated Config (dataclasses). config_dict: the config as saved in the
@@ -136,13 +165,31 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
         run = build(cfg, r, plan, run_dir, config_dict, stack)
         st = _loop_state(run)
         s = run.spec
-        log.info("run %s: %s (%s, %s obs %s, %d actions) on %s, %d envs%s; network %s%s; replay %d x %s %s",
-                 run.name, s.task_id, s.family, s.obs_kind, s.obs_shape, s.num_actions, r.device, s.num_envs,
-                 f" async batch {s.batch_size}" if s.is_async else "", run.net_spec.kind,
-                 " dueling" if run.net_spec.dueling else "", run.ring.capacity, s.frame_shape, s.frame_dtype)
+        log.info(
+            "run %s: %s (%s, %s obs %s, %d actions) on %s, %d envs%s; network %s%s; replay %d x %s %s",
+            run.name,
+            s.task_id,
+            s.family,
+            s.obs_kind,
+            s.obs_shape,
+            s.num_actions,
+            r.device,
+            s.num_envs,
+            f" async batch {s.batch_size}" if s.is_async else "",
+            run.net_spec.kind,
+            " dueling" if run.net_spec.dueling else "",
+            run.ring.capacity,
+            s.frame_shape,
+            s.frame_dtype,
+        )
         log.info("run dir %s", run_dir)
-        log.info("threads: %d core(s) here: envpool %d, sampler %d, torch %s", r.cores, r.env_threads,
-                 r.sampler_threads, r.torch_threads or "default")
+        log.info(
+            "threads: %d core(s) here: envpool %d, sampler %d, torch %s",
+            r.cores,
+            r.env_threads,
+            r.sampler_threads,
+            r.torch_threads or "default",
+        )
         loggers = _open_loggers(run, st, tracking)
         stack.enter_context(_failed_run_closes(loggers))
         stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
@@ -150,9 +197,15 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
         st.started()
         run_loop(run, st, loggers, stop)
     summary = {
-        "run_name": run.name, "env_steps": st.env_steps, "updates": run.learner.num_updates,
-        "episodes": st.episodes, "train_time": time.perf_counter() - st.start, "score_mean": st.score_mean(),
-        "eval": None, "interrupted": stop.name or None, "metrics": str(run_dir / "metrics.csv"),
+        "run_name": run.name,
+        "env_steps": st.env_steps,
+        "updates": run.learner.num_updates,
+        "episodes": st.episodes,
+        "train_time": time.perf_counter() - st.start,
+        "score_mean": st.score_mean(),
+        "eval": None,
+        "interrupted": stop.name or None,
+        "metrics": str(run_dir / "metrics.csv"),
         "checkpoint": str(run_dir / "checkpoint.pt"),
     }
     if stop.signum:
@@ -171,19 +224,45 @@ def _final_evaluation(run: Run, st: LoopState, loggers: Any, summary: dict[str, 
 
     spec, env_steps, train_time = run.spec, st.env_steps, summary["train_time"]
     trained_steps = env_steps - run.plan.counters.get("env_steps", 0)
-    log.info("trained %d agent steps (%d frames), %d updates, %d games in %.1f s (%.0f steps/s); last %d games: "
-             "mean score %.2f", env_steps, env_steps * spec.frame_skip, run.learner.num_updates, st.episodes,
-             train_time, trained_steps / max(train_time, 1e-9), len(st.scores), st.score_mean())
+    log.info(
+        "trained %d agent steps (%d frames), %d updates, %d games in %.1f s (%.0f steps/s); last %d games: "
+        "mean score %.2f",
+        env_steps,
+        env_steps * spec.frame_skip,
+        run.learner.num_updates,
+        st.episodes,
+        train_time,
+        trained_steps / max(train_time, 1e-9),
+        len(st.scores),
+        st.score_mean(),
+    )
     ckpt_path = Path(summary["checkpoint"])
-    result = final_evaluation(run.cfg, run.learner.online, run.device, run.run_dir, task_id=spec.task_id,
-                              run_name=run.name, env_steps=env_steps, frame_skip=spec.frame_skip,
-                              updates=run.learner.num_updates, checkpoint=ckpt_path)
+    result = final_evaluation(
+        run.cfg,
+        run.learner.online,
+        run.device,
+        run.run_dir,
+        task_id=spec.task_id,
+        run_name=run.name,
+        env_steps=env_steps,
+        frame_skip=spec.frame_skip,
+        updates=run.learner.num_updates,
+        checkpoint=ckpt_path,
+    )
     rnd = result.get("random") or {}
-    log.info("evaluation: %d games, epsilon %.3f: mean score %.2f, median %.2f (random agent: %.2f)",
-             len(result["scores"]), result["epsilon"], result["mean"], result["median"], rnd.get("mean", math.nan))
+    log.info(
+        "evaluation: %d games, epsilon %.3f: mean score %.2f, median %.2f (random agent: %.2f)",
+        len(result["scores"]),
+        result["epsilon"],
+        result["mean"],
+        result["median"],
+        rnd.get("mean", math.nan),
+    )
     loggers.log_eval(result, step=env_steps, media=eval_media(run.run_dir))
     mean = result.get("mean")
-    meta = {"run_name": run.name, **({"eval_mean": mean} if isinstance(mean, (int, float)) and math.isfinite(mean)
-                                      else {})}
+    meta = {
+        "run_name": run.name,
+        **({"eval_mean": mean} if isinstance(mean, (int, float)) and math.isfinite(mean) else {}),
+    }
     loggers.log_checkpoint(ckpt_path, step=env_steps, metadata=meta)
     return result
