@@ -73,7 +73,7 @@ from common import (  # noqa: E402
 STAGES = ("env", "actor", "replay", "learner", "e2e", "peer")
 VARIANTS = ("eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16", "graphs-fp32", "graphs-bf16")
 FRAME_SKIP = 4
-# Figures the CEO measured on the GPU machine (H100, 16 cores): for orientation only.
+# Reference figures from one H100 machine with 16 cores: for orientation only.
 REFERENCE = {
     "envpool Pong-v5 random actions, 16 envs sync": "12.7k steps/s",
     "envpool Pong-v5 random actions, 256 envs sync": "21.3k steps/s",
@@ -231,7 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-# Seconds a stage may take before it is stopped (full run on the GPU machine: see README).
+# Seconds a stage may take before it is stopped (a full run on a CUDA machine fits in them).
 STAGE_TIMEOUT = {"env": 240, "actor": 180, "replay": 240, "learner": 480, "e2e": 300, "peer": 180}
 STAGE_TIMEOUT_QUICK = {"env": 60, "actor": 60, "replay": 60, "learner": 90, "e2e": 90, "peer": 60}
 

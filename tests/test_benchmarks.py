@@ -2,7 +2,7 @@
 
 Nothing here asserts on time: figures only have to exist and be positive. ``fps.py --quick``
 runs every stage (env, actor, replay, learner, e2e through the real CLI, peer) in about a
-minute on 2 cores; ``replay.py --quick`` in about 15 s.
+minute on two CPU cores; ``replay.py --quick`` in about 15 s.
 """
 
 from __future__ import annotations
