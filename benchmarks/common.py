@@ -62,9 +62,16 @@ def _fmt(v) -> str:
 
 
 # ------------------------------------------------------------------- timing
-def time_rate(fn: Callable[[], object], work: float, min_time: float = 0.5, reps: int = 3,
-              warmup: int = 3, max_foreign: float | None = 0.1, max_retries: int | None = None,
-              quiet_wait: float = 0.0) -> dict:
+def time_rate(
+    fn: Callable[[], object],
+    work: float,
+    min_time: float = 0.5,
+    reps: int = 3,
+    warmup: int = 3,
+    max_foreign: float | None = 0.1,
+    max_retries: int | None = None,
+    quiet_wait: float = 0.0,
+) -> dict:
     """Calls ``fn`` repeatedly and returns its rate in ``work`` units per second.
 
     ``warmup`` calls are made first (page faults of fresh output buffers, lazy caches); then
@@ -90,8 +97,13 @@ def time_rate(fn: Callable[[], object], work: float, min_time: float = 0.5, reps
     reps_all = []  # (rate, sec_per_call, foreign cores)
     wait_left = quiet_wait
     while True:
-        if wait_left > 0 and reps_all and reps_all[-1][2] is not None and max_foreign is not None \
-                and reps_all[-1][2] > max_foreign:
+        if (
+            wait_left > 0
+            and reps_all
+            and reps_all[-1][2] is not None
+            and max_foreign is not None
+            and reps_all[-1][2] > max_foreign
+        ):
             wait_left -= wait_for_quiet(max_foreign, wait_left)
             fn()  # re-warm after the pause
         snap = cpu_snapshot()
@@ -264,8 +276,9 @@ def _meminfo_total() -> int:
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=_REPO, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=_REPO, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -303,8 +316,16 @@ def machine_info(packages: Iterable[str] = ("torch", "numpy")) -> dict:
 
 
 # ------------------------------------------------------------------ output
-def save_json(path: str | os.PathLike, benchmark: str, *, config: dict, results: list,
-              metrics: Metrics, machine: dict | None = None, **extra) -> Path:
+def save_json(
+    path: str | os.PathLike,
+    benchmark: str,
+    *,
+    config: dict,
+    results: list,
+    metrics: Metrics,
+    machine: dict | None = None,
+    **extra,
+) -> Path:
     """Writes one benchmark's figures, rows, configuration and machine description."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ learner configurations it is compared with), so every ratio is measured side by 
     python benchmarks/fps.py --stage learner --batch-sizes 32 --variants eager-fp32,graphs-fp32
 
 Prints one ``NAME = value unit`` line per figure, a table of every stage's figure, bound and
-ratio, and the targets of issue 6; saves JSON (default benchmarks/results/fps.json) with the
+ratio, and the speed targets; saves JSON (default benchmarks/results/fps.json) with the
 machine's description. Nothing here asserts on time.
 """
 
@@ -73,7 +73,7 @@ from common import (  # noqa: E402
 STAGES = ("env", "actor", "replay", "learner", "e2e", "peer")
 VARIANTS = ("eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16", "graphs-fp32", "graphs-bf16")
 FRAME_SKIP = 4
-# Figures the CEO measured on the GPU machine (H100, 16 cores): for orientation only.
+# Reference figures from one H100 machine with 16 cores: for orientation only.
 REFERENCE = {
     "envpool Pong-v5 random actions, 16 envs sync": "12.7k steps/s",
     "envpool Pong-v5 random actions, 256 envs sync": "21.3k steps/s",
@@ -83,9 +83,14 @@ REFERENCE = {
     "torch.compile(mode='reduce-overhead')": "1.25 ms (B=32), 1.77 ms (B=256)",
 }
 CLEANRL_SPS = 330.0
-# Issue 6's targets on the GPU machine.
-TARGETS = {"actor_vs_env": 0.8, "graphs_vs_eager_B32": 3.0, "e2e_vs_bound": 0.8, "e2e_vs_cleanrl": 15.0,
-           "e2e_vs_peer": 20.0}
+# Speed targets, for a CUDA machine.
+TARGETS = {
+    "actor_vs_env": 0.8,
+    "graphs_vs_eager_B32": 3.0,
+    "e2e_vs_bound": 0.8,
+    "e2e_vs_cleanrl": 15.0,
+    "e2e_vs_peer": 20.0,
+}
 E2E_SETTINGS = {  # name -> Hydra overrides on top of the defaults (the Nature recipe)
     "nature": [],
     "fast": ["preset=fast"],
@@ -103,47 +108,91 @@ def _names(s: str) -> list[str]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--stage", default="all", help=f"comma list of {', '.join(STAGES)}, or all (default)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes, a few seconds per stage: a smoke test, not a measurement")
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes, a few seconds per stage: a smoke test, not a measurement"
+    )
     p.add_argument("--game", default="Pong", help="envpool Atari game (default Pong)")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu) | cpu | cuda | cuda:N")
-    p.add_argument("--num-envs", type=_ints, default=None,
-                   help="env stage num_envs, each sync (batch = N) and async (batch = N/2) "
-                        "(default 8,16,64,256; --quick 8)")
-    p.add_argument("--threads", type=_ints, default=None,
-                   help="envpool threads for the env stage (default cores/2,cores; --quick cores); "
-                        "the actor stage uses the largest")
-    p.add_argument("--actor-num-envs", type=_ints, default=None,
-                   help="actor stage num_envs (default: --num-envs; --quick 8)")
+    p.add_argument(
+        "--num-envs",
+        type=_ints,
+        default=None,
+        help="env stage num_envs, each sync (batch = N) and async (batch = N/2) (default 8,16,64,256; --quick 8)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_ints,
+        default=None,
+        help="envpool threads for the env stage (default cores/2,cores; --quick cores); "
+        "the actor stage uses the largest",
+    )
+    p.add_argument(
+        "--actor-num-envs", type=_ints, default=None, help="actor stage num_envs (default: --num-envs; --quick 8)"
+    )
     p.add_argument("--no-async", action="store_true", help="env and actor stages: synchronous rows only")
     p.add_argument("--batch-sizes", type=_ints, default=None, help="learner batch sizes (default 32,256)")
-    p.add_argument("--variants", type=_names, default=None,
-                   help=f"learner variants, from {', '.join(VARIANTS)} (default all but compile-bf16; graphs = "
-                        "torch.compile(mode='reduce-overhead'), CUDA only; --quick: eager only)")
-    p.add_argument("--torch-threads", type=int, default=0,
-                   help="torch CPU threads in the actor, learner and peer stages (default: half the cores on "
-                        "CPU, as dqnfast.train does, torch's default on CUDA)")
-    p.add_argument("--replay-capacity", type=int, default=None,
-                   help="transitions in the replay stage's ring (default 200,000; --quick replay.py's)")
-    p.add_argument("--e2e", type=_names, default=None,
-                   help=f"e2e settings: {', '.join(E2E_SETTINGS)} (default both; --quick nature)")
-    p.add_argument("--e2e-fast", default=None,
-                   help="Hydra overrides of the high-throughput setting (default: "
-                        f"'{' '.join(E2E_SETTINGS['fast'])}')")
-    p.add_argument("--e2e-seconds", type=float, default=None,
-                   help="measured seconds of each e2e run after warm-up (default 20; --quick 2)")
-    p.add_argument("--e2e-learning-starts", type=int, default=None,
-                   help="agent steps of random play before learning (default 10000; --quick 500)")
-    p.add_argument("--e2e-capacity", type=int, default=None,
-                   help="replay.capacity of the e2e runs (default 200,000: 1.4 GB, far above the caches)")
+    p.add_argument(
+        "--variants",
+        type=_names,
+        default=None,
+        help=f"learner variants, from {', '.join(VARIANTS)} (default all but compile-bf16; graphs = "
+        "torch.compile(mode='reduce-overhead'), CUDA only; --quick: eager only)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=0,
+        help="torch CPU threads in the actor, learner and peer stages (default: half the cores on "
+        "CPU, as dqnfast.train does, torch's default on CUDA)",
+    )
+    p.add_argument(
+        "--replay-capacity",
+        type=int,
+        default=None,
+        help="transitions in the replay stage's ring (default 200,000; --quick replay.py's)",
+    )
+    p.add_argument(
+        "--e2e",
+        type=_names,
+        default=None,
+        help=f"e2e settings: {', '.join(E2E_SETTINGS)} (default both; --quick nature)",
+    )
+    p.add_argument(
+        "--e2e-fast",
+        default=None,
+        help=f"Hydra overrides of the high-throughput setting (default: '{' '.join(E2E_SETTINGS['fast'])}')",
+    )
+    p.add_argument(
+        "--e2e-seconds",
+        type=float,
+        default=None,
+        help="measured seconds of each e2e run after warm-up (default 20; --quick 2)",
+    )
+    p.add_argument(
+        "--e2e-learning-starts",
+        type=int,
+        default=None,
+        help="agent steps of random play before learning (default 10000; --quick 500)",
+    )
+    p.add_argument(
+        "--e2e-capacity",
+        type=int,
+        default=None,
+        help="replay.capacity of the e2e runs (default 200,000: 1.4 GB, far above the caches)",
+    )
     p.add_argument("--peer-seconds", type=float, default=None, help="peer's timed seconds (default 20; --quick 1.5)")
     p.add_argument("--min-time", type=float, default=None, help="seconds per timing repetition (default 0.5)")
     p.add_argument("--reps", type=int, default=None, help="timing repetitions, median reported (default 3)")
-    p.add_argument("--stage-timeout", type=float, default=None,
-                   help="seconds before a stage is stopped (default per stage, see STAGE_TIMEOUT)")
+    p.add_argument(
+        "--stage-timeout",
+        type=float,
+        default=None,
+        help="seconds before a stage is stopped (default per stage, see STAGE_TIMEOUT)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", action="store_true", help="keep the e2e runs' directories (printed)")
     p.add_argument("--out", default=str(_HERE / "results" / "fps.json"), help="JSON output path")
@@ -182,7 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-# Seconds a stage may take before it is stopped (full run on the GPU machine: see README).
+# Seconds a stage may take before it is stopped (a full run on a CUDA machine fits in them).
 STAGE_TIMEOUT = {"env": 240, "actor": 180, "replay": 240, "learner": 480, "e2e": 300, "peer": 180}
 STAGE_TIMEOUT_QUICK = {"env": 60, "actor": 60, "replay": 60, "learner": 90, "e2e": 90, "peer": 60}
 
@@ -225,11 +274,17 @@ def _plain(o):
 
 
 def _timing(cfg: dict, fn, work: float, warmup: int = 3) -> dict:
-    t = time_rate(fn, work, min_time=cfg["min_time"], reps=cfg["reps"], warmup=warmup,
-                  max_retries=cfg["max_retries"])
-    return {"rate": t["rate"], "rate_min": t["rate_min"], "rate_max": t["rate_max"], "rates": t["rates"],
-            "sec_per_call": t["sec_per_call"], "foreign_cores": t["foreign_cores"], "clean": t["clean"],
-            "reps_discarded": t["reps_discarded"]}
+    t = time_rate(fn, work, min_time=cfg["min_time"], reps=cfg["reps"], warmup=warmup, max_retries=cfg["max_retries"])
+    return {
+        "rate": t["rate"],
+        "rate_min": t["rate_min"],
+        "rate_max": t["rate_max"],
+        "rates": t["rates"],
+        "sec_per_call": t["sec_per_call"],
+        "foreign_cores": t["foreign_cores"],
+        "clean": t["clean"],
+        "reps_discarded": t["reps_discarded"],
+    }
 
 
 def _torch_setup(cfg: dict):
@@ -259,8 +314,9 @@ def _make_env(cfg: dict, n: int, b: int, t: int):
     from dqnfast.config import EnvsConfig, ProtocolConfig
     from dqnfast.envs import make_env
 
-    return make_env(cfg["game"], "pixels", EnvsConfig(num_envs=n, batch_size=b, num_threads=t), ProtocolConfig(),
-                    seed=cfg["seed"])
+    return make_env(
+        cfg["game"], "pixels", EnvsConfig(num_envs=n, batch_size=b, num_threads=t), ProtocolConfig(), seed=cfg["seed"]
+    )
 
 
 def worker_env(cfg: dict, sink: Sink) -> None:
@@ -284,10 +340,19 @@ def worker_env(cfg: dict, sink: Sink) -> None:
         tm = _timing(cfg, step, b)
         env.recv()  # the in-flight step, before close
         env.close()
-        row = {"stage": "env", "mode": "sync" if b == n else "async", "num_envs": n, "batch": b, "threads": t,
-               "steps_per_s": tm["rate"], "frames_per_s": tm["rate"] * spec.frame_skip, **tm}
-        print(f"env    {row['mode']:5s} N={n:<4d} batch={b:<4d} threads={t:<3d} {tm['rate']:>10,.0f} steps/s",
-              flush=True)
+        row = {
+            "stage": "env",
+            "mode": "sync" if b == n else "async",
+            "num_envs": n,
+            "batch": b,
+            "threads": t,
+            "steps_per_s": tm["rate"],
+            "frames_per_s": tm["rate"] * spec.frame_skip,
+            **tm,
+        }
+        print(
+            f"env    {row['mode']:5s} N={n:<4d} batch={b:<4d} threads={t:<3d} {tm['rate']:>10,.0f} steps/s", flush=True
+        )
         sink.add(row)
 
 
@@ -297,7 +362,7 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
 
     torch, device = _torch_setup(cfg)
     from dqnfast.actor import Actor
-    from dqnfast.learner import resolve_compile
+    from dqnfast.config.resolve import resolve_compile
     from dqnfast.networks import make_network, spec_for
     from dqnfast.replay import ReplayRing
 
@@ -309,8 +374,9 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
             torch._dynamo.reset()
         actor = Actor(net, spec.num_actions, device, seed=cfg["seed"], compile_mode=mode)
         cap = max(cfg["actor_capacity"], 64 * n)
-        ring = ReplayRing(cap, n, spec.frame_shape, spec.frame_dtype, stack=spec.stack, n_step=1, gamma=0.99,
-                          seed=cfg["seed"])
+        ring = ReplayRing(
+            cap, n, spec.frame_shape, spec.frame_dtype, stack=spec.stack, n_step=1, gamma=0.99, seed=cfg["seed"]
+        )
         last_action = np.zeros(n, np.int64)
 
         def step(env=env, ring=ring, actor=actor, last_action=last_action):
@@ -326,12 +392,24 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
         tm = _timing(cfg, step, b)
         env.recv()
         env.close()
-        row = {"stage": "actor", "mode": "sync" if b == n else "async", "num_envs": n, "batch": b, "threads": t,
-               "device": str(device), "torch_threads": torch.get_num_threads(), "ring_capacity": ring.capacity,
-               "actor_compile": actor.compile_mode,
-               "steps_per_s": tm["rate"], "frames_per_s": tm["rate"] * spec.frame_skip, **tm}
-        print(f"actor  {row['mode']:5s} N={n:<4d} batch={b:<4d} threads={t:<3d} {tm['rate']:>10,.0f} steps/s "
-              f"({device})", flush=True)
+        row = {
+            "stage": "actor",
+            "mode": "sync" if b == n else "async",
+            "num_envs": n,
+            "batch": b,
+            "threads": t,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "ring_capacity": ring.capacity,
+            "actor_compile": actor.compile_mode,
+            "steps_per_s": tm["rate"],
+            "frames_per_s": tm["rate"] * spec.frame_skip,
+            **tm,
+        }
+        print(
+            f"actor  {row['mode']:5s} N={n:<4d} batch={b:<4d} threads={t:<3d} {tm['rate']:>10,.0f} steps/s ({device})",
+            flush=True,
+        )
         sink.add(row)
         del ring
 
@@ -341,9 +419,20 @@ def worker_replay(cfg: dict, sink: Sink) -> None:
     script = _HERE / "replay.py"
     if script.exists():
         out = Path(cfg["out"]).with_name("replay_stage.json")
-        cmd = [sys.executable, str(script), "--skip", "sb3,sb3-optmem,sb3-optmem-dm,reference",
-               "--threads", ",".join(map(str, cfg["threads"])), "--batch-sizes", ",".join(map(str, cfg["batch_sizes"])),
-               "--out", str(out), "--seed", str(cfg["seed"])]
+        cmd = [
+            sys.executable,
+            str(script),
+            "--skip",
+            "sb3,sb3-optmem,sb3-optmem-dm,reference",
+            "--threads",
+            ",".join(map(str, cfg["threads"])),
+            "--batch-sizes",
+            ",".join(map(str, cfg["batch_sizes"])),
+            "--out",
+            str(out),
+            "--seed",
+            str(cfg["seed"]),
+        ]
         if cfg["quick"]:
             cmd.append("--quick")
         else:
@@ -354,63 +443,36 @@ def worker_replay(cfg: dict, sink: Sink) -> None:
             doc = json.loads(out.read_text())
             for row in doc["results"]:
                 if row["impl"] in ("dqnfast", "memcpy-numpy", "memcpy-torch"):
-                    sink.add({"stage": "replay", "method": "benchmarks/replay.py", **{
-                        k: row.get(k) for k in ("impl", "batch_size", "threads", "capacity", "samples_per_s",
-                                                "samples_per_s_min", "samples_per_s_max", "ms_per_batch",
-                                                "obs_gb_per_s", "foreign_cores", "clean", "page_faults_per_call")}})
+                    sink.add(
+                        {
+                            "stage": "replay",
+                            "method": "benchmarks/replay.py",
+                            **{
+                                k: row.get(k)
+                                for k in (
+                                    "impl",
+                                    "batch_size",
+                                    "threads",
+                                    "capacity",
+                                    "samples_per_s",
+                                    "samples_per_s_min",
+                                    "samples_per_s_max",
+                                    "ms_per_batch",
+                                    "obs_gb_per_s",
+                                    "foreign_cores",
+                                    "clean",
+                                    "page_faults_per_call",
+                                )
+                            },
+                        }
+                    )
             for n in doc.get("notes", []):
                 sink.note(f"replay.py: {n}")
             out.unlink(missing_ok=True)
             return
-        sink.note(f"benchmarks/replay.py failed (exit status {r.returncode}); measuring inline with its method")
+        sink.note(f"benchmarks/replay.py failed (exit status {r.returncode}); no replay figures")
     else:
-        sink.note("benchmarks/replay.py not found; measuring inline with its method")
-    _replay_inline(cfg, sink)
-
-
-def _replay_inline(cfg: dict, sink: Sink) -> None:
-    """ring.sample(B, out=batch) vs np.copyto of B*2*28224 bytes from a random 64-aligned offset of a big source."""
-    import numpy as np
-
-    from dqnfast.replay import ReplayRing
-
-    obs_bytes = 4 * 84 * 84
-    rng = np.random.default_rng(cfg["seed"])
-    frames = rng.integers(0, 256, (4096, 84, 84), dtype=np.uint8)
-    num_envs, cap = 8, cfg["capacity"]
-    ids = np.arange(num_envs)
-    zeros_f, zeros_b = np.zeros(num_envs, np.float32), np.zeros(num_envs, bool)
-    for t in cfg["threads"]:
-        ring = ReplayRing(cap, num_envs, (84, 84), np.uint8, stack=4, n_step=1, gamma=0.99, seed=cfg["seed"],
-                          num_threads=t)
-        for s in range(cap // num_envs + 64):  # episodes of 1000 steps, every slot written
-            j = (s * num_envs) % (4096 - num_envs)
-            ring.add(ids, frames[j:j + num_envs], rng.integers(0, 6, num_envs), zeros_f, zeros_b | (s % 1000 == 999),
-                     zeros_b, zeros_b | (s % 1000 == 0))
-        for b in cfg["batch_sizes"]:
-            batch = ring.make_batch(b)
-            tm = _timing(cfg, lambda b=b, batch=batch, ring=ring: ring.sample(b, out=batch), b)
-            sink.add({"stage": "replay", "method": "inline", "impl": "dqnfast", "batch_size": b, "threads": t,
-                      "capacity": ring.capacity, "samples_per_s": tm["rate"], "foreign_cores": tm["foreign_cores"],
-                      "clean": tm["clean"], "ms_per_batch": tm["sec_per_call"] * 1e3})
-        del ring
-    src = np.empty((256 << 20) if cfg["quick"] else (2 << 30), np.uint8)
-    src.fill(0x5A)
-    for b in cfg["batch_sizes"]:
-        n = b * 2 * obs_bytes
-        dst = np.zeros(n, np.uint8)
-        offs = (rng.integers(0, (src.size - n) // 64, 4096) * 64).tolist()
-        k = [0]
-
-        def copy(dst=dst, n=n, offs=offs, k=k):
-            o = offs[k[0] & 4095]
-            k[0] += 1
-            np.copyto(dst, src[o:o + n])
-
-        tm = _timing(cfg, copy, b)
-        sink.add({"stage": "replay", "method": "inline", "impl": "memcpy-numpy", "batch_size": b, "threads": 1,
-                  "samples_per_s": tm["rate"], "foreign_cores": tm["foreign_cores"], "clean": tm["clean"],
-                  "ms_per_batch": tm["sec_per_call"] * 1e3})
+        sink.note("benchmarks/replay.py not found; no replay figures")
 
 
 def worker_learner(cfg: dict, sink: Sink) -> None:
@@ -444,16 +506,26 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
         if mode is not None:
             torch._dynamo.reset()
         opt = make_optimizer(online.parameters(), OptimConfig(), device=device, compile_mode=mode)
-        learner = Learner(online, target, opt, double=True, loss="huber", max_grad_norm=10.0,
-                          target_update_period=10**9, device=device, compile=mode,
-                          amp_dtype=torch.bfloat16 if dtype == "bf16" else None)
+        learner = Learner(
+            online,
+            target,
+            opt,
+            double=True,
+            loss="huber",
+            max_grad_norm=10.0,
+            target_update_period=10**9,
+            device=device,
+            compile=mode,
+            amp_dtype=torch.bfloat16 if dtype == "bf16" else None,
+        )
         g = torch.Generator(device="cpu").manual_seed(cfg["seed"])
         batch = types.SimpleNamespace(
             obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device),
             next_obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device),
             action=torch.randint(0, num_actions, (b,), generator=g).to(device),
             reward=torch.randint(-1, 2, (b,), generator=g).float().to(device),
-            discount=torch.full((b,), 0.99, device=device))
+            discount=torch.full((b,), 0.99, device=device),
+        )
         skips0 = _cudagraph_skips(counters)
         out: dict = {}
 
@@ -481,17 +553,33 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
             sink.add({"stage": "learner", "batch_size": b, "variant": variant, "error": msg})
             continue
         skips = _cudagraph_skips(counters) - skips0 if counters is not None else None
-        row = {"stage": "learner", "batch_size": b, "variant": variant, "kind": kind, "dtype": dtype,
-               "device": str(device), "torch_threads": torch.get_num_threads(), "compile_mode": mode,
-               "graphed": learner.graphed, "updates_per_s": tm["rate"], "ms_per_update": 1e3 / tm["rate"],
-               "first_call_s": first_s, "cudagraph_skips": skips, "loss_finite": math.isfinite(loss), **tm}
+        row = {
+            "stage": "learner",
+            "batch_size": b,
+            "variant": variant,
+            "kind": kind,
+            "dtype": dtype,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "compile_mode": mode,
+            "graphed": learner.graphed,
+            "updates_per_s": tm["rate"],
+            "ms_per_update": 1e3 / tm["rate"],
+            "first_call_s": first_s,
+            "cudagraph_skips": skips,
+            "loss_finite": math.isfinite(loss),
+            **tm,
+        }
         if kind != "eager" and counters is not None:
             row["graph_breaks"] = int(sum(counters["graph_break"].values()))
             row["unique_graphs"] = int(counters["stats"].get("unique_graphs", 0))
         if kind == "graphs" and skips:
             row["note"] = "inductor skipped CUDA graphs for some graphs (see the log): not fully graphed"
-        print(f"learner B={b:<4d} {variant:13s} {tm['rate']:>9,.1f} updates/s  {1e3 / tm['rate']:7.2f} ms"
-              f"  (first call {first_s:.1f} s)", flush=True)
+        print(
+            f"learner B={b:<4d} {variant:13s} {tm['rate']:>9,.1f} updates/s  {1e3 / tm['rate']:7.2f} ms"
+            f"  (first call {first_s:.1f} s)",
+            flush=True,
+        )
         sink.add(row)
         del online, target, opt, learner, call, call_k
         if device.type == "cuda":
@@ -557,11 +645,23 @@ def _read_rows(path: Path) -> list[dict]:
 def _run_e2e(cfg: dict, s: dict) -> dict:
     run_dir = Path(tempfile.mkdtemp(prefix=f"dqnfast-fps-{s['name']}-"))
     ls = cfg["learning_starts"]
-    cmd = [sys.executable, "-m", "dqnfast.train", f"game={cfg['game']}", f"device={cfg['device']}",
-           f"algo.total_steps={ls + 1_000_000_000}", f"algo.learning_starts={ls}", "logger.progress=false",
-           f"logger.log_every={s['log_every']}", "logger.checkpoint_every=0", "envs.eval.episodes=0",
-           f"replay.capacity={cfg['capacity']}", f"seed={cfg['seed'] + 1}", *s["overrides"],
-           f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dqnfast.train",
+        f"game={cfg['game']}",
+        f"device={cfg['device']}",
+        f"algo.total_steps={ls + 1_000_000_000}",
+        f"algo.learning_starts={ls}",
+        "logger.progress=false",
+        f"logger.log_every={s['log_every']}",
+        "logger.checkpoint_every=0",
+        "envs.eval.episodes=0",
+        f"replay.capacity={cfg['capacity']}",
+        f"seed={cfg['seed'] + 1}",
+        *s["overrides"],
+        f"hydra.run.dir={run_dir}",
+    ]
     print(f"e2e {s['name']}: " + " ".join(cmd[2:]), flush=True)
     log_path = run_dir / "stdout.log"
     metrics = run_dir / "metrics.csv"
@@ -569,8 +669,9 @@ def _run_e2e(cfg: dict, s: dict) -> dict:
     budget = cfg["budget_s"]
     warm_rows, min_rows = cfg["warmup_rows"], cfg["min_rows"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=_REPO, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd, cwd=_REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         stopped_by = "window"
         snap0 = snap1 = None  # CPU accounting over the measured window: (machine, trainer)
         try:
@@ -582,8 +683,10 @@ def _run_e2e(cfg: dict, s: dict) -> dict:
                 learn = [r for r in _read_rows(metrics) if r["updates"] > 0]
                 if snap0 is None and len(learn) >= warm_rows:
                     snap0 = (cpu_snapshot(), _proc_ticks(proc.pid))
-                if len(learn) >= warm_rows + min_rows and \
-                        learn[-1]["time"] - learn[warm_rows - 1]["time"] >= cfg["seconds"]:
+                if (
+                    len(learn) >= warm_rows + min_rows
+                    and learn[-1]["time"] - learn[warm_rows - 1]["time"] >= cfg["seconds"]
+                ):
                     break
                 if time.perf_counter() - t_start > budget:
                     stopped_by = "budget"
@@ -601,18 +704,31 @@ def _run_e2e(cfg: dict, s: dict) -> dict:
     rows = _read_rows(metrics)
     random_rows = [r for r in rows if r["updates"] == 0][1:]  # the first row holds the env start-up
     learn = [r for r in rows if r["updates"] > 0]
-    row = {"stage": "e2e", "setting": s["name"], "overrides": s["overrides"], "num_envs": s["num_envs"],
-           "env_batch": s["env_batch"], "batch_size": s["batch_size"], "replay_ratio": s["replay_ratio"],
-           "learning_starts": ls, "log_every": s["log_every"], "device": cfg["device"], "rows": len(rows),
-           "learning_rows": len(learn), "stopped_by": stopped_by, "wall_s": wall,
-           "sps_rows": [round(r["sps"], 1) for r in learn]}
+    row = {
+        "stage": "e2e",
+        "setting": s["name"],
+        "overrides": s["overrides"],
+        "num_envs": s["num_envs"],
+        "env_batch": s["env_batch"],
+        "batch_size": s["batch_size"],
+        "replay_ratio": s["replay_ratio"],
+        "learning_starts": ls,
+        "log_every": s["log_every"],
+        "device": cfg["device"],
+        "rows": len(rows),
+        "learning_rows": len(learn),
+        "stopped_by": stopped_by,
+        "wall_s": wall,
+        "sps_rows": [round(r["sps"], 1) for r in learn],
+    }
     if snap0 and snap1 and snap0[0] and snap1[0] and snap0[1] is not None and snap1[1] is not None:
         dt = snap1[0][0] - snap0[0][0]
         if dt > 0:
             trainer = (snap1[1] - snap0[1]) / _HZ / dt
             row["trainer_cores"] = trainer  # envpool threads + torch + Python, cores' worth
-            row["foreign_cores"] = max(0.0, (snap1[0][1] - snap0[0][1]) / _HZ / dt - trainer
-                                       - (snap1[0][2] - snap0[0][2]) / _HZ / dt)
+            row["foreign_cores"] = max(
+                0.0, (snap1[0][1] - snap0[0][1]) / _HZ / dt - trainer - (snap1[0][2] - snap0[0][2]) / _HZ / dt
+            )
     if random_rows:
         a, z = rows[0], random_rows[-1]
         row["random_phase_sps"] = (z["env_steps"] - a["env_steps"]) / max(z["time"] - a["time"], 1e-9)
@@ -622,15 +738,24 @@ def _run_e2e(cfg: dict, s: dict) -> dict:
         row["note"] = "too few rows for the warm-up: only the first learning row was dropped"
     if len(learn) < warm + 1:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-5:] if log_path.exists() else []
-        raise RuntimeError(f"{len(learn)} metrics rows after learning started ({stopped_by}; wall {wall:.0f} s); "
-                           f"log tail: {' | '.join(tail)}")
+        raise RuntimeError(
+            f"{len(learn)} metrics rows after learning started ({stopped_by}; wall {wall:.0f} s); "
+            f"log tail: {' | '.join(tail)}"
+        )
     a, z = learn[warm - 1], learn[-1]
-    row.update(sps=(z["env_steps"] - a["env_steps"]) / (z["time"] - a["time"]), measured_s=z["time"] - a["time"],
-               measured_steps=z["env_steps"] - a["env_steps"], measured_updates=z["updates"] - a["updates"],
-               warmup_rows=warm)
+    row.update(
+        sps=(z["env_steps"] - a["env_steps"]) / (z["time"] - a["time"]),
+        measured_s=z["time"] - a["time"],
+        measured_steps=z["env_steps"] - a["env_steps"],
+        measured_updates=z["updates"] - a["updates"],
+        warmup_rows=warm,
+    )
     row["updates_per_step"] = row["measured_updates"] / max(row["measured_steps"], 1)
-    print(f"e2e {s['name']}: {row['sps']:,.1f} agent steps/s over {row['measured_s']:.1f} s "
-          f"({row['measured_updates']:.0f} updates)", flush=True)
+    print(
+        f"e2e {s['name']}: {row['sps']:,.1f} agent steps/s over {row['measured_s']:.1f} s "
+        f"({row['measured_updates']:.0f} updates)",
+        flush=True,
+    )
     if cfg["keep"]:
         row["run_dir"] = str(run_dir)
     else:
@@ -643,9 +768,24 @@ def _run_e2e(cfg: dict, s: dict) -> dict:
 def worker_peer(cfg: dict, sink: Sink) -> None:
     """benchmarks/peer_dqn.py in its own process; reads its JSON."""
     out = Path(cfg["out"]).with_name("peer_stage.json")
-    cmd = [sys.executable, str(_HERE / "peer_dqn.py"), "--game", cfg["game"], "--device", cfg["device"],
-           "--seconds", str(cfg["seconds"]), "--learning-starts", str(cfg["learning_starts"]),
-           "--warmup-steps", str(cfg["warmup_steps"]), "--seed", str(cfg["seed"]), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(_HERE / "peer_dqn.py"),
+        "--game",
+        cfg["game"],
+        "--device",
+        cfg["device"],
+        "--seconds",
+        str(cfg["seconds"]),
+        "--learning-starts",
+        str(cfg["learning_starts"]),
+        "--warmup-steps",
+        str(cfg["warmup_steps"]),
+        "--seed",
+        str(cfg["seed"]),
+        "--json",
+        str(out),
+    ]
     if cfg.get("torch_threads"):
         cmd += ["--torch-threads", str(cfg["torch_threads"])]
     print("peer: " + " ".join(cmd[1:]), flush=True)
@@ -654,12 +794,36 @@ def worker_peer(cfg: dict, sink: Sink) -> None:
         raise RuntimeError(f"peer_dqn.py exit status {r.returncode}")
     doc = json.loads(out.read_text())
     out.unlink(missing_ok=True)
-    sink.add({"stage": "peer", **{k: doc[k] for k in ("sps", "timed_steps", "timed_updates", "timed_seconds",
-                                                       "fill_sps", "device", "torch_threads", "env", "versions", "resize")}})
+    sink.add(
+        {
+            "stage": "peer",
+            **{
+                k: doc[k]
+                for k in (
+                    "sps",
+                    "timed_steps",
+                    "timed_updates",
+                    "timed_seconds",
+                    "fill_sps",
+                    "device",
+                    "torch_threads",
+                    "env",
+                    "versions",
+                    "resize",
+                )
+            },
+        }
+    )
 
 
-WORKERS = {"env": worker_env, "actor": worker_actor, "replay": worker_replay, "learner": worker_learner,
-           "e2e": worker_e2e, "peer": worker_peer}
+WORKERS = {
+    "env": worker_env,
+    "actor": worker_actor,
+    "replay": worker_replay,
+    "learner": worker_learner,
+    "e2e": worker_e2e,
+    "peer": worker_peer,
+}
 
 
 def run_worker(stage: str, cfg_path: str) -> int:
@@ -678,7 +842,7 @@ def run_worker(stage: str, cfg_path: str) -> int:
 def _env_cfgs(num_envs, threads, with_async: bool) -> list[tuple[int, int, int]]:
     out = []
     for n in num_envs:
-        for b in ([n] + ([n // 2] if with_async and n >= 2 else [])):
+        for b in [n] + ([n // 2] if with_async and n >= 2 else []):
             for t in threads:
                 c = (n, b, min(t, n))
                 if c not in out:
@@ -691,7 +855,7 @@ def _composed(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from dqnfast.train import CONF_DIR, to_config
+    from dqnfast.cli.train import CONF_DIR, to_config
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -708,15 +872,25 @@ def _e2e_settings(args) -> list[dict]:
         n = c.envs.num_envs
         b_env = c.envs.batch_size or n
         t = c.envs.num_threads or args.cores
-        out.append({"name": name, "overrides": ov, "num_envs": n, "env_batch": min(b_env, n), "env_threads": min(t, n),
-                    "batch_size": c.algo.batch_size, "replay_ratio": float(c.algo.replay_ratio),
-                    "compile": c.algo.compile, "amp": c.algo.amp})
+        out.append(
+            {
+                "name": name,
+                "overrides": ov,
+                "num_envs": n,
+                "env_batch": min(b_env, n),
+                "env_threads": min(t, n),
+                "batch_size": c.algo.batch_size,
+                "replay_ratio": float(c.algo.replay_ratio),
+                "compile": c.algo.compile,
+                "amp": c.algo.amp,
+            }
+        )
     return out
 
 
 def _train_variant(compile_mode: str, device: str, amp: str = "none") -> str:
     """The learner variant dqnfast.train runs for algo.compile / algo.amp (auto: graphs on CUDA, eager on CPU)."""
-    from dqnfast.learner import resolve_compile, uses_cudagraphs
+    from dqnfast.config.resolve import resolve_compile, uses_cudagraphs
 
     mode = resolve_compile(compile_mode, device)
     if mode is None:
@@ -795,20 +969,34 @@ def main(argv=None) -> int:
         return 2
     torch_threads = args.torch_threads or (0 if cuda else max(1, args.cores // 2))
     p = plan(args, device)
-    machine = machine_info(packages=("torch", "numpy", "envpool", "gymnasium", "ale-py", "opencv-python-headless",
-                                     "hydra-core"))
+    machine = machine_info(
+        packages=("torch", "numpy", "envpool", "gymnasium", "ale-py", "opencv-python-headless", "hydra-core")
+    )
     if cuda:
         machine["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    print(f"fps benchmark: {machine['cpu_model']}, {machine['cores']} cores, {machine['ram_bytes'] / 1e9:.1f} GB RAM, "
-          f"device {device}{' (' + machine['gpu'] + ')' if cuda else ''}, {task_id}, torch "
-          f"{torch.__version__}, load average {machine['loadavg'][0]:.2f}"
-          f"{', QUICK (smoke test, figures not meaningful)' if args.quick else ''}", flush=True)
-    print(f"stages: {', '.join(args.stages)}" + "".join(
-        f"; {s} (bounds only)" for s in STAGES if p["bound_only"][s]), flush=True)
+    print(
+        f"fps benchmark: {machine['cpu_model']}, {machine['cores']} cores, {machine['ram_bytes'] / 1e9:.1f} GB RAM, "
+        f"device {device}{' (' + machine['gpu'] + ')' if cuda else ''}, {task_id}, torch "
+        f"{torch.__version__}, load average {machine['loadavg'][0]:.2f}"
+        f"{', QUICK (smoke test, figures not meaningful)' if args.quick else ''}",
+        flush=True,
+    )
+    print(
+        f"stages: {', '.join(args.stages)}" + "".join(f"; {s} (bounds only)" for s in STAGES if p["bound_only"][s]),
+        flush=True,
+    )
 
-    base = {"game": args.game, "device": device, "seed": args.seed, "quick": args.quick, "min_time": args.min_time,
-            "reps": args.reps, "max_retries": args.max_retries, "warm_s": 0.2 if args.quick else 1.0,
-            "torch_threads": torch_threads}
+    base = {
+        "game": args.game,
+        "device": device,
+        "seed": args.seed,
+        "quick": args.quick,
+        "min_time": args.min_time,
+        "reps": args.reps,
+        "max_retries": args.max_retries,
+        "warm_s": 0.2 if args.quick else 1.0,
+        "torch_threads": torch_threads,
+    }
     results: dict[str, dict] = {}
     metrics = Metrics()
     notes: list[str] = []
@@ -816,8 +1004,10 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dqnfast-fps-"))
     timeouts = STAGE_TIMEOUT_QUICK if args.quick else STAGE_TIMEOUT
     if p["learner_skipped"]:
-        notes.append("learner: CUDA graphs (torch.compile mode='reduce-overhead') need CUDA: skipped on "
-                     f"{device} ({', '.join(f'B={b} {v}' for b, v in p['learner_skipped'])})")
+        notes.append(
+            "learner: CUDA graphs (torch.compile mode='reduce-overhead') need CUDA: skipped on "
+            f"{device} ({', '.join(f'B={b} {v}' for b, v in p['learner_skipped'])})"
+        )
         print("note:", notes[-1])
     if args.quick and "learner" in args.stages and not args.variants:
         notes.append("learner: --quick measures eager fp32 and bf16 only (torch.compile takes 20+ s a variant)")
@@ -825,13 +1015,28 @@ def main(argv=None) -> int:
 
     def save() -> Path:
         config = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-        config.update(device=device, task_id=task_id, torch_threads=torch_threads,
-                      plan={k: v for k, v in p.items()}, wall_seconds=time.perf_counter() - t_start)
+        config.update(
+            device=device,
+            task_id=task_id,
+            torch_threads=torch_threads,
+            plan={k: v for k, v in p.items()},
+            wall_seconds=time.perf_counter() - t_start,
+        )
         machine["loadavg_end"] = os.getloadavg()
         rows = [r for s in STAGES for r in results.get(s, {}).get("rows", [])]
-        return save_json(args.out, "fps", config=config, results=rows, metrics=metrics, machine=machine,
-                         summary=summary_rows, notes=notes, reference=REFERENCE, targets=TARGETS,
-                         stages={s: {k: v for k, v in d.items() if k != "rows"} for s, d in results.items()})
+        return save_json(
+            args.out,
+            "fps",
+            config=config,
+            results=rows,
+            metrics=metrics,
+            machine=machine,
+            summary=summary_rows,
+            notes=notes,
+            reference=REFERENCE,
+            targets=TARGETS,
+            stages={s: {k: v for k, v in d.items() if k != "rows"} for s, d in results.items()},
+        )
 
     try:
         for stage in STAGES:
@@ -843,23 +1048,36 @@ def main(argv=None) -> int:
             elif stage == "actor":
                 cfg.update(configs=p["actor"], actor_capacity=20_000 if args.quick else 100_000)
             elif stage == "replay":
-                cfg.update(threads=sorted({1, max(args.threads)}), batch_sizes=[32, 256],
-                           capacity=args.replay_capacity or (20_000 if args.quick else 200_000))
+                cfg.update(
+                    threads=sorted({1, max(args.threads)}),
+                    batch_sizes=[32, 256],
+                    capacity=args.replay_capacity or (20_000 if args.quick else 200_000),
+                )
             elif stage == "learner":
                 cfg.update(configs=p["learner"], num_actions=_num_actions(args.game))
             elif stage == "e2e":
-                cfg.update(settings=_with_log_every(p["e2e"], results, args, cuda), seconds=args.e2e_seconds,
-                           learning_starts=args.e2e_learning_starts, capacity=args.e2e_capacity, keep=args.keep,
-                           warmup_rows=1 if args.quick else 2, min_rows=2 if args.quick else 3,
-                           budget_s=60 if args.quick else 240)  # per setting; then it is stopped and read
+                cfg.update(
+                    settings=_with_log_every(p["e2e"], results, args, cuda),
+                    seconds=args.e2e_seconds,
+                    learning_starts=args.e2e_learning_starts,
+                    capacity=args.e2e_capacity,
+                    keep=args.keep,
+                    warmup_rows=1 if args.quick else 2,
+                    min_rows=2 if args.quick else 3,
+                    budget_s=60 if args.quick else 240,
+                )  # per setting; then it is stopped and read
             elif stage == "peer":
                 if not _have_peer_packages():
-                    notes.append(f"peer: skipped: it needs ale-py and gymnasium "
-                                 f"(pip install {' '.join(PEER_PACKAGES)})")
+                    notes.append(
+                        f"peer: skipped: it needs ale-py and gymnasium (pip install {' '.join(PEER_PACKAGES)})"
+                    )
                     print("note:", notes[-1])
                     continue
-                cfg.update(seconds=args.peer_seconds, learning_starts=300 if args.quick else 2000,
-                           warmup_steps=8 if args.quick else 400)
+                cfg.update(
+                    seconds=args.peer_seconds,
+                    learning_starts=300 if args.quick else 2000,
+                    warmup_steps=8 if args.quick else 400,
+                )
             timeout = args.stage_timeout or timeouts[stage] * (len(p["e2e"]) if stage == "e2e" else 1)
             results[stage] = run_stage(stage, cfg, tmp, timeout)
             report_stage(stage, results, p, args, metrics, notes, summary_rows, device)
@@ -870,11 +1088,21 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print()
-    print_table(summary_rows, [("stage", "stage"), ("setting", "setting"), ("figure", "figure"), ("unit", "unit"),
-                               ("bound", "bound / reference"), ("bound_what", "bound is"), ("ratio", "ratio"),
-                               ("other_cpu", "other CPU")],
-                title=f"dqnfast fps ({task_id}, {device}{', ' + machine['gpu'] if cuda else ''}; "
-                      f"ratio = figure / bound; other CPU = cores busy with other processes)")
+    print_table(
+        summary_rows,
+        [
+            ("stage", "stage"),
+            ("setting", "setting"),
+            ("figure", "figure"),
+            ("unit", "unit"),
+            ("bound", "bound / reference"),
+            ("bound_what", "bound is"),
+            ("ratio", "ratio"),
+            ("other_cpu", "other CPU"),
+        ],
+        title=f"dqnfast fps ({task_id}, {device}{', ' + machine['gpu'] if cuda else ''}; "
+        f"ratio = figure / bound; other CPU = cores busy with other processes)",
+    )
     print()
     judge_targets(results, p, metrics, notes, cuda)
     for n in notes:
@@ -968,8 +1196,11 @@ def _e2e_bound(s: dict, results: dict) -> tuple[float | None, str, dict]:
     if not parts:
         return None, "", parts
     which = min(parts, key=parts.get)
-    what = (f"env N={s['num_envs']} b={s['env_batch']}" if which == "env" else
-            f"{s['batch_size'] / s['replay_ratio']:g} x learner B={s['batch_size']} {lrn['variant']}")
+    what = (
+        f"env N={s['num_envs']} b={s['env_batch']}"
+        if which == "env"
+        else f"{s['batch_size'] / s['replay_ratio']:g} x learner B={s['batch_size']} {lrn['variant']}"
+    )
     if len(parts) < 2:
         what += " (other part missing)"
     return parts[which], what, parts
@@ -997,23 +1228,41 @@ def report_stage(stage, results, p, args, metrics: Metrics, notes, summary, devi
         for k, r in best.items():
             metrics.emit(f"fps.env_{k}", round(r["steps_per_s"]), "steps/s", f"best of threads; threads={r['threads']}")
             metrics.emit(f"fps.env_{k}_frames", round(r["frames_per_s"]), "frames/s")
-            summary.append({"stage": "env" + (" (bound)" if p["bound_only"]["env"] else ""),
-                            "setting": f"N={r['num_envs']} batch={r['batch']} threads={r['threads']}",
-                            "figure": r["steps_per_s"], "unit": "steps/s", "bound": None,
-                            "bound_what": f"{r['frames_per_s']:,.0f} frames/s", "ratio": None, "other_cpu": _other(r)})
+            summary.append(
+                {
+                    "stage": "env" + (" (bound)" if p["bound_only"]["env"] else ""),
+                    "setting": f"N={r['num_envs']} batch={r['batch']} threads={r['threads']}",
+                    "figure": r["steps_per_s"],
+                    "unit": "steps/s",
+                    "bound": None,
+                    "bound_what": f"{r['frames_per_s']:,.0f} frames/s",
+                    "ratio": None,
+                    "other_cpu": _other(r),
+                }
+            )
     elif stage == "actor":
         for r in rows:
             env = _env_row(results, r["num_envs"], r["batch"], r["threads"])
             k = _mode_key(r)
-            metrics.emit(f"fps.actor_{k}", round(r["steps_per_s"]), "steps/s",
-                         f"threads={r['threads']} device={r['device']}")
+            metrics.emit(
+                f"fps.actor_{k}", round(r["steps_per_s"]), "steps/s", f"threads={r['threads']} device={r['device']}"
+            )
             ratio = r["steps_per_s"] / env["steps_per_s"] if env else None
             r["vs_env"] = ratio
             if ratio is not None:
                 metrics.emit(f"fps.actor_{k}_vs_env", round(ratio, 3), "x")
-            summary.append({"stage": "actor", "setting": f"N={r['num_envs']} batch={r['batch']} threads={r['threads']}",
-                            "figure": r["steps_per_s"], "unit": "steps/s", "bound": env["steps_per_s"] if env else None,
-                            "bound_what": "env, same N/batch/threads", "ratio": ratio, "other_cpu": _other(r)})
+            summary.append(
+                {
+                    "stage": "actor",
+                    "setting": f"N={r['num_envs']} batch={r['batch']} threads={r['threads']}",
+                    "figure": r["steps_per_s"],
+                    "unit": "steps/s",
+                    "bound": env["steps_per_s"] if env else None,
+                    "bound_what": "env, same N/batch/threads",
+                    "ratio": ratio,
+                    "other_cpu": _other(r),
+                }
+            )
     elif stage == "replay":
         by_b: dict = {}
         for r in rows:
@@ -1026,18 +1275,34 @@ def report_stage(stage, results, p, args, metrics: Metrics, notes, summary, devi
             if not dq:
                 continue
             top = max(dq, key=lambda r: r["samples_per_s"])
-            metrics.emit(f"fps.replay_sample_B{b}", round(top["samples_per_s"]), "samples/s",
-                         f"best of threads; threads={top['threads']}")
+            metrics.emit(
+                f"fps.replay_sample_B{b}",
+                round(top["samples_per_s"]),
+                "samples/s",
+                f"best of threads; threads={top['threads']}",
+            )
             ratio = None
             if mc:
-                metrics.emit(f"fps.replay_memcpy_B{b}", round(mc["samples_per_s"]), "samples/s",
-                             "numpy copy of the same bytes, 1 thread")
+                metrics.emit(
+                    f"fps.replay_memcpy_B{b}",
+                    round(mc["samples_per_s"]),
+                    "samples/s",
+                    "numpy copy of the same bytes, 1 thread",
+                )
                 ratio = top["samples_per_s"] / mc["samples_per_s"]
                 metrics.emit(f"fps.replay_sample_B{b}_vs_memcpy", round(ratio, 3), "x")
-            summary.append({"stage": "replay", "setting": f"B={b} threads={top['threads']} cap={top.get('capacity')}",
-                            "figure": top["samples_per_s"], "unit": "samples/s",
-                            "bound": mc["samples_per_s"] if mc else None, "bound_what": "memcpy, numpy 1 thread",
-                            "ratio": ratio, "other_cpu": _other(top)})
+            summary.append(
+                {
+                    "stage": "replay",
+                    "setting": f"B={b} threads={top['threads']} cap={top.get('capacity')}",
+                    "figure": top["samples_per_s"],
+                    "unit": "samples/s",
+                    "bound": mc["samples_per_s"] if mc else None,
+                    "bound_what": "memcpy, numpy 1 thread",
+                    "ratio": ratio,
+                    "other_cpu": _other(top),
+                }
+            )
     elif stage == "learner":
         for r in rows:
             eager = _learner_row(results, r["batch_size"], "eager-fp32")
@@ -1047,27 +1312,45 @@ def report_stage(stage, results, p, args, metrics: Metrics, notes, summary, devi
             r["vs_eager"] = ratio
             if ratio is not None and r["variant"] != "eager-fp32":
                 metrics.emit(f"{key}_vs_eager", round(ratio, 3), "x")
-            summary.append({"stage": "learner" + (" (bound)" if p["bound_only"]["learner"] else ""),
-                            "setting": f"B={r['batch_size']} {r['variant']} ({r['ms_per_update']:.2f} ms)",
-                            "figure": r["updates_per_s"], "unit": "updates/s",
-                            "bound": eager["updates_per_s"] if eager and r["variant"] != "eager-fp32" else None,
-                            "bound_what": "eager fp32, same B" if r["variant"] != "eager-fp32" else "",
-                            "ratio": ratio if r["variant"] != "eager-fp32" else None, "other_cpu": _other(r)})
+            summary.append(
+                {
+                    "stage": "learner" + (" (bound)" if p["bound_only"]["learner"] else ""),
+                    "setting": f"B={r['batch_size']} {r['variant']} ({r['ms_per_update']:.2f} ms)",
+                    "figure": r["updates_per_s"],
+                    "unit": "updates/s",
+                    "bound": eager["updates_per_s"] if eager and r["variant"] != "eager-fp32" else None,
+                    "bound_what": "eager fp32, same B" if r["variant"] != "eager-fp32" else "",
+                    "ratio": ratio if r["variant"] != "eager-fp32" else None,
+                    "other_cpu": _other(r),
+                }
+            )
         for r in rows:
             if r.get("note"):
-                notes.append(f"learner B={r['batch_size']} {r['variant']}: {r['note']} "
-                             f"({r.get('cudagraph_skips')} skips, {r.get('graph_breaks')} graph breaks)")
+                notes.append(
+                    f"learner B={r['batch_size']} {r['variant']}: {r['note']} "
+                    f"({r.get('cudagraph_skips')} skips, {r.get('graph_breaks')} graph breaks)"
+                )
         for r in res["rows"]:
             if "error" in r:
-                summary.append({"stage": "learner", "setting": f"B={r['batch_size']} {r['variant']}",
-                                "figure": "failed", "bound_what": r["error"][:60]})
+                summary.append(
+                    {
+                        "stage": "learner",
+                        "setting": f"B={r['batch_size']} {r['variant']}",
+                        "figure": "failed",
+                        "bound_what": r["error"][:60],
+                    }
+                )
     elif stage == "e2e":
         for r in rows:
             s = next(x for x in p["e2e"] if x["name"] == r["setting"])
             bound, what, parts = _e2e_bound(s, results)
             name = f"fps.e2e_{r['setting']}"
-            metrics.emit(name, round(r["sps"], 1), "steps/s",
-                         f"N={r['num_envs']} batch={r['env_batch']} B={r['batch_size']} ratio={r['replay_ratio']:g}")
+            metrics.emit(
+                name,
+                round(r["sps"], 1),
+                "steps/s",
+                f"N={r['num_envs']} batch={r['env_batch']} B={r['batch_size']} ratio={r['replay_ratio']:g}",
+            )
             r.update(bound=bound, bound_what=what, bound_parts=parts)
             if bound:
                 metrics.emit(f"{name}_bound", round(bound, 1), "steps/s", what)
@@ -1076,52 +1359,97 @@ def report_stage(stage, results, p, args, metrics: Metrics, notes, summary, devi
             r["vs_cleanrl"] = r["sps"] / CLEANRL_SPS
             metrics.emit(f"{name}_vs_cleanrl", round(r["vs_cleanrl"], 2), "x", "vs the CEO's 330 steps/s (H100)")
             if r.get("random_phase_sps"):
-                metrics.emit(f"{name}_random_phase", round(r["random_phase_sps"]), "steps/s",
-                             "before learning starts: env + ring + uniform-random actions")
-            summary.append({"stage": "e2e", "setting": f"{r['setting']}: N={r['num_envs']} batch={r['env_batch']} "
-                                                       f"B={r['batch_size']} ratio {r['replay_ratio']:g}",
-                            "figure": r["sps"], "unit": "steps/s", "bound": bound, "bound_what": what,
-                            "ratio": r.get("vs_bound"), "other_cpu": r.get("foreign_cores")})
+                metrics.emit(
+                    f"{name}_random_phase",
+                    round(r["random_phase_sps"]),
+                    "steps/s",
+                    "before learning starts: env + ring + uniform-random actions",
+                )
+            summary.append(
+                {
+                    "stage": "e2e",
+                    "setting": f"{r['setting']}: N={r['num_envs']} batch={r['env_batch']} "
+                    f"B={r['batch_size']} ratio {r['replay_ratio']:g}",
+                    "figure": r["sps"],
+                    "unit": "steps/s",
+                    "bound": bound,
+                    "bound_what": what,
+                    "ratio": r.get("vs_bound"),
+                    "other_cpu": r.get("foreign_cores"),
+                }
+            )
         for r in res["rows"]:
             if "error" in r:
-                summary.append({"stage": "e2e", "setting": r["setting"], "figure": "failed",
-                                "bound_what": r["error"][:60]})
+                summary.append(
+                    {"stage": "e2e", "setting": r["setting"], "figure": "failed", "bound_what": r["error"][:60]}
+                )
     elif stage == "peer":
         for r in rows:
-            metrics.emit("fps.peer", round(r["sps"], 1), "steps/s",
-                         f"single env, gymnasium + ale-py, deque replay, eager torch on {r['device']}")
+            metrics.emit(
+                "fps.peer",
+                round(r["sps"], 1),
+                "steps/s",
+                f"single env, gymnasium + ale-py, deque replay, eager torch on {r['device']}",
+            )
             metrics.emit("fps.peer_fill", round(r["fill_sps"]), "steps/s", "random play + replay append")
             if r.get("resize") != "cv2":
-                notes.append(f"peer: resized with the {r.get('resize')} for cv2.resize (no OpenCV here): "
-                             "same pixels, about 20 us a step slower")
+                notes.append(
+                    f"peer: resized with the {r.get('resize')} for cv2.resize (no OpenCV here): "
+                    "same pixels, about 20 us a step slower"
+                )
             for e in results.get("e2e", {}).get("rows", []):
                 if "sps" in e:
                     e["vs_peer"] = e["sps"] / r["sps"]
                     metrics.emit(f"fps.e2e_{e['setting']}_vs_peer", round(e["vs_peer"], 2), "x")
-                    summary.append({"stage": "peer", "setting": f"dqnfast e2e {e['setting']} / peer",
-                                    "figure": e["sps"], "unit": "steps/s", "bound": r["sps"],
-                                    "bound_what": "peer_dqn.py (the baseline)", "ratio": e["vs_peer"]})
-            summary.append({"stage": "peer", "setting": "single env, Nature ratio", "figure": r["sps"],
-                            "unit": "steps/s", "bound": CLEANRL_SPS, "bound_what": "CleanRL, CEO's H100 figure",
-                            "ratio": r["sps"] / CLEANRL_SPS})
+                    summary.append(
+                        {
+                            "stage": "peer",
+                            "setting": f"dqnfast e2e {e['setting']} / peer",
+                            "figure": e["sps"],
+                            "unit": "steps/s",
+                            "bound": r["sps"],
+                            "bound_what": "peer_dqn.py (the baseline)",
+                            "ratio": e["vs_peer"],
+                        }
+                    )
+            summary.append(
+                {
+                    "stage": "peer",
+                    "setting": "single env, Nature ratio",
+                    "figure": r["sps"],
+                    "unit": "steps/s",
+                    "bound": CLEANRL_SPS,
+                    "bound_what": "CleanRL, CEO's H100 figure",
+                    "ratio": r["sps"] / CLEANRL_SPS,
+                }
+            )
             if "e2e" not in args.stages:
-                notes.append("peer: run with --stage e2e,peer (or all) for dqnfast's end-to-end SPS as a multiple of it")
+                notes.append(
+                    "peer: run with --stage e2e,peer (or all) for dqnfast's end-to-end SPS as a multiple of it"
+                )
 
 
 def judge_targets(results, p, metrics: Metrics, notes, cuda: bool) -> None:
-    """Issue 6's targets (for the GPU machine): printed PASS/FAIL, informational elsewhere."""
+    """The speed targets (for a CUDA machine): printed PASS/FAIL, informational elsewhere."""
     lines = []
     actor = [r for r in results.get("actor", {}).get("rows", []) if r.get("vs_env") is not None]
     if actor:
         worst = min(actor, key=lambda r: r["vs_env"])
-        text = (f"actor >= {TARGETS['actor_vs_env']:g} x env at the same N (worst: N={worst['num_envs']} "
-                f"batch={worst['batch']})")
+        text = (
+            f"actor >= {TARGETS['actor_vs_env']:g} x env at the same N (worst: N={worst['num_envs']} "
+            f"batch={worst['batch']})"
+        )
         lines.append((text, worst["vs_env"], TARGETS["actor_vs_env"]))
     g = _learner_row(results, 32, "graphs-fp32")
     e = _learner_row(results, 32, "eager-fp32")
     if g and e:
-        lines.append(("compile+CUDA graphs >= 3 x eager at B=32 (fp32)", g["updates_per_s"] / e["updates_per_s"],
-                      TARGETS["graphs_vs_eager_B32"]))
+        lines.append(
+            (
+                "compile+CUDA graphs >= 3 x eager at B=32 (fp32)",
+                g["updates_per_s"] / e["updates_per_s"],
+                TARGETS["graphs_vs_eager_B32"],
+            )
+        )
     for r in results.get("e2e", {}).get("rows", []):
         if "sps" not in r:
             continue
@@ -1132,8 +1460,8 @@ def judge_targets(results, p, metrics: Metrics, notes, cuda: bool) -> None:
             lines.append((f"e2e {r['setting']} >= 20 x peer", r["vs_peer"], TARGETS["e2e_vs_peer"]))
     if not lines:
         return
-    where = "" if cuda else " -- targets are for the GPU machine; informational on CPU"
-    print(f"targets (issue 6){where}:")
+    where = "" if cuda else " -- targets are for a CUDA machine; informational on CPU"
+    print(f"targets{where}:")
     for text, value, want in lines:
         print(f"  {text}: {value:.3g} -> {'PASS' if value >= want else 'FAIL'}")
 

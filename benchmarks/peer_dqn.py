@@ -337,8 +337,13 @@ def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "au
     try:
         import ale_py
         import gymnasium as gym
-        from stable_baselines3.common.atari_wrappers import (ClipRewardEnv, EpisodicLifeEnv, FireResetEnv,
-                                                             MaxAndSkipEnv, NoopResetEnv)
+        from stable_baselines3.common.atari_wrappers import (
+            ClipRewardEnv,
+            EpisodicLifeEnv,
+            FireResetEnv,
+            MaxAndSkipEnv,
+            NoopResetEnv,
+        )
     except ImportError as e:
         raise SystemExit(f"error: the peer's learning run needs {' and '.join(PEER_PACKAGES)} and "
                          f"stable-baselines3 ({e}); pip install -e '.[bench]'") from None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dqnfast.learner import uses_cudagraphs
+from dqnfast.config.resolve import uses_cudagraphs
 
 __all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon", "run_episodes"]
 
@@ -46,8 +46,15 @@ class EpsilonSchedule:
     learning_starts in agent steps.
     """
 
-    def __init__(self, kind: str = "linear", start: float = 1.0, end: float = 0.1, decay_steps: int = 1_000_000,
-                 learning_starts: int = 0, eval_epsilon: float = 0.05) -> None:
+    def __init__(
+        self,
+        kind: str = "linear",
+        start: float = 1.0,
+        end: float = 0.1,
+        decay_steps: int = 1_000_000,
+        learning_starts: int = 0,
+        eval_epsilon: float = 0.05,
+    ) -> None:
         fns = {"linear": linear_epsilon, "exponential": exponential_epsilon}
         if kind not in fns:
             raise ValueError(f"unknown schedule {kind!r}; choose linear or exponential")
@@ -76,8 +83,15 @@ class Actor:
     Random draws come from seeded generators, so a run is repeatable on one device.
     """
 
-    def __init__(self, network: nn.Module, num_actions: int, device: torch.device | str = "cpu", seed: int = 0,
-                 amp_dtype: torch.dtype | None = None, compile_mode: str | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        num_actions: int,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        amp_dtype: torch.dtype | None = None,
+        compile_mode: str | None = None,
+    ) -> None:
         self.network = network
         self.amp_dtype = amp_dtype
         self.compile_mode = compile_mode
@@ -90,13 +104,23 @@ class Actor:
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(int(seed))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The exploration RNGs (numpy for uniform-random steps, torch for epsilon-greedy draws)."""
+        return {"numpy": self.rng.bit_generator.state, "torch": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["numpy"]
+        self.gen.set_state(state["torch"])
+
     @torch.no_grad()
     def q_values(self, obs: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Q float32[K, A] on the actor's device."""
         x = torch.as_tensor(obs).to(self.device, non_blocking=True)
         if self._graphed:
             torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None
+        ):
             q = self._forward(x).float() if not self._guarded_calls else self._guarded(x)
         # a graph's output buffer is overwritten by its next replay: hand out a copy
         return q.clone() if self._graphed else q
@@ -109,8 +133,11 @@ class Actor:
             import logging
 
             logging.getLogger("dqnfast.actor").warning(
-                "torch.compile(mode=%r) of the actor failed (%s: %s); acting eagerly", self.compile_mode,
-                type(e).__name__, " ".join(str(e).split())[:200])
+                "torch.compile(mode=%r) of the actor failed (%s: %s); acting eagerly",
+                self.compile_mode,
+                type(e).__name__,
+                " ".join(str(e).split())[:200],
+            )
             self._forward, self.compile_mode, self._graphed = self.network, None, False
             self._guarded_calls = 0
             return self._forward(x).float()

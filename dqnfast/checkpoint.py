@@ -6,13 +6,13 @@ without running pickled code. Every save is atomic: the bytes go to a temporary 
 in the same folder, are flushed to disk, then ``os.replace`` puts them in place; a
 reader sees the old file or the new one, never half of one.
 
-Layout of a run dir (``save_checkpoint(run_dir, ...)`` via ``CheckpointWriter``)::
+Layout of a run dir (``save_run_checkpoint``)::
 
     checkpoints/step_000000100000.pt   numbered by agent steps; the newest ``keep`` are kept
     checkpoint.pt                      the newest one (a hard link to it: no second copy)
 
-Format (``version`` 2; version 1 files from dqnfast 0.1's ``learner.save_checkpoint``
-still load):
+Format (``version`` 2; version 1 files, written before checksums, still load so that old runs
+can be evaluated):
 
     format      "dqnfast-checkpoint"
     version     2
@@ -45,7 +45,6 @@ from dqnfast.atomic import atomic_open
 
 if TYPE_CHECKING:  # torch is imported where it is used: finding a checkpoint needs no torch
     import torch
-    from torch import nn
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -57,7 +56,6 @@ __all__ = [
     "payload_digest",
     "prune_checkpoints",
     "run_dir_of",
-    "save_checkpoint",
     "save_run_checkpoint",
     "write_checkpoint",
 ]
@@ -138,33 +136,14 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "dqnfast": package_version(), **payload}
+    if isinstance(payload.get("config"), dict):  # config choices are Enums; a weights-only load takes plain str
+        from dqnfast.config.schema import plain
+
+        payload["config"] = plain(payload["config"])
     payload.pop("sha256", None)
     payload["sha256"] = payload_digest(payload)
     _atomic_save(payload, path)
     return path
-
-
-def save_checkpoint(path: str | os.PathLike, *, online: nn.Module, target: nn.Module,
-                    optimizer: torch.optim.Optimizer, counters: dict[str, int], config: dict,
-                    game: str, network: dict, **extra: Any) -> Path:
-    """Writes a training checkpoint to ``path`` atomically (see the module docstring).
-
-    online, target: networks; optimizer: built on online's parameters; counters:
-    env_steps, updates, episodes, ... (ints); config: plain dict; game: envpool task id;
-    network: ``NetworkSpec.to_dict()``; extra: more plain entries (obs, num_actions,
-    loop and RNG state, ...).
-    """
-    payload = {
-        "online": online.state_dict(),
-        "target": target.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "counters": {k: int(v) for k, v in counters.items()},
-        "config": config,
-        "game": game,
-        "network": network,
-        **extra,
-    }
-    return write_checkpoint(path, payload)
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -252,8 +231,8 @@ def _first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text}".rstrip(": ")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: "str | torch.device" = "cpu") -> dict:
-    """Reads and verifies a checkpoint written by ``save_checkpoint`` / ``write_checkpoint``.
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Reads and verifies a checkpoint written by ``write_checkpoint``.
 
     Loads with ``weights_only=True`` (no pickled code runs). Raises CheckpointError
     (a ValueError, one line) when the file is missing, truncated or corrupt, not a
@@ -273,8 +252,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: "str | torch.device" 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a dqnfast checkpoint")
     if ckpt.get("version", 1) > VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {ckpt['version']}; this dqnfast reads "
-                              f"up to {VERSION} (upgrade dqnfast)")
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt['version']}; this dqnfast reads "
+            f"up to {VERSION} (upgrade dqnfast)"
+        )
     digest = ckpt.get("sha256")
     if digest is not None:
         try:
@@ -282,8 +263,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: "str | torch.device" 
         except TypeError as e:
             raise CheckpointError(f"checkpoint {path} is corrupt ({e})") from None
         if actual != digest:
-            raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch: its contents changed after "
-                                  "it was written)")
+            raise CheckpointError(
+                f"checkpoint {path} is corrupt (checksum mismatch: its contents changed after it was written)"
+            )
     elif ckpt.get("version", 1) >= 2:
         raise CheckpointError(f"checkpoint {path} is corrupt (no checksum)")
     return ckpt
@@ -292,12 +274,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: "str | torch.device" 
 # --------------------------------------------------------------- compatibility
 def _net_words(spec: dict) -> str:
     hidden = spec.get("hidden")
-    return (f"{spec.get('kind')}{' dueling' if spec.get('dueling') else ''} hidden {list(hidden or [])} "
-            f"on {spec.get('obs_dtype')}{list(spec.get('obs_shape') or [])}")
+    return (
+        f"{spec.get('kind')}{' dueling' if spec.get('dueling') else ''} hidden {list(hidden or [])} "
+        f"on {spec.get('obs_dtype')}{list(spec.get('obs_shape') or [])}"
+    )
 
 
-def check_compatible(ckpt: dict, *, game: str, obs_kind: str | None, num_actions: int, network: dict,
-                     what: str = "this run") -> None:
+def check_compatible(
+    ckpt: dict, *, game: str, obs_kind: str | None, num_actions: int, network: dict, what: str = "this run"
+) -> None:
     """Refuses a checkpoint for another game, observation type, action count or network.
 
     Raises CheckpointError with one line naming the first mismatch, e.g.

@@ -21,7 +21,6 @@ Facts this module relies on (envpool 1.2.5; see DESIGN.md and tests/test_envs.py
 from __future__ import annotations
 
 import difflib
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from dqnfast.config import EnvsConfig, ProtocolConfig
 
 __all__ = [
+    "ActionLog",
     "CLASSIC_CONTROL",
     "EnvSpec",
     "GameTracker",
@@ -120,7 +120,10 @@ class EnvSpec:
 
 
 def _threads(n: int | None) -> int:
-    return int(n) if n else (os.cpu_count() or 1)
+    """A given thread count, or one per core this process may use."""
+    from dqnfast.config.resolve import available_cores
+
+    return int(n) if n else available_cores()
 
 
 def make_env(
@@ -168,15 +171,26 @@ def make_env(
     num_actions = int(env.action_space.n)
     if family == "atari" and obs == "pixels":
         shape = tuple(obs_space.shape)  # (stack, 84, 84)
-        spec = EnvSpec(task_id, family, "pixels", shape[1:], np.dtype(np.uint8), shape[0], shape, num_actions,
-                       int(envs.frame_skip), n, b)
+        spec = EnvSpec(
+            task_id,
+            family,
+            "pixels",
+            shape[1:],
+            np.dtype(np.uint8),
+            shape[0],
+            shape,
+            num_actions,
+            int(envs.frame_skip),
+            n,
+            b,
+        )
     elif family == "atari":
-        spec = EnvSpec(task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions,
-                       int(envs.frame_skip), n, b)
+        spec = EnvSpec(
+            task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions, int(envs.frame_skip), n, b
+        )
     else:
         shape = tuple(obs_space.shape)
-        spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape,
-                       num_actions, 1, n, b)
+        spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape, num_actions, 1, n, b)
     return env, spec
 
 
@@ -215,8 +229,9 @@ class GameTracker:
         self.length = np.zeros(num_envs, np.int64)
         self.started = np.zeros(num_envs, bool)
 
-    def update(self, env_id: np.ndarray, raw_reward: np.ndarray,
-               elapsed_step: np.ndarray) -> list[tuple[int, float, int]]:
+    def update(
+        self, env_id: np.ndarray, raw_reward: np.ndarray, elapsed_step: np.ndarray
+    ) -> list[tuple[int, float, int]]:
         """Feeds one envpool result; returns ``[(env, score, length), ...]`` of games that ended.
 
         env_id: int[K]; raw_reward: float[K] unclipped; elapsed_step: int[K] (``info["elapsed_step"]``).
@@ -235,8 +250,60 @@ class GameTracker:
         self.length[cont] = elapsed_step[~first]
         return ended
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Copies of the games in progress: score float64[N], length int64[N], started bool[N]."""
+        return {"score": self.score.copy(), "length": self.length.copy(), "started": self.started.copy()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.score[:] = np.asarray(state["score"])
+        self.length[:] = np.asarray(state["length"])
+        self.started[:] = np.asarray(state["started"])
+
 
 def raw_reward_of(reward: np.ndarray, info: dict) -> np.ndarray:
     """The unclipped reward: ``info["reward"]`` for Atari, the reward itself otherwise."""
     r = info.get("reward")
     return reward if r is None else r
+
+
+class ActionLog:
+    """Every action sent to a synchronous env batch, uint8[T, num_envs] (one byte per agent step).
+
+    With the env seed this restores the envs exactly (``replay``): ALE and envpool's
+    classic control are deterministic for a seed and an action sequence.
+    """
+
+    def __init__(self, num_envs: int, rows: np.ndarray | None = None) -> None:
+        self.num_envs = num_envs
+        self._buf = np.zeros((1024, num_envs), np.uint8)
+        self.n = 0
+        if rows is not None and len(rows):
+            self.extend(np.asarray(rows, np.uint8))
+
+    def extend(self, rows: np.ndarray) -> None:
+        while self.n + len(rows) > len(self._buf):
+            self._buf = np.concatenate([self._buf, np.zeros_like(self._buf)])
+        self._buf[self.n : self.n + len(rows)] = rows
+        self.n += len(rows)
+
+    def append(self, row: np.ndarray) -> None:
+        self.extend(np.asarray(row, np.uint8)[None])
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self._buf[: self.n]
+
+    def replay(self, env: Any, rows: np.ndarray, stop: Any = None) -> int:
+        """Sends ``rows`` (uint8[T, num_envs]) to a freshly reset ``env``, recording them; returns steps sent.
+
+        ``stop``: an object whose ``signum`` ends the replay early when set.
+        """
+        sent = 0
+        for row in rows:
+            ids = env.recv()[4]["env_id"]
+            env.send(row[ids].astype(np.int32), ids)
+            sent += 1
+            if stop is not None and stop.signum:
+                break
+        self.extend(rows)
+        return sent

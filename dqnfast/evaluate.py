@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig
+from dqnfast.config.resolve import available_cores, resolve_device, thread_counts
 
 __all__ = [
     "EvalConfig",
@@ -46,6 +46,7 @@ __all__ = [
     "default_out",
     "evaluate",
     "evaluate_network",
+    "final_evaluation",
     "format_table",
     "play",
     "summarize",
@@ -58,8 +59,9 @@ __all__ = [
 log = logging.getLogger("dqnfast.evaluate")
 
 VIDEO_CHOICES = ("first", "best", "median", "worst")
-REFERENCE_SOURCE = ("Mnih et al. 2015 (Nature), Extended Data Table 2; Badia et al. 2020 (Agent57), Table H.4 "
-                    "-- dqnfast.atari_scores")
+REFERENCE_SOURCE = (
+    "Mnih et al. 2015 (Nature), Extended Data Table 2; Badia et al. 2020 (Agent57), Table H.4 -- dqnfast.atari_scores"
+)
 
 
 # --------------------------------------------------------------------- config
@@ -105,22 +107,32 @@ class EvalConfig:
 
 def validate_eval(cfg: EvalConfig) -> None:
     """Value checks; raises ConfigError naming the key."""
+
     def check(ok: bool, key: str, msg: str) -> None:
         if not ok:
             raise ConfigError(key, msg)
 
-    check(cfg.run not in (None, "", "???"), "run", "give the run dir or checkpoint to evaluate: "
-          "python -m dqnfast.evaluate run=outputs/DATE/TIME")
+    check(
+        cfg.run not in (None, "", "???"),
+        "run",
+        "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate run=outputs/DATE/TIME",
+    )
     check(isinstance(cfg.episodes, int) and cfg.episodes >= 1, "episodes", f"must be >= 1, got {cfg.episodes!r}")
     check(isinstance(cfg.num_envs, int) and cfg.num_envs >= 1, "num_envs", f"must be >= 1, got {cfg.num_envs!r}")
     check(0.0 <= cfg.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {cfg.epsilon!r}")
     check(cfg.noop_max >= 0, "noop_max", f"must be >= 0, got {cfg.noop_max!r}")
-    check(0.0 <= cfg.repeat_action_probability <= 1.0, "repeat_action_probability",
-          f"must be in [0, 1], got {cfg.repeat_action_probability!r}")
+    check(
+        0.0 <= cfg.repeat_action_probability <= 1.0,
+        "repeat_action_probability",
+        f"must be in [0, 1], got {cfg.repeat_action_probability!r}",
+    )
     check(cfg.max_episode_steps >= 1, "max_episode_steps", f"must be >= 1, got {cfg.max_episode_steps!r}")
     check(cfg.seed is None or cfg.seed >= 0, "seed", f"must be >= 0 or null, got {cfg.seed!r}")
-    check(str(cfg.video_episode) in VIDEO_CHOICES, "video_episode",
-          f"unknown choice {cfg.video_episode!r}; choose one of {', '.join(VIDEO_CHOICES)}")
+    check(
+        str(cfg.video_episode) in VIDEO_CHOICES,
+        "video_episode",
+        f"unknown choice {cfg.video_episode!r}; choose one of {', '.join(VIDEO_CHOICES)}",
+    )
     check(cfg.video_fps is None or cfg.video_fps > 0, "video_fps", f"must be > 0 or null, got {cfg.video_fps!r}")
 
 
@@ -153,8 +165,9 @@ class RecordingEnv:
         out = self.env.recv()
         _, reward, _, _, info = out
         raw = raw_reward_of(reward, info)
-        for e, r, n in zip(info["env_id"].tolist(), np.asarray(raw, np.float64).tolist(),
-                           info["elapsed_step"].tolist()):
+        for e, r, n in zip(
+            info["env_id"].tolist(), np.asarray(raw, np.float64).tolist(), info["elapsed_step"].tolist()
+        ):
             self.rewards[e].append(r)
             self.elapsed[e].append(n)
         return out
@@ -167,7 +180,7 @@ class RecordingEnv:
     def close(self) -> None:
         self.env.close()
 
-    def games(self, quota: Sequence[int]) -> list["Game"]:
+    def games(self, quota: Sequence[int]) -> list[Game]:
         """The first ``quota[e]`` finished games of each env e (the ones run_episodes counted)."""
         out: list[Game] = []
         for e, (rew, ela) in enumerate(zip(self.rewards, self.elapsed)):
@@ -175,8 +188,9 @@ class RecordingEnv:
             for j, (s, t) in enumerate(zip(starts, starts[1:])):
                 if j >= quota[e]:
                     break
-                out.append(Game(env=e, index=j, start=s, stop=t, score=float(sum(rew[s + 1:t])),
-                                length=int(ela[t - 1])))
+                out.append(
+                    Game(env=e, index=j, start=s, stop=t, score=float(sum(rew[s + 1 : t])), length=int(ela[t - 1]))
+                )
         return out
 
 
@@ -210,8 +224,18 @@ def _quota(episodes: int, n: int) -> list[int]:
     return [episodes // n + (i < episodes % n) for i in range(n)]
 
 
-def play(game: str, obs: str, envs: EnvsConfig, protocol: EvalProtocolConfig, network: Any, *, epsilon: float,
-         seed: int, device: Any = "cpu", record: bool = False) -> Played:
+def play(
+    game: str,
+    obs: str,
+    envs: EnvsConfig,
+    protocol: EvalProtocolConfig,
+    network: Any,
+    *,
+    epsilon: float,
+    seed: int,
+    device: Any = "cpu",
+    record: bool = False,
+) -> Played:
     """Plays ``protocol.episodes`` whole games with ``network`` (None: uniform random) at ``epsilon``.
 
     Uses ``min(protocol.num_envs, protocol.episodes)`` synchronous envs seeded
@@ -237,8 +261,15 @@ def play(game: str, obs: str, envs: EnvsConfig, protocol: EvalProtocolConfig, ne
         network.train(was_training)
         config = dict(env.config)
         env.close()
-    out = Played([float(s) for s in scores], [int(n_) for n_ in lengths], float(epsilon), spec.task_id, int(seed),
-                 rec, env_config=config)
+    out = Played(
+        [float(s) for s in scores],
+        [int(n_) for n_ in lengths],
+        float(epsilon),
+        spec.task_id,
+        int(seed),
+        rec,
+        env_config=config,
+    )
     if rec is not None:
         out.games = rec.games(_quota(int(protocol.episodes), n))
         if sorted(g.score for g in out.games) != sorted(out.scores):  # the recording must tell the same story
@@ -275,9 +306,19 @@ class Evaluation:
     random: Played | None
 
 
-def evaluate_network(network: Any, *, game: str, obs: str, envs: EnvsConfig, protocol: EvalProtocolConfig,
-                     epsilon: float, seed: int, device: Any = "cpu", random_baseline: bool = True,
-                     record: bool = False) -> Evaluation:
+def evaluate_network(
+    network: Any,
+    *,
+    game: str,
+    obs: str,
+    envs: EnvsConfig,
+    protocol: EvalProtocolConfig,
+    epsilon: float,
+    seed: int,
+    device: Any = "cpu",
+    random_baseline: bool = True,
+    record: bool = False,
+) -> Evaluation:
     """Evaluates ``network`` and (optionally) a uniform-random agent with the same protocol and env seeds.
 
     Returns an Evaluation whose ``result`` holds, for the trained agent at the top
@@ -328,6 +369,56 @@ def evaluate_network(network: Any, *, game: str, obs: str, envs: EnvsConfig, pro
     return Evaluation(result, trained, rand)
 
 
+def final_evaluation(
+    cfg: Any,
+    network: Any,
+    device: Any,
+    run_dir: Path,
+    *,
+    task_id: str,
+    run_name: str,
+    env_steps: int,
+    frame_skip: int,
+    updates: int,
+    checkpoint: Path,
+) -> dict[str, Any]:
+    """A training run's final evaluation: ``envs.eval`` games at ``explore.eval_epsilon``, trained vs random.
+
+    cfg: the run's Config. Seeds the envs with ``seed + 10000`` (as ``python -m
+    dqnfast.evaluate`` does by default), writes ``eval.json`` and the two plots into
+    ``run_dir``; returns eval.json's dict (``evaluate_network``'s, plus game, run_name,
+    env_steps, frames, updates, checkpoint). A failed plot is logged, never raised.
+    """
+    ev = cfg.envs.eval
+    if ev.episodes <= 0:
+        result: dict[str, Any] = {**summarize([]), "epsilon": cfg.explore.eval_epsilon, "random": None}
+    else:
+        result = evaluate_network(
+            network,
+            game=cfg.game,
+            obs=cfg.obs,
+            envs=cfg.envs,
+            protocol=ev,
+            epsilon=cfg.explore.eval_epsilon,
+            seed=cfg.seed + 10_000,
+            device=device,
+        ).result
+    result.update(
+        game=task_id,
+        run_name=run_name,
+        env_steps=env_steps,
+        frames=env_steps * frame_skip,
+        updates=updates,
+        checkpoint=str(checkpoint),
+    )
+    write_json(result, run_dir / "eval.json")
+    try:
+        write_plots(result, run_dir, run_dir / "metrics.csv", frame_skip=frame_skip)
+    except Exception as e:  # a plot must never lose a finished run
+        logging.getLogger("dqnfast.train").warning("plots: %s", " ".join(str(e).split()))
+    return result
+
+
 # ---------------------------------------------------------------------- report
 def _fmt(x: Any, width: int = 9) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
@@ -342,14 +433,23 @@ def format_table(result: dict[str, Any]) -> str:
     p = result.get("protocol") or {}
     lines = [f"{result.get('game')}: {result.get('checkpoint', '')}".rstrip(": ")]
     if result.get("env_steps") is not None:
-        lines.append(f"trained {result['env_steps']:,} agent steps ({result.get('frames', 0):,} frames), "
-                     f"{result.get('updates', 0):,} updates")
-    prot = [f"{p.get('episodes')} games on {p.get('num_envs')} envs", f"eps {p.get('epsilon')}", f"seed {p.get('seed')}"]
+        lines.append(
+            f"trained {result['env_steps']:,} agent steps ({result.get('frames', 0):,} frames), "
+            f"{result.get('updates', 0):,} updates"
+        )
+    prot = [
+        f"{p.get('episodes')} games on {p.get('num_envs')} envs",
+        f"eps {p.get('epsilon')}",
+        f"seed {p.get('seed')}",
+    ]
     if p.get("noop_max") is not None:
-        prot += [f"up to {p['noop_max']} no-ops", f"sticky actions {p['repeat_action_probability']}",
-                 f"cap {p['max_episode_steps']} steps ({p['max_episode_frames']} frames)",
-                 "episodic life" if p.get("episodic_life") else "whole games",
-                 "clipped rewards" if p.get("reward_clip") else "unclipped scores"]
+        prot += [
+            f"up to {p['noop_max']} no-ops",
+            f"sticky actions {p['repeat_action_probability']}",
+            f"cap {p['max_episode_steps']} steps ({p['max_episode_frames']} frames)",
+            "episodic life" if p.get("episodic_life") else "whole games",
+            "clipped rewards" if p.get("reward_clip") else "unclipped scores",
+        ]
     lines.append("protocol: " + ", ".join(prot))
     lines.append("")
     cols = ("agent", "games", "mean", "std", "median", "min", "max", "human-norm.")
@@ -358,14 +458,17 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append("|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|")
     rows = [("trained", result)] + ([("random", result["random"])] if result.get("random") else [])
     for name, r in rows:
-        vals = [f"{name:>7}", _fmt(r.get("episodes"), 5)] + [_fmt(r.get(k)) for k in ("mean", "std", "median", "min",
-                                                                                      "max")]
+        vals = [f"{name:>7}", _fmt(r.get("episodes"), 5)] + [
+            _fmt(r.get(k)) for k in ("mean", "std", "median", "min", "max")
+        ]
         vals.append(_fmt(r.get("human_normalized"), 11))
         lines.append("| " + " | ".join(vals) + " |")
     ref = result.get("reference")
     if ref:
-        lines.append(f"human-normalized = (score - {ref['random']}) / ({ref['human']} - {ref['random']}): "
-                     "0 = random, 1 = human (Mnih et al. 2015)")
+        lines.append(
+            f"human-normalized = (score - {ref['random']}) / ({ref['human']} - {ref['random']}): "
+            "0 = random, 1 = human (Mnih et al. 2015)"
+        )
     return "\n".join(lines)
 
 
@@ -383,11 +486,11 @@ def _json_safe(x: Any) -> Any:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """eval.json, atomically, NaN written as null."""
+    from dqnfast.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(_json_safe(result), indent=2) + "\n")
-    os.replace(tmp, path)
+    with atomic_open(path, "w") as f:
+        f.write(json.dumps(_json_safe(result), indent=2) + "\n")
     return path
 
 
@@ -400,12 +503,20 @@ def write_plots(result: dict[str, Any], out: Path, metrics_csv: Path | None, *, 
     eps = (result.get("protocol") or {}).get("epsilon", result.get("epsilon"))
     title = f"{result.get('game')}{steps}: trained (eps {eps}) vs random"
     rand = result.get("random") or {}
-    paths["eval_scores"] = str(plot_eval_scores(result.get("scores", []), rand.get("scores"),
-                                                out / "eval_scores.png", title=title))
+    paths["eval_scores"] = str(
+        plot_eval_scores(result.get("scores", []), rand.get("scores"), out / "eval_scores.png", title=title)
+    )
     if metrics_csv is not None and metrics_csv.is_file():
-        paths["learning_curve"] = str(plot_learning_curve(
-            metrics_csv, out / "learning_curve.png", title=f"{result.get('game')}: learning curve",
-            frame_skip=frame_skip, eval_mean=result.get("mean"), random_mean=rand.get("mean")))
+        paths["learning_curve"] = str(
+            plot_learning_curve(
+                metrics_csv,
+                out / "learning_curve.png",
+                title=f"{result.get('game')}: learning curve",
+                frame_skip=frame_skip,
+                eval_mean=result.get("mean"),
+                random_mean=rand.get("mean"),
+            )
+        )
     return paths
 
 
@@ -419,8 +530,9 @@ def _pick_game(games: list[Game], which: str) -> Game:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = True, gif: bool = False,
-                 fps: float | None = None) -> dict[str, Any]:
+def write_videos(
+    played: Played, out: Path, *, which: str = "best", mp4: bool = True, gif: bool = False, fps: float | None = None
+) -> dict[str, Any]:
     """Re-plays one recorded game in colour (``dqnfast.video``) and streams it to MP4 / GIF; returns paths and facts.
 
     The file names carry the game's score: ``video_<game>_<which>_score<score>.mp4``.
@@ -431,8 +543,16 @@ def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = 
         raise ValueError("write_videos needs a recorded evaluation (play(..., record=True)) with finished games")
     g = _pick_game(played.games, which)
     rec = played.recorder
-    frames = iter_replay(played.task_id, played.env_config, g.env, rec.actions[g.env], rec.rewards[g.env],
-                         rec.elapsed[g.env], g.start, g.stop)
+    frames = iter_replay(
+        played.task_id,
+        played.env_config,
+        g.env,
+        rec.actions[g.env],
+        rec.rewards[g.env],
+        rec.elapsed[g.env],
+        g.start,
+        g.stop,
+    )
     fps = float(fps or 60.0 / max(1, int(played.env_config.get("frame_skip", 4))))
     stem = f"video_{_short(played.task_id)}_{which}_score{g.score:g}"
     paths = {"mp4": out / f"{stem}.mp4" if mp4 else None, "gif": out / f"{stem}.gif" if gif else None}
@@ -444,27 +564,21 @@ def write_videos(played: Played, out: Path, *, which: str = "best", mp4: bool = 
             yield f
 
     n = write_frames(seen(frames), mp4=paths["mp4"], gif=paths["gif"], fps=fps)
-    info: dict[str, Any] = {"episode": which, "env": g.env, "game_of_env": g.index, "score": g.score,
-                            "length": g.length, "frames": n, "fps": fps, "shape": shape}
+    info: dict[str, Any] = {
+        "episode": which,
+        "env": g.env,
+        "game_of_env": g.index,
+        "score": g.score,
+        "length": g.length,
+        "frames": n,
+        "fps": fps,
+        "shape": shape,
+    }
     info.update({k: str(p) for k, p in paths.items() if p is not None})
     return info
 
 
 # ----------------------------------------------------------------- evaluate app
-def _device(name: str):
-    import torch
-
-    if str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(str(name))
-    except RuntimeError as e:
-        raise ConfigError("device", f"{name!r} is not a torch device ({e})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", f"{name!r} asked for but CUDA is not available; use device=auto or cpu")
-    return dev
-
-
 def default_out(checkpoint: Path) -> Path:
     """``<run dir>/eval`` for a run's newest checkpoint, ``<run dir>/eval-<stem>`` for another one."""
     from dqnfast.checkpoint import CHECKPOINT_NAME, run_dir_of
@@ -487,7 +601,8 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     """The ``dqnfast.evaluate`` app without Hydra: loads, checks, plays, writes, prints; returns eval.json's dict.
 
     Raises ConfigError (key ``run`` for an unusable or mismatched checkpoint, the
-    key's name for a bad value) and ``dqnfast.video.VideoError``.
+    key's name for a bad value) and ``dqnfast.video.VideoError``. The app's steps in the
+    order they run (check, load, play, write, print); splitting it would pass a dozen locals.
     """
     import torch
 
@@ -520,45 +635,79 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         raise ConfigError("game", str(e)) from None
     if (cfg.video or cfg.gif) and family != "atari":
         raise ConfigError("video", f"videos are for Atari games; {task_id} has no screen")
-    envs = EnvsConfig(num_envs=cfg.num_envs, num_threads=cfg.num_threads,
-                      frame_skip=int(envs_cfg.get("frame_skip", 4)), stack=int(envs_cfg.get("stack", 4)))
-    protocol = EvalProtocolConfig(episodic_life=False, reward_clip=False, noop_max=cfg.noop_max,
-                                  repeat_action_probability=cfg.repeat_action_probability,
-                                  max_episode_steps=cfg.max_episode_steps, episodes=cfg.episodes,
-                                  num_envs=cfg.num_envs)
+    envs = EnvsConfig(
+        num_envs=cfg.num_envs,
+        num_threads=cfg.num_threads,
+        frame_skip=int(envs_cfg.get("frame_skip", 4)),
+        stack=int(envs_cfg.get("stack", 4)),
+    )
+    protocol = EvalProtocolConfig(
+        episodic_life=False,
+        reward_clip=False,
+        noop_max=cfg.noop_max,
+        repeat_action_probability=cfg.repeat_action_probability,
+        max_episode_steps=cfg.max_episode_steps,
+        episodes=cfg.episodes,
+        num_envs=cfg.num_envs,
+    )
     probe, spec = make_env(task_id, "pixels" if obs == "vector" else obs, envs, protocol, seed=0, num_envs=1)
     probe.close()
     try:
-        check_compatible(ckpt, game=task_id, obs_kind=spec.obs_kind, num_actions=spec.num_actions,
-                         network={**ckpt["network"], "obs_shape": list(spec.obs_shape),
-                                  "num_actions": spec.num_actions}, what="this evaluation")
+        check_compatible(
+            ckpt,
+            game=task_id,
+            obs_kind=spec.obs_kind,
+            num_actions=spec.num_actions,
+            network={**ckpt["network"], "obs_shape": list(spec.obs_shape), "num_actions": spec.num_actions},
+            what="this evaluation",
+        )
         net = make_network(ckpt["network"])
         net.load_state_dict(ckpt["online"])
     except (CheckpointError, RuntimeError, KeyError, TypeError, ValueError) as e:
         raise ConfigError("run", " ".join(str(e).split()) or type(e).__name__) from None
-    device = _device(cfg.device)
-    if cfg.torch_threads:
-        torch.set_num_threads(int(cfg.torch_threads))
-    elif device.type == "cpu":  # as in training: spinning torch workers beside envpool's cost up to 10x
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
+    device = resolve_device(cfg.device)
+    _, _, threads = thread_counts(available_cores(), cpu=device.type == "cpu", torch_threads=cfg.torch_threads)
+    if threads:  # as in training: spinning torch workers beside envpool's cost up to 10x
+        torch.set_num_threads(threads)
     net.to(device)
     counters = ckpt.get("counters") or {}
     seed = int(cfg.seed if cfg.seed is not None else int(counters.get("seed", train_cfg.get("seed", 0))) + 10_000)
 
     start = time.perf_counter()
-    log.info("evaluating %s (%s, %d agent steps) on %s: %d games, eps %g, seed %d", path, task_id,
-             int(counters.get("env_steps", 0)), device, cfg.episodes, cfg.epsilon, seed)
-    ev = evaluate_network(net, game=task_id, obs=spec.obs_kind, envs=envs, protocol=protocol, epsilon=cfg.epsilon,
-                          seed=seed, device=device, random_baseline=cfg.random_baseline,
-                          record=cfg.video or cfg.gif)
+    log.info(
+        "evaluating %s (%s, %d agent steps) on %s: %d games, eps %g, seed %d",
+        path,
+        task_id,
+        int(counters.get("env_steps", 0)),
+        device,
+        cfg.episodes,
+        cfg.epsilon,
+        seed,
+    )
+    ev = evaluate_network(
+        net,
+        game=task_id,
+        obs=spec.obs_kind,
+        envs=envs,
+        protocol=protocol,
+        epsilon=cfg.epsilon,
+        seed=seed,
+        device=device,
+        random_baseline=cfg.random_baseline,
+        record=cfg.video or cfg.gif,
+    )
     from dqnfast.checkpoint import package_version
 
     result = ev.result
     fs = int(envs.frame_skip) if family == "atari" else 1
-    head = {"game": task_id, "checkpoint": str(path.resolve()), "run_dir": str(run_dir),
-            "env_steps": int(counters.get("env_steps", 0)),
-            "frames": int(counters.get("frames", int(counters.get("env_steps", 0)) * fs)),
-            "updates": int(counters.get("updates", 0))}
+    head = {
+        "game": task_id,
+        "checkpoint": str(path.resolve()),
+        "run_dir": str(run_dir),
+        "env_steps": int(counters.get("env_steps", 0)),
+        "frames": int(counters.get("frames", int(counters.get("env_steps", 0)) * fs)),
+        "updates": int(counters.get("updates", 0)),
+    }
     result = {**head, **{k: v for k, v in result.items() if k not in head}}
     result["time"] = time.perf_counter() - start
     result["dqnfast"] = package_version()
@@ -567,87 +716,23 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     result["video"] = None
     write_json(result, out / "eval.json")  # the scores are safe before the video is tried
     if cfg.video or cfg.gif:
-        result["video"] = write_videos(ev.trained, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif,
-                                       fps=cfg.video_fps)
+        result["video"] = write_videos(
+            ev.trained, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif, fps=cfg.video_fps
+        )
         write_json(result, out / "eval.json")
     if echo:
         print(format_table(result))
-        print(f"wrote {out / 'eval.json'}" + "".join(f", {Path(p).name}" for p in result["plots"].values())
-              + "".join(f", {Path(result['video'][k]).name}" for k in ("mp4", "gif")
-                        if result["video"] and k in result["video"]))
+        print(
+            f"wrote {out / 'eval.json'}"
+            + "".join(f", {Path(p).name}" for p in result["plots"].values())
+            + "".join(
+                f", {Path(result['video'][k]).name}" for k in ("mp4", "gif") if result["video"] and k in result["video"]
+            )
+        )
     return result
 
 
-# ------------------------------------------------------------------------- CLI
-def _fail(err: Exception, code: int = 2) -> None:
-    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-    sys.exit(code)
-
-
-def _eval_dir(run: str, out: Any = None) -> str:
-    """Hydra's run dir for an evaluation (resolver ``dqnfast_eval_dir``): ``out`` or the default."""
-    if out not in (None, "", "None", "null"):
-        return str(out)
-    try:
-        from dqnfast.checkpoint import find_checkpoint
-
-        return str(default_out(find_checkpoint(run)))
-    except Exception:  # checked, with a clear message, before Hydra runs
-        return str(Path("outputs") / "eval")
-
-
-def _preflight(argv: list[str]) -> None:
-    """One-line errors before Hydra creates any folder: no ``run=``, an unusable checkpoint, a bad key or type."""
-    if any(a in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c", "--resolve") or a.startswith("--cfg")
-           or a.startswith("--info") for a in argv):
-        return
-    from dqnfast.overrides import check_overrides
-
-    try:
-        runs = [str(r) for r in check_overrides(argv, EvalConfig, hint="see python -m dqnfast.evaluate --help")
-                .get("run", [])]
-    except ConfigError as e:
-        _fail(e)
-    if not runs:
-        _fail(ConfigError("run", "give the run dir or checkpoint to evaluate: python -m dqnfast.evaluate "
-                                 "run=outputs/DATE/TIME"))
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-
-    for r in runs:
-        try:
-            load_checkpoint(find_checkpoint(r))
-        except CheckpointError as e:
-            _fail(ConfigError("run", str(e)))
-
-
-def cli() -> None:
-    """``python -m dqnfast.evaluate run=<run dir or checkpoint> [key=value ...]`` (Hydra app, conf/evaluate.yaml)."""
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
-
-    _preflight(sys.argv[1:])
-    if not OmegaConf.has_resolver("dqnfast_eval_dir"):
-        OmegaConf.register_new_resolver("dqnfast_eval_dir", _eval_dir)
-    ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
-
-    @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-    def main(dcfg) -> None:
-        try:
-            cfg = OmegaConf.to_object(dcfg)
-            evaluate(cfg, HydraConfig.get().runtime.output_dir)
-        except ConfigError as e:
-            _fail(e)
-        except Exception as e:  # VideoError, ReplayDivergedError: one line, no traceback
-            from dqnfast.video import VideoError
-
-            if isinstance(e, VideoError):
-                _fail(e, 1)
-            raise
-
-    main()
-
-
 if __name__ == "__main__":
+    from dqnfast.cli.evaluate import cli
+
     cli()

@@ -24,21 +24,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from dqnfast.config import OptimConfig
+from dqnfast.config.resolve import uses_cudagraphs
 
 __all__ = [
     "Learner",
     "make_optimizer",
-    "resolve_amp",
-    "resolve_compile",
-    "uses_cudagraphs",
     "soft_update",
     "td_target",
     "update_step",
 ]
 
 
-def td_target(reward: torch.Tensor, discount: torch.Tensor, next_q_target: torch.Tensor,
-              next_q_online: torch.Tensor | None = None) -> torch.Tensor:
+def td_target(
+    reward: torch.Tensor, discount: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.Tensor | None = None
+) -> torch.Tensor:
     """The bootstrapped target y, float32[B] (no gradient).
 
     reward: float32[B] n-step return; discount: float32[B] (gamma^m or 0);
@@ -53,10 +52,21 @@ def td_target(reward: torch.Tensor, discount: torch.Tensor, next_q_target: torch
     return reward + discount * next_v
 
 
-def update_step(online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer,
-                obs: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, next_obs: torch.Tensor,
-                discount: torch.Tensor, *, double: bool = True, loss: str = "huber",
-                max_grad_norm: float | None = None, amp_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def update_step(
+    online: nn.Module,
+    target: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    next_obs: torch.Tensor,
+    discount: torch.Tensor,
+    *,
+    double: bool = True,
+    loss: str = "huber",
+    max_grad_norm: float | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
     """One gradient step on one batch; returns metrics as detached 0-d device tensors.
 
     obs, next_obs: [B, *obs_shape] (uint8 or float32, as stored); action: int64[B];
@@ -102,8 +112,13 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         torch._foreach_lerp_(t_params, o_params, float(tau))
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, *, device: torch.device | str = "cpu",
-                   compile_mode: str | None = None) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    cfg: OptimConfig,
+    *,
+    device: torch.device | str = "cpu",
+    compile_mode: str | None = None,
+) -> torch.optim.Optimizer:
     """Adam(lr, eps) or RMSprop(lr, alpha, eps, centered) -- Nature: 2.5e-4, 0.95, 0.01, centered.
 
     The implementation follows how the update runs (see ``resolve_compile``): eager on
@@ -111,7 +126,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, *, de
     fuse the step, and modes that replay CUDA graphs keep the step counter on the device
     (``capturable``) so the optimizer step can live inside the graph. The maths is the same.
     """
-    name = str(cfg.name).lower()
+    name = str(cfg.name)
     cuda = torch.device(device).type == "cuda"
     kw: dict[str, Any] = {}
     if cuda and compile_mode is None:
@@ -124,36 +139,6 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig, *, de
         kw.pop("fused", None)
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, centered=cfg.centered, **kw)
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose adam or rmsprop")
-
-
-def resolve_compile(mode: str | bool | None, device: torch.device | str) -> str | None:
-    """How the update runs: None = eager, else the ``torch.compile`` mode.
-
-    ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on CUDA, eager on
-    the CPU (compiling takes longer than a short CPU run gains); ``true`` = ``default``;
-    ``false`` = eager; any other value is a torch.compile mode.
-    """
-    m = str(mode).lower() if mode is not None else "false"
-    if m == "auto":
-        return "reduce-overhead" if torch.device(device).type == "cuda" else None
-    if m in ("false", "none", "eager"):
-        return None
-    return "default" if m == "true" else m
-
-
-def uses_cudagraphs(compile_mode: str | None) -> bool:
-    """Whether a torch.compile mode replays CUDA graphs (on CUDA tensors)."""
-    return compile_mode in ("reduce-overhead", "max-autotune")
-
-
-def resolve_amp(amp: str | None) -> torch.dtype | None:
-    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16."""
-    m = str(amp).lower() if amp is not None else "none"
-    if m in ("none", "fp32", "false"):
-        return None
-    if m in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    raise ValueError(f"unknown amp mode {amp!r}; choose none or bf16")
 
 
 class Learner:
@@ -180,10 +165,21 @@ class Learner:
     warning and continues eagerly.
     """
 
-    def __init__(self, online: nn.Module, target: nn.Module, optimizer: torch.optim.Optimizer, *,
-                 double: bool = True, loss: str = "huber", max_grad_norm: float | None = 10.0,
-                 target_update_period: int = 10_000, tau: float = 1.0, device: torch.device | str = "cpu",
-                 compile: bool | str | None = False, amp_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        online: nn.Module,
+        target: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        double: bool = True,
+        loss: str = "huber",
+        max_grad_norm: float | None = 10.0,
+        target_update_period: int = 10_000,
+        tau: float = 1.0,
+        device: torch.device | str = "cpu",
+        compile: bool | str | None = False,
+        amp_dtype: torch.dtype | None = None,
+    ) -> None:
         if loss not in ("huber", "mse"):
             raise ValueError(f"unknown loss {loss!r}; choose huber or mse")
         self.online = online
@@ -221,10 +217,16 @@ class Learner:
         if getattr(batch, "frames", None) is not None and batch.frames.device != self.device:
             batch = batch.to(self.device)  # shared rows: one window copied, two views
         dev, nb = self.device, True
-        args = (self.online, self.target, self.optimizer,
-                batch.obs.to(dev, non_blocking=nb), batch.action.to(dev, non_blocking=nb),
-                batch.reward.to(dev, non_blocking=nb), batch.next_obs.to(dev, non_blocking=nb),
-                batch.discount.to(dev, non_blocking=nb))
+        args = (
+            self.online,
+            self.target,
+            self.optimizer,
+            batch.obs.to(dev, non_blocking=nb),
+            batch.action.to(dev, non_blocking=nb),
+            batch.reward.to(dev, non_blocking=nb),
+            batch.next_obs.to(dev, non_blocking=nb),
+            batch.discount.to(dev, non_blocking=nb),
+        )
         if self.graphed:  # one update = one CUDA-graph generation (the update has a graph break at backward)
             torch.compiler.cudagraph_mark_step_begin()
         if self._guarded_calls:
@@ -242,14 +244,20 @@ class Learner:
         """One of the first compiled updates; on a compiler error, one warning and eager from then on."""
         import logging
 
-        state = ({k: v.detach().clone() for k, v in self.online.state_dict().items()},
-                 copy.deepcopy(self.optimizer.state_dict()))
+        state = (
+            {k: v.detach().clone() for k, v in self.online.state_dict().items()},
+            copy.deepcopy(self.optimizer.state_dict()),
+        )
         try:
             metrics = self._step(*args)
         except Exception as e:  # noqa: BLE001 - torch.compile raises many types (BackendCompilerFailed, ...)
             logging.getLogger("dqnfast.learner").warning(
                 "torch.compile(mode=%r) failed (%s: %s); running the update eagerly (set algo.compile=false to "
-                "skip compiling)", self.compile_mode, type(e).__name__, " ".join(str(e).split())[:200])
+                "skip compiling)",
+                self.compile_mode,
+                type(e).__name__,
+                " ".join(str(e).split())[:200],
+            )
             self.online.load_state_dict(state[0])
             self.optimizer.load_state_dict(state[1])
             self._step, self.compile_mode, self.graphed = self._eager, None, False
@@ -257,6 +265,39 @@ class Learner:
             return self._step(*args)
         self._guarded_calls -= 1
         return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizer and counters: everything a resumed run needs to update on."""
+        return {
+            "online": self.online.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_updates": self.num_updates,
+            "num_syncs": self.num_syncs,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores ``state_dict()``'s output; missing counters are left as they are.
+
+        The optimizer's hyperparameters (lr, eps, ...) stay this learner's: the config of
+        a resumed run wins over the saved one. A capturable or fused optimizer keeps its
+        step counter on the parameters' device, where ``load_state_dict`` does not put it.
+        """
+        self.online.load_state_dict(state["online"])
+        self.target.load_state_dict(state["target"])
+        opt = self.optimizer
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(state["optimizer"])
+        for g, h in zip(opt.param_groups, hyper):
+            g.update(h)
+            if not (g.get("capturable") or g.get("fused")):
+                continue
+            for p in g["params"]:
+                st = opt.state.get(p, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(p.device)
+        self.num_updates = int(state.get("num_updates", self.num_updates))
+        self.num_syncs = int(state.get("num_syncs", self.num_syncs))
 
     def sync_target(self) -> None:
         """target <- tau * online + (1 - tau) * target."""

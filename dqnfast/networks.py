@@ -48,9 +48,7 @@ class QHead(nn.Module):
         super().__init__()
         self.dueling = dueling
         self.advantage = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
-        self.value = (
-            nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if dueling else None
-        )
+        self.value = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if dueling else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         adv = self.advantage(features)
@@ -67,13 +65,22 @@ class NatureCNN(nn.Module):
     fully connected ``hidden`` (512), linear to the actions (or the dueling head).
     """
 
-    def __init__(self, in_channels: int, num_actions: int, hidden: int = 512, dueling: bool = False,
-                 image_size: tuple[int, int] = (84, 84)) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        num_actions: int,
+        hidden: int = 512,
+        dueling: bool = False,
+        image_size: tuple[int, int] = (84, 84),
+    ) -> None:
         super().__init__()
         self.torso = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-            nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 32, 8, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=1),
+            nn.ReLU(),
             nn.Flatten(),
         )
         with torch.no_grad():
@@ -92,8 +99,9 @@ class MLP(nn.Module):
     layer (so ``dueling`` splits after ``hidden[:-1]``).
     """
 
-    def __init__(self, in_features: int, num_actions: int, hidden: tuple[int, ...] = (256, 256),
-                 dueling: bool = False) -> None:
+    def __init__(
+        self, in_features: int, num_actions: int, hidden: tuple[int, ...] = (256, 256), dueling: bool = False
+    ) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
         layers: list[nn.Module] = [nn.Flatten()]
@@ -128,24 +136,36 @@ class NetworkSpec:
         return asdict(self)
 
 
-def spec_for(name: str, obs_kind: str, obs_shape: tuple[int, ...], obs_dtype: str, num_actions: int, *,
-             dueling: bool = False, cnn_hidden: int = 512, mlp_hidden: tuple[int, ...] = (256, 256)) -> NetworkSpec:
+def spec_for(
+    name: str,
+    obs_kind: str,
+    obs_shape: tuple[int, ...],
+    obs_dtype: str,
+    num_actions: int,
+    *,
+    dueling: bool = False,
+    cnn_hidden: int = 512,
+    mlp_hidden: tuple[int, ...] = (256, 256),
+) -> NetworkSpec:
     """Picks the architecture. name: ``auto`` (Nature CNN for pixels, else MLP) | ``nature`` | ``mlp``.
 
     Raises ValueError when the network cannot take the observation (``nature`` on
     RAM or vectors).
     """
-    name = str(name).lower()
+    name = str(name)
     if name == "auto":
         name = "nature" if obs_kind == "pixels" else "mlp"
     if name == "nature":
         if obs_kind != "pixels" or len(obs_shape) != 3:
-            raise ValueError(f"the Nature CNN needs stacked pixel observations, got {obs_kind} of shape "
-                             f"{tuple(obs_shape)}; use network.name=mlp (or auto)")
+            raise ValueError(
+                f"the Nature CNN needs stacked pixel observations, got {obs_kind} of shape "
+                f"{tuple(obs_shape)}; use network.name=mlp (or auto)"
+            )
         return NetworkSpec("nature", list(obs_shape), obs_dtype, int(num_actions), bool(dueling), [int(cnn_hidden)])
     if name == "mlp":
-        return NetworkSpec("mlp", list(obs_shape), obs_dtype, int(num_actions), bool(dueling),
-                           [int(h) for h in mlp_hidden])
+        return NetworkSpec(
+            "mlp", list(obs_shape), obs_dtype, int(num_actions), bool(dueling), [int(h) for h in mlp_hidden]
+        )
     raise ValueError(f"unknown network {name!r}; choose one of auto, nature, mlp")
 
 

@@ -28,11 +28,11 @@ def _figure(height: float, rows: int = 1):
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
+    from dqnfast.atomic import atomic_open
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png")
     return path
 
 
@@ -40,8 +40,14 @@ def _finite(xs: Sequence[float]) -> list[float]:
     return [float(x) for x in xs if x is not None and math.isfinite(float(x))]
 
 
-def plot_eval_scores(trained: Sequence[float], random: Sequence[float] | None, path: str | os.PathLike, *,
-                     title: str = "", xlabel: str = "game score (unclipped)") -> Path:
+def plot_eval_scores(
+    trained: Sequence[float],
+    random: Sequence[float] | None,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    xlabel: str = "game score (unclipped)",
+) -> Path:
     """Histogram of evaluation episode scores: trained agent vs uniform-random agent.
 
     trained, random: one score per episode (random may be None or empty). Both share
@@ -62,8 +68,13 @@ def plot_eval_scores(trained: Sequence[float], random: Sequence[float] | None, p
             if not xs:
                 continue
             mean = float(np.mean(xs))
-            ax.hist(xs, bins=bins, color=color, alpha=0.6,
-                    label=f"{name}: mean {mean:.1f} ± {float(np.std(xs)):.1f} ({len(xs)} games)")
+            ax.hist(
+                xs,
+                bins=bins,
+                color=color,
+                alpha=0.6,
+                label=f"{name}: mean {mean:.1f} ± {float(np.std(xs)):.1f} ({len(xs)} games)",
+            )
             ax.axvline(mean, color=color, linestyle="--", linewidth=1.5)
         ax.legend(loc="best", fontsize=9)
     else:
@@ -89,9 +100,15 @@ def read_metrics(path: str | os.PathLike) -> dict[str, list[float]]:
     return cols
 
 
-def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike, *, title: str = "",
-                        frame_skip: int = 1, eval_mean: float | None = None,
-                        random_mean: float | None = None) -> Path:
+def plot_learning_curve(
+    metrics_csv: str | os.PathLike,
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    frame_skip: int = 1,
+    eval_mean: float | None = None,
+    random_mean: float | None = None,
+) -> Path:
     """Game score and TD loss against agent steps, from a run's metrics.csv.
 
     Top: mean (and median) score of the recent games at each row; optional dashed
@@ -109,8 +126,14 @@ def plot_learning_curve(metrics_csv: str | os.PathLike, path: str | os.PathLike,
 
     sx, sy = series("score_mean")
     if sx:
-        ax_s.plot(sx, sy, color=TRAINED_COLOR, marker="o" if len(sx) < 30 else None, markersize=3,
-                  label="mean score (recent training games)")
+        ax_s.plot(
+            sx,
+            sy,
+            color=TRAINED_COLOR,
+            marker="o" if len(sx) < 30 else None,
+            markersize=3,
+            label="mean score (recent training games)",
+        )
     mx, my = series("score_median")
     if mx:
         ax_s.plot(mx, my, color=TRAINED_COLOR, alpha=0.35, linewidth=1, label="median")

@@ -91,9 +91,7 @@ class ReferenceRing:
             raise ValueError(f"n_step must be positive, got {n_step}")
         seg = capacity // num_envs
         if seg < 1:
-            raise ValueError(
-                f"segment_capacity = capacity // num_envs = {seg} is too small"
-            )
+            raise ValueError(f"segment_capacity = capacity // num_envs = {seg} is too small")
         self.capacity = capacity
         self.num_envs = num_envs
         self.segment_capacity = seg
@@ -189,7 +187,7 @@ class ReferenceRing:
         done = self.terminated | self.truncated
         valid = t >= 0
         # 2. the step after t is stored and is not the start of a new episode
-        valid &= (t + 1 < hi)
+        valid &= t + 1 < hi
         valid &= ~at(self.first, t + 1)
         # 3. n-step horizon m; every inspected step must be stored
         m = np.full(t.shape, self.n_step, dtype=np.int64)

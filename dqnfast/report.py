@@ -28,7 +28,6 @@ within each game (rliable's stratified bootstrap).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -42,8 +41,19 @@ import numpy as np
 
 from dqnfast.atari_scores import REFERENCE_SCORES, human_normalized
 
-__all__ = ["Job", "Row", "Aggregate", "collect_jobs", "config_labels", "summarize", "aggregate",
-           "mean_ci", "iqm_ci", "write_report", "main"]
+__all__ = [
+    "Job",
+    "Row",
+    "Aggregate",
+    "collect_jobs",
+    "config_labels",
+    "summarize",
+    "aggregate",
+    "mean_ci",
+    "iqm_ci",
+    "write_report",
+    "main",
+]
 
 DEFAULT_LABEL = "default"
 IGNORED_KEYS = ("seed", "game")  # never part of a config label
@@ -201,8 +211,9 @@ def iqm(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return stats.trim_mean(x, 0.25, axis=axis)
 
 
-def iqm_ci(per_game: Sequence[Sequence[float]], *, confidence: float = 0.95, reps: int = 2000,
-           seed: int = 0) -> tuple[float, float, float]:
+def iqm_ci(
+    per_game: Sequence[Sequence[float]], *, confidence: float = 0.95, reps: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
     """(IQM, low, high) of scores pooled over games and runs, with a stratified-bootstrap CI.
 
     per_game: one sequence of run scores per game. The bootstrap resamples runs within
@@ -244,7 +255,7 @@ class Row:
     std: float = math.nan
     ci_low: float = math.nan
     ci_high: float = math.nan
-    hns: float = math.nan          # human-normalized mean (NaN: no reference scores)
+    hns: float = math.nan  # human-normalized mean (NaN: no reference scores)
     train_score: float = math.nan  # mean over seeds of the last training score
     env_steps: int = 0
 
@@ -300,8 +311,18 @@ def aggregate(rows: Sequence[Row], *, reps: int = 2000, seed: int = 0) -> list[A
         per_game = [[human_normalized(r.game, s) for s in r.scores] for r in rs]
         point, lo, hi = iqm_ci(per_game, reps=reps, seed=seed)
         game_means = [float(np.mean(g)) for g in per_game]
-        out.append(Aggregate(config, [r.game for r in rs], sum(len(g) for g in per_game), point, lo, hi,
-                             float(np.mean(game_means)), float(np.median(game_means))))
+        out.append(
+            Aggregate(
+                config,
+                [r.game for r in rs],
+                sum(len(g) for g in per_game),
+                point,
+                lo,
+                hi,
+                float(np.mean(game_means)),
+                float(np.median(game_means)),
+            )
+        )
     return out
 
 
@@ -352,7 +373,7 @@ def plot_curves(rows: Sequence[Row], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
-    for ax in list(axes.flat)[len(games):]:
+    for ax in list(axes.flat)[len(games) :]:
         ax.set_visible(False)
     fig.suptitle("learning curves: mean over seeds ± std")
     fig.savefig(path, format="png")
@@ -375,12 +396,14 @@ def _optuna_section(dirs: Sequence[Path]) -> list[str]:
     return out
 
 
-def write_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None, *, reps: int = 2000,
-                 seed: int = 0) -> dict[str, Any]:
+def write_report(
+    dirs: Sequence[str | Path], out_dir: str | Path | None = None, *, reps: int = 2000, seed: int = 0
+) -> dict[str, Any]:
     """Collects the jobs under ``dirs`` and writes report.md, report.png and report.csv to ``out_dir``.
 
     out_dir: default the first dir. Returns {"md", "png", "csv"}: the paths, and
     {"rows", "aggregates"}: the tables. Raises FileNotFoundError if no job is found.
+    Writes report.md top to bottom in one place, so the file's layout reads off the code.
     """
     dirs = [Path(d) for d in dirs]
     for d in dirs:
@@ -397,11 +420,37 @@ def write_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None, 
 
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["game", "config", "seeds", "n", "mean", "std", "ci95_low", "ci95_high", "human_normalized",
-                    "train_score", "env_steps"])
+        w.writerow(
+            [
+                "game",
+                "config",
+                "seeds",
+                "n",
+                "mean",
+                "std",
+                "ci95_low",
+                "ci95_high",
+                "human_normalized",
+                "train_score",
+                "env_steps",
+            ]
+        )
         for r in rows:
-            w.writerow([r.game, r.config, " ".join(str(s) for s in r.seeds), r.n, r.mean, r.std, r.ci_low,
-                        r.ci_high, r.hns, r.train_score, r.env_steps])
+            w.writerow(
+                [
+                    r.game,
+                    r.config,
+                    " ".join(str(s) for s in r.seeds),
+                    r.n,
+                    r.mean,
+                    r.std,
+                    r.ci_low,
+                    r.ci_high,
+                    r.hns,
+                    r.train_score,
+                    r.env_steps,
+                ]
+            )
 
     done = sum(j.status == "done" for j in jobs)
     games = list(dict.fromkeys(r.game for r in rows))
@@ -428,8 +477,10 @@ def write_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None, 
         seeds = ", ".join(str(s) for s in r.seeds) or "–"
         missing = len(r.jobs) - r.n
         seeds += f" (+{missing} unfinished)" if missing else ""
-        md.append(f"| {r.game} | {_md_cell(r.config)} | {seeds} | {_fmt(r.mean)} ± {_fmt(r.std)} | "
-                  f"{_ci(r.ci_low, r.ci_high)} | {_fmt(r.hns, 3)} | {_fmt(r.train_score)} | {r.env_steps:,} |")
+        md.append(
+            f"| {r.game} | {_md_cell(r.config)} | {seeds} | {_fmt(r.mean)} ± {_fmt(r.std)} | "
+            f"{_ci(r.ci_low, r.ci_high)} | {_fmt(r.hns, 3)} | {_fmt(r.train_score)} | {r.env_steps:,} |"
+        )
     if aggs:
         md += [
             "",
@@ -443,43 +494,36 @@ def write_report(dirs: Sequence[str | Path], out_dir: str | Path | None = None, 
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for a in aggs:
-            md.append(f"| {_md_cell(a.config)} | {', '.join(a.games)} | {a.runs} | {_fmt(a.iqm, 3)} | "
-                      f"{_ci(a.ci_low, a.ci_high, 3)} | {_fmt(a.mean, 3)} | {_fmt(a.median, 3)} |")
-    md += ["", "## Learning curves", "", f"![learning curves]({png.name})", "", "## Jobs", "",
-           "| job | game | config | seed | score | train score | status |", "| --- | --- | --- | --- | --- | --- | --- |"]
+            md.append(
+                f"| {_md_cell(a.config)} | {', '.join(a.games)} | {a.runs} | {_fmt(a.iqm, 3)} | "
+                f"{_ci(a.ci_low, a.ci_high, 3)} | {_fmt(a.mean, 3)} | {_fmt(a.median, 3)} |"
+            )
+    md += [
+        "",
+        "## Learning curves",
+        "",
+        f"![learning curves]({png.name})",
+        "",
+        "## Jobs",
+        "",
+        "| job | game | config | seed | score | train score | status |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for j in jobs:
         try:
             rel = j.path.relative_to(out)
         except ValueError:
             rel = j.path
-        md.append(f"| `{rel}` | {j.game} | {_md_cell(j.config)} | {j.seed} | {_fmt(j.score)} | "
-                  f"{_fmt(j.train_score)} | {j.status} |")
+        md.append(
+            f"| `{rel}` | {j.game} | {_md_cell(j.config)} | {j.seed} | {_fmt(j.score)} | "
+            f"{_fmt(j.train_score)} | {j.status} |"
+        )
     md += _optuna_section(dirs)
     (out / "report.md").write_text("\n".join(md) + "\n")
     return {"md": out / "report.md", "png": png, "csv": out / "report.csv", "rows": rows, "aggregates": aggs}
 
 
-# ------------------------------------------------------------------------ CLI
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m dqnfast.report DIR [DIR ...] [--out DIR]``: writes report.md/.png/.csv."""
-    p = argparse.ArgumentParser(prog="python -m dqnfast.report", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("dirs", nargs="+", help="Hydra multirun dir(s) (multirun/DATE/TIME) or run dirs")
-    p.add_argument("--out", default=None, help="where to write report.md/.png/.csv (default: the first dir)")
-    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples for the IQM's CI (default 2000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
-    args = p.parse_args(argv)
-    try:
-        paths = write_report(args.dirs, args.out, reps=args.reps, seed=args.seed)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for r in paths["rows"]:
-        print(f"{r.game:<16} {r.config:<40} n={r.n:<3} {_fmt(r.mean):>10} ± {_fmt(r.std):<8} "
-              f"CI {_ci(r.ci_low, r.ci_high)}")
-    print(f"wrote {paths['md']}, {paths['png']} and {paths['csv']}")
-    return 0
-
-
 if __name__ == "__main__":
+    from dqnfast.cli.report import main
+
     sys.exit(main())

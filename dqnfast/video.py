@@ -22,14 +22,27 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 __all__ = [
-    "ReplayDivergedError", "VideoError", "check_video_deps", "iter_replay", "replay_frames", "write_frames",
-    "write_gif", "write_mp4",
+    "ReplayDivergedError",
+    "VideoError",
+    "check_video_deps",
+    "iter_replay",
+    "replay_frames",
+    "write_frames",
 ]
 
 # envpool Atari settings that define the game and the protocol; copied into the replay env
 PROTOCOL_KEYS = (
-    "max_episode_steps", "frame_skip", "noop_max", "zero_discount_on_life_loss", "episodic_life", "reward_clip",
-    "use_fire_reset", "mode", "difficulty", "full_action_space", "repeat_action_probability",
+    "max_episode_steps",
+    "frame_skip",
+    "noop_max",
+    "zero_discount_on_life_loss",
+    "episodic_life",
+    "reward_clip",
+    "use_fire_reset",
+    "mode",
+    "difficulty",
+    "full_action_space",
+    "repeat_action_probability",
     "use_inter_area_resize",
 )
 
@@ -57,14 +70,31 @@ def check_video_deps(gif: bool = False) -> None:
 def colour_env_kwargs(config: dict, seed: int) -> dict[str, Any]:
     """envpool.make kwargs for a one-env 210x160 RGB replay of an env built with ``config`` (``env.config``)."""
     kw = {k: config[k] for k in PROTOCOL_KEYS if k in config}
-    kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=int(seed),
-              img_height=210, img_width=160, gray_scale=False, stack_num=1)
+    kw.update(
+        env_type="gymnasium",
+        num_envs=1,
+        batch_size=1,
+        num_threads=1,
+        seed=int(seed),
+        img_height=210,
+        img_width=160,
+        gray_scale=False,
+        stack_num=1,
+    )
     return kw
 
 
-def iter_replay(task_id: str, env_config: dict, env_index: int, actions: Sequence[int],
-                rewards: Sequence[float], elapsed: Sequence[int], start: int, stop: int,
-                **override: Any) -> Iterator[np.ndarray]:
+def iter_replay(
+    task_id: str,
+    env_config: dict,
+    env_index: int,
+    actions: Sequence[int],
+    rewards: Sequence[float],
+    elapsed: Sequence[int],
+    start: int,
+    stop: int,
+    **override: Any,
+) -> Iterator[np.ndarray]:
     """Re-plays env ``env_index`` of a recorded evaluation and yields frames ``start..stop-1``, one at a time.
 
     task_id: envpool id (``Pong-v5``). env_config: the evaluation env's ``env.config``
@@ -91,7 +121,8 @@ def iter_replay(task_id: str, env_config: dict, env_index: int, actions: Sequenc
             if e != int(elapsed[k]) or abs(r - float(rewards[k])) > 1e-6:
                 raise ReplayDivergedError(
                     f"video: replaying env {env_index}'s actions diverged at step {k} (reward {r:g} vs {rewards[k]:g}, "
-                    f"elapsed_step {e} vs {elapsed[k]}); the emulator is not deterministic here, so no video")
+                    f"elapsed_step {e} vs {elapsed[k]}); the emulator is not deterministic here, so no video"
+                )
             if k >= start:
                 o = obs[0]
                 yield np.ascontiguousarray(o.transpose(1, 2, 0)) if o.ndim == 3 else o.copy()
@@ -110,8 +141,13 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
-def write_frames(frames: Iterable[np.ndarray], *, mp4: str | os.PathLike | None = None,
-                 gif: str | os.PathLike | None = None, fps: float = 15.0) -> int:
+def write_frames(
+    frames: Iterable[np.ndarray],
+    *,
+    mp4: str | os.PathLike | None = None,
+    gif: str | os.PathLike | None = None,
+    fps: float = 15.0,
+) -> int:
     """Streams uint8[H, W, 3] frames into an H.264 MP4 and/or a looping GIF; returns the frame count.
 
     Frames keep their size (H, W even for the MP4). Each file is written to a temporary
@@ -128,9 +164,18 @@ def write_frames(frames: Iterable[np.ndarray], *, mp4: str | os.PathLike | None 
     try:
         if mp4 is not None:
             # macro_block_size=1: keep 210x160 (imageio would otherwise pad to multiples of 16)
-            writers.append(imageio.get_writer(_tmp(Path(mp4)), format="FFMPEG", fps=float(fps), codec="libx264",
-                                              macro_block_size=1, pixelformat="yuv420p", quality=8,
-                                              ffmpeg_log_level="error"))
+            writers.append(
+                imageio.get_writer(
+                    _tmp(Path(mp4)),
+                    format="FFMPEG",
+                    fps=float(fps),
+                    codec="libx264",
+                    macro_block_size=1,
+                    pixelformat="yuv420p",
+                    quality=8,
+                    ffmpeg_log_level="error",
+                )
+            )
         if gif is not None:
             writers.append(imageio.get_writer(_tmp(Path(gif)), format="GIF", duration=1000.0 / float(fps), loop=0))
         for f in frames:
@@ -152,15 +197,3 @@ def write_frames(frames: Iterable[np.ndarray], *, mp4: str | os.PathLike | None 
         for p in targets:
             _tmp(p).unlink(missing_ok=True)
     return n
-
-
-def write_mp4(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float = 15.0) -> Path:
-    """H.264 MP4 of uint8[H, W, 3] frames at their own size (H, W even), written atomically."""
-    write_frames(frames, mp4=path, fps=fps)
-    return Path(path)
-
-
-def write_gif(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float = 15.0) -> Path:
-    """Looping GIF of uint8[H, W, 3] frames, written atomically."""
-    write_frames(frames, gif=path, fps=fps)
-    return Path(path)

@@ -19,7 +19,6 @@ from dqnfast.checkpoint import (
     numbered_checkpoints,
     payload_digest,
     run_dir_of,
-    save_checkpoint,
     save_run_checkpoint,
     write_checkpoint,
 )
@@ -34,11 +33,19 @@ def payload(step: int = 10) -> dict:
     opt = torch.optim.Adam(online.parameters())
     online(torch.randn(3, 4)).sum().backward()
     opt.step()
-    return {"online": online.state_dict(), "target": target.state_dict(), "optimizer": opt.state_dict(),
-            "counters": {"env_steps": step, "updates": step // 4}, "config": {"game": "CartPole"},
-            "game": "CartPole-v1", "obs": {"kind": "vector", "shape": [4], "dtype": "float32"}, "num_actions": 2,
-            "network": SPEC.to_dict(), "rng": {"python": (3, tuple(range(5)), None), "big": 2**70},
-            "loop": {"scores": [1.0, 2.5], "loss_sum": torch.tensor(0.25), "none": None}}
+    return {
+        "online": online.state_dict(),
+        "target": target.state_dict(),
+        "optimizer": opt.state_dict(),
+        "counters": {"env_steps": step, "updates": step // 4},
+        "config": {"game": "CartPole"},
+        "game": "CartPole-v1",
+        "obs": {"kind": "vector", "shape": [4], "dtype": "float32"},
+        "num_actions": 2,
+        "network": SPEC.to_dict(),
+        "rng": {"python": (3, tuple(range(5)), None), "big": 2**70},
+        "loop": {"scores": [1.0, 2.5], "loss_sum": torch.tensor(0.25), "none": None},
+    }
 
 
 def flip_tensor_byte(src, dst, record: str = "data/0", at: int = 3) -> None:
@@ -46,7 +53,7 @@ def flip_tensor_byte(src, dst, record: str = "data/0", at: int = 3) -> None:
     data = bytearray(open(src, "rb").read())
     info = next(i for i in zipfile.ZipFile(src).infolist() if i.filename.endswith(record))
     h = info.header_offset
-    name_len, extra_len = struct.unpack("<HH", data[h + 26:h + 30])
+    name_len, extra_len = struct.unpack("<HH", data[h + 26 : h + 30])
     data[h + 30 + name_len + extra_len + at] ^= 0xFF
     open(dst, "wb").write(bytes(data))
 
@@ -70,14 +77,10 @@ def test_round_trip_numbered_link_and_keep_k(tmp_path):
     assert run_dir_of(newest) == tmp_path.resolve() and run_dir_of(latest) == tmp_path.resolve()
 
 
-def test_legacy_keyword_api_and_version_1_files(tmp_path):
-    online, target = make_network(SPEC), make_network(SPEC)
-    path = save_checkpoint(tmp_path / "ck.pt", online=online, target=target,
-                           optimizer=torch.optim.Adam(online.parameters()), counters={"env_steps": 10},
-                           config={"game": "CartPole"}, game="CartPole-v1", network=SPEC.to_dict())
-    assert load_checkpoint(path)["counters"] == {"env_steps": 10}
+def test_version_1_files_without_a_checksum_still_load(tmp_path):
+    online = make_network(SPEC)
     old = {"format": "dqnfast-checkpoint", "version": 1, "online": online.state_dict(), "game": "CartPole-v1"}
-    torch.save(old, tmp_path / "v1.pt")  # dqnfast 0.1: no checksum
+    torch.save(old, tmp_path / "v1.pt")  # format version 1: no checksum
     assert load_checkpoint(tmp_path / "v1.pt")["version"] == 1
 
 
@@ -123,8 +126,10 @@ def test_foreign_files_are_refused(tmp_path):
         (dict(game="Pong-v5"), "checkpoint is for CartPole-v1, this run is Pong-v5"),
         (dict(obs_kind="pixels"), "checkpoint observations are vector, this run's are pixels"),
         (dict(num_actions=3), "checkpoint has 2 actions, this run has 3"),
-        (dict(network=NetworkSpec("mlp", [4], "float32", 2, dueling=True, hidden=[8, 8]).to_dict()),
-         "checkpoint network is mlp hidden [8, 8] on float32[4], this run's is mlp dueling hidden [8, 8]"),
+        (
+            dict(network=NetworkSpec("mlp", [4], "float32", 2, dueling=True, hidden=[8, 8]).to_dict()),
+            "checkpoint network is mlp hidden [8, 8] on float32[4], this run's is mlp dueling hidden [8, 8]",
+        ),
         (dict(network=NetworkSpec("mlp", [4], "float32", 2, hidden=[16]).to_dict()), "hidden [16]"),
     ],
 )

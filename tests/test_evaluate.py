@@ -30,8 +30,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def run_module(module: str, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def check_png(path: Path) -> None:
@@ -48,12 +49,20 @@ def pong_checkpoint(path: Path, *, seed: int = 3) -> Path:
     spec = spec_for("auto", "pixels", (4, 84, 84), "uint8", 6, cnn_hidden=32)
     net = make_network(spec)
     cfg = dataclasses.asdict(Config(game="Pong", seed=seed))
-    return write_checkpoint(path, {
-        "online": net.state_dict(), "target": net.state_dict(), "optimizer": {},
-        "counters": {"env_steps": 1234, "frames": 4936, "updates": 56, "episodes": 0, "seed": seed},
-        "config": cfg, "game": "Pong-v5", "obs": {"kind": "pixels", "shape": [4, 84, 84], "dtype": "uint8"},
-        "num_actions": 6, "network": spec.to_dict(),
-    })
+    return write_checkpoint(
+        path,
+        {
+            "online": net.state_dict(),
+            "target": net.state_dict(),
+            "optimizer": {},
+            "counters": {"env_steps": 1234, "frames": 4936, "updates": 56, "episodes": 0, "seed": seed},
+            "config": cfg,
+            "game": "Pong-v5",
+            "obs": {"kind": "pixels", "shape": [4, 84, 84], "dtype": "uint8"},
+            "num_actions": 6,
+            "network": spec.to_dict(),
+        },
+    )
 
 
 # ------------------------------------------------------------------- library
@@ -61,12 +70,27 @@ def test_summary_and_table():
     s = summarize([1.0, 3.0, 2.0, 10.0], [5, 6, 7, 8])
     assert (s["episodes"], s["mean"], s["median"], s["min"], s["max"]) == (4, 4.0, 2.5, 1.0, 10.0)
     assert s["std"] == pytest.approx(np.std([1, 3, 2, 10]))
-    result = {"game": "Pong-v5", "checkpoint": "ck.pt", "env_steps": 100, "frames": 400, "updates": 3,
-              "protocol": {"episodes": 4, "num_envs": 2, "epsilon": 0.001, "seed": 0, "noop_max": 30,
-                           "repeat_action_probability": 0.25, "max_episode_steps": 27000,
-                           "max_episode_frames": 108000},
-              **s, "human_normalized": 0.7, "random": {**summarize([0.0, -1.0]), "human_normalized": 0.0},
-              "reference": {"random": -20.7, "human": 14.6}}
+    result = {
+        "game": "Pong-v5",
+        "checkpoint": "ck.pt",
+        "env_steps": 100,
+        "frames": 400,
+        "updates": 3,
+        "protocol": {
+            "episodes": 4,
+            "num_envs": 2,
+            "epsilon": 0.001,
+            "seed": 0,
+            "noop_max": 30,
+            "repeat_action_probability": 0.25,
+            "max_episode_steps": 27000,
+            "max_episode_frames": 108000,
+        },
+        **s,
+        "human_normalized": 0.7,
+        "random": {**summarize([0.0, -1.0]), "human_normalized": 0.0},
+        "reference": {"random": -20.7, "human": 14.6},
+    }
     table = format_table(result)
     assert "|   trained |" not in table and "| trained |     4 |" in table and "|  random |     2 |" in table
     assert "sticky actions 0.25" in table and "108000 frames" in table and "0.700" in table
@@ -76,8 +100,9 @@ def test_random_baseline_shares_the_protocol_and_counts_each_game_once():
     envs = EnvsConfig(num_threads=1)
     protocol = EvalProtocolConfig(episodes=7, num_envs=3)
     net = make_network(spec_for("mlp", "vector", (4,), "float32", 2, mlp_hidden=(8,)))
-    ev = evaluate_network(net, game="CartPole", obs="pixels", envs=envs, protocol=protocol, epsilon=0.001, seed=5,
-                          record=True)
+    ev = evaluate_network(
+        net, game="CartPole", obs="pixels", envs=envs, protocol=protocol, epsilon=0.001, seed=5, record=True
+    )
     r = ev.result
     assert r["episodes"] == 7 and len(r["scores"]) == 7 and r["random"]["episodes"] == 7
     assert r["protocol"]["num_envs"] == 3 and r["protocol"]["seed"] == 5 and r["human_normalized"] is None
@@ -114,7 +139,7 @@ def test_colour_replay_is_the_game_that_was_played(tmp_path):
     args = ("Breakout-v5", config, 1, rec.actions[1], rec.rewards[1], rec.elapsed[1], g.start, g.stop)
     grey = replay_frames(*args, img_height=84, img_width=84, gray_scale=True, stack_num=4)
     assert grey.shape == (g.stop - g.start, 84, 84, 4) and grey.dtype == np.uint8
-    np.testing.assert_array_equal(grey[..., -1], np.stack(frames[1][g.start:g.stop]))
+    np.testing.assert_array_equal(grey[..., -1], np.stack(frames[1][g.start : g.stop]))
     colour = replay_frames(*args)
     assert colour.shape == (g.length + 1, 210, 160, 3) and colour.dtype == np.uint8
     assert len({c.tobytes() for c in colour}) > 10  # the screen moves
@@ -136,9 +161,18 @@ def test_play_uses_the_given_seed_per_env():
 def cartpole_run(tmp_path_factory):
     """A CartPole agent trained by the real CLI (~5 s): a run dir with metrics.csv and checkpoint.pt."""
     tmp = tmp_path_factory.mktemp("cartpole")
-    proc = run_module("dqnfast.train", "preset=cartpole", "algo.total_steps=4000", "algo.learning_starts=500",
-                      "logger.log_every=500", "logger.progress=false", "envs.eval.episodes=2", "torch_threads=1",
-                      f"hydra.run.dir={tmp / 'run'}", cwd=tmp)
+    proc = run_module(
+        "dqnfast.train",
+        "preset=cartpole",
+        "algo.total_steps=4000",
+        "algo.learning_starts=500",
+        "logger.log_every=500",
+        "logger.progress=false",
+        "envs.eval.episodes=2",
+        "torch_threads=1",
+        f"hydra.run.dir={tmp / 'run'}",
+        cwd=tmp,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run"
 
@@ -156,8 +190,22 @@ def test_cli_evaluates_trained_vs_random(cartpole_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = cartpole_run / "eval"
     ev = json.loads((out / "eval.json").read_text())
-    for key in ("mean", "std", "median", "min", "max", "scores", "lengths", "protocol", "checkpoint", "env_steps",
-                "random", "human_normalized", "plots", "video"):
+    for key in (
+        "mean",
+        "std",
+        "median",
+        "min",
+        "max",
+        "scores",
+        "lengths",
+        "protocol",
+        "checkpoint",
+        "env_steps",
+        "random",
+        "human_normalized",
+        "plots",
+        "video",
+    ):
         assert key in ev, key
     assert len(ev["scores"]) == 12 and len(ev["random"]["scores"]) == 12
     assert ev["min"] <= ev["median"] <= ev["max"] and ev["mean"] == pytest.approx(np.mean(ev["scores"]))
@@ -175,9 +223,19 @@ def test_cli_video_and_gif_of_a_pong_game(tmp_path):
     pytest.importorskip("imageio_ffmpeg", reason="videos need imageio-ffmpeg")
 
     ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
-    proc = run_module("dqnfast.evaluate", f"run={ck.parent}", "episodes=2", "num_envs=2", "max_episode_steps=60",
-                      "video=true", "gif=true", "video_episode=first", "plots=false", "random_baseline=false",
-                      cwd=tmp_path)
+    proc = run_module(
+        "dqnfast.evaluate",
+        f"run={ck.parent}",
+        "episodes=2",
+        "num_envs=2",
+        "max_episode_steps=60",
+        "video=true",
+        "gif=true",
+        "video_episode=first",
+        "plots=false",
+        "random_baseline=false",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ev = json.loads((ck.parent / "eval" / "eval.json").read_text())
     v = ev["video"]
@@ -198,14 +256,26 @@ def test_cli_errors_are_one_line(tmp_path):
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "checkpoint.pt").write_bytes(ck.read_bytes()[:5000])
     cases = [
-        ([f"run={ck.parent}", "game=Breakout"], "error: run: checkpoint is for Pong-v5, this evaluation is Breakout-v5"),
+        (
+            [f"run={ck.parent}", "game=Breakout"],
+            "error: run: checkpoint is for Pong-v5, this evaluation is Breakout-v5",
+        ),
         ([f"run={tmp_path / 'cut'}"], "error: run: checkpoint"),
         ([f"run={tmp_path / 'nothing'}"], "error: run: no run dir or checkpoint file"),
         (["episodes=3"], "error: run: give the run dir"),
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, "-m", "dqnfast.evaluate", *args], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for args, _ in cases]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dqnfast.evaluate", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args, _ in cases
+    ]
     for p, (args, expect) in zip(procs, cases):
         _, err = p.communicate(timeout=120)
         assert p.returncode == 2 and "Traceback" not in err, (args, err)

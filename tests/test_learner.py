@@ -9,15 +9,8 @@ import torch
 from torch import nn
 
 from dqnfast.config import OptimConfig
-from dqnfast.learner import (
-    Learner,
-    make_optimizer,
-    resolve_amp,
-    resolve_compile,
-    td_target,
-    uses_cudagraphs,
-    update_step,
-)
+from dqnfast.config.resolve import resolve_amp, resolve_compile, uses_cudagraphs
+from dqnfast.learner import Learner, make_optimizer, td_target, update_step
 from dqnfast.networks import NetworkSpec, make_network
 
 
@@ -164,8 +157,10 @@ def _cnn_and_batch(b: int = 8):
     batch = types.SimpleNamespace(
         obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g),
         next_obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g),
-        action=torch.randint(0, 4, (b,), generator=g), reward=torch.rand(b, generator=g),
-        discount=torch.full((b,), 0.99))
+        action=torch.randint(0, 4, (b,), generator=g),
+        reward=torch.rand(b, generator=g),
+        discount=torch.full((b,), 0.99),
+    )
     return online, target, batch
 
 

@@ -33,9 +33,20 @@ from dqnfast.loggers import (
 
 
 def row(step: int, score: float = 1.0) -> dict:
-    return dict(env_steps=step, frames=4 * step, episodes=step // 100, score_mean=score, score_median=score,
-                episode_length_mean=10.0, loss=0.5, q_mean=1.5, epsilon=0.1, sps=1000.0, time=step / 1000,
-                updates=step // 4)
+    return dict(
+        env_steps=step,
+        frames=4 * step,
+        episodes=step // 100,
+        score_mean=score,
+        score_median=score,
+        episode_length_mean=10.0,
+        loss=0.5,
+        q_mean=1.5,
+        epsilon=0.1,
+        sps=1000.0,
+        time=step / 1000,
+        updates=step // 4,
+    )
 
 
 # ------------------------------------------------------------ W&B's run log
@@ -66,11 +77,11 @@ def _parse_wandb_file(run_dir: Path) -> dict:
         if left < 7:  # block trailer
             pos += left
             continue
-        _crc, n, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, n, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and n == 0:  # zero padding up to the next block
             pos += left
             continue
-        chunk, pos = data[pos + 7:pos + 7 + n], pos + 7 + n
+        chunk, pos = data[pos + 7 : pos + 7 + n], pos + 7 + n
         if kind == 1:  # FULL
             chunks.append(chunk)
         elif kind == 2:  # FIRST
@@ -84,8 +95,9 @@ def _parse_wandb_file(run_dir: Path) -> dict:
         rec = pb.Record.FromString(raw)
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            out["history"].append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                                   for i in rec.history.item})
+            out["history"].append(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in rec.history.item}
+            )
         elif kind == "run":
             out["run"] = rec.run
         elif kind == "metric":
@@ -108,8 +120,18 @@ def no_wandb_credentials(tmp_path, monkeypatch):
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("NETRC", str(home / ".netrc"))
-    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_DIR",
-                "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_CONFIG_DIR"):
+    for var in (
+        "WANDB_API_KEY",
+        "WANDB_IDENTITY_TOKEN_FILE",
+        "WANDB_MODE",
+        "WANDB_BASE_URL",
+        "WANDB_DIR",
+        "WANDB_PROJECT",
+        "WANDB_ENTITY",
+        "WANDB_RUN_GROUP",
+        "WANDB_TAGS",
+        "WANDB_CONFIG_DIR",
+    ):
         monkeypatch.delenv(var, raising=False)
     wandb.teardown()
     yield wandb
@@ -148,8 +170,9 @@ def test_csv_rows_are_flushed_at_once_and_resume_keeps_earlier_rows(tmp_path):
 
 def test_console_without_progress_bar_logs_one_line_per_row(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dqnfast.loggers")
-    with RunLoggers(LoggerConfig(progress=False), RunInfo(tmp_path, "run", game="CartPole-v1"),
-                    total_steps=400) as loggers:
+    with RunLoggers(
+        LoggerConfig(progress=False), RunInfo(tmp_path, "run", game="CartPole-v1"), total_steps=400
+    ) as loggers:
         loggers.progress(200)
         loggers.log_metrics(row(200, score=21.5))
     lines = [r.getMessage() for r in caplog.records if r.name == "dqnfast.loggers"]
@@ -158,8 +181,16 @@ def test_console_without_progress_bar_logs_one_line_per_row(tmp_path, caplog):
 
 
 def test_eval_scalars_and_media(tmp_path):
-    ev = {"scores": [-21.0, -19.0], "lengths": [800, 900], "mean": -20.0, "median": -20.0, "epsilon": 0.05,
-          "game": "Pong-v5", "env_steps": 5000, "random": {"mean": -20.7}}
+    ev = {
+        "scores": [-21.0, -19.0],
+        "lengths": [800, 900],
+        "mean": -20.0,
+        "median": -20.0,
+        "epsilon": 0.05,
+        "game": "Pong-v5",
+        "env_steps": 5000,
+        "random": {"mean": -20.7},
+    }
     s = eval_scalars(ev)
     assert s["eval/mean"] == -20.0 and s["eval/std"] == 1.0 and s["eval/min"] == -21.0 and s["eval/episodes"] == 2
     assert s["eval/random_mean"] == -20.7 and s["eval/length_mean"] == 850 and "eval/env_steps" not in s
@@ -197,16 +228,25 @@ def test_wandb_offline_run_holds_config_metrics_eval_media_and_checkpoint(tmp_pa
     caplog.set_level(logging.INFO, logger="dqnfast.loggers")
     run_dir = tmp_path / "run"
     cfg = LoggerConfig(wandb=True, wandb_mode="offline", progress=False, wandb_checkpoint=True, wandb_tags=["lr"])
-    info = RunInfo(run_dir, "Pong__dqn__1__0", game="Pong-v5", config={"optim": {"lr": 1e-4}, "seed": 1},
-                   group="sweep-1", tags=["dqn"])
+    info = RunInfo(
+        run_dir,
+        "Pong__dqn__1__0",
+        game="Pong-v5",
+        config={"optim": {"lr": 1e-4}, "seed": 1},
+        group="sweep-1",
+        tags=["dqn"],
+    )
     with RunLoggers(cfg, info, total_steps=300) as loggers:
         for s in (100, 200, 300):
             loggers.log_metrics(row(s, score=s / 10))
         ck = run_dir / "checkpoint.pt"
         ck.write_bytes(b"weights")
         png = _png(run_dir / "eval_scores.png")
-        loggers.log_eval({"scores": [-21.0, -19.0], "mean": -20.0, "median": -20.0, "game": "Pong-v5"}, step=300,
-                         media=[png, run_dir / "missing.gif"])
+        loggers.log_eval(
+            {"scores": [-21.0, -19.0], "mean": -20.0, "median": -20.0, "game": "Pong-v5"},
+            step=300,
+            media=[png, run_dir / "missing.gif"],
+        )
         loggers.log_checkpoint(ck, step=300)
     assert not any(r.levelno >= logging.WARNING for r in caplog.records)  # offline was asked for: no warning
     run = read_wandb_run(run_dir)
@@ -241,8 +281,9 @@ def test_wandb_online_without_api_key_falls_back_to_offline_in_one_line(tmp_path
     assert [h["env_steps"] for h in read_wandb_run(tmp_path)["history"]] == [10]
 
 
-def test_wandb_online_with_key_but_no_server_falls_back_without_hanging(tmp_path, no_wandb_credentials, monkeypatch,
-                                                                         caplog):
+def test_wandb_online_with_key_but_no_server_falls_back_without_hanging(
+    tmp_path, no_wandb_credentials, monkeypatch, caplog
+):
     with socket.socket() as s:  # a local port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -284,15 +325,15 @@ def test_tensorboard_event_files(tmp_path):
     with RunLoggers(cfg, info, total_steps=200) as loggers:
         for s in (100, 200):
             loggers.log_metrics(row(s, score=s / 100))
-        loggers.log_eval({"scores": [2.0, 4.0], "mean": 3.0, "median": 3.0}, step=200,
-                         media=[_png(tmp_path / "learning_curve.png")])
+        loggers.log_eval(
+            {"scores": [2.0, 4.0], "mean": 3.0, "median": 3.0}, step=200, media=[_png(tmp_path / "learning_curve.png")]
+        )
     acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     assert set(METRIC_KEYS.values()) <= set(tags["scalars"]) and "eval/mean" in tags["scalars"]
     ret = acc.Scalars("charts/episodic_return")
     assert [(e.step, e.value) for e in ret] == [(100, 1.0), (200, 2.0)]
-    assert [e.value for e in acc.Scalars("eval/human_normalized")] == pytest.approx(
-        [(3.0 - 1.7) / (30.5 - 1.7)])
+    assert [e.value for e in acc.Scalars("eval/human_normalized")] == pytest.approx([(3.0 - 1.7) / (30.5 - 1.7)])
     assert "eval/learning_curve" in tags["images"] and "eval/scores" in tags["histograms"]
     assert math.isclose(acc.Scalars("losses/td_loss")[0].value, 0.5)

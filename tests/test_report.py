@@ -42,8 +42,17 @@ def make_job(d, overrides, *, game, seed, score=None, steps=(1000, 2000, 3000), 
         for i, s in enumerate(steps[1:]):
             w.writerow([s, start + i + seed, 0.1])
     if score is not None:
-        (d / "eval.json").write_text(json.dumps({"scores": [score - 1, score + 1], "mean": score,
-                                                 "median": score, "game": f"{game}-v5", "env_steps": steps[-1]}))
+        (d / "eval.json").write_text(
+            json.dumps(
+                {
+                    "scores": [score - 1, score + 1],
+                    "mean": score,
+                    "median": score,
+                    "game": f"{game}-v5",
+                    "env_steps": steps[-1],
+                }
+            )
+        )
 
 
 @pytest.fixture
@@ -53,8 +62,13 @@ def sweep(tmp_path):
     for game, configs in SCORES.items():
         for config, scores in configs.items():
             for seed, score in enumerate(scores):
-                make_job(root / str(n), [f"game={game}", config, f"seed={seed}", "preset=quick"], game=game,
-                         seed=seed, score=score)
+                make_job(
+                    root / str(n),
+                    [f"game={game}", config, f"seed={seed}", "preset=quick"],
+                    game=game,
+                    seed=seed,
+                    score=score,
+                )
                 n += 1
     # a job that has not finished: listed, not scored
     make_job(root / str(n), ["game=Pong", "optim.lr=0.001", "seed=3", "preset=quick"], game="Pong", seed=3)
@@ -63,11 +77,13 @@ def sweep(tmp_path):
 
 
 def test_config_labels_keep_only_what_differs_besides_seed_and_game():
-    labels = config_labels([
-        ["game=Pong", "seed=0", "preset=quick", "optim.lr=0.1"],
-        ["game=Breakout", "seed=1", "preset=quick", "optim.lr=0.2", "+network.dueling=true"],
-        ["game=Pong", "seed=2", "preset=quick", "optim.lr=0.1"],
-    ])
+    labels = config_labels(
+        [
+            ["game=Pong", "seed=0", "preset=quick", "optim.lr=0.1"],
+            ["game=Breakout", "seed=1", "preset=quick", "optim.lr=0.2", "+network.dueling=true"],
+            ["game=Pong", "seed=2", "preset=quick", "optim.lr=0.1"],
+        ]
+    )
     assert labels == ["optim.lr=0.1", "network.dueling=true optim.lr=0.2", "optim.lr=0.1"]
     assert config_labels([["seed=0", "a=1"], ["seed=1", "a=1"]]) == ["default", "default"]
 
@@ -102,8 +118,11 @@ def test_summary_rows_and_across_game_aggregates(sweep):
     assert jobs[-1].status == "no eval.json" and jobs[0].status == "done"
     rows = summarize(jobs)
     assert [(r.game, r.config, r.n) for r in rows] == [
-        ("Pong", "optim.lr=0.0001", 3), ("Pong", "optim.lr=0.001", 3),
-        ("Breakout", "optim.lr=0.0001", 3), ("Breakout", "optim.lr=0.001", 3)]
+        ("Pong", "optim.lr=0.0001", 3),
+        ("Pong", "optim.lr=0.001", 3),
+        ("Breakout", "optim.lr=0.0001", 3),
+        ("Breakout", "optim.lr=0.001", 3),
+    ]
     for r in rows:
         scores = SCORES[r.game][r.config]
         m, sd, lo, hi = mean_ci(scores)
@@ -135,20 +154,30 @@ def test_write_report_files(sweep, tmp_path):
 
 
 def test_optuna_results_section(sweep):
-    (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(
-        {"name": "optuna", "best_params": {"optim.lr": 0.001}, "best_value": 33.0}))
+    (sweep / "optimization_results.yaml").write_text(
+        yaml.safe_dump({"name": "optuna", "best_params": {"optim.lr": 0.001}, "best_value": 33.0})
+    )
     md = write_report([sweep], reps=100)["md"].read_text()
     assert "## Optuna: best trial" in md and "**33.00**" in md and "- `optim.lr=0.001`" in md
 
 
 def test_cli(sweep, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dqnfast.report", str(sweep), "--reps", "100"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dqnfast.report", str(sweep), "--reps", "100"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (sweep / "report.md").exists() and (sweep / "report.png").exists() and "wrote" in proc.stdout
     empty = tmp_path / "empty"
     empty.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "dqnfast.report", str(empty)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: no Hydra jobs") and len(
-        proc.stderr.strip().splitlines()) == 1
+    proc = subprocess.run(
+        [sys.executable, "-m", "dqnfast.report", str(empty)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert (
+        proc.returncode == 2
+        and proc.stderr.startswith("error: no Hydra jobs")
+        and len(proc.stderr.strip().splitlines()) == 1
+    )

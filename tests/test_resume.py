@@ -28,17 +28,42 @@ from dqnfast.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-BASE = ["preset=cartpole", "algo.learning_starts=500", "algo.replay_ratio=8", "algo.batch_size=32",
-        "logger.log_every=250", "logger.progress=false", "envs.eval.episodes=2", "torch_threads=1",
-        "envs.num_threads=1", "replay.num_threads=1"]
+BASE = [
+    "preset=cartpole",
+    "algo.learning_starts=500",
+    "algo.replay_ratio=8",
+    "algo.batch_size=32",
+    "logger.log_every=250",
+    "logger.progress=false",
+    "envs.eval.episodes=2",
+    "torch_threads=1",
+    "envs.num_threads=1",
+    "replay.num_threads=1",
+]
 EXACT = ["envs.resume=replay", "replay.save=true"]
-COMPARED = ["env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean", "loss",
-            "q_mean", "epsilon", "updates"]  # all but sps and time
+COMPARED = [
+    "env_steps",
+    "frames",
+    "episodes",
+    "score_mean",
+    "score_median",
+    "episode_length_mean",
+    "loss",
+    "q_mean",
+    "epsilon",
+    "updates",
+]  # all but sps and time
 
 
 def start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dqnfast.train", *args], cwd=cwd, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "dqnfast.train", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def finish(p: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -54,11 +79,19 @@ def rows(run: Path) -> list[dict[str, str]]:
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     # A: never stopped, a numbered checkpoint every 500 steps to compare weights with
-    uninterrupted = start(*BASE, *EXACT, "algo.total_steps=6000", "logger.checkpoint_every=500",
-                          "logger.keep_checkpoints=100", f"hydra.run.dir={a}", cwd=tmp_path)
+    uninterrupted = start(
+        *BASE,
+        *EXACT,
+        "algo.total_steps=6000",
+        "logger.checkpoint_every=500",
+        "logger.keep_checkpoints=100",
+        f"hydra.run.dir={a}",
+        cwd=tmp_path,
+    )
     # B: the same run, stopped by SIGTERM once learning is under way, then resumed
-    proc = start(*BASE, *EXACT, "algo.total_steps=1000000", "logger.checkpoint_every=0", f"hydra.run.dir={b}",
-                 cwd=tmp_path)
+    proc = start(
+        *BASE, *EXACT, "algo.total_steps=1000000", "logger.checkpoint_every=0", f"hydra.run.dir={b}", cwd=tmp_path
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
         if (b / "metrics.csv").exists() and len(rows(b)) >= 3:
@@ -91,8 +124,9 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     for x, y in zip(ra, rb):
         assert {k: x[k] for k in COMPARED} == {k: y[k] for k in COMPARED}  # exactly: same floats, same text
     ca, cb = load_checkpoint(a / "checkpoints" / f"step_{total:012d}.pt"), load_checkpoint(b / "checkpoint.pt")
-    assert {k: v for k, v in ca["counters"].items() if k != "resumes"} == \
-        {k: v for k, v in cb["counters"].items() if k != "resumes"}
+    assert {k: v for k, v in ca["counters"].items() if k != "resumes"} == {
+        k: v for k, v in cb["counters"].items() if k != "resumes"
+    }
     assert cb["counters"]["resumes"] == 1 and ca["epsilon"] == cb["epsilon"]
     for name in ("online", "target"):
         for k in ca[name]:
@@ -105,8 +139,16 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
 def finished_run(tmp_path_factory) -> Path:
     """A finished CartPole run of 1500 agent steps, checkpoints every 500, the newest 2 kept (~5 s)."""
     tmp = tmp_path_factory.mktemp("finished")
-    code, _, err = finish(start(*BASE, "algo.total_steps=1500", "logger.checkpoint_every=500",
-                                "logger.keep_checkpoints=2", f"hydra.run.dir={tmp / 'run'}", cwd=tmp))
+    code, _, err = finish(
+        start(
+            *BASE,
+            "algo.total_steps=1500",
+            "logger.checkpoint_every=500",
+            "logger.keep_checkpoints=2",
+            f"hydra.run.dir={tmp / 'run'}",
+            cwd=tmp,
+        )
+    )
     assert code == 0, err[-3000:]
     return tmp / "run"
 
@@ -151,10 +193,16 @@ def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
     cases = [
         ([f"resume={tmp_path / 'cut'}"], "error: resume: checkpoint", "is truncated or corrupt"),
         ([f"resume={tmp_path / 'flip'}"], "error: resume: checkpoint", "is corrupt (checksum mismatch"),
-        ([f"resume={pong.parent}", "game=Breakout"], "error: resume: checkpoint is for Pong-v5, this run is Breakout-v5",
-         ""),
-        ([f"resume={run}", "network.mlp_hidden=[64]", "algo.total_steps=9000"],
-         "error: resume: checkpoint network is mlp hidden [128, 128] on float32[4], this run's is mlp hidden [64]", ""),
+        (
+            [f"resume={pong.parent}", "game=Breakout"],
+            "error: resume: checkpoint is for Pong-v5, this run is Breakout-v5",
+            "",
+        ),
+        (
+            [f"resume={run}", "network.mlp_hidden=[64]", "algo.total_steps=9000"],
+            "error: resume: checkpoint network is mlp hidden [128, 128] on float32[4], this run's is mlp hidden [64]",
+            "",
+        ),
     ]
     procs = [start(*args, cwd=tmp_path) for args, _, _ in cases]
     for p, (args, head, part) in zip(procs, cases):
@@ -167,7 +215,7 @@ def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
 def test_a_second_signal_exits_at_once(tmp_path):
     script = (
         "import os, signal, time\n"
-        "from dqnfast.train import GracefulStop\n"
+        "from dqnfast.training import GracefulStop\n"
         "with GracefulStop() as stop:\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "    time.sleep(0.1)\n"
@@ -177,7 +225,8 @@ def test_a_second_signal_exits_at_once(tmp_path):
         "    time.sleep(5)\n"
         "print('not reached')\n"
     )
-    p = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 128 + signal.SIGINT and "first signal: flag set" in p.stdout
     assert "not reached" not in p.stdout and "SIGINT again: exiting now, without a checkpoint" in p.stderr

@@ -21,11 +21,19 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from dqnfast.train import CONF_DIR, job_cores
+from dqnfast.cli import CONF_DIR
+from dqnfast.config.resolve import job_cores
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["preset=cartpole", "algo.total_steps=2000", "algo.learning_starts=500", "envs.eval.episodes=2",
-        "envs.eval.num_envs=2", "logger.progress=false", "logger.log_every=500"]
+TINY = [
+    "preset=cartpole",
+    "algo.total_steps=2000",
+    "algo.learning_starts=500",
+    "envs.eval.episodes=2",
+    "envs.eval.num_envs=2",
+    "logger.progress=false",
+    "logger.log_every=500",
+]
 
 
 def has_plugin(name: str) -> bool:
@@ -35,18 +43,30 @@ def has_plugin(name: str) -> bool:
 def multirun(tmp_path: Path, *args: str, timeout: float = 300) -> Path:
     """``python -m dqnfast.train -m TINY *args`` with the sweep dir under tmp_path; returns the sweep dir."""
     sweep = tmp_path / "multirun"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               HOME=str(tmp_path))  # no W&B credentials or settings: wandb stays offline
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), HOME=str(tmp_path)
+    )  # no W&B credentials or settings: wandb stays offline
     env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "dqnfast.train", "-m", *TINY, *args, f"hydra.sweep.dir={sweep}"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dqnfast.train", "-m", *TINY, *args, f"hydra.sweep.dir={sweep}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return sweep
 
 
 def report(sweep: Path) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "dqnfast.report", str(sweep), "--reps", "200"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "dqnfast.report", str(sweep), "--reps", "200"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (sweep / "report.md").exists() and (sweep / "report.png").stat().st_size > 10_000
     return list(csv.DictReader(open(sweep / "report.csv")))
@@ -69,8 +89,14 @@ def check_job(d: Path) -> dict:
 def test_basic_launcher_sweep_logs_every_job_to_one_wandb_group_and_reports(tmp_path):
     from test_loggers import read_wandb_run
 
-    sweep = multirun(tmp_path, "seed=0,1", "replay.n_step=1,3", "logger.wandb=true", "logger.wandb_mode=offline",
-                     "logger.wandb_checkpoint=true")
+    sweep = multirun(
+        tmp_path,
+        "seed=0,1",
+        "replay.n_step=1,3",
+        "logger.wandb=true",
+        "logger.wandb_mode=offline",
+        "logger.wandb_checkpoint=true",
+    )
     jobs = job_dirs(sweep)
     assert len(jobs) == 4
     groups = set()
@@ -92,7 +118,9 @@ def test_basic_launcher_sweep_logs_every_job_to_one_wandb_group_and_reports(tmp_
     assert groups == {f"{sweep.parent.name}_{sweep.name}"}  # one W&B group per sweep
     rows = report(sweep)
     assert [(r["game"], r["config"], r["seeds"], r["n"]) for r in rows] == [
-        ("CartPole", "replay.n_step=1", "0 1", "2"), ("CartPole", "replay.n_step=3", "0 1", "2")]
+        ("CartPole", "replay.n_step=1", "0 1", "2"),
+        ("CartPole", "replay.n_step=3", "0 1", "2"),
+    ]
 
 
 @pytest.mark.skipif(not has_plugin("hydra_joblib_launcher"), reason="pip install hydra-joblib-launcher")
@@ -175,8 +203,9 @@ def test_ray_launcher_config_composes_with_the_ray_plugin():
 @pytest.mark.skipif(not has_plugin("hydra_submitit_launcher"), reason="pip install hydra-submitit-launcher")
 def test_submitit_local_launcher_sweep(tmp_path):
     """The submitit plugin end to end, with its local executor standing in for SLURM."""
-    sweep = multirun(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "seed=0,1",
-                     timeout=600)
+    sweep = multirun(
+        tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", "seed=0,1", timeout=600
+    )
     for d in job_dirs(sweep):
         check_job(d)
     assert [r["n"] for r in report(sweep)] == ["2"]
@@ -186,8 +215,14 @@ def test_submitit_local_launcher_sweep(tmp_path):
 @pytest.mark.skipif(not has_plugin("hydra_ray_launcher"), reason="pip install hydra-ray-launcher")
 def test_ray_launcher_local_sweep(tmp_path):
     """The Ray plugin end to end on a local Ray instance (what ray_cluster does on a cluster)."""
-    sweep = multirun(tmp_path, "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
-                     "+hydra.launcher.ray.remote.num_cpus=1", "seed=0,1", timeout=600)
+    sweep = multirun(
+        tmp_path,
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init.num_cpus=2",
+        "+hydra.launcher.ray.remote.num_cpus=1",
+        "seed=0,1",
+        timeout=600,
+    )
     for d in job_dirs(sweep):
         check_job(d)
         assert "threads: 1 core(s) for this job" in (d / "train.log").read_text()

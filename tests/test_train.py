@@ -14,14 +14,26 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from dqnfast.config import Config, ConfigError, validate
 from dqnfast.checkpoint import load_checkpoint
-from dqnfast.networks import make_network
+from dqnfast.cli.train import CONF_DIR, to_config
+from dqnfast.config import Config, ConfigError, validate
 from dqnfast.loggers import METRIC_COLUMNS
-from dqnfast.train import CONF_DIR, check_config, to_config, train
+from dqnfast.networks import make_network
+from dqnfast.training import check_config, train
 
-PROMISED_COLUMNS = ["env_steps", "frames", "episodes", "score_mean", "score_median", "episode_length_mean",
-                    "loss", "q_mean", "epsilon", "sps", "time"]
+PROMISED_COLUMNS = [
+    "env_steps",
+    "frames",
+    "episodes",
+    "score_mean",
+    "score_median",
+    "episode_length_mean",
+    "loss",
+    "q_mean",
+    "epsilon",
+    "sps",
+    "time",
+]
 
 
 def composed(*overrides: str) -> Config:
@@ -71,7 +83,11 @@ def test_nature_preset():
     # torch's eps outside the root: sqrt(0.01 / 32**2).
     assert (o.name, o.lr, o.alpha, o.eps, o.centered) == ("rmsprop", 2.5e-4, 0.95, 3.125e-3, True)
     assert (a.total_steps, a.target_update_period, a.learning_starts, cfg.replay.capacity) == (
-        10_000_000, 10_000, 50_000, 1_000_000)
+        10_000_000,
+        10_000,
+        50_000,
+        1_000_000,
+    )
     assert cfg.network.name == "nature" and cfg.explore.eval_epsilon == 0.05
     assert composed("preset=nature", "optim=adam").optim.name == "adam"  # the command line wins
     check_config(cfg)
@@ -88,7 +104,10 @@ def test_fast_preset_keeps_the_nature_budget_with_fewer_larger_updates():
     d, f = composed(), composed("preset=fast")
     check_config(f)
     assert (f.algo.total_steps, f.replay.capacity, f.algo.replay_ratio) == (
-        d.algo.total_steps, d.replay.capacity, d.algo.replay_ratio)
+        d.algo.total_steps,
+        d.replay.capacity,
+        d.algo.replay_ratio,
+    )
     assert f.envs.num_envs == 64 and f.envs.batch_size == 32 and f.algo.batch_size == 256
     # the target is synced after as many agent steps as the default recipe's
     steps_between_syncs = lambda c: c.algo.target_update_period * c.algo.batch_size / c.algo.replay_ratio  # noqa: E731
@@ -145,16 +164,27 @@ def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):
 def test_cli_help_and_cfg(run_cli):
     proc, _ = run_cli("--help", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "== Configuration groups ==" in proc.stdout and "preset: cartpole, fast, nature, quick" in proc.stdout
+    assert (
+        "== Configuration groups ==" in proc.stdout
+        and "preset: cartpole, cpu_budget, fast, nature, quick" in proc.stdout
+    )
     proc, _ = run_cli("game=Breakout", "preset=nature", "--cfg", "job", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     job = yaml.safe_load(proc.stdout)
     assert job["game"] == "Breakout" and job["algo"]["double"] is False and job["optim"]["name"] == "rmsprop"
 
 
-TINY = ["algo.learning_starts=200", "algo.total_steps=400", "replay.capacity=2000", "logger.log_every=100",
-        "logger.progress=false", "envs.eval.episodes=1", "envs.eval.num_envs=1", "envs.eval.max_episode_steps=100",
-        "algo.target_update_period=10"]
+TINY = [
+    "algo.learning_starts=200",
+    "algo.total_steps=400",
+    "replay.capacity=2000",
+    "logger.log_every=100",
+    "logger.progress=false",
+    "envs.eval.episodes=1",
+    "envs.eval.num_envs=1",
+    "envs.eval.max_episode_steps=100",
+    "algo.target_update_period=10",
+]
 
 
 def check_run(out, game: str, *, total: int, updates: float, network: str) -> dict:

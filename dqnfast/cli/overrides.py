@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from dqnfast.config import ConfigError
+from dqnfast.config.schema import Choice
 
 __all__ = ["check_overrides"]
 
 
-def check_overrides(argv: Sequence[str], schema: type, *, hint: str, groups: Sequence[str] = (),
-                    conf_dir: Path | None = None) -> dict[str, list[Any]]:
+def check_overrides(
+    argv: Sequence[str], schema: type, *, hint: str, groups: Sequence[str] = (), conf_dir: Path | None = None
+) -> dict[str, list[Any]]:
     """Checks every ``key=value`` in ``argv`` against ``schema`` (a config dataclass).
 
     Each value of a sweep (``seed=0,1,2``) is checked; interval and range sweeps
@@ -55,6 +57,9 @@ def check_overrides(argv: Sequence[str], schema: type, *, hint: str, groups: Seq
             try:
                 OmegaConf.update(OmegaConf.structured(typed), key, value, merge=True)
             except Exception as e:  # omegaconf ValidationError / ConfigKeyError
+                current = OmegaConf.select(typed, key, default=None)
+                if isinstance(current, Choice):  # the schema's own one-line message for a choice
+                    type(current).parse(value, key)
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 if "not in" in first or "Key '" in first:
                     first = f"no such key ({hint})"

@@ -1,7 +1,7 @@
 """Typed configuration of a training run, and its start-up checks.
 
 Every default lives in the YAML files under ``conf/`` (Hydra config groups); the
-dataclasses here are the *schema*: ``dqnfast.train`` registers them in Hydra's
+dataclasses here are the *schema*: ``dqnfast.cli.train`` registers them in Hydra's
 ConfigStore so that a wrong type fails at composition, and calls ``validate``
 on the composed config so that a wrong value fails at start-up with one line:
 ``error: <key>: <message>``. This module is plain Python (no Hydra import), so
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import Enum, EnumMeta, StrEnum
 from typing import Any, List, Optional
 
 __all__ = [
@@ -34,18 +35,122 @@ __all__ = [
     "validate",
 ]
 
-NETWORK_NAMES = ("auto", "nature", "mlp")
-OBS_KINDS = ("pixels", "ram")
-OPTIMIZERS = ("adam", "rmsprop")
-LOSSES = ("huber", "mse")
-SCHEDULES = ("linear", "exponential")
-COMPILE_MODES = ("auto", "true", "false", "default", "reduce-overhead", "max-autotune",
-                 "max-autotune-no-cudagraphs")
-AUTO_BOOL = ("auto", "true", "false")
-AMP_MODES = ("none", "bf16")
-STORAGES = ("cpu", "cuda")
-ENV_RESUME_MODES = ("reseed", "replay")
-WANDB_MODES = ("online", "offline", "disabled")
+
+class _Caseless(EnumMeta):
+    """Looks members up by name without regard to case: OmegaConf converts a YAML or
+    command-line string with ``Enum[name]``, and ``optim.name=Adam`` has always worked."""
+
+    def __getitem__(cls, name: Any) -> Any:
+        return super().__getitem__(name.lower() if isinstance(name, str) else name)
+
+
+class Choice(StrEnum, metaclass=_Caseless):
+    """A config choice: a str (``Loss.huber == "huber"``) whose members' names are their values.
+
+    ``what`` names the choice in the one-line error for a value that is not a member.
+    """
+
+    @classmethod
+    def parse(cls, value: Any, key: str) -> Choice:
+        """The member for ``value`` (any case), or ConfigError(key, "unknown <what> ...; choose one of ...")."""
+        try:
+            return cls[str(value.value if isinstance(value, Enum) else value)]
+        except KeyError:
+            raise ConfigError(
+                key, f"unknown {cls.what()} {str(value)!r}; choose one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+    @classmethod
+    def what(cls) -> str:
+        return _WHAT[cls.__name__]
+
+
+class ObsKind(Choice):
+    pixels = "pixels"
+    ram = "ram"
+
+
+class NetworkName(Choice):
+    auto = "auto"
+    nature = "nature"
+    mlp = "mlp"
+
+
+class OptimName(Choice):
+    adam = "adam"
+    rmsprop = "rmsprop"
+
+
+class Loss(Choice):
+    huber = "huber"
+    mse = "mse"
+
+
+class Schedule(Choice):
+    linear = "linear"
+    exponential = "exponential"
+
+
+class Amp(Choice):
+    none = "none"
+    bf16 = "bf16"
+
+
+class Storage(Choice):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class EnvResume(Choice):
+    reseed = "reseed"
+    replay = "replay"
+
+
+class WandbMode(Choice):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+# Two choices stay ``str`` fields, checked against these sets: their values include true and
+# false, which YAML and Hydra's override parser read as booleans, and OmegaConf refuses a
+# boolean for an Enum field (``algo.compile=false`` is a documented command).
+CompileMode = Choice(
+    "CompileMode",
+    [
+        (v, v)
+        for v in ("auto", "true", "false", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    ],
+    module=__name__,
+)
+AutoBool = Choice("AutoBool", [(v, v) for v in ("auto", "true", "false")], module=__name__)
+
+_WHAT = {
+    "ObsKind": "observation kind",
+    "NetworkName": "network",
+    "OptimName": "optimizer",
+    "Loss": "loss",
+    "Schedule": "schedule",
+    "Amp": "amp mode",
+    "Storage": "replay storage",
+    "EnvResume": "env resume mode",
+    "WandbMode": "wandb mode",
+    "CompileMode": "compile mode",
+    "AutoBool": "pin_memory mode",
+}
+NETWORK_NAMES = tuple(m.value for m in NetworkName)
+OBS_KINDS = tuple(m.value for m in ObsKind)
+
+
+def plain(x: Any) -> Any:
+    """``x`` with every Enum member replaced by its value (checkpoints and loggers hold plain types)."""
+    if isinstance(x, Enum):
+        return x.value
+    if isinstance(x, dict):
+        return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(plain(v) for v in x)
+    return x
 
 
 class ConfigError(ValueError):
@@ -111,7 +216,7 @@ class EnvsConfig:
     num_threads: Optional[int] = None
     frame_skip: int = 4
     stack: int = 4
-    resume: str = "reseed"
+    resume: EnvResume = EnvResume.reseed
     train: ProtocolConfig = field(default_factory=ProtocolConfig)
     eval: EvalProtocolConfig = field(default_factory=EvalProtocolConfig)
 
@@ -144,10 +249,10 @@ class AlgoConfig:
     learning_starts: int = 50_000
     target_update_period: int = 10_000
     tau: float = 1.0
-    loss: str = "huber"
+    loss: Loss = Loss.huber
     max_grad_norm: Optional[float] = 10.0
-    compile: str = "auto"
-    amp: str = "none"
+    compile: str = "auto"  # a CompileMode, as a str: see CompileMode
+    amp: Amp = Amp.none
     channels_last: bool = False
 
 
@@ -160,7 +265,7 @@ class NetworkConfig:
     fully connected layer. mlp_hidden: widths of the MLP's hidden layers.
     """
 
-    name: str = "auto"
+    name: NetworkName = NetworkName.auto
     dueling: bool = False
     cnn_hidden: int = 512
     mlp_hidden: List[int] = field(default_factory=lambda: [256, 256])
@@ -185,9 +290,9 @@ class ReplayConfig:
     capacity: int = 1_000_000
     n_step: int = 1
     num_threads: Optional[int] = None
-    pin_memory: str = "auto"
+    pin_memory: str = "auto"  # an AutoBool, as a str: see CompileMode
     check_memory: bool = True
-    storage: str = "cpu"
+    storage: Storage = Storage.cpu
     save: bool = False
 
 
@@ -195,7 +300,7 @@ class ReplayConfig:
 class OptimConfig:
     """The optimizer. name: adam | rmsprop; alpha and centered are RMSprop's."""
 
-    name: str = "adam"
+    name: OptimName = OptimName.adam
     lr: float = 1e-4
     eps: float = 1e-8
     alpha: float = 0.95
@@ -211,7 +316,7 @@ class ExploreConfig:
     evaluation's epsilon.
     """
 
-    schedule: str = "linear"
+    schedule: Schedule = Schedule.linear
     start: float = 1.0
     end: float = 0.1
     decay_steps: int = 1_000_000
@@ -245,7 +350,7 @@ class LoggerConfig:
     wandb: bool = False
     wandb_project: str = "dqnfast"
     wandb_entity: Optional[str] = None
-    wandb_mode: str = "online"
+    wandb_mode: WandbMode = WandbMode.online
     wandb_group: Optional[str] = None
     wandb_tags: List[str] = field(default_factory=list)
     wandb_checkpoint: bool = False
@@ -258,7 +363,7 @@ class Config:
     """A whole training run. ``game``/``obs`` are plain keys, the rest groups."""
 
     game: str = "Pong"
-    obs: str = "pixels"
+    obs: ObsKind = ObsKind.pixels
     seed: int = 1
     device: str = "auto"
     exp_name: str = "dqn"
@@ -295,12 +400,9 @@ def _non_negative(cfg: Any, prefix: str, *names: str) -> None:
         _check(_finite(v) and v >= 0, f"{prefix}.{n}", f"must be >= 0, got {v!r}")
 
 
-def _choice(value: Any, key: str, choices: tuple[str, ...], what: str) -> None:
-    _check(
-        str(value).lower() in choices,
-        key,
-        f"unknown {what} {value!r}; choose one of {', '.join(choices)}",
-    )
+def _choice(cfg: Any, name: str, key: str, kind: type[Choice]) -> None:
+    """Checks ``cfg.<name>`` is a member of ``kind`` (any case) and stores the member: parsed once, here."""
+    setattr(cfg, name, kind.parse(getattr(cfg, name), key))
 
 
 def _protocol(p: ProtocolConfig, prefix: str) -> None:
@@ -313,29 +415,40 @@ def _protocol(p: ProtocolConfig, prefix: str) -> None:
 def validate(cfg: Config) -> None:
     """Checks every value that does not need an env or a device.
 
-    Raises ConfigError naming the first wrong key. (The game name, the network's
-    fit to the observation and the device are checked by ``dqnfast.train`` at
+    Raises ConfigError naming the first wrong key. One flat list of checks in the schema's
+    order (longer than most functions on purpose: a key's check is found by searching its name). (The game name, the network's
+    fit to the observation and the device are checked by ``dqnfast.training.check_config`` at
     start-up, where envpool and torch are at hand.)
     """
     _check(isinstance(cfg.game, str) and cfg.game.strip() != "", "game", "must name a game, e.g. game=Pong")
-    _choice(cfg.obs, "obs", OBS_KINDS, "observation kind")
+    _choice(cfg, "obs", "obs", ObsKind)
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}")
     dev = str(cfg.device)
-    _check(dev == "auto" or dev == "cpu" or dev.startswith("cuda") or dev == "mps", "device",
-           f"must be auto, cpu, cuda or cuda:N, got {dev!r}")
-    _check(cfg.torch_threads is None or cfg.torch_threads >= 0, "torch_threads",
-           f"must be >= 0, got {cfg.torch_threads!r}")
+    _check(
+        dev == "auto" or dev == "cpu" or dev.startswith("cuda") or dev == "mps",
+        "device",
+        f"must be auto, cpu, cuda or cuda:N, got {dev!r}",
+    )
+    _check(
+        cfg.torch_threads is None or cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads!r}"
+    )
 
     e = cfg.envs
     _positive(e, "envs", "num_envs", "frame_skip", "stack")
     if e.batch_size:
-        _check(0 < e.batch_size <= e.num_envs, "envs.batch_size",
-               f"must be in [1, envs.num_envs={e.num_envs}] (or null for synchronous), got {e.batch_size!r}")
+        _check(
+            0 < e.batch_size <= e.num_envs,
+            "envs.batch_size",
+            f"must be in [1, envs.num_envs={e.num_envs}] (or null for synchronous), got {e.batch_size!r}",
+        )
     _check(e.num_threads is None or e.num_threads >= 0, "envs.num_threads", f"must be >= 0, got {e.num_threads!r}")
-    _choice(e.resume, "envs.resume", ENV_RESUME_MODES, "env resume mode")
-    _check(not (str(e.resume).lower() == "replay" and e.batch_size and e.batch_size < e.num_envs), "envs.resume",
-           "replay needs synchronous envs (envs.batch_size null or = envs.num_envs); use envs.resume=reseed with "
-           "asynchronous envs")
+    _choice(e, "resume", "envs.resume", EnvResume)
+    _check(
+        not (e.resume == EnvResume.replay and e.batch_size and e.batch_size < e.num_envs),
+        "envs.resume",
+        "replay needs synchronous envs (envs.batch_size null or = envs.num_envs); use envs.resume=reseed with "
+        "asynchronous envs",
+    )
     _protocol(e.train, "envs.train")
     _protocol(e.eval, "envs.eval")
     _non_negative(e.eval, "envs.eval", "episodes")
@@ -346,41 +459,56 @@ def validate(cfg: Config) -> None:
     _non_negative(a, "algo", "learning_starts")
     _check(_finite(a.gamma) and 0.0 <= a.gamma <= 1.0, "algo.gamma", f"must be in [0, 1], got {a.gamma!r}")
     _check(_finite(a.tau) and 0.0 < a.tau <= 1.0, "algo.tau", f"must be in (0, 1], got {a.tau!r}")
-    _choice(a.loss, "algo.loss", LOSSES, "loss")
-    _check(a.max_grad_norm is None or (_finite(a.max_grad_norm) and a.max_grad_norm > 0), "algo.max_grad_norm",
-           f"must be > 0 or null, got {a.max_grad_norm!r}")
-    _choice(a.compile, "algo.compile", COMPILE_MODES, "compile mode")
-    _choice(a.amp, "algo.amp", AMP_MODES, "amp mode")
+    _choice(a, "loss", "algo.loss", Loss)
+    _check(
+        a.max_grad_norm is None or (_finite(a.max_grad_norm) and a.max_grad_norm > 0),
+        "algo.max_grad_norm",
+        f"must be > 0 or null, got {a.max_grad_norm!r}",
+    )
+    CompileMode.parse(a.compile, "algo.compile")
+    _choice(a, "amp", "algo.amp", Amp)
 
     n = cfg.network
-    _choice(n.name, "network.name", NETWORK_NAMES, "network")
+    _choice(n, "name", "network.name", NetworkName)
     _positive(n, "network", "cnn_hidden")
-    _check(len(n.mlp_hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in n.mlp_hidden),
-           "network.mlp_hidden", f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}")
+    _check(
+        len(n.mlp_hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in n.mlp_hidden),
+        "network.mlp_hidden",
+        f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}",
+    )
 
     r = cfg.replay
     _positive(r, "replay", "capacity", "n_step")
     _check(r.num_threads is None or r.num_threads >= 0, "replay.num_threads", f"must be >= 0, got {r.num_threads!r}")
-    _choice(r.pin_memory, "replay.pin_memory", AUTO_BOOL, "pin_memory mode")
-    _choice(r.storage, "replay.storage", STORAGES, "replay storage")
-    _check(str(r.storage).lower() != "cuda" or dev == "auto" or dev.startswith("cuda"), "replay.storage",
-           f"cuda storage needs a CUDA device, but device={dev}; use replay.storage=cpu")
-    _check(a.batch_size <= r.capacity, "algo.batch_size",
-           f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})")
+    AutoBool.parse(r.pin_memory, "replay.pin_memory")
+    _choice(r, "storage", "replay.storage", Storage)
+    _check(
+        r.storage != Storage.cuda or dev == "auto" or dev.startswith("cuda"),
+        "replay.storage",
+        f"cuda storage needs a CUDA device, but device={dev}; use replay.storage=cpu",
+    )
+    _check(
+        a.batch_size <= r.capacity,
+        "algo.batch_size",
+        f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})",
+    )
     stack = e.stack if cfg.obs == "pixels" else 1
     segment = r.capacity // e.num_envs
     need = stack + r.n_step + 1
-    _check(segment >= need, "replay.capacity",
-           f"{r.capacity} gives each of the {e.num_envs} envs {segment} slots; need at least {need} "
-           f"(stack + n_step + 1), i.e. capacity >= {need * e.num_envs}")
+    _check(
+        segment >= need,
+        "replay.capacity",
+        f"{r.capacity} gives each of the {e.num_envs} envs {segment} slots; need at least {need} "
+        f"(stack + n_step + 1), i.e. capacity >= {need * e.num_envs}",
+    )
 
     o = cfg.optim
-    _choice(o.name, "optim.name", OPTIMIZERS, "optimizer")
+    _choice(o, "name", "optim.name", OptimName)
     _positive(o, "optim", "lr", "eps")
     _check(_finite(o.alpha) and 0.0 <= o.alpha < 1.0, "optim.alpha", f"must be in [0, 1), got {o.alpha!r}")
 
     x = cfg.explore
-    _choice(x.schedule, "explore.schedule", SCHEDULES, "schedule")
+    _choice(x, "schedule", "explore.schedule", Schedule)
     for k in ("start", "end", "eval_epsilon"):
         v = getattr(x, k)
         _check(_finite(v) and 0.0 <= v <= 1.0, f"explore.{k}", f"must be in [0, 1], got {v!r}")
@@ -390,6 +518,9 @@ def validate(cfg: Config) -> None:
     _positive(g, "logger", "log_every", "score_window", "wandb_init_timeout")
     _non_negative(g, "logger", "checkpoint_every")
     _positive(g, "logger", "keep_checkpoints")
-    _choice(g.wandb_mode, "logger.wandb_mode", WANDB_MODES, "wandb mode")
-    _check(all(isinstance(t, str) and t.strip() and len(t) <= 64 for t in g.wandb_tags), "logger.wandb_tags",
-           f"must be a list of non-empty tags of at most 64 characters, got {list(g.wandb_tags)!r}")
+    _choice(g, "wandb_mode", "logger.wandb_mode", WandbMode)
+    _check(
+        all(isinstance(t, str) and t.strip() and len(t) <= 64 for t in g.wandb_tags),
+        "logger.wandb_tags",
+        f"must be a list of non-empty tags of at most 64 characters, got {list(g.wandb_tags)!r}",
+    )

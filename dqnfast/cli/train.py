@@ -1,0 +1,230 @@
+"""``python -m dqnfast.train``: the Hydra command line of a training run.
+
+Composes the config (``conf/``, typed by ``dqnfast.config.Config``), checks overrides
+in one line before Hydra runs, merges a resumed run's saved config with this command
+line, sizes a multirun job's threads to its share of the machine, and hands plain
+dataclasses to ``dqnfast.training.train``.
+
+Sweeps (``-m``): every job of a Hydra multirun is one call of ``main``, which returns
+the objective for sweepers such as Optuna (the final evaluation's mean score). Jobs that
+share a machine (joblib) or get a slice of one (Ray ``num_cpus``, SLURM
+``cpus_per_task``) size their envpool, sampler and torch threads to their share of the
+cores (``dqnfast.config.resolve.job_cores``); W&B groups a sweep's jobs under the sweep's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from dqnfast.cli import CONF_DIR
+from dqnfast.config import Config, ConfigError
+from dqnfast.config.resolve import available_cores, job_cores, share_cores
+from dqnfast.loggers import flatten
+from dqnfast.training import check_config, objective, train
+
+log = logging.getLogger("dqnfast.train")
+
+GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "preset")
+
+
+def _fail(err: ConfigError) -> None:
+    msg = " ".join(str(err).split())  # one line, whatever the message held
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def to_config(cfg: Any) -> Config:
+    """A Hydra DictConfig (typed by the Config schema) -> Config dataclasses."""
+    obj = OmegaConf.to_object(cfg)
+    if not isinstance(obj, Config):  # composed without the schema: type it now
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), cfg))
+    return obj
+
+
+def _register_configs() -> None:
+    """Types the composed config: ``config_schema`` comes first in conf/config.yaml's defaults."""
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+_register_configs()
+
+
+def _preflight(argv: list[str]) -> None:
+    """One-line errors, before Hydra, for overrides Hydra would report in many lines.
+
+    Unknown config-group options (``network=foo``), unknown keys and values of the
+    wrong type (``optim.lr=abc``), every value of a sweep; values are checked by
+    ``config.validate`` once the run starts.
+    """
+    from dqnfast.cli.overrides import check_overrides
+
+    try:
+        check_overrides(argv, Config, hint="see python -m dqnfast.train --cfg job", groups=GROUPS, conf_dir=CONF_DIR)
+    except ConfigError as e:
+        _fail(e)
+
+
+def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[DictConfig, list[str]]:
+    """The config of a resumed run: the checkpoint's config, then this command line's overrides.
+
+    cfg: what Hydra composed from this command line; saved: the checkpoint's config
+    (a plain dict); overrides: this command line's overrides (``key=value`` strings).
+    Each overridden key takes its value from ``cfg`` (so Hydra has typed it); a group
+    option (``optim=rmsprop``) replaces its section; a preset sets the keys it names.
+    Returns (config, ["key: old -> new", ...]).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    base = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(saved))
+    before = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
+    keys: list[str] = []
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key == "preset" and o.value():
+            preset = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "preset" / f"{o.value()}.yaml"))
+            for d in preset.pop("defaults", None) or []:  # "override /optim: rmsprop"
+                keys += [str(k).split("/")[-1] for k in (d if isinstance(d, dict) else {})]
+            keys += list(flatten(preset))
+            continue
+        if key in ("resume", "preset") or key.startswith("hydra") or o.is_delete():
+            continue
+        keys.append(key)
+    for key in sorted(set(keys), key=lambda k: (k.count("."), k)):  # sections first, then single keys
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, DictConfig):  # a whole section: every key of it is set
+            value = OmegaConf.to_container(value)
+        OmegaConf.update(base, key, value, merge=True)
+    after = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
+    fb, fa = flatten(before), flatten(after)
+    changes = [f"{k}: {fb.get(k)!r} -> {fa[k]!r}" for k in sorted(fa) if k != "resume" and fb.get(k) != fa[k]]
+    return base, changes
+
+
+def _resume_run(cfg: DictConfig, conf: Config) -> tuple[Config, dict, dict, Path]:
+    """``resume=<run dir or checkpoint>``: (config, config dict, checkpoint, run dir). Raises ConfigError("resume")."""
+    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+
+    try:
+        path = find_checkpoint(conf.resume)
+        ck = load_checkpoint(path)
+    except CheckpointError as e:
+        raise ConfigError("resume", str(e)) from None
+    ck["_path"] = str(path)
+    saved = dict(ck.get("config") or {})
+    saved.pop("resume", None)
+    try:
+        merged, changes = resume_config(cfg, saved, list(HydraConfig.get().overrides.task))
+    except Exception as e:  # a config from another dqnfast version
+        raise ConfigError("resume", f"cannot use the checkpoint's config ({' '.join(str(e).split())})") from None
+    merged.resume = str(path)
+    for c in changes:
+        log.info("resume: changed %s", c)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.resolve() != run_dir_of(path):
+        log.info("resume: writing to %s (the checkpoint's run is %s)", run_dir, run_dir_of(path))
+    return to_config(merged), OmegaConf.to_container(merged, resolve=True, enum_to_str=True), ck, run_dir
+
+
+def _tracking(conf: Config, config_dict: dict) -> dict[str, Any]:
+    """The Hydra job as the loggers see it; in a multirun also sizes the job's threads.
+
+    Returns ``train``'s ``tracking``: W&B group = the sweep (``DATE_TIME`` of
+    ``multirun/DATE/TIME``) in a multirun, tags, and the overrides / sweep dir / job
+    number for the W&B run config.
+    """
+    hc = HydraConfig.get()
+    hydra_info: dict[str, Any] = {"overrides": list(hc.overrides.task)}
+    tracking: dict[str, Any] = {"group": None, "tags": [], "hydra": hydra_info}
+    if hc.mode != RunMode.MULTIRUN:
+        return tracking
+    sweep = Path(str(hc.sweep.dir))
+    tracking["group"] = f"{sweep.parent.name}_{sweep.name}" if sweep.parent.name else sweep.name
+    tracking["tags"] = ["multirun"]
+    hydra_info.update(sweep_dir=str(sweep), job_num=int(hc.job.num))
+    launcher = OmegaConf.to_container(hc.launcher, resolve=False) if hc.get("launcher") else None
+    total = available_cores()
+    cores = job_cores(launcher, total)
+    if cores is not None:
+        threads = share_cores(conf, config_dict, cores)
+        n = launcher.get("n_jobs") if str(launcher.get("_target_", "")).endswith("JoblibLauncher") else None
+        where = f"{total} cores, {n} jobs at once" if n is not None else f"{total} cores here"
+        log.info("threads: %d core(s) for this job (%s): %s", cores, where, threads)
+    return tracking
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """``python -m dqnfast.train [overrides]``: Hydra CLI (``--help``, ``--cfg job``, ``-m``).
+
+    Returns the run's objective for sweepers (``objective``: the final evaluation's
+    mean score). ``resume=<run dir>`` continues that run (see ``train``); SIGINT/SIGTERM
+    write a checkpoint and exit with status 128 + the signal number (130, 143).
+    """
+    try:
+        conf = to_config(cfg)
+        ck = None
+        run_dir = HydraConfig.get().runtime.output_dir
+        config_dict = None
+        if conf.resume:
+            conf, config_dict, ck, run_dir = _resume_run(cfg, conf)
+        check_config(conf)
+        if config_dict is None:
+            config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        tracking = _tracking(conf, config_dict)
+        summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
+    except ConfigError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        print("error: interrupted (the last checkpoint is complete)", file=sys.stderr)
+        sys.exit(130)
+    if summary.get("interrupted"):
+        sig = signal.Signals[summary["interrupted"]]
+        print(
+            f"{sig.name}: stopped at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; "
+            f"continue with: python -m dqnfast.train resume={run_dir}",
+            file=sys.stderr,
+        )
+        sys.exit(128 + int(sig))
+    return objective(summary)
+
+
+def _resume_preflight(argv: list[str]) -> list[str]:
+    """``resume=X``: checks X before Hydra creates any folder, and runs in X's run dir.
+
+    Adds ``hydra.run.dir=<run dir>`` (unless given) and keeps the run's own ``.hydra/``
+    by writing this invocation's under ``.hydra/resume-<unix time>/``.
+    """
+    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
+    if not given or given[-1] in ("", "null", "None"):
+        return argv
+    try:
+        path = find_checkpoint(given[-1])
+        load_checkpoint(path)  # a corrupt file fails here, before Hydra writes into the run dir
+    except CheckpointError as e:
+        _fail(ConfigError("resume", str(e)))
+    extra = []
+    if not any(a.startswith("hydra.run.dir=") for a in argv):
+        extra.append(f"hydra.run.dir={run_dir_of(path)}")
+    if not any(a.startswith("hydra.output_subdir=") for a in argv):
+        extra.append(f"hydra.output_subdir=.hydra/resume-{int(time.time())}")
+    return argv + extra
+
+
+def cli() -> None:
+    """Console entry point: pre-flight checks, then Hydra."""
+    _preflight(sys.argv[1:])
+    sys.argv = sys.argv[:1] + _resume_preflight(sys.argv[1:])
+    main()

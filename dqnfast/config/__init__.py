@@ -1,0 +1,40 @@
+"""The run's configuration: the typed schema (``schema``) and the one place where every
+``auto``/null becomes a concrete value (``resolve``).
+
+Plain Python: nothing here imports Hydra, so a ``Config()`` can be built and trained
+without it (``dqnfast.training.train``).
+"""
+
+from dqnfast.config.schema import (
+    NETWORK_NAMES,
+    OBS_KINDS,
+    AlgoConfig,
+    Config,
+    ConfigError,
+    EnvsConfig,
+    EvalProtocolConfig,
+    ExploreConfig,
+    LoggerConfig,
+    NetworkConfig,
+    OptimConfig,
+    ProtocolConfig,
+    ReplayConfig,
+    validate,
+)
+
+__all__ = [
+    "AlgoConfig",
+    "Config",
+    "ConfigError",
+    "EnvsConfig",
+    "EvalProtocolConfig",
+    "ExploreConfig",
+    "LoggerConfig",
+    "NetworkConfig",
+    "OptimConfig",
+    "ProtocolConfig",
+    "ReplayConfig",
+    "NETWORK_NAMES",
+    "OBS_KINDS",
+    "validate",
+]

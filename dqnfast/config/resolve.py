@@ -1,0 +1,199 @@
+"""The one place where a config's ``auto``/null values become concrete.
+
+Device, cores (from this process's CPU affinity mask, which SLURM, taskset and
+container runtimes restrict), threads (envpool, replay sampler, torch), compile mode,
+autocast dtype, pinned buffers. Every other module receives the concrete values and
+never re-parses a config string.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from dqnfast.config.schema import Config, ConfigError, Storage
+
+__all__ = [
+    "Resolved",
+    "available_cores",
+    "job_cores",
+    "resolve",
+    "resolve_amp",
+    "resolve_compile",
+    "resolve_device",
+    "share_cores",
+    "thread_counts",
+    "uses_cudagraphs",
+]
+
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity: SLURM and taskset restrict it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def resolve_device(name: Any):
+    """``auto`` -> cuda if available else cpu. Raises ConfigError("device") if unusable."""
+    import torch
+
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError("device", f"{name!r} is not a torch device ({e})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} asked for but CUDA is not available; use device=auto or cpu")
+    return dev
+
+
+def resolve_compile(mode: Any, device: Any) -> str | None:
+    """How the update runs: None = eager, else the ``torch.compile`` mode.
+
+    ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on CUDA, eager on
+    the CPU (compiling takes longer than a short CPU run gains); ``true`` = ``default``;
+    ``false`` = eager; any other value is a torch.compile mode.
+    """
+    import torch
+
+    m = str(mode).lower() if mode is not None else "false"  # a bool from a library caller: "True"
+    if m == "auto":
+        return "reduce-overhead" if torch.device(device).type == "cuda" else None
+    if m in ("false", "none", "eager"):
+        return None
+    return "default" if m == "true" else m
+
+
+def uses_cudagraphs(compile_mode: str | None) -> bool:
+    """Whether a torch.compile mode replays CUDA graphs (on CUDA tensors)."""
+    return compile_mode in CUDAGRAPH_MODES
+
+
+def resolve_amp(amp: Any):
+    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16."""
+    import torch
+
+    m = str(amp).lower() if amp is not None else "none"
+    if m in ("none", "fp32", "false"):
+        return None
+    if m in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    raise ValueError(f"unknown amp mode {amp!r}; choose none or bf16")
+
+
+def thread_counts(
+    cores: int, *, cpu: bool, envs: int | None = None, sampler: int | None = None, torch_threads: int | None = None
+) -> tuple[int, int, int | None]:
+    """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
+
+    On the CPU torch gets half the cores: its spinning OpenMP workers and busy envpool
+    workers on the same cores slow updates down by up to 10x. On CUDA torch keeps its
+    default (None) unless a share of a machine was given (``share_cores``).
+    """
+    return (envs or cores, sampler or cores, torch_threads or (max(1, cores // 2) if cpu else None))
+
+
+def job_cores(launcher: Mapping[str, Any] | None, available: int) -> int | None:
+    """Cores one job of a Hydra multirun may use, from its launcher's config; None = all of them.
+
+    joblib runs ``n_jobs`` jobs at once on this machine (joblib's meaning: -1 = one per
+    core, -k = cores + 1 - k), so each gets ``available // n_jobs`` (at least 1). Ray
+    gives a job ``ray.remote.num_cpus``, submitit/SLURM ``cpus_per_task`` (when set).
+    The basic launcher runs one job at a time: None.
+    """
+    if not launcher:
+        return None
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n = launcher.get("n_jobs")
+        n = 1 if n is None else int(n)
+        if n < 0:
+            n = max(1, available + 1 + n)
+        return max(1, available // max(n, 1))
+    if "hydra_ray_launcher" in target:
+        n = ((launcher.get("ray") or {}).get("remote") or {}).get("num_cpus")
+        return max(1, int(n)) if n else None
+    if "hydra_submitit_launcher" in target:
+        n = launcher.get("cpus_per_task")
+        return max(1, int(n)) if n else None
+    return None
+
+
+def share_cores(cfg: Config, config_dict: dict, cores: int) -> str:
+    """Sizes the threads left at null/0 to ``cores``: envpool, replay sampling, torch (half on CPU).
+
+    For a job given a share of a machine. Updates ``cfg`` and ``config_dict`` (what the
+    checkpoint and W&B record); returns a description for the log.
+    """
+    cpu = resolve_device(cfg.device).type == "cpu"
+    envs, sampler, torch_threads = thread_counts(
+        cores, cpu=cpu, envs=cfg.envs.num_threads, sampler=cfg.replay.num_threads, torch_threads=cfg.torch_threads
+    )
+    cfg.envs.num_threads, cfg.replay.num_threads = envs, sampler
+    cfg.torch_threads = torch_threads or cores
+    config_dict.setdefault("envs", {})["num_threads"] = cfg.envs.num_threads
+    config_dict.setdefault("replay", {})["num_threads"] = cfg.replay.num_threads
+    config_dict["torch_threads"] = cfg.torch_threads
+    return f"envpool {cfg.envs.num_threads}, sampler {cfg.replay.num_threads}, torch {cfg.torch_threads}"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's concrete settings, from its Config and this process.
+
+    device: torch.device. cores: the affinity mask's size. env_threads,
+    sampler_threads: envpool and replay sampling threads. torch_threads: torch's CPU
+    threads (None: torch's default). compile_mode: None (eager) or a torch.compile mode.
+    amp_dtype: autocast dtype or None. frames_on_device: replay frames live on the GPU.
+    pin_memory: sample into pinned host buffers.
+    """
+
+    device: Any
+    cores: int
+    env_threads: int
+    sampler_threads: int
+    torch_threads: int | None
+    compile_mode: str | None
+    amp_dtype: Any
+    frames_on_device: bool
+    pin_memory: bool
+
+
+def resolve(cfg: Config) -> Resolved:
+    """Every auto/null of ``cfg`` made concrete. Raises ConfigError for an unusable device or storage."""
+    import torch
+
+    device = resolve_device(cfg.device)
+    cores = available_cores()
+    envs, sampler, torch_threads = thread_counts(
+        cores,
+        cpu=device.type == "cpu",
+        envs=cfg.envs.num_threads,
+        sampler=cfg.replay.num_threads,
+        torch_threads=cfg.torch_threads,
+    )
+    on_device = cfg.replay.storage == Storage.cuda
+    if on_device and device.type != "cuda":
+        raise ConfigError(
+            "replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; use replay.storage=cpu"
+        )
+    pin = str(cfg.replay.pin_memory).lower()
+    pin = device.type == "cuda" if pin == "auto" else (pin == "true" and torch.cuda.is_available())
+    return Resolved(
+        device=device,
+        cores=cores,
+        env_threads=envs,
+        sampler_threads=sampler,
+        torch_threads=torch_threads,
+        compile_mode=resolve_compile(cfg.algo.compile, device),
+        amp_dtype=resolve_amp(cfg.algo.amp),
+        frames_on_device=on_device,
+        pin_memory=pin and not on_device,  # device frames: the ring stages its small host arrays itself
+    )

@@ -1,0 +1,53 @@
+"""metrics.csv: one row per ``logger.log_every`` agent steps, kept up to the checkpoint on resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from dqnfast.atomic import atomic_open
+from dqnfast.loggers.base import (
+    METRIC_COLUMNS,
+    STEP_KEY,
+    log,
+)
+
+
+class CsvLogger:
+    """``metrics.csv``: a header, then one row per ``log_metrics``, flushed at once.
+
+    resume_step: keep an existing file's rows up to this many agent steps (the
+    checkpoint a resumed run starts from) and append after them; None = a new file.
+    """
+
+    def __init__(
+        self, path: str | Path, columns: Sequence[str] = METRIC_COLUMNS, *, resume_step: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.columns = tuple(columns)
+        if resume_step is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            kept = [r for r in rows if r.get(STEP_KEY) and float(r[STEP_KEY]) <= resume_step]
+            if len(kept) != len(rows):  # rows written after the checkpoint: rewrite atomically without them
+                with atomic_open(self.path, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+                    w.writeheader()
+                    w.writerows(kept)
+                log.info("metrics.csv: dropped %d rows written after the checkpoint", len(rows) - len(kept))
+            self._file = open(self.path, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
+        else:
+            self._file = open(self.path, "w", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
+            self._writer.writeheader()
+            self._file.flush()
+
+    def log_metrics(self, row: Mapping[str, Any]) -> None:
+        self._writer.writerow(row)
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()

@@ -1,0 +1,237 @@
+"""Building a run's parts from its config: env, replay ring, networks, learner, actor.
+
+Each part gets only its own config section and the concrete values of
+``dqnfast.config.resolve``. What is opened here is closed by the caller's ExitStack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dqnfast.config import Config, ConfigError
+from dqnfast.config.resolve import Resolved
+from dqnfast.training.resume import ResumePlan, check_resumable, load_ring
+
+__all__ = ["PinnedBatches", "Run", "build", "check_config"]
+
+
+def check_config(cfg: Config) -> tuple[str, str]:
+    """All start-up checks that need no allocation; returns (task_id, family).
+
+    Raises ConfigError naming the key: value checks (``config.validate``), the game
+    name (with close matches), the observation kind for the game, the network's fit,
+    the device, the loggers.
+    """
+    from dqnfast.config import validate
+    from dqnfast.config.resolve import resolve_device
+    from dqnfast.envs import resolve_game
+    from dqnfast.loggers import check_logger_config
+    from dqnfast.networks import spec_for
+
+    validate(cfg)
+    try:
+        task_id, family = resolve_game(cfg.game)
+    except ValueError as e:
+        raise ConfigError("game", str(e)) from None
+    if family == "atari":
+        obs_kind, shape = cfg.obs, ((cfg.envs.stack, 84, 84) if cfg.obs == "pixels" else (128,))
+    elif cfg.obs == "ram":
+        raise ConfigError("obs", f"{task_id} has vector observations; obs=ram is for Atari games")
+    else:
+        obs_kind, shape = "vector", (1,)
+    try:
+        spec_for(cfg.network.name, obs_kind, shape, "uint8", 2)
+    except ValueError as e:
+        raise ConfigError("network.name", str(e)) from None
+    resolve_device(cfg.device)
+    check_logger_config(cfg.logger)
+    return task_id, family
+
+
+class PinnedBatches:
+    """Two sample buffers used in turn, so sampling into one overlaps the copy out of the other.
+
+    With pinned buffers on CUDA the host-to-device copy is asynchronous: a buffer is
+    refilled only after the CUDA event recorded behind its last copy has completed.
+    """
+
+    def __init__(self, ring: Any, batch_size: int, device: Any, *, pin_memory: bool) -> None:
+        import torch
+
+        self.ring, self.batch_size, self.device = ring, batch_size, device
+        self.buffers = [ring.make_batch(batch_size, pin_memory=pin_memory) for _ in range(2)]
+        self.copied: list[Any] = [None, None]
+        self.use_events = pin_memory and device.type == "cuda"
+        self._torch = torch
+
+    def sample(self, i: int) -> Any:
+        """A batch on the device, sampled into buffer ``i`` (0 or 1)."""
+        if self.copied[i] is not None:
+            self.copied[i].synchronize()
+        batch = self.ring.sample(self.batch_size, out=self.buffers[i]).to(self.device)
+        if self.use_events:
+            self.copied[i] = self._torch.cuda.Event()
+            self.copied[i].record(self._torch.cuda.current_stream(self.device))
+        return batch
+
+
+@dataclass
+class Run:
+    """A run's parts and identity; the loop's changing state is ``state.LoopState``."""
+
+    cfg: Config
+    resolved: Resolved
+    plan: ResumePlan
+    run_dir: Path
+    config_dict: dict
+    env: Any
+    spec: Any
+    net_spec: Any
+    ring: Any
+    replay_file: Path | None  # the ring file the newest checkpoint refers to
+    learner: Any
+    actor: Any
+    schedule: Any
+    batches: PinnedBatches
+    actions_log: Any
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    @property
+    def device(self) -> Any:
+        return self.resolved.device
+
+    @property
+    def env_mode(self) -> str:
+        return self.plan.env_mode
+
+    @property
+    def env_seed(self) -> int:
+        return self.plan.env_seed
+
+
+def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> tuple[Any, Any, Any]:
+    """The training envs (closed by ``stack``) and the network's spec for them."""
+    from dqnfast.envs import make_env, resolve_game
+    from dqnfast.networks import spec_for
+
+    if plan.ck and resolve_game(cfg.game)[0] != plan.ck.get("game"):  # the cheap check first
+        raise ConfigError("resume", f"checkpoint is for {plan.ck.get('game')}, this run is {resolve_game(cfg.game)[0]}")
+    envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)
+    env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed)
+    stack.callback(env.close)
+    n = cfg.network
+    net_spec = spec_for(
+        n.name,
+        spec.obs_kind,
+        spec.obs_shape,
+        spec.frame_dtype.name,
+        spec.num_actions,
+        dueling=n.dueling,
+        cnn_hidden=n.cnn_hidden,
+        mlp_hidden=tuple(n.mlp_hidden),
+    )
+    return env, spec, net_spec
+
+
+def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: Path) -> tuple[Any, Path | None]:
+    """The replay ring: reloaded from the checkpoint's file, or new and empty."""
+    from dqnfast.replay import ReplayRing
+
+    frames_device = r.device if r.frames_on_device else None
+    try:
+        if plan.ck:
+            ring, path = load_ring(plan, cfg, spec, run_dir, num_threads=r.sampler_threads, frames_device=frames_device)
+            if ring is not None:
+                return ring, path
+        ring = ReplayRing(
+            cfg.replay.capacity,
+            spec.num_envs,
+            spec.frame_shape,
+            spec.frame_dtype,
+            stack=spec.stack,
+            n_step=cfg.replay.n_step,
+            gamma=cfg.algo.gamma,
+            seed=cfg.seed + plan.ring_seed_offset,
+            num_threads=r.sampler_threads,
+            check_memory=cfg.replay.check_memory,
+            frames_device=frames_device,
+        )
+    except MemoryError as e:
+        raise ConfigError("replay.capacity", str(e)) from None
+    return ring, None
+
+
+def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
+    """Online and target networks (the target a copy of the online one), optimizer, Learner."""
+    import torch
+
+    from dqnfast.learner import Learner, make_optimizer
+    from dqnfast.networks import make_network
+
+    a, device = cfg.algo, r.device
+    online = make_network(net_spec).to(device)
+    target = make_network(net_spec).to(device)
+    if a.channels_last and net_spec.kind == "nature":
+        online, target = online.to(memory_format=torch.channels_last), target.to(memory_format=torch.channels_last)
+    target.load_state_dict(online.state_dict())
+    optimizer = make_optimizer(online.parameters(), cfg.optim, device=device, compile_mode=r.compile_mode)
+    return Learner(
+        online,
+        target,
+        optimizer,
+        double=a.double,
+        loss=str(a.loss),
+        max_grad_norm=a.max_grad_norm,
+        target_update_period=a.target_update_period,
+        tau=a.tau,
+        device=device,
+        compile=r.compile_mode,
+        amp_dtype=r.amp_dtype,
+    )
+
+
+def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, stack: ExitStack) -> Run:
+    """Every part of a run, in the order that fixes the RNG streams (env, ring, networks, actor).
+
+    Raises ConfigError for a checkpoint that does not fit (``resume``), a ring that does
+    not fit in memory (``replay.capacity``). Whatever was opened is closed by ``stack``.
+    """
+    from dqnfast.actor import Actor, EpsilonSchedule
+    from dqnfast.envs import ActionLog
+
+    env, spec, net_spec = _make_env(cfg, r, plan, stack)
+    if plan.ck:
+        check_resumable(plan, cfg, spec, net_spec)
+    ring, replay_file = _make_ring(cfg, r, plan, spec, run_dir)
+    learner = _make_learner(cfg, r, net_spec)
+    actor = Actor(
+        learner.online, spec.num_actions, r.device, seed=cfg.seed, amp_dtype=r.amp_dtype, compile_mode=r.compile_mode
+    )
+    x = cfg.explore
+    schedule = EpsilonSchedule(str(x.schedule), x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
+    batches = PinnedBatches(ring, cfg.algo.batch_size, r.device, pin_memory=r.pin_memory)
+    record = plan.env_mode == "replay" and not spec.is_async
+    return Run(
+        cfg,
+        r,
+        plan,
+        run_dir,
+        config_dict,
+        env,
+        spec,
+        net_spec,
+        ring,
+        replay_file,
+        learner,
+        actor,
+        schedule,
+        batches,
+        ActionLog(spec.num_envs) if record else None,
+    )

@@ -1,0 +1,134 @@
+"""Continuing a run from its checkpoint: what comes back, and the checks that refuse a misfit.
+
+envpool's emulator state cannot be saved, so the envs come back either re-seeded
+(``envs.resume=reseed``: seed + ``ENV_RESEED_STRIDE`` * resumes) or by re-playing every
+action sent since the run started from the same seed (``replay``: exact). The replay ring
+is reloaded when it was saved beside the checkpoint (``replay.save``), else refilled with
+``algo.learning_starts`` uniform-random agent steps.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dqnfast.config import Config, ConfigError
+
+__all__ = ["ENV_RESEED_STRIDE", "ResumePlan", "check_resumable", "load_ring", "plan_resume", "run_name"]
+
+ENV_RESEED_STRIDE = 1_000_000  # a resumed run's envs (envs.resume=reseed) are seeded seed + stride * resumes
+
+
+def run_name(cfg: Config) -> str:
+    """CleanRL-style ``{game}__{exp_name}__{seed}__{unix time}``."""
+    return f"{cfg.game}__{cfg.exp_name}__{cfg.seed}__{int(time.time())}"
+
+
+@dataclass
+class ResumePlan:
+    """How a run starts: fresh (``ck`` None) or from a checkpoint.
+
+    resumes: how many times the run has been resumed, this one included. env_mode:
+    ``envs.resume``. replay_envs: the envs are restored exactly from the action log.
+    env_seed: the seed the envs are made with. name: the run's name (kept across resumes).
+    """
+
+    ck: dict | None
+    resumes: int
+    env_mode: str
+    replay_envs: bool
+    env_seed: int
+    name: str
+    counters: dict = field(default_factory=dict)
+
+    @property
+    def ring_seed_offset(self) -> int:
+        return ENV_RESEED_STRIDE * self.resumes if self.ck else 0
+
+
+def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumePlan:
+    """Loads the checkpoint (a path or a loaded dict) and decides how the envs come back."""
+    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+
+    ck: dict | None = None
+    if resume is not None:
+        try:
+            ck = resume if isinstance(resume, dict) else load_checkpoint(find_checkpoint(resume))
+        except CheckpointError as e:
+            raise ConfigError("resume", str(e)) from None
+    counters = dict(ck["counters"]) if ck else {}
+    resumes = int(counters.get("resumes", 0)) + (1 if ck else 0)
+    env_mode = str(cfg.envs.resume)
+    ck_envs = (ck or {}).get("envs") or {}
+    replay_envs = (
+        bool(ck)
+        and env_mode == "replay"
+        and ck_envs.get("actions") is not None
+        and int(ck_envs.get("num_envs", -1)) == cfg.envs.num_envs
+    )
+    if not ck:
+        env_seed = cfg.seed
+    elif replay_envs:
+        env_seed = int(ck_envs["seed"])
+    else:
+        env_seed = cfg.seed + ENV_RESEED_STRIDE * resumes
+    name = str(ck.get("run_name")) if ck and ck.get("run_name") else run_name(cfg)
+    return ResumePlan(ck, resumes, env_mode, replay_envs, env_seed, name, counters)
+
+
+def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> None:
+    """Refuses a checkpoint of another game, observation, action count or network, or one without loop state."""
+    from dqnfast.checkpoint import CheckpointError, check_compatible
+
+    ck = plan.ck
+    try:
+        check_compatible(
+            ck, game=spec.task_id, obs_kind=spec.obs_kind, num_actions=spec.num_actions, network=net_spec.to_dict()
+        )
+    except CheckpointError as e:
+        raise ConfigError("resume", str(e)) from None
+    if not all(k in ck for k in ("loop", "rng", "envs")):
+        raise ConfigError(
+            "resume",
+            "the checkpoint has no training-loop state (an older or hand-made "
+            "checkpoint): it can be evaluated, not resumed",
+        )
+    if cfg.algo.total_steps <= int(plan.counters["env_steps"]):
+        raise ConfigError(
+            "resume",
+            f"the run already has {plan.counters['env_steps']} agent steps and "
+            f"algo.total_steps={cfg.algo.total_steps}; set algo.total_steps higher to continue",
+        )
+    was = str(((ck.get("config") or {}).get("optim") or {}).get("name", cfg.optim.name))
+    if was != str(cfg.optim.name):
+        raise ConfigError("resume", f"the checkpoint's optimizer is {was}, this run's is {cfg.optim.name}")
+
+
+def load_ring(
+    plan: ResumePlan, cfg: Config, spec: Any, run_dir: Path, *, num_threads: int, frames_device: Any
+) -> tuple[Any, Path] | tuple[None, None]:
+    """The ring saved with the checkpoint (``replay.save``), or (None, None) when there is none to load."""
+    from dqnfast.replay import ReplayFileError, ReplayRing
+
+    saved = (plan.ck.get("replay") or {}).get("file")
+    if not (cfg.replay.save and saved):
+        return None, None
+    path = run_dir / saved
+    try:
+        ring = ReplayRing.load(
+            path, num_threads=num_threads, check_memory=cfg.replay.check_memory, frames_device=frames_device
+        )
+    except (ReplayFileError, FileNotFoundError, MemoryError) as e:
+        raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") from None
+    have = (ring.num_envs, ring.n_step, ring.stack, float(ring.gamma))
+    want = (spec.num_envs, cfg.replay.n_step, spec.stack, float(cfg.algo.gamma))
+    if have != want:
+        raise ConfigError(
+            "resume",
+            "the saved replay ring has (envs, n_step, stack, gamma) = "
+            f"{have}, this run {want}; keep them, or resume with replay.save=false",
+        )
+    return ring, path

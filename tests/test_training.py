@@ -1,0 +1,101 @@
+"""dqnfast.training as a library: a run composed from plain dataclasses, no Hydra, and its thread sizing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dqnfast.config import (
+    AlgoConfig,
+    Config,
+    EnvsConfig,
+    EvalProtocolConfig,
+    ExploreConfig,
+    LoggerConfig,
+    NetworkConfig,
+    OptimConfig,
+    ReplayConfig,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+
+def cartpole(total_steps: int = 60_000) -> Config:
+    """conf/preset/cartpole.yaml as plain dataclasses."""
+    return Config(
+        game="CartPole",
+        envs=EnvsConfig(num_envs=4, eval=EvalProtocolConfig(episodes=10, num_envs=10)),
+        algo=AlgoConfig(
+            total_steps=total_steps,
+            learning_starts=1000,
+            batch_size=64,
+            replay_ratio=16.0,
+            target_update_period=1,
+            tau=0.01,
+            max_grad_norm=10.0,
+        ),
+        network=NetworkConfig(name="mlp", mlp_hidden=[128, 128]),
+        replay=ReplayConfig(capacity=50_000, n_step=3),
+        optim=OptimConfig(name="adam", lr=1e-3, eps=1e-8),
+        explore=ExploreConfig(schedule="linear", end=0.05, decay_steps=10_000, eval_epsilon=0.0),
+        logger=LoggerConfig(log_every=5000, checkpoint_every=0, progress=False),
+    )
+
+
+def test_the_plain_dataclasses_are_the_cartpole_preset():
+    from hydra import compose, initialize_config_dir  # here: the script below imports this module
+
+    from dqnfast.cli.train import CONF_DIR, to_config
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        composed = to_config(compose(config_name="config", overrides=["preset=cartpole", "logger.progress=false"]))
+    assert composed == cartpole()
+
+
+SCRIPT = """
+import dataclasses, json, logging, os, sys
+sys.path.insert(0, {tests!r})
+from test_training import cartpole
+cores = {cores!r}
+if cores is not None:
+    os.sched_setaffinity(0, cores)
+logging.basicConfig(level=logging.INFO, format="%(name)s %(message)s")
+from dqnfast.training import train
+cfg = dataclasses.replace(cartpole({steps}), device="cpu")
+summary = train(cfg, {run_dir!r})
+import torch
+print(json.dumps({{"hydra": "hydra" in sys.modules, "torch_threads": torch.get_num_threads(),
+                   "env_steps": summary["env_steps"], "eval_mean": summary["eval"]["mean"]}}))
+"""
+
+
+def run_script(tmp_path: Path, *, steps: int, cores: set[int] | None = None) -> tuple[dict, str]:
+    script = SCRIPT.format(tests=str(Path(__file__).parent), cores=cores, steps=steps, run_dir=str(tmp_path / "run"))
+    p = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
+
+
+def test_a_run_from_plain_dataclasses_trains_cartpole_without_hydra(tmp_path):
+    out, _ = run_script(tmp_path, steps=10_000)
+    assert out["hydra"] is False  # nothing on the library path imports Hydra
+    assert out["env_steps"] == 10_000 and out["eval_mean"] is not None
+    run = tmp_path / "run"
+    assert (run / "metrics.csv").is_file() and (run / "checkpoint.pt").is_file()
+    assert json.loads((run / "eval.json").read_text())["episodes"] == 10
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
+def test_a_single_run_sizes_its_threads_to_the_affinity_mask(tmp_path):
+    core = min(os.sched_getaffinity(0))
+    out, err = run_script(tmp_path, steps=2000, cores={core})
+    assert "threads: 1 core(s) here: envpool 1, sampler 1, torch 1" in err, err[-2000:]
+    assert out["torch_threads"] == 1
