@@ -59,26 +59,78 @@ BUDGETS: dict[str, dict] = {
     "cpu": {
         "steps": 300_000,
         "dqnfast": ["preset=cpu_budget"],
-        "peer": ["--total-steps", "300000", "--learning-starts", "20000", "--exploration-steps", "75000",
-                 "--end-e", "0.01", "--capacity", "100000", "--target-every-steps", "1000",
-                 "--eval-episodes", "30"],
+        "peer": [
+            "--total-steps",
+            "300000",
+            "--learning-starts",
+            "20000",
+            "--exploration-steps",
+            "75000",
+            "--end-e",
+            "0.01",
+            "--capacity",
+            "100000",
+            "--target-every-steps",
+            "1000",
+            "--eval-episodes",
+            "30",
+        ],
     },
     "full": {
         "steps": 10_000_000,
         "dqnfast": [],
-        "peer": ["--total-steps", "10000000", "--learning-starts", "80000", "--exploration-steps", "1000000",
-                 "--end-e", "0.01", "--capacity", "1000000", "--target-every-steps", "1000",
-                 "--eval-episodes", "30", "--log-every", "100000"],
+        "peer": [
+            "--total-steps",
+            "10000000",
+            "--learning-starts",
+            "80000",
+            "--exploration-steps",
+            "1000000",
+            "--end-e",
+            "0.01",
+            "--capacity",
+            "1000000",
+            "--target-every-steps",
+            "1000",
+            "--eval-episodes",
+            "30",
+            "--log-every",
+            "100000",
+        ],
     },
     "tiny": {
         "steps": 1200,
-        "dqnfast": ["preset=cpu_budget", "algo.total_steps=1200", "algo.learning_starts=800",
-                    "replay.capacity=2000", "explore.decay_steps=400", "envs.num_envs=2",
-                    "envs.eval.episodes=2", "envs.eval.num_envs=2", "envs.eval.max_episode_steps=300",
-                    "logger.log_every=400", "logger.checkpoint_every=0"],
-        "peer": ["--total-steps", "800", "--learning-starts", "400", "--exploration-steps", "400",
-                 "--end-e", "0.01", "--capacity", "1000", "--target-every-steps", "200",
-                 "--eval-episodes", "1", "--log-every", "400"],
+        "dqnfast": [
+            "preset=cpu_budget",
+            "algo.total_steps=1200",
+            "algo.learning_starts=800",
+            "replay.capacity=2000",
+            "explore.decay_steps=400",
+            "envs.num_envs=2",
+            "envs.eval.episodes=2",
+            "envs.eval.num_envs=2",
+            "envs.eval.max_episode_steps=300",
+            "logger.log_every=400",
+            "logger.checkpoint_every=0",
+        ],
+        "peer": [
+            "--total-steps",
+            "800",
+            "--learning-starts",
+            "400",
+            "--exploration-steps",
+            "400",
+            "--end-e",
+            "0.01",
+            "--capacity",
+            "1000",
+            "--target-every-steps",
+            "200",
+            "--eval-episodes",
+            "1",
+            "--log-every",
+            "400",
+        ],
     },
 }
 
@@ -103,16 +155,41 @@ def run_dir(out: Path, budget: str, game: str, agent: str, seed: int) -> Path:
     return out / budget / game / f"{agent}_seed{seed}"
 
 
-def dqnfast_command(budget: str, game: str, seed: int, folder: Path, threads: int, device: str,
-                    extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "dqnfast.train", f"game={game}", f"seed={seed}", *BUDGETS[budget]["dqnfast"],
-            f"torch_threads={threads}", "logger.progress=false", f"device={device}",
-            f"hydra.run.dir={folder}", *extra]
+def dqnfast_command(
+    budget: str, game: str, seed: int, folder: Path, threads: int, device: str, extra: list[str]
+) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dqnfast.train",
+        f"game={game}",
+        f"seed={seed}",
+        *BUDGETS[budget]["dqnfast"],
+        f"torch_threads={threads}",
+        "logger.progress=false",
+        f"device={device}",
+        f"hydra.run.dir={folder}",
+        *extra,
+    ]
 
 
 def peer_command(budget: str, game: str, seed: int, folder: Path, threads: int, device: str) -> list[str]:
-    return [sys.executable, str(_HERE / "peer_dqn.py"), "--learn", "--game", game, "--seed", str(seed),
-            *BUDGETS[budget]["peer"], "--torch-threads", str(threads), "--device", device, "--out", str(folder)]
+    return [
+        sys.executable,
+        str(_HERE / "peer_dqn.py"),
+        "--learn",
+        "--game",
+        game,
+        "--seed",
+        str(seed),
+        *BUDGETS[budget]["peer"],
+        "--torch-threads",
+        str(threads),
+        "--device",
+        device,
+        "--out",
+        str(folder),
+    ]
 
 
 def launch(jobs: list[tuple[str, list[str], Path]], parallel: int) -> dict[str, float]:
@@ -188,9 +265,15 @@ def collect_run(folder: Path, agent: str, game: str, seed: int, learning_starts:
         mean = doc.get("mean", doc.get("score_mean"))
         std = doc.get("std", doc.get("score_std"))
         rand = doc.get("random") or {}
-        out["eval"] = {"mean": mean, "std": std, "episodes": doc.get("episodes"), "epsilon": doc.get("epsilon"),
-                       "scores": doc.get("scores"), "random_mean": rand.get("mean"),
-                       "human_normalized": doc.get("human_normalized")}
+        out["eval"] = {
+            "mean": mean,
+            "std": std,
+            "episodes": doc.get("episodes"),
+            "epsilon": doc.get("epsilon"),
+            "scores": doc.get("scores"),
+            "random_mean": rand.get("mean"),
+            "human_normalized": doc.get("human_normalized"),
+        }
         out["finished"] = True
     return out
 
@@ -211,17 +294,30 @@ def plot(doc: dict, path: Path) -> Path:
             pts = [(s, v) for s, v in r.get("curve", []) if v is not None]
             label = f"{'dqnfast' if r['agent'] == 'dqnfast' else 'peer (CleanRL recipe)'} seed {r['seed']}"
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colours.get(r["agent"], "grey"),
-                        alpha=0.9, label=label)
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    color=colours.get(r["agent"], "grey"),
+                    alpha=0.9,
+                    label=label,
+                )
             ev = r.get("eval")
             if ev and ev.get("mean") is not None and r.get("agent_steps"):
-                ax.errorbar([r["agent_steps"]], [ev["mean"]], yerr=[ev.get("std") or 0], fmt="o", capsize=4,
-                            color=colours.get(r["agent"], "grey"))
+                ax.errorbar(
+                    [r["agent_steps"]],
+                    [ev["mean"]],
+                    yerr=[ev.get("std") or 0],
+                    fmt="o",
+                    capsize=4,
+                    color=colours.get(r["agent"], "grey"),
+                )
         ref = REFERENCE_SCORES.get(game)
         if ref:
             ax.axhline(ref[0], color="grey", ls=":", label=f"random {ref[0]:g}")
-            if doc["budget"] == "full" or ref[1] < 2 * max([1.0] + [abs(p[1]) for r in doc["runs"] if r["game"] == game
-                                                                     for p in r.get("curve", []) if p[1] is not None]):
+            if doc["budget"] == "full" or ref[1] < 2 * max(
+                [1.0]
+                + [abs(p[1]) for r in doc["runs"] if r["game"] == game for p in r.get("curve", []) if p[1] is not None]
+            ):
                 ax.axhline(ref[1], color="grey", ls="--", label=f"human {ref[1]:g}")
         if doc["budget"] == "full":
             for p in PUBLISHED.get(game, []):
@@ -232,8 +328,9 @@ def plot(doc: dict, path: Path) -> Path:
         ax.plot([], [], "ko", label="final evaluation ± std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"dqnfast {doc['commit'][:8]} on {doc['machine'].get('cpu_model', 'this machine')}, {doc['date']}",
-                 fontsize=9)
+    fig.suptitle(
+        f"dqnfast {doc['commit'][:8]} on {doc['machine'].get('cpu_model', 'this machine')}, {doc['date']}", fontsize=9
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
@@ -245,22 +342,33 @@ def plot(doc: dict, path: Path) -> Path:
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
     p.add_argument("--games", nargs="+", default=["Breakout", "Pong"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
-    p.add_argument("--peer", nargs="*", default=[], metavar="GAME",
-                   help="games on which the peer (CleanRL recipe) also runs, at the same time as dqnfast")
-    p.add_argument("--parallel", type=int, default=0,
-                   help="runs at once (0: all of them, so that dqnfast and the peer share the machine)")
+    p.add_argument(
+        "--peer",
+        nargs="*",
+        default=[],
+        metavar="GAME",
+        help="games on which the peer (CleanRL recipe) also runs, at the same time as dqnfast",
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=0,
+        help="runs at once (0: all of them, so that dqnfast and the peer share the machine)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / runs at once)")
     p.add_argument("--device", default="auto", help="device of every run: auto (cuda if available) | cpu | cuda")
     p.add_argument("--out", default=str(_REPO / "outputs" / "learning"), help="where the run folders go")
@@ -278,8 +386,7 @@ def main(argv=None) -> int:
     budget = args.budget
     plan = [("dqnfast", g, s) for g in args.games for s in args.seeds]
     plan += [("peer", g, s) for g in args.peer for s in args.seeds]
-    todo = [(a, g, s) for a, g, s in plan
-            if args.rerun or not (run_dir(out, budget, g, a, s) / "eval.json").is_file()]
+    todo = [(a, g, s) for a, g, s in plan if args.rerun or not (run_dir(out, budget, g, a, s) / "eval.json").is_file()]
     walls: dict[str, float] = {}
     if todo and not args.collect:
         parallel = args.parallel or len(todo)
@@ -287,16 +394,27 @@ def main(argv=None) -> int:
         jobs = []
         for a, g, s in todo:
             folder = run_dir(out, budget, g, a, s)
-            cmd = (dqnfast_command(budget, g, s, folder, threads, args.device, args.overrides) if a == "dqnfast"
-                   else peer_command(budget, g, s, folder, threads, args.device))
+            cmd = (
+                dqnfast_command(budget, g, s, folder, threads, args.device, args.overrides)
+                if a == "dqnfast"
+                else peer_command(budget, g, s, folder, threads, args.device)
+            )
             jobs.append((f"{a}/{g}/seed{s}", cmd, folder))
         walls = launch(jobs, parallel)
 
     learning_starts = {"cpu": 20_000, "full": 50_000, "tiny": 800}[budget]
-    runs = [collect_run(run_dir(out, budget, g, a, s), a, g, s,
-                        learning_starts if a == "dqnfast" else
-                        int(BUDGETS[budget]["peer"][BUDGETS[budget]["peer"].index("--learning-starts") + 1]))
-            for a, g, s in plan]
+    runs = [
+        collect_run(
+            run_dir(out, budget, g, a, s),
+            a,
+            g,
+            s,
+            learning_starts
+            if a == "dqnfast"
+            else int(BUDGETS[budget]["peer"][BUDGETS[budget]["peer"].index("--learning-starts") + 1]),
+        )
+        for a, g, s in plan
+    ]
     for r in runs:
         r["wall_seconds"] = walls.get(f"{r['agent']}/{r['game']}/seed{r['seed']}")
 
@@ -307,10 +425,17 @@ def main(argv=None) -> int:
             p = next((r for r in runs if r["agent"] == "peer" and r["game"] == g and r["seed"] == s), None)
             if d and p and d.get("sps") and p.get("sps"):
                 side_by_side[f"{g}/seed{s}"] = {
-                    "dqnfast_sps": d["sps"], "peer_sps": p["sps"], "ratio": d["sps"] / p["sps"],
-                    "dqnfast_learning_sps": d.get("learning_sps"), "peer_learning_sps": p.get("learning_sps"),
-                    "learning_ratio": (d["learning_sps"] / p["learning_sps"]
-                                       if d.get("learning_sps") and p.get("learning_sps") else None)}
+                    "dqnfast_sps": d["sps"],
+                    "peer_sps": p["sps"],
+                    "ratio": d["sps"] / p["sps"],
+                    "dqnfast_learning_sps": d.get("learning_sps"),
+                    "peer_learning_sps": p.get("learning_sps"),
+                    "learning_ratio": (
+                        d["learning_sps"] / p["learning_sps"]
+                        if d.get("learning_sps") and p.get("learning_sps")
+                        else None
+                    ),
+                }
 
     failures = []
     for r in runs:
@@ -320,14 +445,25 @@ def main(argv=None) -> int:
         mean = (r.get("eval") or {}).get("mean")
         r["threshold"] = thr
         if mean is None or mean < thr:
-            failures.append(f"{r['game']} seed {r['seed']}: final evaluation "
-                            f"{'missing' if mean is None else f'{mean:.2f}'} < {thr} (budget {budget})")
+            failures.append(
+                f"{r['game']} seed {r['seed']}: final evaluation "
+                f"{'missing' if mean is None else f'{mean:.2f}'} < {thr} (budget {budget})"
+            )
 
-    doc = {"budget": budget, "agent_steps": BUDGETS[budget]["steps"], "commit": _commit(),
-           "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
-           "dqnfast_overrides": BUDGETS[budget]["dqnfast"] + list(args.overrides), "peer_flags": BUDGETS[budget]["peer"],
-           "thresholds": {f"{b}/{g}": v for (b, g), v in THRESHOLDS.items() if b == budget},
-           "published": PUBLISHED, "side_by_side": side_by_side, "runs": runs, "regressions": failures}
+    doc = {
+        "budget": budget,
+        "agent_steps": BUDGETS[budget]["steps"],
+        "commit": _commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine_info(),
+        "dqnfast_overrides": BUDGETS[budget]["dqnfast"] + list(args.overrides),
+        "peer_flags": BUDGETS[budget]["peer"],
+        "thresholds": {f"{b}/{g}": v for (b, g), v in THRESHOLDS.items() if b == budget},
+        "published": PUBLISHED,
+        "side_by_side": side_by_side,
+        "runs": runs,
+        "regressions": failures,
+    }
     default_json = "learning.json" if budget == "cpu" else f"learning_{budget}.json"
     json_path = Path(args.json or _HERE / "results" / default_json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,15 +475,19 @@ def main(argv=None) -> int:
     for r in runs:
         ev = r.get("eval") or {}
         curve = [v for _, v in r.get("curve", []) if v is not None]
-        print(f"learning.{budget}.{r['agent']}.{r['game']}.seed{r['seed']}: "
-              f"{'finished' if r['finished'] else 'UNFINISHED'}; last score_mean "
-              f"{curve[-1] if curve else float('nan'):.2f}; eval "
-              f"{ev.get('mean') if ev.get('mean') is not None else float('nan'):.2f} "
-              f"± {ev.get('std') or 0:.2f} over {ev.get('episodes')} games; {r.get('sps') or float('nan'):.1f} steps/s")
+        print(
+            f"learning.{budget}.{r['agent']}.{r['game']}.seed{r['seed']}: "
+            f"{'finished' if r['finished'] else 'UNFINISHED'}; last score_mean "
+            f"{curve[-1] if curve else float('nan'):.2f}; eval "
+            f"{ev.get('mean') if ev.get('mean') is not None else float('nan'):.2f} "
+            f"± {ev.get('std') or 0:.2f} over {ev.get('episodes')} games; {r.get('sps') or float('nan'):.1f} steps/s"
+        )
     for k, v in side_by_side.items():
-        print(f"learning.{budget}.side_by_side.{k}: dqnfast/peer = {v['ratio']:.2f} overall "
-              f"({v['dqnfast_sps']:.1f} vs {v['peer_sps']:.1f} steps/s)"
-              + (f", {v['learning_ratio']:.2f} while learning" if v.get("learning_ratio") else ""))
+        print(
+            f"learning.{budget}.side_by_side.{k}: dqnfast/peer = {v['ratio']:.2f} overall "
+            f"({v['dqnfast_sps']:.1f} vs {v['peer_sps']:.1f} steps/s)"
+            + (f", {v['learning_ratio']:.2f} while learning" if v.get("learning_ratio") else "")
+        )
     print(f"wrote {json_path} and {plot_path}")
     if failures:
         for f in failures:

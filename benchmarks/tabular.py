@@ -70,24 +70,36 @@ def side_by_side(compiled, python, work: float, reps: int, min_time: float) -> d
         if f is not None:
             foreign.append(f)
     return {
-        "numba": statistics.median(c_rates), "python": statistics.median(p_rates),
-        "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
-        "numba_rates": c_rates, "python_rates": p_rates,
+        "numba": statistics.median(c_rates),
+        "python": statistics.median(p_rates),
+        "speedup": statistics.median(ratios),
+        "speedup_min": min(ratios),
+        "speedup_max": max(ratios),
+        "numba_rates": c_rates,
+        "python_rates": p_rates,
         "other_cpu": max(foreign) if foreign else None,
     }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes and times: a smoke test")
     p.add_argument("--states", type=int, default=None, help="random MDP states (default 200; --quick 30)")
     p.add_argument("--actions", type=int, default=5, help="random MDP actions (default 5)")
     p.add_argument("--reps", type=int, default=None, help="alternating repetitions (default 5; --quick 1)")
-    p.add_argument("--min-time", type=float, default=None,
-                   help="seconds per contender per repetition (default 1.0; --quick 0.02)")
-    p.add_argument("--json", "--out", dest="json", type=Path, default=_HERE / "results" / "tabular.json",
-                   help="where to save the JSON (default benchmarks/results/tabular.json)")
+    p.add_argument(
+        "--min-time", type=float, default=None, help="seconds per contender per repetition (default 1.0; --quick 0.02)"
+    )
+    p.add_argument(
+        "--json",
+        "--out",
+        dest="json",
+        type=Path,
+        default=_HERE / "results" / "tabular.json",
+        help="where to save the JSON (default benchmarks/results/tabular.json)",
+    )
     a = p.parse_args(argv)
     a.states = a.states if a.states is not None else (30 if a.quick else 200)
     a.reps = a.reps if a.reps is not None else (1 if a.quick else 5)
@@ -114,23 +126,35 @@ def main(argv=None) -> int:
         n = sweeps[name]
         # tol -1: never stop early, every call runs exactly n sweeps.
         vi_args = (mdp.T, mdp.R, allowed, GAMMA, n, -1.0, False)
-        r = side_by_side(lambda: vi_kernel(*vi_args), lambda: vi_kernel.py_func(*vi_args),
-                         n, args.reps, args.min_time)
+        r = side_by_side(
+            lambda a=vi_args: vi_kernel(*a), lambda a=vi_args: vi_kernel.py_func(*a), n, args.reps, args.min_time
+        )
         rows.append({"mdp": name, "algorithm": "value_iteration", "unit": "sweeps/s", "work_per_call": n, **r})
 
         cdf, actions, n_allowed = tabular._sampling_tables(mdp)
-        ql_args = (cdf, mdp.R, actions, n_allowed, GAMMA, steps, tabular.DEFAULT_ALPHA0,
-                   tabular.DEFAULT_DECAY, 0, 0, 0)
-        r = side_by_side(lambda: ql_kernel(*ql_args), lambda: ql_kernel.py_func(*ql_args),
-                         steps, args.reps, args.min_time)
+        ql_args = (cdf, mdp.R, actions, n_allowed, GAMMA, steps, tabular.DEFAULT_ALPHA0, tabular.DEFAULT_DECAY, 0, 0, 0)
+        r = side_by_side(
+            lambda a=ql_args: ql_kernel(*a), lambda a=ql_args: ql_kernel.py_func(*a), steps, args.reps, args.min_time
+        )
         rows.append({"mdp": name, "algorithm": "q_learning", "unit": "steps/s", "work_per_call": steps, **r})
 
     size = {"three_state": "3x3", "random": f"{args.states}x{args.actions}"}
-    print_table([{**r, "size": size[r["mdp"]]} for r in rows],
-                [("algorithm", "algorithm"), ("mdp", "MDP"), ("size", "S x A"), ("unit", "unit"),
-                 ("numba", "numba"), ("python", "python"), ("speedup", "speed-up"),
-                 ("speedup_min", "min"), ("speedup_max", "max"), ("other_cpu", "other CPU")],
-                title=f"numba vs plain Python, same kernels, gamma {GAMMA}, {args.reps} alternating reps")
+    print_table(
+        [{**r, "size": size[r["mdp"]]} for r in rows],
+        [
+            ("algorithm", "algorithm"),
+            ("mdp", "MDP"),
+            ("size", "S x A"),
+            ("unit", "unit"),
+            ("numba", "numba"),
+            ("python", "python"),
+            ("speedup", "speed-up"),
+            ("speedup_min", "min"),
+            ("speedup_max", "max"),
+            ("other_cpu", "other CPU"),
+        ],
+        title=f"numba vs plain Python, same kernels, gamma {GAMMA}, {args.reps} alternating reps",
+    )
     for r in rows:
         key = f"tabular.{r['algorithm']}_{r['mdp']}"
         metrics.emit(f"{key}_numba", r["numba"], r["unit"])
@@ -138,14 +162,28 @@ def main(argv=None) -> int:
         metrics.emit(f"{key}_speedup", r["speedup"], "x", note="numba / plain Python, median of alternating reps")
     busy = [r["other_cpu"] for r in rows if r["other_cpu"] is not None]
     if busy and max(busy) > 0.1:
-        print(f"note: other processes used up to {max(busy):.2f} cores during the run; "
-              "both contenders shared that load, the ratios are the figures to read", flush=True)
-    path = save_json(args.json, "tabular",
-                     config={"quick": args.quick, "states": args.states, "actions": args.actions,
-                             "reps": args.reps, "min_time": args.min_time, "gamma": GAMMA,
-                             "sweeps_per_call": sweeps, "steps_per_call": steps},
-                     results=rows, metrics=metrics,
-                     machine=machine_info(packages=("numba", "numpy")))
+        print(
+            f"note: other processes used up to {max(busy):.2f} cores during the run; "
+            "both contenders shared that load, the ratios are the figures to read",
+            flush=True,
+        )
+    path = save_json(
+        args.json,
+        "tabular",
+        config={
+            "quick": args.quick,
+            "states": args.states,
+            "actions": args.actions,
+            "reps": args.reps,
+            "min_time": args.min_time,
+            "gamma": GAMMA,
+            "sweeps_per_call": sweeps,
+            "steps_per_call": steps,
+        },
+        results=rows,
+        metrics=metrics,
+        machine=machine_info(packages=("numba", "numpy")),
+    )
     print(f"saved {path}")
     return 0
 

@@ -21,8 +21,9 @@ SCRIPT = REPO / "benchmarks" / "learning.py"
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def _fake_run(folder: Path, scores: list[float], eval_mean: float, sps: float = 50.0) -> None:
@@ -32,8 +33,9 @@ def _fake_run(folder: Path, scores: list[float], eval_mean: float, sps: float = 
         w.writerow(["env_steps", "score_mean", "loss", "q_mean", "time"])
         for i, s in enumerate(scores, 1):
             w.writerow([i * 100_000, s, "", "", i * 100_000 / sps])
-    (folder / "eval.json").write_text(json.dumps({"mean": eval_mean, "std": 1.0, "episodes": 30,
-                                                  "scores": [eval_mean] * 30, "random": {"mean": 1.5}}))
+    (folder / "eval.json").write_text(
+        json.dumps({"mean": eval_mean, "std": 1.0, "episodes": 30, "scores": [eval_mean] * 30, "random": {"mean": 1.5}})
+    )
 
 
 @pytest.mark.parametrize("eval_mean, status", [(4.0, 1), (25.0, 0)])
@@ -41,8 +43,24 @@ def test_cpu_budget_breakout_below_threshold_fails(tmp_path, eval_mean, status):
     out = tmp_path / "runs"
     _fake_run(out / "cpu" / "Breakout" / "dqnfast_seed1", [1.7, 5.0, eval_mean], eval_mean, sps=60.0)
     _fake_run(out / "cpu" / "Breakout" / "peer_seed1", [1.7, 4.0, 9.0], 8.0, sps=40.0)
-    r = _run(["--budget", "cpu", "--games", "Breakout", "--peer", "Breakout", "--collect", "--out", str(out),
-              "--json", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png")], timeout=120)
+    r = _run(
+        [
+            "--budget",
+            "cpu",
+            "--games",
+            "Breakout",
+            "--peer",
+            "Breakout",
+            "--collect",
+            "--out",
+            str(out),
+            "--json",
+            str(tmp_path / "l.json"),
+            "--plot",
+            str(tmp_path / "l.png"),
+        ],
+        timeout=120,
+    )
     assert r.returncode == status, r.stdout + r.stderr
     assert ("REGRESSION: Breakout seed 1" in r.stderr) == (status == 1)
     doc = json.loads((tmp_path / "l.json").read_text())
@@ -54,8 +72,22 @@ def test_cpu_budget_breakout_below_threshold_fails(tmp_path, eval_mean, status):
 
 
 def test_missing_run_is_reported_unfinished_and_fails_the_threshold(tmp_path):
-    r = _run(["--budget", "cpu", "--games", "Breakout", "--collect", "--out", str(tmp_path / "none"),
-              "--json", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png")], timeout=120)
+    r = _run(
+        [
+            "--budget",
+            "cpu",
+            "--games",
+            "Breakout",
+            "--collect",
+            "--out",
+            str(tmp_path / "none"),
+            "--json",
+            str(tmp_path / "l.json"),
+            "--plot",
+            str(tmp_path / "l.png"),
+        ],
+        timeout=120,
+    )
     assert r.returncode == 1
     assert "UNFINISHED" in r.stdout and "final evaluation missing < 10.0" in r.stderr
 
@@ -63,8 +95,23 @@ def test_missing_run_is_reported_unfinished_and_fails_the_threshold(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("ale_py") is None, reason="the peer needs ale-py (the bench extra)")
 def test_tiny_budget_runs_dqnfast_and_the_peer_side_by_side(tmp_path):
-    r = _run(["--budget", "tiny", "--games", "Breakout", "--peer", "Breakout", "--out", str(tmp_path / "runs"),
-              "--json", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png")], timeout=1500)
+    r = _run(
+        [
+            "--budget",
+            "tiny",
+            "--games",
+            "Breakout",
+            "--peer",
+            "Breakout",
+            "--out",
+            str(tmp_path / "runs"),
+            "--json",
+            str(tmp_path / "l.json"),
+            "--plot",
+            str(tmp_path / "l.png"),
+        ],
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((tmp_path / "l.json").read_text())
     assert doc["budget"] == "tiny" and len(doc["runs"]) == 2

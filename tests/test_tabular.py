@@ -131,12 +131,12 @@ def test_compiled_and_plain_python_give_identical_numbers():
 
 # ------------------------------------------------------------- MDP validation
 def _textbook_lists():
-    T = [[[0.7, 0.3, 0.0], [1.0, 0.0, 0.0], [0.8, 0.2, 0.0]],
-         [[0.0, 1.0, 0.0], None, [0.0, 0.0, 1.0]],
-         [None, [0.8, 0.1, 0.1], None]]
-    R = [[[10, 0, 0], [0, 0, 0], [0, 0, 0]],
-         [[0, 0, 0], [0, 0, 0], [0, 0, -50]],
-         [[0, 0, 0], [40, 0, 0], [0, 0, 0]]]
+    T = [
+        [[0.7, 0.3, 0.0], [1.0, 0.0, 0.0], [0.8, 0.2, 0.0]],
+        [[0.0, 1.0, 0.0], None, [0.0, 0.0, 1.0]],
+        [None, [0.8, 0.1, 0.1], None],
+    ]
+    R = [[[10, 0, 0], [0, 0, 0], [0, 0, 0]], [[0, 0, 0], [0, 0, 0], [0, 0, -50]], [[0, 0, 0], [40, 0, 0], [0, 0, 0]]]
     return T, R, [[0, 1, 2], [0, 2], [1]]
 
 
@@ -158,18 +158,24 @@ def _bad(change):
     return T, R, acts
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda T, R, A: T[0].__setitem__(0, [0.7, 0.2, 0.0]), r"T\[0, 0\] sums to 0\.9"),
-    (lambda T, R, A: A[1].append(1), r"action 1 is listed for state 1 but T\[1, 1\] has no transitions"),
-    (lambda T, R, A: T[1].__setitem__(1, [0.0, 1.0, 0.0]), r"T\[1, 1\] has transitions but action 1 is not in"),
-    (lambda T, R, A: T[0].__setitem__(2, [1.2, -0.2, 0.0]), r"T\[0, 2, 1\] is -0\.2: probabilities must be finite and >= 0"),
-    (lambda T, R, A: R[0].__setitem__(0, [math.nan, 0, 0]), r"R\[0, 0, 0\] is nan on a possible transition"),
-    (lambda T, R, A: A.__setitem__(2, []), r"state 2 has no allowed action"),
-    (lambda T, R, A: A.__setitem__(2, [3]), r"possible_actions\[2\] holds 3"),
-    (lambda T, R, A: A.__setitem__(0, [0, 0]), r"lists an action twice"),
-    (lambda T, R, A: A.pop(), r"possible_actions has 2 states, T has 3"),
-    (lambda T, R, A: R.pop(), r"R must have T's shape"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda T, R, A: T[0].__setitem__(0, [0.7, 0.2, 0.0]), r"T\[0, 0\] sums to 0\.9"),
+        (lambda T, R, A: A[1].append(1), r"action 1 is listed for state 1 but T\[1, 1\] has no transitions"),
+        (lambda T, R, A: T[1].__setitem__(1, [0.0, 1.0, 0.0]), r"T\[1, 1\] has transitions but action 1 is not in"),
+        (
+            lambda T, R, A: T[0].__setitem__(2, [1.2, -0.2, 0.0]),
+            r"T\[0, 2, 1\] is -0\.2: probabilities must be finite and >= 0",
+        ),
+        (lambda T, R, A: R[0].__setitem__(0, [math.nan, 0, 0]), r"R\[0, 0, 0\] is nan on a possible transition"),
+        (lambda T, R, A: A.__setitem__(2, []), r"state 2 has no allowed action"),
+        (lambda T, R, A: A.__setitem__(2, [3]), r"possible_actions\[2\] holds 3"),
+        (lambda T, R, A: A.__setitem__(0, [0, 0]), r"lists an action twice"),
+        (lambda T, R, A: A.pop(), r"possible_actions has 2 states, T has 3"),
+        (lambda T, R, A: R.pop(), r"R must have T's shape"),
+    ],
+)
 def test_mdp_rejects_bad_input_with_one_line(change, message):
     with pytest.raises(ValueError, match=message) as info:
         MDP(*_bad(change))
@@ -198,16 +204,30 @@ def test_functions_reject_bad_arguments():
 
 # ------------------------------------------------------------------------ CLI
 def _run(args, timeout=120):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-               MPLBACKEND="Agg")
-    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), MPLBACKEND="Agg")
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 def test_cli_prints_q_values_and_policy_and_writes_plot_and_json(tmp_path):
     plot, out = tmp_path / "plots" / "q.png", tmp_path / "q.json"
-    r = _run(["-m", "dqnfast.tabular", "--gamma", "0.9", "--q-learning-steps", "200000", "--seed", "1",
-              "--plot", str(plot), "--json", str(out)])
+    r = _run(
+        [
+            "-m",
+            "dqnfast.tabular",
+            "--gamma",
+            "0.9",
+            "--q-learning-steps",
+            "200000",
+            "--seed",
+            "1",
+            "--plot",
+            str(plot),
+            "--json",
+            str(out),
+        ]
+    )
     assert r.returncode == 0, r.stderr
     assert "Q-value iteration:" in r.stdout and "Q-learning: 200,000 steps" in r.stdout
     assert re.search(r"^\s+0\s+18\.918919\s+17\.027027\s+13\.621622\s+a0$", r.stdout, re.M), r.stdout
@@ -230,13 +250,16 @@ def test_cli_bad_gamma_is_one_line_and_status_2(gamma):
     assert len(r.stderr.strip().splitlines()) == 1 and "--gamma must be in [0, 1)" in r.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--iterations", "0"], "--iterations must be >= 1"),
-    (["--q-learning-steps", "-1"], "--q-learning-steps must be >= 0"),
-    (["--seed", "-1"], "--seed must be in"),
-    (["--gamma", "x"], "invalid float value"),
-    (["--bogus"], "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--iterations", "0"], "--iterations must be >= 1"),
+        (["--q-learning-steps", "-1"], "--q-learning-steps must be >= 0"),
+        (["--seed", "-1"], "--seed must be in"),
+        (["--gamma", "x"], "invalid float value"),
+        (["--bogus"], "unrecognized arguments"),
+    ],
+)
 def test_cli_bad_input_in_process(args, message, capsys):
     from dqnfast.cli.tabular import main
 
@@ -261,8 +284,12 @@ def test_benchmark_quick_runs(tmp_path):
     r = _run([str(REPO / "benchmarks" / "tabular.py"), "--quick", "--json", str(out)], timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     lines = dict(re.findall(r"^(tabular\.\S+) = (\S+) \S+$", r.stdout, re.M))
-    for name in ("tabular.value_iteration_three_state_speedup", "tabular.q_learning_three_state_speedup",
-                 "tabular.value_iteration_random_speedup", "tabular.q_learning_random_speedup"):
+    for name in (
+        "tabular.value_iteration_three_state_speedup",
+        "tabular.q_learning_three_state_speedup",
+        "tabular.value_iteration_random_speedup",
+        "tabular.q_learning_random_speedup",
+    ):
         assert name in lines, sorted(lines)
         assert math.isfinite(float(lines[name])) and float(lines[name]) > 0
     doc = json.loads(out.read_text())

@@ -23,7 +23,7 @@ No torch, no files, no argument parsing here: ``dqnfast.cli.tabular`` prints and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -89,8 +89,10 @@ class MDP:
                 row = T[s, a]
                 if not allowed[s, a]:
                     if np.any(np.isfinite(row) & (row != 0)):
-                        raise ValueError(f"T[{s}, {a}] has transitions but action {a} is not in "
-                                         f"possible_actions[{s}] = {list(actions[s])}")
+                        raise ValueError(
+                            f"T[{s}, {a}] has transitions but action {a} is not in "
+                            f"possible_actions[{s}] = {list(actions[s])}"
+                        )
                     continue
                 if np.all(np.isnan(row)) or np.all(row == 0):
                     raise ValueError(f"action {a} is listed for state {s} but T[{s}, {a}] has no transitions")
@@ -103,7 +105,9 @@ class MDP:
                     raise ValueError(f"T[{s}, {a}] sums to {total:.12g} over s', not 1")
                 bad = (row > 0) & ~np.isfinite(R[s, a])
                 if np.any(bad):
-                    raise ValueError(f"R[{s}, {a}, {int(np.argmax(bad))}] is {R[s, a][bad][0]} on a possible transition")
+                    raise ValueError(
+                        f"R[{s}, {a}, {int(np.argmax(bad))}] is {R[s, a][bad][0]} on a possible transition"
+                    )
 
         used = allowed[:, :, None] & (np.nan_to_num(T, nan=0.0) > 0)
         T_clean = np.where(used, T, 0.0)
@@ -201,8 +205,7 @@ def three_state_mdp() -> MDP:
     return MDP(np.array(T), np.array(R), ((0, 1, 2), (0, 2), (1,)))
 
 
-def random_mdp(n_states: int, n_actions: int, seed: int = 0, p_allowed: float = 0.8,
-               n_successors: int = 10) -> MDP:
+def random_mdp(n_states: int, n_actions: int, seed: int = 0, p_allowed: float = 0.8, n_successors: int = 10) -> MDP:
     """A random MDP for tests and benchmarks: each state allows each action with probability
     ``p_allowed`` (at least one), each allowed action reaches ``min(n_successors, n_states)``
     random states with Dirichlet(1) probabilities, rewards are standard normal."""
@@ -271,8 +274,7 @@ def _q_value_iteration_kernel(T, R, allowed, gamma, n_iterations, tol, record):
 
 
 @numba.njit(cache=True)
-def _q_learning_kernel(cdf, R, actions, n_allowed, gamma, n_steps, alpha0, decay, seed,
-                       start_state, record_every):
+def _q_learning_kernel(cdf, R, actions, n_allowed, gamma, n_steps, alpha0, decay, seed, start_state, record_every):
     """Q-learning along one trajectory of uniformly random allowed actions.
 
     cdf: float64[S, A, S], cumulative T over s' with the last possible s' at exactly 1.0;
@@ -340,8 +342,9 @@ def _check_gamma(gamma: float) -> float:
     return gamma
 
 
-def q_value_iteration(mdp: MDP, gamma: float, n_iterations: int = 1000, tol: float = 0.0, *,
-                      history: bool = False, compiled: bool = True) -> ValueIterationResult:
+def q_value_iteration(
+    mdp: MDP, gamma: float, n_iterations: int = 1000, tol: float = 0.0, *, history: bool = False, compiled: bool = True
+) -> ValueIterationResult:
     """Optimal Q-values by repeated Bellman optimality backups.
 
     Stops after ``n_iterations`` sweeps or after the first sweep that changes no Q by more
@@ -354,8 +357,7 @@ def q_value_iteration(mdp: MDP, gamma: float, n_iterations: int = 1000, tol: flo
     if int(n_iterations) < 0:
         raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
     kernel = _q_value_iteration_kernel if compiled else _q_value_iteration_kernel.py_func
-    q, hist, sweeps, delta = kernel(mdp.T, mdp.R, mdp.allowed, gamma, int(n_iterations), float(tol),
-                                    bool(history))
+    q, hist, sweeps, delta = kernel(mdp.T, mdp.R, mdp.allowed, gamma, int(n_iterations), float(tol), bool(history))
     return ValueIterationResult(q, hist, int(sweeps), float(delta))
 
 
@@ -366,9 +368,18 @@ DEFAULT_ALPHA0 = 0.05
 DEFAULT_DECAY = 0.005
 
 
-def q_learning(mdp: MDP, gamma: float, n_steps: int, *, alpha0: float = DEFAULT_ALPHA0,
-               decay: float = DEFAULT_DECAY, seed: int = 0, start_state: int = 0,
-               record_every: int = 0, compiled: bool = True) -> QLearningResult:
+def q_learning(
+    mdp: MDP,
+    gamma: float,
+    n_steps: int,
+    *,
+    alpha0: float = DEFAULT_ALPHA0,
+    decay: float = DEFAULT_DECAY,
+    seed: int = 0,
+    start_state: int = 0,
+    record_every: int = 0,
+    compiled: bool = True,
+) -> QLearningResult:
     """Q-learning from one trajectory of uniformly random allowed actions, simulated with T.
 
     Step ``t`` (from 0) updates ``Q[s, a] += alpha_t * (r + gamma * max_a' Q[s', a'] - Q[s, a])``
@@ -391,8 +402,19 @@ def q_learning(mdp: MDP, gamma: float, n_steps: int, *, alpha0: float = DEFAULT_
         raise ValueError(f"record_every must be >= 0, got {record_every}")
     cdf, actions, n_allowed = _sampling_tables(mdp)
     kernel = _q_learning_kernel if compiled else _q_learning_kernel.py_func
-    q, hist = kernel(cdf, mdp.R, actions, n_allowed, gamma, n_steps, float(alpha0), float(decay),
-                     seed, int(start_state), record_every)
+    q, hist = kernel(
+        cdf,
+        mdp.R,
+        actions,
+        n_allowed,
+        gamma,
+        n_steps,
+        float(alpha0),
+        float(decay),
+        seed,
+        int(start_state),
+        record_every,
+    )
     steps = np.arange(hist.shape[0], dtype=np.int64) * max(record_every, 1)
     return QLearningResult(q, hist, steps)
 

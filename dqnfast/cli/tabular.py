@@ -41,10 +41,18 @@ def _fail(message: str, status: int = 2):
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("--gamma", type=float, default=0.9, help="discount factor in [0, 1) (default 0.9)")
-    p.add_argument("--iterations", type=int, default=1000,
-                   help="most sweeps of Q-value iteration; it stops earlier at a fixed point (default 1000)")
-    p.add_argument("--q-learning-steps", type=int, default=1_000_000,
-                   help="random-exploration steps of Q-learning; 0 skips it (default 1,000,000)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=1000,
+        help="most sweeps of Q-value iteration; it stops earlier at a fixed point (default 1000)",
+    )
+    p.add_argument(
+        "--q-learning-steps",
+        type=int,
+        default=1_000_000,
+        help="random-exploration steps of Q-learning; 0 skips it (default 1,000,000)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of Q-learning's exploration (default 0)")
     p.add_argument("--plot", type=Path, default=None, metavar="PATH", help="write the convergence plot (PNG)")
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results as JSON")
@@ -70,16 +78,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     residual = tabular.bellman_residual(mdp, vi.q, gamma)
     print(f"Three-state MDP (textbook example), gamma = {gamma:g}")
     print()
-    print(f"Q-value iteration: {vi.sweeps} sweeps (at most {args.iterations}), "
-          f"last change {vi.delta:.3g}, Bellman residual {residual:.3g}")
+    print(
+        f"Q-value iteration: {vi.sweeps} sweeps (at most {args.iterations}), "
+        f"last change {vi.delta:.3g}, Bellman residual {residual:.3g}"
+    )
     print(format_q(vi.q, vi_policy))
     summary = {
         "mdp": "three-state textbook example",
         "gamma": gamma,
         "possible_actions": [list(a) for a in mdp.possible_actions],
         "q_value_iteration": {
-            "max_sweeps": args.iterations, "sweeps": vi.sweeps, "last_change": vi.delta,
-            "bellman_residual": residual, "q": _jsonable(vi.q), "policy": vi_policy.tolist(),
+            "max_sweeps": args.iterations,
+            "sweeps": vi.sweeps,
+            "last_change": vi.delta,
+            "bellman_residual": residual,
+            "q": _jsonable(vi.q),
+            "policy": vi_policy.tolist(),
         },
     }
 
@@ -92,15 +106,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         gap = float(np.max(np.abs(ql.q[allowed] - vi.q[allowed])))
         agree = bool(np.array_equal(ql_policy, vi_policy))
         print()
-        print(f"Q-learning: {args.q_learning_steps:,} steps of random exploration, "
-              f"alpha = {tabular.DEFAULT_ALPHA0:g} / (1 + {tabular.DEFAULT_DECAY:g} t), seed {args.seed}")
+        print(
+            f"Q-learning: {args.q_learning_steps:,} steps of random exploration, "
+            f"alpha = {tabular.DEFAULT_ALPHA0:g} / (1 + {tabular.DEFAULT_DECAY:g} t), seed {args.seed}"
+        )
         print(format_q(ql.q, ql_policy))
-        print(f"largest |Q-learning - Q-value iteration| = {gap:.3g}; "
-              f"greedy policies {'agree' if agree else 'DIFFER'}")
+        print(f"largest |Q-learning - Q-value iteration| = {gap:.3g}; greedy policies {'agree' if agree else 'DIFFER'}")
         summary["q_learning"] = {
-            "steps": args.q_learning_steps, "alpha0": tabular.DEFAULT_ALPHA0, "decay": tabular.DEFAULT_DECAY,
-            "seed": args.seed, "q": _jsonable(ql.q), "policy": ql_policy.tolist(),
-            "max_abs_diff_to_value_iteration": gap, "policy_matches_value_iteration": agree,
+            "steps": args.q_learning_steps,
+            "alpha0": tabular.DEFAULT_ALPHA0,
+            "decay": tabular.DEFAULT_DECAY,
+            "seed": args.seed,
+            "q": _jsonable(ql.q),
+            "policy": ql_policy.tolist(),
+            "max_abs_diff_to_value_iteration": gap,
+            "policy_matches_value_iteration": agree,
         }
     print()
     print(f"greedy policy (action per state): {vi_policy.tolist()}")
@@ -121,14 +141,21 @@ def format_q(q: np.ndarray, policy: np.ndarray) -> str:
     """A Q table as text: one row per state, '-' for disallowed actions, the greedy action last."""
     S, A = q.shape
     head = ["state", *(f"a{a}" for a in range(A)), "greedy"]
-    rows = [[str(s), *(f"{q[s, a]:.6f}" if math.isfinite(q[s, a]) else "-" for a in range(A)),
-             f"a{policy[s]}"] for s in range(S)]
+    rows = [
+        [str(s), *(f"{q[s, a]:.6f}" if math.isfinite(q[s, a]) else "-" for a in range(A)), f"a{policy[s]}"]
+        for s in range(S)
+    ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return "\n".join("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [head, *rows])
 
 
-def plot_convergence(path: str | os.PathLike, vi: tabular.ValueIterationResult,
-                     ql: tabular.QLearningResult | None, allowed: np.ndarray, gamma: float) -> Path:
+def plot_convergence(
+    path: str | os.PathLike,
+    vi: tabular.ValueIterationResult,
+    ql: tabular.QLearningResult | None,
+    allowed: np.ndarray,
+    gamma: float,
+) -> Path:
     """PNG of every allowed Q(s, a) against Q-value iteration's sweeps and, when given,
     Q-learning's steps (log scale); dashed lines at value iteration's final values."""
     from matplotlib.figure import Figure  # the Agg canvas: no pyplot, no display
@@ -141,8 +168,9 @@ def plot_convergence(path: str | os.PathLike, vi: tabular.ValueIterationResult,
     curves = [(axes[0], np.arange(vi.history.shape[0]), vi.history, "Q-value iteration", "sweep")]
     if ql is not None:
         later = ql.steps > 0  # a log axis: exploration's early swings and the slow tail both show
-        curves.append((axes[1], ql.steps[later], ql.history[later], "Q-learning (random exploration)",
-                       "step (log scale)"))
+        curves.append(
+            (axes[1], ql.steps[later], ql.history[later], "Q-learning (random exploration)", "step (log scale)")
+        )
         axes[1].set_xscale("log")
     for ax, x, hist, title, xlabel in curves:
         for (s, a), color in zip(pairs, colors):
