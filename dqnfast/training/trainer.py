@@ -24,6 +24,7 @@ from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved, resolve
 from dqnfast.config.schema import plain
 from dqnfast.training.components import Run, build, check_config
+from dqnfast.training.expectations import cpu_note
 from dqnfast.training.loop import run_loop
 from dqnfast.training.resume import ResumePlan, plan_resume
 from dqnfast.training.state import LoopState, restore
@@ -182,6 +183,8 @@ def train(
             s.frame_shape,
             s.frame_dtype,
         )
+        if r.device.type == "cpu" and s.obs_kind == "pixels":
+            log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
         log.info("run dir %s", run_dir)
         log.info(
             "threads: %d core(s) here: envpool %d, sampler %d, torch %s",
