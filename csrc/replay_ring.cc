@@ -5,6 +5,7 @@
 #include <new>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 
 #include <sys/mman.h>
 
@@ -58,16 +59,32 @@ ReplayRing::ReplayRing(const RingConfig& config)
 #endif
     frames_ = static_cast<uint8_t*>(mem);
   }
-  actions_.assign(slots, 0);
-  rewards_.assign(slots, 0.0f);
-  flags_.assign(slots, 0);
-  cursors_.assign(config.num_envs, 0);
-  seen_.assign(config.num_envs, 0);
-  gamma_pow_.resize(config.n_step + 1);
-  gamma_pow_[0] = 1.0;
-  for (int k = 1; k <= config.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config.gamma;
-  sampler_ = std::make_unique<UniformSampler>(slots);
-  pool_ = std::make_unique<ThreadPool>(config.num_threads);
+  // A constructor that throws runs no destructor: the mapping is released here.
+  try {
+    actions_.assign(slots, 0);
+    rewards_.assign(slots, 0.0f);
+    flags_.assign(slots, 0);
+    cursors_.assign(config.num_envs, 0);
+    seen_.assign(config.num_envs, 0);
+    gamma_pow_.resize(config.n_step + 1);
+    gamma_pow_[0] = 1.0;
+    for (int k = 1; k <= config.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config.gamma;
+    sampler_ = std::make_unique<UniformSampler>(slots);
+    try {
+      pool_ = std::make_unique<ThreadPool>(config.num_threads);
+    } catch (const std::system_error& e) {
+      throw std::runtime_error("could not start " + Str(config.num_threads) +
+                               " replay threads (the OS refused one: " + e.what() +
+                               "); use fewer threads");
+    } catch (const std::bad_alloc&) {
+      throw std::runtime_error("could not start " + Str(config.num_threads) +
+                               " replay threads (out of memory for their stacks); use fewer threads");
+    }
+  } catch (...) {
+    if (frames_ != nullptr) munmap(frames_, frames_bytes_);
+    frames_ = nullptr;
+    throw;
+  }
 }
 
 ReplayRing::~ReplayRing() {
