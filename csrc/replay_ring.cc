@@ -152,18 +152,30 @@ void ReplayRing::Refresh(int64_t e, int64_t t_begin, int64_t t_end) {
   for (int64_t t = t_begin; t < t_end; ++t) sampler_->SetValid(Slot(e, t), ComputeValid(e, t));
 }
 
+ReplayRing::Horizon ReplayRing::HorizonAt(int64_t e, int64_t t) const {
+  const int64_t hi = cursors_[e];
+  Horizon h;
+  for (int k = 1; k <= config_.n_step; ++k) {
+    if (t + k >= hi) return h;  // incomplete: step t + k is not stored yet
+    const uint8_t f = FlagsAt(e, t + k);
+    if (k >= 2 && (f & kFirst)) break;  // a new episode: stop before it, bootstrapped
+    h.m = k;
+    if (f & kTerminated) {
+      h.terminal = true;
+      break;
+    }
+    if (f & kTruncated) break;  // bootstraps through the real final observation
+  }
+  h.complete = true;
+  return h;
+}
+
 bool ReplayRing::ComputeValid(int64_t e, int64_t t) const {
   const int64_t hi = cursors_[e];
   const int64_t lo = Lo(e);
   if (t < lo || t + 1 >= hi) return false;
   if (FlagsAt(e, t + 1) & kFirst) return false;
-  for (int64_t k = 1; k <= config_.n_step; ++k) {
-    const int64_t j = t + k;
-    if (j >= hi) return false;
-    const uint8_t f = FlagsAt(e, j);
-    if (k >= 2 && (f & kFirst)) break;
-    if (f & (kTerminated | kTruncated)) break;
-  }
+  if (!HorizonAt(e, t).complete) return false;
   int64_t cur = t;
   for (int i = 0; i < config_.stack - 1; ++i) {
     if (FlagsAt(e, cur) & kFirst) break;
@@ -202,20 +214,11 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
   const int64_t e = index / seg_;
   const int64_t t = StepAt(e, index % seg_);
   const int64_t lo = Lo(e);
+  // index is valid, so its horizon is complete
+  const Horizon h = HorizonAt(e, t);
+  const int64_t m = h.m;
   double ret = 0.0;
-  int64_t m = 0;
-  bool terminal = false;
-  for (int64_t k = 1; k <= config_.n_step; ++k) {
-    const uint8_t f = FlagsAt(e, t + k);
-    if (k >= 2 && (f & kFirst)) break;
-    ret += gamma_pow_[k - 1] * rewards_[Slot(e, t + k)];
-    m = k;
-    if (f & kTerminated) {
-      terminal = true;
-      break;
-    }
-    if (f & kTruncated) break;
-  }
+  for (int k = 1; k <= m; ++k) ret += gamma_pow_[k - 1] * rewards_[Slot(e, t + k)];
   const int stack = config_.stack;
   const int width = out.RowFrames(stack);
   int64_t local[2 * kMaxStack];
@@ -237,7 +240,7 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
   }
   out.action[row] = actions_[Slot(e, t + 1)];
   out.reward[row] = static_cast<float>(ret);
-  out.discount[row] = terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
+  out.discount[row] = h.terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
 }
 
 void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {

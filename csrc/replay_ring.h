@@ -148,6 +148,16 @@ class ReplayRing {
   static int64_t BytesPerSlot(int64_t frame_bytes);
 
  private:
+  // The n-step horizon of the transition at step t of env e: the return sums
+  // reward(t+1..t+m) and bootstraps from stack(t+m) unless `terminal`.
+  // `complete` is false while a step the return must inspect is not stored
+  // yet (>= hi). Validity and gather both read it, so they cannot disagree.
+  struct Horizon {
+    int m = 0;
+    bool terminal = false;
+    bool complete = false;
+  };
+  Horizon HorizonAt(int64_t e, int64_t t) const;
   // Validity of step t of env e given the current cursor.
   bool ComputeValid(int64_t e, int64_t t) const;
   void Refresh(int64_t e, int64_t t_begin, int64_t t_end);  // [t_begin, t_end)
