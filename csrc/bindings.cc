@@ -130,7 +130,8 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<ReplayRing>(m, "_ReplayRing")
       .def(py::init([](int64_t capacity, int num_envs, int64_t frame_bytes, int stack,
-                       int n_step, double gamma, uint64_t seed, int num_threads, bool store_frames) {
+                       int n_step, double gamma, uint64_t seed, int num_threads, bool store_frames,
+                       int64_t num_actions) {
              RingConfig c;
              c.capacity = capacity;
              c.num_envs = num_envs;
@@ -141,11 +142,12 @@ PYBIND11_MODULE(_core, m) {
              c.seed = seed;
              c.num_threads = num_threads;
              c.store_frames = store_frames;
+             c.num_actions = num_actions;
              return std::make_unique<ReplayRing>(c);
            }),
            py::arg("capacity"), py::arg("num_envs"), py::arg("frame_bytes"), py::arg("stack"),
            py::arg("n_step"), py::arg("gamma"), py::arg("seed"), py::arg("num_threads"),
-           py::arg("store_frames") = true)
+           py::arg("store_frames") = true, py::arg("num_actions") = 0)
       .def(
           "_add",
           [](ReplayRing& r, CArray<int64_t> env_ids, py::buffer frames, CArray<int64_t> actions,

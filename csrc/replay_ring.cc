@@ -1,5 +1,6 @@
 #include "replay_ring.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -17,6 +18,7 @@ namespace {
 // waking workers (~50 us) costs more than it saves (B=32 Atari is 1.8 MB).
 constexpr int64_t kParallelGatherBytes = 2 * 1024 * 1024;
 constexpr int64_t kParallelAddBytes = 512 * 1024;
+constexpr int64_t kActionLimit = int64_t{1} << 31;  // actions are stored as int32
 std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
@@ -33,6 +35,8 @@ ReplayRing::ReplayRing(const RingConfig& config)
   if (config.stack <= 0 || config.stack > kMaxStack)
     throw std::invalid_argument("stack must be in [1, " + Str(kMaxStack) + "]");
   if (config.n_step <= 0) throw std::invalid_argument("n_step must be positive");
+  if (config.num_actions < 0 || config.num_actions > kActionLimit)
+    throw std::invalid_argument("num_actions must be in [0, 2^31]");
   if (!(config.gamma >= 0.0 && config.gamma <= 1.0))
     throw std::invalid_argument("gamma must be in [0, 1]");
   seg_ = config.capacity / config.num_envs;
@@ -96,7 +100,19 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
                      const float* rewards, const uint8_t* terminated,
                      const uint8_t* truncated, const uint8_t* first) {
   std::lock_guard<std::mutex> lock(mu_);
-  // Check every id before writing anything: a bad call changes nothing.
+  // Check every value before writing anything: a bad call changes nothing.
+  // Actions are stored as int32: a wider one would come back as another action.
+  const int64_t action_end = config_.num_actions > 0 ? config_.num_actions : kActionLimit;
+  for (int64_t i = 0; i < k; ++i) {
+    if (actions[i] < 0 || actions[i] >= action_end) {
+      throw std::invalid_argument("action " + Str(actions[i]) + " (env " + Str(env_ids[i]) +
+                                  ") out of range [0, " + Str(action_end) + ")");
+    }
+    if (!std::isfinite(rewards[i])) {
+      throw std::invalid_argument("reward " + std::to_string(rewards[i]) + " (env " + Str(env_ids[i]) +
+                                  ") is not finite");
+    }
+  }
   for (int64_t i = 0; i < k; ++i) {
     const int64_t e = env_ids[i];
     if (e < 0 || e >= config_.num_envs) {

@@ -65,6 +65,7 @@ struct RingConfig {
   uint64_t seed = 0;
   int num_threads = 1;
   bool store_frames = true;  // false: the caller keeps the frames (Add ignores them)
+  int64_t num_actions = 0;   // actions must be in [0, num_actions); 0: in [0, 2^31)
 };
 
 // Caller-owned output rows for a batch of B transitions.
@@ -106,7 +107,8 @@ class ReplayRing {
 
   // Appends one step for each of k envs. frames[i] starts at
   // frames + i * frame_stride (frame_bytes contiguous bytes). Throws
-  // std::invalid_argument on an env id out of range or repeated.
+  // std::invalid_argument, having written nothing, on an env id out of range
+  // or repeated, an action out of range or a reward that is not finite.
   void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
            int64_t frame_stride, const int64_t* actions, const float* rewards,
            const uint8_t* terminated, const uint8_t* truncated,

@@ -120,10 +120,66 @@ class Batch:
         return cached
 
 
-def _positive_int(name: str, value) -> int:
+def _int_in(name: str, value, lo: int, hi: int) -> int:
+    """``value`` as an int in [lo, hi), else a one-line ValueError (bools and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value < hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}), got {value!r}")
+    return int(value)
+
+
+def _positive_int(name: str, value, hi: int = 2**62) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if value >= hi:
+        raise ValueError(f"{name} must be below {hi}, got {value!r}")
     return int(value)
+
+
+_U64 = 2**64  # seeds and RNG states are uint64
+_INT32 = 2**31
+
+
+def _int_vector(name: str, values) -> np.ndarray:
+    """``values`` as a 1-D int64 array; floats, bools, 2-D arrays and values beyond int64 are refused."""
+    a = np.asarray(values)
+    if a.ndim > 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be integers, got dtype {a.dtype}")
+    if a.dtype == np.uint64 and int(a.max()) >= 2**63:
+        raise ValueError(f"{name} holds {int(a.max())}, beyond int64")
+    return np.ascontiguousarray(a, dtype=np.int64).reshape(-1)
+
+
+def _vector(name: str, values, dtype) -> np.ndarray:
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, which the core refuses
+        a = np.asarray(values, dtype=dtype)
+    if a.ndim > 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    return a.reshape(-1)
+
+
+def _frames_device(frames_device) -> torch.device | None:
+    """None, "cpu" or an available CUDA device; anything else is a one-line ValueError."""
+    if frames_device is None:
+        return None
+    try:
+        dev = torch.device(frames_device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"frames_device {frames_device!r} is not a device ({e})".replace("\n", " ")) from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"frames_device must be None, 'cpu' or a CUDA device, got {frames_device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"frames_device={str(frames_device)!r} but CUDA is not available here; "
+                         "keep the frames in RAM (frames_device=None)")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"frames_device={str(frames_device)!r} but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    return dev
 
 
 class ReplayRing:
@@ -141,6 +197,8 @@ class ReplayRing:
         gamma: discount in [0, 1].
         seed: seed of the sampler's RNG.
         num_threads: C++ threads for gathering (default: all cores).
+        num_actions: when given, ``add`` refuses actions outside [0, num_actions) and
+            ``load`` refuses files that hold one (without it: [0, 2^31), int32 storage).
         check_memory: refuse, before allocating, a ring that would not fit in RAM
             (or, with ``frames_device``, in that device's free memory).
         frames_device: None (default): the frames live in the C++ ring's host
@@ -166,30 +224,43 @@ class ReplayRing:
         num_threads: int | None = None,
         check_memory: bool = True,
         frames_device: str | torch.device | None = None,
+        num_actions: int | None = None,
     ) -> None:
         capacity = _positive_int("capacity", capacity)
-        self.num_envs = _positive_int("num_envs", num_envs)
-        self.stack = _positive_int("stack", stack)
-        self.n_step = _positive_int("n_step", n_step)
-        if not (0.0 <= float(gamma) <= 1.0):
+        self.num_envs = _positive_int("num_envs", num_envs, _INT32)
+        if capacity % self.num_envs:
+            lower = capacity // self.num_envs * self.num_envs
+            raise ValueError(f"capacity {capacity} is not a multiple of num_envs {self.num_envs} (each env gets an "
+                             f"equal segment); use {lower or self.num_envs} or {lower + self.num_envs}")
+        self.stack = _positive_int("stack", stack, _INT32)
+        self.n_step = _positive_int("n_step", n_step, _INT32)
+        self.num_actions = None if num_actions is None else _int_in("num_actions", num_actions, 1, _INT32 + 1)
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float, np.integer, np.floating)) \
+                or not (0.0 <= float(gamma) <= 1.0):
             raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
         self.gamma = float(gamma)
-        self.frame_shape = tuple(int(d) for d in frame_shape)
-        if not self.frame_shape or any(d <= 0 for d in self.frame_shape):
+        try:
+            self.frame_shape = tuple(_positive_int("frame_shape", d) for d in frame_shape)
+        except (TypeError, ValueError):
+            self.frame_shape = ()
+        if not self.frame_shape:
             raise ValueError(f"frame_shape must be non-empty positive dims, got {frame_shape!r}")
-        self.frame_dtype = np.dtype(frame_dtype)
+        try:
+            self.frame_dtype = np.dtype(frame_dtype)
+        except TypeError:
+            raise ValueError(f"frame_dtype {frame_dtype!r} is not a numpy dtype") from None
         if self.frame_dtype not in _TORCH_DTYPES:
             raise ValueError(f"frame_dtype {self.frame_dtype} not supported; use one of {sorted(map(str, _TORCH_DTYPES))}")
         self.obs_shape = (self.stack, *self.frame_shape) if self.stack > 1 else self.frame_shape
         self.frame_bytes = math.prod(self.frame_shape) * self.frame_dtype.itemsize
-        self.seed = int(seed)
+        self.seed = _int_in("seed", seed, 0, _U64)
         if num_threads is None:
             num_threads = os.cpu_count() or 1
-        num_threads = _positive_int("num_threads", num_threads)
+        num_threads = _positive_int("num_threads", num_threads, _INT32)
 
-        self.frames_device = None if frames_device is None else torch.device(frames_device)
+        self.frames_device = _frames_device(frames_device)
         on_host = self.frames_device is None
-        slots = (capacity // self.num_envs) * self.num_envs
+        slots = capacity
         per_slot = _core.bytes_per_slot(self.frame_bytes) - (0 if on_host else self.frame_bytes)
         self.nbytes = slots * per_slot  # host memory
         self.device_nbytes = 0 if on_host else slots * self.frame_bytes
@@ -211,7 +282,7 @@ class ReplayRing:
                     )
         self._ring = _core._ReplayRing(
             capacity, self.num_envs, self.frame_bytes, self.stack, self.n_step, self.gamma, self.seed, num_threads,
-            store_frames=on_host,
+            store_frames=on_host, num_actions=self.num_actions or 0,
         )
         self.capacity = self._ring.capacity
         self.segment_capacity = self._ring.segment_capacity
@@ -229,11 +300,9 @@ class ReplayRing:
         strided, e.g. ``obs[:, -1]``); actions: int[K]; rewards: float[K];
         terminated, truncated, first: bool[K].
         """
-        env_ids = np.asarray(env_ids)
-        if env_ids.size == 0:
+        ids = _int_vector("env_ids", env_ids)
+        if ids.size == 0:
             return
-        if env_ids.dtype.kind not in "iu":
-            raise ValueError(f"env_ids must be integers, got dtype {env_ids.dtype}")
         frames = np.asarray(frames)
         if frames.dtype != self.frame_dtype:
             raise ValueError(f"frames have dtype {frames.dtype}, this ring stores {self.frame_dtype}")
@@ -244,18 +313,18 @@ class ReplayRing:
             )
         if not all(s >= 0 for s in frames.strides[1:]) or not _inner_contiguous(frames):
             frames = np.ascontiguousarray(frames)
-        actions = np.asarray(actions)
-        if actions.dtype.kind not in "iu":
-            raise ValueError(f"actions must be integers, got dtype {actions.dtype}")
-        ids = env_ids.astype(np.int64, copy=False).ravel()
+        # shapes and dtypes here; ranges (ids, actions, finite rewards) in the core, before it writes anything
+        rewards = np.asarray(rewards)
+        if rewards.dtype.kind not in "iuf":
+            raise ValueError(f"rewards must be numbers, got dtype {rewards.dtype}")
         self._ring._add(
             ids,
             frames,
-            actions.astype(np.int64, copy=False).ravel(),
-            np.asarray(rewards, dtype=np.float32).ravel(),
-            np.asarray(terminated, dtype=bool).ravel(),
-            np.asarray(truncated, dtype=bool).ravel(),
-            np.asarray(first, dtype=bool).ravel(),
+            _int_vector("actions", actions),
+            _vector("rewards", rewards, np.float32),
+            _vector("terminated", terminated, bool),
+            _vector("truncated", truncated, bool),
+            _vector("first", first, bool),
         )
         if self._dev_frames is not None:  # the core checked the call; the frames go to their slots on the device
             slots = ids * self.segment_capacity + (self._cursors[ids] - 1) % self.segment_capacity
@@ -286,6 +355,7 @@ class ReplayRing:
         return self._alloc(_positive_int("batch_size", batch_size), pin_memory, bool(shared))
 
     def _alloc(self, b: int, pin_memory: bool = False, shared: bool = False) -> Batch:
+        self._check_batch_memory(b, shared)
         tdt = _TORCH_DTYPES[self.frame_dtype]
         if self._dev_frames is not None:
             return self._alloc_device(b, shared)
@@ -295,6 +365,17 @@ class ReplayRing:
             return Batch.shared(torch.empty((b, self.stack + 1, *self.frame_shape), dtype=tdt, **kw), *meta)
         return Batch(torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
                      torch.empty((b, *self.obs_shape), dtype=tdt, **kw), *meta)
+
+    def _check_batch_memory(self, b: int, shared: bool) -> None:
+        """Refuses, in one line, a batch whose buffers cannot be allocated (instead of torch's error)."""
+        width = self.stack + 1 if shared else 2 * self.stack
+        nbytes = b * (width * (self.frame_bytes + 8) + 24)  # frames (or their slots) + per-row metadata
+        if nbytes < 2**28:  # small batches skip the look at /proc
+            return
+        avail = available_memory_bytes()
+        if nbytes > avail:
+            raise ValueError(f"batch_size {b} needs {nbytes / 1e9:.2f} GB of buffers but only {avail / 1e9:.2f} GB "
+                             "is available; sample smaller batches")
 
     def _alloc_device(self, b: int, shared: bool) -> Batch:
         """A batch on the frames' device, with host staging for the core's output (pinned on CUDA)."""
@@ -364,7 +445,7 @@ class ReplayRing:
 
     def gather(self, indices, out: Batch | None = None) -> Batch:
         """Gathers the transitions at explicit ``indices`` (all must be valid)."""
-        idx = np.ascontiguousarray(indices, dtype=np.int64).ravel()
+        idx = _int_vector("indices", indices)
         if len(idx) == 0:
             return self._alloc(0)
         out = self._out(len(idx), out)
@@ -388,7 +469,7 @@ class ReplayRing:
 
     def locate(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """Maps indices to (env id, step): step t = the t-th add of that env."""
-        return self._ring.locate(np.ascontiguousarray(indices, dtype=np.int64).ravel())
+        return self._ring.locate(_int_vector("indices", indices))
 
     @property
     def rng_state(self) -> int:
@@ -396,7 +477,7 @@ class ReplayRing:
 
     @rng_state.setter
     def rng_state(self, value: int) -> None:
-        self._ring.rng_state = int(value)
+        self._ring.rng_state = _int_in("rng_state", value, 0, _U64)
 
     def _meta(self) -> dict:
         return {

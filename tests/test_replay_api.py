@@ -124,7 +124,7 @@ def test_capacity_twice_ram_refused():
     """A ring that lazy overcommit would let through (2x RAM) must still be refused."""
     from dqnfast.replay import available_memory_bytes
 
-    cap = int(2 * available_memory_bytes() / (84 * 84)) + 1000
+    cap = 4 * (int(2 * available_memory_bytes() / (84 * 84)) // 4 + 250)
     with pytest.raises(MemoryError) as ei:
         ReplayRing(cap, 4, (84, 84))
     assert _one_line(ei).count("GB") >= 2
@@ -173,6 +173,17 @@ BAD_ADDS = {
     "terminated length": dict(terminated=np.zeros(3, bool)),
     "truncated length": dict(truncated=np.zeros(1, bool)),
     "first length": dict(first=np.ones(3, bool)),
+    # stored as int32: 2**33 + 5 would come back as 5
+    "action beyond int32": dict(actions=np.array([2**33 + 5, 0])),
+    "negative action": dict(actions=np.array([0, -1])),
+    "float actions": dict(actions=np.array([0.0, 1.0])),
+    "2-D actions": dict(actions=np.zeros((2, 1), np.int64)),
+    "NaN reward": dict(rewards=np.array([0.0, np.nan], np.float32)),
+    "infinite reward": dict(rewards=np.array([np.inf, 0.0], np.float32)),
+    "reward beyond float32": dict(rewards=np.array([1e300, 0.0])),
+    "2-D rewards": dict(rewards=np.zeros((2, 1), np.float32)),
+    "2-D env ids": dict(env_ids=np.array([[0], [1]])),
+    "2-D terminated": dict(terminated=np.zeros((2, 1), bool)),
 }
 
 
@@ -190,6 +201,97 @@ def test_bad_add_raises_clear_error_and_changes_nothing(case):
     np.testing.assert_array_equal(ring.valid_indices(), before_valid)
     _assert_matches_ref(ring.gather(before_valid), ref)
     ring.add(**_good_add())  # and the ring still works
+
+
+def test_action_count_bounds_actions():
+    ring = ReplayRing(SEG * E, E, (84, 84), stack=4, n_step=3, num_actions=6)
+    with pytest.raises(ValueError) as ei:
+        ring.add(**dict(_good_add(), actions=np.array([0, 6])))
+    assert "6" in _one_line(ei)
+    assert len(ring) == 0
+    ring.add(**dict(_good_add(), actions=np.array([5, 0])))
+    assert len(ring) == 2
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(capacity=1001, num_envs=4),  # the remainder used to vanish silently
+    dict(seed=-1),
+    dict(seed=2**64),
+    dict(seed=1.5),
+    dict(num_threads=2**40),
+    dict(num_envs=2**40),
+    dict(capacity=2**70),
+    dict(num_actions=0),
+    dict(num_actions=-3),
+    dict(frame_shape=(84, "x")),
+    dict(frame_dtype="not a dtype"),
+    dict(frames_device="not a device"),
+    dict(frames_device="meta"),
+], ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_out_of_range_construction_is_one_line_value_error(kwargs):
+    args = dict(capacity=1000, num_envs=4, frame_shape=(84, 84), stack=4, n_step=3, check_memory=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as ei:
+        ReplayRing(**args)
+    _one_line(ei)
+
+
+def test_capacity_not_divisible_names_the_nearest_multiples():
+    with pytest.raises(ValueError) as ei:
+        ReplayRing(1001, 4, (84, 84))
+    msg = _one_line(ei)
+    assert "1000" in msg and "1004" in msg, msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("check_memory", [True, False])
+def test_cuda_frames_without_cuda_is_one_line_value_error(check_memory):
+    with pytest.raises(ValueError) as ei:
+        ReplayRing(SEG * E, E, (84, 84), frames_device="cuda", check_memory=check_memory)
+    assert "cuda" in _one_line(ei).lower()
+
+
+@pytest.mark.parametrize("value", [-1, 2**64, 1.0, True])
+def test_rng_state_out_of_range_is_one_line_value_error(value):
+    ring, _ = _filled(steps=10)
+    before = ring.rng_state
+    with pytest.raises(ValueError) as ei:
+        ring.rng_state = value
+    _one_line(ei)
+    assert ring.rng_state == before
+    ring.rng_state = 2**64 - 1  # the whole uint64 range is accepted
+    assert ring.rng_state == 2**64 - 1
+
+
+def test_huge_batch_is_one_line_value_error():
+    ring, _ = _filled()
+    for call in (lambda: ring.sample(10**12), lambda: ring.make_batch(10**12)):
+        with pytest.raises(ValueError) as ei:
+            call()
+        assert "batch" in _one_line(ei)
+    assert len(ring.sample(8)) == 8
+
+
+@pytest.mark.parametrize("indices", [
+    np.array([1.0, 2.0]),  # used to be truncated to integers
+    np.array([1.7]),
+    np.array([[1, 2], [3, 4]]),  # used to be flattened
+    np.array([True, False]),
+    np.array([2**64 - 1], np.uint64),  # would wrap to -1
+])
+def test_gather_and_locate_refuse_non_integer_or_2d_indices(indices):
+    ring, _ = _filled()
+    for call in (ring.gather, ring.locate):
+        with pytest.raises(ValueError) as ei:
+            call(indices)
+        _one_line(ei)
+
+
+def test_gather_accepts_lists_and_unsigned_indices():
+    ring, ref = _filled()
+    v = ring.valid_indices()[:4]
+    _assert_matches_ref(ring.gather([int(i) for i in v]), ref)
+    _assert_matches_ref(ring.gather(v.astype(np.uint32)), ref)
 
 
 def test_strided_and_reversed_frames_are_stored_correctly():

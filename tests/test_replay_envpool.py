@@ -163,7 +163,8 @@ class RingUnderTest:
 
         cap = seg * cfg.num_envs + extra
         self.stack, self.n, self.seg = stack, n_step, seg
-        self.ring = ReplayRing(cap, cfg.num_envs, (84, 84), frame_dtype=np.uint8, stack=stack,
+        # the ring refuses a capacity with a remainder; the reference drops it
+        self.ring = ReplayRing(seg * cfg.num_envs, cfg.num_envs, (84, 84), frame_dtype=np.uint8, stack=stack,
                                n_step=n_step, gamma=GAMMA, seed=cfg.seed, num_threads=2)
         self.ref = ReferenceRing(cap, cfg.num_envs, (84, 84), np.uint8, stack=stack,
                                  n_step=n_step, gamma=GAMMA, seed=cfg.seed)

@@ -361,7 +361,8 @@ def test_reference_hand_example():
 def _ring(sc: Scenario, seed=None, num_threads=None):
     from dqnfast.replay import ReplayRing
 
-    return ReplayRing(sc.capacity, sc.num_envs, sc.frame_shape, frame_dtype=sc.frame_dtype,
+    # the C++ ring refuses a remainder the reference ring silently drops: it gets whole segments
+    return ReplayRing(sc.seg * sc.num_envs, sc.num_envs, sc.frame_shape, frame_dtype=sc.frame_dtype,
                       stack=sc.stack, n_step=sc.n_step, gamma=sc.gamma,
                       seed=sc.seed if seed is None else seed, num_threads=num_threads)
 
