@@ -25,6 +25,7 @@ torch output buffers (optionally pinned) and save/load; it does no index math.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -42,7 +43,6 @@ from dqnfast.memory import available_memory_bytes
 
 __all__ = ["Batch", "ReplayRing", "ReplayMemoryError", "ReplayFileError", "available_memory_bytes"]
 
-_FORMAT_VERSION = 1
 _TORCH_DTYPES = {
     np.dtype(np.uint8): torch.uint8,
     np.dtype(np.int8): torch.int8,
@@ -492,6 +492,7 @@ class ReplayRing:
             "gamma": self.gamma,
             "seed": self.seed,
             "rng_state": self.rng_state,
+            "num_actions": self.num_actions,
         }
 
     # ------------------------------------------------------------ persistence
@@ -500,7 +501,9 @@ class ReplayRing:
 
         The file is a plain numpy archive (``np.load`` reads it): ``meta``
         (JSON), ``frames`` [num_envs, segment, frame_bytes] uint8, ``actions``,
-        ``rewards``, ``flags`` [num_envs, segment] and ``cursors`` [num_envs].
+        ``rewards``, ``flags`` [num_envs, segment], ``cursors`` [num_envs] and,
+        written last, ``sha256``: the checksum of everything before it
+        (``_digest``), which ``load`` verifies.
         """
         path = Path(path)
         if path.suffix != ".npz":
@@ -509,16 +512,25 @@ class ReplayRing:
         if self._dev_frames is not None:  # frames from the device, in the same layout as a host ring's
             arrays["frames"] = self._dev_frames.cpu().numpy().view(np.uint8).reshape(
                 self.num_envs, self.segment_capacity, self.frame_bytes)
+        meta = json.dumps(self._meta())
+        h = _digest(meta)
+        for name in _ARRAY_NAMES:
+            _feed(h, name, arrays[name])
         with atomic_open(path) as f:
-            np.savez(f, meta=np.array(json.dumps(self._meta())), **arrays)
+            np.savez(f, meta=np.array(meta), **{n: arrays[n] for n in _ARRAY_NAMES}, sha256=np.array(h.hexdigest()))
         return path
 
     @classmethod
     def load(
         cls, path: str | os.PathLike, num_threads: int | None = None, check_memory: bool = True,
-        frames_device: str | torch.device | None = None,
+        frames_device: str | torch.device | None = None, num_actions: int | None = None,
     ) -> "ReplayRing":
-        """Rebuilds a ring saved by ``save`` (contents, cursors and RNG state), frames where ``frames_device`` says."""
+        """Rebuilds a ring saved by ``save`` (contents, cursors and RNG state), frames where ``frames_device`` says.
+
+        The file is trusted only after its checksum matches and its contents are consistent: actions in
+        [0, num_actions) (the argument, else the file's own), rewards finite, only known flag bits, cursors
+        in range and slots never written still empty. Anything else is one line, a ``ReplayFileError``.
+        """
         path = Path(path)
         if not path.exists() and path.with_name(path.name + ".npz").exists():
             path = path.with_name(path.name + ".npz")
@@ -526,44 +538,121 @@ class ReplayRing:
             raise FileNotFoundError(f"no saved replay at {path}")
         try:
             with np.load(path, allow_pickle=False) as z:
-                meta = json.loads(str(z["meta"]))
-                if meta.get("format") != "dqnfast-replay" or meta.get("version") != _FORMAT_VERSION:
-                    raise ReplayFileError(f"{path} is not a dqnfast replay file of version {_FORMAT_VERSION}")
-                ring = cls(
-                    meta["capacity"], meta["num_envs"], meta["frame_shape"], np.dtype(meta["frame_dtype"]),
-                    meta["stack"], meta["n_step"], meta["gamma"], meta["seed"], num_threads, check_memory,
-                    frames_device,
-                )
-                views = dict(ring._ring._storage())
-                if ring._dev_frames is not None:  # a stand-in for the shape check; the frames go to the device
-                    views["frames"] = np.lib.stride_tricks.as_strided(
-                        np.zeros(1, np.uint8), (ring.num_envs, ring.segment_capacity, ring.frame_bytes), (0, 0, 0))
-                for name, view in views.items():
-                    arr = z[name]
-                    if arr.shape != view.shape or arr.dtype != view.dtype:
-                        raise ReplayFileError(
-                            f"{path}: array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}"
-                        )
-                    if name == "frames" and ring._dev_frames is not None:
-                        # straight from the file's array to the device, one env segment at a time
-                        seg = ring.segment_capacity
-                        for e in range(ring.num_envs):
-                            ring._dev_frames[e * seg:(e + 1) * seg].copy_(torch.from_numpy(
-                                np.ascontiguousarray(arr[e]).view(ring.frame_dtype).reshape(seg, *ring.frame_shape)))
-                        del arr
-                        continue
-                    view[...] = arr
-                if (views["cursors"] < 0).any():
-                    raise ReplayFileError(f"{path}: negative cursor")
-                ring.rng_state = int(meta["rng_state"])
-                ring._ring.rebuild_index()
-                return ring
+                return cls._load(z, path, num_threads, check_memory, frames_device, num_actions)
         except ReplayFileError:
             raise
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
+        except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OverflowError, OSError, EOFError) as e:
+            msg = str(e).replace("\n", " ")
             raise ReplayFileError(
-                f"replay file {path} is truncated or corrupt ({type(e).__name__}: {e}); delete it to start with an empty ring"
+                f"replay file {path} is truncated or corrupt ({type(e).__name__}: {msg}); delete it to start with "
+                "an empty ring"
             ) from None
+
+    @classmethod
+    def _load(cls, z, path: Path, num_threads, check_memory, frames_device, num_actions) -> "ReplayRing":
+        def bad(what: str) -> ReplayFileError:
+            return ReplayFileError(f"replay file {path} is invalid: {what}; delete it to start with an empty ring")
+
+        meta_text = str(z["meta"])
+        meta = json.loads(meta_text)
+        if not isinstance(meta, dict) or meta.get("format") != "dqnfast-replay" \
+                or meta.get("version") not in _READ_VERSIONS:
+            raise ReplayFileError(f"{path} is not a dqnfast replay file of version {_FORMAT_VERSION}")
+        # version 1 predates the checksum: its arrays are covered by the zip CRCs and the checks below
+        expect_digest = None
+        if meta["version"] >= 2:
+            if "sha256" not in z.files:
+                raise bad("no checksum (the write did not finish)")
+            expect_digest = str(z["sha256"])
+        if num_actions is None:
+            num_actions = meta.get("num_actions")
+        rng_state = meta["rng_state"]
+        if isinstance(rng_state, bool) or not isinstance(rng_state, int) or not 0 <= rng_state < _U64:
+            raise bad(f"rng_state {rng_state!r} is not a uint64")
+        ring = cls(
+            meta["capacity"], meta["num_envs"], meta["frame_shape"], meta["frame_dtype"],
+            meta["stack"], meta["n_step"], meta["gamma"], meta["seed"], num_threads, check_memory,
+            frames_device, num_actions,
+        )
+        h = _digest(meta_text)
+        views = dict(ring._ring._storage())
+        if ring._dev_frames is not None:  # a stand-in for the shape check; the frames go to the device
+            views["frames"] = np.lib.stride_tricks.as_strided(
+                np.zeros(1, np.uint8), (ring.num_envs, ring.segment_capacity, ring.frame_bytes), (0, 0, 0))
+        for name in _ARRAY_NAMES:
+            view = views[name]
+            arr = z[name]
+            if arr.shape != view.shape or arr.dtype != view.dtype:
+                raise bad(f"array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}")
+            _feed(h, name, arr)
+            if name == "frames" and ring._dev_frames is not None:
+                # straight from the file's array to the device, one env segment at a time
+                seg = ring.segment_capacity
+                for e in range(ring.num_envs):
+                    ring._dev_frames[e * seg:(e + 1) * seg].copy_(torch.from_numpy(
+                        np.ascontiguousarray(arr[e]).view(ring.frame_dtype).reshape(seg, *ring.frame_shape)))
+                del arr
+                continue
+            view[...] = arr
+            del arr
+        if expect_digest is not None and h.hexdigest() != expect_digest:
+            raise bad("checksum mismatch (its contents changed after it was written)")
+        problem = ring._check_contents(views)
+        if problem:
+            raise bad(problem)
+        ring.rng_state = rng_state
+        ring._ring.rebuild_index()
+        return ring
+
+    def _check_contents(self, views: dict) -> str | None:
+        """What makes the raw arrays inconsistent with this ring, or None (vectorised, one pass each)."""
+        cursors, actions, rewards, flags = views["cursors"], views["actions"], views["rewards"], views["flags"]
+        if (cursors < 0).any() or (cursors >= _MAX_CURSOR).any():
+            bad = cursors[(cursors < 0) | (cursors >= _MAX_CURSOR)][0]
+            return f"cursor {int(bad)} outside [0, 2^{_MAX_CURSOR.bit_length() - 1})"
+        action_end = self.num_actions or _INT32
+        if actions.size and (actions.min() < 0 or actions.max() >= action_end):
+            bad = actions.min() if actions.min() < 0 else actions.max()
+            return f"action {int(bad)} outside [0, {action_end})"
+        if not np.isfinite(rewards).all():
+            return f"reward {rewards[~np.isfinite(rewards)][0]} is not finite"
+        if (flags & ~np.uint8(_FLAG_BITS)).any():
+            return f"flags {int(flags[(flags & ~np.uint8(_FLAG_BITS)) != 0][0]):#04x} have bits no step sets"
+        # an env with fewer adds than its segment has slots it never wrote: they must still be empty
+        unwritten = np.arange(self.segment_capacity)[None, :] >= cursors[:, None]
+        if (actions[unwritten] != 0).any() or (rewards[unwritten] != 0).any() or (flags[unwritten] != 0).any():
+            return "a slot beyond its env's cursor holds data"
+        frames = views["frames"]
+        if self._dev_frames is None and self.frame_dtype.kind == "f":
+            if not np.isfinite(frames.view(self.frame_dtype)).all():
+                return "a frame holds a non-finite value"
+        return None
+
+
+_FORMAT_VERSION = 2
+_READ_VERSIONS = (1, 2)
+_ARRAY_NAMES = ("frames", "actions", "rewards", "flags", "cursors")
+_FLAG_BITS = 1 | 2 | 4  # terminated, truncated, first (csrc/replay_ring.h)
+# More adds than any env makes (2^48 steps is 9 years at a million steps a second); below it the core's
+# step arithmetic (step + n_step, step % segment) stays far from int64 overflow.
+_MAX_CURSOR = 2**48
+
+
+def _digest(meta_text: str):
+    """A sha256 over a replay file's meta and arrays, fed in file order by ``_feed``."""
+    h = hashlib.sha256()
+    h.update(b"dqnfast-replay\0")
+    h.update(meta_text.encode())
+    return h
+
+
+def _feed(h, name: str, arr: np.ndarray) -> None:
+    h.update(f"\0{name}:{arr.dtype.str}:{list(arr.shape)}\0".encode())
+    a = np.ascontiguousarray(arr)
+    chunk = 1 << 26  # bounded slices: hashlib releases the GIL on each
+    flat = a.reshape(-1).view(np.uint8) if a.size else a.reshape(-1)
+    for i in range(0, flat.size, chunk):
+        h.update(flat[i:i + chunk].data)
 
 
 _META_NAMES = ("action", "reward", "discount", "index")
