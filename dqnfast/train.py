@@ -412,7 +412,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
                 replay_file = run_dir / saved
                 try:
                     ring = ReplayRing.load(replay_file, num_threads=cfg.replay.num_threads or None,
-                                           check_memory=cfg.replay.check_memory, frames_device=frames_device)
+                                           check_memory=cfg.replay.check_memory, frames_device=frames_device,
+                                           num_actions=spec.num_actions)
                 except (ReplayFileError, FileNotFoundError, MemoryError) as e:
                     raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") \
                         from None
@@ -422,11 +423,16 @@ def train(cfg: Config, run_dir: str | os.PathLike, *, config_dict: dict | None =
                     raise ConfigError("resume", "the saved replay ring has (envs, n_step, stack, gamma) = "
                                                 f"{have}, this run {want}; keep them, or resume with replay.save=false")
         if ring is None:
+            # the ring takes whole per-env segments only
+            capacity = max(spec.num_envs, cfg.replay.capacity // spec.num_envs * spec.num_envs)
+            if capacity != cfg.replay.capacity:
+                log.info("replay.capacity %d is not a multiple of %d envs: the ring holds %d (%d steps per env)",
+                         cfg.replay.capacity, spec.num_envs, capacity, capacity // spec.num_envs)
             ring = ReplayRing(
-                cfg.replay.capacity, spec.num_envs, spec.frame_shape, spec.frame_dtype, stack=spec.stack,
+                capacity, spec.num_envs, spec.frame_shape, spec.frame_dtype, stack=spec.stack,
                 n_step=cfg.replay.n_step, gamma=a.gamma, seed=cfg.seed + (ENV_RESEED_STRIDE * resumes if ck else 0),
                 num_threads=cfg.replay.num_threads or None, check_memory=cfg.replay.check_memory,
-                frames_device=frames_device,
+                frames_device=frames_device, num_actions=spec.num_actions,
             )
     except MemoryError as e:
         env.close()

@@ -143,7 +143,7 @@ ALTERED = {
     "seed -1": dict(meta={"seed": -1}),
     "capacity not a multiple": dict(meta={"capacity": SEG * E + 1}),
     "frame dtype garbage": dict(meta={"frame_dtype": "no such dtype"}),
-    "frame byte changed, zip CRC valid": dict(arrays={"frames": _set((1, 2, 100), 7)}, fix_checksum=False),
+    "frame byte changed, zip CRC valid": dict(arrays={"frames": _set((1, 2, 10), 7)}, fix_checksum=False),
     "reward changed, zip CRC valid": dict(arrays={"rewards": _set((0, 2), 0.5)}, fix_checksum=False),
     "meta changed, zip CRC valid": dict(meta={"gamma": 0.5}, fix_checksum=False),
     "checksum missing": dict(drop=("sha256",)),
@@ -221,3 +221,40 @@ def test_bit_flip_with_recomputed_zip_crc_is_refused(tmp_path):
     with pytest.raises(ReplayFileError) as ei:
         ReplayRing.load(path)
     assert "checksum" in _one_line(ei)
+
+
+# ------------------------------------------------------------------ training
+TINY_CARTPOLE = ["preset=cartpole", "algo.learning_starts=100", "algo.total_steps=200", "logger.log_every=100",
+                 "logger.progress=false", "envs.eval.episodes=1", "envs.eval.num_envs=1",
+                 "envs.eval.max_episode_steps=50"]
+
+
+def test_training_rounds_a_capacity_to_whole_env_segments(run_cli):
+    proc, out = run_cli(*TINY_CARTPOLE, "envs.num_envs=3", "replay.capacity=1000", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr + "".join(p.read_text() for p in out.rglob("*.log"))
+    assert "the ring holds 999 (333 steps per env)" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("case", [
+    "NaN reward",
+    pytest.param("action beyond num_actions", marks=pytest.mark.slow),
+    pytest.param("frame byte changed, zip CRC valid", marks=pytest.mark.slow),
+])
+def test_resume_from_an_altered_replay_file_is_refused_in_one_line(run_cli, tmp_path, case):
+    proc, out = run_cli(*TINY_CARTPOLE, "replay.save=true", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(out.glob("replay_*.npz"))
+    assert files, sorted(p.name for p in out.iterdir())
+    change = dict(ALTERED[case])
+    if case == "action beyond num_actions":  # CartPole has 2 actions: 2 is out of range for this game
+        change = dict(arrays={"actions": _set((0, 4), 2)})
+    _rewrite(files[-1], files[-1], **change)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "dqnfast.train", f"resume={out}", *TINY_CARTPOLE[1:],
+                        "algo.total_steps=300", "replay.save=true"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and files[-1].name in err[0] and "replay.save=false" in err[0], r.stderr[-3000:]
