@@ -562,7 +562,7 @@ class ReplayRing:
         expect_digest = None
         if meta["version"] >= 2:
             if "sha256" not in z.files:
-                raise bad("no checksum (the write did not finish)")
+                raise bad("no checksum")
             expect_digest = str(z["sha256"])
         if num_actions is None:
             num_actions = meta.get("num_actions")
