@@ -1,5 +1,7 @@
 #include "replay_ring.h"
 
+#include <sys/mman.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -7,8 +9,6 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
-
-#include <sys/mman.h>
 
 namespace dqnfast {
 
@@ -28,8 +28,7 @@ int64_t ReplayRing::BytesPerSlot(int64_t frame_bytes) {
          UniformSampler(0).BytesPerSlot();
 }
 
-ReplayRing::ReplayRing(const RingConfig& config)
-    : config_(config), rng_(config.seed) {
+ReplayRing::ReplayRing(const RingConfig& config) : config_(config), rng_(config.seed) {
   if (config.num_envs <= 0) throw std::invalid_argument("num_envs must be positive");
   if (config.frame_bytes <= 0) throw std::invalid_argument("frame_bytes must be positive");
   if (config.stack <= 0 || config.stack > kMaxStack)
@@ -56,7 +55,8 @@ ReplayRing::ReplayRing(const RingConfig& config)
   // misses for random frame reads across gigabytes).
   if (config.store_frames) {
     frames_bytes_ = slots * config.frame_bytes;
-    void* mem = mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* mem =
+        mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
     madvise(mem, frames_bytes_, MADV_HUGEPAGE);
@@ -81,8 +81,9 @@ ReplayRing::ReplayRing(const RingConfig& config)
                                " replay threads (the OS refused one: " + e.what() +
                                "); use fewer threads");
     } catch (const std::bad_alloc&) {
-      throw std::runtime_error("could not start " + Str(config.num_threads) +
-                               " replay threads (out of memory for their stacks); use fewer threads");
+      throw std::runtime_error(
+          "could not start " + Str(config.num_threads) +
+          " replay threads (out of memory for their stacks); use fewer threads");
     }
   } catch (...) {
     if (frames_ != nullptr) munmap(frames_, frames_bytes_);
@@ -95,9 +96,8 @@ ReplayRing::~ReplayRing() {
   if (frames_ != nullptr) munmap(frames_, frames_bytes_);
 }
 
-void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
-                     int64_t frame_stride, const int64_t* actions,
-                     const float* rewards, const uint8_t* terminated,
+void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, int64_t frame_stride,
+                     const int64_t* actions, const float* rewards, const uint8_t* terminated,
                      const uint8_t* truncated, const uint8_t* first) {
   std::lock_guard<std::mutex> lock(mu_);
   // Check every value before writing anything: a bad call changes nothing.
@@ -109,8 +109,8 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
                                   ") out of range [0, " + Str(action_end) + ")");
     }
     if (!std::isfinite(rewards[i])) {
-      throw std::invalid_argument("reward " + std::to_string(rewards[i]) + " (env " + Str(env_ids[i]) +
-                                  ") is not finite");
+      throw std::invalid_argument("reward " + std::to_string(rewards[i]) + " (env " +
+                                  Str(env_ids[i]) + ") is not finite");
     }
   }
   for (int64_t i = 0; i < k; ++i) {
@@ -152,8 +152,7 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
     actions_[s] = static_cast<int32_t>(actions[i]);
     rewards_[s] = rewards[i];
     flags_[s] = static_cast<uint8_t>((terminated[i] ? kTerminated : 0) |
-                                     (truncated[i] ? kTruncated : 0) |
-                                     (first[i] ? kFirst : 0));
+                                     (truncated[i] ? kTruncated : 0) | (first[i] ? kFirst : 0));
     cursors_[e] = t + 1;
     // The new step can complete the returns of the n steps before it and is
     // itself not yet valid; it also evicted the oldest step, which can take
@@ -260,9 +259,8 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
 }
 
 void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {
-  const int64_t bytes = out.frame_slots != nullptr
-                            ? 0
-                            : batch * out.RowFrames(config_.stack) * config_.frame_bytes;
+  const int64_t bytes =
+      out.frame_slots != nullptr ? 0 : batch * out.RowFrames(config_.stack) * config_.frame_bytes;
   auto body = [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out);
   };
@@ -280,8 +278,8 @@ void ReplayRing::CheckOut(const BatchOut& out) const {
   }
   if (out.frame_slots == nullptr && frames_ == nullptr) {
     throw std::invalid_argument(
-        "this ring keeps no frames (store_frames=false: they live on the device); sample frame slots "
-        "instead");
+        "this ring keeps no frames (store_frames=false: they live on the device); "
+        "sample frame slots instead");
   }
 }
 
@@ -291,7 +289,8 @@ void ReplayRing::Sample(int64_t batch, const BatchOut& out) {
   if (sampler_->NumValid() == 0) {
     throw std::runtime_error(
         "no valid transition to sample yet: add more steps first (each env needs "
-        "at least " + Str(config_.n_step + 1) + " consecutive steps of one episode)");
+        "at least " +
+        Str(config_.n_step + 1) + " consecutive steps of one episode)");
   }
   sampler_->Draw(&rng_, batch, out.index);
   GatherRows(batch, out);

@@ -56,7 +56,7 @@ namespace dqnfast {
 constexpr int kMaxStack = 64;
 
 struct RingConfig {
-  int64_t capacity = 0;     // total slots over all envs
+  int64_t capacity = 0;  // total slots over all envs
   int num_envs = 1;
   int64_t frame_bytes = 0;  // bytes of one frame (84*84, 128, 4*dim, ...)
   int stack = 4;
@@ -87,10 +87,10 @@ struct BatchOut {
   uint8_t* next_obs = nullptr;
   int64_t* frame_slots = nullptr;
   bool shared = false;
-  int64_t* action = nullptr;    // [B]
-  float* reward = nullptr;      // [B]
-  float* discount = nullptr;    // [B]
-  int64_t* index = nullptr;     // [B]
+  int64_t* action = nullptr;  // [B]
+  float* reward = nullptr;    // [B]
+  float* discount = nullptr;  // [B]
+  int64_t* index = nullptr;   // [B]
 
   int RowFrames(int stack) const { return shared ? stack + 1 : 2 * stack; }
 };
@@ -109,10 +109,9 @@ class ReplayRing {
   // frames + i * frame_stride (frame_bytes contiguous bytes). Throws
   // std::invalid_argument, having written nothing, on an env id out of range
   // or repeated, an action out of range or a reward that is not finite.
-  void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
-           int64_t frame_stride, const int64_t* actions, const float* rewards,
-           const uint8_t* terminated, const uint8_t* truncated,
-           const uint8_t* first);
+  void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, int64_t frame_stride,
+           const int64_t* actions, const float* rewards, const uint8_t* terminated,
+           const uint8_t* truncated, const uint8_t* first);
 
   // Draws batch indices uniformly from the valid ones and gathers them.
   // Throws std::runtime_error if no index is valid, std::invalid_argument for
@@ -179,14 +178,15 @@ class ReplayRing {
 
   RingConfig config_;
   int64_t seg_;
-  uint8_t* frames_ = nullptr;  // mmap'd: pages are committed as they are written (null: store_frames off)
+  // mmap'd: pages are committed as they are written (null: store_frames off)
+  uint8_t* frames_ = nullptr;
   int64_t frames_bytes_ = 0;
   std::vector<int32_t> actions_;
   std::vector<float> rewards_;
   std::vector<uint8_t> flags_;
-  std::vector<int64_t> cursors_;  // adds per env (hi)
+  std::vector<int64_t> cursors_;   // adds per env (hi)
   std::vector<double> gamma_pow_;  // gamma^0 .. gamma^n
-  std::vector<uint8_t> seen_;     // scratch for duplicate env-id checks
+  std::vector<uint8_t> seen_;      // scratch for duplicate env-id checks
   std::unique_ptr<Sampler> sampler_;
   std::unique_ptr<ThreadPool> pool_;
   Rng rng_;
