@@ -373,7 +373,7 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
         if mode is not None:
             torch._dynamo.reset()
         actor = Actor(net, spec.num_actions, device, seed=cfg["seed"], compile_mode=mode)
-        cap = max(cfg["actor_capacity"], 64 * n)
+        cap = max(cfg["actor_capacity"] // n * n, 64 * n)  # whole per-env segments
         ring = ReplayRing(
             cap, n, spec.frame_shape, spec.frame_dtype, stack=spec.stack, n_step=1, gamma=0.99, seed=cfg["seed"]
         )

@@ -141,8 +141,9 @@ def make_peer_env(game: str, seed: int, resize: str = "auto"):
         import gymnasium as gym
         from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
     except ImportError as e:
-        raise SystemExit(f"error: the peer needs {' and '.join(PEER_PACKAGES)} ({e}); "
-                         f"pip install {' '.join(PEER_PACKAGES)}") from None
+        raise SystemExit(
+            f"error: the peer needs {' and '.join(PEER_PACKAGES)} ({e}); pip install {' '.join(PEER_PACKAGES)}"
+        ) from None
     if resize == "numpy":
         install_cv2_standin()
     else:
@@ -151,21 +152,25 @@ def make_peer_env(game: str, seed: int, resize: str = "auto"):
         except ImportError:
             if resize == "cv2":
                 raise SystemExit("error: --resize cv2: pip install opencv-python-headless") from None
-            print("note: OpenCV is not installed: AtariPreprocessing resizes with a NumPy stand-in for "
-                  "cv2.resize", flush=True)
+            print(
+                "note: OpenCV is not installed: AtariPreprocessing resizes with a NumPy stand-in for cv2.resize",
+                flush=True,
+            )
             install_cv2_standin()
     gym.register_envs(ale_py)
     env = gym.make(ale_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False)
-    env = AtariPreprocessing(env, noop_max=30, frame_skip=4, screen_size=84, terminal_on_life_loss=False,
-                             grayscale_obs=True, scale_obs=False)
+    env = AtariPreprocessing(
+        env, noop_max=30, frame_skip=4, screen_size=84, terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False
+    )
     env = FrameStackObservation(env, 4)
     env.action_space.seed(seed)
     return env
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--game", default="Pong", help="Atari game (ale-py id ALE/<game>-v5)")
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N")
     p.add_argument("--learning-starts", type=int, default=2000, help="random agent steps before learning")
@@ -178,15 +183,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-every", type=int, default=1000, help="updates between target copies")
     p.add_argument("--epsilon", type=float, default=0.05, help="exploration in the warm-up and timed phases")
     p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--resize", choices=("auto", "cv2", "numpy"), default="auto",
-                   help="cv2.resize for AtariPreprocessing: OpenCV, or the NumPy stand-in (auto: OpenCV if installed)")
+    p.add_argument(
+        "--resize",
+        choices=("auto", "cv2", "numpy"),
+        default="auto",
+        help="cv2.resize for AtariPreprocessing: OpenCV, or the NumPy stand-in (auto: OpenCV if installed)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", default="", help="write the figures to this JSON file")
     g = p.add_argument_group("learning run (--learn): CleanRL's dqn_atari.py recipe")
     g.add_argument("--learn", action="store_true", help="a whole learning run instead of the timed throughput run")
     g.add_argument("--total-steps", type=int, default=300_000, help="agent steps to train for")
-    g.add_argument("--exploration-steps", type=int, default=75_000,
-                   help="agent steps over which epsilon falls from 1 to --end-e (from step 0)")
+    g.add_argument(
+        "--exploration-steps",
+        type=int,
+        default=75_000,
+        help="agent steps over which epsilon falls from 1 to --end-e (from step 0)",
+    )
     g.add_argument("--end-e", type=float, default=0.01, help="final training epsilon")
     g.add_argument("--target-every-steps", type=int, default=1000, help="agent steps between target copies")
     g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
@@ -215,8 +228,11 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     env = make_peer_env(args.game, args.seed, args.resize)
     n_actions = int(env.action_space.n)
     q_net = NatureCNN(4, n_actions).to(device)
@@ -311,13 +327,15 @@ def main(argv=None) -> int:
         "torch_threads": torch.get_num_threads(),
         "config": vars(args),
         "env": f"{ale_id(args.game)} + AtariPreprocessing(noop_max=30, frame_skip=4, 84x84 gray) "
-               f"+ FrameStackObservation(4)",
+        f"+ FrameStackObservation(4)",
         "versions": _versions(),
         "resize": "numpy stand-in" if getattr(sys.modules.get("cv2"), "__dqnfast_standin__", False) else "cv2",
         "python": platform.python_version(),
     }
-    print(f"peer.sps = {sps:.1f} steps/s  ({steps - s0} agent steps, {updates - u0} updates of batch "
-          f"{args.batch_size} in {dt:.1f} s on {device})")
+    print(
+        f"peer.sps = {sps:.1f} steps/s  ({steps - s0} agent steps, {updates - u0} updates of batch "
+        f"{args.batch_size} in {dt:.1f} s on {device})"
+    )
     print(f"peer.fill_sps = {result['fill_sps']:.1f} steps/s  (random play + replay append, no learning)")
     if args.json:
         path = Path(args.json)
@@ -345,13 +363,16 @@ def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "au
             NoopResetEnv,
         )
     except ImportError as e:
-        raise SystemExit(f"error: the peer's learning run needs {' and '.join(PEER_PACKAGES)} and "
-                         f"stable-baselines3 ({e}); pip install -e '.[bench]'") from None
+        raise SystemExit(
+            f"error: the peer's learning run needs {' and '.join(PEER_PACKAGES)} and "
+            f"stable-baselines3 ({e}); pip install -e '.[bench]'"
+        ) from None
     if resize == "numpy":
         install_cv2_standin()
     gym.register_envs(ale_py)
-    env = gym.make(ale_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False,
-                   max_episode_steps=27_000 * 4)
+    env = gym.make(
+        ale_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False, max_episode_steps=27_000 * 4
+    )
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env = NoopResetEnv(env, noop_max=30)
     env = MaxAndSkipEnv(env, skip=4)
@@ -386,8 +407,11 @@ def learn_main(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     env = make_cleanrl_env(args.game, args.seed, train=True, resize=args.resize)
     from stable_baselines3.common.buffers import ReplayBuffer
 
@@ -396,8 +420,14 @@ def learn_main(args: argparse.Namespace) -> int:
     target_net = NatureCNN(4, n_actions).to(device)
     target_net.load_state_dict(q_net.state_dict())
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr, eps=args.adam_eps)
-    rb = ReplayBuffer(args.capacity, env.observation_space, env.action_space, device,
-                      optimize_memory_usage=True, handle_timeout_termination=False)
+    rb = ReplayBuffer(
+        args.capacity,
+        env.observation_space,
+        env.action_space,
+        device,
+        optimize_memory_usage=True,
+        handle_timeout_termination=False,
+    )
     td_loss = F.mse_loss if args.loss == "mse" else F.smooth_l1_loss
 
     columns = ["env_steps", "frames", "episodes", "score_mean", "loss", "q_mean", "epsilon", "sps", "time"]
@@ -423,8 +453,14 @@ def learn_main(args: argparse.Namespace) -> int:
                 action = int(q_net(torch.from_numpy(obs).unsqueeze(0).to(device)).argmax(dim=1).item())
         next_obs, reward, terminated, truncated, info = env.step(action)
         next_obs = np.asarray(next_obs)
-        rb.add(obs[None], next_obs[None], np.array([[action]]), np.array([reward], np.float32),
-               np.array([terminated], np.float32), [info])
+        rb.add(
+            obs[None],
+            next_obs[None],
+            np.array([[action]]),
+            np.array([reward], np.float32),
+            np.array([terminated], np.float32),
+            [info],
+        )
         if "episode" in info:  # a whole game ended (RecordEpisodeStatistics is innermost)
             scores.append(float(info["episode"]["r"]))
             episodes += 1
@@ -455,9 +491,17 @@ def learn_main(args: argparse.Namespace) -> int:
 
         if step % args.log_every == 0 or step == args.total_steps:
             now = time.perf_counter()
-            row = [step, 4 * step, episodes, f"{np.mean(scores):.4f}" if scores else "",
-                   f"{loss_sum / n_loss:.6f}" if n_loss else "", f"{q_sum / n_loss:.6f}" if n_loss else "",
-                   f"{epsilon:.4f}", f"{(step - s_row) / (now - t_row):.2f}", f"{now - t_start:.1f}"]
+            row = [
+                step,
+                4 * step,
+                episodes,
+                f"{np.mean(scores):.4f}" if scores else "",
+                f"{loss_sum / n_loss:.6f}" if n_loss else "",
+                f"{q_sum / n_loss:.6f}" if n_loss else "",
+                f"{epsilon:.4f}",
+                f"{(step - s_row) / (now - t_row):.2f}",
+                f"{now - t_start:.1f}",
+            ]
             writer.writerow(row)
             f.flush()
             print(" ".join(f"{k}={v}" for k, v in zip(columns, row)), flush=True)
@@ -493,8 +537,10 @@ def learn_main(args: argparse.Namespace) -> int:
     tmp = out / f".eval.json.tmp{os.getpid()}"
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     os.replace(tmp, out / "eval.json")
-    print(f"peer.eval mean = {doc['mean']:.2f} over {len(eval_scores)} games "
-          f"(epsilon {args.eval_epsilon}); trained {args.total_steps} steps at {doc['train_sps']:.1f} steps/s")
+    print(
+        f"peer.eval mean = {doc['mean']:.2f} over {len(eval_scores)} games "
+        f"(epsilon {args.eval_epsilon}); trained {args.total_steps} steps at {doc['train_sps']:.1f} steps/s"
+    )
     return 0
 
 

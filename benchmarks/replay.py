@@ -95,8 +95,14 @@ def make_frames(kind: str, n: int, seed: int) -> tuple[np.ndarray, str]:
             import envpool
 
             num_envs = 8
-            env = envpool.make("Pong-v5", env_type="gymnasium", num_envs=num_envs, batch_size=num_envs,
-                               num_threads=min(num_envs, cpu_count()), seed=seed)
+            env = envpool.make(
+                "Pong-v5",
+                env_type="gymnasium",
+                num_envs=num_envs,
+                batch_size=num_envs,
+                num_threads=min(num_envs, cpu_count()),
+                seed=seed,
+            )
             rng = np.random.default_rng(seed)
             obs, _ = env.reset()
             out = np.empty((n, *FRAME_SHAPE), np.uint8)
@@ -104,7 +110,7 @@ def make_frames(kind: str, n: int, seed: int) -> tuple[np.ndarray, str]:
             while k < n:
                 obs, *_ = env.step(rng.integers(0, env.action_space.n, num_envs))
                 take = min(num_envs, n - k)
-                out[k:k + take] = obs[:take, -1]
+                out[k : k + take] = obs[:take, -1]
                 k += take
             env.close()
             return out, "envpool Pong-v5 (random actions), newest frame of each observation"
@@ -146,14 +152,22 @@ def make_schedule(steps: int, num_envs: int, episode_len: int, seed: int) -> dic
 # -------------------------------------------------------------------------- workers
 # Each runs in a fresh spawned process (see _run_isolated) and returns plain dicts.
 
+
 def fill_ring(ring, frames: np.ndarray, sch: dict[str, np.ndarray], ids: np.ndarray, steps: int) -> float:
     """Adds ``steps`` steps for all envs (frames cycled from the pool); returns the seconds it took."""
     num_envs, n_pool = len(ids), len(frames) - len(ids)
     t0 = time.perf_counter()
     for s in range(steps):
         j = (s * num_envs) % n_pool
-        ring.add(ids, frames[j:j + num_envs], sch["actions"][s], sch["rewards"][s], sch["terminated"][s],
-                 sch["truncated"][s], sch["first"][s])
+        ring.add(
+            ids,
+            frames[j : j + num_envs],
+            sch["actions"][s],
+            sch["rewards"][s],
+            sch["terminated"][s],
+            sch["truncated"][s],
+            sch["first"][s],
+        )
     return time.perf_counter() - t0
 
 
@@ -202,8 +216,9 @@ def worker_dqnfast(cfg: dict) -> dict:
 
     release_free_memory()
     rss0 = rss_bytes()
-    ring = ReplayRing(cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99,
-                      seed=cfg["seed"], num_threads=t_threads)
+    ring = ReplayRing(
+        cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"], num_threads=t_threads
+    )
     rss_alloc = rss_bytes()
     fill_s = fill_ring(ring, frames, sch, ids, steps)
     rss_full = rss_bytes()
@@ -227,10 +242,26 @@ def worker_dqnfast(cfg: dict) -> dict:
         # frames); dqnfast-separate: obs and next_obs gathered into two tensors (8 frames)
         for impl, shared in (("dqnfast", None), ("dqnfast-separate", False)):
             batch = ring.make_batch(b, shared=shared)
-            timing = time_rate(lambda b=b, batch=batch: ring.sample(b, out=batch), b, cfg["min_time"], cfg["reps"],
-                               max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
-            rows.append(_row(impl, b, t_threads, ring.capacity, timing, mem["rss_bytes_per_transition"],
-                             num_envs=num_envs, shared_rows=batch.frames is not None))
+            timing = time_rate(
+                lambda b=b, batch=batch: ring.sample(b, out=batch),
+                b,
+                cfg["min_time"],
+                cfg["reps"],
+                max_retries=cfg["max_retries"],
+                quiet_wait=cfg["quiet_wait"],
+            )
+            rows.append(
+                _row(
+                    impl,
+                    b,
+                    t_threads,
+                    ring.capacity,
+                    timing,
+                    mem["rss_bytes_per_transition"],
+                    num_envs=num_envs,
+                    shared_rows=batch.frames is not None,
+                )
+            )
             del batch
     return {"rows": rows, "memory": mem}
 
@@ -263,8 +294,14 @@ def worker_reference(cfg: dict) -> dict:
     }
     rows = []
     for b in cfg["batch_sizes"]:
-        timing = time_rate(lambda b=b: ring.sample(b), b, cfg["min_time"], cfg["reps"],
-                           max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
+        timing = time_rate(
+            lambda b=b: ring.sample(b),
+            b,
+            cfg["min_time"],
+            cfg["reps"],
+            max_retries=cfg["max_retries"],
+            quiet_wait=cfg["quiet_wait"],
+        )
         rows.append(_row("reference", b, 1, capacity, timing, mem["rss_bytes_per_transition"], num_envs=num_envs))
     return {"rows": rows, "memory": mem}
 
@@ -279,8 +316,9 @@ def worker_sb3(cfg: dict) -> dict:
     frames = np.load(cfg["frames_path"])
     # stacks[i] = frames[i:i+4], a zero-copy strided view: the observation envpool would return
     n_stacks = frames.shape[0] - STACK
-    stacks = np.lib.stride_tricks.as_strided(frames, (n_stacks + 1, STACK, *FRAME_SHAPE),
-                                             (FRAME_BYTES, FRAME_BYTES, 84, 1), writeable=False)
+    stacks = np.lib.stride_tricks.as_strided(
+        frames, (n_stacks + 1, STACK, *FRAME_SHAPE), (FRAME_BYTES, FRAME_BYTES, 84, 1), writeable=False
+    )
     cap = cfg["capacity"]
     steps = cap + max(64, cap // 50)
     sch = make_schedule(steps, 1, cfg["episode_len"], cfg["seed"])
@@ -288,8 +326,15 @@ def worker_sb3(cfg: dict) -> dict:
 
     release_free_memory()
     rss0 = rss_bytes()
-    rb = ReplayBuffer(cap, spaces.Box(0, 255, (STACK, *FRAME_SHAPE), np.uint8), spaces.Discrete(6), device="cpu",
-                      n_envs=1, optimize_memory_usage=opt, handle_timeout_termination=False)
+    rb = ReplayBuffer(
+        cap,
+        spaces.Box(0, 255, (STACK, *FRAME_SHAPE), np.uint8),
+        spaces.Discrete(6),
+        device="cpu",
+        n_envs=1,
+        optimize_memory_usage=opt,
+        handle_timeout_termination=False,
+    )
     arrays = [rb.observations, rb.actions, rb.rewards, rb.dones, rb.timeouts]
     if not opt:
         arrays.append(rb.next_observations)
@@ -298,8 +343,7 @@ def worker_sb3(cfg: dict) -> dict:
     for s in range(steps):
         i = s % n_stacks
         done = bool(sch["terminated"][s, 0] or sch["truncated"][s, 0])
-        rb.add(stacks[i][None], stacks[i + 1][None], sch["actions"][s], sch["rewards"][s],
-               np.array([done]), [{}])
+        rb.add(stacks[i][None], stacks[i + 1][None], sch["actions"][s], sch["rewards"][s], np.array([done]), [{}])
     fill_s = time.perf_counter() - t0
     rss_full = rss_bytes()
     del sch
@@ -317,8 +361,14 @@ def worker_sb3(cfg: dict) -> dict:
     for t in cfg["threads_list"]:
         torch.set_num_threads(t)
         for b in cfg["batch_sizes"]:
-            timing = time_rate(lambda b=b: rb.sample(b), b, cfg["min_time"], cfg["reps"],
-                               max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
+            timing = time_rate(
+                lambda b=b: rb.sample(b),
+                b,
+                cfg["min_time"],
+                cfg["reps"],
+                max_retries=cfg["max_retries"],
+                quiet_wait=cfg["quiet_wait"],
+            )
             rows.append(_row(name, b, t, rb.buffer_size, timing, mem["nominal_bytes_per_transition"], n_envs=1))
     return {"rows": rows, "memory": mem}
 
@@ -342,10 +392,11 @@ def worker_memcpy(cfg: dict) -> dict:
         def np_copy(dst=dst, n=n, offs=offs, k=k):
             o = offs[k[0] & 4095]
             k[0] += 1
-            np.copyto(dst, src[o:o + n])
+            np.copyto(dst, src[o : o + n])
 
-        timing = time_rate(np_copy, b, cfg["min_time"], cfg["reps"],
-                           max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
+        timing = time_rate(
+            np_copy, b, cfg["min_time"], cfg["reps"], max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"]
+        )
         rows.append(_row("memcpy-numpy", b, 1, None, timing, None, copy_bytes=n))
         for t in cfg["threads_list"]:
             torch.set_num_threads(t)
@@ -353,10 +404,16 @@ def worker_memcpy(cfg: dict) -> dict:
             def torch_copy(dst_t=dst_t, n=n, offs=offs, k=k):
                 o = offs[k[0] & 4095]
                 k[0] += 1
-                dst_t.copy_(src_t[o:o + n])
+                dst_t.copy_(src_t[o : o + n])
 
-            timing = time_rate(torch_copy, b, cfg["min_time"], cfg["reps"],
-                               max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"])
+            timing = time_rate(
+                torch_copy,
+                b,
+                cfg["min_time"],
+                cfg["reps"],
+                max_retries=cfg["max_retries"],
+                quiet_wait=cfg["quiet_wait"],
+            )
             rows.append(_row("memcpy-torch", b, t, None, timing, None, copy_bytes=n))
     return {"rows": rows}
 
@@ -374,31 +431,55 @@ def _parse_ints(s: str) -> list[int]:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes and short timings (a few seconds): a smoke test, not a measurement")
-    p.add_argument("--threads", type=_parse_ints, default=None,
-                   help="gather thread counts, e.g. '1,2' (default: 1..cores)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny sizes and short timings (a few seconds): a smoke test, not a measurement",
+    )
+    p.add_argument(
+        "--threads", type=_parse_ints, default=None, help="gather thread counts, e.g. '1,2' (default: 1..cores)"
+    )
     p.add_argument("--batch-sizes", type=_parse_ints, default=None, help="default: 32,256,1024")
-    p.add_argument("--capacity", type=int, default=None,
-                   help="transitions in the dqnfast and reference rings (default 1,000,000)")
-    p.add_argument("--sb3-capacity", type=int, default=None,
-                   help="transitions in SB3's buffers (default 200,000: 1M does not fit in RAM)")
+    p.add_argument(
+        "--capacity", type=int, default=None, help="transitions in the dqnfast and reference rings (default 1,000,000)"
+    )
+    p.add_argument(
+        "--sb3-capacity",
+        type=int,
+        default=None,
+        help="transitions in SB3's buffers (default 200,000: 1M does not fit in RAM)",
+    )
     p.add_argument("--num-envs", type=int, default=8, help="env streams of the dqnfast/reference rings")
     p.add_argument("--episode-len", type=int, default=1000, help="mean episode length in agent steps")
-    p.add_argument("--frames", choices=("pong", "random"), default=None,
-                   help="fill data: envpool Pong-v5 frames (default) or random bytes (--quick default)")
+    p.add_argument(
+        "--frames",
+        choices=("pong", "random"),
+        default=None,
+        help="fill data: envpool Pong-v5 frames (default) or random bytes (--quick default)",
+    )
     p.add_argument("--min-time", type=float, default=None, help="seconds per timing repetition (default 0.5)")
     p.add_argument("--reps", type=int, default=None, help="timing repetitions; the median is reported (default 5)")
-    p.add_argument("--quiet-wait", type=float, default=5.0,
-                   help="seconds each row may wait for other processes to leave the CPU after a disturbed "
-                        "repetition (shared machines; 0 disables; --quick: 0)")
-    p.add_argument("--skip", default="",
-                   help="comma list of impls to leave out: dqnfast,reference,sb3,sb3-optmem,sb3-optmem-dm,memcpy")
-    p.add_argument("--default-malloc", action="store_true",
-                   help="keep glibc's default malloc tuning in the workers (see MALLOC_ENV): SB3 may then "
-                        "re-fault its freshly allocated outputs on every call and run 2-5x slower")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=5.0,
+        help="seconds each row may wait for other processes to leave the CPU after a disturbed "
+        "repetition (shared machines; 0 disables; --quick: 0)",
+    )
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma list of impls to leave out: dqnfast,reference,sb3,sb3-optmem,sb3-optmem-dm,memcpy",
+    )
+    p.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default malloc tuning in the workers (see MALLOC_ENV): SB3 may then "
+        "re-fault its freshly allocated outputs on every call and run 2-5x slower",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(_HERE / "results" / "replay.json"), help="JSON output path")
     a = p.parse_args(argv)
@@ -436,11 +517,17 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     machine = machine_info(("torch", "numpy", "numba", "stable-baselines3", "envpool", "dqnfast"))
     cores = machine["cores"]
-    print(f"replay benchmark: {machine['cpu_model']}, {cores} cores, {machine['ram_bytes'] / GB:.1f} GB RAM, "
-          f"load average {machine['loadavg'][0]:.2f}, commit {str(machine['git_commit'])[:10]}", flush=True)
+    print(
+        f"replay benchmark: {machine['cpu_model']}, {cores} cores, {machine['ram_bytes'] / GB:.1f} GB RAM, "
+        f"load average {machine['loadavg'][0]:.2f}, commit {str(machine['git_commit'])[:10]}",
+        flush=True,
+    )
     if machine["loadavg"][0] > 0.5:
-        print(f"warning: load average {machine['loadavg'][0]:.2f} before start: other processes share the CPU; "
-              "timings will be noisy", flush=True)
+        print(
+            f"warning: load average {machine['loadavg'][0]:.2f} before start: other processes share the CPU; "
+            "timings will be noisy",
+            flush=True,
+        )
     notes: list[str] = []
     if not args.default_malloc:
         os.environ.update(MALLOC_ENV)  # inherited by the spawned workers
@@ -453,9 +540,17 @@ def main(argv=None) -> int:
     np.save(frames_path, frames)
     del frames
 
-    base = {"frames_path": frames_path, "batch_sizes": args.batch_sizes, "min_time": args.min_time,
-            "reps": args.reps, "max_retries": args.max_retries, "quiet_wait": args.quiet_wait, "seed": args.seed,
-            "episode_len": args.episode_len, "threads_list": args.threads}
+    base = {
+        "frames_path": frames_path,
+        "batch_sizes": args.batch_sizes,
+        "min_time": args.min_time,
+        "reps": args.reps,
+        "max_retries": args.max_retries,
+        "quiet_wait": args.quiet_wait,
+        "seed": args.seed,
+        "episode_len": args.episode_len,
+        "threads_list": args.threads,
+    }
     rows: list[dict] = []
     memory: dict[str, dict] = {}
     dq_bpt = 7100.0  # bytes per slot, for the fit check (exact: dqnfast._core.bytes_per_slot)
@@ -476,11 +571,17 @@ def main(argv=None) -> int:
             run("memcpy", worker_memcpy, {"src_bytes": args.memcpy_src_bytes})
         if "dqnfast" not in args.skip:
             for t in args.threads:
-                run(f"dqnfast threads={t}", worker_dqnfast,
-                    {"threads": t, "capacity": cap_dq, "num_envs": args.num_envs})
+                run(
+                    f"dqnfast threads={t}",
+                    worker_dqnfast,
+                    {"threads": t, "capacity": cap_dq, "num_envs": args.num_envs},
+                )
         if "reference" not in args.skip:
-            run("reference", worker_reference,
-                {"capacity": _fit_capacity("reference", cap_dq, dq_bpt * 1.05, notes), "num_envs": args.num_envs})
+            run(
+                "reference",
+                worker_reference,
+                {"capacity": _fit_capacity("reference", cap_dq, dq_bpt * 1.05, notes), "num_envs": args.num_envs},
+            )
         for name, opt in (("sb3-optmem", True), ("sb3", False)):
             if name in args.skip:
                 continue
@@ -491,8 +592,11 @@ def main(argv=None) -> int:
             saved = {k: os.environ.pop(k) for k in MALLOC_ENV if k in os.environ}
             try:
                 cap = _fit_capacity("sb3-optmem-dm", args.sb3_capacity, OBS_BYTES * 1.02, notes)
-                run("sb3-optmem-dm", worker_sb3, {"capacity": cap, "optimize_memory_usage": True,
-                                                  "name": "sb3-optmem-dm"})
+                run(
+                    "sb3-optmem-dm",
+                    worker_sb3,
+                    {"capacity": cap, "optimize_memory_usage": True, "name": "sb3-optmem-dm"},
+                )
             finally:
                 os.environ.update(saved)
     finally:
@@ -501,12 +605,28 @@ def main(argv=None) -> int:
     metrics = Metrics()
     summary = report(args, rows, memory, metrics, notes, cores)
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}
-    config.update({"frames_desc": frames_desc, "dqnfast_capacity": cap_dq, "obs_bytes": OBS_BYTES,
-                   "sb3_n_envs": 1, "wall_seconds": time.perf_counter() - t_start,
-                   "worker_malloc_env": {} if args.default_malloc else MALLOC_ENV})
+    config.update(
+        {
+            "frames_desc": frames_desc,
+            "dqnfast_capacity": cap_dq,
+            "obs_bytes": OBS_BYTES,
+            "sb3_n_envs": 1,
+            "wall_seconds": time.perf_counter() - t_start,
+            "worker_malloc_env": {} if args.default_malloc else MALLOC_ENV,
+        }
+    )
     machine["loadavg_end"] = os.getloadavg()
-    path = save_json(args.out, "replay", config=config, results=rows, metrics=metrics, machine=machine,
-                     memory=memory, summary=summary, notes=notes)
+    path = save_json(
+        args.out,
+        "replay",
+        config=config,
+        results=rows,
+        metrics=metrics,
+        machine=machine,
+        memory=memory,
+        summary=summary,
+        notes=notes,
+    )
     print(f"saved {path} ({time.perf_counter() - t_start:.0f}s)")
     return 0
 
@@ -533,32 +653,56 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
         sb = _best([x for x in rows if x["threads"] == r["threads"]], sb3_impls, b)
         r["vs_memcpy"] = r["samples_per_s"] / mc["samples_per_s"] if mc else None
         r["vs_sb3"] = r["samples_per_s"] / sb["samples_per_s"] if sb else None
-    order = {"dqnfast": 0, "dqnfast-separate": 0.5, "reference": 1, "sb3-optmem": 2, "sb3": 3, "sb3-optmem-dm": 4, "memcpy-numpy": 5,
-             "memcpy-torch": 6}
+    order = {
+        "dqnfast": 0,
+        "dqnfast-separate": 0.5,
+        "reference": 1,
+        "sb3-optmem": 2,
+        "sb3": 3,
+        "sb3-optmem-dm": 4,
+        "memcpy-numpy": 5,
+        "memcpy-torch": 6,
+    }
     rows.sort(key=lambda r: (r["batch_size"], order.get(r["impl"], 9), r["threads"]))
     for r in rows:
         r["spread"] = f"{r['samples_per_s_min'] / 1e3:,.0f}-{r['samples_per_s_max'] / 1e3:,.0f}k"
     print()
-    print_table(rows, [("batch_size", "B"), ("impl", "impl"), ("threads", "threads"), ("capacity", "capacity"),
-                       ("samples_per_s", "samples/s"), ("spread", "min-max"), ("ms_per_batch", "ms/batch"),
-                       ("obs_gb_per_s", "GB/s"), ("vs_sb3", "x SB3"), ("vs_memcpy", "x memcpy"),
-                       ("bytes_per_transition", "B/transition"), ("page_faults_per_call", "faults/call"),
-                       ("foreign_cores", "other CPU"), ("reps_discarded", "reps dropped")],
-                title="Replay sampling (obs+next_obs uint8[B,4,84,84]; x SB3 = vs the faster SB3 variant at "
-                      "the same threads; x memcpy = vs numpy memcpy, 1 thread)")
+    print_table(
+        rows,
+        [
+            ("batch_size", "B"),
+            ("impl", "impl"),
+            ("threads", "threads"),
+            ("capacity", "capacity"),
+            ("samples_per_s", "samples/s"),
+            ("spread", "min-max"),
+            ("ms_per_batch", "ms/batch"),
+            ("obs_gb_per_s", "GB/s"),
+            ("vs_sb3", "x SB3"),
+            ("vs_memcpy", "x memcpy"),
+            ("bytes_per_transition", "B/transition"),
+            ("page_faults_per_call", "faults/call"),
+            ("foreign_cores", "other CPU"),
+            ("reps_discarded", "reps dropped"),
+        ],
+        title="Replay sampling (obs+next_obs uint8[B,4,84,84]; x SB3 = vs the faster SB3 variant at "
+        "the same threads; x memcpy = vs numpy memcpy, 1 thread)",
+    )
     print()
 
     # ------------------------------------------------------------ metric lines
     for r in rows:
         b, t = r["batch_size"], r["threads"]
-        key = {"dqnfast": f"replay.sample_B{b}_threads{t}",
-               "dqnfast-separate": f"replay.sample_separate_B{b}_threads{t}",
-               "reference": f"replay.reference_sample_B{b}",
-               "sb3": f"replay.sb3_sample_B{b}_threads{t}",
-               "sb3-optmem": f"replay.sb3_optmem_sample_B{b}_threads{t}",
-               "sb3-optmem-dm": f"replay.sb3_optmem_default_malloc_sample_B{b}_threads{t}",
-               "memcpy-numpy": f"replay.memcpy_B{b}",
-               "memcpy-torch": f"replay.memcpy_torch_B{b}_threads{t}"}[r["impl"]]
+        key = {
+            "dqnfast": f"replay.sample_B{b}_threads{t}",
+            "dqnfast-separate": f"replay.sample_separate_B{b}_threads{t}",
+            "reference": f"replay.reference_sample_B{b}",
+            "sb3": f"replay.sb3_sample_B{b}_threads{t}",
+            "sb3-optmem": f"replay.sb3_optmem_sample_B{b}_threads{t}",
+            "sb3-optmem-dm": f"replay.sb3_optmem_default_malloc_sample_B{b}_threads{t}",
+            "memcpy-numpy": f"replay.memcpy_B{b}",
+            "memcpy-torch": f"replay.memcpy_torch_B{b}_threads{t}",
+        }[r["impl"]]
         metrics.emit(key, round(r["samples_per_s"]), "samples/s")
         if r["impl"] == "memcpy-numpy":
             metrics.emit(f"replay.memcpy_B{b}_bandwidth", round(r["obs_gb_per_s"], 2), "GB/s")
@@ -572,37 +716,61 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
     ref = _get(rows, "reference", b)
     if dq and sb:
         ratio = dq["samples_per_s"] / sb["samples_per_s"]
-        metrics.emit(f"replay.ratio_vs_sb3_B{b}", round(ratio, 2), "x",
-                     f"dqnfast threads={dq['threads']} vs {sb['impl']} threads={sb['threads']} (best of each)")
+        metrics.emit(
+            f"replay.ratio_vs_sb3_B{b}",
+            round(ratio, 2),
+            "x",
+            f"dqnfast threads={dq['threads']} vs {sb['impl']} threads={sb['threads']} (best of each)",
+        )
         summary["targets"]["ratio_vs_sb3 >= 3"] = {"value": ratio, "pass": ratio >= 3}
         for t in args.threads:
             d1 = _get(rows, "dqnfast", b, t)
             s1 = _best([x for x in rows if x["threads"] == t], sb3_impls, b)
             if d1 and s1:
-                metrics.emit(f"replay.ratio_vs_sb3_B{b}_threads{t}",
-                             round(d1["samples_per_s"] / s1["samples_per_s"], 2), "x")
+                metrics.emit(
+                    f"replay.ratio_vs_sb3_B{b}_threads{t}", round(d1["samples_per_s"] / s1["samples_per_s"], 2), "x"
+                )
         s_opt = _best(rows, ("sb3-optmem",), b)
         if s_opt:
-            metrics.emit(f"replay.ratio_vs_sb3_optmem_B{b}", round(dq["samples_per_s"] / s_opt["samples_per_s"], 2),
-                         "x", "vs CleanRL's configuration (optimize_memory_usage=True)")
+            metrics.emit(
+                f"replay.ratio_vs_sb3_optmem_B{b}",
+                round(dq["samples_per_s"] / s_opt["samples_per_s"], 2),
+                "x",
+                "vs CleanRL's configuration (optimize_memory_usage=True)",
+            )
     s_dm = _best(rows, ("sb3-optmem-dm",), b)
     if dq and s_dm:
-        metrics.emit(f"replay.ratio_vs_sb3_default_malloc_B{b}", round(dq["samples_per_s"] / s_dm["samples_per_s"], 2),
-                     "x", "vs CleanRL's configuration with glibc's default malloc (page faults vary run to run)")
+        metrics.emit(
+            f"replay.ratio_vs_sb3_default_malloc_B{b}",
+            round(dq["samples_per_s"] / s_dm["samples_per_s"], 2),
+            "x",
+            "vs CleanRL's configuration with glibc's default malloc (page faults vary run to run)",
+        )
     if dq and mc:
         ratio = dq["samples_per_s"] / mc["samples_per_s"]
-        metrics.emit(f"replay.ratio_vs_memcpy_B{b}", round(ratio, 3), "x",
-                     f"dqnfast threads={dq['threads']} vs numpy memcpy, 1 thread")
+        metrics.emit(
+            f"replay.ratio_vs_memcpy_B{b}",
+            round(ratio, 3),
+            "x",
+            f"dqnfast threads={dq['threads']} vs numpy memcpy, 1 thread",
+        )
         summary["targets"]["ratio_vs_memcpy >= 0.5"] = {"value": ratio, "pass": ratio >= 0.5}
         d1 = _get(rows, "dqnfast", b, 1)
         if d1:
-            metrics.emit(f"replay.ratio_vs_memcpy_B{b}_threads1",
-                         round(d1["samples_per_s"] / mc["samples_per_s"], 3), "x")
+            metrics.emit(
+                f"replay.ratio_vs_memcpy_B{b}_threads1", round(d1["samples_per_s"] / mc["samples_per_s"], 3), "x"
+            )
         if mct:
-            best_copy = max(mc["samples_per_s"], _get(rows, "memcpy-torch", b, 1)["samples_per_s"]
-                            if _get(rows, "memcpy-torch", b, 1) else 0)
-            metrics.emit(f"replay.ratio_vs_best_memcpy_1thread_B{b}", round(dq["samples_per_s"] / best_copy, 3), "x",
-                         "vs the faster of numpy and torch single-thread copies")
+            best_copy = max(
+                mc["samples_per_s"],
+                _get(rows, "memcpy-torch", b, 1)["samples_per_s"] if _get(rows, "memcpy-torch", b, 1) else 0,
+            )
+            metrics.emit(
+                f"replay.ratio_vs_best_memcpy_1thread_B{b}",
+                round(dq["samples_per_s"] / best_copy, 3),
+                "x",
+                "vs the faster of numpy and torch single-thread copies",
+            )
     if dq and ref:
         metrics.emit(f"replay.ratio_vs_reference_B{b}", round(dq["samples_per_s"] / ref["samples_per_s"], 2), "x")
 
@@ -613,22 +781,47 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
         cap = m_dq["capacity"]
         rss_1m = m_dq["rss_bytes_per_transition"] * 1_000_000
         scaled = cap != 1_000_000
-        metrics.emit("replay.rss_dqnfast_1M", round(rss_1m / GB, 3), "GB",
-                     f"scaled from a measured {cap:,}-transition ring" if scaled else "measured, 1M-transition ring")
-        metrics.emit("replay.bytes_per_transition_dqnfast", round(m_dq["rss_bytes_per_transition"], 1), "bytes",
-                     "resident (VmRSS delta) after a complete fill")
+        metrics.emit(
+            "replay.rss_dqnfast_1M",
+            round(rss_1m / GB, 3),
+            "GB",
+            f"scaled from a measured {cap:,}-transition ring" if scaled else "measured, 1M-transition ring",
+        )
+        metrics.emit(
+            "replay.bytes_per_transition_dqnfast",
+            round(m_dq["rss_bytes_per_transition"], 1),
+            "bytes",
+            "resident (VmRSS delta) after a complete fill",
+        )
         summary["targets"][f"rss_1M <= {RSS_TARGET_GB} GB"] = {
-            "value": rss_1m / GB, "pass": rss_1m / GB <= RSS_TARGET_GB, "scaled_from": cap if scaled else None}
-        mem_rows.append({"impl": "dqnfast", "capacity": cap, "rss_gb": m_dq["rss_ring_bytes"] / GB,
-                         "rss_bpt": m_dq["rss_bytes_per_transition"],
-                         "nominal_bpt": m_dq["nominal_bytes_per_transition"],
-                         "gb_1m": rss_1m / GB, "how": "measured" if not scaled else "RSS/transition x 1M"})
+            "value": rss_1m / GB,
+            "pass": rss_1m / GB <= RSS_TARGET_GB,
+            "scaled_from": cap if scaled else None,
+        }
+        mem_rows.append(
+            {
+                "impl": "dqnfast",
+                "capacity": cap,
+                "rss_gb": m_dq["rss_ring_bytes"] / GB,
+                "rss_bpt": m_dq["rss_bytes_per_transition"],
+                "nominal_bpt": m_dq["nominal_bytes_per_transition"],
+                "gb_1m": rss_1m / GB,
+                "how": "measured" if not scaled else "RSS/transition x 1M",
+            }
+        )
     m_ref = memory.get("reference")
     if m_ref:
-        mem_rows.append({"impl": "reference", "capacity": m_ref["capacity"], "rss_gb": m_ref["rss_ring_bytes"] / GB,
-                         "rss_bpt": m_ref["rss_bytes_per_transition"], "nominal_bpt": None,
-                         "gb_1m": m_ref["rss_bytes_per_transition"] * 1e6 / GB,
-                         "how": "measured" if m_ref["capacity"] == 1_000_000 else "RSS/transition x 1M"})
+        mem_rows.append(
+            {
+                "impl": "reference",
+                "capacity": m_ref["capacity"],
+                "rss_gb": m_ref["rss_ring_bytes"] / GB,
+                "rss_bpt": m_ref["rss_bytes_per_transition"],
+                "nominal_bpt": None,
+                "gb_1m": m_ref["rss_bytes_per_transition"] * 1e6 / GB,
+                "how": "measured" if m_ref["capacity"] == 1_000_000 else "RSS/transition x 1M",
+            }
+        )
     for name in ("sb3-optmem", "sb3"):
         m = memory.get(name)
         if not m:
@@ -637,19 +830,40 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
         gb_1m = m["nominal_bytes_per_transition"] * 1e6 / GB
         metrics.emit(f"replay.memory_{key}_1M", round(gb_1m, 2), "GB", "computed from its array sizes")
         metrics.emit(f"replay.bytes_per_transition_{key}", round(m["nominal_bytes_per_transition"], 1), "bytes")
-        metrics.emit(f"replay.rss_bytes_per_transition_{key}", round(m["rss_bytes_per_transition"], 1), "bytes",
-                     f"measured at {m['capacity']:,} transitions")
-        mem_rows.append({"impl": name, "capacity": m["capacity"], "rss_gb": m["rss_ring_bytes"] / GB,
-                         "rss_bpt": m["rss_bytes_per_transition"], "nominal_bpt": m["nominal_bytes_per_transition"],
-                         "gb_1m": gb_1m, "how": "array sizes (measured RSS/transition agrees)"})
+        metrics.emit(
+            f"replay.rss_bytes_per_transition_{key}",
+            round(m["rss_bytes_per_transition"], 1),
+            "bytes",
+            f"measured at {m['capacity']:,} transitions",
+        )
+        mem_rows.append(
+            {
+                "impl": name,
+                "capacity": m["capacity"],
+                "rss_gb": m["rss_ring_bytes"] / GB,
+                "rss_bpt": m["rss_bytes_per_transition"],
+                "nominal_bpt": m["nominal_bytes_per_transition"],
+                "gb_1m": gb_1m,
+                "how": "array sizes (measured RSS/transition agrees)",
+            }
+        )
         if m_dq:
             metrics.emit(f"replay.memory_ratio_{key}_vs_dqnfast", round(gb_1m * GB / rss_1m, 2), "x")
     if mem_rows:
         print()
-        print_table(mem_rows, [("impl", "impl"), ("capacity", "measured at"), ("rss_gb", "RSS GB"),
-                               ("rss_bpt", "RSS B/transition"), ("nominal_bpt", "nominal B/transition"),
-                               ("gb_1m", "1M transitions GB"), ("how", "1M figure from")],
-                    title="Replay memory (RSS = VmRSS growth of a fresh process, buffer filled completely)")
+        print_table(
+            mem_rows,
+            [
+                ("impl", "impl"),
+                ("capacity", "measured at"),
+                ("rss_gb", "RSS GB"),
+                ("rss_bpt", "RSS B/transition"),
+                ("nominal_bpt", "nominal B/transition"),
+                ("gb_1m", "1M transitions GB"),
+                ("how", "1M figure from"),
+            ],
+            title="Replay memory (RSS = VmRSS growth of a fresh process, buffer filled completely)",
+        )
     fills = {k: round(v["adds_per_s"]) for k, v in memory.items()}
     print("fill rate (add calls/s; dqnfast/reference add num_envs steps per call):", fills)
 
@@ -658,9 +872,11 @@ def report(args, rows, memory, metrics: Metrics, notes, cores) -> dict:
     dirty = [f"{r['impl']} B={r['batch_size']} threads={r['threads']}" for r in rows if not r.get("clean", True)]
     summary["unclean_rows"] = dirty
     if dirty:
-        notes.append(f"{len(dirty)} of {len(rows)} rows were timed while other processes kept > 0.1 core busy "
-                     f"(column 'other CPU'; first: {', '.join(dirty[:4])}): not clean figures; "
-                     "rerun on a quiet machine")
+        notes.append(
+            f"{len(dirty)} of {len(rows)} rows were timed while other processes kept > 0.1 core busy "
+            f"(column 'other CPU'; first: {', '.join(dirty[:4])}): not clean figures; "
+            "rerun on a quiet machine"
+        )
     dropped = sum(r.get("reps_discarded", 0) for r in rows)
     if dropped:
         notes.append(f"{dropped} timing repetitions were repeated because other processes used the CPU meanwhile")

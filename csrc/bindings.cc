@@ -51,7 +51,8 @@ struct Outs {
 };
 
 // The per-row metadata outputs, shared by both kinds of batch; sets o.batch from action.
-Outs MetaOuts(CArray<int64_t> action, CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+Outs MetaOuts(CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
+              CArray<int64_t> index) {
   Outs o;
   auto ai = action.request(true);
   o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
@@ -75,7 +76,8 @@ Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArra
   Outs o = MetaOuts(action, reward, discount, index);
   const int64_t row = ring.config().stack * ring.config().frame_bytes;
   if (next_obs.is_none()) {
-    o.out.obs = RawOut(obs, o.batch * (row + ring.config().frame_bytes), "obs (shared rows: stack + 1 frames)");
+    o.out.obs = RawOut(obs, o.batch * (row + ring.config().frame_bytes),
+                       "obs (shared rows: stack + 1 frames)");
     o.out.shared = true;
   } else {
     o.out.obs = RawOut(obs, o.batch * row, "obs");
@@ -85,8 +87,9 @@ Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArra
 }
 
 // Frame slots instead of frames: frame_slots int64[B, stack + 1] (shared) or [B, 2 * stack].
-Outs MakeSlotOuts(const ReplayRing& ring, CArray<int64_t> frame_slots, bool shared, CArray<int64_t> action,
-                  CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
+Outs MakeSlotOuts(const ReplayRing& ring, CArray<int64_t> frame_slots, bool shared,
+                  CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
+                  CArray<int64_t> index) {
   Outs o = MetaOuts(action, reward, discount, index);
   o.out.shared = shared;
   const int width = o.out.RowFrames(ring.config().stack);
@@ -129,8 +132,9 @@ PYBIND11_MODULE(_core, m) {
         "Bytes one slot costs: frame + action + reward + flags + sampler.");
 
   py::class_<ReplayRing>(m, "_ReplayRing")
-      .def(py::init([](int64_t capacity, int num_envs, int64_t frame_bytes, int stack,
-                       int n_step, double gamma, uint64_t seed, int num_threads, bool store_frames) {
+      .def(py::init([](int64_t capacity, int num_envs, int64_t frame_bytes, int stack, int n_step,
+                       double gamma, uint64_t seed, int num_threads, bool store_frames,
+                       int64_t num_actions) {
              RingConfig c;
              c.capacity = capacity;
              c.num_envs = num_envs;
@@ -141,11 +145,12 @@ PYBIND11_MODULE(_core, m) {
              c.seed = seed;
              c.num_threads = num_threads;
              c.store_frames = store_frames;
+             c.num_actions = num_actions;
              return std::make_unique<ReplayRing>(c);
            }),
            py::arg("capacity"), py::arg("num_envs"), py::arg("frame_bytes"), py::arg("stack"),
            py::arg("n_step"), py::arg("gamma"), py::arg("seed"), py::arg("num_threads"),
-           py::arg("store_frames") = true)
+           py::arg("store_frames") = true, py::arg("num_actions") = 0)
       .def(
           "_add",
           [](ReplayRing& r, CArray<int64_t> env_ids, py::buffer frames, CArray<int64_t> actions,
@@ -223,7 +228,8 @@ PYBIND11_MODULE(_core, m) {
           [](ReplayRing& r, CArray<int64_t> indices, CArray<int64_t> frame_slots, bool shared,
              CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
              CArray<int64_t> index) {
-            Fill(r, MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index), &indices);
+            Fill(r, MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index),
+                 &indices);
           },
           py::arg("indices").noconvert(), py::arg("frame_slots").noconvert(), py::arg("shared"),
           py::arg("action").noconvert(), py::arg("reward").noconvert(),

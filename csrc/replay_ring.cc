@@ -1,12 +1,14 @@
 #include "replay_ring.h"
 
+#include <sys/mman.h>
+
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
 #include <string>
-
-#include <sys/mman.h>
+#include <system_error>
 
 namespace dqnfast {
 
@@ -16,6 +18,7 @@ namespace {
 // waking workers (~50 us) costs more than it saves (B=32 Atari is 1.8 MB).
 constexpr int64_t kParallelGatherBytes = 2 * 1024 * 1024;
 constexpr int64_t kParallelAddBytes = 512 * 1024;
+constexpr int64_t kActionLimit = int64_t{1} << 31;  // actions are stored as int32
 std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
@@ -25,13 +28,14 @@ int64_t ReplayRing::BytesPerSlot(int64_t frame_bytes) {
          UniformSampler(0).BytesPerSlot();
 }
 
-ReplayRing::ReplayRing(const RingConfig& config)
-    : config_(config), rng_(config.seed) {
+ReplayRing::ReplayRing(const RingConfig& config) : config_(config), rng_(config.seed) {
   if (config.num_envs <= 0) throw std::invalid_argument("num_envs must be positive");
   if (config.frame_bytes <= 0) throw std::invalid_argument("frame_bytes must be positive");
   if (config.stack <= 0 || config.stack > kMaxStack)
     throw std::invalid_argument("stack must be in [1, " + Str(kMaxStack) + "]");
   if (config.n_step <= 0) throw std::invalid_argument("n_step must be positive");
+  if (config.num_actions < 0 || config.num_actions > kActionLimit)
+    throw std::invalid_argument("num_actions must be in [0, 2^31]");
   if (!(config.gamma >= 0.0 && config.gamma <= 1.0))
     throw std::invalid_argument("gamma must be in [0, 1]");
   seg_ = config.capacity / config.num_envs;
@@ -51,35 +55,64 @@ ReplayRing::ReplayRing(const RingConfig& config)
   // misses for random frame reads across gigabytes).
   if (config.store_frames) {
     frames_bytes_ = slots * config.frame_bytes;
-    void* mem = mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* mem =
+        mmap(nullptr, frames_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) throw std::bad_alloc();
 #ifdef MADV_HUGEPAGE
     madvise(mem, frames_bytes_, MADV_HUGEPAGE);
 #endif
     frames_ = static_cast<uint8_t*>(mem);
   }
-  actions_.assign(slots, 0);
-  rewards_.assign(slots, 0.0f);
-  flags_.assign(slots, 0);
-  cursors_.assign(config.num_envs, 0);
-  seen_.assign(config.num_envs, 0);
-  gamma_pow_.resize(config.n_step + 1);
-  gamma_pow_[0] = 1.0;
-  for (int k = 1; k <= config.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config.gamma;
-  sampler_ = std::make_unique<UniformSampler>(slots);
-  pool_ = std::make_unique<ThreadPool>(config.num_threads);
+  // A constructor that throws runs no destructor: the mapping is released here.
+  try {
+    actions_.assign(slots, 0);
+    rewards_.assign(slots, 0.0f);
+    flags_.assign(slots, 0);
+    cursors_.assign(config.num_envs, 0);
+    seen_.assign(config.num_envs, 0);
+    gamma_pow_.resize(config.n_step + 1);
+    gamma_pow_[0] = 1.0;
+    for (int k = 1; k <= config.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config.gamma;
+    sampler_ = std::make_unique<UniformSampler>(slots);
+    try {
+      pool_ = std::make_unique<ThreadPool>(config.num_threads);
+    } catch (const std::system_error& e) {
+      throw std::runtime_error("could not start " + Str(config.num_threads) +
+                               " replay threads (the OS refused one: " + e.what() +
+                               "); use fewer threads");
+    } catch (const std::bad_alloc&) {
+      throw std::runtime_error(
+          "could not start " + Str(config.num_threads) +
+          " replay threads (out of memory for their stacks); use fewer threads");
+    }
+  } catch (...) {
+    if (frames_ != nullptr) munmap(frames_, frames_bytes_);
+    frames_ = nullptr;
+    throw;
+  }
 }
 
 ReplayRing::~ReplayRing() {
   if (frames_ != nullptr) munmap(frames_, frames_bytes_);
 }
 
-void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
-                     int64_t frame_stride, const int64_t* actions,
-                     const float* rewards, const uint8_t* terminated,
+void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, int64_t frame_stride,
+                     const int64_t* actions, const float* rewards, const uint8_t* terminated,
                      const uint8_t* truncated, const uint8_t* first) {
   std::lock_guard<std::mutex> lock(mu_);
-  // Check every id before writing anything: a bad call changes nothing.
+  // Check every value before writing anything: a bad call changes nothing.
+  // Actions are stored as int32: a wider one would come back as another action.
+  const int64_t action_end = config_.num_actions > 0 ? config_.num_actions : kActionLimit;
+  for (int64_t i = 0; i < k; ++i) {
+    if (actions[i] < 0 || actions[i] >= action_end) {
+      throw std::invalid_argument("action " + Str(actions[i]) + " (env " + Str(env_ids[i]) +
+                                  ") out of range [0, " + Str(action_end) + ")");
+    }
+    if (!std::isfinite(rewards[i])) {
+      throw std::invalid_argument("reward " + std::to_string(rewards[i]) + " (env " +
+                                  Str(env_ids[i]) + ") is not finite");
+    }
+  }
   for (int64_t i = 0; i < k; ++i) {
     const int64_t e = env_ids[i];
     if (e < 0 || e >= config_.num_envs) {
@@ -119,8 +152,7 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
     actions_[s] = static_cast<int32_t>(actions[i]);
     rewards_[s] = rewards[i];
     flags_[s] = static_cast<uint8_t>((terminated[i] ? kTerminated : 0) |
-                                     (truncated[i] ? kTruncated : 0) |
-                                     (first[i] ? kFirst : 0));
+                                     (truncated[i] ? kTruncated : 0) | (first[i] ? kFirst : 0));
     cursors_[e] = t + 1;
     // The new step can complete the returns of the n steps before it and is
     // itself not yet valid; it also evicted the oldest step, which can take
@@ -135,18 +167,30 @@ void ReplayRing::Refresh(int64_t e, int64_t t_begin, int64_t t_end) {
   for (int64_t t = t_begin; t < t_end; ++t) sampler_->SetValid(Slot(e, t), ComputeValid(e, t));
 }
 
+ReplayRing::Horizon ReplayRing::HorizonAt(int64_t e, int64_t t) const {
+  const int64_t hi = cursors_[e];
+  Horizon h;
+  for (int k = 1; k <= config_.n_step; ++k) {
+    if (t + k >= hi) return h;  // incomplete: step t + k is not stored yet
+    const uint8_t f = FlagsAt(e, t + k);
+    if (k >= 2 && (f & kFirst)) break;  // a new episode: stop before it, bootstrapped
+    h.m = k;
+    if (f & kTerminated) {
+      h.terminal = true;
+      break;
+    }
+    if (f & kTruncated) break;  // bootstraps through the real final observation
+  }
+  h.complete = true;
+  return h;
+}
+
 bool ReplayRing::ComputeValid(int64_t e, int64_t t) const {
   const int64_t hi = cursors_[e];
   const int64_t lo = Lo(e);
   if (t < lo || t + 1 >= hi) return false;
   if (FlagsAt(e, t + 1) & kFirst) return false;
-  for (int64_t k = 1; k <= config_.n_step; ++k) {
-    const int64_t j = t + k;
-    if (j >= hi) return false;
-    const uint8_t f = FlagsAt(e, j);
-    if (k >= 2 && (f & kFirst)) break;
-    if (f & (kTerminated | kTruncated)) break;
-  }
+  if (!HorizonAt(e, t).complete) return false;
   int64_t cur = t;
   for (int i = 0; i < config_.stack - 1; ++i) {
     if (FlagsAt(e, cur) & kFirst) break;
@@ -185,20 +229,11 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
   const int64_t e = index / seg_;
   const int64_t t = StepAt(e, index % seg_);
   const int64_t lo = Lo(e);
+  // index is valid, so its horizon is complete
+  const Horizon h = HorizonAt(e, t);
+  const int64_t m = h.m;
   double ret = 0.0;
-  int64_t m = 0;
-  bool terminal = false;
-  for (int64_t k = 1; k <= config_.n_step; ++k) {
-    const uint8_t f = FlagsAt(e, t + k);
-    if (k >= 2 && (f & kFirst)) break;
-    ret += gamma_pow_[k - 1] * rewards_[Slot(e, t + k)];
-    m = k;
-    if (f & kTerminated) {
-      terminal = true;
-      break;
-    }
-    if (f & kTruncated) break;
-  }
+  for (int k = 1; k <= m; ++k) ret += gamma_pow_[k - 1] * rewards_[Slot(e, t + k)];
   const int stack = config_.stack;
   const int width = out.RowFrames(stack);
   int64_t local[2 * kMaxStack];
@@ -220,13 +255,12 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
   }
   out.action[row] = actions_[Slot(e, t + 1)];
   out.reward[row] = static_cast<float>(ret);
-  out.discount[row] = terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
+  out.discount[row] = h.terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
 }
 
 void ReplayRing::GatherRows(int64_t batch, const BatchOut& out) {
-  const int64_t bytes = out.frame_slots != nullptr
-                            ? 0
-                            : batch * out.RowFrames(config_.stack) * config_.frame_bytes;
+  const int64_t bytes =
+      out.frame_slots != nullptr ? 0 : batch * out.RowFrames(config_.stack) * config_.frame_bytes;
   auto body = [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) GatherOne(b, out.index[b], out);
   };
@@ -244,8 +278,8 @@ void ReplayRing::CheckOut(const BatchOut& out) const {
   }
   if (out.frame_slots == nullptr && frames_ == nullptr) {
     throw std::invalid_argument(
-        "this ring keeps no frames (store_frames=false: they live on the device); sample frame slots "
-        "instead");
+        "this ring keeps no frames (store_frames=false: they live on the device); "
+        "sample frame slots instead");
   }
 }
 
@@ -255,7 +289,8 @@ void ReplayRing::Sample(int64_t batch, const BatchOut& out) {
   if (sampler_->NumValid() == 0) {
     throw std::runtime_error(
         "no valid transition to sample yet: add more steps first (each env needs "
-        "at least " + Str(config_.n_step + 1) + " consecutive steps of one episode)");
+        "at least " +
+        Str(config_.n_step + 1) + " consecutive steps of one episode)");
   }
   sampler_->Draw(&rng_, batch, out.index);
   GatherRows(batch, out);

@@ -56,7 +56,7 @@ namespace dqnfast {
 constexpr int kMaxStack = 64;
 
 struct RingConfig {
-  int64_t capacity = 0;     // total slots over all envs
+  int64_t capacity = 0;  // total slots over all envs
   int num_envs = 1;
   int64_t frame_bytes = 0;  // bytes of one frame (84*84, 128, 4*dim, ...)
   int stack = 4;
@@ -65,6 +65,7 @@ struct RingConfig {
   uint64_t seed = 0;
   int num_threads = 1;
   bool store_frames = true;  // false: the caller keeps the frames (Add ignores them)
+  int64_t num_actions = 0;   // actions must be in [0, num_actions); 0: in [0, 2^31)
 };
 
 // Caller-owned output rows for a batch of B transitions.
@@ -86,10 +87,10 @@ struct BatchOut {
   uint8_t* next_obs = nullptr;
   int64_t* frame_slots = nullptr;
   bool shared = false;
-  int64_t* action = nullptr;    // [B]
-  float* reward = nullptr;      // [B]
-  float* discount = nullptr;    // [B]
-  int64_t* index = nullptr;     // [B]
+  int64_t* action = nullptr;  // [B]
+  float* reward = nullptr;    // [B]
+  float* discount = nullptr;  // [B]
+  int64_t* index = nullptr;   // [B]
 
   int RowFrames(int stack) const { return shared ? stack + 1 : 2 * stack; }
 };
@@ -106,11 +107,11 @@ class ReplayRing {
 
   // Appends one step for each of k envs. frames[i] starts at
   // frames + i * frame_stride (frame_bytes contiguous bytes). Throws
-  // std::invalid_argument on an env id out of range or repeated.
-  void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames,
-           int64_t frame_stride, const int64_t* actions, const float* rewards,
-           const uint8_t* terminated, const uint8_t* truncated,
-           const uint8_t* first);
+  // std::invalid_argument, having written nothing, on an env id out of range
+  // or repeated, an action out of range or a reward that is not finite.
+  void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, int64_t frame_stride,
+           const int64_t* actions, const float* rewards, const uint8_t* terminated,
+           const uint8_t* truncated, const uint8_t* first);
 
   // Draws batch indices uniformly from the valid ones and gathers them.
   // Throws std::runtime_error if no index is valid, std::invalid_argument for
@@ -148,6 +149,16 @@ class ReplayRing {
   static int64_t BytesPerSlot(int64_t frame_bytes);
 
  private:
+  // The n-step horizon of the transition at step t of env e: the return sums
+  // reward(t+1..t+m) and bootstraps from stack(t+m) unless `terminal`.
+  // `complete` is false while a step the return must inspect is not stored
+  // yet (>= hi). Validity and gather both read it, so they cannot disagree.
+  struct Horizon {
+    int m = 0;
+    bool terminal = false;
+    bool complete = false;
+  };
+  Horizon HorizonAt(int64_t e, int64_t t) const;
   // Validity of step t of env e given the current cursor.
   bool ComputeValid(int64_t e, int64_t t) const;
   void Refresh(int64_t e, int64_t t_begin, int64_t t_end);  // [t_begin, t_end)
@@ -167,14 +178,15 @@ class ReplayRing {
 
   RingConfig config_;
   int64_t seg_;
-  uint8_t* frames_ = nullptr;  // mmap'd: pages are committed as they are written (null: store_frames off)
+  // mmap'd: pages are committed as they are written (null: store_frames off)
+  uint8_t* frames_ = nullptr;
   int64_t frames_bytes_ = 0;
   std::vector<int32_t> actions_;
   std::vector<float> rewards_;
   std::vector<uint8_t> flags_;
-  std::vector<int64_t> cursors_;  // adds per env (hi)
+  std::vector<int64_t> cursors_;   // adds per env (hi)
   std::vector<double> gamma_pow_;  // gamma^0 .. gamma^n
-  std::vector<uint8_t> seen_;     // scratch for duplicate env-id checks
+  std::vector<uint8_t> seen_;      // scratch for duplicate env-id checks
   std::unique_ptr<Sampler> sampler_;
   std::unique_ptr<ThreadPool> pool_;
   Rng rng_;

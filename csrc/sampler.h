@@ -39,8 +39,7 @@ class Sampler {
 // is valid" in O(1) expected.
 class UniformSampler final : public Sampler {
  public:
-  explicit UniformSampler(int64_t size)
-      : size_(size), valid_(size, 0), tree_(size + 1, 0) {
+  explicit UniformSampler(int64_t size) : size_(size), valid_(size, 0), tree_(size + 1, 0) {
     top_bit_ = 1;
     while (top_bit_ * 2 <= size_) top_bit_ *= 2;
   }
@@ -97,9 +96,7 @@ class UniformSampler final : public Sampler {
     }
   }
 
-  int64_t BytesPerSlot() const override {
-    return sizeof(uint8_t) + sizeof(int32_t);
-  }
+  int64_t BytesPerSlot() const override { return sizeof(uint8_t) + sizeof(int32_t); }
 
  private:
   static constexpr int kMaxTries = 32;  // at >= 50% valid, all fail with p <= 2^-32

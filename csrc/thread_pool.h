@@ -28,20 +28,23 @@ class ThreadPool {
   using RangeFn = std::function<void(int64_t begin, int64_t end)>;
 
   // num_threads counts the calling thread: 1 means no workers at all.
+  // Throws std::system_error if the OS refuses a thread (a thread limit, an
+  // address-space cap). The workers already started are stopped and joined
+  // first: they wait on start_cv_, and destroying a condition variable that
+  // threads still wait on blocks forever (or is undefined).
   explicit ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
-    for (int w = 1; w < num_threads_; ++w) {
-      workers_.emplace_back([this, w] { WorkerLoop(w); });
+    workers_.reserve(num_threads_ - 1);
+    try {
+      for (int w = 1; w < num_threads_; ++w) {
+        workers_.emplace_back([this, w] { WorkerLoop(w); });
+      }
+    } catch (...) {
+      StopAndJoin();
+      throw;
     }
   }
 
-  ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    start_cv_.notify_all();
-    for (auto& t : workers_) t.join();
-  }
+  ~ThreadPool() { StopAndJoin(); }
 
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -75,6 +78,15 @@ class ThreadPool {
   }
 
  private:
+  void StopAndJoin() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    start_cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
   void RunGrains() {
     while (true) {
       const int64_t begin = next_.fetch_add(grain_, std::memory_order_relaxed);

@@ -29,8 +29,7 @@ def _one_line(exc_info):
     return msg
 
 
-def _episode_adds(num_envs=E, steps=40, frame_shape=(84, 84), dtype=np.uint8, seed=0,
-                  p_done=0.08):
+def _episode_adds(num_envs=E, steps=40, frame_shape=(84, 84), dtype=np.uint8, seed=0, p_done=0.08):
     """Realistic envpool-like adds for all envs per call (reset step after each done)."""
     rng = np.random.default_rng(seed)
     need_reset = np.ones(num_envs, bool)
@@ -52,8 +51,7 @@ def _episode_adds(num_envs=E, steps=40, frame_shape=(84, 84), dtype=np.uint8, se
 
 
 def _filled(seed=0, stack=4, n_step=3, frame_shape=(84, 84), dtype=np.uint8, steps=40):
-    ring = ReplayRing(SEG * E, E, frame_shape, dtype, stack=stack, n_step=n_step, gamma=0.9,
-                      seed=seed, num_threads=2)
+    ring = ReplayRing(SEG * E, E, frame_shape, dtype, stack=stack, n_step=n_step, gamma=0.9, seed=seed, num_threads=2)
     ref = ReferenceRing(SEG * E, E, frame_shape, dtype, stack=stack, n_step=n_step, gamma=0.9)
     for a in _episode_adds(steps=steps, frame_shape=frame_shape, dtype=dtype, seed=seed):
         ring.add(*a)
@@ -124,7 +122,7 @@ def test_capacity_twice_ram_refused():
     """A ring that lazy overcommit would let through (2x RAM) must still be refused."""
     from dqnfast.replay import available_memory_bytes
 
-    cap = int(2 * available_memory_bytes() / (84 * 84)) + 1000
+    cap = 4 * (int(2 * available_memory_bytes() / (84 * 84)) // 4 + 250)
     with pytest.raises(MemoryError) as ei:
         ReplayRing(cap, 4, (84, 84))
     assert _one_line(ei).count("GB") >= 2
@@ -173,6 +171,17 @@ BAD_ADDS = {
     "terminated length": dict(terminated=np.zeros(3, bool)),
     "truncated length": dict(truncated=np.zeros(1, bool)),
     "first length": dict(first=np.ones(3, bool)),
+    # stored as int32: 2**33 + 5 would come back as 5
+    "action beyond int32": dict(actions=np.array([2**33 + 5, 0])),
+    "negative action": dict(actions=np.array([0, -1])),
+    "float actions": dict(actions=np.array([0.0, 1.0])),
+    "2-D actions": dict(actions=np.zeros((2, 1), np.int64)),
+    "NaN reward": dict(rewards=np.array([0.0, np.nan], np.float32)),
+    "infinite reward": dict(rewards=np.array([np.inf, 0.0], np.float32)),
+    "reward beyond float32": dict(rewards=np.array([1e300, 0.0])),
+    "2-D rewards": dict(rewards=np.zeros((2, 1), np.float32)),
+    "2-D env ids": dict(env_ids=np.array([[0], [1]])),
+    "2-D terminated": dict(terminated=np.zeros((2, 1), bool)),
 }
 
 
@@ -192,6 +201,104 @@ def test_bad_add_raises_clear_error_and_changes_nothing(case):
     ring.add(**_good_add())  # and the ring still works
 
 
+def test_action_count_bounds_actions():
+    ring = ReplayRing(SEG * E, E, (84, 84), stack=4, n_step=3, num_actions=6)
+    with pytest.raises(ValueError) as ei:
+        ring.add(**dict(_good_add(), actions=np.array([0, 6])))
+    assert "6" in _one_line(ei)
+    assert len(ring) == 0
+    ring.add(**dict(_good_add(), actions=np.array([5, 0])))
+    assert len(ring) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(capacity=1001, num_envs=4),  # the remainder used to vanish silently
+        dict(seed=-1),
+        dict(seed=2**64),
+        dict(seed=1.5),
+        dict(num_threads=2**40),
+        dict(num_envs=2**40),
+        dict(capacity=2**70),
+        dict(num_actions=0),
+        dict(num_actions=-3),
+        dict(frame_shape=(84, "x")),
+        dict(frame_dtype="not a dtype"),
+        dict(frames_device="not a device"),
+        dict(frames_device="meta"),
+    ],
+    ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()),
+)
+def test_out_of_range_construction_is_one_line_value_error(kwargs):
+    args = dict(capacity=1000, num_envs=4, frame_shape=(84, 84), stack=4, n_step=3, check_memory=False)
+    args.update(kwargs)
+    with pytest.raises(ValueError) as ei:
+        ReplayRing(**args)
+    _one_line(ei)
+
+
+def test_capacity_not_divisible_names_the_nearest_multiples():
+    with pytest.raises(ValueError) as ei:
+        ReplayRing(1001, 4, (84, 84))
+    msg = _one_line(ei)
+    assert "1000" in msg and "1004" in msg, msg
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+@pytest.mark.parametrize("check_memory", [True, False])
+def test_cuda_frames_without_cuda_is_one_line_value_error(check_memory):
+    with pytest.raises(ValueError) as ei:
+        ReplayRing(SEG * E, E, (84, 84), frames_device="cuda", check_memory=check_memory)
+    assert "cuda" in _one_line(ei).lower()
+
+
+@pytest.mark.parametrize("value", [-1, 2**64, 1.0, True])
+def test_rng_state_out_of_range_is_one_line_value_error(value):
+    ring, _ = _filled(steps=10)
+    before = ring.rng_state
+    with pytest.raises(ValueError) as ei:
+        ring.rng_state = value
+    _one_line(ei)
+    assert ring.rng_state == before
+    ring.rng_state = 2**64 - 1  # the whole uint64 range is accepted
+    assert ring.rng_state == 2**64 - 1
+
+
+def test_huge_batch_is_one_line_value_error():
+    ring, _ = _filled()
+    for call in (lambda: ring.sample(10**12), lambda: ring.make_batch(10**12)):
+        with pytest.raises(ValueError) as ei:
+            call()
+        assert "batch" in _one_line(ei)
+    assert len(ring.sample(8)) == 8
+
+
+@pytest.mark.parametrize(
+    "indices",
+    [
+        np.array([1.0, 2.0]),  # used to be truncated to integers
+        np.array([1.7]),
+        np.array([[1, 2], [3, 4]]),  # used to be flattened
+        np.array([True, False]),
+        np.array([2**64 - 1], np.uint64),  # would wrap to -1
+    ],
+)
+def test_gather_and_locate_refuse_non_integer_or_2d_indices(indices):
+    ring, _ = _filled()
+    for call in (ring.gather, ring.locate):
+        with pytest.raises(ValueError) as ei:
+            call(indices)
+        _one_line(ei)
+
+
+def test_gather_accepts_lists_and_unsigned_indices():
+    ring, ref = _filled()
+    v = ring.valid_indices()[:4]
+    _assert_matches_ref(ring.gather([int(i) for i in v]), ref)
+    _assert_matches_ref(ring.gather(v.astype(np.uint32)), ref)
+
+
 def test_strided_and_reversed_frames_are_stored_correctly():
     rng = np.random.default_rng(1)
     ring = ReplayRing(8 * 2, 2, (5, 7), np.uint8, stack=2, n_step=1, gamma=0.5)
@@ -200,8 +307,15 @@ def test_strided_and_reversed_frames_are_stored_correctly():
         obs = rng.integers(0, 256, size=(2, 4, 5, 7), dtype=np.uint8)
         frames = obs[:, -1] if step % 2 else obs[::-1, -1]  # strided axis 0 / negative stride
         ids = np.array([0, 1])
-        a = (ids, frames, np.array([step, step]), np.ones(2, np.float32), np.zeros(2, bool),
-             np.zeros(2, bool), np.array([step == 0] * 2))
+        a = (
+            ids,
+            frames,
+            np.array([step, step]),
+            np.ones(2, np.float32),
+            np.zeros(2, bool),
+            np.zeros(2, bool),
+            np.array([step == 0] * 2),
+        )
         ring.add(*a)
         ref.add(*a)
     v = ref.valid_indices()
@@ -244,7 +358,8 @@ def test_gather_empty_indices_gives_empty_batch():
     except ValueError:
         return  # refusing an empty request is acceptable too
     assert len(b) == 0 and b.index.shape == (0,) and b.obs.shape[0] == 0, (
-        f"gather([]) returned {len(b)} row(s): {b.index.tolist()}, discount {b.discount.tolist()}")
+        f"gather([]) returned {len(b)} row(s): {b.index.tolist()}, discount {b.discount.tolist()}"
+    )
 
 
 def test_sample_batch_dtypes_and_shapes():
@@ -260,8 +375,7 @@ def test_sample_batch_dtypes_and_shapes():
     _assert_matches_ref(b, ref)
 
 
-@pytest.mark.parametrize("frame_shape,dtype", [((84, 84), np.uint8), ((128,), np.uint8),
-                                               ((4,), np.float32)])
+@pytest.mark.parametrize("frame_shape,dtype", [((84, 84), np.uint8), ((128,), np.uint8), ((4,), np.float32)])
 def test_stack_one_obs_has_frame_shape(frame_shape, dtype):
     ring, ref = _filled(stack=1, n_step=1, frame_shape=frame_shape, dtype=dtype)
     assert tuple(ring.obs_shape) == frame_shape
@@ -277,8 +391,7 @@ def test_stack_one_obs_has_frame_shape(frame_shape, dtype):
 def test_out_buffers_are_reused():
     ring, ref = _filled()
     out = ring.make_batch(64)
-    ptrs = {n: getattr(out, n).data_ptr() for n in ("obs", "next_obs", "action", "reward",
-                                                     "discount", "index")}
+    ptrs = {n: getattr(out, n).data_ptr() for n in ("obs", "next_obs", "action", "reward", "discount", "index")}
     for _ in range(3):
         got = ring.sample(64, out=out)
         for n, p in ptrs.items():
@@ -349,8 +462,17 @@ def test_save_load_round_trip(tmp_path):
     ring.sample(10)  # advance the RNG before saving
     path = ring.save(tmp_path / "ring.npz")
     loaded = ReplayRing.load(path)
-    for attr in ("capacity", "num_envs", "segment_capacity", "stack", "n_step", "gamma",
-                 "frame_shape", "frame_dtype", "obs_shape"):
+    for attr in (
+        "capacity",
+        "num_envs",
+        "segment_capacity",
+        "stack",
+        "n_step",
+        "gamma",
+        "frame_shape",
+        "frame_dtype",
+        "obs_shape",
+    ):
         assert getattr(loaded, attr) == getattr(ring, attr), attr
     assert len(loaded) == len(ring)
     v = ring.valid_indices()
@@ -413,11 +535,14 @@ def test_loading_corrupt_files_raises_clear_error(tmp_path):
 
 
 # ------------------------------------------------------------------- frames on a device
-@pytest.mark.parametrize("stack,n_step,frame_shape,dtype", [
-    (4, 1, (84, 84), np.uint8),   # shared rows
-    (4, 3, (84, 84), np.uint8),   # separate rows
-    (1, 2, (4,), np.float32),     # vectors
-])
+@pytest.mark.parametrize(
+    "stack,n_step,frame_shape,dtype",
+    [
+        (4, 1, (84, 84), np.uint8),  # shared rows
+        (4, 3, (84, 84), np.uint8),  # separate rows
+        (1, 2, (4,), np.float32),  # vectors
+    ],
+)
 def test_frames_on_a_device_match_the_host_ring(stack, n_step, frame_shape, dtype, tmp_path):
     """frames_device: the same batches as the host ring, from frames kept in a torch tensor.
 

@@ -59,22 +59,34 @@ RING_SPECS = [(4, 1, 101, 0), (4, 3, 89, 3), (1, 2, 67, 1)]
 
 COMMON = ("wraps", "checked", "nonzero_reward", "first_after_done")
 CONFIGS = [
-    EnvCfg("pong-sync-truncation", "Pong-v5", False, 4, 4, 250, 1000,
-           COMMON + ("truncations", "bootstrap_truncation")),
-    EnvCfg("pong-async-life-truncation", "Pong-v5", True, 4, 2, 300, 2000,
-           COMMON + ("truncations", "bootstrap_truncation")),
-    EnvCfg("pong-sync-life-gameover", "Pong-v5", True, 4, 4, 27000, 1150,
-           COMMON + ("game_overs", "terminal_cut")),
-    EnvCfg("pong-async-gameover", "Pong-v5", False, 4, 2, 27000, 2300,
-           COMMON + ("game_overs", "terminal_cut")),
-    EnvCfg("breakout-sync", "Breakout-v5", False, 4, 4, 27000, 800,
-           COMMON + ("game_overs", "terminal_cut")),
-    EnvCfg("breakout-sync-life", "Breakout-v5", True, 4, 4, 27000, 800,
-           COMMON + ("game_overs", "life_losses", "terminal_cut", "life_loss_continues")),
-    EnvCfg("breakout-async", "Breakout-v5", False, 4, 2, 27000, 1600,
-           COMMON + ("game_overs", "terminal_cut")),
-    EnvCfg("breakout-async-life", "Breakout-v5", True, 4, 2, 27000, 1600,
-           COMMON + ("game_overs", "life_losses", "terminal_cut", "life_loss_continues")),
+    EnvCfg("pong-sync-truncation", "Pong-v5", False, 4, 4, 250, 1000, COMMON + ("truncations", "bootstrap_truncation")),
+    EnvCfg(
+        "pong-async-life-truncation", "Pong-v5", True, 4, 2, 300, 2000, COMMON + ("truncations", "bootstrap_truncation")
+    ),
+    EnvCfg("pong-sync-life-gameover", "Pong-v5", True, 4, 4, 27000, 1150, COMMON + ("game_overs", "terminal_cut")),
+    EnvCfg("pong-async-gameover", "Pong-v5", False, 4, 2, 27000, 2300, COMMON + ("game_overs", "terminal_cut")),
+    EnvCfg("breakout-sync", "Breakout-v5", False, 4, 4, 27000, 800, COMMON + ("game_overs", "terminal_cut")),
+    EnvCfg(
+        "breakout-sync-life",
+        "Breakout-v5",
+        True,
+        4,
+        4,
+        27000,
+        800,
+        COMMON + ("game_overs", "life_losses", "terminal_cut", "life_loss_continues"),
+    ),
+    EnvCfg("breakout-async", "Breakout-v5", False, 4, 2, 27000, 1600, COMMON + ("game_overs", "terminal_cut")),
+    EnvCfg(
+        "breakout-async-life",
+        "Breakout-v5",
+        True,
+        4,
+        2,
+        27000,
+        1600,
+        COMMON + ("game_overs", "life_losses", "terminal_cut", "life_loss_continues"),
+    ),
 ]
 
 
@@ -163,10 +175,21 @@ class RingUnderTest:
 
         cap = seg * cfg.num_envs + extra
         self.stack, self.n, self.seg = stack, n_step, seg
-        self.ring = ReplayRing(cap, cfg.num_envs, (84, 84), frame_dtype=np.uint8, stack=stack,
-                               n_step=n_step, gamma=GAMMA, seed=cfg.seed, num_threads=2)
-        self.ref = ReferenceRing(cap, cfg.num_envs, (84, 84), np.uint8, stack=stack,
-                                 n_step=n_step, gamma=GAMMA, seed=cfg.seed)
+        # the ring refuses a capacity with a remainder; the reference drops it
+        self.ring = ReplayRing(
+            seg * cfg.num_envs,
+            cfg.num_envs,
+            (84, 84),
+            frame_dtype=np.uint8,
+            stack=stack,
+            n_step=n_step,
+            gamma=GAMMA,
+            seed=cfg.seed,
+            num_threads=2,
+        )
+        self.ref = ReferenceRing(
+            cap, cfg.num_envs, (84, 84), np.uint8, stack=stack, n_step=n_step, gamma=GAMMA, seed=cfg.seed
+        )
         assert self.ring.segment_capacity == seg
 
     def add(self, *args):
@@ -183,8 +206,7 @@ def check_ring(rt: RingUnderTest, traj: Trajectory, counts: Counter, full: bool)
     assert valid.dtype == np.int64
     np.testing.assert_array_equal(valid, rt.ref.valid_indices(), err_msg=f"vs reference {rt.tag()}")
     if full:
-        np.testing.assert_array_equal(valid, traj.valid_indices(seg, n, rt.stack),
-                                      err_msg=f"vs trajectory {rt.tag()}")
+        np.testing.assert_array_equal(valid, traj.valid_indices(seg, n, rt.stack), err_msg=f"vs trajectory {rt.tag()}")
     assert ring.num_valid() == valid.shape[0]
     assert valid.shape[0] > 0
     if full:
@@ -208,8 +230,8 @@ def check_ring(rt: RingUnderTest, traj: Trajectory, counts: Counter, full: bool)
         e, t = int(env[row]), int(step[row])
         where = f"{rt.tag()} index {idx[row]} = env {e} step {t} (elapsed {traj.elapsed[e, t]})"
         m, ret, disc, act = traj.expected(e, t, n)
-        s_exp = traj.stack(e, t)[4 - rt.stack:]
-        s2_exp = traj.stack(e, t + m)[4 - rt.stack:]
+        s_exp = traj.stack(e, t)[4 - rt.stack :]
+        s2_exp = traj.stack(e, t + m)[4 - rt.stack :]
         if rt.stack == 1:
             s_exp, s2_exp = s_exp[0], s2_exp[0]
         if not np.array_equal(obs[row], s_exp):
@@ -221,7 +243,7 @@ def check_ring(rt: RingUnderTest, traj: Trajectory, counts: Counter, full: bool)
         assert abs(discount[row] - disc) <= 1e-6, (discount[row], disc, where)
         # semantic facts, stated directly
         assert not traj.first[e, t + 1], f"valid index before a reset step: {where}"
-        assert not traj.first[e, t + 1: t + m + 1].any(), f"crosses a reset: {where}"
+        assert not traj.first[e, t + 1 : t + m + 1].any(), f"crosses a reset: {where}"
         counts["checked"] += 1
         counts["nonzero_reward"] += ret != 0
         if m < n:
@@ -284,9 +306,16 @@ def trajectory_facts(traj: Trajectory, counts: Counter):
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
 def test_ring_rebuilds_envpool_trajectories(cfg: EnvCfg):
-    env = envpool.make(cfg.game, env_type="gymnasium", num_envs=cfg.num_envs,
-                       batch_size=cfg.batch_size, num_threads=2, seed=cfg.seed,
-                       episodic_life=cfg.episodic_life, max_episode_steps=cfg.max_episode_steps)
+    env = envpool.make(
+        cfg.game,
+        env_type="gymnasium",
+        num_envs=cfg.num_envs,
+        batch_size=cfg.batch_size,
+        num_threads=2,
+        seed=cfg.seed,
+        episodic_life=cfg.episodic_life,
+        max_episode_steps=cfg.max_episode_steps,
+    )
     n_actions = env.action_space.n
     rng = np.random.default_rng(cfg.seed)
     rings = [RingUnderTest(cfg, *spec) for spec in RING_SPECS]

@@ -251,13 +251,13 @@ def scenarios(draw, tiny_segments=False, max_adds=60):
     rng = np.random.default_rng(seed)
     adds = _make_adds(rng, num_envs, num_adds, frame_shape, frame_dtype, pattern, probs, strided)
     checkpoints = {i for i in range(num_adds) if rng.random() < 0.15} | {num_adds - 1}
-    return Scenario(num_envs, capacity, stack, n_step, gamma, frame_shape, frame_dtype, adds,
-                    checkpoints, seed)
+    return Scenario(num_envs, capacity, stack, n_step, gamma, frame_shape, frame_dtype, adds, checkpoints, seed)
 
 
 def _ref(sc: Scenario) -> ReferenceRing:
-    return ReferenceRing(sc.capacity, sc.num_envs, sc.frame_shape, sc.frame_dtype, sc.stack,
-                         sc.n_step, sc.gamma, seed=sc.seed)
+    return ReferenceRing(
+        sc.capacity, sc.num_envs, sc.frame_shape, sc.frame_dtype, sc.stack, sc.n_step, sc.gamma, seed=sc.seed
+    )
 
 
 def _bytes_equal(a, b):
@@ -292,8 +292,7 @@ def _check_ref_vs_oracle(ref: ReferenceRing, oracle: LoopOracle):
         np.testing.assert_allclose(batch["reward"][row], exp["reward"], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(batch["discount"][row], exp["discount"], rtol=1e-6, atol=1e-6)
         assert batch["index"][row] == idx
-    for name, dt in (("action", np.int64), ("reward", np.float32), ("discount", np.float32),
-                     ("index", np.int64)):
+    for name, dt in (("action", np.int64), ("reward", np.float32), ("discount", np.float32), ("index", np.int64)):
         assert batch[name].dtype == dt, name
     s = ref.sample(64)
     assert np.isin(s["index"], expect_idx).all()
@@ -334,8 +333,7 @@ def test_reference_hand_example():
     trunc = [0, 0, 0, 0, 0, 0, 0, 0]
     rew = [0, 1, 2, 4, 0, 8, 16, 32]
     for u in range(8):
-        ref.add([0], np.array([[u]], np.uint8), [u * 10], [rew[u]], [term[u]], [trunc[u]],
-                [first[u]])
+        ref.add([0], np.array([[u]], np.uint8), [u * 10], [rew[u]], [term[u]], [trunc[u]], [first[u]])
     # t=0: k=1 step1 not done; k=2 step2 terminated -> m=2; r=1+0.5*2=2; discount 0
     # t=1: k=1 step2 terminated -> m=1; r=2, discount 0
     # t=2: k=1 step3; k=2 step4 first -> m=1; r=4; discount 0.5 (bootstrap); s'=stack(3)=[2,3]
@@ -361,9 +359,18 @@ def test_reference_hand_example():
 def _ring(sc: Scenario, seed=None, num_threads=None):
     from dqnfast.replay import ReplayRing
 
-    return ReplayRing(sc.capacity, sc.num_envs, sc.frame_shape, frame_dtype=sc.frame_dtype,
-                      stack=sc.stack, n_step=sc.n_step, gamma=sc.gamma,
-                      seed=sc.seed if seed is None else seed, num_threads=num_threads)
+    # the C++ ring refuses a remainder the reference ring silently drops: it gets whole segments
+    return ReplayRing(
+        sc.seg * sc.num_envs,
+        sc.num_envs,
+        sc.frame_shape,
+        frame_dtype=sc.frame_dtype,
+        stack=sc.stack,
+        n_step=sc.n_step,
+        gamma=sc.gamma,
+        seed=sc.seed if seed is None else seed,
+        num_threads=num_threads,
+    )
 
 
 def _np(x):
@@ -377,8 +384,9 @@ def _compare_batch(got, exp, where=""):
         assert g.dtype == exp[name].dtype, (name, g.dtype, exp[name].dtype, where)
         if not _bytes_equal(g, exp[name]):
             bad = np.nonzero((g != exp[name]).reshape(g.shape[0], -1).any(1))[0]
-            raise AssertionError(f"{name} differs at rows {bad[:10].tolist()} "
-                                 f"(indices {exp['index'][bad[:10]].tolist()}) {where}")
+            raise AssertionError(
+                f"{name} differs at rows {bad[:10].tolist()} (indices {exp['index'][bad[:10]].tolist()}) {where}"
+            )
     idx = _np(got.index)
     assert idx.dtype == np.int64
     np.testing.assert_array_equal(idx, exp["index"], err_msg=f"index {where}")
@@ -390,8 +398,7 @@ def _compare_batch(got, exp, where=""):
     np.testing.assert_allclose(rew, exp["reward"], rtol=1e-5, atol=1e-5, err_msg=f"reward {where}")
     disc = _np(got.discount)
     assert disc.dtype == np.float32
-    np.testing.assert_allclose(disc, exp["discount"], rtol=1e-6, atol=1e-6,
-                               err_msg=f"discount {where}")
+    np.testing.assert_allclose(disc, exp["discount"], rtol=1e-6, atol=1e-6, err_msg=f"discount {where}")
 
 
 def _check_ring_vs_ref(ring, ref: ReferenceRing, where=""):
@@ -442,12 +449,25 @@ def test_ring_matches_reference(sc: Scenario):
     kind = sc.seed % 3
     for i, a in enumerate(sc.adds):
         if kind == 1:  # envpool's own dtypes: int32 env ids, float32 rewards
-            ring.add(a["env_ids"].astype(np.int32), a["frames"], a["actions"].astype(np.int32),
-                     a["rewards"], a["terminated"], a["truncated"], a["first"])
+            ring.add(
+                a["env_ids"].astype(np.int32),
+                a["frames"],
+                a["actions"].astype(np.int32),
+                a["rewards"],
+                a["terminated"],
+                a["truncated"],
+                a["first"],
+            )
         elif kind == 2:  # plain Python lists / float64
-            ring.add(a["env_ids"].tolist(), a["frames"], a["actions"].tolist(),
-                     a["rewards"].astype(np.float64).tolist(), a["terminated"].tolist(),
-                     a["truncated"].tolist(), a["first"].tolist())
+            ring.add(
+                a["env_ids"].tolist(),
+                a["frames"],
+                a["actions"].tolist(),
+                a["rewards"].astype(np.float64).tolist(),
+                a["terminated"].tolist(),
+                a["truncated"].tolist(),
+                a["first"].tolist(),
+            )
         else:
             ring.add(**a)
         ref.add(**a)
@@ -479,8 +499,7 @@ def test_same_seed_same_samples(sc: Scenario):
 
 def test_sample_covers_valid_set_uniformly():
     """Uniform sampling: every valid index appears, frequencies roughly equal (chi-square-ish)."""
-    sc_adds = _make_adds(np.random.default_rng(7), 3, 60, (2,), np.uint8, "realistic",
-                         (0.05, 0.05, 0.05, 0.1), False)
+    sc_adds = _make_adds(np.random.default_rng(7), 3, 60, (2,), np.uint8, "realistic", (0.05, 0.05, 0.05, 0.1), False)
     from dqnfast.replay import ReplayRing
 
     ring = ReplayRing(3 * 20, 3, (2,), np.uint8, stack=4, n_step=3, gamma=0.9, seed=3)

@@ -7,6 +7,7 @@ Each part gets only its own config section and the concrete values of
 from __future__ import annotations
 
 import dataclasses
+import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
 from dqnfast.training.resume import ResumePlan, check_resumable, load_ring
+
+log = logging.getLogger("dqnfast.train")
 
 __all__ = ["PinnedBatches", "Run", "build", "check_config"]
 
@@ -150,8 +153,18 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
             ring, path = load_ring(plan, cfg, spec, run_dir, num_threads=r.sampler_threads, frames_device=frames_device)
             if ring is not None:
                 return ring, path
+        # the ring takes whole per-env segments only
+        capacity = max(spec.num_envs, cfg.replay.capacity // spec.num_envs * spec.num_envs)
+        if capacity != cfg.replay.capacity:
+            log.info(
+                "replay.capacity %d is not a multiple of %d envs: the ring holds %d (%d steps per env)",
+                cfg.replay.capacity,
+                spec.num_envs,
+                capacity,
+                capacity // spec.num_envs,
+            )
         ring = ReplayRing(
-            cfg.replay.capacity,
+            capacity,
             spec.num_envs,
             spec.frame_shape,
             spec.frame_dtype,
@@ -162,6 +175,7 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
             num_threads=r.sampler_threads,
             check_memory=cfg.replay.check_memory,
             frames_device=frames_device,
+            num_actions=spec.num_actions,
         )
     except MemoryError as e:
         raise ConfigError("replay.capacity", str(e)) from None

@@ -119,7 +119,11 @@ def load_ring(
     path = run_dir / saved
     try:
         ring = ReplayRing.load(
-            path, num_threads=num_threads, check_memory=cfg.replay.check_memory, frames_device=frames_device
+            path,
+            num_threads=num_threads,
+            check_memory=cfg.replay.check_memory,
+            frames_device=frames_device,
+            num_actions=spec.num_actions,
         )
     except (ReplayFileError, FileNotFoundError, MemoryError) as e:
         raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") from None
