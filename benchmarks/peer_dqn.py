@@ -213,6 +213,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _seed_and_device(args: argparse.Namespace):
+    """Seeds python, numpy and torch, sets torch's threads; returns the torch device of --device."""
+    import torch
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
+
+
+def _networks(n_actions: int, device):
+    """dqnfast's Nature CNN (uint8 in, /255 inside) as the online network and its target copy."""
+    from dqnfast.networks import NatureCNN
+
+    q_net = NatureCNN(4, n_actions).to(device)
+    target_net = NatureCNN(4, n_actions).to(device)
+    target_net.load_state_dict(q_net.state_dict())
+    return q_net, target_net
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.learn:
@@ -220,24 +244,10 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from dqnfast.networks import NatureCNN
-
     # setup
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = _seed_and_device(args)
     env = make_peer_env(args.game, args.seed, args.resize)
-    n_actions = int(env.action_space.n)
-    q_net = NatureCNN(4, n_actions).to(device)
-    target_net = NatureCNN(4, n_actions).to(device)
-    target_net.load_state_dict(q_net.state_dict())
+    q_net, target_net = _networks(int(env.action_space.n), device)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=1e-4)
     memory: deque = deque(maxlen=args.capacity)
 
@@ -396,29 +406,15 @@ def learn_main(args: argparse.Namespace) -> int:
     import torch
     import torch.nn.functional as F
 
-    from dqnfast.networks import NatureCNN
-
     if not args.out:
         raise SystemExit("error: --learn needs --out FOLDER (metrics.csv, eval.json and q_net.pt go there)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
+    device = _seed_and_device(args)
     env = make_cleanrl_env(args.game, args.seed, train=True, resize=args.resize)
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    n_actions = int(env.action_space.n)
-    q_net = NatureCNN(4, n_actions).to(device)
-    target_net = NatureCNN(4, n_actions).to(device)
-    target_net.load_state_dict(q_net.state_dict())
+    q_net, target_net = _networks(int(env.action_space.n), device)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr, eps=args.adam_eps)
     rb = ReplayBuffer(
         args.capacity,
