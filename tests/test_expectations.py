@@ -16,7 +16,7 @@ def test_estimate_counts_the_learning_phase_sampled_transitions():
 
 def test_the_default_budget_is_called_a_gpu_sized_job_and_the_cpu_budget_is_not():
     default = cpu_note(10_000_000, 50_000, 8.0)
-    assert "10,000,000 agent steps" in default and "about 23.7 h" in default and "GPU-sized job" in default
+    assert "10,000,000 agent steps" in default and "about 46.1 h" in default and "GPU-sized job" in default
     cpu = cpu_note(300_000, 20_000, 8.0)
-    assert "about 40 min" in cpu and "GPU-sized" not in cpu
+    assert "about 1.3 h" in cpu and "GPU-sized" not in cpu
     assert "\n" not in default  # one console line

@@ -1,20 +1,21 @@
 """What a run will cost on the machine it starts on, from speeds measured by ``benchmarks/``.
 
-On CPU the default recipe is bound by the learner: ``benchmarks/fps.py`` measured 116.7 agent
-steps/s end to end at the Nature replay ratio (8 sampled transitions per agent step, batch 32)
-on a 2-core CPU VM with one torch thread, i.e. about 1.07 ms of learner work per sampled
-transition; batch 256 costs about the same per transition (``benchmarks/RESULTS.md``). The
-estimate scales that by the run's sampled transitions, so it follows ``algo.replay_ratio`` and
-``algo.total_steps``; random play before ``algo.learning_starts`` runs at thousands of steps/s
-and is left out. It is a figure from one machine, said as such, never a refusal: a faster CPU
-(or more torch threads) takes less.
+On CPU the default recipe is bound by the learner. The 300k-step runs of
+``benchmarks/learning.py --budget cpu`` on a 2-core CPU VM ran at about 60 agent steps/s at the
+Nature replay ratio (8 sampled transitions per agent step, batch 32, one torch thread) with the
+machine to themselves, i.e. about 2.1 ms of learner work per sampled transition
+(``benchmarks/RESULTS.md``; a short ``fps.py`` window on a quieter day of the same VM type
+measured 117). The estimate scales that by the run's sampled transitions, so it follows
+``algo.replay_ratio`` and ``algo.total_steps``; random play before ``algo.learning_starts`` runs
+at thousands of steps/s and is left out. It is a figure from one machine, said as such, never a
+refusal: a faster CPU (or more torch threads) takes less.
 """
 
 from __future__ import annotations
 
 # Seconds of CPU learner work per sampled transition (Nature CNN, fp32, eager, one torch
-# thread), from benchmarks/fps.py's e2e row on the 2-core CPU VM: 1 / (116.7 * 8).
-CPU_SECONDS_PER_SAMPLE = 1.0 / (116.7 * 8)
+# thread), from the 300k-step learning runs on the 2-core CPU VM: 1 / (60 * 8).
+CPU_SECONDS_PER_SAMPLE = 1.0 / (60.0 * 8)
 # A run whose estimate exceeds this on CPU is called a GPU-sized job in the console.
 GPU_SIZED_SECONDS = 3 * 3600
 
