@@ -623,6 +623,11 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         ckpt = load_checkpoint(path)
     except CheckpointError as e:
         raise ConfigError("run", str(e)) from None
+    if ckpt.get("learner") == "reinforce":  # a policy network, not a Q-network this app can rebuild
+        raise ConfigError(
+            "run",
+            f"{path} is a REINFORCE checkpoint; its final evaluation is the run's eval.json (see docs/reinforce.md)",
+        )
     run_dir = run_dir_of(path)
     out = Path(out or cfg.out or default_out(path))
     train_cfg = ckpt.get("config") or {}

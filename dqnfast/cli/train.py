@@ -35,7 +35,7 @@ from dqnfast.training import check_config, objective, train
 
 log = logging.getLogger("dqnfast.train")
 
-GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "preset")
+GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "reinforce", "preset")
 
 
 def _fail(err: ConfigError) -> None:
@@ -182,7 +182,12 @@ def main(cfg: DictConfig) -> float | None:
         if config_dict is None:
             config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         tracking = _tracking(conf, config_dict)
-        summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
+        if conf.learner == "reinforce":
+            from dqnfast.training.reinforce import train_reinforce
+
+            summary = train_reinforce(conf, run_dir, config_dict=config_dict, tracking=tracking)
+        else:
+            summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:
         _fail(e)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from dqnfast.config.schema import (
     NetworkConfig,
     OptimConfig,
     ProtocolConfig,
+    ReinforceConfig,
     ReplayConfig,
     validate,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "NetworkConfig",
     "OptimConfig",
     "ProtocolConfig",
+    "ReinforceConfig",
     "ReplayConfig",
     "NETWORK_NAMES",
     "OBS_KINDS",

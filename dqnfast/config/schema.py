@@ -29,6 +29,7 @@ __all__ = [
     "NetworkConfig",
     "OptimConfig",
     "ProtocolConfig",
+    "ReinforceConfig",
     "ReplayConfig",
     "NETWORK_NAMES",
     "OBS_KINDS",
@@ -106,6 +107,22 @@ class EnvResume(Choice):
     replay = "replay"
 
 
+class LearnerName(Choice):
+    dqn = "dqn"
+    reinforce = "reinforce"
+
+
+class PolicyKind(Choice):
+    mlp = "mlp"
+    linear = "linear"
+
+
+class Baseline(Choice):
+    none = "none"
+    mean = "mean"
+    value = "value"
+
+
 class WandbMode(Choice):
     online = "online"
     offline = "offline"
@@ -135,6 +152,9 @@ _WHAT = {
     "Storage": "replay storage",
     "EnvResume": "env resume mode",
     "WandbMode": "wandb mode",
+    "LearnerName": "learner",
+    "PolicyKind": "policy",
+    "Baseline": "baseline",
     "CompileMode": "compile mode",
     "AutoBool": "pin_memory mode",
 }
@@ -324,6 +344,22 @@ class ExploreConfig:
 
 
 @dataclass
+class ReinforceConfig:
+    """REINFORCE (``learner=reinforce``, classic control only; ``dqnfast.agent.reinforce``).
+
+    Shares ``algo.total_steps`` and ``algo.gamma``, ``optim.lr``/``optim.eps`` (always
+    Adam), ``network.mlp_hidden`` and ``envs.num_envs`` (episodes per update: one per env).
+    policy: mlp (tanh MLP of ``network.mlp_hidden``) | linear (logistic for two actions).
+    baseline: none | mean (the batch's mean return-to-go) | value (a learned value head
+    fitted to the returns, weighted by value_coef in the loss).
+    """
+
+    policy: PolicyKind = PolicyKind.mlp
+    baseline: Baseline = Baseline.mean
+    value_coef: float = 0.5
+
+
+@dataclass
 class LoggerConfig:
     """Logging and checkpoints (``dqnfast.loggers``).
 
@@ -367,6 +403,7 @@ class Config:
     seed: int = 1
     device: str = "auto"
     exp_name: str = "dqn"
+    learner: LearnerName = LearnerName.dqn
     torch_threads: Optional[int] = None  # null: torch's default on CUDA, half the cores on CPU
     envs: EnvsConfig = field(default_factory=EnvsConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -375,6 +412,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     resume: Optional[str] = None  # a run dir or checkpoint to continue (train resume=<run dir>)
 
 
@@ -513,6 +551,17 @@ def validate(cfg: Config) -> None:
         v = getattr(x, k)
         _check(_finite(v) and 0.0 <= v <= 1.0, f"explore.{k}", f"must be in [0, 1], got {v!r}")
     _positive(x, "explore", "decay_steps")
+
+    _choice(cfg, "learner", "learner", LearnerName)
+    p = cfg.reinforce
+    _choice(p, "policy", "reinforce.policy", PolicyKind)
+    _choice(p, "baseline", "reinforce.baseline", Baseline)
+    _non_negative(p, "reinforce", "value_coef")
+    _check(
+        not (cfg.learner == LearnerName.reinforce and cfg.resume),
+        "resume",
+        "learner=reinforce runs cannot be resumed yet; start a new run (its checkpoint holds the policy weights)",
+    )
 
     g = cfg.logger
     _positive(g, "logger", "log_every", "score_window", "wandb_init_timeout")

@@ -40,6 +40,10 @@ def check_config(cfg: Config) -> tuple[str, str]:
         task_id, family = resolve_game(cfg.game)
     except ValueError as e:
         raise ConfigError("game", str(e)) from None
+    if cfg.learner == "reinforce" and family != "classic":
+        raise ConfigError(
+            "learner", f"reinforce plays classic control only (CartPole, Acrobot, ...), not the Atari game {task_id}"
+        )
     if family == "atari":
         obs_kind, shape = cfg.obs, ((cfg.envs.stack, 84, 84) if cfg.obs == "pixels" else (128,))
     elif cfg.obs == "ram":
