@@ -251,6 +251,18 @@ def test_cli_video_and_gif_of_a_pong_game(tmp_path):
     assert 1 < len(gif) <= 61 and gif[0].shape[:2] == (210, 160)  # GIF merges identical consecutive frames
 
 
+def test_refused_evaluation_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
+    from dqnfast.cli.evaluate import cli
+
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dqnfast.evaluate", f"run={ck.parent}", "epsilon=2"])
+    with pytest.raises(SystemExit) as e:
+        cli()
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: epsilon: ")
+    assert sorted(p.name for p in ck.parent.iterdir()) == ["checkpoint.pt"]  # no eval/
+
+
 def test_cli_errors_are_one_line(tmp_path):
     ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
     (tmp_path / "cut").mkdir()

@@ -27,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dqnfast.cli import CONF_DIR
+from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
 from dqnfast.loggers import flatten
@@ -39,6 +39,7 @@ GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "pr
 
 
 def _fail(err: ConfigError) -> None:
+    discard_refused_output()  # a refused run leaves no outputs/DATE/TIME folder
     msg = " ".join(str(err).split())  # one line, whatever the message held
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
