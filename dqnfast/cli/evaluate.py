@@ -85,8 +85,11 @@ def cli() -> None:
         except ConfigError as e:
             _fail(e)
         except Exception as e:  # VideoError, ReplayDivergedError: one line, no traceback
+            from dqnfast.envs import EnvCreationError
             from dqnfast.video import VideoError
 
+            if isinstance(e, EnvCreationError):  # the machine, not the command: no folder to keep
+                _fail(e, 1)
             if isinstance(e, VideoError):
                 _fail(e, 1)
             raise

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
+from dqnfast.envs import EnvCreationError
 from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
 
@@ -186,6 +187,9 @@ def main(cfg: DictConfig) -> float | None:
         summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:
         _fail(e)
+    except EnvCreationError as e:  # the machine, not the config: one line, the run's folder stays
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted (the last checkpoint is complete)", file=sys.stderr)
         sys.exit(130)

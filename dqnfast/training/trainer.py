@@ -23,6 +23,7 @@ import numpy as np
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved, resolve
 from dqnfast.config.schema import plain
+from dqnfast.envs import EnvCreationError
 from dqnfast.training.components import Run, build, check_config
 from dqnfast.training.expectations import cpu_note
 from dqnfast.training.loop import run_loop
@@ -215,7 +216,18 @@ def train(
         loggers.close(exit_code=128 + stop.signum)
         return summary
     with _failed_run_closes(loggers):
-        summary["eval"] = _final_evaluation(run, st, loggers, summary)
+        try:
+            summary["eval"] = _final_evaluation(run, st, loggers, summary)
+        except Exception as e:
+            # The training is done and its checkpoint complete: say so, and how to evaluate it.
+            later = (
+                f"the checkpoint {summary['checkpoint']} is complete; evaluate it later with: "
+                f"python -m dqnfast.evaluate run={run_dir}"
+            )
+            if isinstance(e, EnvCreationError):
+                raise EnvCreationError(f"final evaluation: {e}; {later}") from e
+            log.error("final evaluation failed: %s", later)
+            raise
     loggers.close()
     return summary
 
