@@ -226,6 +226,26 @@ def _quota(episodes: int, n: int) -> list[int]:
     return [episodes // n + (i < episodes % n) for i in range(n)]
 
 
+class GameProgress:
+    """Logs ``<agent>: <done>/<asked> games`` as games finish: at most every 10% or 30 s, and the last one.
+
+    A log line (not a bar) so the progress reaches evaluate.log and non-terminal output too.
+    """
+
+    def __init__(self, agent: str, asked: int, *, every_s: float = 30.0) -> None:
+        self.agent, self.asked, self.every_s = agent, int(asked), every_s
+        self.step = max(1, self.asked // 10)
+        self.next = self.step
+        self.last = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if done >= self.asked or done >= self.next or now - self.last >= self.every_s:
+            log.info("%s: %d/%d games", self.agent, done, self.asked)
+            self.next = (done // self.step + 1) * self.step
+            self.last = now
+
+
 def play(
     game: str,
     obs: str,
@@ -250,6 +270,7 @@ def play(
     n = max(1, min(int(protocol.num_envs), int(protocol.episodes)))
     env, spec = make_env(game, obs, envs, protocol, seed=seed, num_envs=n, batch_size=n)
     rec = RecordingEnv(env, n) if record else None
+    agent = "trained agent" if network is not None else "random agent"
     if network is None:
         import torch
 
@@ -258,7 +279,9 @@ def play(
     was_training = getattr(network, "training", False)
     network.eval()
     try:
-        scores, lengths = run_episodes(rec or env, spec, actor, epsilon, int(protocol.episodes))
+        scores, lengths = run_episodes(
+            rec or env, spec, actor, epsilon, int(protocol.episodes), progress=GameProgress(agent, protocol.episodes)
+        )
     finally:
         network.train(was_training)
         config = dict(env.config)
@@ -599,6 +622,14 @@ def _obs_kind(ckpt: dict) -> str:
     return "ram" if cfg_obs == "ram" and list(net.get("obs_shape", [])) == [128] else "vector"
 
 
+def _log_to_files(text: str) -> None:
+    """Writes ``text`` as one INFO record to the root logger's log files only (Hydra's ``<job>.log``)."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (text,), None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
 def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: bool = True) -> dict[str, Any]:
     """The ``dqnfast.evaluate`` app without Hydra: loads, checks, plays, writes, prints; returns eval.json's dict.
 
@@ -722,10 +753,13 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     result["video"] = None
     write_json(result, out / "eval.json")  # the scores are safe before the video is tried
     if cfg.video or cfg.gif:
+        kinds = " and ".join(k for k, on in (("MP4", cfg.video), ("GIF", cfg.gif)) if on)
+        log.info("writing the %s of the %s trained game (re-played in colour) to %s", kinds, cfg.video_episode, out)
         result["video"] = write_videos(
             ev.trained, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif, fps=cfg.video_fps
         )
         write_json(result, out / "eval.json")
+    _log_to_files(format_table(result))  # the results table in evaluate.log; stdout gets it below
     if echo:
         print(format_table(result))
         print(

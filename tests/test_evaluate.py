@@ -272,6 +272,28 @@ def test_evaluate_defaults_to_the_runs_final_evaluation_epsilon(tmp_path, eval_e
     assert Config().explore.eval_epsilon == 0.05
 
 
+def test_evaluate_logs_games_done_per_agent_the_video_and_the_table_to_the_log_file(tmp_path, caplog):
+    import logging
+
+    from dqnfast.evaluate import EvalConfig, evaluate
+
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    log_file = logging.FileHandler(tmp_path / "evaluate.log")  # as Hydra's job logging adds it
+    logging.getLogger().addHandler(log_file)
+    caplog.set_level(logging.INFO, logger="dqnfast.evaluate")
+    try:
+        cfg = EvalConfig(run=str(ck), episodes=4, num_envs=2, max_episode_steps=20, plots=False, device="cpu", gif=True)
+        evaluate(cfg, tmp_path / "out", echo=False)
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "dqnfast.evaluate"]
+    for agent in ("trained agent", "random agent"):
+        assert f"{agent}: 4/4 games" in lines, lines
+    assert any(line.startswith("writing the GIF of the best trained game") for line in lines), lines
+    assert "| trained |     4 |" in (tmp_path / "evaluate.log").read_text()
+
+
 def test_refused_evaluation_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
     from dqnfast.cli.evaluate import cli
 
