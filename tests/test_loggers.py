@@ -199,6 +199,17 @@ def test_progress_bar_fields_one_speed_a_phase_and_no_nan():
         console.close()
 
 
+def test_progress_bar_shows_a_resume_refill():
+    from dqnfast.loggers.console import ConsoleLogger
+
+    console = ConsoleLogger(total_steps=1000, progress=True, initial=500)
+    try:
+        console.refill(250, 1000)
+        assert "phase=refilling replay 250/1000" in console.bar.postfix
+    finally:
+        console.close()
+
+
 def test_console_without_progress_bar_logs_one_line_per_row(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dqnfast.loggers")
     with RunLoggers(

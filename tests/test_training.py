@@ -119,3 +119,28 @@ def test_a_failed_final_evaluation_leaves_the_checkpoint_and_says_how_to_evaluat
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("final evaluation: envpool could not create")
     assert f"python -m dqnfast.evaluate run={tmp_path}" in msg and (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_refills_with_the_agents_epsilon_greedy_policy_at_the_resumed_epsilon(tmp_path, monkeypatch):
+    import dataclasses
+
+    from dqnfast.actor import Actor
+    from dqnfast.training import train
+
+    cfg = cartpole(total_steps=1200)
+    cfg = dataclasses.replace(cfg, explore=dataclasses.replace(cfg.explore, decay_steps=100, end=0.05))
+    train(cfg, tmp_path)
+    seen: list[float] = []
+    act = Actor.act
+
+    def spy(self, obs, epsilon):
+        seen.append(float(epsilon))
+        return act(self, obs, epsilon)
+
+    monkeypatch.setattr(Actor, "act", spy)
+    summary = train(
+        dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, total_steps=1400)), tmp_path, resume=tmp_path
+    )
+    assert summary["env_steps"] == 1400
+    refill = seen[: 1000 // 4]  # learning_starts agent steps on 4 envs, before the first counted step
+    assert refill and all(e == pytest.approx(0.05) for e in refill), sorted(set(refill))[:5]

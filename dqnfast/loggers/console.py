@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any, Mapping
 
 from dqnfast.loggers.base import (
@@ -38,6 +39,7 @@ class ConsoleLogger:
     def __init__(self, *, total_steps: int, progress: bool = True, desc: str = "", initial: int = 0) -> None:
         self.total = total_steps
         self.bar = None
+        self._drawn = 0.0
         if progress:
             from tqdm import tqdm
 
@@ -74,6 +76,15 @@ class ConsoleLogger:
                 sps,
                 " | ".join(f"{k} {v}" for k, v in postfix(row, score_format=".2f").items()),
             )
+
+    def refill(self, done: int, total: int) -> None:
+        """A resumed run refilling its ring (no agent steps counted): shown as the phase, redrawn at most once a second."""
+        if self.bar is None:
+            return
+        now = time.monotonic()
+        if done >= total or now - self._drawn >= 1.0:
+            self._drawn = now
+            self.bar.set_postfix(phase=f"refilling replay {done}/{total}", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
