@@ -13,7 +13,7 @@ with t = step - learning_starts; before learning_starts eps is 1.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -158,7 +158,9 @@ class Actor:
         return greedy.to(torch.int32).cpu().numpy()
 
 
-def run_episodes(env: Any, spec: Any, actor: Actor, epsilon: float, episodes: int) -> tuple[list[float], list[int]]:
+def run_episodes(
+    env: Any, spec: Any, actor: Actor, epsilon: float, episodes: int, progress: Callable[[int], None] | None = None
+) -> tuple[list[float], list[int]]:
     """Plays ``episodes`` whole games on a fresh envpool ``env``; returns (scores, lengths).
 
     Games are spread over the envs in fixed quotas (env i plays
@@ -166,6 +168,7 @@ def run_episodes(env: Any, spec: Any, actor: Actor, epsilon: float, episodes: in
     short games are not over-represented. Scores are unclipped (``info["reward"]``)
     and summed over lives; a game ends at its env's reset (see
     ``dqnfast.envs.GameTracker``). Lengths are in agent steps. spec: the env's EnvSpec.
+    progress: called with the number of games done each time one finishes.
     """
     from dqnfast.envs import GameTracker, observation_of, raw_reward_of
 
@@ -184,6 +187,8 @@ def run_episodes(env: Any, spec: Any, actor: Actor, epsilon: float, episodes: in
                 scores.append(score)
                 lengths.append(length)
                 done[e] += 1
+                if progress is not None:
+                    progress(len(scores))
         env.send(actor.act(observation_of(obs, info, spec.obs_kind), epsilon), env_id)
     env.recv()  # collect the last in-flight step before the caller closes the env
     return scores, lengths

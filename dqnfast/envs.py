@@ -32,6 +32,7 @@ from dqnfast.config import EnvsConfig, ProtocolConfig
 __all__ = [
     "ActionLog",
     "CLASSIC_CONTROL",
+    "EnvCreationError",
     "EnvSpec",
     "GameTracker",
     "atari_games",
@@ -126,6 +127,28 @@ def _threads(n: int | None) -> int:
     return int(n) if n else available_cores()
 
 
+class EnvCreationError(RuntimeError):
+    """envpool could not create the envs; the message is one line: what failed and what to change."""
+
+
+def _creation_error(e: BaseException, task_id: str, n: int, threads: int) -> EnvCreationError:
+    """One line for an ``envpool.make`` failure: threads, memory or an env option, with the fix."""
+    what = " ".join(str(e).split()) or type(e).__name__
+    low = what.lower()
+    if "resource temporarily unavailable" in low or "thread" in low:
+        hint = (
+            f"could not start its {threads} threads (the machine is out of threads or processes): "
+            "lower envs.num_threads / envs.num_envs, or wait for other jobs to finish"
+        )
+    elif isinstance(e, MemoryError) or "alloc" in low or "memory" in low:
+        hint = f"out of memory for {n} envs: lower envs.num_envs or free memory"
+    elif isinstance(e, (TypeError, KeyError)) or "config" in low or "key" in low:
+        hint = "an env option this envpool version does not know: check envpool's version"
+    else:
+        hint = "see the envpool message"
+    return EnvCreationError(f"envpool could not create {n} {task_id} envs: {hint} ({what})")
+
+
 def make_env(
     game: str,
     obs: str,
@@ -142,6 +165,7 @@ def make_env(
     classic control always gives float32 vectors). envs: the ``envs`` config
     section (threads, frame skip, stack). protocol: ``envs.train`` or ``envs.eval``
     (Atari only). num_envs / batch_size override the section's (for evaluation).
+    Raises EnvCreationError (one line) when envpool cannot create them.
     """
     import envpool
 
@@ -166,7 +190,10 @@ def make_env(
         )
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
         warnings.simplefilter("ignore", UserWarning)
-        env = envpool.make(task_id, **kwargs)
+        try:
+            env = envpool.make(task_id, **kwargs)
+        except (RuntimeError, MemoryError, TypeError, KeyError) as e:
+            raise _creation_error(e, task_id, n, kwargs["num_threads"]) from e
         obs_space = env.observation_space
     num_actions = int(env.action_space.n)
     if family == "atari" and obs == "pixels":

@@ -2,7 +2,8 @@
 
 The standard Atari protocol by default (Machado et al. 2018 naming): whole games (no
 episodic life), unclipped scores, up to 30 no-op starts, games capped at 108k frames
-(27,000 agent steps), epsilon 0.001 (the Nature paper used 0.05), sticky actions off
+(27,000 agent steps), the run's ``explore.eval_epsilon`` (0.05 by default, as the Nature
+paper; the same ε as the run's own final evaluation), sticky actions off
 (``repeat_action_probability=0.25`` turns them on), 100 games. The same protocol is
 played by a uniform-random agent on the same game and seeds, so every report reads
 "trained vs random". Games run on parallel envs with a fixed quota per env
@@ -34,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig
+from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig, ExploreConfig
 from dqnfast.config.resolve import available_cores, resolve_device, thread_counts
 
 __all__ = [
@@ -71,7 +72,8 @@ class EvalConfig:
 
     run: a run dir (its ``checkpoint.pt``) or a checkpoint file. episodes: games per
     agent. num_envs: envs playing them in parallel (at most ``episodes``). epsilon:
-    the trained agent's epsilon-greedy. noop_max: up to this many no-op agent steps at
+    the trained agent's epsilon-greedy (null: the run's ``explore.eval_epsilon``, so this
+    and the run's final evaluation are comparable). noop_max: up to this many no-op agent steps at
     each reset. repeat_action_probability: sticky actions (0.25 in Machado et al. 2018).
     max_episode_steps: agent steps per game (27000 = 108k frames). random_baseline:
     also play a uniform-random agent. seed: env seed (null: the run's seed + 10000,
@@ -87,7 +89,7 @@ class EvalConfig:
     run: str = "???"
     episodes: int = 100
     num_envs: int = 10
-    epsilon: float = 0.001
+    epsilon: Optional[float] = None
     noop_max: int = 30
     repeat_action_probability: float = 0.0
     max_episode_steps: int = 27000
@@ -119,7 +121,7 @@ def validate_eval(cfg: EvalConfig) -> None:
     )
     check(isinstance(cfg.episodes, int) and cfg.episodes >= 1, "episodes", f"must be >= 1, got {cfg.episodes!r}")
     check(isinstance(cfg.num_envs, int) and cfg.num_envs >= 1, "num_envs", f"must be >= 1, got {cfg.num_envs!r}")
-    check(0.0 <= cfg.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {cfg.epsilon!r}")
+    check(cfg.epsilon is None or 0.0 <= cfg.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {cfg.epsilon!r}")
     check(cfg.noop_max >= 0, "noop_max", f"must be >= 0, got {cfg.noop_max!r}")
     check(
         0.0 <= cfg.repeat_action_probability <= 1.0,
@@ -224,6 +226,26 @@ def _quota(episodes: int, n: int) -> list[int]:
     return [episodes // n + (i < episodes % n) for i in range(n)]
 
 
+class GameProgress:
+    """Logs ``<agent>: <done>/<asked> games`` as games finish: at most every 10% or 30 s, and the last one.
+
+    A log line (not a bar) so the progress reaches evaluate.log and non-terminal output too.
+    """
+
+    def __init__(self, agent: str, asked: int, *, every_s: float = 30.0) -> None:
+        self.agent, self.asked, self.every_s = agent, int(asked), every_s
+        self.step = max(1, self.asked // 10)
+        self.next = self.step
+        self.last = time.perf_counter()
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if done >= self.asked or done >= self.next or now - self.last >= self.every_s:
+            log.info("%s: %d/%d games", self.agent, done, self.asked)
+            self.next = (done // self.step + 1) * self.step
+            self.last = now
+
+
 def play(
     game: str,
     obs: str,
@@ -248,6 +270,7 @@ def play(
     n = max(1, min(int(protocol.num_envs), int(protocol.episodes)))
     env, spec = make_env(game, obs, envs, protocol, seed=seed, num_envs=n, batch_size=n)
     rec = RecordingEnv(env, n) if record else None
+    agent = "trained agent" if network is not None else "random agent"
     if network is None:
         import torch
 
@@ -256,7 +279,9 @@ def play(
     was_training = getattr(network, "training", False)
     network.eval()
     try:
-        scores, lengths = run_episodes(rec or env, spec, actor, epsilon, int(protocol.episodes))
+        scores, lengths = run_episodes(
+            rec or env, spec, actor, epsilon, int(protocol.episodes), progress=GameProgress(agent, protocol.episodes)
+        )
     finally:
         network.train(was_training)
         config = dict(env.config)
@@ -597,6 +622,14 @@ def _obs_kind(ckpt: dict) -> str:
     return "ram" if cfg_obs == "ram" and list(net.get("obs_shape", [])) == [128] else "vector"
 
 
+def _log_to_files(text: str) -> None:
+    """Writes ``text`` as one INFO record to the root logger's log files only (Hydra's ``<job>.log``)."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, "%s", (text,), None)
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
 def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: bool = True) -> dict[str, Any]:
     """The ``dqnfast.evaluate`` app without Hydra: loads, checks, plays, writes, prints; returns eval.json's dict.
 
@@ -677,6 +710,10 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     net.to(device)
     counters = ckpt.get("counters") or {}
     seed = int(cfg.seed if cfg.seed is not None else int(counters.get("seed", train_cfg.get("seed", 0))) + 10_000)
+    # One default for both evaluations of a run: the ε its final evaluation used.
+    eps = cfg.epsilon
+    if eps is None:
+        eps = float((train_cfg.get("explore") or {}).get("eval_epsilon", ExploreConfig.eval_epsilon))
 
     start = time.perf_counter()
     log.info(
@@ -686,7 +723,7 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         int(counters.get("env_steps", 0)),
         device,
         cfg.episodes,
-        cfg.epsilon,
+        eps,
         seed,
     )
     ev = evaluate_network(
@@ -695,7 +732,7 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         obs=spec.obs_kind,
         envs=envs,
         protocol=protocol,
-        epsilon=cfg.epsilon,
+        epsilon=eps,
         seed=seed,
         device=device,
         random_baseline=cfg.random_baseline,
@@ -721,10 +758,13 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     result["video"] = None
     write_json(result, out / "eval.json")  # the scores are safe before the video is tried
     if cfg.video or cfg.gif:
+        kinds = " and ".join(k for k, on in (("MP4", cfg.video), ("GIF", cfg.gif)) if on)
+        log.info("writing the %s of the %s trained game (re-played in colour) to %s", kinds, cfg.video_episode, out)
         result["video"] = write_videos(
             ev.trained, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif, fps=cfg.video_fps
         )
         write_json(result, out / "eval.json")
+    _log_to_files(format_table(result))  # the results table in evaluate.log; stdout gets it below
     if echo:
         print(format_table(result))
         print(

@@ -1,8 +1,9 @@
 """The results report of a sweep: ``python -m dqnfast.report multirun/DATE/TIME``.
 
-Collects every job of one or more Hydra multirun dirs (any folder holding
-``.hydra/overrides.yaml``: the basic, joblib, submitit and Ray launchers and the Optuna
-sweeper all write one per job) with its ``metrics.csv`` and ``eval.json`` (in the run dir
+Collects every training job of one or more Hydra multirun dirs (a folder holding
+``.hydra/overrides.yaml`` whose ``.hydra/config.yaml`` is a training config: the basic,
+joblib, submitit and Ray launchers and the Optuna sweeper all write one per job; an
+evaluation's output folder, which Hydra writes the same way, is not a job) with its ``metrics.csv`` and ``eval.json`` (in the run dir
 or its ``eval/``), and writes
 
 * ``report.md``: one row per game x config: seeds, final evaluation score mean ± std and
@@ -46,6 +47,7 @@ __all__ = [
     "Row",
     "Aggregate",
     "collect_jobs",
+    "is_training_job",
     "config_labels",
     "summarize",
     "aggregate",
@@ -165,13 +167,33 @@ def config_labels(overrides: Sequence[Sequence[str]]) -> list[str]:
     return [" ".join(f"{k}={p[k]}" for k in varying if k in p) or DEFAULT_LABEL for p in parsed]
 
 
+def is_training_job(run_dir: Path) -> bool:
+    """Whether ``run_dir`` is a training job: Hydra's files with a training config.
+
+    ``python -m dqnfast.evaluate`` writes the same ``.hydra/`` into its output folder
+    (often inside a job's folder); its config names the ``run`` it evaluated, which a
+    training config never has. A job whose config.yaml is missing or unreadable still
+    counts (listed as unfinished), so a crashed job is never hidden.
+    """
+    import yaml
+
+    hydra_dir = Path(run_dir) / ".hydra"
+    if not (hydra_dir / "overrides.yaml").exists():
+        return False
+    try:
+        cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return True
+    return not (isinstance(cfg, dict) and "run" in cfg)
+
+
 def collect_jobs(dirs: Iterable[str | Path]) -> list[Job]:
-    """Every job under ``dirs`` (folders holding ``.hydra/overrides.yaml``), labelled by config."""
+    """Every training job under ``dirs`` (``is_training_job``), labelled by config."""
     runs: list[Path] = []
     for d in map(Path, dirs):
-        if (d / ".hydra" / "overrides.yaml").exists():
-            runs.append(d)
+        runs += [d] if is_training_job(d) else []
         runs += sorted(p.parent.parent for p in d.rglob(".hydra/overrides.yaml") if p.parent.parent != d)
+    runs = [p for p in runs if is_training_job(p)]
     runs = sorted(set(runs), key=lambda p: (str(p.parent), _natural(p.name)))
     jobs = [_load_job(p) for p in runs]
     for job, label in zip(jobs, config_labels([j.overrides for j in jobs])):

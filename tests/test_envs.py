@@ -179,3 +179,27 @@ def test_game_tracker_sums_whole_games_over_lives():
     assert t.update(np.array([0]), np.array([0.0]), np.array([0])) == [(0, 3.0, 2)]
     assert t.update(ids, np.array([4.0, 1.0]), np.array([1, 3])) == []
     assert t.update(np.array([1, 0]), np.array([0.0, 0.0]), np.array([0, 0])) == [(1, 6.0, 3), (0, 4.0, 1)]
+
+
+@pytest.mark.parametrize(
+    "raised, words",
+    [
+        (RuntimeError("Resource temporarily unavailable"), "threads"),
+        (MemoryError("std::bad_alloc"), "memory"),
+        (TypeError("make() got an unexpected keyword argument 'foo'"), "env option"),
+    ],
+)
+def test_env_creation_failure_is_one_line_saying_what_failed(monkeypatch, raised, words):
+    import envpool
+
+    from dqnfast.envs import EnvCreationError
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(envpool, "make", fail)
+    with pytest.raises(EnvCreationError) as e:
+        make_env("CartPole", "pixels", EnvsConfig(num_envs=2), ProtocolConfig(), seed=0)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("envpool could not create 2 CartPole-v1 envs: ")
+    assert words in msg and str(raised) in msg

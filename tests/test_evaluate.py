@@ -210,7 +210,7 @@ def test_cli_evaluates_trained_vs_random(cartpole_run):
     assert len(ev["scores"]) == 12 and len(ev["random"]["scores"]) == 12
     assert ev["min"] <= ev["median"] <= ev["max"] and ev["mean"] == pytest.approx(np.mean(ev["scores"]))
     assert ev["std"] == pytest.approx(np.std(ev["scores"]))
-    assert ev["protocol"]["epsilon"] == 0.001 and ev["protocol"]["episodes"] == 12
+    assert ev["protocol"]["epsilon"] == 0.0 and ev["protocol"]["episodes"] == 12  # preset=cartpole's eval_epsilon
     assert ev["env_steps"] == 4000 and ev["checkpoint"] == str((cartpole_run / "checkpoint.pt").resolve())
     assert ev["mean"] > ev["random"]["mean"]  # 4000 steps of CartPole beat random play
     assert "| trained |    12 |" in proc.stdout and "|  random |    12 |" in proc.stdout
@@ -249,6 +249,61 @@ def test_cli_video_and_gif_of_a_pong_game(tmp_path):
     assert frames[0].mean() > 20  # a colour picture, not black
     gif = imageio.mimread(v["gif"])
     assert 1 < len(gif) <= 61 and gif[0].shape[:2] == (210, 160)  # GIF merges identical consecutive frames
+
+
+@pytest.mark.parametrize("eval_epsilon", [0.05, 0.2])
+def test_evaluate_defaults_to_the_runs_final_evaluation_epsilon(tmp_path, eval_epsilon):
+    from dqnfast.checkpoint import load_checkpoint
+    from dqnfast.evaluate import EvalConfig, evaluate
+
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    if eval_epsilon != 0.05:  # a run with its own explore.eval_epsilon
+        payload = load_checkpoint(ck)
+        payload["config"]["explore"]["eval_epsilon"] = eval_epsilon
+        write_checkpoint(ck, payload)
+    cfg = EvalConfig(
+        run=str(ck), episodes=1, num_envs=1, max_episode_steps=20, random_baseline=False, plots=False, device="cpu"
+    )
+    ev = evaluate(cfg, tmp_path / "out", echo=False)
+    # the same epsilon as train's final evaluation (Config().explore.eval_epsilon, 0.05 by default)
+    assert ev["epsilon"] == eval_epsilon and ev["protocol"]["epsilon"] == eval_epsilon
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert saved["epsilon"] == eval_epsilon and saved["protocol"]["episodes"] == 1
+    assert Config().explore.eval_epsilon == 0.05
+
+
+def test_evaluate_logs_games_done_per_agent_the_video_and_the_table_to_the_log_file(tmp_path, caplog):
+    import logging
+
+    from dqnfast.evaluate import EvalConfig, evaluate
+
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    log_file = logging.FileHandler(tmp_path / "evaluate.log")  # as Hydra's job logging adds it
+    logging.getLogger().addHandler(log_file)
+    caplog.set_level(logging.INFO, logger="dqnfast.evaluate")
+    try:
+        cfg = EvalConfig(run=str(ck), episodes=4, num_envs=2, max_episode_steps=20, plots=False, device="cpu", gif=True)
+        evaluate(cfg, tmp_path / "out", echo=False)
+    finally:
+        logging.getLogger().removeHandler(log_file)
+        log_file.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "dqnfast.evaluate"]
+    for agent in ("trained agent", "random agent"):
+        assert f"{agent}: 4/4 games" in lines, lines
+    assert any(line.startswith("writing the GIF of the best trained game") for line in lines), lines
+    assert "| trained |     4 |" in (tmp_path / "evaluate.log").read_text()
+
+
+def test_refused_evaluation_leaves_no_output_folder(tmp_path, monkeypatch, capsys):
+    from dqnfast.cli.evaluate import cli
+
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dqnfast.evaluate", f"run={ck.parent}", "epsilon=2"])
+    with pytest.raises(SystemExit) as e:
+        cli()
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: epsilon: ")
+    assert sorted(p.name for p in ck.parent.iterdir()) == ["checkpoint.pt"]  # no eval/
 
 
 def test_cli_errors_are_one_line(tmp_path):

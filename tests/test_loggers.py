@@ -168,6 +168,48 @@ def test_csv_rows_are_flushed_at_once_and_resume_keeps_earlier_rows(tmp_path):
     assert [r["env_steps"] for r in rows] == ["100", "200", "300"] and rows[-1]["score_mean"] == "7.0"
 
 
+def test_csv_leaves_loss_and_q_mean_empty_before_learning(tmp_path):
+    path = tmp_path / "metrics.csv"
+    log = CsvLogger(path)
+    log.log_metrics({**row(100), "loss": math.nan, "q_mean": math.nan, "updates": 0})
+    log.log_metrics(row(200))
+    log.close()
+    rows = list(csv.DictReader(open(path)))
+    assert list(rows[0]) == list(METRIC_COLUMNS)
+    assert (rows[0]["loss"], rows[0]["q_mean"]) == ("", "") and rows[1]["loss"] == "0.5"
+    assert "nan" not in path.read_text()
+
+
+def test_progress_bar_fields_one_speed_a_phase_and_no_nan():
+    from dqnfast.loggers.console import ConsoleLogger
+
+    console = ConsoleLogger(total_steps=1000, progress=True)
+    try:
+        random_play = {**row(100), "score_mean": math.nan, "loss": math.nan, "q_mean": math.nan}
+        random_play.update(epsilon=0.9995, updates=0)
+        console.log_metrics(random_play)
+        fields = console.bar.postfix
+        assert "sps" not in fields and "nan" not in fields  # tqdm's step/s is the one speed
+        assert "phase=random play" in fields and "eps=0.9995" in fields and "loss" not in fields
+        console.log_metrics(row(500))
+        fields = console.bar.postfix
+        assert "phase=learning" in fields and "loss=0.5" in fields and "eps=0.1" in fields
+        assert "score=1.0" in fields and "sps" not in fields
+    finally:
+        console.close()
+
+
+def test_progress_bar_shows_a_resume_refill():
+    from dqnfast.loggers.console import ConsoleLogger
+
+    console = ConsoleLogger(total_steps=1000, progress=True, initial=500)
+    try:
+        console.refill(250, 1000)
+        assert "phase=refilling replay 250/1000" in console.bar.postfix
+    finally:
+        console.close()
+
+
 def test_console_without_progress_bar_logs_one_line_per_row(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dqnfast.loggers")
     with RunLoggers(

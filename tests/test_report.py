@@ -138,6 +138,25 @@ def test_summary_rows_and_across_game_aggregates(sweep):
     assert aggs["optim.lr=0.0001"].iqm < a.iqm
 
 
+def make_eval_dir(d, run, overrides):
+    """An output folder as ``python -m dqnfast.evaluate`` writes it (Hydra's files included)."""
+    (d / ".hydra").mkdir(parents=True)
+    (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(list(overrides)))
+    (d / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"run": str(run), "episodes": 10, "game": None}))
+    (d / "evaluate.log").write_text("")
+
+
+def test_evaluation_folders_inside_jobs_are_not_jobs(sweep):
+    before = collect_jobs([sweep])
+    job0 = sweep / "0"
+    make_eval_dir(job0 / "eval", job0, [f"run={job0}", "video=true"])
+    make_eval_dir(job0 / "eval-step_000000060000", job0, [f"run={job0}/checkpoints/x.pt", "episodes=10"])
+    after = collect_jobs([sweep])
+    assert [j.path for j in after] == [j.path for j in before]
+    assert [j.config for j in after] == [j.config for j in before]
+    assert collect_jobs([job0 / "eval"]) == []
+
+
 def test_write_report_files(sweep, tmp_path):
     out = tmp_path / "report"
     paths = write_report([sweep], out, reps=200)

@@ -6,7 +6,7 @@ stopped by SIGTERM at an arbitrary step and resumed computes the same updates as
 was never stopped: the same losses, Q-values, scores, epsilons in metrics.csv and the same
 final weights, bit for bit (CPU, one torch thread). The default ``envs.resume=reseed``
 without a saved ring is checked for what it promises: counters and schedules continue,
-the ring is refilled with ``learning_starts`` random steps, metrics.csv is appended to.
+the ring is refilled with ``learning_starts`` steps of the agent's epsilon-greedy policy, metrics.csv is appended to.
 """
 
 from __future__ import annotations

@@ -161,6 +161,35 @@ def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):
     assert err.startswith(f"error: {key}: ") and hint in err
 
 
+@pytest.mark.parametrize("args", [["optim.lr=-1"], ["algo.batch_size=64", "replay.capacity=32"]])
+def test_refused_run_leaves_no_output_folder(tmp_path, monkeypatch, capsys, args):
+    import sys
+
+    from dqnfast.cli.train import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dqnfast.train", *args])
+    with pytest.raises(SystemExit) as e:
+        cli()
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+    assert list(tmp_path.iterdir()) == []  # no outputs/DATE/TIME, no outputs/DATE
+
+
+def test_refused_run_keeps_a_folder_that_holds_results(tmp_path, monkeypatch):
+    import sys
+
+    from dqnfast.cli.train import cli
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("env_steps\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["dqnfast.train", "optim.lr=-1", f"hydra.run.dir={run}"])
+    with pytest.raises(SystemExit):
+        cli()
+    assert (run / "metrics.csv").exists() and (run / ".hydra").is_dir()
+
+
 def test_cli_help_and_cfg(run_cli):
     proc, _ = run_cli("--help", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -99,3 +99,48 @@ def test_a_single_run_sizes_its_threads_to_the_affinity_mask(tmp_path):
     out, err = run_script(tmp_path, steps=2000, cores={core})
     assert "threads: 1 core(s) here: envpool 1, sampler 1, torch 1" in err, err[-2000:]
     assert out["torch_threads"] == 1
+
+
+def test_a_failed_final_evaluation_leaves_the_checkpoint_and_says_how_to_evaluate(tmp_path, monkeypatch):
+    import dqnfast.envs
+    from dqnfast.envs import EnvCreationError
+    from dqnfast.training import train
+
+    make_env = dqnfast.envs.make_env
+
+    def fail_for_evaluation(*args, **kwargs):  # evaluation sizes its own envs (num_envs=); training does not
+        if kwargs.get("num_envs"):
+            raise EnvCreationError("envpool could not create 10 CartPole-v1 envs: could not start its threads")
+        return make_env(*args, **kwargs)
+
+    monkeypatch.setattr(dqnfast.envs, "make_env", fail_for_evaluation)
+    with pytest.raises(EnvCreationError) as e:
+        train(cartpole(total_steps=1200), tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("final evaluation: envpool could not create")
+    assert f"python -m dqnfast.evaluate run={tmp_path}" in msg and (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_refills_with_the_agents_epsilon_greedy_policy_at_the_resumed_epsilon(tmp_path, monkeypatch):
+    import dataclasses
+
+    from dqnfast.actor import Actor
+    from dqnfast.training import train
+
+    cfg = cartpole(total_steps=1200)
+    cfg = dataclasses.replace(cfg, explore=dataclasses.replace(cfg.explore, decay_steps=100, end=0.05))
+    train(cfg, tmp_path)
+    seen: list[float] = []
+    act = Actor.act
+
+    def spy(self, obs, epsilon):
+        seen.append(float(epsilon))
+        return act(self, obs, epsilon)
+
+    monkeypatch.setattr(Actor, "act", spy)
+    summary = train(
+        dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, total_steps=1400)), tmp_path, resume=tmp_path
+    )
+    assert summary["env_steps"] == 1400
+    refill = seen[: 1000 // 4]  # learning_starts agent steps on 4 envs, before the first counted step
+    assert refill and all(e == pytest.approx(0.05) for e in refill), sorted(set(refill))[:5]

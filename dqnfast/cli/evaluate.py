@@ -14,12 +14,13 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from dqnfast.cli import CONF_DIR
+from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.config import ConfigError
 from dqnfast.evaluate import EvalConfig, default_out, evaluate
 
 
 def _fail(err: Exception, code: int = 2) -> None:
+    discard_refused_output()  # a refused evaluation leaves no output folder
     print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
     sys.exit(code)
 
@@ -84,8 +85,11 @@ def cli() -> None:
         except ConfigError as e:
             _fail(e)
         except Exception as e:  # VideoError, ReplayDivergedError: one line, no traceback
+            from dqnfast.envs import EnvCreationError
             from dqnfast.video import VideoError
 
+            if isinstance(e, EnvCreationError):  # the machine, not the command: no folder to keep
+                _fail(e, 1)
             if isinstance(e, VideoError):
                 _fail(e, 1)
             raise

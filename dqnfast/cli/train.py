@@ -27,9 +27,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from dqnfast.cli import CONF_DIR
+from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
+from dqnfast.envs import EnvCreationError
 from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
 
@@ -39,6 +40,7 @@ GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "re
 
 
 def _fail(err: ConfigError) -> None:
+    discard_refused_output()  # a refused run leaves no outputs/DATE/TIME folder
     msg = " ".join(str(err).split())  # one line, whatever the message held
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
@@ -190,6 +192,9 @@ def main(cfg: DictConfig) -> float | None:
             summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:
         _fail(e)
+    except EnvCreationError as e:  # the machine, not the config: one line, the run's folder stays
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted (the last checkpoint is complete)", file=sys.stderr)
         sys.exit(130)

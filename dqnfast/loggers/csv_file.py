@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -12,6 +13,12 @@ from dqnfast.loggers.base import (
     STEP_KEY,
     log,
 )
+
+EMPTY_UNTIL_LEARNING = ("loss", "q_mean")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 class CsvLogger:
@@ -45,6 +52,9 @@ class CsvLogger:
             self._file.flush()
 
     def log_metrics(self, row: Mapping[str, Any]) -> None:
+        # No update yet (random play before learning starts): loss and q_mean have no value,
+        # an empty cell rather than "nan".
+        row = {k: ("" if k in EMPTY_UNTIL_LEARNING and _missing(v) else v) for k, v in row.items()}
         self._writer.writerow(row)
         self._file.flush()
 

@@ -99,10 +99,10 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
             if not refilling:  # games of the random refill after a resume are not the agent's
                 st.game_ended(score, length)
 
-        # act
-        if not refilling:
-            st.epsilon = run.schedule(st.env_steps)
-        actions = run.actor.act(observation_of(obs, info, spec.obs_kind), 1.0 if refilling else st.epsilon)
+        # act: a refill plays the agent's own epsilon-greedy policy at the resumed epsilon (env_steps
+        # stands still during it), so the ring holds the data learning would have seen, not random play
+        st.epsilon = run.schedule(st.env_steps)
+        actions = run.actor.act(observation_of(obs, info, spec.obs_kind), st.epsilon)
         env.send(actions, env_id)  # envpool steps in its threads while we learn
         st.last_action[env_id] = actions
         if run.actions_log is not None:
@@ -110,8 +110,11 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         if refilling:  # refill the ring after a resume without a saved ring: no counters, no updates
             st.refill_left -= k
             st.refill_steps += k
+            loggers.console.refill(a.learning_starts - max(st.refill_left, 0), a.learning_starts)
             if st.refill_left <= 0:
-                log.info("replay: refilled with %d random agent steps; learning resumes", a.learning_starts)
+                log.info(
+                    "replay: refilled with %d agent steps at eps %.4g; learning resumes", a.learning_starts, st.epsilon
+                )
             continue
         st.env_steps += k
         loggers.progress(k)

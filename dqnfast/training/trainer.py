@@ -23,6 +23,7 @@ import numpy as np
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved, resolve
 from dqnfast.config.schema import plain
+from dqnfast.envs import EnvCreationError
 from dqnfast.training.components import Run, build, check_config
 from dqnfast.training.expectations import cpu_note
 from dqnfast.training.loop import run_loop
@@ -94,9 +95,11 @@ def _loop_state(run: Run) -> LoopState:
         saved = (plan.ck.get("replay") or {}).get("file")
         log.info(
             "replay: %s, so the ring starts empty and is refilled with algo.learning_starts=%d "
-            "uniform-random agent steps before learning resumes (not counted in env_steps)",
+            "agent steps of the agent's epsilon-greedy policy at eps %.4g before learning resumes "
+            "(not counted in env_steps)",
             "not saved with the checkpoint" if not saved else "replay.save=false",
             a.learning_starts,
+            st.epsilon,
         )
     return st
 
@@ -215,7 +218,18 @@ def train(
         loggers.close(exit_code=128 + stop.signum)
         return summary
     with _failed_run_closes(loggers):
-        summary["eval"] = _final_evaluation(run, st, loggers, summary)
+        try:
+            summary["eval"] = _final_evaluation(run, st, loggers, summary)
+        except Exception as e:
+            # The training is done and its checkpoint complete: say so, and how to evaluate it.
+            later = (
+                f"the checkpoint {summary['checkpoint']} is complete; evaluate it later with: "
+                f"python -m dqnfast.evaluate run={run_dir}"
+            )
+            if isinstance(e, EnvCreationError):
+                raise EnvCreationError(f"final evaluation: {e}; {later}") from e
+            log.error("final evaluation failed: %s", later)
+            raise
     loggers.close()
     return summary
 
@@ -228,12 +242,14 @@ def _final_evaluation(run: Run, st: LoopState, loggers: Any, summary: dict[str, 
     spec, env_steps, train_time = run.spec, st.env_steps, summary["train_time"]
     trained_steps = env_steps - run.plan.counters.get("env_steps", 0)
     log.info(
-        "trained %d agent steps (%d frames), %d updates, %d games in %.1f s (%.0f steps/s); last %d games: "
-        "mean score %.2f",
+        "run total: %d agent steps (%d frames), %d updates, %d games; this %s: %d agent steps in %.1f s "
+        "(%.0f steps/s); last %d games: mean score %.2f",
         env_steps,
         env_steps * spec.frame_skip,
         run.learner.num_updates,
         st.episodes,
+        "segment" if run.plan.counters.get("env_steps") else "run",
+        trained_steps,
         train_time,
         trained_steps / max(train_time, 1e-9),
         len(st.scores),
