@@ -30,6 +30,12 @@ below its threshold makes the script exit with status 1 and say so.
 
     python benchmarks/learning.py --budget cpu --games Breakout Pong --seeds 1 --peer Breakout
     python benchmarks/learning.py --budget cpu --collect      # only read finished runs
+
+One change at a time (``--variants``, see ``VARIANTS``): ``dqnfast+<name>`` runs the default
+recipe with one departure (bf16 autocast, MSE loss, the max target, no gradient clipping,
+one env), in its own folder, drawn in its own colour; ``--no-default`` runs only the variants.
+
+    python benchmarks/learning.py --budget cpu --games Breakout --seeds 1 2 --variants bf16 --no-default
 """
 
 from __future__ import annotations
@@ -134,6 +140,16 @@ BUDGETS: dict[str, dict] = {
     },
 }
 
+# One-change-at-a-time departures from the default recipe (``--variants``): each runs as agent
+# ``dqnfast+<name>`` in its own folder, with these overrides added to the budget's.
+VARIANTS: dict[str, list[str]] = {
+    "bf16": ["algo.amp=bf16"],  # bfloat16 autocast of the forward passes (changes the maths)
+    "mse": ["algo.loss=mse"],  # CleanRL's loss instead of Huber
+    "max": ["algo.double=false"],  # the Nature max target instead of double DQN
+    "noclip": ["algo.max_grad_norm=null"],  # no gradient-norm clipping (CleanRL has none)
+    "1env": ["envs.num_envs=1"],  # one env, as CleanRL, instead of 8
+}
+
 # Final-evaluation mean score a run must reach: the regression check of the default recipe.
 THRESHOLDS: dict[tuple[str, str], float] = {("cpu", "Breakout"): 10.0}
 
@@ -153,6 +169,11 @@ PUBLISHED: dict[str, list[dict]] = {
 
 def run_dir(out: Path, budget: str, game: str, agent: str, seed: int) -> Path:
     return out / budget / game / f"{agent}_seed{seed}"
+
+
+def variant_of(agent: str) -> str | None:
+    """``dqnfast+mse`` -> ``mse``; the default recipe and the peer have none."""
+    return agent.split("+", 1)[1] if agent.startswith("dqnfast+") else None
 
 
 def dqnfast_command(
@@ -219,6 +240,16 @@ def launch(jobs: list[tuple[str, list[str], Path]], parallel: int) -> dict[str, 
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}; see {folder}.log)"
                 print(f"{status}: {name} in {walls[name]:.0f} s", flush=True)
     return walls
+
+
+def discover(out: Path, budget: str) -> list[tuple[str, str, int]]:
+    """Every ``<out>/<budget>/<game>/<agent>_seed<k>`` run folder with a metrics.csv, as (agent, game, seed)."""
+    found = []
+    for m in sorted((out / budget).glob("*/*_seed*/metrics.csv")):
+        agent, _, seed = m.parent.name.rpartition("_seed")
+        if seed.isdigit() and (agent in ("dqnfast", "peer") or variant_of(agent) in VARIANTS):
+            found.append((agent, m.parent.parent.name, int(seed)))
+    return found
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -289,15 +320,24 @@ def plot(doc: dict, path: Path) -> Path:
     games = sorted({r["game"] for r in doc["runs"]})
     fig, axes = plt.subplots(1, max(1, len(games)), figsize=(6.4 * max(1, len(games)), 4.4), squeeze=False)
     colours = {"dqnfast": "tab:blue", "peer": "tab:orange"}
+    colours.update(
+        {
+            f"dqnfast+{v}": c
+            for v, c in zip(sorted(VARIANTS), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"))
+        }
+    )
+    styles = ["-", "--", "-.", ":"]
     for ax, game in zip(axes[0], games):
         for r in (r for r in doc["runs"] if r["game"] == game):
             pts = [(s, v) for s, v in r.get("curve", []) if v is not None]
-            label = f"{'dqnfast' if r['agent'] == 'dqnfast' else 'peer (CleanRL recipe)'} seed {r['seed']}"
+            name = "peer (CleanRL recipe)" if r["agent"] == "peer" else r["agent"]
+            label = f"{name} seed {r['seed']}"
             if pts:
                 ax.plot(
                     [p[0] for p in pts],
                     [p[1] for p in pts],
                     color=colours.get(r["agent"], "grey"),
+                    ls=styles[(r["seed"] - 1) % len(styles)],
                     alpha=0.9,
                     label=label,
                 )
@@ -374,7 +414,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=str(_REPO / "outputs" / "learning"), help="where the run folders go")
     p.add_argument("--json", default="", help="result file (default benchmarks/results/learning[_<budget>].json)")
     p.add_argument("--plot", default="", help="plot file (default docs/learning_<budget>.png)")
-    p.add_argument("--collect", action="store_true", help="do not run anything: read the finished runs")
+    p.add_argument(
+        "--variants",
+        nargs="*",
+        default=[],
+        choices=sorted(VARIANTS),
+        metavar="NAME",
+        help=f"also run these one-change departures from the default recipe ({', '.join(sorted(VARIANTS))})",
+    )
+    p.add_argument(
+        "--no-default",
+        action="store_true",
+        help="run only the --variants (and the peer), not the default recipe",
+    )
+    p.add_argument(
+        "--collect",
+        action="store_true",
+        help="do not run anything: read the finished runs (every run folder found under --out for the budget)",
+    )
     p.add_argument("--rerun", action="store_true", help="run again even where an eval.json exists")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the dqnfast runs (key=value)")
     return p.parse_args(argv)
@@ -384,8 +441,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     budget = args.budget
-    plan = [("dqnfast", g, s) for g in args.games for s in args.seeds]
+    agents = ([] if args.no_default else ["dqnfast"]) + [f"dqnfast+{v}" for v in args.variants]
+    plan = [(a, g, s) for a in agents for g in args.games for s in args.seeds]
     plan += [("peer", g, s) for g in args.peer for s in args.seeds]
+    if args.collect:
+        plan += [x for x in discover(out, budget) if x not in plan]
     todo = [(a, g, s) for a, g, s in plan if args.rerun or not (run_dir(out, budget, g, a, s) / "eval.json").is_file()]
     walls: dict[str, float] = {}
     if todo and not args.collect:
@@ -395,8 +455,10 @@ def main(argv=None) -> int:
         for a, g, s in todo:
             folder = run_dir(out, budget, g, a, s)
             cmd = (
-                dqnfast_command(budget, g, s, folder, threads, args.device, args.overrides)
-                if a == "dqnfast"
+                dqnfast_command(
+                    budget, g, s, folder, threads, args.device, VARIANTS.get(variant_of(a) or "", []) + args.overrides
+                )
+                if a.startswith("dqnfast")
                 else peer_command(budget, g, s, folder, threads, args.device)
             )
             jobs.append((f"{a}/{g}/seed{s}", cmd, folder))
@@ -410,7 +472,7 @@ def main(argv=None) -> int:
             g,
             s,
             learning_starts
-            if a == "dqnfast"
+            if a.startswith("dqnfast")
             else int(BUDGETS[budget]["peer"][BUDGETS[budget]["peer"].index("--learning-starts") + 1]),
         )
         for a, g, s in plan

@@ -1,0 +1,159 @@
+"""Which learner settings make a CPU-only training run fastest, end to end?
+
+Runs the real CLI (``python -m dqnfast.train``) once per setting, one after another on the
+same machine, with the CPU-budget recipe on an Atari game, and reads the learning phase's
+agent steps/s from each run's ``metrics.csv``. Each setting is a set of Hydra overrides
+(``torch_threads``, ``algo.compile``, ``algo.amp``, ``algo.channels_last``); the figure that
+matters is each setting's steps/s as a multiple of the baseline's (the first setting),
+measured in the same invocation. Run it on a quiet machine: every other busy core shows up
+as a slower setting.
+
+    python benchmarks/cpu_defaults.py                     # the default grid, Breakout
+    python benchmarks/cpu_defaults.py --steps 3000 --settings "torch_threads=1" "torch_threads=2"
+
+Writes ``benchmarks/results/cpu_defaults.json`` (``--out`` to change) and prints a table.
+A setting that changes the maths (``algo.amp=bf16``) is a speed figure only here; whether it
+learns as well is a question for ``benchmarks/learning.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+from common import cpu_count, machine_info  # noqa: E402
+
+# One thread vs all cores, eager vs compiled, fp32 vs bf16 autocast, NCHW vs NHWC.
+DEFAULT_SETTINGS = [
+    "torch_threads=1",
+    "torch_threads=2",
+    "torch_threads=1 algo.amp=bf16",
+    "torch_threads=2 algo.amp=bf16",
+    "torch_threads=2 algo.amp=bf16 algo.channels_last=true",
+    "torch_threads=1 algo.compile=true",
+    "torch_threads=2 algo.compile=true",
+    "torch_threads=2 algo.compile=true algo.amp=bf16",
+]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--game", default="Breakout")
+    p.add_argument("--steps", type=int, default=6000, help="agent steps of learning measured per setting")
+    p.add_argument("--learning-starts", type=int, default=2000, help="agent steps of random play first")
+    p.add_argument("--warmup-rows", type=int, default=2, help="metric rows after learning starts to skip")
+    p.add_argument("--log-every", type=int, default=500, help="agent steps per metrics row")
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="space-separated overrides each")
+    p.add_argument("--out", type=Path, default=_HERE / "results" / "cpu_defaults.json")
+    return p.parse_args(argv)
+
+
+def run_setting(args, setting: str, folder: Path) -> dict:
+    cmd = [
+        sys.executable,
+        "-m",
+        "dqnfast.train",
+        f"game={args.game}",
+        "preset=cpu_budget",
+        "device=cpu",
+        f"algo.learning_starts={args.learning_starts}",
+        f"algo.total_steps={args.learning_starts + args.steps}",
+        "replay.capacity=20000",
+        "envs.eval.episodes=0",
+        f"logger.log_every={args.log_every}",
+        "logger.checkpoint_every=0",
+        "logger.progress=false",
+        f"hydra.run.dir={folder}",
+        *setting.split(),
+    ]
+    t0 = time.perf_counter()
+    cpu0 = _other_cpu()
+    proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"setting": setting, "error": tail[0][:200], "wall_s": wall}
+    with open(folder / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) > args.learning_starts]
+    sps = [float(r["sps"]) for r in rows[args.warmup_rows :]]
+    if not sps:
+        return {"setting": setting, "error": "no learning-phase rows: raise --steps", "wall_s": wall}
+    return {
+        "setting": setting,
+        "sps_median": statistics.median(sps),
+        "sps_min": min(sps),
+        "sps_max": max(sps),
+        "rows": len(sps),
+        "wall_s": wall,
+        "load_avg_1m_after": os.getloadavg()[0],
+        "cpu_s_machine": _other_cpu() - cpu0,
+    }
+
+
+def _other_cpu() -> float:
+    """Seconds of CPU the whole machine has spent busy (from /proc/stat), 0 where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()[1:]
+        ticks = [int(x) for x in parts]
+        busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)
+        return busy / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="dqnfast_cpu_defaults_") as tmp:
+        for i, setting in enumerate(args.settings):
+            r = run_setting(args, setting, Path(tmp) / f"s{i}")
+            results.append(r)
+            if "error" in r:
+                print(f"{setting:60s} failed: {r['error']}", flush=True)
+            else:
+                print(
+                    f"{setting:60s} {r['sps_median']:7.1f} steps/s "
+                    f"(min {r['sps_min']:.1f}, max {r['sps_max']:.1f}, {r['rows']} rows, {r['wall_s']:.0f} s)",
+                    flush=True,
+                )
+    base = results[0].get("sps_median")
+    for r in results:
+        if base and "sps_median" in r:
+            r["vs_baseline"] = r["sps_median"] / base
+    print(f"\nas a multiple of the first setting ({args.settings[0]}):")
+    for r in results:
+        print(f"  {r['setting']:60s} {r.get('vs_baseline', float('nan')):.2f}x")
+    doc = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "cores": cpu_count(),
+        "game": args.game,
+        "learning_starts": args.learning_starts,
+        "steps": args.steps,
+        "results": results,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = args.out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp_out, args.out)
+    print(f"wrote {args.out}")
+    return 0 if all("error" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
