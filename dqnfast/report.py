@@ -36,11 +36,12 @@ import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Sequence
 
 import numpy as np
 
 from dqnfast.atari_scores import REFERENCE_SCORES, human_normalized
+from dqnfast.atomic import atomic_open
 
 __all__ = [
     "Job",
@@ -363,8 +364,11 @@ def _md_cell(s: str) -> str:
     return f"`{s}`" if s and s != DEFAULT_LABEL else (s or DEFAULT_LABEL)
 
 
-def plot_curves(rows: Sequence[Row], path: Path) -> Path:
-    """report.png: per game, each config's mean training score over seeds ± std against agent steps."""
+def plot_curves(rows: Sequence[Row], path: Path | IO[bytes]) -> Path | IO[bytes]:
+    """report.png: per game, each config's mean training score over seeds ± std against agent steps.
+
+    path: a file path or a binary file object (the atomic writer's); returned as given.
+    """
     from matplotlib.figure import Figure  # the object API on the Agg canvas: no pyplot, no display
 
     games = list(dict.fromkeys(r.game for r in rows)) or ["(no jobs)"]
@@ -418,6 +422,21 @@ def _optuna_section(dirs: Sequence[Path]) -> list[str]:
     return out
 
 
+CSV_COLUMNS = (
+    "game",
+    "config",
+    "seeds",
+    "n",
+    "mean",
+    "std",
+    "ci95_low",
+    "ci95_high",
+    "human_normalized",
+    "train_score",
+    "env_steps",
+)
+
+
 def write_report(
     dirs: Sequence[str | Path], out_dir: str | Path | None = None, *, reps: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
@@ -425,7 +444,8 @@ def write_report(
 
     out_dir: default the first dir. Returns {"md", "png", "csv"}: the paths, and
     {"rows", "aggregates"}: the tables. Raises FileNotFoundError if no job is found.
-    Writes report.md top to bottom in one place, so the file's layout reads off the code.
+    report.md reads top to bottom as the section functions are called here; every file is
+    written atomically, so a reader never sees half a report.
     """
     dirs = [Path(d) for d in dirs]
     for d in dirs:
@@ -438,47 +458,36 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(jobs)
     aggs = aggregate(rows, reps=reps, seed=seed)
-    png = plot_curves(rows, out / "report.png")
-
-    with open(out / "report.csv", "w", newline="") as f:
+    png = out / "report.png"
+    with atomic_open(png, "wb") as f:
+        plot_curves(rows, f)
+    with atomic_open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(
-            [
-                "game",
-                "config",
-                "seeds",
-                "n",
-                "mean",
-                "std",
-                "ci95_low",
-                "ci95_high",
-                "human_normalized",
-                "train_score",
-                "env_steps",
-            ]
-        )
+        w.writerow(CSV_COLUMNS)
         for r in rows:
             w.writerow(
-                [
-                    r.game,
-                    r.config,
-                    " ".join(str(s) for s in r.seeds),
-                    r.n,
-                    r.mean,
-                    r.std,
-                    r.ci_low,
-                    r.ci_high,
-                    r.hns,
-                    r.train_score,
-                    r.env_steps,
-                ]
+                [r.game, r.config, " ".join(str(s) for s in r.seeds), r.n, r.mean, r.std]
+                + [r.ci_low, r.ci_high, r.hns, r.train_score, r.env_steps]
             )
+    md = (
+        _md_header(dirs, jobs, rows)
+        + _md_scores(rows)
+        + _md_aggregates(aggs, reps)
+        + ["", "## Learning curves", "", f"![learning curves]({png.name})"]
+        + _md_jobs(jobs, out)
+        + _optuna_section(dirs)
+    )
+    with atomic_open(out / "report.md", "w") as f:
+        f.write("\n".join(md) + "\n")
+    return {"md": out / "report.md", "png": png, "csv": out / "report.csv", "rows": rows, "aggregates": aggs}
 
+
+def _md_header(dirs: Sequence[Path], jobs: Sequence[Job], rows: Sequence[Row]) -> list[str]:
     done = sum(j.status == "done" for j in jobs)
     games = list(dict.fromkeys(r.game for r in rows))
     configs = list(dict.fromkeys(r.config for r in rows))
     eval_games = sorted({len(j.eval.get("scores", [])) for j in jobs if j.eval and j.eval.get("scores")})
-    md = [
+    return [
         "# dqnfast report",
         "",
         f"Sweep: {', '.join(f'`{d}`' for d in dirs)}: {len(jobs)} jobs ({done} with a final evaluation), "
@@ -489,6 +498,11 @@ def write_report(
         + "); mean ± std (sample) and Student-t 95% CI over seeds. Human-normalized: (score − random) / "
         "(human − random) with the Atari-57 reference scores. Train score: the last `score_mean` of "
         "`metrics.csv`. Config: the overrides that differ between jobs, other than `seed` and `game`.",
+    ]
+
+
+def _md_scores(rows: Sequence[Row]) -> list[str]:
+    md = [
         "",
         "## Scores",
         "",
@@ -503,28 +517,33 @@ def write_report(
             f"| {r.game} | {_md_cell(r.config)} | {seeds} | {_fmt(r.mean)} ± {_fmt(r.std)} | "
             f"{_ci(r.ci_low, r.ci_high)} | {_fmt(r.hns, 3)} | {_fmt(r.train_score)} | {r.env_steps:,} |"
         )
-    if aggs:
-        md += [
-            "",
-            "## Across games (human-normalized)",
-            "",
-            "IQM: interquartile mean over all runs of all games, 95% CI from a stratified bootstrap "
-            "(runs resampled within each game, percentile method, "
-            f"{reps} resamples). Mean and median: over the games' mean scores.",
-            "",
-            "| config | games | runs | IQM | 95% CI | mean | median |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for a in aggs:
-            md.append(
-                f"| {_md_cell(a.config)} | {', '.join(a.games)} | {a.runs} | {_fmt(a.iqm, 3)} | "
-                f"{_ci(a.ci_low, a.ci_high, 3)} | {_fmt(a.mean, 3)} | {_fmt(a.median, 3)} |"
-            )
-    md += [
+    return md
+
+
+def _md_aggregates(aggs: Sequence[Aggregate], reps: int) -> list[str]:
+    if not aggs:
+        return []
+    md = [
         "",
-        "## Learning curves",
+        "## Across games (human-normalized)",
         "",
-        f"![learning curves]({png.name})",
+        "IQM: interquartile mean over all runs of all games, 95% CI from a stratified bootstrap "
+        "(runs resampled within each game, percentile method, "
+        f"{reps} resamples). Mean and median: over the games' mean scores.",
+        "",
+        "| config | games | runs | IQM | 95% CI | mean | median |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for a in aggs:
+        md.append(
+            f"| {_md_cell(a.config)} | {', '.join(a.games)} | {a.runs} | {_fmt(a.iqm, 3)} | "
+            f"{_ci(a.ci_low, a.ci_high, 3)} | {_fmt(a.mean, 3)} | {_fmt(a.median, 3)} |"
+        )
+    return md
+
+
+def _md_jobs(jobs: Sequence[Job], out: Path) -> list[str]:
+    md = [
         "",
         "## Jobs",
         "",
@@ -540,9 +559,7 @@ def write_report(
             f"| `{rel}` | {j.game} | {_md_cell(j.config)} | {j.seed} | {_fmt(j.score)} | "
             f"{_fmt(j.train_score)} | {j.status} |"
         )
-    md += _optuna_section(dirs)
-    (out / "report.md").write_text("\n".join(md) + "\n")
-    return {"md": out / "report.md", "png": png, "csv": out / "report.csv", "rows": rows, "aggregates": aggs}
+    return md
 
 
 if __name__ == "__main__":

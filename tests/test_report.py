@@ -172,6 +172,23 @@ def test_write_report_files(sweep, tmp_path):
     assert img.ndim == 3 and img.shape[0] > 200 and img.shape[1] > 500
 
 
+def test_a_failed_rewrite_leaves_the_previous_report_whole(sweep, tmp_path, monkeypatch):
+    import dqnfast.report as report
+
+    out = tmp_path / "rep"
+    write_report([sweep], out, reps=50)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken_plot(rows, f):
+        f.write(b"half a png")
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr(report, "plot_curves", broken_plot)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        write_report([sweep], out, reps=50)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temp file, nothing half-written
+
+
 def test_optuna_results_section(sweep):
     (sweep / "optimization_results.yaml").write_text(
         yaml.safe_dump({"name": "optuna", "best_params": {"optim.lr": 0.001}, "best_value": 33.0})
