@@ -42,6 +42,11 @@ class QHead(nn.Module):
 
     Plain: Linear(F, hidden) ReLU Linear(hidden, A). Dueling: a value stream and an
     advantage stream of that shape (output 1 and A), combined by ``dueling_aggregate``.
+
+    The output layers always run in float32, also under bf16 autocast: bf16 keeps 8
+    significant bits, so early in training, when the actions' values differ by less than
+    one bf16 step (about 0.001 at Q = 0.2), the greedy argmax sees ties and takes the
+    first action. Those layers are 512 x A multiply-adds, nothing next to the torso.
     """
 
     def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False) -> None:
@@ -51,10 +56,19 @@ class QHead(nn.Module):
         self.value = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if dueling else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        adv = self.advantage(features)
+        adv = _fp32_out(self.advantage, features)
         if self.value is None:
             return adv
-        return dueling_aggregate(self.value(features), adv)
+        return dueling_aggregate(_fp32_out(self.value, features), adv)
+
+
+def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
+    """stream[:-1] as autocast says, its last Linear in float32 (see QHead)."""
+    hidden = features
+    for i in range(len(stream) - 1):
+        hidden = stream[i](hidden)
+    with torch.autocast(features.device.type, enabled=False):
+        return stream[-1](hidden.float())
 
 
 class NatureCNN(nn.Module):

@@ -73,3 +73,20 @@ def test_network_rebuilds_from_its_spec_dict():
     torch.testing.assert_close(a(x), b(x))
     mlp = make_network(NetworkSpec("mlp", [128], "uint8", 3, hidden=[32, 32]))
     assert mlp(torch.zeros(2, 128, dtype=torch.uint8)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+def test_q_values_keep_float32_resolution_under_bf16_autocast(dueling):
+    """Action values closer than one bf16 step (~0.001 at 0.2) still rank as in float32."""
+    from dqnfast.networks import QHead
+
+    head = QHead(8, 16, 4, dueling=dueling)
+    with torch.no_grad():
+        for stream in [head.advantage] + ([head.value] if dueling else []):
+            stream[-1].weight.zero_()
+            stream[-1].bias.zero_()
+        head.advantage[-1].bias.copy_(torch.tensor([0.2, 0.2003, 0.2006, 0.2009]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = head(torch.randn(5, 8))
+    assert q.dtype == torch.float32
+    assert (q.argmax(1) == 3).all()
