@@ -13,7 +13,7 @@ with t = step - learning_starts; before learning_starts eps is 1.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from dqnfast.config.resolve import uses_cudagraphs
 
-__all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon", "run_episodes"]
+__all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon"]
 
 
 def linear_epsilon(step: int, start: float, end: float, decay_steps: int, learning_starts: int = 0) -> float:
@@ -156,39 +156,3 @@ class Actor:
             random = torch.randint(0, self.num_actions, (k,), device=self.device, generator=self.gen)
             greedy = torch.where(explore, random, greedy)
         return greedy.to(torch.int32).cpu().numpy()
-
-
-def run_episodes(
-    env: Any, spec: Any, actor: Actor, epsilon: float, episodes: int, progress: Callable[[int], None] | None = None
-) -> tuple[list[float], list[int]]:
-    """Plays ``episodes`` whole games on a fresh envpool ``env``; returns (scores, lengths).
-
-    Games are spread over the envs in fixed quotas (env i plays
-    ``episodes // N + (i < episodes % N)`` games), so each game is counted once and
-    short games are not over-represented. Scores are unclipped (``info["reward"]``)
-    and summed over lives; a game ends at its env's reset (see
-    ``dqnfast.envs.GameTracker``). Lengths are in agent steps. spec: the env's EnvSpec.
-    progress: called with the number of games done each time one finishes.
-    """
-    from dqnfast.envs import GameTracker, observation_of, raw_reward_of
-
-    n = spec.num_envs
-    quota = np.array([episodes // n + (i < episodes % n) for i in range(n)])
-    done = np.zeros(n, np.int64)
-    tracker = GameTracker(n)
-    scores: list[float] = []
-    lengths: list[int] = []
-    env.async_reset()
-    while (done < quota).any():
-        obs, reward, _, _, info = env.recv()
-        env_id = info["env_id"]
-        for e, score, length in tracker.update(env_id, raw_reward_of(reward, info), info["elapsed_step"]):
-            if done[e] < quota[e]:
-                scores.append(score)
-                lengths.append(length)
-                done[e] += 1
-                if progress is not None:
-                    progress(len(scores))
-        env.send(actor.act(observation_of(obs, info, spec.obs_kind), epsilon), env_id)
-    env.recv()  # collect the last in-flight step before the caller closes the env
-    return scores, lengths

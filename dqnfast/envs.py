@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -35,9 +35,12 @@ __all__ = [
     "EnvCreationError",
     "EnvSpec",
     "GameTracker",
+    "REPLAY_KEYS",
+    "ReplayDivergedError",
     "atari_games",
     "frames_of",
     "make_env",
+    "make_replay_env",
     "observation_of",
     "raw_reward_of",
     "resolve_game",
@@ -293,19 +296,54 @@ def raw_reward_of(reward: np.ndarray, info: dict) -> np.ndarray:
     return reward if r is None else r
 
 
-class ActionLog:
-    """Every action sent to a synchronous env batch, uint8[T, num_envs] (one byte per agent step).
+class ReplayDivergedError(RuntimeError):
+    """Re-playing recorded actions did not reproduce the recorded results (the emulator was not deterministic)."""
 
-    With the env seed this restores the envs exactly (``replay``): ALE and envpool's
-    classic control are deterministic for a seed and an action sequence.
+
+# env.config keys that define a game, its protocol and its observations: a replay env copies them
+REPLAY_KEYS = (
+    "max_episode_steps",
+    "frame_skip",
+    "noop_max",
+    "zero_discount_on_life_loss",
+    "episodic_life",
+    "reward_clip",
+    "use_fire_reset",
+    "mode",
+    "difficulty",
+    "full_action_space",
+    "repeat_action_probability",
+    "use_inter_area_resize",
+    "img_height",
+    "img_width",
+    "gray_scale",
+    "stack_num",
+)
+
+
+def make_replay_env(task_id: str, config: dict, env_index: int, **override: Any) -> Any:
+    """A fresh one-env envpool env that plays as env ``env_index`` of a batch built with ``config``.
+
+    config: that batch's ``env.config`` (its ``seed`` is the batch's base seed; envpool seeds
+    env i with seed + i). Every ``REPLAY_KEYS`` setting is copied; override: other envpool
+    kwargs (a colour screen for videos).
     """
+    import envpool
 
-    def __init__(self, num_envs: int, rows: np.ndarray | None = None) -> None:
-        self.num_envs = num_envs
-        self._buf = np.zeros((1024, num_envs), np.uint8)
+    kw = {k: config[k] for k in REPLAY_KEYS if k in config}
+    kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=int(config["seed"]) + int(env_index))
+    kw.update(override)
+    with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
+        warnings.simplefilter("ignore", UserWarning)
+        return envpool.make(task_id, **kw)
+
+
+class _Rows:
+    """A growable array of rows [T, N] (capacity doubles), ``rows`` the filled part."""
+
+    def __init__(self, width: int, dtype: Any) -> None:
+        self._buf = np.zeros((1024, width), dtype)
         self.n = 0
-        if rows is not None and len(rows):
-            self.extend(np.asarray(rows, np.uint8))
 
     def extend(self, rows: np.ndarray) -> None:
         while self.n + len(rows) > len(self._buf):
@@ -313,13 +351,113 @@ class ActionLog:
         self._buf[self.n : self.n + len(rows)] = rows
         self.n += len(rows)
 
-    def append(self, row: np.ndarray) -> None:
-        self.extend(np.asarray(row, np.uint8)[None])
-
     @property
     def rows(self) -> np.ndarray:
         return self._buf[: self.n]
 
+
+class ActionLog:
+    """The record of every action sent to a synchronous envpool batch; it re-plays the envs exactly.
+
+    ALE and envpool's classic control are deterministic for a seed and an action sequence
+    (no-op starts and sticky actions draw from the env's own seeded RNG), so the actions
+    and the batch's seed are enough to bring the envs back: the exact resume of a training
+    run, and the colour videos of evaluation games.
+
+    The format (in memory, and ``envs.actions`` of a checkpoint as a torch tensor):
+    ``rows`` uint8[T, N], ``rows[k, e]`` the action sent to env e after its result k (result
+    0 is the reset; one byte per agent step, as envpool's discrete actions number at most
+    18). With ``results=True`` also ``rewards`` float32[R, N] (unclipped) and ``elapsed``
+    int32[R, N] (``info["elapsed_step"]``) of result k, R = T or T + 1: they tell the games
+    apart and check a replay.
+
+    Recording: ``append(row)`` after each send, or use the log as the env
+    (``ActionLog(n, env=env)``: ``async_reset`` / ``recv`` / ``send`` / ``close`` / ``config``
+    pass through and are recorded). Re-playing: ``replay`` fast-forwards a fresh batch to
+    where the log ends (resume); ``replay_env`` re-plays one env alone and yields its
+    observations (videos). Synchronous batches only: a partial batch raises ValueError.
+    """
+
+    def __init__(
+        self, num_envs: int, rows: np.ndarray | None = None, *, env: Any = None, results: bool = False
+    ) -> None:
+        self.num_envs = int(num_envs)
+        self.env = env
+        self._actions = _Rows(self.num_envs, np.uint8)
+        self._results = (_Rows(self.num_envs, np.float32), _Rows(self.num_envs, np.int32)) if results else None
+        if rows is not None and len(rows):
+            self.extend(np.asarray(rows, np.uint8))
+
+    # ------------------------------------------------------------ the record
+    @property
+    def n(self) -> int:
+        """Rows of actions recorded."""
+        return self._actions.n
+
+    @property
+    def rows(self) -> np.ndarray:
+        """uint8[T, N]: the actions sent (a view; copy it to keep it)."""
+        return self._actions.rows
+
+    @property
+    def rewards(self) -> np.ndarray:
+        """float32[R, N]: each result's unclipped reward (``results=True`` only)."""
+        return self._recorded()[0].rows
+
+    @property
+    def elapsed(self) -> np.ndarray:
+        """int32[R, N]: each result's ``elapsed_step``, 0 at a reset (``results=True`` only)."""
+        return self._recorded()[1].rows
+
+    def _recorded(self) -> tuple[_Rows, _Rows]:
+        if self._results is None:
+            raise ValueError("this ActionLog records actions only; make it with results=True")
+        return self._results
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Appends rows of actions uint8[K, N]."""
+        self._actions.extend(np.asarray(rows, np.uint8))
+
+    def append(self, row: np.ndarray) -> None:
+        """Appends one row of actions [N] (every env's action of one step, indexed by env id)."""
+        self.extend(np.asarray(row, np.uint8)[None])
+
+    def _row(self, values: np.ndarray, env_id: np.ndarray, dtype: Any) -> np.ndarray:
+        """``values`` (keyed by ``env_id``) as a row indexed by env id; a partial batch is refused."""
+        ids = np.asarray(env_id)
+        if len(ids) != self.num_envs:
+            raise ValueError(
+                f"ActionLog records synchronous batches of {self.num_envs} envs, got {len(ids)} results at once"
+            )
+        row = np.empty(self.num_envs, dtype)
+        row[ids] = values
+        return row
+
+    # ------------------------------------------------------- the env, recorded
+    @property
+    def config(self) -> dict:
+        return self.env.config
+
+    def async_reset(self) -> None:
+        self.env.async_reset()
+
+    def recv(self) -> tuple:
+        out = self.env.recv()
+        if self._results is not None:
+            _, reward, _, _, info = out
+            ids = info["env_id"]
+            self._results[0].extend(self._row(raw_reward_of(reward, info), ids, np.float32)[None])
+            self._results[1].extend(self._row(info["elapsed_step"], ids, np.int32)[None])
+        return out
+
+    def send(self, actions: np.ndarray, env_id: np.ndarray) -> None:
+        self.append(self._row(actions, env_id, np.uint8))
+        self.env.send(actions, env_id)
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -------------------------------------------------------------- replaying
     def replay(self, env: Any, rows: np.ndarray, stop: Any = None) -> int:
         """Sends ``rows`` (uint8[T, num_envs]) to a freshly reset ``env``, recording them; returns steps sent.
 
@@ -334,3 +472,27 @@ class ActionLog:
                 break
         self.extend(rows)
         return sent
+
+    def replay_env(self, env: Any, env_index: int, start: int, stop: int) -> Iterator[np.ndarray]:
+        """Re-plays env ``env_index`` alone and yields its observations of results ``start..stop-1``, one at a time.
+
+        env: a fresh one-env env that plays as that env (``make_replay_env``; the caller
+        closes it). Every result up to ``stop`` is checked against the recorded reward and
+        ``elapsed_step``; the first difference raises ReplayDivergedError. Yields obs[0]
+        (the env's observation, any shape).
+        """
+        rewards, elapsed = self.rewards[:, env_index], self.elapsed[:, env_index]
+        actions = self.rows[:, env_index]
+        env.async_reset()
+        for k in range(stop):
+            obs, reward, _, _, info = env.recv()
+            r, e = np.float32(raw_reward_of(reward, info)[0]), int(info["elapsed_step"][0])
+            if e != int(elapsed[k]) or r != rewards[k]:
+                raise ReplayDivergedError(
+                    f"replaying env {env_index}'s recorded actions diverged at step {k} (reward {r:g} vs "
+                    f"{rewards[k]:g}, elapsed_step {e} vs {elapsed[k]}): the emulator is not deterministic here"
+                )
+            if k >= start:
+                yield obs[0]
+            if k + 1 < stop:
+                env.send(np.asarray([actions[k]], np.int32), info["env_id"])

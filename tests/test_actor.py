@@ -1,4 +1,4 @@
-"""dqnfast.actor: epsilon schedules, batched epsilon-greedy, evaluation episodes."""
+"""dqnfast.actor: epsilon schedules, batched epsilon-greedy."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from dqnfast.actor import Actor, EpsilonSchedule, exponential_epsilon, linear_epsilon, run_episodes
-from dqnfast.config import EnvsConfig, EvalProtocolConfig
-from dqnfast.envs import make_env
+from dqnfast.actor import Actor, EpsilonSchedule, exponential_epsilon, linear_epsilon
 
 
 def test_linear_schedule():
@@ -113,15 +111,3 @@ def test_compiled_actor_acts_like_the_eager_one():
     for _ in range(2):
         torch.testing.assert_close(compiled.q_values(obs), eager, rtol=1e-4, atol=1e-5)
     assert compiled.compile_mode == "reduce-overhead"
-
-
-def test_run_episodes_counts_each_game_once():
-    env, spec = make_env("CartPole", "pixels", EnvsConfig(num_threads=1), EvalProtocolConfig(), seed=0, num_envs=3)
-    try:
-        actor = Actor(nn.Linear(4, 2), 2, seed=0)
-        scores, lengths = run_episodes(env, spec, actor, 0.5, episodes=5)
-    finally:
-        env.close()
-    assert len(scores) == 5 and len(lengths) == 5
-    assert scores == [float(n) for n in lengths]  # CartPole: +1 per agent step
-    assert all(1 <= n <= 500 for n in lengths)

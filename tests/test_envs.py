@@ -7,10 +7,12 @@ import pytest
 
 from dqnfast.config import EnvsConfig, EvalProtocolConfig, ProtocolConfig
 from dqnfast.envs import (
+    ActionLog,
     GameTracker,
     atari_games,
     frames_of,
     make_env,
+    make_replay_env,
     observation_of,
     raw_reward_of,
     resolve_game,
@@ -203,3 +205,69 @@ def test_env_creation_failure_is_one_line_saying_what_failed(monkeypatch, raised
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith("envpool could not create 2 CartPole-v1 envs: ")
     assert words in msg and str(raised) in msg
+
+
+def _record(game: str, protocol: ProtocolConfig, steps: int, seed: int = 7):
+    """Random play on 3 synchronous envs through an ActionLog; every observation each env returned."""
+    env, spec = make_env(game, "pixels", EnvsConfig(num_threads=1), protocol, seed=seed, num_envs=3, batch_size=3)
+    log = ActionLog(3, env=env, results=True)
+    seen: list[list[np.ndarray]] = [[], [], []]
+    rng = np.random.default_rng(0)
+    log.async_reset()
+    for k in range(steps + 1):
+        obs, _, _, _, info = log.recv()
+        for j, e in enumerate(info["env_id"]):
+            seen[e].append(obs[j].copy())
+        if k < steps:
+            log.send(rng.integers(0, spec.num_actions, 3).astype(np.int32), info["env_id"])
+    config = dict(env.config)
+    env.close()
+    return log, [np.stack(s) for s in seen], config, spec
+
+
+@pytest.mark.parametrize(
+    "game, protocol, steps",
+    [
+        ("CartPole", ProtocolConfig(), 300),  # ~15 games per env: autoresets inside the record
+        ("Breakout", EvalProtocolConfig(max_episode_steps=40, repeat_action_probability=0.25), 100),
+    ],
+)
+def test_action_log_replays_reproduce_the_recorded_observations(game, protocol, steps):
+    """One record, both replays: each env alone from its own seed (videos), the whole batch (exact resume)."""
+    log, seen, config, spec = _record(game, protocol, steps)
+    assert log.rows.shape == (steps, 3) and log.rows.dtype == np.uint8
+    assert log.rewards.shape == log.elapsed.shape == (steps + 1, 3)
+    assert (log.elapsed == 0).sum() > 6  # games ended and restarted inside the record
+    for e in range(3):
+        env = make_replay_env(spec.task_id, config, e)
+        try:
+            replayed = np.stack(list(log.replay_env(env, e, 0, steps + 1)))
+        finally:
+            env.close()
+        np.testing.assert_array_equal(replayed, seen[e])
+    env, _ = make_env(game, "pixels", EnvsConfig(num_threads=1), protocol, seed=7, num_envs=3, batch_size=3)
+    try:
+        resumed = ActionLog(3)
+        env.async_reset()
+        assert resumed.replay(env, log.rows.copy()) == steps
+        obs, _, _, _, info = env.recv()
+    finally:
+        env.close()
+    for j, e in enumerate(info["env_id"]):
+        np.testing.assert_array_equal(obs[j], seen[e][-1])
+    np.testing.assert_array_equal(resumed.rows, log.rows)
+
+
+def test_action_log_refuses_partial_batches_and_missing_results():
+    env, _ = make_env("CartPole", "pixels", EnvsConfig(num_threads=1), ProtocolConfig(), seed=0, num_envs=3)
+    try:
+        log = ActionLog(3, env=env)
+        log.async_reset()
+        log.recv()
+        with pytest.raises(ValueError, match="synchronous batches of 3 envs, got 2"):
+            log.send(np.zeros(2, np.int32), np.arange(2))
+    finally:
+        env.close()
+    assert log.n == 0
+    with pytest.raises(ValueError, match="results=True"):
+        _ = log.rewards

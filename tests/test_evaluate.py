@@ -1,8 +1,9 @@
-"""dqnfast.evaluate, plots and video: the protocol, eval.json, PNGs, deterministic colour replay.
+"""dqnfast.evaluation, plots and video: the protocol, eval.json, PNGs, deterministic colour replay.
 
-CLI tests run ``python -m dqnfast.evaluate`` in a subprocess: on a CartPole agent trained in
-the test (the whole train -> evaluate path), and, for the video, on a Pong checkpoint of an
-untrained network with a short game cap (the replay and the encoding are what is tested).
+CLI tests run ``python -m dqnfast.evaluate`` in a subprocess: on a CartPole DQN agent and a
+CartPole REINFORCE agent trained in the test (the whole train -> evaluate path), and, for
+the video, on a Pong checkpoint of an untrained network with a short game cap (the replay
+and the encoding are what is tested).
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ import numpy as np
 import pytest
 import torch
 
+from dqnfast.actor import Actor
 from dqnfast.checkpoint import write_checkpoint
-from dqnfast.config import Config, EnvsConfig, EvalProtocolConfig
-from dqnfast.evaluate import RecordingEnv, evaluate_network, format_table, play, summarize
+from dqnfast.config import Config, ConfigError, EnvsConfig, EvalProtocolConfig
+from dqnfast.envs import ActionLog, ReplayDivergedError, make_env
+from dqnfast.evaluation import evaluate_network, format_table, play, run_episodes, summarize
+from dqnfast.evaluation.protocol import recorded_games
+from dqnfast.evaluation.results import POLICIES
+from dqnfast.evaluation.video import replay_frames
 from dqnfast.networks import make_network, spec_for
-from dqnfast.video import ReplayDivergedError, replay_frames
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -119,10 +124,8 @@ def test_colour_replay_is_the_game_that_was_played(tmp_path):
     with sticky actions on; the colour replay then has 210x160x3 frames; a wrong record is refused."""
     envs, seed = EnvsConfig(num_threads=1), 11
     protocol = EvalProtocolConfig(episodes=3, num_envs=2, max_episode_steps=120, repeat_action_probability=0.25)
-    from dqnfast.envs import make_env
-
     env, spec = make_env("Breakout", "pixels", envs, protocol, seed=seed, num_envs=2, batch_size=2)
-    rec = RecordingEnv(env, 2)
+    rec = ActionLog(2, env=env, results=True)
     frames: list[list[np.ndarray]] = [[], []]
     rng = np.random.default_rng(0)
     rec.async_reset()
@@ -134,19 +137,32 @@ def test_colour_replay_is_the_game_that_was_played(tmp_path):
     rec.recv()
     config = dict(env.config)
     env.close()
-    games = rec.games([9, 9])
+    games = recorded_games(rec, [9, 9])
     g = next(g for g in games if g.env == 1 and g.index == 1)  # env 1's second game: needs a pre-roll
-    args = ("Breakout-v5", config, 1, rec.actions[1], rec.rewards[1], rec.elapsed[1], g.start, g.stop)
+    args = ("Breakout-v5", config, rec, 1, g.start, g.stop)
     grey = replay_frames(*args, img_height=84, img_width=84, gray_scale=True, stack_num=4)
     assert grey.shape == (g.stop - g.start, 84, 84, 4) and grey.dtype == np.uint8
     np.testing.assert_array_equal(grey[..., -1], np.stack(frames[1][g.start : g.stop]))
     colour = replay_frames(*args)
     assert colour.shape == (g.length + 1, 210, 160, 3) and colour.dtype == np.uint8
     assert len({c.tobytes() for c in colour}) > 10  # the screen moves
-    wrong = list(rec.rewards[1])
-    wrong[g.stop - 2] += 1.0
-    with pytest.raises(ReplayDivergedError, match="diverged at step"):
-        replay_frames("Breakout-v5", config, 1, rec.actions[1], wrong, rec.elapsed[1], g.start, g.stop)
+    rec.rewards[g.stop - 2, 1] += 1.0  # a record that is not what was played
+    with pytest.raises(
+        ReplayDivergedError, match=f"video: replaying env 1's recorded actions diverged at step {g.stop - 2}"
+    ):
+        replay_frames(*args)
+
+
+def test_run_episodes_counts_each_game_once():
+    env, spec = make_env("CartPole", "pixels", EnvsConfig(num_threads=1), EvalProtocolConfig(), seed=0, num_envs=3)
+    try:
+        actor = Actor(torch.nn.Linear(4, 2), 2, seed=0)
+        scores, lengths = run_episodes(env, spec, actor, 0.5, episodes=5)
+    finally:
+        env.close()
+    assert len(scores) == 5 and len(lengths) == 5
+    assert scores == [float(n) for n in lengths]  # CartPole: +1 per agent step
+    assert all(1 <= n <= 500 for n in lengths)
 
 
 def test_play_uses_the_given_seed_per_env():
@@ -181,6 +197,8 @@ def test_train_writes_eval_json_and_plots(cartpole_run):
     ev = json.loads((cartpole_run / "eval.json").read_text())
     assert ev["game"] == "CartPole-v1" and ev["env_steps"] == 4000 and len(ev["scores"]) == 2
     assert ev["random"]["episodes"] == 2 and ev["protocol"]["epsilon"] == 0.0
+    assert ev["protocol"]["policy"] == POLICIES["dqn"] and ev["run_dir"] == str(cartpole_run)
+    assert Path(ev["plots"]["learning_curve"]) == cartpole_run / "learning_curve.png" and ev["video"] is None
     for name in ("eval_scores.png", "learning_curve.png"):
         check_png(cartpole_run / name)
 
@@ -216,6 +234,71 @@ def test_cli_evaluates_trained_vs_random(cartpole_run):
     assert "| trained |    12 |" in proc.stdout and "|  random |    12 |" in proc.stdout
     for name in ("eval_scores.png", "learning_curve.png"):
         check_png(out / name)
+    train = json.loads((cartpole_run / "eval.json").read_text())  # one builder: the same layout
+    assert list(ev) == [k for k in list(train) if k not in ("plots", "video")] + ["time", "dqnfast", "plots", "video"]
+    assert ev["protocol"].keys() == train["protocol"].keys()
+
+
+@pytest.fixture(scope="module")
+def reinforce_run(tmp_path_factory):
+    """A CartPole REINFORCE policy trained by the real CLI (a few seconds): its run dir."""
+    tmp = tmp_path_factory.mktemp("reinforce")
+    proc = run_module(
+        "dqnfast.train",
+        "preset=reinforce",
+        "envs.num_envs=4",
+        "algo.total_steps=3000",
+        "logger.log_every=1000",
+        "logger.progress=false",
+        "envs.eval.episodes=4",
+        "envs.eval.num_envs=2",
+        "torch_threads=1",
+        f"hydra.run.dir={tmp / 'run'}",
+        cwd=tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return tmp / "run"
+
+
+def test_cli_evaluates_a_reinforce_policy_greedily(reinforce_run):
+    proc = run_module("dqnfast.evaluate", f"run={reinforce_run}", "episodes=4", "num_envs=2", cwd=reinforce_run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ev = json.loads((reinforce_run / "eval" / "eval.json").read_text())
+    assert ev["protocol"]["policy"] == POLICIES["reinforce"] and ev["protocol"]["epsilon"] == 0.0  # the preset's
+    assert len(ev["scores"]) == 4 and len(ev["random"]["scores"]) == 4 and ev["env_steps"] >= 3000
+    # the same protocol and seeds as the run's own final evaluation, greedy: the same games, so
+    # the rebuilt policy is the trained one
+    train = json.loads((reinforce_run / "eval.json").read_text())
+    assert train["protocol"]["policy"] == POLICIES["reinforce"] and ev["scores"] == train["scores"]
+    assert ev["random"]["scores"] == train["random"]["scores"]
+    assert "| trained |     4 |" in proc.stdout and "greedy policy (argmax of the logits)" in proc.stdout
+    for name in ("eval_scores.png", "learning_curve.png"):
+        check_png(reinforce_run / "eval" / name)
+
+
+def test_a_reinforce_checkpoint_for_another_game_is_refused(reinforce_run, tmp_path):
+    from dqnfast.evaluation import EvalConfig, evaluate
+
+    with pytest.raises(ConfigError, match="checkpoint is for CartPole-v1, this evaluation is Acrobot-v1"):
+        evaluate(EvalConfig(run=str(reinforce_run), game="Acrobot", episodes=1, out=str(tmp_path)), echo=False)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("hidden, value", [([], True), ([16, 8], False)])
+def test_policy_network_is_rebuilt_from_its_weights(hidden, value):
+    from dqnfast.agent.reinforce import PolicyNetwork
+    from dqnfast.evaluation.agents import policy_network
+
+    torch.manual_seed(0)
+    net = PolicyNetwork(4, 3, hidden, value=value)
+    rebuilt = policy_network(net.state_dict(), 4, 3, task_id="X-v1")
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(rebuilt(x), net(x), rtol=0, atol=0)
+    assert (rebuilt.value_head is not None) == value
+    with pytest.raises(
+        ConfigError, match=r"takes float32\[4\] and has 3 actions, this evaluation's X-v1 gives float32\[6\]"
+    ):
+        policy_network(net.state_dict(), 6, 3, task_id="X-v1")
 
 
 def test_cli_video_and_gif_of_a_pong_game(tmp_path):

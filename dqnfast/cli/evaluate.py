@@ -1,6 +1,6 @@
 """``python -m dqnfast.evaluate run=<run dir or checkpoint>``: the Hydra command line (conf/evaluate.yaml).
 
-The evaluation itself is ``dqnfast.evaluate.evaluate`` (no Hydra).
+The evaluation itself is ``dqnfast.evaluation.evaluate`` (no Hydra).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.config import ConfigError
-from dqnfast.evaluate import EvalConfig, default_out, evaluate
+from dqnfast.evaluation import EvalConfig, default_out, evaluate
 
 
 def _fail(err: Exception, code: int = 2) -> None:
@@ -85,12 +85,10 @@ def cli() -> None:
         except ConfigError as e:
             _fail(e)
         except Exception as e:  # VideoError, ReplayDivergedError: one line, no traceback
-            from dqnfast.envs import EnvCreationError
-            from dqnfast.video import VideoError
+            from dqnfast.envs import EnvCreationError, ReplayDivergedError
+            from dqnfast.evaluation.video import VideoError
 
-            if isinstance(e, EnvCreationError):  # the machine, not the command: no folder to keep
-                _fail(e, 1)
-            if isinstance(e, VideoError):
+            if isinstance(e, (EnvCreationError, VideoError, ReplayDivergedError)):  # the machine, not the command
                 _fail(e, 1)
             raise
 
