@@ -1,15 +1,21 @@
-"""dqnfast.agent.reinforce and dqnfast.training.reinforce: the maths by hand, learning, the CLI."""
+"""dqnfast.agent.reinforce and dqnfast.training.reinforce: the maths by hand, learning, the CLI, resume."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from test_resume import COMPARED, finish, rows, start
 
 from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork, policy_loss, returns_to_go
+from dqnfast.checkpoint import load_checkpoint
 from dqnfast.config import Config, ConfigError
 from dqnfast.training import check_config
 
@@ -96,7 +102,7 @@ def test_cli_runs_reinforce_end_to_end_and_writes_metrics_and_eval(run_cli):
 
 
 # ------------------------------------------------------------------ learning
-def _learn(total_steps: int, tmp_path, **over):
+def _learn(total_steps: int, tmp_path, resume=None, **over):
     from hydra import compose, initialize_config_dir
 
     from dqnfast.cli.train import CONF_DIR, to_config
@@ -107,10 +113,160 @@ def _learn(total_steps: int, tmp_path, **over):
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     check_config(cfg)
-    return train_reinforce(cfg, tmp_path / "run")
+    return train_reinforce(cfg, tmp_path / "run", resume=resume)
 
 
-def test_reinforce_solves_cartpole(tmp_path):
-    # preset=reinforce as shipped: 400k agent steps (~1200 episodes), about 30-40 s on 2 busy cores
-    summary = _learn(400_000, tmp_path)
+def test_reinforce_solves_cartpole_across_a_reseeded_resume(tmp_path, caplog):
+    # preset=reinforce as shipped (400k agent steps, ~1200 episodes), in two segments: the second
+    # resumes the first's checkpoint with new env seeds (envs.resume=reseed: the envs are not
+    # restored, so this resume is not the uninterrupted run) and still learns to the target
+    first = _learn(200_000, tmp_path, **{"envs.resume": "reseed"})
+    with caplog.at_level(logging.INFO, logger="dqnfast.train"):
+        summary = _learn(400_000, tmp_path, resume=tmp_path / "run", **{"envs.resume": "reseed"})
+    assert "envs: re-created with seed 1000001 (envs.resume=reseed)" in caplog.text
+    assert summary["run_name"] == first["run_name"] and summary["episodes"] > first["episodes"]
+    steps = [int(r["env_steps"]) for r in rows(tmp_path / "run")]
+    assert steps == sorted(set(steps)) and first["env_steps"] in steps and steps[-1] == summary["env_steps"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["counters"]["resumes"] == 1
     assert summary["eval"]["mean"] >= 475, summary["eval"]["scores"]
+
+
+# ------------------------------------------------------------------ resume
+RF = [
+    "preset=reinforce",  # envs.resume=replay: an exact resume
+    "envs.num_envs=8",
+    "logger.log_every=1000",
+    "logger.progress=false",
+    "envs.eval.episodes=2",
+    "envs.eval.num_envs=2",
+    "torch_threads=1",
+    "envs.num_threads=1",
+]
+
+
+@pytest.mark.parametrize("game", ["CartPole", "Acrobot", "MountainCar"])
+def test_envs_made_from_the_seed_and_reset_as_often_continue_exactly(game):
+    from dqnfast.config.schema import EnvsConfig
+    from dqnfast.envs import make_env
+    from dqnfast.training.reinforce import collect_episodes, replay_resets
+
+    envs = EnvsConfig(num_envs=4, num_threads=1)
+
+    def make():
+        return make_env(game, "vector", envs, envs.train, seed=7, batch_size=4)
+
+    env, spec = make()
+    learner = PolicyLearner(PolicyNetwork(spec.obs_shape[0], spec.num_actions, [8]), lr=1e-2, gamma=0.99)
+    gen = torch.Generator().manual_seed(0)
+    # episodes of different lengths, cut at 60 steps: envs that ended first were auto-reset by envpool
+    resets = sum(collect_episodes(env, learner, gen, 60)["resets"] for _ in range(3))
+    assert resets.min() >= 3
+    state = gen.get_state()
+    want = collect_episodes(env, learner, gen, 60)
+    env.close()
+    fresh, _ = make()
+    replay_resets(fresh, resets)
+    gen.set_state(state)
+    got = collect_episodes(fresh, learner, gen, 60)
+    fresh.close()
+    for k in ("obs", "actions", "rewards", "dones", "mask", "resets"):
+        assert np.array_equal(got[k], want[k]), k
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+    a, b, total = tmp_path / "a", tmp_path / "b", 16_000
+    uninterrupted = start(*RF, f"algo.total_steps={total}", f"hydra.run.dir={a}", cwd=tmp_path)
+    # the same run, stopped by SIGTERM once it has logged two rows, then resumed
+    proc = start(*RF, "algo.total_steps=100000000", f"hydra.run.dir={b}", cwd=tmp_path)
+    deadline = time.time() + 600  # a generous bound for a loaded machine, not a speed check
+    while not ((b / "metrics.csv").exists() and len(rows(b)) >= 2):
+        assert time.time() < deadline and proc.poll() is None, "the run did not log two rows"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc)
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert "Traceback" not in err and "SIGTERM: stopped at" in err and f"resume={b}" in err
+    ck = load_checkpoint(b / "checkpoint.pt")
+    stopped, episodes = ck["counters"]["env_steps"], ck["counters"]["episodes"]
+    assert ck["learner"] == "reinforce" and 2000 <= stopped < total
+    assert episodes == 8 * ck["counters"]["updates"]  # stopped between batches: 8 whole episodes per update
+    assert ck["envs"]["resets"].shape == (8,) and int(ck["envs"]["resets"].min()) >= episodes // 8
+    assert not (b / "eval.json").exists() and all(int(r["env_steps"]) <= stopped for r in rows(b))
+
+    code, _, err = finish(start(f"resume={b}", f"algo.total_steps={total}", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    log = (b / "train.log").read_text()
+    assert f"resume: changed algo.total_steps: 100000000 -> {total}" in log
+    assert f"at {stopped} agent steps" in log and "envs: restored by replaying" in log
+    code, _, err = finish(uninterrupted)
+    assert code == 0, err[-3000:]
+
+    ra, rb = rows(a), rows(b)
+    assert [r["env_steps"] for r in rb] == [r["env_steps"] for r in ra] and int(rb[-1]["env_steps"]) >= total
+    for x, y in zip(ra, rb):
+        assert {k: x[k] for k in COMPARED} == {k: y[k] for k in COMPARED}  # the same floats, the same text
+    ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
+    assert cb["counters"].pop("resumes") == 1 and ca["counters"].pop("resumes") == 0
+    assert ca["counters"] == cb["counters"] and torch.equal(ca["envs"]["resets"], cb["envs"]["resets"])
+    for k in ca["online"]:
+        assert torch.equal(ca["online"][k], cb["online"][k]), k
+    for k, v in ca["optimizer"]["state"].items():
+        assert all(torch.equal(v[n], cb["optimizer"]["state"][k][n]) for n in v)
+    ea, eb = (json.loads((d / "eval.json").read_text()) for d in (a, b))
+    assert ea["scores"] == eb["scores"]
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished REINFORCE run of 2000 agent steps and a finished DQN run, both on CartPole."""
+    tmp = tmp_path_factory.mktemp("finished")
+    rf, dqn = tmp / "rf", tmp / "dqn"
+    procs = [
+        start(*RF, "algo.total_steps=2000", f"hydra.run.dir={rf}", cwd=tmp),
+        start(
+            "preset=cartpole",
+            "algo.total_steps=600",
+            "algo.learning_starts=500",
+            "logger.progress=false",
+            "envs.eval.episodes=2",
+            f"hydra.run.dir={dqn}",
+            cwd=tmp,
+        ),
+    ]
+    for p in procs:
+        code, _, err = finish(p)
+        assert code == 0, err[-3000:]
+    return rf, dqn
+
+
+def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
+    rf, dqn = finished_runs
+    steps = load_checkpoint(rf / "checkpoint.pt")["counters"]["env_steps"]
+    before = {f: (rf / f).read_bytes() for f in ("checkpoint.pt", "metrics.csv", "eval.json")}
+    net = "error: resume: checkpoint network is policy hidden [32, 32] on float32[4], this run's is"
+    cases = [
+        ([f"resume={rf}", "game=Acrobot"], "error: resume: checkpoint is for CartPole-v1, this run is Acrobot-v1"),
+        ([f"resume={rf}", "network.mlp_hidden=[64]", "algo.total_steps=9000"], f"{net} policy hidden [64] on"),
+        ([f"resume={rf}", "reinforce.baseline=value", "algo.total_steps=9000"], f"{net} policy+value hidden [32, 32]"),
+        (
+            [f"resume={rf}"],
+            f"error: resume: the run already has {steps} agent steps and algo.total_steps=2000; "
+            "set algo.total_steps higher to continue",
+        ),
+        (
+            [f"resume={rf}", "learner=dqn", "algo.total_steps=9000"],
+            "error: resume: the checkpoint is from a learner=reinforce run, this run is learner=dqn; "
+            "resume with learner=reinforce, or start a new run",
+        ),
+        (
+            [f"resume={dqn}", "learner=reinforce", "algo.total_steps=9000"],
+            "error: resume: the checkpoint is from a learner=dqn run, this run is learner=reinforce; "
+            "resume with learner=dqn, or start a new run",
+        ),
+    ]
+    procs = [start(*args, cwd=tmp_path) for args, _ in cases]
+    for p, (args, head) in zip(procs, cases):
+        code, _, err = finish(p)
+        assert code == 2 and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith(head), (args, err)
+    assert {f: (rf / f).read_bytes() for f in before} == before  # a refused resume leaves the run as it was

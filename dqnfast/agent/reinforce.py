@@ -16,13 +16,14 @@ only holds the network and optimizer state. No env stepping and no files here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PolicyLearner", "PolicyNetwork", "policy_loss", "returns_to_go"]
+__all__ = ["PolicyLearner", "PolicyNetwork", "PolicySpec", "policy_loss", "returns_to_go"]
 
 
 def returns_to_go(rewards: np.ndarray, dones: np.ndarray, gamma: float) -> np.ndarray:
@@ -62,6 +63,36 @@ def policy_loss(
     return -(mask * logp * adv).sum() / num_episodes
 
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a ``PolicyNetwork`` is built from; ``to_dict()`` is a checkpoint's ``network`` entry.
+
+    The dict has DQN's ``NetworkSpec`` keys where they mean the same (``kind`` is
+    ``policy`` or ``policy+value``), so ``dqnfast.checkpoint.check_compatible`` compares
+    and names two policies the way it does two Q-networks.
+    """
+
+    obs_dim: int
+    num_actions: int
+    hidden: tuple[int, ...] = ()
+    value: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "policy+value" if self.value else "policy",
+            "obs_shape": [self.obs_dim],
+            "obs_dtype": "float32",
+            "num_actions": self.num_actions,
+            "hidden": list(self.hidden),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PolicySpec:
+        return cls(
+            int(d["obs_shape"][0]), int(d["num_actions"]), tuple(int(h) for h in d["hidden"]), d["kind"] != "policy"
+        )
+
+
 class PolicyNetwork(nn.Module):
     """obs float32[B, d] -> action logits float32[B, A] (argmax = the greedy action).
 
@@ -72,8 +103,15 @@ class PolicyNetwork(nn.Module):
 
     def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], *, value: bool = False) -> None:
         super().__init__()
+        self.spec = PolicySpec(int(obs_dim), int(num_actions), tuple(int(h) for h in hidden), bool(value))
         self.policy = self._mlp(obs_dim, num_actions, hidden)
         self.value_head = self._mlp(obs_dim, 1, hidden) if value else None
+
+    @classmethod
+    def from_spec(cls, spec: PolicySpec | dict[str, Any]) -> PolicyNetwork:
+        """The network a checkpoint's ``network`` entry (or a ``PolicySpec``) describes, freshly initialised."""
+        s = spec if isinstance(spec, PolicySpec) else PolicySpec.from_dict(spec)
+        return cls(s.obs_dim, s.num_actions, s.hidden, value=s.value)
 
     @staticmethod
     def _mlp(d: int, out: int, hidden: Sequence[int]) -> nn.Sequential:
@@ -163,3 +201,16 @@ class PolicyLearner:
             "optimizer": self.optimizer.state_dict(),
             "updates": self.num_updates,
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores ``state_dict()``'s output (a checkpoint holds it at its top level).
+
+        Adam's hyperparameters (lr, eps) stay this learner's: the config of a resumed run
+        wins over the saved one.
+        """
+        self.online.load_state_dict(state["online"])
+        hyper = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g, h in zip(self.optimizer.param_groups, hyper):
+            g.update(h)
+        self.num_updates = int(state.get("updates", self.num_updates))

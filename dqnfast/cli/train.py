@@ -187,7 +187,7 @@ def main(cfg: DictConfig) -> float | None:
         if conf.learner == "reinforce":
             from dqnfast.training.reinforce import train_reinforce
 
-            summary = train_reinforce(conf, run_dir, config_dict=config_dict, tracking=tracking)
+            summary = train_reinforce(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
         else:
             summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:

@@ -229,6 +229,7 @@ class EnvsConfig:
         replaying every action sent since the run started (ALE and envpool's classic
         control are deterministic for a seed), so a resumed run continues exactly the
         same env stream; it records one byte per agent step and needs synchronous envs.
+        ``learner=reinforce`` replays only each env's resets (see docs/reinforce.md).
     """
 
     num_envs: int = 8
@@ -557,11 +558,6 @@ def validate(cfg: Config) -> None:
     _choice(p, "policy", "reinforce.policy", PolicyKind)
     _choice(p, "baseline", "reinforce.baseline", Baseline)
     _non_negative(p, "reinforce", "value_coef")
-    _check(
-        not (cfg.learner == LearnerName.reinforce and cfg.resume),
-        "resume",
-        "learner=reinforce runs cannot be resumed yet; start a new run (its checkpoint holds the policy weights)",
-    )
 
     g = cfg.logger
     _positive(g, "logger", "log_every", "score_window", "wandb_init_timeout")

@@ -6,12 +6,31 @@ Per iteration (synchronous envpool, ``envs.num_envs`` = E envs):
              an env's end are stepped (envpool steps all envs together) but masked out
     learn -> one Adam step on the E episodes (``dqnfast.agent.reinforce.PolicyLearner``)
     log   -> a metrics.csv row every ``logger.log_every`` agent steps
+    save  -> a checkpoint every ``logger.checkpoint_every`` agent steps, at the end, on SIGINT/SIGTERM
 
 Units: ``env_steps`` count only the masked-in agent steps, summed over envs, so they
-compare with DQN's. Run outputs are DQN's: metrics.csv (``epsilon`` and ``q_mean`` are
-empty: the policy explores by sampling; ``q_mean`` holds V's mean with a value baseline),
+compare with DQN's. Run outputs are DQN's: metrics.csv (``epsilon`` is nan: the policy
+explores by sampling; ``q_mean`` holds V's mean with a value baseline, else is empty),
 checkpoint.pt, eval.json and the plots from ``dqnfast.evaluate.final_evaluation`` (greedy
-= argmax of the logits). Resume is refused at start-up (``config.validate``).
+= argmax of the logits).
+
+Resume reuses DQN's pieces: ``LoopState`` (counters, metric sums, score windows, next
+log/checkpoint step, training time), ``rng_state``, ``plan_resume`` / ``check_resumable``
+and ``save_run_checkpoint``. A checkpoint is written only between batches, where no
+episode is in progress, so of the envs only their seed and each env's reset count are
+kept: envpool's classic-control envs draw random numbers only when they reset, so envs
+made from the same seed and reset as often continue exactly (``envs.resume=replay``);
+``reseed`` makes new envs from ``seed + ENV_RESEED_STRIDE * resumes``.
+
+Checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
+
+    learner   "reinforce"
+    online, optimizer, updates   PolicyLearner.state_dict()
+    counters  env_steps, frames, updates, episodes, seed, resumes
+    loop      LoopState.state_dict()
+    rng       python, numpy, torch (, torch_cuda), sampler (the actions' torch generator)
+    envs      mode, seed, num_envs, resets (int64[E]: resets of each env since it was made from seed)
+    config, game, obs, num_actions, network (PolicySpec.to_dict()), run_name
 """
 
 from __future__ import annotations
@@ -21,16 +40,18 @@ import logging
 import math
 import random
 import time
-from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from dqnfast.config import Config
+from dqnfast.config import Config, ConfigError
 from dqnfast.config.schema import plain
+from dqnfast.training.resume import ResumePlan
+from dqnfast.training.state import LoopState, next_mark
 
-__all__ = ["collect_episodes", "train_reinforce"]
+__all__ = ["collect_episodes", "replay_resets", "train_reinforce"]
 
 log = logging.getLogger("dqnfast.train")
 
@@ -41,14 +62,18 @@ def collect_episodes(env: Any, learner: Any, generator: Any, max_steps: int) -> 
     Returns obs float32[T, E, d], actions int64[T, E], rewards float32[T, E],
     dones bool[T, E] (true at each env's last step), mask bool[T, E] (steps inside the
     episode); T is the longest episode (at most ``max_steps``; a longer one is cut there).
+    resets int64[E]: how many times each env reset (the first reset, and envpool's
+    automatic ones when an env that has ended is stepped on).
     """
     obs, _ = env.reset()
     e = obs.shape[0]
     alive = np.ones(e, bool)
+    resets = np.ones(e, np.int64)
     rows: dict[str, list[np.ndarray]] = {k: [] for k in ("obs", "actions", "rewards", "dones", "mask")}
     for _ in range(max_steps):
         actions = learner.act(obs, generator)
-        nxt, reward, terminated, truncated, _ = env.step(actions.astype(np.int32))
+        nxt, reward, terminated, truncated, info = env.step(actions.astype(np.int32))
+        resets[info["env_id"][info["elapsed_step"] == 0]] += 1  # envpool reset these instead of stepping
         done = (terminated | truncated) & alive
         rows["obs"].append(obs.astype(np.float32))
         rows["actions"].append(actions)
@@ -61,7 +86,296 @@ def collect_episodes(env: Any, learner: Any, generator: Any, max_steps: int) -> 
             break
     out = {k: np.stack(v) for k, v in rows.items()}
     out["dones"][-1] |= out["mask"][-1]  # an episode cut at max_steps ends there
+    out["resets"] = resets
     return out
+
+
+def replay_resets(env: Any, counts: np.ndarray) -> None:
+    """Resets env i of a fresh synchronous envpool ``env`` ``counts[i]`` times (its results are dropped).
+
+    envpool's classic-control envs draw random numbers only when they reset (the first
+    state), so envs made from a run's seed and reset as often as the run's had been
+    (``collect_episodes``' ``resets``, summed) continue exactly where the run's stopped.
+    """
+    counts = np.asarray(counts, np.int64)
+    for k in range(int(counts.max(initial=0))):
+        env.reset(np.flatnonzero(counts > k).astype(np.int32))
+
+
+@dataclass
+class _Run:
+    """The parts of one REINFORCE run, fresh or resumed (``plan.ck``)."""
+
+    cfg: Config
+    run_dir: Path
+    config_dict: dict
+    plan: ResumePlan
+    device: Any
+    env: Any
+    spec: Any  # dqnfast.envs.EnvSpec
+    learner: Any  # PolicyLearner
+    gen: Any  # the torch.Generator actions are sampled with
+    max_steps: int
+    resets: np.ndarray  # int64[E]: resets of each env since it was made from plan.env_seed
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+
+def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: dict) -> _Run:
+    """Seeds the process, makes the envs (from ``plan.env_seed``), the policy and its learner.
+
+    A resumed run's checkpoint is checked against them here (one-line ConfigError) and
+    its RNG states replace the seeding later (``_restore``).
+    """
+    import torch
+
+    from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
+    from dqnfast.envs import make_env
+
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if r.torch_threads:
+        torch.set_num_threads(r.torch_threads)
+    rc, n = cfg.reinforce, cfg.envs.num_envs
+    env, spec = make_env(cfg.game, cfg.obs, cfg.envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
+    try:
+        hidden = [] if rc.policy == "linear" else list(cfg.network.mlp_hidden)
+        net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == "value")
+        if plan.ck:
+            _check_resumable(plan, cfg, spec, net.spec)
+        learner = PolicyLearner(
+            net,
+            lr=cfg.optim.lr,
+            eps=cfg.optim.eps,
+            gamma=cfg.algo.gamma,
+            baseline=str(rc.baseline),
+            value_coef=rc.value_coef,
+            device=r.device,
+        )
+    except BaseException:
+        env.close()
+        raise
+    gen = torch.Generator().manual_seed(cfg.seed)
+    max_steps = int(env.config.get("max_episode_steps", 500))
+    return _Run(
+        cfg, run_dir, config_dict, plan, r.device, env, spec, learner, gen, max_steps, np.zeros(spec.num_envs, np.int64)
+    )
+
+
+def _check_resumable(plan: ResumePlan, cfg: Config, spec: Any, policy: Any) -> None:
+    """A checkpoint without loop state is refused, then DQN's checks: game, observations, actions, network, steps."""
+    from dqnfast.training.resume import check_resumable
+
+    if not all(k in plan.ck for k in ("loop", "rng", "envs", "game")):
+        raise ConfigError(
+            "resume",
+            "the checkpoint has no training-loop state (an older or hand-made checkpoint): "
+            "it cannot be resumed; start a new run",
+        )
+    check_resumable(plan, cfg, spec, policy)
+
+
+def _payload(run: _Run, st: LoopState) -> dict[str, Any]:
+    """The whole checkpoint of ``run`` at loop state ``st`` (the layout in the module docstring)."""
+    import torch
+
+    from dqnfast.training.state import rng_state
+
+    spec, learner, plan = run.spec, run.learner, run.plan
+    rng = rng_state(None, None, run.device)
+    rng["sampler"] = run.gen.get_state()
+    return {
+        "learner": "reinforce",
+        **learner.state_dict(),
+        "counters": {
+            "env_steps": st.env_steps,
+            "frames": st.env_steps,
+            "updates": learner.num_updates,
+            "episodes": st.episodes,
+            "seed": run.cfg.seed,
+            "resumes": st.resumes,
+        },
+        "config": run.config_dict,
+        "game": spec.task_id,
+        "obs": {"kind": spec.obs_kind, "shape": list(spec.obs_shape), "dtype": spec.frame_dtype.name},
+        "num_actions": spec.num_actions,
+        "network": learner.online.spec.to_dict(),
+        "run_name": run.name,
+        "loop": st.state_dict(checkpoint_every=run.cfg.logger.checkpoint_every),
+        "rng": rng,
+        "envs": {
+            "mode": plan.env_mode,
+            "seed": plan.env_seed,
+            "num_envs": spec.num_envs,
+            "resets": torch.from_numpy(run.resets.copy()),
+        },
+    }
+
+
+def _save(run: _Run, st: LoopState) -> Path:
+    from dqnfast.checkpoint import save_run_checkpoint
+
+    return save_run_checkpoint(
+        run.run_dir, _payload(run, st), env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints
+    )
+
+
+def _restore(run: _Run, st: LoopState) -> None:
+    """Reads ``_payload``'s keys back: weights and Adam state, counters, loop state, RNG states."""
+    import torch
+
+    from dqnfast.training.state import set_rng_state
+
+    ck, lg = run.plan.ck, run.cfg.logger
+    try:
+        run.learner.load_state_dict(ck)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(
+            "resume", f"the checkpoint's weights do not fit this network ({' '.join(str(e).split())[:200]})"
+        ) from None
+    st.load_state_dict(
+        ck["loop"],
+        ck["counters"],
+        device=torch.device("cpu"),  # the metric sums are host tensors here
+        log_every=lg.log_every,
+        checkpoint_every=lg.checkpoint_every,
+        envs_too=False,
+    )
+    set_rng_state(ck["rng"], None, None, run.device, ring_too=False)
+    run.gen.set_state(ck["rng"]["sampler"])
+    log.info(
+        "resume %s from %s at %d agent steps (%d updates, %d episodes); resume #%d",
+        run.name,
+        ck.get("_path", "the checkpoint"),
+        st.env_steps,
+        run.learner.num_updates,
+        st.episodes,
+        run.plan.resumes,
+    )
+
+
+def _start_envs(run: _Run) -> None:
+    """On an exact resume, resets each env as often as it had been: its RNG continues where it stopped."""
+    plan = run.plan
+    if plan.replay_envs:
+        t0 = time.perf_counter()
+        counts = plan.ck["envs"]["resets"].numpy().astype(np.int64)
+        replay_resets(run.env, counts)
+        run.resets[:] = counts
+        log.info(
+            "envs: restored by replaying %d resets of %d envs from seed %d in %.2f s",
+            int(counts.sum()),
+            len(counts),
+            plan.env_seed,
+            time.perf_counter() - t0,
+        )
+    elif plan.ck:
+        log.info(
+            "envs: re-created with seed %d (envs.resume=%s%s)",
+            plan.env_seed,
+            plan.env_mode,
+            "" if plan.env_mode == "reseed" else ", but the checkpoint has no reset counts for these envs",
+        )
+
+
+def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
+    """Trains until ``algo.total_steps`` agent steps or a signal; returns the last checkpoint (between batches)."""
+    import torch
+
+    lg, learner = run.cfg.logger, run.learner
+    value = run.cfg.reinforce.baseline == "value"
+    _start_envs(run)
+    while st.env_steps < run.cfg.algo.total_steps and not stop.signum:
+        # act: one whole episode per env
+        b = collect_episodes(run.env, learner, run.gen, run.max_steps)
+        run.resets += b["resets"]
+        # learn
+        m = learner.update(b["obs"], b["actions"], b["rewards"], b["dones"], b["mask"])
+        st.add_metrics(
+            {
+                "loss": torch.tensor(m["loss"], dtype=torch.float64),
+                "q_mean": torch.tensor(m["value_mean"] if value else math.nan, dtype=torch.float64),
+            }
+        )
+        ep_len = b["mask"].sum(0)
+        for score, n in zip(b["rewards"].sum(0), ep_len):
+            st.game_ended(float(score), int(n))
+        k = int(ep_len.sum())
+        st.env_steps += k
+        loggers.progress(k)
+        # log, save
+        if st.env_steps >= st.next_log:
+            loggers.log_metrics(st.row(frame_skip=1, updates=learner.num_updates))
+            st.next_log = next_mark(st.env_steps, st.next_log, lg.log_every)
+        if st.env_steps >= st.next_ckpt:
+            _save(run, st)
+            st.next_ckpt = next_mark(st.env_steps, st.next_ckpt, lg.checkpoint_every)
+    if stop.signum:
+        # no metrics row here: the partial sums go into the checkpoint, so a resumed
+        # run writes exactly the rows an uninterrupted one would
+        path = _save(run, st)
+        log.warning(
+            "%s at %d agent steps: checkpoint written to %s; continue with: python -m dqnfast.train resume=%s",
+            stop.name,
+            st.env_steps,
+            path,
+            run.run_dir,
+        )
+        return path
+    if st.n_metrics or st.last_steps != st.env_steps:
+        loggers.log_metrics(st.row(frame_skip=1, updates=learner.num_updates))
+    return _save(run, st)
+
+
+def _open_loggers(run: _Run, st: LoopState, tracking: Mapping[str, Any] | None) -> Any:
+    """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked."""
+    from dqnfast.loggers import RunInfo, RunLoggers
+
+    tracking = dict(tracking or {})
+    extra = {"hydra": tracking["hydra"]} if tracking.get("hydra") else {}
+    info = RunInfo(
+        run.run_dir,
+        run.name,
+        game=run.spec.task_id,
+        config={**run.config_dict, **extra},
+        group=tracking.get("group"),
+        tags=[run.cfg.exp_name, *tracking.get("tags", ())],
+        resume=bool(run.plan.ck),
+    )
+    return RunLoggers(
+        run.cfg.logger, info, total_steps=run.cfg.algo.total_steps, start_step=st.env_steps, desc=run.spec.task_id
+    )
+
+
+def _final_evaluation(run: _Run, st: LoopState, loggers: Any, ckpt: Path) -> dict[str, Any]:
+    """DQN's final evaluation: greedy (argmax of the logits) at ``explore.eval_epsilon``; eval.json and plots."""
+    from dqnfast.evaluate import final_evaluation
+    from dqnfast.loggers import eval_media
+
+    result = final_evaluation(
+        run.cfg,
+        run.learner.online,
+        run.device,
+        run.run_dir,
+        task_id=run.spec.task_id,
+        run_name=run.name,
+        env_steps=st.env_steps,
+        frame_skip=1,
+        updates=run.learner.num_updates,
+        checkpoint=ckpt,
+    )
+    log.info(
+        "evaluation: %d games, epsilon %.3f: mean score %.2f, median %.2f",
+        len(result["scores"]),
+        result["epsilon"],
+        result["mean"],
+        result["median"],
+    )
+    loggers.log_eval(result, step=st.env_steps, media=eval_media(run.run_dir))
+    return result
 
 
 def train_reinforce(
@@ -69,194 +383,95 @@ def train_reinforce(
     run_dir: str | Path,
     *,
     config_dict: dict | None = None,
+    resume: str | Path | dict | None = None,
     tracking: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Runs REINFORCE into ``run_dir``; returns the same summary dict as ``dqnfast.training.train``.
 
-    cfg: a validated Config with ``learner=reinforce`` (classic control only).
+    cfg: a validated Config with ``learner=reinforce`` (classic control only). resume: a
+    checkpoint (path or loaded dict) of a REINFORCE run to continue; one of another
+    learner, game or policy shape, or one already at ``algo.total_steps``, raises
+    ConfigError("resume", ...).
     """
-    import torch
-
-    from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
-    from dqnfast.checkpoint import save_run_checkpoint
     from dqnfast.config.resolve import resolve
-    from dqnfast.envs import make_env
-    from dqnfast.evaluate import final_evaluation
-    from dqnfast.loggers import RunInfo, RunLoggers, eval_media
-    from dqnfast.training.resume import run_name
+    from dqnfast.training.resume import plan_resume
     from dqnfast.training.stop import GracefulStop
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp*"):  # left by a run killed mid-write (the real files are intact)
+        stale.unlink(missing_ok=True)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
+    plan = plan_resume(cfg, resume)
     r = resolve(cfg)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if r.torch_threads:
-        torch.set_num_threads(r.torch_threads)
-    rc, a, lg = cfg.reinforce, cfg.algo, cfg.logger
-
-    # env setup
-    env, spec = make_env(cfg.game, cfg.obs, cfg.envs, cfg.envs.train, seed=cfg.seed, batch_size=cfg.envs.num_envs)
-    max_steps = int(env.config.get("max_episode_steps", 500))
-    hidden = [] if rc.policy == "linear" else list(cfg.network.mlp_hidden)
-    net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == "value")
-    learner = PolicyLearner(
-        net,
-        lr=cfg.optim.lr,
-        eps=cfg.optim.eps,
-        gamma=a.gamma,
-        baseline=str(rc.baseline),
-        value_coef=rc.value_coef,
-        device=r.device,
-    )
-    gen = torch.Generator().manual_seed(cfg.seed)
-    name = run_name(cfg)
-    log.info(
-        "run %s: REINFORCE on %s (%d actions), %d envs, %s policy %s, baseline %s, on %s",
-        name,
-        spec.task_id,
-        spec.num_actions,
-        spec.num_envs,
-        rc.policy,
-        hidden or "(linear)",
-        rc.baseline,
-        r.device,
-    )
-    tracking = dict(tracking or {})
-    extra = {"hydra": tracking["hydra"]} if tracking.get("hydra") else {}
-    info = RunInfo(
-        run_dir,
-        name,
-        game=spec.task_id,
-        config={**config_dict, **extra},
-        group=tracking.get("group"),
-        tags=[cfg.exp_name, *tracking.get("tags", ())],
-    )
-    loggers = RunLoggers(lg, info, total_steps=a.total_steps, desc=spec.task_id)
-    scores: deque = deque(maxlen=lg.score_window)
-    lengths: deque = deque(maxlen=lg.score_window)
-    env_steps = episodes = 0
-    next_log, next_ckpt = lg.log_every, lg.checkpoint_every or math.inf
-    sums = {"loss": 0.0, "value": 0.0, "n": 0}
-    start = last_time = time.perf_counter()
-    last_steps = 0
-
-    def row() -> dict[str, Any]:
-        nonlocal last_time, last_steps
-        now = time.perf_counter()
-        n = sums["n"]
-        out = {
-            "env_steps": env_steps,
-            "frames": env_steps,
-            "episodes": episodes,
-            "score_mean": float(np.mean(scores)) if scores else math.nan,
-            "score_median": float(np.median(scores)) if scores else math.nan,
-            "episode_length_mean": float(np.mean(lengths)) if lengths else math.nan,
-            "loss": sums["loss"] / n if n else math.nan,
-            "q_mean": sums["value"] / n if n and rc.baseline == "value" else math.nan,
-            "epsilon": math.nan,
-            "sps": (env_steps - last_steps) / max(now - last_time, 1e-9),
-            "time": now - start,
-            "updates": learner.num_updates,
-        }
-        sums.update(loss=0.0, value=0.0, n=0)
-        last_time, last_steps = now, env_steps
-        return out
-
-    def checkpoint() -> Path:
-        payload = {
-            "learner": "reinforce",
-            "config": config_dict,
-            "run_name": name,
-            "counters": {"env_steps": env_steps, "episodes": episodes, "updates": learner.num_updates},
-            **learner.state_dict(),
-        }
-        return save_run_checkpoint(run_dir, payload, env_steps=env_steps, keep=lg.keep_checkpoints)
-
+    run = _build(cfg, r, plan, run_dir, config_dict)
     try:
-        with GracefulStop() as stop:
-            while env_steps < a.total_steps and not stop.signum:
-                # act: one whole episode per env
-                b = collect_episodes(env, learner, gen, max_steps)
-                # learn
-                m = learner.update(b["obs"], b["actions"], b["rewards"], b["dones"], b["mask"])
-                sums["loss"] += m["loss"]
-                sums["value"] += m["value_mean"]
-                sums["n"] += 1
-                ep_len = b["mask"].sum(0)
-                for s, n in zip(b["rewards"].sum(0), ep_len):
-                    scores.append(float(s))
-                    lengths.append(int(n))
-                k = int(ep_len.sum())
-                env_steps += k
-                episodes += len(ep_len)
-                loggers.progress(k)
-                # log
-                if env_steps >= next_log:
-                    loggers.log_metrics(row())
-                    while next_log <= env_steps:
-                        next_log += lg.log_every
-                if env_steps >= next_ckpt:
-                    checkpoint()
-                    while next_ckpt <= env_steps:
-                        next_ckpt += lg.checkpoint_every
-            if sums["n"]:
-                loggers.log_metrics(row())
-            ckpt = checkpoint()
-        train_time = time.perf_counter() - start
-        loggers.console.close()
-        summary: dict[str, Any] = {
-            "run_name": name,
-            "env_steps": env_steps,
-            "updates": learner.num_updates,
-            "episodes": episodes,
-            "train_time": train_time,
-            "score_mean": float(np.mean(scores)) if scores else math.nan,
-            "eval": None,
-            "interrupted": stop.name or None,
-            "metrics": str(run_dir / "metrics.csv"),
-            "checkpoint": str(ckpt),
-        }
-        log.info(
-            "trained %d agent steps, %d updates, %d episodes in %.1f s; last %d episodes: mean score %.2f",
-            env_steps,
-            learner.num_updates,
-            episodes,
-            train_time,
-            len(scores),
-            summary["score_mean"],
+        lg, s, rc = cfg.logger, run.spec, cfg.reinforce
+        st = LoopState(
+            s.num_envs,
+            lg.score_window,
+            resumes=plan.resumes,
+            next_log=lg.log_every,
+            next_ckpt=lg.checkpoint_every or math.inf,
+            epsilon=math.nan,  # the policy explores by sampling: metrics.csv's epsilon is nan
         )
-        if stop.signum:
-            loggers.close(exit_code=128 + stop.signum)
-            return summary
-        # evaluate: greedy (argmax of the logits) at explore.eval_epsilon, the DQN protocol
-        result = final_evaluation(
-            cfg,
-            learner.online,
+        if plan.ck:
+            _restore(run, st)
+        hidden = list(run.learner.online.spec.hidden) or "(linear)"
+        log.info(
+            "run %s: REINFORCE on %s (%d actions), %d envs, %s policy %s, baseline %s, on %s",
+            run.name,
+            s.task_id,
+            s.num_actions,
+            s.num_envs,
+            rc.policy,
+            hidden,
+            rc.baseline,
             r.device,
-            run_dir,
-            task_id=spec.task_id,
-            run_name=name,
-            env_steps=env_steps,
-            frame_skip=1,
-            updates=learner.num_updates,
-            checkpoint=run_dir / "checkpoint.pt",
         )
-        log.info(
-            "evaluation: %d games, epsilon %.3f: mean score %.2f, median %.2f",
-            len(result["scores"]),
-            result["epsilon"],
-            result["mean"],
-            result["median"],
-        )
-        loggers.log_eval(result, step=env_steps, media=eval_media(run_dir))
-        summary["eval"] = result
-    except BaseException as e:
-        loggers.close(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
-        raise
+        loggers = _open_loggers(run, st, tracking)
+        try:
+            with GracefulStop() as stop:
+                st.started()
+                ckpt = _train_loop(run, st, loggers, stop)
+            loggers.console.close()
+            summary = _summary(run, st, ckpt, stop.name)
+            if stop.signum:
+                loggers.close(exit_code=128 + stop.signum)
+                return summary
+            summary["eval"] = _final_evaluation(run, st, loggers, ckpt)
+        except BaseException as e:
+            loggers.close(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
+            raise
     finally:
-        env.close()
+        run.env.close()
     loggers.close()
+    return summary
+
+
+def _summary(run: _Run, st: LoopState, ckpt: Path, interrupted: str) -> dict[str, Any]:
+    """``train``'s summary dict (eval still None), logged in one line."""
+    train_time = time.perf_counter() - st.start
+    summary: dict[str, Any] = {
+        "run_name": run.name,
+        "env_steps": st.env_steps,
+        "updates": run.learner.num_updates,
+        "episodes": st.episodes,
+        "train_time": train_time,
+        "score_mean": st.score_mean(),
+        "eval": None,
+        "interrupted": interrupted or None,
+        "metrics": str(run.run_dir / "metrics.csv"),
+        "checkpoint": str(ckpt),
+    }
+    log.info(
+        "run total: %d agent steps, %d updates, %d episodes; this %s: %.1f s; last %d episodes: mean score %.2f",
+        st.env_steps,
+        run.learner.num_updates,
+        st.episodes,
+        "segment" if run.plan.ck else "run",
+        train_time,
+        len(st.scores),
+        summary["score_mean"],
+    )
     return summary

@@ -32,7 +32,8 @@ class ResumePlan:
     """How a run starts: fresh (``ck`` None) or from a checkpoint.
 
     resumes: how many times the run has been resumed, this one included. env_mode:
-    ``envs.resume``. replay_envs: the envs are restored exactly from the action log.
+    ``envs.resume``. replay_envs: the envs are restored exactly from the action log
+    (REINFORCE: from the per-env reset counts).
     env_seed: the seed the envs are made with. name: the run's name (kept across resumes).
     """
 
@@ -50,7 +51,10 @@ class ResumePlan:
 
 
 def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumePlan:
-    """Loads the checkpoint (a path or a loaded dict) and decides how the envs come back."""
+    """Loads the checkpoint (a path or a loaded dict) and decides how the envs come back.
+
+    Refuses (ConfigError) a checkpoint that cannot be read or that another learner wrote.
+    """
     from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
     ck: dict | None = None
@@ -59,6 +63,13 @@ def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumeP
             ck = resume if isinstance(resume, dict) else load_checkpoint(find_checkpoint(resume))
         except CheckpointError as e:
             raise ConfigError("resume", str(e)) from None
+        was = str(ck.get("learner", "dqn"))  # DQN checkpoints carry no learner key
+        if was != str(cfg.learner):
+            raise ConfigError(
+                "resume",
+                f"the checkpoint is from a learner={was} run, this run is learner={cfg.learner}; "
+                f"resume with learner={was}, or start a new run",
+            )
     counters = dict(ck["counters"]) if ck else {}
     resumes = int(counters.get("resumes", 0)) + (1 if ck else 0)
     env_mode = str(cfg.envs.resume)
@@ -66,7 +77,7 @@ def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumeP
     replay_envs = (
         bool(ck)
         and env_mode == "replay"
-        and ck_envs.get("actions") is not None
+        and (ck_envs.get("actions") is not None or ck_envs.get("resets") is not None)  # DQN's / REINFORCE's
         and int(ck_envs.get("num_envs", -1)) == cfg.envs.num_envs
     )
     if not ck:

@@ -196,26 +196,30 @@ class LoopState:
             self.tracker.load_state_dict({k: loop[f"tracker_{k}"].numpy() for k in ("score", "length", "started")})
 
 
-def rng_state(actor: Any, ring: Any, device: Any) -> dict[str, Any]:
-    """Every RNG the run draws from: python, numpy, torch (and CUDA), the actor's, the replay sampler's."""
+def rng_state(actor: Any | None, ring: Any | None, device: Any) -> dict[str, Any]:
+    """Every RNG the run draws from: python, numpy, torch (and CUDA), the actor's, the replay sampler's.
+
+    actor, ring: None for a learner without them (REINFORCE); their entries are left out.
+    """
     import torch
 
     np_state = np.random.get_state()
-    actor_state = actor.state_dict()
     state = {
         "python": random.getstate(),
         "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         "torch": torch.get_rng_state(),
-        "actor_numpy": actor_state["numpy"],
-        "actor_torch": actor_state["torch"],
-        "replay": int(ring.rng_state),
     }
+    if actor is not None:
+        actor_state = actor.state_dict()
+        state.update(actor_numpy=actor_state["numpy"], actor_torch=actor_state["torch"])
+    if ring is not None:
+        state["replay"] = int(ring.rng_state)
     if device.type == "cuda":
         state["torch_cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], actor: Any, ring: Any, device: Any, *, ring_too: bool) -> None:
+def set_rng_state(state: dict[str, Any], actor: Any | None, ring: Any | None, device: Any, *, ring_too: bool) -> None:
     """Restores ``rng_state``'s output; the sampler's only when the ring itself was restored."""
     import torch
 
@@ -223,8 +227,9 @@ def set_rng_state(state: dict[str, Any], actor: Any, ring: Any, device: Any, *, 
     n = state["numpy"]
     np.random.set_state((n[0], np.asarray(n[1], np.uint32), n[2], n[3], n[4]))
     torch.set_rng_state(state["torch"])
-    actor.load_state_dict({"numpy": state["actor_numpy"], "torch": state["actor_torch"]})
-    if ring_too:
+    if actor is not None:
+        actor.load_state_dict({"numpy": state["actor_numpy"], "torch": state["actor_torch"]})
+    if ring_too and ring is not None:
         ring.rng_state = int(state["replay"])
     if device.type == "cuda" and "torch_cuda" in state:
         torch.cuda.set_rng_state_all(state["torch_cuda"])
