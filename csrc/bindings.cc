@@ -186,15 +186,21 @@ PYBIND11_MODULE(_core, m) {
             CheckLen(ui, k, "truncated");
             CheckLen(si, k, "first");
             const int64_t stride = k > 1 ? fi.strides[0] : expect;
-            py::gil_scoped_release release;
-            r.Add(k, static_cast<const int64_t*>(ei.ptr), static_cast<const uint8_t*>(fi.ptr),
-                  stride, static_cast<const int64_t*>(ai.ptr), static_cast<const float*>(ri.ptr),
-                  static_cast<const uint8_t*>(ti.ptr), static_cast<const uint8_t*>(ui.ptr),
-                  static_cast<const uint8_t*>(si.ptr));
+            CArray<int64_t> slots(k);
+            int64_t* slots_ptr = slots.mutable_data();
+            {
+              py::gil_scoped_release release;
+              r.Add(k, static_cast<const int64_t*>(ei.ptr), static_cast<const uint8_t*>(fi.ptr),
+                    stride, static_cast<const int64_t*>(ai.ptr), static_cast<const float*>(ri.ptr),
+                    static_cast<const uint8_t*>(ti.ptr), static_cast<const uint8_t*>(ui.ptr),
+                    static_cast<const uint8_t*>(si.ptr), slots_ptr);
+            }
+            return slots;
           },
           py::arg("env_ids").noconvert(), py::arg("frames"), py::arg("actions").noconvert(),
           py::arg("rewards").noconvert(), py::arg("terminated").noconvert(),
-          py::arg("truncated").noconvert(), py::arg("first").noconvert())
+          py::arg("truncated").noconvert(), py::arg("first").noconvert(),
+          "Appends one step per env; returns int64[K]: the slot each step was written to.")
       .def(
           "_sample",
           [](ReplayRing& r, py::buffer obs, py::object next_obs, CArray<int64_t> action,

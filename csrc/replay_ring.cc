@@ -98,7 +98,7 @@ ReplayRing::~ReplayRing() {
 
 void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, int64_t frame_stride,
                      const int64_t* actions, const float* rewards, const uint8_t* terminated,
-                     const uint8_t* truncated, const uint8_t* first) {
+                     const uint8_t* truncated, const uint8_t* first, int64_t* slots) {
   std::lock_guard<std::mutex> lock(mu_);
   // Check every value before writing anything: a bad call changes nothing.
   // Actions are stored as int32: a wider one would come back as another action.
@@ -149,6 +149,7 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, i
     const int64_t e = env_ids[i];
     const int64_t t = cursors_[e];
     const int64_t s = Slot(e, t);
+    slots[i] = s;
     actions_[s] = static_cast<int32_t>(actions[i]);
     rewards_[s] = rewards[i];
     flags_[s] = static_cast<uint8_t>((terminated[i] ? kTerminated : 0) |

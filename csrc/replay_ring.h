@@ -106,12 +106,14 @@ class ReplayRing {
   ReplayRing& operator=(const ReplayRing&) = delete;
 
   // Appends one step for each of k envs. frames[i] starts at
-  // frames + i * frame_stride (frame_bytes contiguous bytes). Throws
+  // frames + i * frame_stride (frame_bytes contiguous bytes). slots[i]
+  // receives the global slot env_ids[i]'s step was written to (a caller that
+  // keeps the frames itself stores frame i there). Throws
   // std::invalid_argument, having written nothing, on an env id out of range
   // or repeated, an action out of range or a reward that is not finite.
   void Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, int64_t frame_stride,
            const int64_t* actions, const float* rewards, const uint8_t* terminated,
-           const uint8_t* truncated, const uint8_t* first);
+           const uint8_t* truncated, const uint8_t* first, int64_t* slots);
 
   // Draws batch indices uniformly from the valid ones and gathers them.
   // Throws std::runtime_error if no index is valid, std::invalid_argument for

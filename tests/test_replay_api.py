@@ -435,7 +435,7 @@ def test_shared_rows_refused_where_they_cannot_hold_both_stacks():
     _one_line(ei)
     out = _filled(n_step=1)[0].make_batch(4, shared=True)
     with pytest.raises(ValueError, match="n_step == 1") as ei:  # the core checks too
-        ring._ring._sample(*out._arrays())
+        ring._ring._sample(out.buffers.frames, out.buffers.next_obs, *out.buffers.meta_args())
     _one_line(ei)
     flat, _ = _filled(stack=1, n_step=1, frame_shape=(4,), dtype=np.float32)
     assert not flat.can_share and flat.make_batch(4).frames is None
@@ -572,3 +572,41 @@ def test_frames_on_a_device_match_the_host_ring(stack, n_step, frame_shape, dtyp
     with pytest.raises(ValueError, match="make_batch") as ei:  # a host batch cannot receive device frames
         dev.sample(64, out=out_h)
     _one_line(ei)
+
+
+# ---------------------------------------------------------------------------- add / prefetch
+@pytest.mark.parametrize("frames_device", [None, "cpu"])
+def test_add_returns_the_slots_the_core_wrote(frames_device):
+    ring = ReplayRing(SEG * E, E, (3,), np.float32, stack=1, n_step=1, frames_device=frames_device)
+    adds = np.zeros(E, np.int64)
+    rng = np.random.default_rng(0)
+    for _ in range(2 * SEG + 3):  # wraps twice
+        ids = rng.permutation(E)[: rng.integers(1, E + 1)].astype(np.int64)
+        frames = rng.standard_normal((len(ids), 3)).astype(np.float32)
+        z = np.zeros(len(ids), bool)
+        slots = ring.add(ids, frames, np.zeros(len(ids), int), np.zeros(len(ids)), z, z, z)
+        np.testing.assert_array_equal(slots, ids * SEG + adds[ids] % SEG)
+        env, step = ring.locate(slots)
+        np.testing.assert_array_equal(env, ids)
+        np.testing.assert_array_equal(step, adds[ids])
+        adds[ids] += 1
+    assert ring.add([], np.zeros((0, 3), np.float32), [], [], [], [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("frames_device", [None, "cpu"])
+def test_prefetcher_alternates_two_buffers_and_draws_what_sample_draws(frames_device):
+    kw = dict(stack=4, n_step=1, gamma=0.9, seed=11, num_threads=2)
+    a = ReplayRing(SEG * E, E, (84, 84), frames_device=frames_device, **kw)
+    b = ReplayRing(SEG * E, E, (84, 84), **kw)
+    for add in _episode_adds(steps=40, seed=2):
+        a.add(*add)
+        b.add(*add)
+    pf = a.prefetcher(16, "cpu")
+    ptrs = []
+    for _ in range(4):
+        got = pf.next()
+        _assert_batch_equal(got, b.sample(16))
+        assert got.obs.device.type == "cpu"
+        ptrs.append(got.frames.data_ptr())
+    assert ptrs[0] == ptrs[2] and ptrs[1] == ptrs[3] and ptrs[0] != ptrs[1]  # two buffers, in turn
+    assert pf.buffers[0].buffers.copied is None  # nothing to wait for off CUDA

@@ -112,7 +112,9 @@ def _rewrite(
     fix_checksum: recompute the file's own sha256 as ``save`` does (a consistent forgery), else keep the
     old one (a change the zip CRCs alone would let through).
     """
-    from dqnfast.replay import _ARRAY_NAMES, _digest, _feed
+    from dqnfast.replay.files import ARRAY_NAMES as _ARRAY_NAMES
+    from dqnfast.replay.files import digest as _digest
+    from dqnfast.replay.files import feed as _feed
 
     with np.load(src, allow_pickle=False) as z:
         entries = {name: z[name] for name in z.files}

@@ -19,7 +19,7 @@ from dqnfast.training.resume import ResumePlan, check_resumable, load_ring
 
 log = logging.getLogger("dqnfast.train")
 
-__all__ = ["PinnedBatches", "Run", "build", "check_config"]
+__all__ = ["Run", "build", "check_config"]
 
 
 def check_config(cfg: Config) -> tuple[str, str]:
@@ -59,33 +59,6 @@ def check_config(cfg: Config) -> tuple[str, str]:
     return task_id, family
 
 
-class PinnedBatches:
-    """Two sample buffers used in turn, so sampling into one overlaps the copy out of the other.
-
-    With pinned buffers on CUDA the host-to-device copy is asynchronous: a buffer is
-    refilled only after the CUDA event recorded behind its last copy has completed.
-    """
-
-    def __init__(self, ring: Any, batch_size: int, device: Any, *, pin_memory: bool) -> None:
-        import torch
-
-        self.ring, self.batch_size, self.device = ring, batch_size, device
-        self.buffers = [ring.make_batch(batch_size, pin_memory=pin_memory) for _ in range(2)]
-        self.copied: list[Any] = [None, None]
-        self.use_events = pin_memory and device.type == "cuda"
-        self._torch = torch
-
-    def sample(self, i: int) -> Any:
-        """A batch on the device, sampled into buffer ``i`` (0 or 1)."""
-        if self.copied[i] is not None:
-            self.copied[i].synchronize()
-        batch = self.ring.sample(self.batch_size, out=self.buffers[i]).to(self.device)
-        if self.use_events:
-            self.copied[i] = self._torch.cuda.Event()
-            self.copied[i].record(self._torch.cuda.current_stream(self.device))
-        return batch
-
-
 @dataclass
 class Run:
     """A run's parts and identity; the loop's changing state is ``state.LoopState``."""
@@ -103,7 +76,7 @@ class Run:
     learner: Any
     actor: Any
     schedule: Any
-    batches: PinnedBatches
+    batches: Any  # dqnfast.replay.Prefetcher: double-buffered batches on the learner's device
     actions_log: Any
 
     @property
@@ -234,7 +207,7 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
     )
     x = cfg.explore
     schedule = EpsilonSchedule(str(x.schedule), x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
-    batches = PinnedBatches(ring, cfg.algo.batch_size, r.device, pin_memory=r.pin_memory)
+    batches = ring.prefetcher(cfg.algo.batch_size, r.device, pin_memory=r.pin_memory)
     record = plan.env_mode == "replay" and not spec.is_async
     return Run(
         cfg,

@@ -125,7 +125,7 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
             st.update_budget += k * a.replay_ratio / a.batch_size
             while st.update_budget >= 1.0:
                 st.update_budget -= 1.0
-                batch = run.batches.sample(run.learner.num_updates % 2)
+                batch = run.batches.next()
                 st.add_metrics(run.learner.update(batch))
 
         # log

@@ -1,36 +1,15 @@
-"""The Python face of the C++ replay ring (``dqnfast._core``).
+"""The ring object: checks with friendly messages, the memory budget, add/sample/gather, save/load.
 
-The ring stores every observation frame once, in one circular segment per env,
-and rebuilds frame stacks and n-step returns by index at sample time, in C++
-threads with the GIL released. The exact rules (what a slot holds, which
-indices are valid, how stacks and returns are rebuilt) are written as
-invariants at the top of ``csrc/replay_ring.h``; in short:
-
-* Call ``add`` once per envpool result with the *newest* frame of the returned
-  observation (``obs[:, -1]`` for Atari pixels, ``info["ram"]`` for RAM, the
-  vector itself for classic control), the action that was sent, the reward,
-  ``terminated``, ``truncated`` and ``first = info["elapsed_step"] == 0``.
-  The observation from ``reset()`` is added with ``first=True``.
-* A transition at step ``t`` is ``(stack(t), action(t+1), n-step return,
-  stack(t+m), discount)``. Bootstrapping is cut (``discount = 0``) at every
-  ``terminated`` (life losses with ``episodic_life`` included); truncation
-  bootstraps through the real final observation (stored in its own slot; the
-  reset step after it is a separate slot and never a transition). The stack is
-  cut only where a new episode starts (the first frame repeats, as envpool's
-  reset stack does), never at a life loss.
-
-This module does the checks with friendly messages, the memory budget, the
-torch output buffers (optionally pinned) and save/load; it does no index math.
+The index math is in C++ (``dqnfast._core``); where the frames live is the storage role
+(``dqnfast.replay.storage``); the file format is ``dqnfast.replay.files``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -40,8 +19,20 @@ import torch
 from dqnfast import _core
 from dqnfast.atomic import atomic_open
 from dqnfast.memory import available_memory_bytes
+from dqnfast.replay.batch import Batch
+from dqnfast.replay.files import (
+    ARRAY_NAMES,
+    FORMAT_VERSION,
+    READ_VERSIONS,
+    ReplayFileError,
+    check_contents,
+    digest,
+    feed,
+)
+from dqnfast.replay.prefetch import Prefetcher
+from dqnfast.replay.storage import Layout, make_storage
 
-__all__ = ["Batch", "ReplayRing", "ReplayMemoryError", "ReplayFileError", "available_memory_bytes"]
+__all__ = ["ReplayRing", "ReplayMemoryError"]
 
 _TORCH_DTYPES = {
     np.dtype(np.uint8): torch.uint8,
@@ -56,83 +47,6 @@ _TORCH_DTYPES = {
 
 class ReplayMemoryError(MemoryError):
     """The requested ring does not fit in the memory available."""
-
-
-class ReplayFileError(ValueError):
-    """A saved ring file is truncated, corrupt or of another format."""
-
-
-@dataclass
-class Batch:
-    """A sampled batch, as CPU torch tensors (pinned when asked for).
-
-    obs, next_obs: frame_dtype[B, *obs_shape] (uint8[B, 4, 84, 84] for Atari);
-    action: int64[B]; reward: float32[B] (n-step discounted return);
-    discount: float32[B] (gamma^m, 0 after terminated); index: int64[B].
-
-    frames: with shared rows (``make_batch(shared=True)``, the default for stacked
-    frames and n_step=1), the window uint8[B, stack + 1, ...] of steps t-3 .. t+1
-    that ``obs = frames[:, :-1]`` and ``next_obs = frames[:, 1:]`` are views of: each
-    transition's 5 distinct frames are gathered and copied to the GPU once, not 8
-    (37.5% less memory traffic). The views are read-only in spirit: writing into
-    obs changes next_obs. None with separate rows.
-    """
-
-    obs: torch.Tensor
-    next_obs: torch.Tensor
-    action: torch.Tensor
-    reward: torch.Tensor
-    discount: torch.Tensor
-    index: torch.Tensor
-    frames: torch.Tensor | None = None
-
-    @staticmethod
-    def shared(
-        frames: torch.Tensor, action: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor, index: torch.Tensor
-    ) -> "Batch":
-        """A batch whose obs and next_obs are views of one window tensor [B, stack + 1, ...]."""
-        return Batch(frames[:, :-1], frames[:, 1:], action, reward, discount, index, frames)
-
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> "Batch":
-        """Copies every tensor to ``device`` (asynchronously from pinned memory); shared rows stay shared."""
-        rest = [t.to(device, non_blocking=non_blocking) for t in (self.action, self.reward, self.discount, self.index)]
-        if self.frames is not None:
-            return Batch.shared(self.frames.to(device, non_blocking=non_blocking), *rest)
-        return Batch(
-            self.obs.to(device, non_blocking=non_blocking), self.next_obs.to(device, non_blocking=non_blocking), *rest
-        )
-
-    def __len__(self) -> int:
-        return self.action.shape[0]
-
-    def _arrays(self) -> tuple[np.ndarray | None, ...]:
-        """(obs or frames, next_obs or None, action, reward, discount, index) as numpy views for the core."""
-        cached = self.__dict__.get("_np")
-        if cached is None:
-            ts = (
-                self.frames if self.frames is not None else self.obs,
-                None if self.frames is not None else self.next_obs,
-                self.action,
-                self.reward,
-                self.discount,
-                self.index,
-            )
-            names = (
-                "frames" if self.frames is not None else "obs",
-                "next_obs",
-                "action",
-                "reward",
-                "discount",
-                "index",
-            )
-            for name, t in zip(names, ts):
-                if t is not None and t.device.type != "cpu":
-                    raise ValueError(
-                        f"out.{name} must be a CPU tensor (got {t.device}); copy to the GPU after sampling"
-                    )
-            cached = tuple(None if t is None else t.numpy() for t in ts)
-            self.__dict__["_np"] = cached
-        return cached
 
 
 def _int_in(name: str, value, lo: int, hi: int) -> int:
@@ -174,30 +88,6 @@ def _vector(name: str, values, dtype) -> np.ndarray:
     if a.ndim > 1:
         raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
     return a.reshape(-1)
-
-
-def _frames_device(frames_device) -> torch.device | None:
-    """None, "cpu" or an available CUDA device; anything else is a one-line ValueError."""
-    if frames_device is None:
-        return None
-    try:
-        dev = torch.device(frames_device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"frames_device {frames_device!r} is not a device ({e})".replace("\n", " ")) from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type != "cuda":
-        raise ValueError(f"frames_device must be None, 'cpu' or a CUDA device, got {frames_device!r}")
-    if not torch.cuda.is_available():
-        raise ValueError(
-            f"frames_device={str(frames_device)!r} but CUDA is not available here; "
-            "keep the frames in RAM (frames_device=None)"
-        )
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"frames_device={str(frames_device)!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    return dev
 
 
 class ReplayRing:
@@ -283,12 +173,11 @@ class ReplayRing:
             num_threads = os.cpu_count() or 1
         num_threads = _positive_int("num_threads", num_threads, _INT32)
 
-        self.frames_device = _frames_device(frames_device)
-        on_host = self.frames_device is None
-        slots = capacity
-        per_slot = _core.bytes_per_slot(self.frame_bytes) - (0 if on_host else self.frame_bytes)
-        self.nbytes = slots * per_slot  # host memory
-        self.device_nbytes = 0 if on_host else slots * self.frame_bytes
+        self._storage = make_storage(frames_device)
+        self.frames_device: torch.device | None = self._storage.device
+        per_slot = _core.bytes_per_slot(self.frame_bytes) - (0 if self._storage.in_core else self.frame_bytes)
+        self.nbytes = capacity * per_slot  # host memory
+        self.device_nbytes = 0 if self._storage.in_core else capacity * self.frame_bytes
         if check_memory:
             avail = available_memory_bytes()
             if self.nbytes > avail:
@@ -296,15 +185,9 @@ class ReplayRing:
                     f"replay capacity {capacity} needs {self.nbytes / 1e9:.2f} GB of RAM but only "
                     f"{avail / 1e9:.2f} GB is available; lower the capacity to at most {avail // per_slot}"
                 )
-            if self.frames_device is not None and self.frames_device.type == "cuda":
-                free = torch.cuda.mem_get_info(self.frames_device)[0]
-                budget = int(free * 0.8)  # the networks, optimizer and batches need the rest
-                if self.device_nbytes > budget:
-                    raise ReplayMemoryError(
-                        f"replay capacity {capacity} needs {self.device_nbytes / 1e9:.2f} GB on {self.frames_device} "
-                        f"but 80% of its free memory is {budget / 1e9:.2f} GB; lower the capacity to at most "
-                        f"{budget // self.frame_bytes} or keep the frames in RAM (replay.storage=cpu)"
-                    )
+            problem = self._storage.device_memory_problem(capacity, self.frame_bytes)
+            if problem:
+                raise ReplayMemoryError(problem)
         self._ring = _core._ReplayRing(
             capacity,
             self.num_envs,
@@ -314,29 +197,34 @@ class ReplayRing:
             self.gamma,
             self.seed,
             num_threads,
-            store_frames=on_host,
+            store_frames=self._storage.in_core,
             num_actions=self.num_actions or 0,
         )
         self.capacity = self._ring.capacity
         self.segment_capacity = self._ring.segment_capacity
-        self._dev_frames: torch.Tensor | None = None
-        self._cursors = self._ring._storage()["cursors"]  # a live view: steps added per env
-        if not on_host:
-            self._dev_frames = torch.zeros(
-                (self.capacity, *self.frame_shape), dtype=_TORCH_DTYPES[self.frame_dtype], device=self.frames_device
-            )
+        self.layout = Layout(
+            self.num_envs,
+            self.segment_capacity,
+            self.frame_shape,
+            self.frame_dtype,
+            _TORCH_DTYPES[self.frame_dtype],
+            self.frame_bytes,
+            self.stack,
+        )
+        self._storage.attach(self._ring, self.layout)
 
     # ----------------------------------------------------------------- writing
-    def add(self, env_ids, frames, actions, rewards, terminated, truncated, first) -> None:
+    def add(self, env_ids, frames, actions, rewards, terminated, truncated, first) -> np.ndarray:
         """Appends one step for each env in ``env_ids`` (any subset, any order).
 
         env_ids: int[K]; frames: frame_dtype[K, *frame_shape] (axis 0 may be
         strided, e.g. ``obs[:, -1]``); actions: int[K]; rewards: float[K];
-        terminated, truncated, first: bool[K].
+        terminated, truncated, first: bool[K]. Returns int64[K]: the slot (global
+        index) each env's step was written to, as the core computed it.
         """
         ids = _int_vector("env_ids", env_ids)
         if ids.size == 0:
-            return
+            return np.zeros(0, np.int64)
         frames = np.asarray(frames)
         if frames.dtype != self.frame_dtype:
             raise ValueError(f"frames have dtype {frames.dtype}, this ring stores {self.frame_dtype}")
@@ -351,7 +239,7 @@ class ReplayRing:
         rewards = np.asarray(rewards)
         if rewards.dtype.kind not in "iuf":
             raise ValueError(f"rewards must be numbers, got dtype {rewards.dtype}")
-        self._ring._add(
+        slots = self._ring._add(
             ids,
             frames,
             _int_vector("actions", actions),
@@ -360,14 +248,9 @@ class ReplayRing:
             _vector("truncated", truncated, bool),
             _vector("first", first, bool),
         )
-        if self._dev_frames is not None:  # the core checked the call; the frames go to their slots on the device
-            slots = ids * self.segment_capacity + (self._cursors[ids] - 1) % self.segment_capacity
-            dev = self.frames_device
-            # non_blocking from pageable memory: CUDA stages the bytes before returning, and the
-            # copy does not wait for the updates queued on the stream
-            self._dev_frames[torch.from_numpy(slots).to(dev, non_blocking=True)] = torch.from_numpy(
-                np.ascontiguousarray(frames)
-            ).to(dev, non_blocking=True)
+        # the core checked the call and wrote the step; frames kept outside it go to the same slots
+        self._storage.write(slots, frames)
+        return slots
 
     # ---------------------------------------------------------------- sampling
     @property
@@ -393,18 +276,7 @@ class ReplayRing:
 
     def _alloc(self, b: int, pin_memory: bool = False, shared: bool = False) -> Batch:
         self._check_batch_memory(b, shared)
-        tdt = _TORCH_DTYPES[self.frame_dtype]
-        if self._dev_frames is not None:
-            return self._alloc_device(b, shared)
-        kw = {"pin_memory": pin_memory}
-        meta = _meta_tensors(b, **kw)
-        if shared:
-            return Batch.shared(torch.empty((b, self.stack + 1, *self.frame_shape), dtype=tdt, **kw), *meta)
-        return Batch(
-            torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
-            torch.empty((b, *self.obs_shape), dtype=tdt, **kw),
-            *meta,
-        )
+        return self._storage.alloc(b, shared, pin_memory)
 
     def _check_batch_memory(self, b: int, shared: bool) -> None:
         """Refuses, in one line, a batch whose buffers cannot be allocated (instead of torch's error)."""
@@ -419,59 +291,9 @@ class ReplayRing:
                 "is available; sample smaller batches"
             )
 
-    def _alloc_device(self, b: int, shared: bool) -> Batch:
-        """A batch on the frames' device, with host staging for the core's output (pinned on CUDA)."""
-        dev = self.frames_device
-        pin = dev.type == "cuda"
-        width = self.stack + 1 if shared else 2 * self.stack
-        host = {
-            "slots": torch.empty((b, width), dtype=torch.int64, pin_memory=pin),
-            **dict(zip(_META_NAMES, _meta_tensors(b, pin_memory=pin))),
-        }
-        frames = torch.empty((b, width, *self.frame_shape), dtype=self._dev_frames.dtype, device=dev)
-        meta = _meta_tensors(b, device=dev)
-        if shared:
-            batch = Batch.shared(frames, *meta)
-        elif self.stack > 1:
-            batch = Batch(frames[:, : self.stack], frames[:, self.stack :], *meta)
-        else:
-            batch = Batch(frames[:, 0], frames[:, 1], *meta)
-        batch.__dict__["_device"] = {
-            "host": host,
-            "np": {k: v.numpy() for k, v in host.items()},
-            "frames": frames,
-            "shared": shared,
-            "event": None,
-        }
-        return batch
-
-    def _fill_device(self, out: Batch, indices: np.ndarray | None) -> Batch:
-        """Core -> slots and metadata on the host -> the device gathers the frames (no host sync)."""
-        d = out.__dict__.get("_device")
-        if d is None:
-            raise ValueError(
-                "out was not made by this ring's make_batch (its frames live on "
-                f"{self.frames_device}); use ring.make_batch"
-            )
-        if d["event"] is not None:  # the staging buffers are refilled only after their last copy finished
-            d["event"].synchronize()
-        h = d["np"]
-        args = (h["slots"], d["shared"], h["action"], h["reward"], h["discount"], h["index"])
-        if indices is None:
-            self._ring._sample_slots(*args)
-        else:
-            self._ring._gather_slots(indices, *args)
-        t = d["host"]
-        b, width = h["slots"].shape
-        frames = d["frames"]
-        slots = t["slots"].to(self.frames_device, non_blocking=True)
-        torch.index_select(self._dev_frames, 0, slots.view(-1), out=frames.view(b * width, *self.frame_shape))
-        for name in _META_NAMES:
-            getattr(out, name).copy_(t[name], non_blocking=True)
-        if self.frames_device.type == "cuda":
-            d["event"] = torch.cuda.Event()
-            d["event"].record(torch.cuda.current_stream(self.frames_device))  # that GPU's stream, not cuda:0's
-        return out
+    def prefetcher(self, batch_size: int, device: torch.device | str, *, pin_memory: bool = False) -> Prefetcher:
+        """Batches of ``batch_size`` on ``device``, double-buffered (see ``dqnfast.replay.prefetch``)."""
+        return Prefetcher(self, _positive_int("batch_size", batch_size), device, pin_memory=pin_memory)
 
     def _out(self, batch_size: int, out: Batch | None) -> Batch:
         if out is None:
@@ -487,23 +309,16 @@ class ReplayRing:
         """
         out = self._out(_positive_int("batch_size", batch_size), out)
         try:
-            if self._dev_frames is not None:
-                return self._fill_device(out, None)
-            self._ring._sample(*out._arrays())
+            return self._storage.fill(out, None)
         except RuntimeError as e:  # no valid transition yet
             raise ValueError(str(e)) from None
-        return out
 
     def gather(self, indices, out: Batch | None = None) -> Batch:
         """Gathers the transitions at explicit ``indices`` (all must be valid)."""
         idx = _int_vector("indices", indices)
         if len(idx) == 0:
             return self._alloc(0)
-        out = self._out(len(idx), out)
-        if self._dev_frames is not None:
-            return self._fill_device(out, idx)
-        self._ring._gather(idx, *out._arrays())
-        return out
+        return self._storage.fill(self._out(len(idx), out), idx)
 
     # ------------------------------------------------------------- inspection
     def __len__(self) -> int:
@@ -533,7 +348,7 @@ class ReplayRing:
     def _meta(self) -> dict:
         return {
             "format": "dqnfast-replay",
-            "version": _FORMAT_VERSION,
+            "version": FORMAT_VERSION,
             "capacity": self.capacity,
             "num_envs": self.num_envs,
             "frame_shape": list(self.frame_shape),
@@ -554,25 +369,18 @@ class ReplayRing:
         (JSON), ``frames`` [num_envs, segment, frame_bytes] uint8, ``actions``,
         ``rewards``, ``flags`` [num_envs, segment], ``cursors`` [num_envs] and,
         written last, ``sha256``: the checksum of everything before it
-        (``_digest``), which ``load`` verifies.
+        (``dqnfast.replay.files``), which ``load`` verifies.
         """
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        arrays = dict(self._ring._storage())
-        if self._dev_frames is not None:  # frames from the device, in the same layout as a host ring's
-            arrays["frames"] = (
-                self._dev_frames.cpu()
-                .numpy()
-                .view(np.uint8)
-                .reshape(self.num_envs, self.segment_capacity, self.frame_bytes)
-            )
+        arrays = {**self._ring._storage(), "frames": self._storage.saved_frames()}
         meta = json.dumps(self._meta())
-        h = _digest(meta)
-        for name in _ARRAY_NAMES:
-            _feed(h, name, arrays[name])
+        h = digest(meta)
+        for name in ARRAY_NAMES:
+            feed(h, name, arrays[name])
         with atomic_open(path) as f:
-            np.savez(f, meta=np.array(meta), **{n: arrays[n] for n in _ARRAY_NAMES}, sha256=np.array(h.hexdigest()))
+            np.savez(f, meta=np.array(meta), **{n: arrays[n] for n in ARRAY_NAMES}, sha256=np.array(h.hexdigest()))
         return path
 
     @classmethod
@@ -617,9 +425,9 @@ class ReplayRing:
         if (
             not isinstance(meta, dict)
             or meta.get("format") != "dqnfast-replay"
-            or meta.get("version") not in _READ_VERSIONS
+            or meta.get("version") not in READ_VERSIONS
         ):
-            raise ReplayFileError(f"{path} is not a dqnfast replay file of version {_FORMAT_VERSION}")
+            raise ReplayFileError(f"{path} is not a dqnfast replay file of version {FORMAT_VERSION}")
         # version 1 predates the checksum: its arrays are covered by the zip CRCs and the checks below
         expect_digest = None
         if meta["version"] >= 2:
@@ -645,97 +453,34 @@ class ReplayRing:
             frames_device,
             num_actions,
         )
-        h = _digest(meta_text)
+        h = digest(meta_text)
+        L = ring.layout
         views = dict(ring._ring._storage())
-        if ring._dev_frames is not None:  # a stand-in for the shape check; the frames go to the device
-            views["frames"] = np.lib.stride_tricks.as_strided(
-                np.zeros(1, np.uint8), (ring.num_envs, ring.segment_capacity, ring.frame_bytes), (0, 0, 0)
-            )
-        for name in _ARRAY_NAMES:
+        # the file layout of the frames, whichever storage holds them (a zero-stride stand-in for the check)
+        views["frames"] = np.lib.stride_tricks.as_strided(
+            np.zeros(1, np.uint8), (L.num_envs, L.segment, L.frame_bytes), (0, 0, 0)
+        )
+        for name in ARRAY_NAMES:
             view = views[name]
             arr = z[name]
             if arr.shape != view.shape or arr.dtype != view.dtype:
                 raise bad(f"array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}")
-            _feed(h, name, arr)
-            if name == "frames" and ring._dev_frames is not None:
-                # straight from the file's array to the device, one env segment at a time
-                seg = ring.segment_capacity
-                for e in range(ring.num_envs):
-                    ring._dev_frames[e * seg : (e + 1) * seg].copy_(
-                        torch.from_numpy(
-                            np.ascontiguousarray(arr[e]).view(ring.frame_dtype).reshape(seg, *ring.frame_shape)
-                        )
-                    )
-                del arr
-                continue
-            view[...] = arr
+            feed(h, name, arr)
+            if name == "frames":
+                ring._storage.restore_frames(arr)
+            else:
+                view[...] = arr
             del arr
         if expect_digest is not None and h.hexdigest() != expect_digest:
             raise bad("checksum mismatch (its contents changed after it was written)")
-        problem = ring._check_contents(views)
+        problem = check_contents(
+            views, segment=L.segment, num_actions=ring.num_actions, frames=ring._storage.host_frames()
+        )
         if problem:
             raise bad(problem)
         ring.rng_state = rng_state
         ring._ring.rebuild_index()
         return ring
-
-    def _check_contents(self, views: dict) -> str | None:
-        """What makes the raw arrays inconsistent with this ring, or None (vectorised, one pass each)."""
-        cursors, actions, rewards, flags = views["cursors"], views["actions"], views["rewards"], views["flags"]
-        if (cursors < 0).any() or (cursors >= _MAX_CURSOR).any():
-            bad = cursors[(cursors < 0) | (cursors >= _MAX_CURSOR)][0]
-            return f"cursor {int(bad)} outside [0, 2^{_MAX_CURSOR.bit_length() - 1})"
-        action_end = self.num_actions or _INT32
-        if actions.size and (actions.min() < 0 or actions.max() >= action_end):
-            bad = actions.min() if actions.min() < 0 else actions.max()
-            return f"action {int(bad)} outside [0, {action_end})"
-        if not np.isfinite(rewards).all():
-            return f"reward {rewards[~np.isfinite(rewards)][0]} is not finite"
-        if (flags & ~np.uint8(_FLAG_BITS)).any():
-            return f"flags {int(flags[(flags & ~np.uint8(_FLAG_BITS)) != 0][0]):#04x} have bits no step sets"
-        # an env with fewer adds than its segment has slots it never wrote: they must still be empty
-        unwritten = np.arange(self.segment_capacity)[None, :] >= cursors[:, None]
-        if (actions[unwritten] != 0).any() or (rewards[unwritten] != 0).any() or (flags[unwritten] != 0).any():
-            return "a slot beyond its env's cursor holds data"
-        frames = views["frames"]
-        if self._dev_frames is None and self.frame_dtype.kind == "f":
-            if not np.isfinite(frames.view(self.frame_dtype)).all():
-                return "a frame holds a non-finite value"
-        return None
-
-
-_FORMAT_VERSION = 2
-_READ_VERSIONS = (1, 2)
-_ARRAY_NAMES = ("frames", "actions", "rewards", "flags", "cursors")
-_FLAG_BITS = 1 | 2 | 4  # terminated, truncated, first (csrc/replay_ring.h)
-# More adds than any env makes (2^48 steps is 9 years at a million steps a second); below it the core's
-# step arithmetic (step + n_step, step % segment) stays far from int64 overflow.
-_MAX_CURSOR = 2**48
-
-
-def _digest(meta_text: str):
-    """A sha256 over a replay file's meta and arrays, fed in file order by ``_feed``."""
-    h = hashlib.sha256()
-    h.update(b"dqnfast-replay\0")
-    h.update(meta_text.encode())
-    return h
-
-
-def _feed(h, name: str, arr: np.ndarray) -> None:
-    h.update(f"\0{name}:{arr.dtype.str}:{list(arr.shape)}\0".encode())
-    a = np.ascontiguousarray(arr)
-    chunk = 1 << 26  # bounded slices: hashlib releases the GIL on each
-    flat = a.reshape(-1).view(np.uint8) if a.size else a.reshape(-1)
-    for i in range(0, flat.size, chunk):
-        h.update(flat[i : i + chunk].data)
-
-
-_META_NAMES = ("action", "reward", "discount", "index")
-
-
-def _meta_tensors(b: int, **kw) -> list[torch.Tensor]:
-    """Empty per-row action int64, reward float32, discount float32, index int64 tensors."""
-    return [torch.empty(b, dtype=dt, **kw) for dt in (torch.int64, torch.float32, torch.float32, torch.int64)]
 
 
 def _inner_contiguous(a: np.ndarray) -> bool:

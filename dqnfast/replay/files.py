@@ -1,0 +1,82 @@
+"""The replay file format: one ``.npz`` archive per saved ring, versioned and checksummed.
+
+Entries, in file order: ``meta`` (JSON: format, version, the ring's shape, seed, RNG state),
+then the arrays of ``ARRAY_NAMES`` -- ``frames`` uint8[num_envs, segment, frame_bytes],
+``actions`` int32, ``rewards`` float32, ``flags`` uint8 (all [num_envs, segment]), ``cursors``
+int64[num_envs] -- and, written last, ``sha256``: the checksum of everything before it
+(``digest`` then ``feed`` per array), which loading verifies before trusting anything.
+Version 1 predates the checksum (the zip CRCs and the content checks cover it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = [
+    "ARRAY_NAMES",
+    "FORMAT_VERSION",
+    "READ_VERSIONS",
+    "ReplayFileError",
+    "check_contents",
+    "digest",
+    "feed",
+]
+
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
+ARRAY_NAMES = ("frames", "actions", "rewards", "flags", "cursors")
+FLAG_BITS = 1 | 2 | 4  # terminated, truncated, first (csrc/replay_ring.h)
+# More adds than any env makes (2^48 steps is 9 years at a million steps a second); below it the core's
+# step arithmetic (step + n_step, step % segment) stays far from int64 overflow.
+MAX_CURSOR = 2**48
+_INT32 = 2**31
+
+
+class ReplayFileError(ValueError):
+    """A saved ring file is truncated, corrupt or of another format."""
+
+
+def digest(meta_text: str):
+    """A sha256 over a replay file's meta and arrays, fed in file order by ``feed``."""
+    h = hashlib.sha256()
+    h.update(b"dqnfast-replay\0")
+    h.update(meta_text.encode())
+    return h
+
+
+def feed(h, name: str, arr: np.ndarray) -> None:
+    h.update(f"\0{name}:{arr.dtype.str}:{list(arr.shape)}\0".encode())
+    a = np.ascontiguousarray(arr)
+    chunk = 1 << 26  # bounded slices: hashlib releases the GIL on each
+    flat = a.reshape(-1).view(np.uint8) if a.size else a.reshape(-1)
+    for i in range(0, flat.size, chunk):
+        h.update(flat[i : i + chunk].data)
+
+
+def check_contents(views: dict, *, segment: int, num_actions: int | None, frames: np.ndarray | None) -> str | None:
+    """What makes a loaded ring's raw arrays inconsistent, or None (vectorised, one pass each).
+
+    views: the core's actions, rewards, flags, cursors as loaded. frames: the frames as
+    frame_dtype values when they are floats to check for non-finite values, else None.
+    """
+    cursors, actions, rewards, flags = views["cursors"], views["actions"], views["rewards"], views["flags"]
+    if (cursors < 0).any() or (cursors >= MAX_CURSOR).any():
+        bad = cursors[(cursors < 0) | (cursors >= MAX_CURSOR)][0]
+        return f"cursor {int(bad)} outside [0, 2^{MAX_CURSOR.bit_length() - 1})"
+    action_end = num_actions or _INT32
+    if actions.size and (actions.min() < 0 or actions.max() >= action_end):
+        bad = actions.min() if actions.min() < 0 else actions.max()
+        return f"action {int(bad)} outside [0, {action_end})"
+    if not np.isfinite(rewards).all():
+        return f"reward {rewards[~np.isfinite(rewards)][0]} is not finite"
+    if (flags & ~np.uint8(FLAG_BITS)).any():
+        return f"flags {int(flags[(flags & ~np.uint8(FLAG_BITS)) != 0][0]):#04x} have bits no step sets"
+    # an env with fewer adds than its segment has slots it never wrote: they must still be empty
+    unwritten = np.arange(segment)[None, :] >= cursors[:, None]
+    if (actions[unwritten] != 0).any() or (rewards[unwritten] != 0).any() or (flags[unwritten] != 0).any():
+        return "a slot beyond its env's cursor holds data"
+    if frames is not None and frames.dtype.kind == "f" and not np.isfinite(frames).all():
+        return "a frame holds a non-finite value"
+    return None
