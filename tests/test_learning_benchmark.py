@@ -120,3 +120,32 @@ def test_tiny_budget_runs_dqnfast_and_the_peer_side_by_side(tmp_path):
         assert run["curve"] and run["sps"] > 0 and run["eval"]["episodes"] >= 1
     assert doc["side_by_side"]["Breakout/seed1"]["ratio"] > 0
     assert (tmp_path / "l.png").stat().st_size > 10_000
+
+
+def test_collect_finds_variant_runs_and_keeps_them_apart(tmp_path):
+    """--collect reads every run folder of the budget; a variant is its own agent, not the default's seed."""
+    out = tmp_path / "runs"
+    _fake_run(out / "cpu" / "Breakout" / "dqnfast_seed1", [1.7, 5.0, 20.0], 20.0)
+    _fake_run(out / "cpu" / "Breakout" / "dqnfast+bf16_seed2", [1.7, 1.5, 1.6], 1.4)
+    (out / "cpu" / "Breakout" / "notarun_seed1").mkdir(parents=True)  # no metrics.csv: ignored
+    _fake_run(out / "cpu" / "Breakout" / "dqnfast+unknown_seed1", [1.0], 1.0)  # not a known variant: ignored
+    args = ["--budget", "cpu", "--games", "Breakout", "--collect", "--out", str(out)]
+    r = _run(args + ["--json", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png")], timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "l.json").read_text())
+    runs = {(x["agent"], x["seed"]): x for x in doc["runs"]}
+    assert set(runs) == {("dqnfast", 1), ("dqnfast+bf16", 2)}
+    assert runs[("dqnfast+bf16", 2)]["eval"]["mean"] == 1.4
+    assert "threshold" not in runs[("dqnfast+bf16", 2)]  # the regression check judges the default recipe only
+    assert (tmp_path / "l.png").stat().st_size > 0
+
+
+def test_variants_add_their_overrides_to_the_default_command():
+    spec = importlib.util.spec_from_file_location("learning_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["learning_bench"] = mod
+    spec.loader.exec_module(mod)
+    assert mod.variant_of("dqnfast+mse") == "mse" and mod.variant_of("dqnfast") is None
+    assert mod.variant_of("peer") is None
+    for name, overrides in mod.VARIANTS.items():
+        assert overrides and all("=" in o for o in overrides), name
