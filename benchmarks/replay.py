@@ -18,6 +18,24 @@ and gather threads 1..cores:
                  destination: numpy single thread (the reference limit) and torch copy_
                  with T threads (context)
 
+Prioritized replay (proportional, alpha 0.6, beta 0.4), side by side with dqnfast's uniform
+sampling above: "sample" draws B transitions and delivers obs + next_obs + importance weights,
+"update" sets new priorities for the same B indices.
+
+    dqnfast-per  ReplayRing(prioritized=True): the C++ sum tree, sample(B, out=batch, beta)
+                 and update_priorities(index, |TD|, generation)
+    numpy-per    dqnfast.replay_reference.PrioritizedReference: a NumPy sum tree (vectorised
+                 stratified descent) over the NumPy ring
+    torchrl-per  TorchRL's PrioritizedReplayBuffer over a LazyTensorStorage of obs and
+                 next_obs stacks: sample(B), update_priority(index, priority)
+    cpprb-per    cpprb's PrioritizedReplayBuffer with next_of="obs" (each stack stored once):
+                 sample(B, beta), update_priorities(indexes, priorities)
+
+TorchRL and cpprb store stacks (56 KB and 28 KB per Atari transition), so they run at
+--per-capacity and their 1M memory is computed from their array sizes, as dqnfast's and the
+NumPy tree's are; each is skipped, with the reason printed, when it cannot be used (cpprb is
+in the ``bench`` extra; torchrl 0.14.1's C++ segment trees do not load with torch 2.13).
+
 Each buffer lives in its own spawned subprocess, so only one is allocated at a time and its
 resident memory (VmRSS) can be measured cleanly: the dqnfast ring's RSS after filling it
 completely is the memory figure (target <= 7.3 GB at 1M transitions). SB3 cannot hold 1M
@@ -373,6 +391,236 @@ def worker_sb3(cfg: dict) -> dict:
     return {"rows": rows, "memory": mem}
 
 
+# ------------------------------------------------------------- prioritized replay workers
+PER_ALPHA, PER_BETA = 0.6, 0.4  # Schaul et al. 2016's proportional variant, for every contender
+
+
+def _time(cfg: dict, fn, work: int) -> dict:
+    return time_rate(
+        fn, work, cfg["min_time"], cfg["reps"], max_retries=cfg["max_retries"], quiet_wait=cfg["quiet_wait"]
+    )
+
+
+def _per_rows(impl: str, b: int, threads, capacity, t_sample: dict, t_update: dict, bpt, **kw) -> list[dict]:
+    return [
+        _row(impl, b, threads, capacity, t_sample, bpt, op="sample", **kw),
+        _row(f"{impl}-update", b, threads, capacity, t_update, bpt, op="update", **kw),
+    ]
+
+
+def worker_dqnfast_per(cfg: dict) -> dict:
+    """A prioritized ReplayRing: sample(B, beta) (obs + next_obs + weights) and update_priorities of the batch."""
+    import torch
+
+    from dqnfast.replay import ReplayRing
+
+    t_threads = cfg["threads"]
+    torch.set_num_threads(t_threads)
+    frames = np.load(cfg["frames_path"])
+    num_envs, cap = cfg["num_envs"], cfg["capacity"]
+    seg = cap // num_envs
+    steps = seg + max(64, seg // 50)
+    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
+    ids = np.arange(num_envs, dtype=np.int64)
+    release_free_memory()
+    rss0 = rss_bytes()
+    ring = ReplayRing(
+        cap,
+        num_envs,
+        FRAME_SHAPE,
+        np.uint8,
+        stack=STACK,
+        n_step=1,
+        gamma=0.99,
+        seed=cfg["seed"],
+        num_threads=t_threads,
+        prioritized=True,
+        alpha=PER_ALPHA,
+    )
+    fill_s = fill_ring(ring, frames, sch, ids, steps)
+    rss_full = rss_bytes()
+    del sch
+    mem = {
+        "capacity": ring.capacity,
+        "rss_ring_bytes": rss_full - rss0,
+        "rss_bytes_per_transition": (rss_full - rss0) / ring.capacity,
+        "nominal_bytes_per_transition": ring.nbytes / ring.capacity,
+        "fill_seconds": fill_s,
+        "adds_per_s": steps / fill_s,
+    }
+    rng = np.random.default_rng(cfg["seed"])
+    rows = []
+    for b in cfg["batch_sizes"]:
+        batch = ring.make_batch(b)
+        t_sample = _time(cfg, lambda b=b, batch=batch: ring.sample(b, out=batch, beta=PER_BETA), b)
+        idx, gen = batch.index.numpy().copy(), batch.generation.numpy().copy()
+        td = rng.exponential(1.0, b).astype(np.float32)
+        t_update = _time(cfg, lambda idx=idx, td=td, gen=gen: ring.update_priorities(idx, td, gen), b)
+        rows += _per_rows(
+            "dqnfast-per", b, t_threads, ring.capacity, t_sample, t_update, mem["nominal_bytes_per_transition"]
+        )
+    return {"rows": rows, "memory": mem}
+
+
+def worker_numpy_per(cfg: dict) -> dict:
+    """dqnfast.replay_reference's NumPy sum tree over the NumPy ring: stratified sample + gather + weights, update."""
+    from dqnfast.replay_reference import PrioritizedReference, ReferenceRing
+
+    frames = np.load(cfg["frames_path"])
+    num_envs, cap = cfg["num_envs"], cfg["capacity"]
+    seg = cap // num_envs
+    steps = seg + max(64, seg // 50)
+    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
+    ids = np.arange(num_envs, dtype=np.int64)
+    release_free_memory()
+    rss0 = rss_bytes()
+    ring = ReferenceRing(cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"])
+    per = PrioritizedReference(ring, alpha=PER_ALPHA, seed=cfg["seed"])
+    fill_s = fill_ring(per, frames, sch, ids, steps)
+    del sch
+    per.sample(1, PER_BETA)  # builds the valid mask and the tree once (not part of sampling cost)
+    rss_full = rss_bytes()
+    capacity = ring.segment_capacity * num_envs
+    arrays = (ring.frames, ring.actions, ring.rewards, ring.terminated, ring.truncated, ring.first)
+    nominal = sum(a.nbytes for a in arrays) + per.priority.nbytes + per.tree.tree.nbytes
+    mem = {
+        "capacity": capacity,
+        "rss_ring_bytes": rss_full - rss0,
+        "rss_bytes_per_transition": (rss_full - rss0) / capacity,
+        "nominal_bytes_per_transition": nominal / capacity,
+        "fill_seconds": fill_s,
+        "adds_per_s": steps / fill_s,
+    }
+    rng = np.random.default_rng(cfg["seed"])
+    rows = []
+    for b in cfg["batch_sizes"]:
+        t_sample = _time(cfg, lambda b=b: per.sample(b, PER_BETA), b)
+        s = per.sample(b, PER_BETA)
+        idx, gen, td = s["index"], s["generation"], rng.exponential(1.0, b)
+        t_update = _time(cfg, lambda idx=idx, td=td, gen=gen: per.update(idx, td, gen), b)
+        rows += _per_rows("numpy-per", b, 1, capacity, t_sample, t_update, mem["nominal_bytes_per_transition"])
+    return {"rows": rows, "memory": mem}
+
+
+def _stacks(frames: np.ndarray) -> np.ndarray:
+    """stacks[i] = frames[i:i+4] as a zero-copy strided view: the observation envpool would return."""
+    n = frames.shape[0] - STACK
+    return np.lib.stride_tricks.as_strided(
+        frames, (n + 1, STACK, *FRAME_SHAPE), (FRAME_BYTES, FRAME_BYTES, 84, 1), writeable=False
+    )
+
+
+def worker_torchrl_per(cfg: dict) -> dict:
+    """TorchRL's PrioritizedReplayBuffer over a LazyTensorStorage of obs and next_obs stacks.
+
+    Not run where ``probe_torchrl_per`` fails: torchrl 0.14.1, the newest, installs with
+    torch 2.13.0 but its C++ extension, which holds the segment trees, does not load.
+    """
+    import torch
+    from tensordict import TensorDict
+    from torchrl.data import LazyTensorStorage, PrioritizedReplayBuffer
+
+    t_threads = cfg["threads"]
+    torch.set_num_threads(t_threads)
+    stacks = _stacks(np.load(cfg["frames_path"]))
+    cap = cfg["capacity"]
+    sch = make_schedule(cap, 1, cfg["episode_len"], cfg["seed"])
+    release_free_memory()
+    rss0 = rss_bytes()
+    rb = PrioritizedReplayBuffer(alpha=PER_ALPHA, beta=PER_BETA, storage=LazyTensorStorage(cap), eps=1e-6)
+    chunk, n_stacks = 256, stacks.shape[0] - 1
+    t0 = time.perf_counter()
+    for s in range(0, cap, chunk):
+        k = min(chunk, cap - s)
+        pos = (np.arange(s, s + k) % n_stacks).astype(np.int64)
+        rb.extend(
+            TensorDict(
+                {
+                    "obs": torch.from_numpy(stacks[pos]),
+                    "next_obs": torch.from_numpy(stacks[pos + 1]),
+                    "action": torch.from_numpy(sch["actions"][s : s + k, 0]),
+                    "reward": torch.from_numpy(sch["rewards"][s : s + k, 0]),
+                    "done": torch.from_numpy(sch["terminated"][s : s + k, 0] | sch["truncated"][s : s + k, 0]),
+                },
+                batch_size=[k],
+            )
+        )
+    fill_s = time.perf_counter() - t0
+    rss_full = rss_bytes()
+    storage_bytes = sum(v.numel() * v.element_size() for v in rb.storage._storage.values(True, True))
+    # the sampler's sum and min segment trees: float32, 2 x capacity nodes each (torchrl's C++ trees)
+    nominal = storage_bytes + 2 * 2 * 4 * cap
+    mem = {
+        "capacity": cap,
+        "rss_ring_bytes": rss_full - rss0,
+        "rss_bytes_per_transition": (rss_full - rss0) / cap,
+        "nominal_bytes_per_transition": nominal / cap,
+        "fill_seconds": fill_s,
+        "adds_per_s": cap / fill_s,
+    }
+    rng = np.random.default_rng(cfg["seed"])
+    rows = []
+    for b in cfg["batch_sizes"]:
+        # return_info: the indices and importance weights ("index", "_weight") beside the data
+        t_sample = _time(cfg, lambda b=b: rb.sample(b, return_info=True), b)
+        idx = rb.sample(b, return_info=True)[1]["index"]
+        td = torch.from_numpy(rng.exponential(1.0, b).astype(np.float32))
+        t_update = _time(cfg, lambda idx=idx, td=td: rb.update_priority(idx, td), b)
+        rows += _per_rows("torchrl-per", b, t_threads, cap, t_sample, t_update, mem["nominal_bytes_per_transition"])
+    return {"rows": rows, "memory": mem}
+
+
+def worker_cpprb_per(cfg: dict) -> dict:
+    """cpprb's PrioritizedReplayBuffer (C++ segment trees), obs stored once with next_of="obs"."""
+    from cpprb import PrioritizedReplayBuffer
+
+    stacks = _stacks(np.load(cfg["frames_path"]))
+    cap = cfg["capacity"]
+    sch = make_schedule(cap, 1, cfg["episode_len"], cfg["seed"])
+    release_free_memory()
+    rss0 = rss_bytes()
+    env_dict = {
+        "obs": {"shape": (STACK, *FRAME_SHAPE), "dtype": np.uint8},
+        "act": {"shape": 1, "dtype": np.int64},
+        "rew": {"shape": 1, "dtype": np.float32},
+        "done": {"shape": 1, "dtype": np.float32},
+    }
+    rb = PrioritizedReplayBuffer(cap, env_dict, next_of="obs", alpha=PER_ALPHA, eps=1e-6)
+    chunk, n_stacks = 256, stacks.shape[0] - 1
+    t0 = time.perf_counter()
+    for s in range(0, cap, chunk):
+        k = min(chunk, cap - s)
+        pos = (np.arange(s, s + k) % n_stacks).astype(np.int64)
+        rb.add(
+            obs=stacks[pos],
+            next_obs=stacks[pos + 1],
+            act=sch["actions"][s : s + k, 0],
+            rew=sch["rewards"][s : s + k, 0],
+            done=(sch["terminated"][s : s + k, 0] | sch["truncated"][s : s + k, 0]).astype(np.float32),
+        )
+    fill_s = time.perf_counter() - t0
+    rss_full = rss_bytes()
+    # obs once per transition (+ one next_obs row), action, reward, done; sum and min trees (float32, 2 x cap)
+    nominal = (cap + 1) * OBS_BYTES + cap * (8 + 4 + 4) + 2 * 2 * 4 * cap
+    mem = {
+        "capacity": cap,
+        "rss_ring_bytes": rss_full - rss0,
+        "rss_bytes_per_transition": (rss_full - rss0) / cap,
+        "nominal_bytes_per_transition": nominal / cap,
+        "fill_seconds": fill_s,
+        "adds_per_s": cap / fill_s,
+    }
+    rng = np.random.default_rng(cfg["seed"])
+    rows = []
+    for b in cfg["batch_sizes"]:
+        t_sample = _time(cfg, lambda b=b: rb.sample(b, beta=PER_BETA), b)
+        idx = rb.sample(b, beta=PER_BETA)["indexes"]
+        td = rng.exponential(1.0, b)
+        t_update = _time(cfg, lambda idx=idx, td=td: rb.update_priorities(idx, td), b)
+        rows += _per_rows("cpprb-per", b, 1, cap, t_sample, t_update, mem["nominal_bytes_per_transition"])
+    return {"rows": rows, "memory": mem}
+
+
 def worker_memcpy(cfg: dict) -> dict:
     """One contiguous copy of a batch's obs+next_obs bytes from a random offset of a big source."""
     import torch
@@ -418,6 +666,51 @@ def worker_memcpy(cfg: dict) -> dict:
     return {"rows": rows}
 
 
+def _short(e: BaseException) -> str:
+    msg = " ".join(str(e).split())
+    if "undefined symbol" in msg:  # a C++ extension built against another torch
+        return f"{type(e).__name__}: undefined symbol in its C++ extension, which was built for another torch version"
+    return f"{type(e).__name__}: {msg[:160]}"
+
+
+def probe_torchrl_per(cfg: dict) -> dict:
+    """Whether TorchRL's PrioritizedReplayBuffer works here: {"error": None} or why not."""
+    try:
+        import torch
+        import torchrl
+    except Exception as e:  # noqa: BLE001 - a broken install fails in many ways; report it
+        return {"error": f"torchrl cannot be imported ({_short(e)})"}
+    try:  # its sum/min segment trees live in torchrl's C++ extension; without it there is no PER
+        import torchrl._torchrl  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        return {
+            "error": f"torchrl {torchrl.__version__}'s C++ extension (the segment trees of its "
+            f"PrioritizedReplayBuffer) does not load with torch {torch.__version__} ({_short(e)})"
+        }
+    try:
+        from torchrl.data import LazyTensorStorage, PrioritizedReplayBuffer
+
+        rb = PrioritizedReplayBuffer(alpha=0.6, beta=0.4, storage=LazyTensorStorage(8))
+        rb.extend(torch.zeros(8, 2))
+        rb.sample(2)
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"torchrl {torchrl.__version__}'s PrioritizedReplayBuffer fails ({_short(e)})"}
+    return {"error": None}
+
+
+def probe_cpprb_per(cfg: dict) -> dict:
+    """Whether cpprb's PrioritizedReplayBuffer works here: {"error": None} or why not."""
+    try:
+        from cpprb import PrioritizedReplayBuffer
+
+        rb = PrioritizedReplayBuffer(8, {"obs": {"shape": 2}}, alpha=0.6)
+        rb.add(obs=np.zeros((8, 2)))
+        rb.sample(2, beta=0.4)
+    except Exception as e:  # noqa: BLE001 - a broken install fails in many ways; report it
+        return {"error": f"cpprb's PrioritizedReplayBuffer is not usable ({_short(e)})"}
+    return {"error": None}
+
+
 def _run_isolated(fn, cfg: dict) -> dict:
     """Runs fn(cfg) in a fresh spawned process: its memory is all returned when it exits."""
     ctx = mp.get_context("spawn")
@@ -452,6 +745,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="transitions in SB3's buffers (default 200,000: 1M does not fit in RAM)",
     )
+    p.add_argument(
+        "--per-capacity",
+        type=int,
+        default=None,
+        help="transitions in TorchRL's and cpprb's prioritized buffers (default 100,000: they store stacks; "
+        "their 1M figures are computed from array sizes)",
+    )
     p.add_argument("--num-envs", type=int, default=8, help="env streams of the dqnfast/reference rings")
     p.add_argument("--episode-len", type=int, default=1000, help="mean episode length in agent steps")
     p.add_argument(
@@ -472,7 +772,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--skip",
         default="",
-        help="comma list of impls to leave out: dqnfast,reference,sb3,sb3-optmem,sb3-optmem-dm,memcpy",
+        help="comma list of impls to leave out: dqnfast,reference,sb3,sb3-optmem,sb3-optmem-dm,memcpy, and of "
+        "the prioritized contenders: dqnfast-per,numpy-per,torchrl-per,cpprb-per (per: all four)",
     )
     p.add_argument(
         "--default-malloc",
@@ -488,6 +789,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.batch_sizes = a.batch_sizes or ([32, 256] if q else [32, 256, 1024])
     a.capacity = a.capacity or (20_000 if q else 1_000_000)
     a.sb3_capacity = a.sb3_capacity or (5_000 if q else 200_000)
+    a.per_capacity = a.per_capacity or (5_000 if q else 100_000)
     a.frames = a.frames or ("random" if q else "pong")
     a.min_time = a.min_time if a.min_time is not None else (0.05 if q else 0.5)
     a.reps = a.reps or (1 if q else 5)
@@ -556,14 +858,16 @@ def main(argv=None) -> int:
     dq_bpt = 7100.0  # bytes per slot, for the fit check (exact: dqnfast._core.bytes_per_slot)
     cap_dq = _fit_capacity("dqnfast/reference", args.capacity, dq_bpt * 1.01, notes)
 
-    def run(name, fn, cfg):
+    def run(name, fn, cfg, keep=True):
+        """Runs one worker in its own process; keep: add its rows and memory to the uniform tables."""
         t0 = time.perf_counter()
         print(f"[{time.perf_counter() - t_start:6.1f}s] {name} ...", flush=True)
         res = _run_isolated(fn, {**base, **cfg})
         print(f"[{time.perf_counter() - t_start:6.1f}s] {name} done in {time.perf_counter() - t0:.1f}s", flush=True)
-        rows.extend(res["rows"])
-        if "memory" in res:
-            memory[name] = res["memory"]
+        if keep:
+            rows.extend(res.get("rows", []))
+            if "memory" in res:
+                memory[name] = res["memory"]
         return res
 
     try:
@@ -599,11 +903,13 @@ def main(argv=None) -> int:
                 )
             finally:
                 os.environ.update(saved)
+        per_rows, per_memory, per_skipped = run_per(args, run, cap_dq, dq_bpt, notes)
     finally:
         tmpdir.cleanup()
 
     metrics = Metrics()
     summary = report(args, rows, memory, metrics, notes, cores)
+    summary["prioritized"] = report_per(args, per_rows, rows, per_memory, per_skipped, metrics)
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()}
     config.update(
         {
@@ -621,14 +927,146 @@ def main(argv=None) -> int:
         "replay",
         config=config,
         results=rows,
+        prioritized_results=per_rows,
         metrics=metrics,
         machine=machine,
-        memory=memory,
+        memory={**memory, **{f"per:{k}": v for k, v in per_memory.items()}},
         summary=summary,
         notes=notes,
     )
     print(f"saved {path} ({time.perf_counter() - t_start:.0f}s)")
     return 0
+
+
+# --------------------------------------------------------------------------- prioritized
+PER_CONTENDERS = {  # impl: (worker, probe, how to get it)
+    "torchrl-per": (worker_torchrl_per, probe_torchrl_per, "a torchrl built for this torch"),
+    "cpprb-per": (worker_cpprb_per, probe_cpprb_per, "pip install cpprb (the bench extra)"),
+}
+
+
+def run_per(args, run, cap_dq: int, dq_bpt: float, notes: list[str]) -> tuple[list[dict], dict, dict]:
+    """The prioritized contenders, each in its own process: rows, memory, and {impl: why skipped}."""
+    rows: list[dict] = []
+    memory: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    if "per" in args.skip:
+        return rows, memory, {"all": "--skip per"}
+
+    def keep(name: str, res: dict) -> None:
+        rows.extend(res["rows"])
+        memory[name] = res["memory"]
+
+    if "dqnfast-per" not in args.skip:
+        for t in args.threads:
+            cfg = {"threads": t, "capacity": cap_dq, "num_envs": args.num_envs}
+            keep(f"dqnfast-per threads={t}", run(f"dqnfast-per threads={t}", worker_dqnfast_per, cfg, keep=False))
+    if "numpy-per" not in args.skip:
+        cap = _fit_capacity("numpy-per", cap_dq, dq_bpt * 1.1, notes)
+        keep("numpy-per", run("numpy-per", worker_numpy_per, {"capacity": cap, "num_envs": args.num_envs}, False))
+    for impl, (fn, probe_fn, how) in PER_CONTENDERS.items():
+        if impl in args.skip:
+            skipped[impl] = "--skip"
+            continue
+        probe = _run_isolated(probe_fn, {})
+        if probe["error"]:
+            skipped[impl] = f"{probe['error']}; needs {how}"
+            print(f"note: {impl} skipped: {skipped[impl]}", flush=True)
+            notes.append(f"{impl} skipped: {skipped[impl]}")
+            continue
+        cap = _fit_capacity(impl, args.per_capacity, 2 * OBS_BYTES * 1.05, notes)
+        threads = args.threads if impl == "torchrl-per" else [1]  # cpprb samples on one thread
+        for t in threads:
+            keep(f"{impl} threads={t}", run(f"{impl} threads={t}", fn, {"threads": t, "capacity": cap}, keep=False))
+    return rows, memory, skipped
+
+
+def report_per(args, per_rows, rows, memory, skipped, metrics: Metrics) -> dict:
+    """The prioritized table (beside dqnfast's uniform sampling), NAME = value lines, memory at 1M."""
+    uniform = [dict(r, op="sample (uniform)") for r in rows if r["impl"] == "dqnfast"]
+    table = sorted(per_rows + uniform, key=lambda r: (r["batch_size"], r["op"], r["impl"], r["threads"]))
+    if table:
+        print()
+        print_table(
+            table,
+            [
+                ("batch_size", "B"),
+                ("op", "op"),
+                ("impl", "impl"),
+                ("threads", "threads"),
+                ("capacity", "capacity"),
+                ("samples_per_s", "samples/s"),
+                ("ms_per_batch", "ms/batch"),
+                ("foreign_cores", "other CPU"),
+            ],
+            title=f"Prioritized replay (alpha {PER_ALPHA}, beta {PER_BETA}): sample = obs + next_obs uint8[B,4,84,84] "
+            "+ IS weights; update = new priorities for the same B indices",
+        )
+    names = {"dqnfast-per": "per", "numpy-per": "numpy_per", "torchrl-per": "torchrl_per", "cpprb-per": "cpprb_per"}
+    for r in per_rows:
+        base = r["impl"].removesuffix("-update")
+        key = f"replay.{names[base]}_{r['op']}_B{r['batch_size']}" + (
+            f"_threads{r['threads']}" if base in ("dqnfast-per", "torchrl-per") else ""
+        )
+        metrics.emit(key, round(r["samples_per_s"]), "samples/s")
+    out: dict = {"skipped": skipped, "ratios": {}}
+    for b in args.batch_sizes:
+        dq = _best(per_rows, ("dqnfast-per",), b)
+        if dq is None:
+            continue
+        for other, label in (
+            (_best(rows, ("dqnfast",), b), "uniform"),
+            (_best(per_rows, ("numpy-per",), b), "numpy"),
+            (_best(per_rows, ("torchrl-per",), b), "torchrl"),
+            (_best(per_rows, ("cpprb-per",), b), "cpprb"),
+        ):
+            if other:
+                ratio = dq["samples_per_s"] / other["samples_per_s"]
+                out["ratios"][f"sample_vs_{label}_B{b}"] = ratio
+                metrics.emit(f"replay.per_sample_vs_{label}_B{b}", round(ratio, 2), "x", "best thread count of each")
+        up = _best(per_rows, ("dqnfast-per-update",), b)
+        for other, label in (
+            (_best(per_rows, ("numpy-per-update",), b), "numpy"),
+            (_best(per_rows, ("torchrl-per-update",), b), "torchrl"),
+            (_best(per_rows, ("cpprb-per-update",), b), "cpprb"),
+        ):
+            if up and other:
+                ratio = up["samples_per_s"] / other["samples_per_s"]
+                out["ratios"][f"update_vs_{label}_B{b}"] = ratio
+                metrics.emit(f"replay.per_update_vs_{label}_B{b}", round(ratio, 2), "x")
+    mem_rows = []
+    seen = set()
+    for name, m in memory.items():
+        impl = name.split()[0]
+        if impl in seen:
+            continue
+        seen.add(impl)
+        gb_1m = m["nominal_bytes_per_transition"] * 1e6 / GB
+        metrics.emit(f"replay.memory_{names[impl]}_1M", round(gb_1m, 2), "GB", "computed from its array sizes")
+        mem_rows.append(
+            {
+                "impl": impl,
+                "capacity": m["capacity"],
+                "nominal_bpt": m["nominal_bytes_per_transition"],
+                "rss_bpt": m["rss_bytes_per_transition"],
+                "gb_1m": gb_1m,
+            }
+        )
+    if mem_rows:
+        print()
+        print_table(
+            mem_rows,
+            [
+                ("impl", "impl"),
+                ("capacity", "measured at"),
+                ("nominal_bpt", "nominal B/transition"),
+                ("rss_bpt", "RSS B/transition"),
+                ("gb_1m", "1M transitions GB"),
+            ],
+            title="Prioritized replay memory (1M Atari transitions, computed from array sizes)",
+        )
+    out["memory_table"] = mem_rows
+    return out
 
 
 # --------------------------------------------------------------------------- report

@@ -50,9 +50,10 @@ struct Outs {
   int64_t batch = 0;
 };
 
-// The per-row metadata outputs, shared by both kinds of batch; sets o.batch from action.
+// The per-row outputs besides frames, shared by both kinds of batch; sets o.batch from
+// action. weight None: no importance weights (a uniform ring's batches carry none).
 Outs MetaOuts(CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
-              CArray<int64_t> index) {
+              CArray<int64_t> index, CArray<int64_t> generation, py::object weight, double beta) {
   Outs o;
   auto ai = action.request(true);
   o.batch = ai.ndim == 1 ? ai.shape[0] : -1;
@@ -67,13 +68,28 @@ Outs MetaOuts(CArray<int64_t> action, CArray<float> reward, CArray<float> discou
   o.out.reward = static_cast<float*>(ri.ptr);
   o.out.discount = static_cast<float*>(di.ptr);
   o.out.index = static_cast<int64_t*>(ii.ptr);
+  auto gi = generation.request(true);
+  CheckLen(gi, o.batch, "generation");
+  o.out.generation = static_cast<int64_t*>(gi.ptr);
+  if (!weight.is_none()) {
+    // checked before the cast, which would otherwise convert into a temporary copy
+    if (!py::isinstance<CArray<float>>(weight)) {
+      throw std::invalid_argument("weight must be a C-contiguous float32 array");
+    }
+    auto wi = weight.cast<CArray<float>>().request(true);
+    CheckLen(wi, o.batch, "weight");
+    o.out.weight = static_cast<float*>(wi.ptr);
+  }
+  if (!(beta >= 0.0 && beta <= 1.0)) throw std::invalid_argument("beta must be in [0, 1]");
+  o.out.beta = beta;
   return o;
 }
 
 // next_obs None: shared rows (obs holds stack + 1 frames per row; see BatchOut).
 Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArray<int64_t> action,
-              CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
-  Outs o = MetaOuts(action, reward, discount, index);
+              CArray<float> reward, CArray<float> discount, CArray<int64_t> index,
+              CArray<int64_t> generation, py::object weight, double beta) {
+  Outs o = MetaOuts(action, reward, discount, index, generation, weight, beta);
   const int64_t row = ring.config().stack * ring.config().frame_bytes;
   if (next_obs.is_none()) {
     o.out.obs = RawOut(obs, o.batch * (row + ring.config().frame_bytes),
@@ -89,8 +105,9 @@ Outs MakeOuts(const ReplayRing& ring, py::buffer obs, py::object next_obs, CArra
 // Frame slots instead of frames: frame_slots int64[B, stack + 1] (shared) or [B, 2 * stack].
 Outs MakeSlotOuts(const ReplayRing& ring, CArray<int64_t> frame_slots, bool shared,
                   CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
-                  CArray<int64_t> index) {
-  Outs o = MetaOuts(action, reward, discount, index);
+                  CArray<int64_t> index, CArray<int64_t> generation, py::object weight,
+                  double beta) {
+  Outs o = MetaOuts(action, reward, discount, index, generation, weight, beta);
   o.out.shared = shared;
   const int width = o.out.RowFrames(ring.config().stack);
   auto si = frame_slots.request(true);
@@ -129,12 +146,13 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "dqnfast C++ core: the replay ring (see dqnfast.replay for the public API)";
 
   m.def("bytes_per_slot", &ReplayRing::BytesPerSlot, py::arg("frame_bytes"),
-        "Bytes one slot costs: frame + action + reward + flags + sampler.");
+        py::arg("prioritized") = false,
+        "Bytes one slot costs at most: frame + action + reward + flags + sampler.");
 
   py::class_<ReplayRing>(m, "_ReplayRing")
       .def(py::init([](int64_t capacity, int num_envs, int64_t frame_bytes, int stack, int n_step,
                        double gamma, uint64_t seed, int num_threads, bool store_frames,
-                       int64_t num_actions) {
+                       int64_t num_actions, bool prioritized, double alpha, double priority_eps) {
              RingConfig c;
              c.capacity = capacity;
              c.num_envs = num_envs;
@@ -146,11 +164,15 @@ PYBIND11_MODULE(_core, m) {
              c.num_threads = num_threads;
              c.store_frames = store_frames;
              c.num_actions = num_actions;
+             c.prioritized = prioritized;
+             c.alpha = alpha;
+             c.priority_eps = priority_eps;
              return std::make_unique<ReplayRing>(c);
            }),
            py::arg("capacity"), py::arg("num_envs"), py::arg("frame_bytes"), py::arg("stack"),
            py::arg("n_step"), py::arg("gamma"), py::arg("seed"), py::arg("num_threads"),
-           py::arg("store_frames") = true, py::arg("num_actions") = 0)
+           py::arg("store_frames") = true, py::arg("num_actions") = 0,
+           py::arg("prioritized") = false, py::arg("alpha") = 0.6, py::arg("priority_eps") = 1e-6)
       .def(
           "_add",
           [](ReplayRing& r, CArray<int64_t> env_ids, py::buffer frames, CArray<int64_t> actions,
@@ -204,42 +226,98 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "_sample",
           [](ReplayRing& r, py::buffer obs, py::object next_obs, CArray<int64_t> action,
-             CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
-            Fill(r, MakeOuts(r, obs, next_obs, action, reward, discount, index), nullptr);
+             CArray<float> reward, CArray<float> discount, CArray<int64_t> index,
+             CArray<int64_t> generation, py::object weight, double beta) {
+            Fill(r,
+                 MakeOuts(r, obs, next_obs, action, reward, discount, index, generation, weight,
+                          beta),
+                 nullptr);
           },
           py::arg("obs"), py::arg("next_obs").none(true), py::arg("action").noconvert(),
           py::arg("reward").noconvert(), py::arg("discount").noconvert(),
-          py::arg("index").noconvert())
+          py::arg("index").noconvert(), py::arg("generation").noconvert(),
+          py::arg("weight").none(true), py::arg("beta") = 1.0)
       .def(
           "_gather",
           [](ReplayRing& r, CArray<int64_t> indices, py::buffer obs, py::object next_obs,
              CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
-             CArray<int64_t> index) {
-            Fill(r, MakeOuts(r, obs, next_obs, action, reward, discount, index), &indices);
+             CArray<int64_t> index, CArray<int64_t> generation, py::object weight, double beta) {
+            Fill(r,
+                 MakeOuts(r, obs, next_obs, action, reward, discount, index, generation, weight,
+                          beta),
+                 &indices);
           },
           py::arg("indices").noconvert(), py::arg("obs"), py::arg("next_obs").none(true),
           py::arg("action").noconvert(), py::arg("reward").noconvert(),
-          py::arg("discount").noconvert(), py::arg("index").noconvert())
+          py::arg("discount").noconvert(), py::arg("index").noconvert(),
+          py::arg("generation").noconvert(), py::arg("weight").none(true), py::arg("beta") = 1.0)
       .def(
           "_sample_slots",
           [](ReplayRing& r, CArray<int64_t> frame_slots, bool shared, CArray<int64_t> action,
-             CArray<float> reward, CArray<float> discount, CArray<int64_t> index) {
-            Fill(r, MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index), nullptr);
+             CArray<float> reward, CArray<float> discount, CArray<int64_t> index,
+             CArray<int64_t> generation, py::object weight, double beta) {
+            Fill(r,
+                 MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index, generation,
+                              weight, beta),
+                 nullptr);
           },
           py::arg("frame_slots").noconvert(), py::arg("shared"), py::arg("action").noconvert(),
           py::arg("reward").noconvert(), py::arg("discount").noconvert(),
-          py::arg("index").noconvert())
+          py::arg("index").noconvert(), py::arg("generation").noconvert(),
+          py::arg("weight").none(true), py::arg("beta") = 1.0)
       .def(
           "_gather_slots",
           [](ReplayRing& r, CArray<int64_t> indices, CArray<int64_t> frame_slots, bool shared,
              CArray<int64_t> action, CArray<float> reward, CArray<float> discount,
-             CArray<int64_t> index) {
-            Fill(r, MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index),
+             CArray<int64_t> index, CArray<int64_t> generation, py::object weight, double beta) {
+            Fill(r,
+                 MakeSlotOuts(r, frame_slots, shared, action, reward, discount, index, generation,
+                              weight, beta),
                  &indices);
           },
           py::arg("indices").noconvert(), py::arg("frame_slots").noconvert(), py::arg("shared"),
           py::arg("action").noconvert(), py::arg("reward").noconvert(),
-          py::arg("discount").noconvert(), py::arg("index").noconvert())
+          py::arg("discount").noconvert(), py::arg("index").noconvert(),
+          py::arg("generation").noconvert(), py::arg("weight").none(true), py::arg("beta") = 1.0)
+      .def(
+          "_update_priorities",
+          [](ReplayRing& r, CArray<int64_t> indices, CArray<int64_t> generations,
+             CArray<float> priorities) {
+            auto ii = indices.request();
+            if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
+            const int64_t n = ii.shape[0];
+            auto gi = generations.request();
+            auto pi = priorities.request();
+            CheckLen(gi, n, "generations");
+            CheckLen(pi, n, "priorities");
+            py::gil_scoped_release release;
+            return r.UpdatePriorities(n, static_cast<const int64_t*>(ii.ptr),
+                                      static_cast<const int64_t*>(gi.ptr),
+                                      static_cast<const float*>(pi.ptr));
+          },
+          py::arg("indices").noconvert(), py::arg("generations").noconvert(),
+          py::arg("priorities").noconvert(),
+          "Reports |TD error| per drawn index; returns how many were not stale.")
+      .def(
+          "_priorities",
+          [](const ReplayRing& r, CArray<int64_t> indices) {
+            auto ii = indices.request();
+            if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
+            CArray<double> out(ii.shape[0]);
+            r.Priorities(ii.shape[0], static_cast<const int64_t*>(ii.ptr), out.mutable_data());
+            return out;
+          },
+          py::arg("indices").noconvert())
+      .def(
+          "_probabilities",
+          [](const ReplayRing& r, CArray<int64_t> indices) {
+            auto ii = indices.request();
+            if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
+            CArray<double> out(ii.shape[0]);
+            r.Probabilities(ii.shape[0], static_cast<const int64_t*>(ii.ptr), out.mutable_data());
+            return out;
+          },
+          py::arg("indices").noconvert())
       .def("num_valid", &ReplayRing::NumValid)
       .def("size", &ReplayRing::Size)
       .def("valid_indices",
@@ -263,6 +341,9 @@ PYBIND11_MODULE(_core, m) {
           py::arg("indices").noconvert())
       .def("rebuild_index", &ReplayRing::RebuildIndex, py::call_guard<py::gil_scoped_release>())
       .def_property("rng_state", &ReplayRing::rng_state, &ReplayRing::set_rng_state)
+      .def_property("max_priority", &ReplayRing::max_priority, &ReplayRing::set_max_priority)
+      .def_property_readonly("prioritized",
+                             [](const ReplayRing& r) { return r.config().prioritized; })
       .def_property_readonly("segment_capacity", &ReplayRing::segment_capacity)
       .def_property_readonly("capacity", &ReplayRing::capacity)
       .def_property_readonly("num_threads",
@@ -279,6 +360,9 @@ PYBIND11_MODULE(_core, m) {
         d["rewards"] = View<float>(self, r.rewards(), {ne, seg});
         d["flags"] = View<uint8_t>(self, r.flags(), {ne, seg});
         d["cursors"] = View<int64_t>(self, r.cursors(), {ne});
+        if (r.priorities() != nullptr) {  // prioritized rings: raw p_i per slot
+          d["priorities"] = View<double>(self, r.priorities(), {ne, seg});
+        }
         return d;
       });
 }

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -23,9 +24,9 @@ std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 
-int64_t ReplayRing::BytesPerSlot(int64_t frame_bytes) {
+int64_t ReplayRing::BytesPerSlot(int64_t frame_bytes, bool prioritized) {
   return frame_bytes + sizeof(int32_t) + sizeof(float) + sizeof(uint8_t) +
-         UniformSampler(0).BytesPerSlot();
+         (prioritized ? PrioritizedSampler::BytesPerSlotBound() : UniformSampler(0).BytesPerSlot());
 }
 
 ReplayRing::ReplayRing(const RingConfig& config) : config_(config), rng_(config.seed) {
@@ -38,6 +39,10 @@ ReplayRing::ReplayRing(const RingConfig& config) : config_(config), rng_(config.
     throw std::invalid_argument("num_actions must be in [0, 2^31]");
   if (!(config.gamma >= 0.0 && config.gamma <= 1.0))
     throw std::invalid_argument("gamma must be in [0, 1]");
+  if (config.prioritized && !(config.alpha >= 0.0 && config.alpha <= 1.0))
+    throw std::invalid_argument("alpha must be in [0, 1]");
+  if (config.prioritized && !(config.priority_eps > 0.0 && std::isfinite(config.priority_eps)))
+    throw std::invalid_argument("priority_eps must be positive and finite");
   seg_ = config.capacity / config.num_envs;
   const int64_t min_seg = config.stack + config.n_step + 1;
   if (seg_ < min_seg) {
@@ -73,7 +78,13 @@ ReplayRing::ReplayRing(const RingConfig& config) : config_(config), rng_(config.
     gamma_pow_.resize(config.n_step + 1);
     gamma_pow_[0] = 1.0;
     for (int k = 1; k <= config.n_step; ++k) gamma_pow_[k] = gamma_pow_[k - 1] * config.gamma;
-    sampler_ = std::make_unique<UniformSampler>(slots);
+    if (config.prioritized) {
+      auto sampler = std::make_unique<PrioritizedSampler>(slots, config.alpha, config.priority_eps);
+      prioritized_ = sampler.get();
+      sampler_ = std::move(sampler);
+    } else {
+      sampler_ = std::make_unique<UniformSampler>(slots);
+    }
     try {
       pool_ = std::make_unique<ThreadPool>(config.num_threads);
     } catch (const std::system_error& e) {
@@ -150,6 +161,7 @@ void ReplayRing::Add(int64_t k, const int64_t* env_ids, const uint8_t* frames, i
     const int64_t t = cursors_[e];
     const int64_t s = Slot(e, t);
     slots[i] = s;
+    sampler_->OnWrite(s);
     actions_[s] = static_cast<int32_t>(actions[i]);
     rewards_[s] = rewards[i];
     flags_[s] = static_cast<uint8_t>((terminated[i] ? kTerminated : 0) |
@@ -254,6 +266,7 @@ void ReplayRing::GatherOne(int64_t row, int64_t index, const BatchOut& out) cons
       CopySlots(slots + stack, stack, out.next_obs + row * stack * fb);
     }
   }
+  if (out.generation != nullptr) out.generation[row] = t;
   out.action[row] = actions_[Slot(e, t + 1)];
   out.reward[row] = static_cast<float>(ret);
   out.discount[row] = h.terminal ? 0.0f : static_cast<float>(gamma_pow_[m]);
@@ -294,24 +307,96 @@ void ReplayRing::Sample(int64_t batch, const BatchOut& out) {
         Str(config_.n_step + 1) + " consecutive steps of one episode)");
   }
   sampler_->Draw(&rng_, batch, out.index);
+  if (out.weight != nullptr) Weights(batch, out.index, out.beta, out.weight);
   GatherRows(batch, out);
+}
+
+void ReplayRing::Weights(int64_t batch, const int64_t* index, double beta, float* weight) const {
+  if (prioritized_ == nullptr) {  // uniform: every P(i) is 1 / N
+    std::fill(weight, weight + batch, 1.0f);
+    return;
+  }
+  double p_min = 1.0;
+  for (int64_t b = 0; b < batch; ++b) p_min = std::min(p_min, sampler_->Probability(index[b]));
+  for (int64_t b = 0; b < batch; ++b) {
+    weight[b] = static_cast<float>(std::pow(p_min / sampler_->Probability(index[b]), beta));
+  }
+}
+
+void ReplayRing::CheckIndex(int64_t idx) const {
+  const int64_t slots = capacity();
+  if (idx < 0 || idx >= slots) {
+    throw std::invalid_argument("index " + Str(idx) + " out of range [0, " + Str(slots) + ")");
+  }
 }
 
 void ReplayRing::Gather(int64_t batch, const int64_t* indices, const BatchOut& out) {
   CheckOut(out);
   std::lock_guard<std::mutex> lock(mu_);
-  const int64_t slots = capacity();
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t idx = indices[b];
-    if (idx < 0 || idx >= slots) {
-      throw std::invalid_argument("index " + Str(idx) + " out of range [0, " + Str(slots) + ")");
-    }
+    CheckIndex(idx);
     if (!sampler_->IsValid(idx)) {
       throw std::invalid_argument("index " + Str(idx) + " is not a valid transition now");
     }
   }
   if (out.index != indices) std::memcpy(out.index, indices, batch * sizeof(int64_t));
+  if (out.weight != nullptr) Weights(batch, out.index, out.beta, out.weight);
   GatherRows(batch, out);
+}
+
+int64_t ReplayRing::UpdatePriorities(int64_t n, const int64_t* indices, const int64_t* generations,
+                                     const float* priorities) {
+  if (prioritized_ == nullptr) {
+    throw std::logic_error(
+        "this ring samples uniformly; make it with prioritized=True to update priorities");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t b = 0; b < n; ++b) {  // check everything before changing anything
+    CheckIndex(indices[b]);
+    if (!std::isfinite(priorities[b])) {
+      throw std::invalid_argument("priority " + std::to_string(priorities[b]) + " (index " +
+                                  Str(indices[b]) + ") is not finite");
+    }
+    if (priorities[b] < 0.0f) {
+      throw std::invalid_argument("priority " + std::to_string(priorities[b]) + " (index " +
+                                  Str(indices[b]) + ") is negative; report |TD error|");
+    }
+  }
+  int64_t applied = 0;
+  for (int64_t b = 0; b < n; ++b) {
+    const int64_t idx = indices[b];
+    const int64_t t = StepAt(idx / seg_, idx % seg_);
+    if (t < 0 || t != generations[b]) continue;  // never written, or overwritten since drawn
+    prioritized_->Update(idx, priorities[b]);
+    ++applied;
+  }
+  return applied;
+}
+
+void ReplayRing::Priorities(int64_t n, const int64_t* indices, double* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t b = 0; b < n; ++b) CheckIndex(indices[b]);
+  for (int64_t b = 0; b < n; ++b) {
+    out[b] = prioritized_ != nullptr ? prioritized_->priorities()[indices[b]] : 1.0;
+  }
+}
+
+void ReplayRing::Probabilities(int64_t n, const int64_t* indices, double* out) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t b = 0; b < n; ++b) CheckIndex(indices[b]);
+  const bool any = sampler_->NumValid() > 0;
+  for (int64_t b = 0; b < n; ++b) out[b] = any ? sampler_->Probability(indices[b]) : 0.0;
+}
+
+double ReplayRing::max_priority() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return prioritized_ != nullptr ? prioritized_->max_priority() : 1.0;
+}
+
+void ReplayRing::set_max_priority(double p) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (prioritized_ != nullptr) prioritized_->set_max_priority(p);
 }
 
 int64_t ReplayRing::NumValid() const {
@@ -338,12 +423,9 @@ void ReplayRing::ValidIndices(std::vector<int64_t>* out) const {
 
 void ReplayRing::Locate(int64_t n, const int64_t* indices, int64_t* env, int64_t* step) const {
   std::lock_guard<std::mutex> lock(mu_);
-  const int64_t slots = capacity();
   for (int64_t b = 0; b < n; ++b) {
     const int64_t idx = indices[b];
-    if (idx < 0 || idx >= slots) {
-      throw std::invalid_argument("index " + Str(idx) + " out of range [0, " + Str(slots) + ")");
-    }
+    CheckIndex(idx);
     const int64_t e = idx / seg_;
     const int64_t t = StepAt(e, idx % seg_);
     if (t < 0) throw std::invalid_argument("index " + Str(idx) + " was never written");

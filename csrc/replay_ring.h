@@ -8,7 +8,9 @@
 //        ▼
 //   Sample(B) ── Sampler::Draw ──► indices ── Gather (ThreadPool) ──► caller's
 //        buffers: obs, next_obs [B, stack, frame], action, n-step reward,
-//        discount, index
+//        discount, index, generation (+ importance weight when prioritized)
+//   UpdatePriorities(indices, generations, |TD|) ──► PrioritizedSampler,
+//        skipping every index whose slot was overwritten since it was drawn
 //
 // Why this design and not the obvious one: storing (s, s') stacks costs
 // 2 * stack frames per transition (56 GB for 1M Atari transitions); storing
@@ -32,7 +34,13 @@
 //   truncation: the final observation of a truncated episode is real and
 //   stored in its own slot; the reset step after it is another slot).
 // Valid(e, t) iff lo <= t, t + 1 < hi, !first(t+1), every step the return
-//   inspects is < hi, and stack(t) needs no step below lo.
+//   inspects is < hi, and stack(t) needs no step below lo. Either sampler is
+//   told this one rule (ComputeValid) and draws only what it allows.
+// Generation of a slot: the step t it holds now. Every write to a slot adds S
+//   to it, so (index, generation) names one transition for good: a priority
+//   reported for an index whose slot holds another step since the draw is
+//   stale and dropped. It is derived from the cursors (StepAt), so it needs
+//   no storage of its own and survives save/load with them.
 // stack(u): out[stack-1] = frame(u); walking back, each older entry takes the
 //   previous step's frame unless the current one is first, in which case the
 //   first frame repeats (envpool's reset stack). A life loss with
@@ -46,6 +54,7 @@
 #include <mutex>
 #include <vector>
 
+#include "prioritized_sampler.h"
 #include "rng.h"
 #include "sampler.h"
 #include "thread_pool.h"
@@ -66,6 +75,11 @@ struct RingConfig {
   int num_threads = 1;
   bool store_frames = true;  // false: the caller keeps the frames (Add ignores them)
   int64_t num_actions = 0;   // actions must be in [0, num_actions); 0: in [0, 2^31)
+  // Proportional prioritized sampling (csrc/prioritized_sampler.h) instead of
+  // uniform: P(i) ~ (|TD| + priority_eps)^alpha, alpha in [0, 1], eps > 0.
+  bool prioritized = false;
+  double alpha = 0.6;
+  double priority_eps = 1e-6;
 };
 
 // Caller-owned output rows for a batch of B transitions.
@@ -91,6 +105,12 @@ struct BatchOut {
   float* reward = nullptr;    // [B]
   float* discount = nullptr;  // [B]
   int64_t* index = nullptr;   // [B]
+  // Optional: the generation of each row's slot (the step it holds), [B].
+  int64_t* generation = nullptr;
+  // Optional: importance-sampling weights [B], (N P(i))^-beta normalised by
+  // the batch's largest (see ReplayRing::Weights); all 1 for uniform sampling.
+  float* weight = nullptr;
+  double beta = 1.0;
 
   int RowFrames(int stack) const { return shared ? stack + 1 : 2 * stack; }
 };
@@ -115,7 +135,8 @@ class ReplayRing {
            const int64_t* actions, const float* rewards, const uint8_t* terminated,
            const uint8_t* truncated, const uint8_t* first, int64_t* slots);
 
-  // Draws batch indices uniformly from the valid ones and gathers them.
+  // Draws batch indices from the valid ones (uniformly, or in proportion to
+  // priority^alpha) and gathers them.
   // Throws std::runtime_error if no index is valid, std::invalid_argument for
   // shared rows with n_step > 1.
   void Sample(int64_t batch, const BatchOut& out);
@@ -123,6 +144,19 @@ class ReplayRing {
   // Gathers the given indices (out.index receives a copy). Throws
   // std::invalid_argument if any is out of range or not valid.
   void Gather(int64_t batch, const int64_t* indices, const BatchOut& out);
+
+  // Reports |TD error| per index (priorities[b] >= 0, finite) drawn with
+  // generation generations[b]; slot priority becomes priorities[b] + eps.
+  // Skips an index whose slot holds another step now (stale); returns how
+  // many were applied. Throws std::invalid_argument, having changed nothing,
+  // on an index out of range or a bad priority, std::logic_error if the ring
+  // samples uniformly.
+  int64_t UpdatePriorities(int64_t n, const int64_t* indices, const int64_t* generations,
+                           const float* priorities);
+  // Per index: the slot's priority p_i (0 if never written; uniform rings:
+  // 1) and the probability one draw returns it (0 if not valid now).
+  void Priorities(int64_t n, const int64_t* indices, double* out) const;
+  void Probabilities(int64_t n, const int64_t* indices, double* out) const;
 
   int64_t NumValid() const;
   int64_t Size() const;  // stored steps over all envs
@@ -141,14 +175,19 @@ class ReplayRing {
   float* rewards() { return rewards_.data(); }
   uint8_t* flags() { return flags_.data(); }
   int64_t* cursors() { return cursors_.data(); }
+  // Prioritized rings only (null / 0 otherwise): raw priorities [capacity]
+  // and the largest reported so far; call RebuildIndex after writing them.
+  double* priorities() { return prioritized_ != nullptr ? prioritized_->priorities() : nullptr; }
+  double max_priority() const;
+  void set_max_priority(double p);
   uint64_t rng_state() const { return rng_.state(); }
   void set_rng_state(uint64_t s) { rng_.set_state(s); }
 
   const RingConfig& config() const { return config_; }
   int64_t segment_capacity() const { return seg_; }
   int64_t capacity() const { return seg_ * config_.num_envs; }
-  // Bytes this ring uses per slot (frame + metadata + sampler).
-  static int64_t BytesPerSlot(int64_t frame_bytes);
+  // Bytes this ring uses per slot (frame + metadata + sampler), at most.
+  static int64_t BytesPerSlot(int64_t frame_bytes, bool prioritized = false);
 
  private:
   // The n-step horizon of the transition at step t of env e: the return sums
@@ -167,6 +206,15 @@ class ReplayRing {
   void CheckOut(const BatchOut& out) const;
   void GatherOne(int64_t row, int64_t index, const BatchOut& out) const;
   void GatherRows(int64_t batch, const BatchOut& out);
+  // out.weight[b] = (N P(i_b))^-beta / max_j (N P(i_j))^-beta
+  //              = (min_j P(i_j) / P(i_b))^beta   (N cancels).
+  // Normalised by the batch's largest weight, as Dopamine's Rainbow does, not
+  // by the largest over the whole ring (Schaul et al. divide by max_i w_i):
+  // no min-tree to keep in step with every update, and one rarely drawn
+  // transition anywhere in the ring cannot shrink every batch's step; each
+  // batch's largest weight is 1, so the learning rate keeps its meaning.
+  void Weights(int64_t batch, const int64_t* index, double beta, float* weight) const;
+  void CheckIndex(int64_t idx) const;
   // Writes the slots of the `len` frames of the stack ending at step u (reset
   // rule applied), oldest first; returns len.
   int ResolveStack(int64_t e, int64_t lo, int64_t u, int len, int64_t* slots) const;
@@ -190,6 +238,7 @@ class ReplayRing {
   std::vector<double> gamma_pow_;  // gamma^0 .. gamma^n
   std::vector<uint8_t> seen_;      // scratch for duplicate env-id checks
   std::unique_ptr<Sampler> sampler_;
+  PrioritizedSampler* prioritized_ = nullptr;  // sampler_ when prioritized (not owned)
   std::unique_ptr<ThreadPool> pool_;
   Rng rng_;
   mutable std::mutex mu_;

@@ -23,6 +23,9 @@ class Rng {
     return static_cast<uint64_t>((static_cast<unsigned __int128>(Next()) * n) >> 64);
   }
 
+  // Uniform double in [0, 1): the top 53 bits of one draw.
+  double Uniform() { return static_cast<double>(Next() >> 11) * 0x1.0p-53; }
+
   uint64_t state() const { return state_; }
   void set_state(uint64_t s) { state_ = s; }
 

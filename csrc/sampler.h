@@ -6,9 +6,9 @@
 // when an index becomes valid or invalid; the sampler only decides how valid
 // indices are drawn. UniformSampler draws every valid index with equal
 // probability, exactly (rejection when most slots are valid, a Fenwick descent
-// otherwise, so latency stays bounded). A
-// prioritized sampler (a sum tree of priority^alpha, zero where invalid)
-// implements the same interface plus priority updates.
+// otherwise, so latency stays bounded). PrioritizedSampler
+// (csrc/prioritized_sampler.h: a sum tree of priority^alpha, zero where
+// invalid) implements the same interface plus priority updates.
 #ifndef DQNFAST_CSRC_SAMPLER_H_
 #define DQNFAST_CSRC_SAMPLER_H_
 
@@ -23,12 +23,18 @@ class Sampler {
  public:
   virtual ~Sampler() = default;
   virtual void SetValid(int64_t index, bool valid) = 0;
+  // Slot `index` now holds a new step (Add wrote it; its validity follows by
+  // SetValid). Prioritized sampling gives the new transition its start priority.
+  virtual void OnWrite(int64_t /*index*/) {}
   // Replaces all validity flags at once (after loading a ring from disk).
   virtual void Reset(const std::vector<uint8_t>& valid) = 0;
   virtual bool IsValid(int64_t index) const = 0;
   virtual int64_t NumValid() const = 0;
   // Writes n indices drawn from the valid ones; requires NumValid() > 0.
   virtual void Draw(Rng* rng, int64_t n, int64_t* out) const = 0;
+  // The probability that one draw returns `index` (0 if it is not valid);
+  // requires NumValid() > 0.
+  virtual double Probability(int64_t index) const = 0;
   // Bytes of memory per slot this sampler uses (for the memory budget).
   virtual int64_t BytesPerSlot() const = 0;
 };
@@ -69,6 +75,10 @@ class UniformSampler final : public Sampler {
 
   bool IsValid(int64_t index) const override { return valid_[index] != 0; }
   int64_t NumValid() const override { return num_valid_; }
+
+  double Probability(int64_t index) const override {
+    return valid_[index] ? 1.0 / static_cast<double>(num_valid_) : 0.0;
+  }
 
   void Draw(Rng* rng, int64_t n, int64_t* out) const override {
     // A full ring has nearly every slot valid: then a uniform slot is accepted

@@ -1,16 +1,22 @@
-"""The DQN update: double-DQN targets on n-step returns, Huber loss, target sync.
+"""The DQN update: double-DQN targets on n-step returns, Huber loss (importance-weighted with
+prioritized replay), target sync.
 
 As in Dopamine and CleanRL, the update itself is a function of (networks, optimizer,
 batch tensors) -- ``update_step`` -- and the ``Learner`` object only holds state
 (networks, optimizer, update counter) and decides when to sync the target network.
 That keeps the maths testable on a hand-made batch and lets ``torch.compile`` see one
-function. Metrics come back as 0-d *device* tensors: reading them (``.item()``) is a
-host sync, so the training loop does it only when it logs.
+function. Metrics come back as 0-d *device* tensors, and ``td_abs`` as one per sample:
+reading them (``.item()``) is a host sync, so the training loop does it only when it logs
+(the priorities of prioritized replay travel back through the replay prefetcher).
 
 Target (n-step, from the replay ring, which already folds the discount):
     y = R + D * Q_target(s', a*),   a* = argmax_a Q_online(s', a)   (double DQN)
                                     a* = argmax_a Q_target(s', a)   (Nature 2015)
 where R = sum_{k<m} gamma^k r_{t+k+1} and D = gamma^m, or 0 after ``terminated``.
+
+With prioritized replay the batch carries importance-sampling weights w and the loss is
+mean(w * elementwise loss); every update also returns |y - Q(s, a)| per sample
+(``td_abs``, a device tensor like the other metrics) for the ring's priorities.
 """
 
 from __future__ import annotations
@@ -61,21 +67,24 @@ def update_step(
     reward: torch.Tensor,
     next_obs: torch.Tensor,
     discount: torch.Tensor,
+    weight: torch.Tensor | None = None,
     *,
     double: bool = True,
     loss: str = "huber",
     max_grad_norm: float | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
-    """One gradient step on one batch; returns metrics as detached 0-d device tensors.
+    """One gradient step on one batch; returns metrics as detached device tensors (0-d but td_abs).
 
     obs, next_obs: [B, *obs_shape] (uint8 or float32, as stored); action: int64[B];
-    reward, discount: float32[B]. loss: ``huber`` (delta 1, = Nature's error clipping)
-    or ``mse``. max_grad_norm: clip the global gradient norm (None: no clipping).
+    reward, discount: float32[B]. weight: float32[B] importance-sampling weights
+    (prioritized replay: the loss is mean(weight * elementwise loss)) or None (the plain
+    mean). loss: ``huber`` (delta 1, = Nature's error clipping) or ``mse``. max_grad_norm: clip the global gradient norm (None: no clipping).
     amp_dtype: run the networks' forward passes under autocast to this dtype
     (torch.bfloat16); Q-values are cast back to float32 for the target and the loss,
     and the optimizer works on the float32 weights. Metrics: loss, q_mean (mean
-    Q(s, a) of the batch), target_mean, grad_norm (before clipping).
+    Q(s, a) of the batch), target_mean, grad_norm (before clipping), td_abs (float32[B]:
+    |y - Q(s, a)| per sample, the priorities of prioritized replay).
     """
     dev = obs.device.type
     with torch.autocast(dev, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
@@ -84,10 +93,11 @@ def update_step(
             next_q_online = online(next_obs).float() if double else None
             y = td_target(reward, discount, next_q_target, next_q_online)
         q = online(obs).float().gather(1, action.long().unsqueeze(1)).squeeze(1)
-    if loss == "huber":
-        td_loss = F.smooth_l1_loss(q, y)
+    elementwise = F.smooth_l1_loss if loss == "huber" else F.mse_loss
+    if weight is None:
+        td_loss = elementwise(q, y)
     else:
-        td_loss = F.mse_loss(q, y)
+        td_loss = (weight * elementwise(q, y, reduction="none")).mean()
     optimizer.zero_grad(set_to_none=True)
     td_loss.backward()
     params = [p for p in online.parameters() if p.grad is not None]
@@ -98,6 +108,7 @@ def update_step(
         "q_mean": q.detach().mean(),
         "target_mean": y.mean(),
         "grad_norm": grad_norm.detach(),
+        "td_abs": (y - q.detach()).abs(),
     }
 
 
@@ -211,8 +222,10 @@ class Learner:
     def update(self, batch: Any) -> dict[str, torch.Tensor]:
         """One update on a replay Batch (CPU tensors, pinned or not, or device tensors); returns device metrics.
 
-        batch: obs/next_obs [B, *obs_shape], action int64[B], reward/discount float32[B].
+        batch: obs/next_obs [B, *obs_shape], action int64[B], reward/discount float32[B],
+        weight float32[B] or None (prioritized replay's importance-sampling weights).
         Syncs the target network when ``num_updates`` reaches a multiple of the period.
+        The metrics include ``td_abs`` (float32[B] on the device) for the ring's priorities.
         """
         if getattr(batch, "frames", None) is not None and batch.frames.device != self.device:
             batch = batch.to(self.device)  # shared rows: one window copied, two views
@@ -226,6 +239,7 @@ class Learner:
             batch.reward.to(dev, non_blocking=nb),
             batch.next_obs.to(dev, non_blocking=nb),
             batch.discount.to(dev, non_blocking=nb),
+            None if getattr(batch, "weight", None) is None else batch.weight.to(dev, non_blocking=nb),
         )
         if self.graphed:  # one update = one CUDA-graph generation (the update has a graph break at backward)
             torch.compiler.cudagraph_mark_step_begin()

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ReferenceRing"]
+__all__ = ["PrioritizedReference", "ReferenceRing", "SumTree"]
 
 
 class ReferenceRing:
@@ -300,3 +300,137 @@ class ReferenceRing:
             raise ValueError("cannot sample: the ring holds no valid transition yet")
         pick = self._valid_idx[self.rng.integers(0, n, size=int(batch_size))]
         return self._gather_unchecked(pick)
+
+
+# ------------------------------------------------------------------------ prioritized replay
+class SumTree:
+    """A NumPy sum tree in ``csrc/sum_tree.h``'s layout: ``tree[1]`` the total, ``tree[P + j]`` leaf j.
+
+    P is the smallest power of two >= size; every internal node is the sum of its two children.
+    ``set`` and ``find`` are vectorised over a batch (one pass per tree level). Used by the
+    benchmarks as the NumPy baseline; the tests check the C++ sampler against
+    ``PrioritizedReference.probabilities``, which needs no tree.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self.leaves = 1
+        while self.leaves < self.size:
+            self.leaves *= 2
+        self.tree = np.zeros(2 * self.leaves, np.float64)
+
+    @property
+    def total(self) -> float:
+        return float(self.tree[1])
+
+    def get(self, leaf) -> np.ndarray:
+        return self.tree[self.leaves + np.asarray(leaf, np.int64)]
+
+    def assign(self, weights: np.ndarray) -> None:
+        """Every leaf at once, then every level's sums."""
+        self.tree[:] = 0.0
+        self.tree[self.leaves : self.leaves + self.size] = weights
+        lo = self.leaves // 2
+        while lo >= 1:
+            i = np.arange(lo, 2 * lo)
+            self.tree[i] = self.tree[2 * i] + self.tree[2 * i + 1]
+            lo //= 2
+
+    def set(self, leaf, weight) -> None:
+        """Sets leaves (a repeated leaf takes its last weight) and the sums above them."""
+        leaf = np.asarray(leaf, np.int64).reshape(-1)
+        weight = np.broadcast_to(np.asarray(weight, np.float64), leaf.shape)
+        last = np.unique(leaf[::-1], return_index=True)[1]  # the last occurrence of each leaf
+        self.tree[self.leaves + leaf[::-1][last]] = weight[::-1][last]
+        nodes = np.unique((self.leaves + leaf) >> 1)
+        nodes = nodes[nodes >= 1]
+        while nodes.size:
+            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
+            nodes = np.unique(nodes >> 1)
+            nodes = nodes[nodes >= 1]
+
+    def find(self, u: np.ndarray) -> np.ndarray:
+        """The leaf whose cumulative range holds each u (never a zero leaf while the total is > 0)."""
+        u = np.asarray(u, np.float64).copy()
+        i = np.ones(u.shape, np.int64)
+        while True:
+            inner = i < self.leaves
+            if not inner.any():
+                return i - self.leaves
+            left = self.tree[np.where(inner, 2 * i, 0)]
+            right = self.tree[np.where(inner, 2 * i + 1, 0)]
+            go_left = (u < left) | (right <= 0.0)
+            u = np.where(inner & ~go_left, u - left, u)
+            i = np.where(inner, np.where(go_left, 2 * i, 2 * i + 1), i)
+
+
+class PrioritizedReference:
+    """Proportional prioritized replay (Schaul et al. 2016) over a ``ReferenceRing``, from the spec.
+
+    P(i) = p_i^alpha / sum_k p_k^alpha over the valid slots k (0 for an invalid slot);
+    p_i = |TD error| + eps as last reported for the step slot i holds; a slot gets the largest
+    p reported so far (1 before any report) when an add writes it; a report whose generation
+    (the step the slot held when it was drawn) is not the step it holds now is ignored.
+    Importance-sampling weights: (N P(i))^-beta / max over the batch, N = number of valid slots.
+    """
+
+    def __init__(self, ring: ReferenceRing, alpha: float = 0.6, eps: float = 1e-6, seed: int = 0) -> None:
+        self.ring, self.alpha, self.eps = ring, float(alpha), float(eps)
+        self.capacity = ring.num_envs * ring.segment_capacity
+        self.priority = np.zeros(self.capacity, np.float64)
+        self.max_priority = 1.0
+        self.rng = np.random.default_rng(seed)
+        self.tree = SumTree(self.capacity)
+        self._tree_stale = True
+
+    def add(self, env_ids, *args, **kw) -> None:
+        ids = np.asarray(env_ids, np.int64)
+        slots = ids * self.ring.segment_capacity + self.ring.hi[ids] % self.ring.segment_capacity
+        self.ring.add(env_ids, *args, **kw)
+        self.priority[slots] = self.max_priority
+        self._tree_stale = True
+
+    def update(self, indices, td_abs, generations) -> np.ndarray:
+        """Applies the reports (a repeated index keeps its last); returns bool[B]: which were not stale."""
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        p = np.asarray(td_abs, np.float64).reshape(-1) + self.eps
+        _, step = self.ring.locate(idx)
+        applied = step == np.asarray(generations, np.int64).reshape(-1)
+        if applied.any():
+            self.max_priority = max(self.max_priority, float(p[applied].max()))
+            i, p_i = idx[applied][::-1], p[applied][::-1]
+            last = np.unique(i, return_index=True)[1]  # the last report of each index
+            i, p_i = i[last], p_i[last]
+            self.priority[i] = p_i
+            valid = self.ring.is_valid(i)
+            self.tree.set(i[valid], p_i[valid] ** self.alpha)
+        return applied
+
+    def probabilities(self) -> np.ndarray:
+        """float64[capacity]: P(i) of every slot, straight from the definition."""
+        valid = self.ring.is_valid(np.arange(self.capacity))
+        w = np.where(valid, self.priority, 0.0) ** self.alpha * valid
+        return w / w.sum()
+
+    def weights(self, indices, beta: float) -> np.ndarray:
+        idx = np.asarray(indices, np.int64).reshape(-1)
+        w = (self.ring.num_valid() * self.probabilities()[idx]) ** -float(beta)
+        return w / w.max()
+
+    def sample(self, batch_size: int, beta: float) -> dict:
+        """A stratified batch drawn through the NumPy sum tree, with its weights and generations."""
+        if self._tree_stale:  # validity changed with the adds: rebuild the leaves once
+            valid = self.ring.is_valid(np.arange(self.capacity))
+            self.tree.assign(np.where(valid, self.priority**self.alpha, 0.0))
+            self._tree_stale = False
+        total = self.tree.total
+        if total <= 0.0:
+            raise ValueError("cannot sample: the ring holds no valid transition yet")
+        b = int(batch_size)
+        idx = self.tree.find((np.arange(b) + self.rng.random(b)) * (total / b))
+        out = self.ring._gather_unchecked(idx)
+        p = self.tree.get(idx) / total
+        w = (self.ring.num_valid() * p) ** -float(beta)
+        out["weight"] = (w / w.max()).astype(np.float32)
+        out["generation"] = self.ring.locate(idx)[1]
+        return out

@@ -26,6 +26,8 @@ assert c.__file__.startswith(sys.argv[1]), c.__file__
 print("sanitized core:", c.__file__)
 PY
 if [ "$#" -eq 0 ]; then
-  set -- "$root"/tests/test_replay_property.py "$root"/tests/test_replay_api.py "$root"/tests/test_replay_envpool.py
+  # the prioritized tests but the one that trains through the CLI (a subprocess with the repo's own core)
+  set -- "$root"/tests/test_replay_property.py "$root"/tests/test_replay_api.py "$root"/tests/test_replay_envpool.py \
+    "$root"/tests/test_prioritized.py -k "not through_the_cli"
 fi
 LD_PRELOAD="$asan:$ubsan" PYTHONPATH="$work/pkg" python -m pytest -c "$root/pyproject.toml" --rootdir "$root" -p no:cacheprovider -q "$@"

@@ -59,7 +59,9 @@ def test_update_step_matches_hand_computation(double, loss, expected_loss, y):
     opt = torch.optim.SGD(online.parameters(), lr=0.1)
     before = online.weight.detach().clone()
     m = update_step(online, target, opt, OBS, ACTION, REWARD, NEXT_OBS, DISCOUNT, double=double, loss=loss)
-    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in m.values())
+    scalars = {k: v for k, v in m.items() if k != "td_abs"}  # td_abs: one |TD error| per sample
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in scalars.values())
+    assert m["td_abs"].shape == (2,) and not m["td_abs"].requires_grad
     assert m["loss"].item() == pytest.approx(expected_loss, rel=1e-5)
     assert m["target_mean"].item() == pytest.approx(y.mean().item(), rel=1e-5)
     assert m["q_mean"].item() == pytest.approx(0.75)

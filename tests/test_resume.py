@@ -76,12 +76,20 @@ def rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+# prioritized: beta0=1 holds beta at 1, since beta anneals over algo.total_steps, which differs
+# between the two runs (and changes at the resume); the priorities and weights still vary
+@pytest.mark.parametrize(
+    "replay", [[], ["replay.prioritized=true", "replay.beta0=1.0"]], ids=["uniform", "prioritized"]
+)
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, replay):
+    """With prioritized replay the ring file carries the priorities and the checkpoint the one
+    priority report not applied yet, so the resumed run draws the same batches too."""
     a, b = tmp_path / "a", tmp_path / "b"
     # A: never stopped, a numbered checkpoint every 500 steps to compare weights with
     uninterrupted = start(
         *BASE,
         *EXACT,
+        *replay,
         "algo.total_steps=6000",
         "logger.checkpoint_every=500",
         "logger.keep_checkpoints=100",
@@ -90,9 +98,15 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     )
     # B: the same run, stopped by SIGTERM once learning is under way, then resumed
     proc = start(
-        *BASE, *EXACT, "algo.total_steps=1000000", "logger.checkpoint_every=0", f"hydra.run.dir={b}", cwd=tmp_path
+        *BASE,
+        *EXACT,
+        *replay,
+        "algo.total_steps=1000000",
+        "logger.checkpoint_every=0",
+        f"hydra.run.dir={b}",
+        cwd=tmp_path,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a wait, not a bound: a busy machine starts the run late
     while time.time() < deadline and proc.poll() is None:
         if (b / "metrics.csv").exists() and len(rows(b)) >= 3:
             break

@@ -100,6 +100,19 @@ def test_presets_compose_and_validate(preset):
     assert cfg.algo.total_steps <= 60_000
 
 
+def test_rainbow_preset_is_the_published_recipe_with_the_pieces_dqnfast_has():
+    cfg = composed("preset=rainbow")
+    check_config(cfg)
+    a, r, o, x = cfg.algo, cfg.replay, cfg.optim, cfg.explore
+    assert a.double and cfg.network.dueling and r.n_step == 3 and r.prioritized
+    # Hessel et al. 2018, Table 1 (Dopamine's rainbow_aaai.gin): agent steps, one update per 4
+    assert (r.alpha, r.beta0, o.name, o.lr, o.eps) == (0.5, 0.4, "adam", 6.25e-5, 1.5e-4)
+    assert (a.learning_starts, a.batch_size, a.replay_ratio, r.capacity) == (20_000, 32, 8.0, 1_000_000)
+    assert a.target_update_period * a.batch_size / a.replay_ratio == 8000  # agent steps between syncs
+    assert (x.end, x.decay_steps, x.eval_epsilon) == (0.01, 250_000, 0.001)
+    assert a.total_steps * cfg.envs.frame_skip == 200_000_000
+
+
 def test_fast_preset_keeps_the_nature_budget_with_fewer_larger_updates():
     d, f = composed(), composed("preset=fast")
     check_config(f)
@@ -129,6 +142,9 @@ def test_fast_preset_keeps_the_nature_budget_with_fewer_larger_updates():
         (lambda c: setattr(c.replay, "storage", "disk"), "replay.storage"),
         (lambda c: (setattr(c, "device", "cpu"), setattr(c.replay, "storage", "cuda")), "replay.storage"),
         (lambda c: setattr(c, "game", "Pongg"), "game"),
+        (lambda c: setattr(c.replay, "alpha", 1.5), "replay.alpha"),
+        (lambda c: setattr(c.replay, "beta0", -0.1), "replay.beta0"),
+        (lambda c: setattr(c.replay, "priority_eps", 0.0), "replay.priority_eps"),
         (lambda c: (setattr(c, "obs", "ram"), setattr(c.network, "name", "nature")), "network.name"),
         (lambda c: (setattr(c, "game", "CartPole"), setattr(c, "obs", "ram")), "obs"),
     ],
@@ -151,6 +167,7 @@ def test_bad_values_name_their_key(change, key):
         (["network=foo"], "network", "dueling"),
         (["game=Pongg"], "game", "Pong"),
         (["replay.capacity=100000000000"], "replay.capacity", "GB"),  # checked before allocating
+        (["replay.prioritized=true", "replay.alpha=2"], "replay.alpha", "[0, 1]"),
     ],
 )
 def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):

@@ -306,6 +306,16 @@ class ReplayConfig:
     save: write the ring's contents with every checkpoint (``replay_<steps>.npz`` in the
     run dir; Atari pixels: ~7 KB per stored step), so ``resume`` continues with the same
     memory instead of refilling it with ``algo.learning_starts`` random steps.
+
+    Prioritized replay (Schaul et al. 2016, proportional; docs/replay.md):
+    prioritized: draw transition i with probability p_i^alpha / sum_k p_k^alpha instead of
+    uniformly, p_i = |TD error| + priority_eps as last computed by the learner (a new
+    transition starts at the largest priority so far), and weight its loss by the
+    importance-sampling weight (N P(i))^-beta normalised by the batch's largest.
+    alpha: priority exponent in [0, 1] (0 = uniform over the valid transitions).
+    beta0: importance-sampling exponent at the start, in [0, 1]; annealed linearly to 1
+    over ``algo.total_steps`` agent steps. priority_eps: added to |TD error| (> 0), so no
+    transition's probability reaches zero.
     """
 
     capacity: int = 1_000_000
@@ -315,6 +325,10 @@ class ReplayConfig:
     check_memory: bool = True
     storage: Storage = Storage.cpu
     save: bool = False
+    prioritized: bool = False
+    alpha: float = 0.6
+    beta0: float = 0.4
+    priority_eps: float = 1e-6
 
 
 @dataclass
@@ -531,6 +545,15 @@ def validate(cfg: Config) -> None:
         "algo.batch_size",
         f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})",
     )
+    # prioritized replay
+    _check(_finite(r.alpha) and 0.0 <= r.alpha <= 1.0, "replay.alpha", f"must be in [0, 1], got {r.alpha!r}")
+    _check(_finite(r.beta0) and 0.0 <= r.beta0 <= 1.0, "replay.beta0", f"must be in [0, 1], got {r.beta0!r}")
+    _check(
+        _finite(r.priority_eps) and r.priority_eps > 0.0,
+        "replay.priority_eps",
+        f"must be > 0 (a transition at priority 0 would never be drawn), got {r.priority_eps!r}",
+    )
+
     stack = e.stack if cfg.obs == "pixels" else 1
     segment = r.capacity // e.num_envs
     need = stack + r.n_step + 1

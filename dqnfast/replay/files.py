@@ -3,9 +3,13 @@
 Entries, in file order: ``meta`` (JSON: format, version, the ring's shape, seed, RNG state),
 then the arrays of ``ARRAY_NAMES`` -- ``frames`` uint8[num_envs, segment, frame_bytes],
 ``actions`` int32, ``rewards`` float32, ``flags`` uint8 (all [num_envs, segment]), ``cursors``
-int64[num_envs] -- and, written last, ``sha256``: the checksum of everything before it
-(``digest`` then ``feed`` per array), which loading verifies before trusting anything.
-Version 1 predates the checksum (the zip CRCs and the content checks cover it).
+int64[num_envs] -- then, for a prioritized ring only, ``priorities`` float64[num_envs,
+segment] (p_i of every slot; 0 where never written) and, written last, ``sha256``: the checksum
+of everything before it (``digest`` then ``feed`` per array), which loading verifies before
+trusting anything. Version 3 adds ``meta["sampler"]``: ``{"kind": "uniform"}`` or
+``{"kind": "prioritized", "alpha", "priority_eps", "max_priority"}``; the generation of a slot
+is the step it holds, so the cursors carry it. Version 2 files (no sampler entry) load as
+uniform rings; version 1 predates the checksum (the zip CRCs and the content checks cover it).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ __all__ = [
     "feed",
 ]
 
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 ARRAY_NAMES = ("frames", "actions", "rewards", "flags", "cursors")
+PRIORITY_NAME = "priorities"  # after ARRAY_NAMES, prioritized rings only
 FLAG_BITS = 1 | 2 | 4  # terminated, truncated, first (csrc/replay_ring.h)
 # More adds than any env makes (2^48 steps is 9 years at a million steps a second); below it the core's
 # step arithmetic (step + n_step, step % segment) stays far from int64 overflow.
@@ -58,7 +63,7 @@ def feed(h, name: str, arr: np.ndarray) -> None:
 def check_contents(views: dict, *, segment: int, num_actions: int | None, frames: np.ndarray | None) -> str | None:
     """What makes a loaded ring's raw arrays inconsistent, or None (vectorised, one pass each).
 
-    views: the core's actions, rewards, flags, cursors as loaded. frames: the frames as
+    views: the core's actions, rewards, flags, cursors (and priorities) as loaded. frames: the frames as
     frame_dtype values when they are floats to check for non-finite values, else None.
     """
     cursors, actions, rewards, flags = views["cursors"], views["actions"], views["rewards"], views["flags"]
@@ -79,4 +84,10 @@ def check_contents(views: dict, *, segment: int, num_actions: int | None, frames
         return "a slot beyond its env's cursor holds data"
     if frames is not None and frames.dtype.kind == "f" and not np.isfinite(frames).all():
         return "a frame holds a non-finite value"
+    prio = views.get(PRIORITY_NAME)
+    if prio is not None:
+        if not np.isfinite(prio).all():
+            return "a priority is not finite"
+        if (prio[unwritten] != 0).any() or (prio[~unwritten] <= 0).any():
+            return "a written slot has a priority <= 0 or an unwritten one a priority"
     return None

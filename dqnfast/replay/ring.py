@@ -23,6 +23,7 @@ from dqnfast.replay.batch import Batch
 from dqnfast.replay.files import (
     ARRAY_NAMES,
     FORMAT_VERSION,
+    PRIORITY_NAME,
     READ_VERSIONS,
     ReplayFileError,
     check_contents,
@@ -66,6 +67,17 @@ def _positive_int(name: str, value, hi: int = 2**62) -> int:
 
 _U64 = 2**64  # seeds and RNG states are uint64
 _INT32 = 2**31
+
+
+def _is_number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+
+def _float_in(name: str, value, lo: float, hi: float) -> float:
+    """``value`` as a float in [lo, hi], else a one-line ValueError."""
+    if not _is_number(value) or not lo <= float(value) <= hi:
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    return float(value)
 
 
 def _int_vector(name: str, values) -> np.ndarray:
@@ -117,6 +129,14 @@ class ReplayRing:
             device gathers with one ``index_select``. Batches are then device
             tensors and no frame crosses PCIe at sample time. ``"cpu"`` runs
             the same path on host tensors (tests, machines without a GPU).
+            Host and device frames are storage roles (``dqnfast.replay.storage``).
+        prioritized: proportional prioritized replay (Schaul et al. 2016) instead of
+            uniform sampling: slot i is drawn with probability p_i^alpha / sum_k p_k^alpha
+            over the valid slots, p_i = |TD error| + priority_eps as last reported by
+            ``update_priorities``; a new transition starts at the largest p reported so
+            far (1 before any). Batches then carry importance-sampling weights.
+        alpha: priority exponent in [0, 1] (0: uniform over the valid slots).
+        priority_eps: added to every reported |TD error| (> 0): no valid slot starves.
     """
 
     def __init__(
@@ -133,6 +153,9 @@ class ReplayRing:
         check_memory: bool = True,
         frames_device: str | torch.device | None = None,
         num_actions: int | None = None,
+        prioritized: bool = False,
+        alpha: float = 0.6,
+        priority_eps: float = 1e-6,
     ) -> None:
         capacity = _positive_int("capacity", capacity)
         self.num_envs = _positive_int("num_envs", num_envs, _INT32)
@@ -169,25 +192,40 @@ class ReplayRing:
         self.obs_shape = (self.stack, *self.frame_shape) if self.stack > 1 else self.frame_shape
         self.frame_bytes = math.prod(self.frame_shape) * self.frame_dtype.itemsize
         self.seed = _int_in("seed", seed, 0, _U64)
+        self.prioritized = bool(prioritized)
+        self.alpha = _float_in("alpha", alpha, 0.0, 1.0)
+        self.priority_eps = float(priority_eps) if _is_number(priority_eps) else math.nan
+        if not (math.isfinite(self.priority_eps) and self.priority_eps > 0.0):
+            raise ValueError(f"priority_eps must be positive and finite, got {priority_eps!r}")
         if num_threads is None:
             num_threads = os.cpu_count() or 1
         num_threads = _positive_int("num_threads", num_threads, _INT32)
 
         self._storage = make_storage(frames_device)
         self.frames_device: torch.device | None = self._storage.device
-        per_slot = _core.bytes_per_slot(self.frame_bytes) - (0 if self._storage.in_core else self.frame_bytes)
+        per_slot = _core.bytes_per_slot(self.frame_bytes, self.prioritized) - (
+            0 if self._storage.in_core else self.frame_bytes
+        )
         self.nbytes = capacity * per_slot  # host memory
         self.device_nbytes = 0 if self._storage.in_core else capacity * self.frame_bytes
         if check_memory:
-            avail = available_memory_bytes()
-            if self.nbytes > avail:
-                raise ReplayMemoryError(
-                    f"replay capacity {capacity} needs {self.nbytes / 1e9:.2f} GB of RAM but only "
-                    f"{avail / 1e9:.2f} GB is available; lower the capacity to at most {avail // per_slot}"
-                )
-            problem = self._storage.device_memory_problem(capacity, self.frame_bytes)
-            if problem:
-                raise ReplayMemoryError(problem)
+            self._check_memory(capacity, per_slot)
+        self._build_core(capacity, num_threads)
+
+    def _check_memory(self, capacity: int, per_slot: int) -> None:
+        """Refuses, before allocating, a ring that does not fit in RAM (or on its frames' device)."""
+        avail = available_memory_bytes()
+        if self.nbytes > avail:
+            raise ReplayMemoryError(
+                f"replay capacity {capacity} needs {self.nbytes / 1e9:.2f} GB of RAM but only "
+                f"{avail / 1e9:.2f} GB is available; lower the capacity to at most {avail // per_slot}"
+            )
+        problem = self._storage.device_memory_problem(capacity, self.frame_bytes)
+        if problem:
+            raise ReplayMemoryError(problem)
+
+    def _build_core(self, capacity: int, num_threads: int) -> None:
+        """The C++ ring, and the storage role attached to it."""
         self._ring = _core._ReplayRing(
             capacity,
             self.num_envs,
@@ -199,6 +237,9 @@ class ReplayRing:
             num_threads,
             store_frames=self._storage.in_core,
             num_actions=self.num_actions or 0,
+            prioritized=self.prioritized,
+            alpha=self.alpha,
+            priority_eps=self.priority_eps,
         )
         self.capacity = self._ring.capacity
         self.segment_capacity = self._ring.segment_capacity
@@ -210,6 +251,7 @@ class ReplayRing:
             _TORCH_DTYPES[self.frame_dtype],
             self.frame_bytes,
             self.stack,
+            weighted=self.prioritized,
         )
         self._storage.attach(self._ring, self.layout)
 
@@ -291,9 +333,26 @@ class ReplayRing:
                 "is available; sample smaller batches"
             )
 
-    def prefetcher(self, batch_size: int, device: torch.device | str, *, pin_memory: bool = False) -> Prefetcher:
-        """Batches of ``batch_size`` on ``device``, double-buffered (see ``dqnfast.replay.prefetch``)."""
-        return Prefetcher(self, _positive_int("batch_size", batch_size), device, pin_memory=pin_memory)
+    def prefetcher(
+        self,
+        batch_size: int,
+        device: torch.device | str,
+        *,
+        pin_memory: bool = False,
+        beta0: float = 1.0,
+        beta_steps: int = 1,
+    ) -> Prefetcher:
+        """Batches of ``batch_size`` on ``device``, double-buffered, with the priority feedback of a
+        prioritized ring and beta annealed from ``beta0`` to 1 over ``beta_steps`` agent steps
+        (see ``dqnfast.replay.prefetch``)."""
+        return Prefetcher(
+            self,
+            _positive_int("batch_size", batch_size),
+            device,
+            pin_memory=pin_memory,
+            beta0=_float_in("beta0", beta0, 0.0, 1.0),
+            beta_steps=_positive_int("beta_steps", beta_steps),
+        )
 
     def _out(self, batch_size: int, out: Batch | None) -> Batch:
         if out is None:
@@ -302,23 +361,65 @@ class ReplayRing:
             raise ValueError(f"out holds {len(out)} rows but batch_size is {batch_size}")
         return out
 
-    def sample(self, batch_size: int, out: Batch | None = None) -> Batch:
-        """Draws ``batch_size`` valid transitions uniformly (with replacement).
+    def sample(self, batch_size: int, out: Batch | None = None, beta: float = 1.0) -> Batch:
+        """Draws ``batch_size`` valid transitions (with replacement): uniformly, or by priority.
 
-        Writes into ``out`` (from ``make_batch``) when given, else allocates.
+        Writes into ``out`` (from ``make_batch``) when given, else allocates. A prioritized
+        ring draws stratified (row b from the b-th of B equal slices of the priority mass) and
+        sets ``weight`` = (N P(i))^-beta / max over the batch: N the number of valid slots,
+        P(i) the probability of one draw. The batch's largest weight, not the ring's, is the
+        normaliser (as in Dopamine's Rainbow): no minimum over the ring to keep current, and
+        one rarely drawn transition cannot shrink every update (csrc/replay_ring.h, Weights).
         """
         out = self._out(_positive_int("batch_size", batch_size), out)
+        beta = _float_in("beta", beta, 0.0, 1.0)
         try:
-            return self._storage.fill(out, None)
+            return self._storage.fill(out, None, beta)
         except RuntimeError as e:  # no valid transition yet
             raise ValueError(str(e)) from None
 
-    def gather(self, indices, out: Batch | None = None) -> Batch:
-        """Gathers the transitions at explicit ``indices`` (all must be valid)."""
+    def gather(self, indices, out: Batch | None = None, beta: float = 1.0) -> Batch:
+        """Gathers the transitions at explicit ``indices`` (all must be valid); weights as ``sample``'s."""
         idx = _int_vector("indices", indices)
         if len(idx) == 0:
             return self._alloc(0)
-        return self._storage.fill(self._out(len(idx), out), idx)
+        return self._storage.fill(self._out(len(idx), out), idx, _float_in("beta", beta, 0.0, 1.0))
+
+    # ---------------------------------------------------------- priorities
+    def update_priorities(self, indices, priorities, generations) -> int:
+        """Reports |TD error| per drawn index; returns how many reports were applied.
+
+        indices, generations: int[B], a batch's ``index`` and ``generation`` as drawn;
+        priorities: float[B] >= 0 (|TD errors|; the slot's priority becomes it + priority_eps).
+        A report whose slot has been overwritten since the draw (its generation, the step it
+        holds, changed) is dropped: it belongs to a transition that is gone. A negative or
+        non-finite priority, an index out of range or mismatched lengths are one-line
+        ValueErrors and change nothing.
+        """
+        if not self.prioritized:
+            raise ValueError("this ring samples uniformly; make it with prioritized=True to update priorities")
+        idx = _int_vector("indices", indices)
+        gen = _int_vector("generations", generations)
+        p = _vector("priorities", priorities, np.float32)
+        if not (len(idx) == len(gen) == len(p)):
+            raise ValueError(
+                f"one priority per index and one generation per index: got {len(idx)} indices, "
+                f"{len(p)} priorities, {len(gen)} generations"
+            )
+        return self._ring._update_priorities(idx, gen, p)
+
+    def priorities(self, indices) -> np.ndarray:
+        """float64[B]: each slot's priority p_i (0 if never written; 1 in a uniform ring)."""
+        return self._ring._priorities(_int_vector("indices", indices))
+
+    def probabilities(self, indices) -> np.ndarray:
+        """float64[B]: the probability that one draw returns each index now (0 if not valid)."""
+        return self._ring._probabilities(_int_vector("indices", indices))
+
+    @property
+    def max_priority(self) -> float:
+        """The largest priority reported so far (1 before any): where a new transition starts."""
+        return self._ring.max_priority
 
     # ------------------------------------------------------------- inspection
     def __len__(self) -> int:
@@ -359,7 +460,20 @@ class ReplayRing:
             "seed": self.seed,
             "rng_state": self.rng_state,
             "num_actions": self.num_actions,
+            "sampler": (
+                {
+                    "kind": "prioritized",
+                    "alpha": self.alpha,
+                    "priority_eps": self.priority_eps,
+                    "max_priority": self.max_priority,
+                }
+                if self.prioritized
+                else {"kind": "uniform"}
+            ),
         }
+
+    def _array_names(self) -> tuple[str, ...]:
+        return (*ARRAY_NAMES, PRIORITY_NAME) if self.prioritized else ARRAY_NAMES
 
     # ------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike) -> Path:
@@ -367,9 +481,10 @@ class ReplayRing:
 
         The file is a plain numpy archive (``np.load`` reads it): ``meta``
         (JSON), ``frames`` [num_envs, segment, frame_bytes] uint8, ``actions``,
-        ``rewards``, ``flags`` [num_envs, segment], ``cursors`` [num_envs] and,
-        written last, ``sha256``: the checksum of everything before it
-        (``dqnfast.replay.files``), which ``load`` verifies.
+        ``rewards``, ``flags`` [num_envs, segment], ``cursors`` [num_envs], for a
+        prioritized ring ``priorities`` [num_envs, segment] and, written last,
+        ``sha256``: the checksum of everything before it (``dqnfast.replay.files``),
+        which ``load`` verifies.
         """
         path = Path(path)
         if path.suffix != ".npz":
@@ -377,10 +492,11 @@ class ReplayRing:
         arrays = {**self._ring._storage(), "frames": self._storage.saved_frames()}
         meta = json.dumps(self._meta())
         h = digest(meta)
-        for name in ARRAY_NAMES:
+        names = self._array_names()
+        for name in names:
             feed(h, name, arrays[name])
         with atomic_open(path) as f:
-            np.savez(f, meta=np.array(meta), **{n: arrays[n] for n in ARRAY_NAMES}, sha256=np.array(h.hexdigest()))
+            np.savez(f, meta=np.array(meta), **{n: arrays[n] for n in names}, sha256=np.array(h.hexdigest()))
         return path
 
     @classmethod
@@ -391,8 +507,15 @@ class ReplayRing:
         check_memory: bool = True,
         frames_device: str | torch.device | None = None,
         num_actions: int | None = None,
+        alpha: float | None = None,
+        priority_eps: float | None = None,
     ) -> "ReplayRing":
         """Rebuilds a ring saved by ``save`` (contents, cursors and RNG state), frames where ``frames_device`` says.
+
+        A prioritized ring comes back prioritized with its priorities and largest priority;
+        ``alpha`` / ``priority_eps`` replace the file's (the raw priorities are kept, so a new
+        alpha re-weighs them). Files without a sampler entry (version 2 and older) load as
+        uniform rings.
 
         The file is trusted only after its checksum matches and its contents are consistent: actions in
         [0, num_actions) (the argument, else the file's own), rewards finite, only known flag bits, cursors
@@ -405,7 +528,7 @@ class ReplayRing:
             raise FileNotFoundError(f"no saved replay at {path}")
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls._load(z, path, num_threads, check_memory, frames_device, num_actions)
+                return cls._load(z, path, num_threads, check_memory, frames_device, num_actions, alpha, priority_eps)
         except ReplayFileError:
             raise
         except (zipfile.BadZipFile, KeyError, ValueError, TypeError, OverflowError, OSError, EOFError) as e:
@@ -416,7 +539,9 @@ class ReplayRing:
             ) from None
 
     @classmethod
-    def _load(cls, z, path: Path, num_threads, check_memory, frames_device, num_actions) -> "ReplayRing":
+    def _load(  # noqa: PLR0913 - load's arguments, passed on
+        cls, z, path: Path, num_threads, check_memory, frames_device, num_actions, alpha, priority_eps
+    ) -> "ReplayRing":
         def bad(what: str) -> ReplayFileError:
             return ReplayFileError(f"replay file {path} is invalid: {what}; delete it to start with an empty ring")
 
@@ -439,6 +564,13 @@ class ReplayRing:
         rng_state = meta["rng_state"]
         if isinstance(rng_state, bool) or not isinstance(rng_state, int) or not 0 <= rng_state < _U64:
             raise bad(f"rng_state {rng_state!r} is not a uint64")
+        sampler = meta.get("sampler") or {"kind": "uniform"}
+        prioritized = sampler.get("kind") == "prioritized"
+        if sampler.get("kind") not in ("uniform", "prioritized"):
+            raise bad(f"sampler {sampler.get('kind')!r} is not uniform or prioritized")
+        max_priority = sampler.get("max_priority", 1.0)
+        if prioritized and not (_is_number(max_priority) and math.isfinite(max_priority) and max_priority > 0):
+            raise bad(f"max_priority {max_priority!r} is not a positive number")
         ring = cls(
             meta["capacity"],
             meta["num_envs"],
@@ -452,6 +584,9 @@ class ReplayRing:
             check_memory,
             frames_device,
             num_actions,
+            prioritized=prioritized,
+            alpha=sampler.get("alpha", 0.6) if alpha is None else alpha,
+            priority_eps=sampler.get("priority_eps", 1e-6) if priority_eps is None else priority_eps,
         )
         h = digest(meta_text)
         L = ring.layout
@@ -460,7 +595,7 @@ class ReplayRing:
         views["frames"] = np.lib.stride_tricks.as_strided(
             np.zeros(1, np.uint8), (L.num_envs, L.segment, L.frame_bytes), (0, 0, 0)
         )
-        for name in ARRAY_NAMES:
+        for name in ring._array_names():
             view = views[name]
             arr = z[name]
             if arr.shape != view.shape or arr.dtype != view.dtype:
@@ -479,6 +614,8 @@ class ReplayRing:
         if problem:
             raise bad(problem)
         ring.rng_state = rng_state
+        if prioritized:
+            ring._ring.max_priority = float(max_priority)
         ring._ring.rebuild_index()
         return ring
 

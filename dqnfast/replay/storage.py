@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dqnfast.replay.batch import META_NAMES, Batch, BatchBuffers, meta_tensors
+from dqnfast.replay.batch import Batch, BatchBuffers, meta_tensors
 
 __all__ = ["DeviceFrames", "HostFrames", "Layout", "make_storage"]
 
@@ -36,6 +36,7 @@ class Layout:
     torch_dtype: torch.dtype
     frame_bytes: int
     stack: int
+    weighted: bool = False  # batches carry importance-sampling weights (a prioritized ring)
 
     @property
     def capacity(self) -> int:
@@ -97,22 +98,20 @@ class HostFrames:
         """A host batch (pinned when asked for) whose own tensors the core writes."""
         L = self.layout
         kw = {"pin_memory": pin_memory}
-        meta = meta_tensors(b, **kw)
+        meta = meta_tensors(b, L.weighted, **kw)
         if shared:
             window = torch.empty((b, L.stack + 1, *L.frame_shape), dtype=L.torch_dtype, **kw)
-            batch = Batch.shared(window, *meta)
+            batch = Batch.shared(window, **meta)
             rows, next_rows = window.numpy(), None
         else:
             obs = torch.empty((b, *L.obs_shape), dtype=L.torch_dtype, **kw)
             nxt = torch.empty((b, *L.obs_shape), dtype=L.torch_dtype, **kw)
-            batch = Batch(obs, nxt, *meta)
+            batch = Batch(obs, nxt, **meta)
             rows, next_rows = obs.numpy(), nxt.numpy()
-        batch.buffers = BatchBuffers(
-            shared, dict(zip(META_NAMES, (t.numpy() for t in meta))), frames=rows, next_obs=next_rows
-        )
+        batch.buffers = BatchBuffers(shared, {n: t.numpy() for n, t in meta.items()}, frames=rows, next_obs=next_rows)
         return batch
 
-    def fill(self, out: Batch, indices: np.ndarray | None) -> Batch:
+    def fill(self, out: Batch, indices: np.ndarray | None, beta: float) -> Batch:
         """Samples (indices None) or gathers into ``out``'s own tensors, in the core's threads."""
         bufs = out.buffers
         if bufs is None or bufs.frames is None:
@@ -122,9 +121,9 @@ class HostFrames:
         bufs.wait()  # an asynchronous copy out of these tensors must finish before they are refilled
         args = (bufs.frames, bufs.next_obs, *bufs.meta_args())
         if indices is None:
-            self._core._sample(*args)
+            self._core._sample(*args, beta=beta)
         else:
-            self._core._gather(indices, *args)
+            self._core._gather(indices, *args, beta=beta)
         return out
 
     def saved_frames(self) -> np.ndarray:
@@ -186,26 +185,26 @@ class DeviceFrames:
         width = L.width(shared)
         staging = {
             "slots": torch.empty((b, width), dtype=torch.int64, pin_memory=pin),
-            **dict(zip(META_NAMES, meta_tensors(b, pin_memory=pin))),
+            **meta_tensors(b, L.weighted, pin_memory=pin),
         }
         window = torch.empty((b, width, *L.frame_shape), dtype=L.torch_dtype, device=dev)
-        meta = meta_tensors(b, device=dev)
+        meta = meta_tensors(b, L.weighted, device=dev)
         if shared:
-            batch = Batch.shared(window, *meta)
+            batch = Batch.shared(window, **meta)
         elif L.stack > 1:
-            batch = Batch(window[:, : L.stack], window[:, L.stack :], *meta)
+            batch = Batch(window[:, : L.stack], window[:, L.stack :], **meta)
         else:
-            batch = Batch(window[:, 0], window[:, 1], *meta)
+            batch = Batch(window[:, 0], window[:, 1], **meta)
         batch.buffers = BatchBuffers(
             shared,
-            {n: staging[n].numpy() for n in META_NAMES},
+            {n: t.numpy() for n, t in staging.items() if n != "slots"},
             slots=staging["slots"].numpy(),
             staging=staging,
             window=window,
         )
         return batch
 
-    def fill(self, out: Batch, indices: np.ndarray | None) -> Batch:
+    def fill(self, out: Batch, indices: np.ndarray | None, beta: float) -> Batch:
         """Core -> slots and metadata in the staging -> the device gathers the frames (no host sync)."""
         bufs = out.buffers
         if bufs is None or bufs.slots is None:
@@ -215,14 +214,14 @@ class DeviceFrames:
         bufs.wait()  # the staging is refilled only after its last copy to the device finished
         args = (bufs.slots, bufs.shared, *bufs.meta_args())
         if indices is None:
-            self._core._sample_slots(*args)
+            self._core._sample_slots(*args, beta=beta)
         else:
-            self._core._gather_slots(indices, *args)
+            self._core._gather_slots(indices, *args, beta=beta)
         dev, staging, window = self.device, bufs.staging, bufs.window
         b, width = bufs.slots.shape
         slots = staging["slots"].to(dev, non_blocking=True)
         torch.index_select(self.frames, 0, slots.view(-1), out=window.view(b * width, *self.layout.frame_shape))
-        for name in META_NAMES:
+        for name in bufs.meta:  # per-row outputs, weights included
             getattr(out, name).copy_(staging[name], non_blocking=True)
         bufs.record(dev)
         return out

@@ -153,6 +153,9 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
             check_memory=cfg.replay.check_memory,
             frames_device=frames_device,
             num_actions=spec.num_actions,
+            prioritized=cfg.replay.prioritized,
+            alpha=cfg.replay.alpha,
+            priority_eps=cfg.replay.priority_eps,
         )
     except MemoryError as e:
         raise ConfigError("replay.capacity", str(e)) from None
@@ -207,7 +210,13 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
     )
     x = cfg.explore
     schedule = EpsilonSchedule(str(x.schedule), x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
-    batches = ring.prefetcher(cfg.algo.batch_size, r.device, pin_memory=r.pin_memory)
+    batches = ring.prefetcher(
+        cfg.algo.batch_size,
+        r.device,
+        pin_memory=r.pin_memory,
+        beta0=cfg.replay.beta0,  # prioritized replay: beta annealed from beta0 to 1 over the run
+        beta_steps=cfg.algo.total_steps,
+    )
     record = plan.env_mode == "replay" and not spec.is_async
     return Run(
         cfg,

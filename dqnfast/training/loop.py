@@ -125,8 +125,10 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
             st.update_budget += k * a.replay_ratio / a.batch_size
             while st.update_budget >= 1.0:
                 st.update_budget -= 1.0
-                batch = run.batches.next()
-                st.add_metrics(run.learner.update(batch))
+                batch = run.batches.next(st.env_steps)
+                metrics = run.learner.update(batch)
+                run.batches.report(metrics["td_abs"])  # prioritized replay: the new priorities, one update late
+                st.add_metrics(metrics)
 
         # log
         if st.env_steps >= st.next_log:

@@ -135,15 +135,17 @@ def load_ring(
             check_memory=cfg.replay.check_memory,
             frames_device=frames_device,
             num_actions=spec.num_actions,
+            alpha=cfg.replay.alpha,
+            priority_eps=cfg.replay.priority_eps,
         )
     except (ReplayFileError, FileNotFoundError, MemoryError) as e:
         raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") from None
-    have = (ring.num_envs, ring.n_step, ring.stack, float(ring.gamma))
-    want = (spec.num_envs, cfg.replay.n_step, spec.stack, float(cfg.algo.gamma))
+    have = (ring.num_envs, ring.n_step, ring.stack, float(ring.gamma), ring.prioritized)
+    want = (spec.num_envs, cfg.replay.n_step, spec.stack, float(cfg.algo.gamma), cfg.replay.prioritized)
     if have != want:
         raise ConfigError(
             "resume",
-            "the saved replay ring has (envs, n_step, stack, gamma) = "
+            "the saved replay ring has (envs, n_step, stack, gamma, prioritized) = "
             f"{have}, this run {want}; keep them, or resume with replay.save=false",
         )
     return ring, path

@@ -15,7 +15,8 @@ Checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
               checkpoint_every, time, scores, lengths, last_action, tracker_{score,length,started}
     rng       python, numpy, torch, actor_numpy, actor_torch, replay (, torch_cuda)
     envs      mode, seed, num_envs, actions (the action log, or None)
-    replay    file (the ring saved beside the checkpoint, or None)
+    replay    file (the ring saved beside the checkpoint, or None), prefetch (prioritized
+              replay's priority report not applied yet: Prefetcher.state_dict)
     config, game, obs, num_actions, network, run_name
 """
 
@@ -271,7 +272,7 @@ def payload(run: Any, st: LoopState, *, replay_file: str | None) -> dict[str, An
             "num_envs": spec.num_envs,
             "actions": torch.from_numpy(log.rows.copy()) if log is not None else None,
         },
-        "replay": {"file": replay_file},
+        "replay": {"file": replay_file, "prefetch": run.batches.state_dict()},
     }
 
 
@@ -289,3 +290,5 @@ def restore(run: Any, st: LoopState, ck: dict[str, Any], *, envs_too: bool, ring
     )
     st.epsilon = float(ck.get("epsilon", 1.0))
     set_rng_state(ck["rng"], run.actor, run.ring, run.device, ring_too=ring_too)
+    if ring_too:  # a pending priority report belongs to the restored ring's slots
+        run.batches.load_state_dict((ck.get("replay") or {}).get("prefetch") or {})
