@@ -142,13 +142,7 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         # no metrics row here: the partial averages go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
         path = write_checkpoint(run, st)
-        log.warning(
-            "%s at %d agent steps: checkpoint written to %s; continue with: python -m dqnfast.train resume=%s",
-            stop.name,
-            st.env_steps,
-            path,
-            run.run_dir,
-        )
+        stop.announce(st.env_steps, path, run.run_dir)
         return
     if st.n_metrics or st.last_steps != st.env_steps:
         log_row(run, st, loggers)

@@ -317,37 +317,11 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
         # no metrics row here: the partial sums go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
         path = _save(run, st)
-        log.warning(
-            "%s at %d agent steps: checkpoint written to %s; continue with: python -m dqnfast.train resume=%s",
-            stop.name,
-            st.env_steps,
-            path,
-            run.run_dir,
-        )
+        stop.announce(st.env_steps, path, run.run_dir)
         return path
     if st.n_metrics or st.last_steps != st.env_steps:
         loggers.log_metrics(st.row(frame_skip=1, updates=learner.num_updates))
     return _save(run, st)
-
-
-def _open_loggers(run: _Run, st: LoopState, tracking: Mapping[str, Any] | None) -> Any:
-    """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked."""
-    from dqnfast.loggers import RunInfo, RunLoggers
-
-    tracking = dict(tracking or {})
-    extra = {"hydra": tracking["hydra"]} if tracking.get("hydra") else {}
-    info = RunInfo(
-        run.run_dir,
-        run.name,
-        game=run.spec.task_id,
-        config={**run.config_dict, **extra},
-        group=tracking.get("group"),
-        tags=[run.cfg.exp_name, *tracking.get("tags", ())],
-        resume=bool(run.plan.ck),
-    )
-    return RunLoggers(
-        run.cfg.logger, info, total_steps=run.cfg.algo.total_steps, start_step=st.env_steps, desc=run.spec.task_id
-    )
 
 
 def _final_evaluation(run: _Run, st: LoopState, loggers: Any, ckpt: Path) -> dict[str, Any]:
@@ -429,7 +403,9 @@ def train_reinforce(
             rc.baseline,
             r.device,
         )
-        loggers = _open_loggers(run, st, tracking)
+        from dqnfast.training.trainer import open_loggers  # DQN's: both learners log the same way
+
+        loggers = open_loggers(run, st, tracking)
         try:
             with GracefulStop() as stop:
                 st.started()

@@ -26,6 +26,18 @@ class GracefulStop:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
+    def announce(self, env_steps: int, checkpoint: Any, run_dir: Any) -> None:
+        """The one log line of a run stopped by a signal: where its checkpoint is, how to continue."""
+        import logging
+
+        logging.getLogger("dqnfast.train").warning(
+            "%s at %d agent steps: checkpoint written to %s; continue with: python -m dqnfast.train resume=%s",
+            self.name,
+            env_steps,
+            checkpoint,
+            run_dir,
+        )
+
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.signum is not None:

@@ -104,8 +104,12 @@ def _loop_state(run: Run) -> LoopState:
     return st
 
 
-def _open_loggers(run: Run, st: LoopState, tracking: Mapping[str, Any] | None) -> Any:
-    """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked."""
+def open_loggers(run: Run, st: LoopState, tracking: Mapping[str, Any] | None) -> Any:
+    """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked.
+
+    run: anything with run_dir, name, spec.task_id, config_dict, cfg and plan (DQN's Run,
+    REINFORCE's run), so both learners log the same way.
+    """
     from dqnfast.loggers import RunInfo, RunLoggers
 
     tracking = dict(tracking or {})
@@ -196,7 +200,7 @@ def train(
             r.sampler_threads,
             r.torch_threads or "default",
         )
-        loggers = _open_loggers(run, st, tracking)
+        loggers = open_loggers(run, st, tracking)
         stack.enter_context(_failed_run_closes(loggers))
         stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
         stop = stack.enter_context(GracefulStop())
