@@ -217,6 +217,28 @@ def _row(impl: str, batch: int, threads, capacity, timing: dict, bytes_per_trans
     }
 
 
+def _filled(cfg: dict, make) -> tuple:
+    """The benchmark's workload: ``make(capacity, num_envs)`` builds the ring (returns it, or
+    (ring, what to fill) when a sampler wraps it), which is then filled with the recorded
+    frames until every slot is written and the ring has wrapped.
+
+    Returns (ring, filled, steps, fill seconds, RSS before the ring, RSS after its allocation).
+    """
+    frames = np.load(cfg["frames_path"])
+    num_envs, cap = cfg["num_envs"], cfg["capacity"]
+    seg = cap // num_envs
+    steps = seg + max(64, seg // 50)  # every slot written, and the ring has wrapped
+    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
+    ids = np.arange(num_envs, dtype=np.int64)
+    release_free_memory()
+    rss0 = rss_bytes()
+    made = make(cap, num_envs)
+    ring, target = made if isinstance(made, tuple) else (made, made)
+    rss_alloc = rss_bytes()
+    fill_s = fill_ring(target, frames, sch, ids, steps)
+    return ring, target, steps, fill_s, rss0, rss_alloc
+
+
 def worker_dqnfast(cfg: dict) -> dict:
     """Fills a ReplayRing with num_threads=T, measures its RSS, times sample(B, out=batch)."""
     import torch
@@ -225,22 +247,13 @@ def worker_dqnfast(cfg: dict) -> dict:
 
     t_threads = cfg["threads"]
     torch.set_num_threads(t_threads)
-    frames = np.load(cfg["frames_path"])
-    num_envs, cap = cfg["num_envs"], cfg["capacity"]
-    seg = cap // num_envs
-    steps = seg + max(64, seg // 50)  # every slot written, and the ring has wrapped
-    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
-    ids = np.arange(num_envs, dtype=np.int64)
-
-    release_free_memory()
-    rss0 = rss_bytes()
-    ring = ReplayRing(
-        cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"], num_threads=t_threads
+    ring, _, steps, fill_s, rss0, rss_alloc = _filled(
+        cfg,
+        lambda cap, n: ReplayRing(
+            cap, n, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"], num_threads=t_threads
+        ),
     )
-    rss_alloc = rss_bytes()
-    fill_s = fill_ring(ring, frames, sch, ids, steps)
     rss_full = rss_bytes()
-    del sch
     mem = {
         "capacity": ring.capacity,
         "rss_before_bytes": rss0,
@@ -276,7 +289,7 @@ def worker_dqnfast(cfg: dict) -> dict:
                     ring.capacity,
                     timing,
                     mem["rss_bytes_per_transition"],
-                    num_envs=num_envs,
+                    num_envs=cfg["num_envs"],
                     shared_rows=batch.frames is not None,
                 )
             )
@@ -288,18 +301,13 @@ def worker_reference(cfg: dict) -> dict:
     """Fills the NumPy ReferenceRing the same way and times sample(B) (numpy, one thread)."""
     from dqnfast.replay_reference import ReferenceRing
 
-    frames = np.load(cfg["frames_path"])
-    num_envs, cap = cfg["num_envs"], cfg["capacity"]
-    seg = cap // num_envs
-    steps = seg + max(64, seg // 50)
-    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
-    ids = np.arange(num_envs, dtype=np.int64)
-
-    release_free_memory()
-    rss0 = rss_bytes()
-    ring = ReferenceRing(cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"])
-    fill_s = fill_ring(ring, frames, sch, ids, steps)
-    del sch
+    ring, _, steps, fill_s, rss0, _ = _filled(
+        cfg,
+        lambda cap, n: ReferenceRing(
+            cap, n, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"]
+        ),
+    )
+    num_envs = cfg["num_envs"]
     ring.sample(1)  # builds the valid-index cache once (not part of sampling cost)
     rss_full = rss_bytes()
     capacity = ring.segment_capacity * num_envs
@@ -416,30 +424,23 @@ def worker_dqnfast_per(cfg: dict) -> dict:
 
     t_threads = cfg["threads"]
     torch.set_num_threads(t_threads)
-    frames = np.load(cfg["frames_path"])
-    num_envs, cap = cfg["num_envs"], cfg["capacity"]
-    seg = cap // num_envs
-    steps = seg + max(64, seg // 50)
-    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
-    ids = np.arange(num_envs, dtype=np.int64)
-    release_free_memory()
-    rss0 = rss_bytes()
-    ring = ReplayRing(
-        cap,
-        num_envs,
-        FRAME_SHAPE,
-        np.uint8,
-        stack=STACK,
-        n_step=1,
-        gamma=0.99,
-        seed=cfg["seed"],
-        num_threads=t_threads,
-        prioritized=True,
-        alpha=PER_ALPHA,
+    ring, _, steps, fill_s, rss0, _ = _filled(
+        cfg,
+        lambda cap, n: ReplayRing(
+            cap,
+            n,
+            FRAME_SHAPE,
+            np.uint8,
+            stack=STACK,
+            n_step=1,
+            gamma=0.99,
+            seed=cfg["seed"],
+            num_threads=t_threads,
+            prioritized=True,
+            alpha=PER_ALPHA,
+        ),
     )
-    fill_s = fill_ring(ring, frames, sch, ids, steps)
     rss_full = rss_bytes()
-    del sch
     mem = {
         "capacity": ring.capacity,
         "rss_ring_bytes": rss_full - rss0,
@@ -466,18 +467,12 @@ def worker_numpy_per(cfg: dict) -> dict:
     """dqnfast.replay_reference's NumPy sum tree over the NumPy ring: stratified sample + gather + weights, update."""
     from dqnfast.replay_reference import PrioritizedReference, ReferenceRing
 
-    frames = np.load(cfg["frames_path"])
-    num_envs, cap = cfg["num_envs"], cfg["capacity"]
-    seg = cap // num_envs
-    steps = seg + max(64, seg // 50)
-    sch = make_schedule(steps, num_envs, cfg["episode_len"], cfg["seed"])
-    ids = np.arange(num_envs, dtype=np.int64)
-    release_free_memory()
-    rss0 = rss_bytes()
-    ring = ReferenceRing(cap, num_envs, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"])
-    per = PrioritizedReference(ring, alpha=PER_ALPHA, seed=cfg["seed"])
-    fill_s = fill_ring(per, frames, sch, ids, steps)
-    del sch
+    def make(cap: int, n: int) -> tuple:
+        ring = ReferenceRing(cap, n, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"])
+        return ring, PrioritizedReference(ring, alpha=PER_ALPHA, seed=cfg["seed"])
+
+    ring, per, steps, fill_s, rss0, _ = _filled(cfg, make)
+    num_envs = cfg["num_envs"]
     per.sample(1, PER_BETA)  # builds the valid mask and the tree once (not part of sampling cost)
     rss_full = rss_bytes()
     capacity = ring.segment_capacity * num_envs
