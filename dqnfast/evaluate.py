@@ -5,41 +5,10 @@ evaluation itself is the ``dqnfast.evaluation`` package, whose public names this
 also offers (``from dqnfast.evaluate import EvalConfig, evaluate``).
 """
 
-from dqnfast.evaluation import (
-    EvalConfig,
-    Evaluation,
-    Game,
-    Played,
-    default_out,
-    evaluate,
-    evaluate_network,
-    final_evaluation,
-    format_table,
-    play,
-    summarize,
-    validate_eval,
-    write_json,
-    write_plots,
-    write_videos,
-)
+from dqnfast import evaluation
+from dqnfast.evaluation import *  # noqa: F403 - this module offers the package's public names
 
-__all__ = [
-    "EvalConfig",
-    "Evaluation",
-    "Game",
-    "Played",
-    "default_out",
-    "evaluate",
-    "evaluate_network",
-    "final_evaluation",
-    "format_table",
-    "play",
-    "summarize",
-    "validate_eval",
-    "write_json",
-    "write_plots",
-    "write_videos",
-]
+__all__ = list(evaluation.__all__)
 
 if __name__ == "__main__":
     from dqnfast.cli.evaluate import cli
