@@ -83,6 +83,7 @@ class Run:
     schedule: Any
     batches: Any  # dqnfast.replay.Prefetcher: double-buffered batches on the learner's device
     actions_log: Any
+    last_batch: Any = None  # the batch of the last update: a checkpoint checks the network's Q-values on it
 
     @property
     def name(self) -> str:
