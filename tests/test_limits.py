@@ -314,6 +314,23 @@ def test_a_dqn_run_that_ends_before_learning_starts_is_refused():
     )
 
 
+def test_a_resume_that_ends_before_learning_starts_is_refused_after_the_checkpoint_fits(tmp_path):
+    """Checked once the checkpoint is known to be this run's: a misfit checkpoint is the first error."""
+    from dqnfast.training import train
+
+    train(cartpole(200), tmp_path)
+    cfg = cartpole(400)
+    cfg.algo.learning_starts = 1000
+    cfg.resume = str(tmp_path)  # as the CLI's resume=<run dir> sets it
+    with pytest.raises(ConfigError) as e:
+        train(cfg, tmp_path, resume=tmp_path)
+    assert e.value.key == "algo.total_steps" and "learning_starts=1000" in str(e.value)
+    cfg.game = "Acrobot"
+    with pytest.raises(ConfigError) as e:
+        train(cfg, tmp_path, resume=tmp_path)
+    assert e.value.key == "resume"
+
+
 # ------------------------------------------------------------------ seeds
 @pytest.mark.parametrize("seed", [3_000_000_000, 2_147_480_000, INT32_MAX, -1, 2**64])
 def test_seeds_whose_derived_seeds_leave_int32_are_refused_with_the_range(seed):

@@ -32,6 +32,7 @@ __all__ = [
     "ReinforceConfig",
     "ReplayConfig",
     "MAX_STACK",
+    "check_learning_starts",
     "NETWORK_NAMES",
     "OBS_KINDS",
     "validate",
@@ -470,6 +471,17 @@ def _protocol(p: ProtocolConfig, prefix: str) -> None:
     _check(_finite(r) and 0.0 <= r <= 1.0, f"{prefix}.repeat_action_probability", f"must be in [0, 1], got {r!r}")
 
 
+def check_learning_starts(cfg: Config) -> None:
+    """Refuses a DQN run that ends before ``algo.learning_starts``: it would make no update."""
+    a = cfg.algo
+    _check(
+        str(cfg.learner).lower() != "dqn" or a.total_steps >= a.learning_starts,
+        "algo.total_steps",
+        f"{a.total_steps} is below algo.learning_starts={a.learning_starts}: the run would end before its first "
+        "update; raise algo.total_steps or lower algo.learning_starts",
+    )
+
+
 def validate(cfg: Config) -> None:
     """Checks every value that does not need an env or a device.
 
@@ -530,12 +542,8 @@ def validate(cfg: Config) -> None:
     )
     CompileMode.parse(a.compile, "algo.compile")
     _choice(a, "amp", "algo.amp", Amp)
-    _check(
-        str(cfg.learner).lower() != "dqn" or a.total_steps >= a.learning_starts,
-        "algo.total_steps",
-        f"{a.total_steps} is below algo.learning_starts={a.learning_starts}: the run would end before its first "
-        "update; raise algo.total_steps or lower algo.learning_starts",
-    )
+    if not cfg.resume:  # a resumed run is checked once its checkpoint is known to fit (components.build)
+        check_learning_starts(cfg)
 
     n = cfg.network
     _choice(n, "name", "network.name", NetworkName)

@@ -217,7 +217,10 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
 
     env, spec, net_spec = _make_env(cfg, r, plan, stack)
     if plan.ck:
+        from dqnfast.config.schema import check_learning_starts
+
         check_resumable(plan, cfg, spec, net_spec)
+        check_learning_starts(cfg)
     ring, replay_file = _make_ring(cfg, r, plan, spec, run_dir)
     learner = _make_learner(cfg, r, net_spec)
     actor = Actor(
