@@ -212,7 +212,7 @@ def release_free_memory() -> None:
 
 
 def mem_available_bytes() -> int:
-    """``MemAvailable`` from /proc/meminfo, capped by a cgroup v2 memory limit (dqnfast's own probe)."""
+    """The tightest of ``MemAvailable`` and the cgroup v2 / v1 memory limits (dqnfast's own probe)."""
     from dqnfast.memory import available_memory_bytes  # torch-free
 
     return available_memory_bytes()

@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["atomic_open", "atomic_path"]
+__all__ = ["DiskFullError", "atomic_open", "atomic_path"]
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write ran out of disk space or quota. ``str()`` is one line; ``filename`` the file, ``free`` bytes left."""
+
+    def __init__(self, err: int, message: str, filename: str, free: int) -> None:
+        super().__init__(err, message, filename)
+        self.message, self.free = message, int(free)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _free_bytes(d: Path) -> int:
+    try:
+        return shutil.disk_usage(d).free
+    except OSError:
+        return 0
+
+
+def _disk_full(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from: torch wraps its writer's errors) is ENOSPC/EDQUOT."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _FULL:
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 @contextmanager
@@ -17,7 +49,7 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterato
     For writers that take a file name, not a file object (ffmpeg). If the block raises (or the
     process dies), ``path`` is untouched and the temporary file is removed. The temporary name
     is ``.<name>.tmp<pid>``, plus ``path``'s suffix with ``keep_suffix`` (for writers that
-    choose a format by suffix).
+    choose a format by suffix). A full disk (or quota) raises ``DiskFullError`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +62,14 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterato
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        if not _disk_full(e):
+            raise
+        tmp.unlink(missing_ok=True)  # before measuring: its bytes are given back
+        free = _free_bytes(path.parent)
+        raise DiskFullError(
+            errno.ENOSPC, f"no space left on device writing {path} ({free / 1e6:.1f} MB free)", str(path), free
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -40,6 +80,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
     """Opens a temporary file beside ``path``; on success flushes it to disk and renames it over ``path``.
 
     If the block raises (or the process dies), ``path`` is untouched and the temporary file is removed.
+    A full disk (or quota) raises ``DiskFullError`` naming ``path``.
     """
     with atomic_path(path, keep_suffix=False) as tmp:
         with open(tmp, mode, **kwargs) as f:

@@ -14,6 +14,7 @@ cores (``dqnfast.config.resolve.job_cores``); W&B groups a sweep's jobs under th
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -27,12 +28,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from dqnfast.atomic import DiskFullError
 from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
 from dqnfast.envs import EnvCreationError
 from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
+from dqnfast.training.loop import TrainingDiverged
 
 log = logging.getLogger("dqnfast.train")
 
@@ -171,7 +174,9 @@ def main(cfg: DictConfig) -> float | None:
 
     Returns the run's objective for sweepers (``objective``: the final evaluation's
     mean score). ``resume=<run dir>`` continues that run (see ``train``); SIGINT/SIGTERM
-    write a checkpoint and exit with status 128 + the signal number (130, 143).
+    write a checkpoint and exit with status 128 + the signal number (130, 143). Bad config
+    values exit with 2; a run that diverged (non-finite loss, Q-values or weights), a full
+    disk and envs that cannot be created exit with 1; each with one line on stderr.
     """
     try:
         conf = to_config(cfg)
@@ -192,8 +197,14 @@ def main(cfg: DictConfig) -> float | None:
             summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:
         _fail(e)
-    except EnvCreationError as e:  # the machine, not the config: one line, the run's folder stays
+    except (EnvCreationError, TrainingDiverged, DiskFullError) as e:  # not the config: one line, the folder stays
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = e.filename or "a file of the run"
+        print(f"error: disk full writing {where} ({e.strerror}); the run's checkpoints are complete", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted (the last checkpoint is complete)", file=sys.stderr)

@@ -16,8 +16,12 @@ from dqnfast.config.schema import Config, ConfigError, Storage
 
 __all__ = [
     "Resolved",
+    "MAX_THREADS",
+    "MAX_THREADS_PER_CORE",
     "available_cores",
+    "check_thread_counts",
     "job_cores",
+    "max_threads",
     "resolve",
     "resolve_amp",
     "resolve_compile",
@@ -28,6 +32,15 @@ __all__ = [
 ]
 
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# A thread count is refused above MAX_THREADS_PER_CORE x the cores of the affinity mask, and
+# above MAX_THREADS in any case. envpool's workers, the replay sampler's and torch's OpenMP
+# threads all compute: beyond the cores they only take turns on them (torch's spinning
+# workers slow down by up to 10x), so 4 per core leaves room for a deliberately
+# oversubscribed experiment and catches a typo. Each thread also reserves a stack (8 MiB of
+# address space by default) and counts against the process and cgroup limits (ulimit -u,
+# pids.max); the OS refusing thread 10,000 is found out as a hang or a crash, not an error.
+MAX_THREADS_PER_CORE = 4
+MAX_THREADS = 1024
 
 
 def available_cores() -> int:
@@ -36,6 +49,27 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def max_threads(cores: int) -> int:
+    """The most threads a config may ask for, for each of envpool, the sampler and torch."""
+    return min(MAX_THREADS, MAX_THREADS_PER_CORE * max(1, int(cores)))
+
+
+def check_thread_counts(cfg: Config, cores: int) -> None:
+    """Refuses, in one line, an explicit thread count above ``max_threads(cores)`` (null/0: the default)."""
+    limit = max_threads(cores)
+    for key, n in (
+        ("envs.num_threads", cfg.envs.num_threads),
+        ("replay.num_threads", cfg.replay.num_threads),
+        ("torch_threads", cfg.torch_threads),
+    ):
+        if n and n > limit:
+            raise ConfigError(
+                key,
+                f"{n} threads is more than this machine can run: at most {limit} ({MAX_THREADS_PER_CORE} per core "
+                f"of the {cores} this process may use, {MAX_THREADS} in all); use null for the default",
+            )
 
 
 def resolve_device(name: Any):

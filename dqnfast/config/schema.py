@@ -31,6 +31,8 @@ __all__ = [
     "ProtocolConfig",
     "ReinforceConfig",
     "ReplayConfig",
+    "MAX_STACK",
+    "check_learning_starts",
     "NETWORK_NAMES",
     "OBS_KINDS",
     "validate",
@@ -159,6 +161,7 @@ _WHAT = {
     "AutoBool": "pin_memory mode",
 }
 NETWORK_NAMES = tuple(m.value for m in NetworkName)
+MAX_STACK = 64  # the longest frame stack the replay ring rebuilds (kMaxStack in csrc/replay_ring.h)
 OBS_KINDS = tuple(m.value for m in ObsKind)
 
 
@@ -221,8 +224,10 @@ class EnvsConfig:
 
     num_envs: envs stepped in parallel. batch_size: results per ``recv``;
     null or 0 = num_envs (synchronous); smaller = asynchronous send/recv.
-    num_threads: envpool worker threads; null or 0 = all cores.
-    frame_skip, stack: Atari frames per agent step and frames per observation.
+    num_threads: envpool worker threads; null or 0 = all cores; at most 4 per core of the
+        process's affinity mask and 1024 in all (``dqnfast.config.resolve.max_threads``).
+    frame_skip, stack: Atari frames per agent step and frames per observation (stack: 1 to
+        64, the longest stack the replay ring rebuilds).
     resume: how ``train resume=<run dir>`` restarts the envs (envpool state cannot be
         saved): ``reseed`` = new envs seeded ``seed + 1_000_000 * resume_count``
         (games in progress are dropped); ``replay`` = the same envs, fast-forwarded by
@@ -250,7 +255,8 @@ class AlgoConfig:
     step. double: double-DQN target (van Hasselt 2016); false = Nature max target.
     batch_size: transitions per update. replay_ratio: transitions sampled per agent
     step (8 = one batch-32 update every 4 agent steps, as in Nature).
-    learning_starts: agent steps of uniform-random play before the first update.
+    learning_starts: agent steps of uniform-random play before the first update (at most
+    total_steps: a DQN run that never reaches it would make no update).
     target_update_period: updates between target syncs; at a sync
     target <- tau * online + (1 - tau) * target (tau=1: hard copy).
     loss: huber | mse. max_grad_norm: clip the gradient norm (null: off).
@@ -298,8 +304,14 @@ class ReplayConfig:
 
     capacity: stored agent steps over all envs (Atari pixels: 7056 B each).
     n_step: return horizon. num_threads: sampling threads (null or 0 = all
-    cores). pin_memory: pinned sample buffers (auto = when training on CUDA).
-    check_memory: refuse a capacity that does not fit in RAM.
+    cores; at most 4 per core and 1024, as envs.num_threads). pin_memory: pinned sample
+    buffers (auto = when training on CUDA).
+    check_memory: before anything is allocated, refuse a run whose memory budget does not
+    fit: ring + envpool's per-env state x envs + sample buffers (+ networks and update
+    activations on the CPU, + the action log of envs.resume=replay) must be at most 90% of
+    the tightest of MemAvailable, the cgroup v2 and the cgroup v1 limit, minus 512 MiB
+    (``dqnfast.training.limits``); with storage=cuda also the frames against 80% of the
+    GPU's free memory.
     storage: where frames live: cpu (the C++ ring's host memory, sampled into pinned
     buffers) | cuda (device memory: the C++ ring keeps the indices and the GPU gathers
     the frames, so no frames cross PCIe at sample time; needs device=cuda).
@@ -411,7 +423,14 @@ class LoggerConfig:
 
 @dataclass
 class Config:
-    """A whole training run. ``game``/``obs`` are plain keys, the rest groups."""
+    """A whole training run. ``game``/``obs`` are plain keys, the rest groups.
+
+    seed: seeds envpool (env i: seed + i; the final evaluation: seed + 10000 + i; resume r
+    with envs.resume=reseed: seed + 1000000 * r + i), torch, numpy and the replay sampler.
+    envpool takes int32 seeds, so a seed is refused above 2^31 - 1 minus the largest offset
+    a run derives (room is kept for 100 resumes): [0, 2047483640] with 8 envs
+    (``dqnfast.training.limits.seed_limit``).
+    """
 
     game: str = "Pong"
     obs: ObsKind = ObsKind.pixels
@@ -419,7 +438,8 @@ class Config:
     device: str = "auto"
     exp_name: str = "dqn"
     learner: LearnerName = LearnerName.dqn
-    torch_threads: Optional[int] = None  # null: torch's default on CUDA, half the cores on CPU
+    # null: torch's default on CUDA, half the cores on CPU; at most 4 per core and 1024
+    torch_threads: Optional[int] = None
     envs: EnvsConfig = field(default_factory=EnvsConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -465,6 +485,17 @@ def _protocol(p: ProtocolConfig, prefix: str) -> None:
     _check(_finite(r) and 0.0 <= r <= 1.0, f"{prefix}.repeat_action_probability", f"must be in [0, 1], got {r!r}")
 
 
+def check_learning_starts(cfg: Config) -> None:
+    """Refuses a DQN run that ends before ``algo.learning_starts``: it would make no update."""
+    a = cfg.algo
+    _check(
+        str(cfg.learner).lower() != "dqn" or a.total_steps >= a.learning_starts,
+        "algo.total_steps",
+        f"{a.total_steps} is below algo.learning_starts={a.learning_starts}: the run would end before its first "
+        "update; raise algo.total_steps or lower algo.learning_starts",
+    )
+
+
 def validate(cfg: Config) -> None:
     """Checks every value that does not need an env or a device.
 
@@ -488,6 +519,11 @@ def validate(cfg: Config) -> None:
 
     e = cfg.envs
     _positive(e, "envs", "num_envs", "frame_skip", "stack")
+    _check(
+        e.stack <= MAX_STACK,
+        "envs.stack",
+        f"must be in [1, {MAX_STACK}] (the longest stack the ring rebuilds), got {e.stack!r}",
+    )
     if e.batch_size:
         _check(
             0 < e.batch_size <= e.num_envs,
@@ -520,6 +556,8 @@ def validate(cfg: Config) -> None:
     )
     CompileMode.parse(a.compile, "algo.compile")
     _choice(a, "amp", "algo.amp", Amp)
+    if not cfg.resume:  # a resumed run is checked once its checkpoint is known to fit (components.build)
+        check_learning_starts(cfg)
 
     n = cfg.network
     _choice(n, "name", "network.name", NetworkName)

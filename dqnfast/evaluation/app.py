@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig, ExploreConfig
+from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
 from dqnfast.evaluation.video import VIDEO_CHOICES
 
 __all__ = ["EvalConfig", "default_out", "evaluate", "validate_eval"]
@@ -136,7 +137,9 @@ def _seed_and_epsilon(cfg: EvalConfig, ckpt: dict) -> tuple[int, float]:
     """The env seed (the run's seed + 10000 unless given) and the ε (the run's final evaluation's unless given)."""
     train_cfg = ckpt.get("config") or {}
     counters = ckpt.get("counters") or {}
-    seed = int(cfg.seed if cfg.seed is not None else int(counters.get("seed", train_cfg.get("seed", 0))) + 10_000)
+    seed = int(
+        cfg.seed if cfg.seed is not None else int(counters.get("seed", train_cfg.get("seed", 0))) + EVAL_SEED_OFFSET
+    )
     eps = cfg.epsilon
     if eps is None:  # one default for both evaluations of a run: the ε its final evaluation used
         eps = float((train_cfg.get("explore") or {}).get("eval_epsilon", ExploreConfig.eval_epsilon))

@@ -22,7 +22,12 @@ import numpy as np
 
 from dqnfast.config import EnvsConfig, EvalProtocolConfig
 
+# The evaluation envs of a run seeded s are seeded s + EVAL_SEED_OFFSET + i: far from the training
+# envs (s + i) so a final evaluation never replays the games the agent trained on.
+EVAL_SEED_OFFSET = 10_000
+
 __all__ = [
+    "EVAL_SEED_OFFSET",
     "Game",
     "GameProgress",
     "Played",

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dqnfast.config import EnvsConfig, EvalProtocolConfig
-from dqnfast.evaluation.protocol import Played, num_eval_envs, play, summarize
+from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET, Played, num_eval_envs, play, summarize
 
 __all__ = [
     "POLICIES",
@@ -193,7 +193,7 @@ def final_evaluation(
             envs=cfg.envs,
             protocol=ev,
             epsilon=cfg.explore.eval_epsilon,
-            seed=cfg.seed + 10_000,
+            seed=cfg.seed + EVAL_SEED_OFFSET,
             device=device,
             learner=learner,
         ).result

@@ -18,7 +18,7 @@ import torch
 
 from dqnfast import _core
 from dqnfast.atomic import atomic_open
-from dqnfast.memory import available_memory_bytes
+from dqnfast.memory import MemoryBudgetError, available_memory, plannable_bytes
 from dqnfast.replay.batch import Batch
 from dqnfast.replay.files import (
     ARRAY_NAMES,
@@ -33,7 +33,7 @@ from dqnfast.replay.files import (
 from dqnfast.replay.prefetch import Prefetcher
 from dqnfast.replay.storage import Layout, make_storage
 
-__all__ = ["ReplayRing", "ReplayMemoryError"]
+__all__ = ["ReplayRing", "ReplayMemoryError", "batch_nbytes", "ring_nbytes"]
 
 _TORCH_DTYPES = {
     np.dtype(np.uint8): torch.uint8,
@@ -46,8 +46,21 @@ _TORCH_DTYPES = {
 }
 
 
-class ReplayMemoryError(MemoryError):
+class ReplayMemoryError(MemoryBudgetError):
     """The requested ring does not fit in the memory available."""
+
+
+def ring_nbytes(capacity: int, frame_bytes: int, *, frames_on_host: bool = True, prioritized: bool = False) -> int:
+    """Host bytes of a ring of ``capacity`` slots of ``frame_bytes``-byte frames (frames elsewhere: its
+    indices only; prioritized: with the sum tree's share)."""
+    per_slot = _core.bytes_per_slot(frame_bytes, prioritized) - (0 if frames_on_host else frame_bytes)
+    return int(capacity) * per_slot
+
+
+def batch_nbytes(batch_size: int, stack: int, frame_bytes: int, *, shared: bool) -> int:
+    """Host bytes of one sample buffer (``make_batch``): frames (or their slots) and per-row metadata."""
+    width = stack + 1 if shared else 2 * stack
+    return int(batch_size) * (width * (frame_bytes + 8) + 24)
 
 
 def _int_in(name: str, value, lo: int, hi: int) -> int:
@@ -203,9 +216,7 @@ class ReplayRing:
 
         self._storage = make_storage(frames_device)
         self.frames_device: torch.device | None = self._storage.device
-        per_slot = _core.bytes_per_slot(self.frame_bytes, self.prioritized) - (
-            0 if self._storage.in_core else self.frame_bytes
-        )
+        per_slot = ring_nbytes(1, self.frame_bytes, frames_on_host=self._storage.in_core, prioritized=self.prioritized)
         self.nbytes = capacity * per_slot  # host memory
         self.device_nbytes = 0 if self._storage.in_core else capacity * self.frame_bytes
         if check_memory:
@@ -214,11 +225,13 @@ class ReplayRing:
 
     def _check_memory(self, capacity: int, per_slot: int) -> None:
         """Refuses, before allocating, a ring that does not fit in RAM (or on its frames' device)."""
-        avail = available_memory_bytes()
-        if self.nbytes > avail:
+        avail = available_memory()
+        budget = plannable_bytes(avail.nbytes)
+        if self.nbytes > budget:
             raise ReplayMemoryError(
-                f"replay capacity {capacity} needs {self.nbytes / 1e9:.2f} GB of RAM but only "
-                f"{avail / 1e9:.2f} GB is available; lower the capacity to at most {avail // per_slot}"
+                f"replay capacity {capacity} needs {self.nbytes / 1e9:.2f} GB of RAM but {avail.source} "
+                f"leaves {avail.nbytes / 1e9:.2f} GB available, of which 90% minus 0.5 GB ({budget / 1e9:.2f} GB) "
+                f"may be planned; lower the capacity to at most {budget // per_slot}"
             )
         problem = self._storage.device_memory_problem(capacity, self.frame_bytes)
         if problem:
@@ -322,15 +335,14 @@ class ReplayRing:
 
     def _check_batch_memory(self, b: int, shared: bool) -> None:
         """Refuses, in one line, a batch whose buffers cannot be allocated (instead of torch's error)."""
-        width = self.stack + 1 if shared else 2 * self.stack
-        nbytes = b * (width * (self.frame_bytes + 8) + 24)  # frames (or their slots) + per-row metadata
+        nbytes = batch_nbytes(b, self.stack, self.frame_bytes, shared=shared)
         if nbytes < 2**28:  # small batches skip the look at /proc
             return
-        avail = available_memory_bytes()
-        if nbytes > avail:
+        avail = available_memory()
+        if nbytes > plannable_bytes(avail.nbytes):
             raise ValueError(
-                f"batch_size {b} needs {nbytes / 1e9:.2f} GB of buffers but only {avail / 1e9:.2f} GB "
-                "is available; sample smaller batches"
+                f"batch_size {b} needs {nbytes / 1e9:.2f} GB of buffers but {avail.source} leaves "
+                f"{avail.nbytes / 1e9:.2f} GB available (90% minus 0.5 GB may be planned); sample smaller batches"
             )
 
     def prefetcher(

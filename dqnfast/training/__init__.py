@@ -8,7 +8,8 @@ Library use, no Hydra::
 
 ``components`` builds env, ring, networks, learner, actor; ``state`` holds the loop's
 state and its checkpoint payload; ``loop`` is the loop; ``resume`` continues a run;
-``stop`` handles SIGINT/SIGTERM; ``trainer`` ties them together.
+``stop`` handles SIGINT/SIGTERM; ``limits`` checks what a run asks of the machine (memory
+budget, seed range); ``trainer`` ties them together.
 """
 
 from dqnfast.training.components import check_config

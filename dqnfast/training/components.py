@@ -25,17 +25,22 @@ __all__ = ["Run", "build", "check_config"]
 def check_config(cfg: Config) -> tuple[str, str]:
     """All start-up checks that need no allocation; returns (task_id, family).
 
-    Raises ConfigError naming the key: value checks (``config.validate``), the game
-    name (with close matches), the observation kind for the game, the network's fit,
-    the device, the loggers.
+    Raises ConfigError naming the key: value checks (``config.validate``), thread counts
+    against the cores, the seed against the range the run derives from it
+    (``training.limits``), the game name (with close matches), the observation kind for
+    the game, the network's fit, the device, the loggers. (The memory budget is checked by
+    ``build``, first: it depends on what the machine has free when the run starts.)
     """
     from dqnfast.config import validate
-    from dqnfast.config.resolve import resolve_device
+    from dqnfast.config.resolve import available_cores, check_thread_counts, resolve_device
     from dqnfast.envs import resolve_game
     from dqnfast.loggers import check_logger_config
     from dqnfast.networks import spec_for
+    from dqnfast.training.limits import check_seed
 
     validate(cfg)
+    check_thread_counts(cfg, available_cores())
+    check_seed(cfg)
     try:
         task_id, family = resolve_game(cfg.game)
     except ValueError as e:
@@ -78,6 +83,7 @@ class Run:
     schedule: Any
     batches: Any  # dqnfast.replay.Prefetcher: double-buffered batches on the learner's device
     actions_log: Any
+    last_batch: Any = None  # the batch of the last update: a checkpoint checks the network's Q-values on it
 
     @property
     def name(self) -> str:
@@ -103,6 +109,10 @@ def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> t
 
     if plan.ck and resolve_game(cfg.game)[0] != plan.ck.get("game"):  # the cheap check first
         raise ConfigError("resume", f"checkpoint is for {plan.ck.get('game')}, this run is {resolve_game(cfg.game)[0]}")
+    if plan.ck:
+        from dqnfast.training.limits import check_resume_seed
+
+        check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
     envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)
     env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed)
     stack.callback(env.close)
@@ -150,7 +160,9 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
             gamma=cfg.algo.gamma,
             seed=cfg.seed + plan.ring_seed_offset,
             num_threads=r.sampler_threads,
-            check_memory=cfg.replay.check_memory,
+            # host memory: build's run budget covered the ring (before the envs took theirs);
+            # with storage=cuda the ring still checks its frames against the GPU's free memory
+            check_memory=cfg.replay.check_memory and frames_device is not None,
             frames_device=frames_device,
             num_actions=spec.num_actions,
             prioritized=cfg.replay.prioritized,
@@ -194,15 +206,24 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
 def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, stack: ExitStack) -> Run:
     """Every part of a run, in the order that fixes the RNG streams (env, ring, networks, actor).
 
-    Raises ConfigError for a checkpoint that does not fit (``resume``), a ring that does
-    not fit in memory (``replay.capacity``). Whatever was opened is closed by ``stack``.
+    Raises ConfigError for a run whose memory budget does not fit (checked first, before
+    anything is allocated: ``training.limits.check_run_memory``; the key named is the
+    biggest item's), a checkpoint that does not fit (``resume``). Whatever was opened is
+    closed by ``stack``.
     """
     from dqnfast.actor import Actor, EpsilonSchedule
-    from dqnfast.envs import ActionLog
+    from dqnfast.envs import ActionLog, resolve_game
+    from dqnfast.training.limits import check_run_memory
+
+    if cfg.replay.check_memory:
+        check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
 
     env, spec, net_spec = _make_env(cfg, r, plan, stack)
     if plan.ck:
+        from dqnfast.config.schema import check_learning_starts
+
         check_resumable(plan, cfg, spec, net_spec)
+        check_learning_starts(cfg)
     ring, replay_file = _make_ring(cfg, r, plan, spec, run_dir)
     learner = _make_learner(cfg, r, net_spec)
     actor = Actor(

@@ -8,22 +8,44 @@ Per iteration (envpool sync or async, every per-env stream keyed by ``info["env_
     learn -> replay_ratio * K / batch_size updates (fractional accumulator)
 
 Units: ``env_steps`` are agent steps summed over envs; frames = env_steps * frame_skip.
+
+Guards, none of which adds a host sync per update: the update burst checks the stop flag
+between updates (a SIGTERM during ``replay_ratio=1e9`` stops within one update; the resumed
+run finishes that burst first, so it continues exactly); a metric
+row whose loss or mean Q-value is not finite, or whose mean Q is beyond ``Q_LIMIT``, stops
+the run (``TrainingDiverged``), and a checkpoint is never written over the last one with
+non-finite weights or Q-values beyond ``Q_LIMIT``; a full disk stops the run in one line
+(``DiskFullError``), the previous checkpoint still the newest.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
+from dqnfast.atomic import DiskFullError
 from dqnfast.envs import frames_of, observation_of, raw_reward_of
 from dqnfast.training.components import Run
 from dqnfast.training.state import LoopState, next_mark, payload
 
-__all__ = ["run_loop", "start_envs", "write_checkpoint"]
+__all__ = ["Q_LIMIT", "TrainingDiverged", "run_loop", "start_envs", "write_checkpoint"]
 
 log = logging.getLogger("dqnfast.train")
+
+
+# |Q| beyond which a run has diverged. A Q-value is a discounted return: Atari training rewards
+# are clipped to [-1, 1] (|Q| <= 1 / (1 - gamma) = 100 at gamma 0.99), classic control gives
+# |r| <= 1 per step, and even unclipped Atari games score below 1e7 in a whole game. A run whose
+# optimizer blew up (optim.lr=1e10) sits at |Q| ~ 1e35, finite but meaningless.
+Q_LIMIT = 1e10
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss, the Q-values or the weights are not finite, or |Q| passed ``Q_LIMIT``; the message is one line."""
 
 
 def start_envs(run: Run, stop: Any) -> None:
@@ -50,20 +72,85 @@ def start_envs(run: Run, stop: Any) -> None:
         )
 
 
+def _newest_checkpoint(run: Run) -> str:
+    """Words for the checkpoint a resume would start from now (``checkpoint.pt``), with its step."""
+    from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
+
+    latest = run.run_dir / CHECKPOINT_NAME
+    if not latest.is_file():
+        return "no checkpoint of this run has been written yet"
+    for steps, p in reversed(numbered_checkpoints(run.run_dir)):
+        try:
+            if os.path.samefile(p, latest):
+                return f"{latest} ({steps} agent steps) is kept and stays the newest"
+        except OSError:
+            continue
+    return f"{latest} is kept and stays the newest"
+
+
+def _diverged(run: Run, st: LoopState, what: str) -> TrainingDiverged:
+    return TrainingDiverged(
+        f"training diverged at agent step {st.env_steps} ({run.learner.num_updates} updates): {what}; "
+        f"{_newest_checkpoint(run)}; lower optim.lr (now {run.cfg.optim.lr:g}), check the rewards "
+        "(envs.train.reward_clip) or keep algo.max_grad_norm on"
+    )
+
+
+def _check_network(run: Run, st: LoopState) -> None:
+    """Refuses to checkpoint a diverged network: non-finite weights, or Q-values on the last
+    sampled batch that are not finite or beyond ``Q_LIMIT`` (host syncs at checkpoint time only)."""
+    import torch
+
+    params = [p.detach() for p in run.learner.online.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise _diverged(run, st, "the network's weights are not finite")
+    if run.last_batch is None:
+        return
+    with torch.no_grad():
+        top = float(run.learner.online(run.last_batch.obs.to(run.device)).float().abs().max())
+    if not top <= Q_LIMIT:  # NaN too
+        raise _diverged(run, st, f"the network's Q-values on its last batch reach {top:g}, beyond {Q_LIMIT:g}")
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors and arrays in a checkpoint payload (what its file will need, give or take)."""
+    if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+        return obj.element_size() * obj.nelement()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj) + 8 * len(obj)
+    return 16
+
+
 def write_checkpoint(run: Run, st: LoopState) -> Path:
     """Saves the ring (replay.save), then the checkpoint (numbered + checkpoint.pt), keeps the newest K.
 
-    Only the ring file that checkpoint.pt refers to is kept.
+    Only the ring file that checkpoint.pt refers to is kept. Raises TrainingDiverged
+    (nothing written) for a diverged network, DiskFullError (one line; what was half
+    written is removed, the previous checkpoint stays the newest) for a full disk.
     """
     from dqnfast.checkpoint import save_run_checkpoint
 
-    ring_file = run.ring.save(run.run_dir / f"replay_{st.env_steps:012d}.npz") if run.cfg.replay.save else None
-    path = save_run_checkpoint(
-        run.run_dir,
-        payload(run, st, replay_file=ring_file.name if ring_file else None),
-        env_steps=st.env_steps,
-        keep=run.cfg.logger.keep_checkpoints,
-    )
+    _check_network(run, st)
+    ring_file, body = None, None
+    try:
+        if run.cfg.replay.save:
+            ring_file = run.ring.save(run.run_dir / f"replay_{st.env_steps:012d}.npz")
+        body = payload(run, st, replay_file=ring_file.name if ring_file else None)
+        path = save_run_checkpoint(run.run_dir, body, env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints)
+    except DiskFullError as e:
+        if ring_file is not None and ring_file != run.replay_file:
+            ring_file.unlink(missing_ok=True)  # the previous checkpoint refers to the previous ring file
+        need = (_nbytes(body) if body is not None else 0) + (run.ring.nbytes if run.cfg.replay.save else 0)
+        raise DiskFullError(
+            e.errno,
+            f"disk full: writing {e.filename} failed with {e.free / 1e6:.1f} MB free on its disk; this "
+            f"checkpoint needs about {need / 1e6:.1f} MB; {_newest_checkpoint(run)}; free some space, then "
+            f"continue with: python -m dqnfast.train resume={run.run_dir}",
+            e.filename,
+            e.free,
+        ) from None
     for old in run.run_dir.glob("replay_*.npz"):
         if ring_file is None or old.name != ring_file.name:
             old.unlink(missing_ok=True)
@@ -72,13 +159,73 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
 
 
 def log_row(run: Run, st: LoopState, loggers: Any) -> None:
-    loggers.log_metrics(st.row(frame_skip=run.spec.frame_skip, updates=run.learner.num_updates))
+    """Writes a metric row; raises TrainingDiverged (after writing it) when its loss or mean Q
+    is not finite or its mean Q is beyond ``Q_LIMIT``."""
+    n, since = st.n_metrics, st.last_steps
+    row = st.row(frame_skip=run.spec.frame_skip, updates=run.learner.num_updates)
+    loggers.log_metrics(row)
+    if n and not (math.isfinite(row["loss"]) and abs(row["q_mean"]) <= Q_LIMIT):
+        raise _diverged(
+            run,
+            st,
+            f"the mean loss of the {n} updates since agent step {since} is {row['loss']:g} and their mean Q-value "
+            f"{row['q_mean']:g} (diverged: not finite, or beyond {Q_LIMIT:g})",
+        )
+
+
+def learn(run: Run, st: LoopState, stop: Any) -> bool:
+    """The updates owed (``update_budget``); False when a signal stopped the burst, the rest still owed.
+
+    The stop flag is read between updates (a Python attribute: no sync), so a SIGTERM during
+    a burst of ``replay_ratio=1e9`` is acted on after the current update.
+    """
+    while st.update_budget >= 1.0:
+        if stop.signum:
+            return False
+        st.update_budget -= 1.0
+        batch = run.batches.next(st.env_steps)
+        metrics = run.learner.update(batch)
+        run.batches.report(metrics["td_abs"])  # prioritized replay: the new priorities, one update late
+        st.add_metrics(metrics)
+        run.last_batch = batch
+    return True
+
+
+def marks(run: Run, st: LoopState, loggers: Any) -> None:
+    """The metric row and the checkpoint that are due at ``st.env_steps``."""
+    lg = run.cfg.logger
+    if st.env_steps >= st.next_log:
+        log_row(run, st, loggers)
+        st.next_log = next_mark(st.env_steps, st.next_log, lg.log_every)
+    if st.env_steps >= st.next_ckpt:
+        write_checkpoint(run, st)
+        st.next_ckpt = next_mark(st.env_steps, st.next_ckpt, lg.checkpoint_every)
+
+
+def finish_interrupted_burst(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
+    """Pays what a checkpoint written inside an update burst owes, before the first ``recv``.
+
+    A finished burst leaves less than one update owed, so ``update_budget >= 1`` means a
+    signal stopped the burst: the rest of it, then the metric row and checkpoint due at that
+    step, come first, and the run goes on exactly as if it had not been stopped. (Not after
+    a refill: the ring is empty, and the next burst pays the debt.)
+    """
+    ck = run.plan.ck
+    if not ck or st.update_budget < 1.0 or st.refill_left > 0:
+        return
+    due = (ck.get("loop") or {}).get("next_log")
+    if due is not None and int(due) <= st.env_steps:  # the row the stopped iteration did not write
+        st.next_log = int(due)
+    log.info("resume: finishing the update burst the stop interrupted (%d updates)", int(st.update_budget))
+    if learn(run, st, stop):
+        marks(run, st, loggers)
 
 
 def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
     """Trains until ``algo.total_steps`` agent steps or a signal; leaves the last checkpoint written."""
-    env, ring, spec, a, lg = run.env, run.ring, run.spec, run.cfg.algo, run.cfg.logger
+    env, ring, spec, a = run.env, run.ring, run.spec, run.cfg.algo
     start_envs(run, stop)
+    finish_interrupted_burst(run, st, loggers, stop)
     while st.env_steps < a.total_steps and not stop.signum:
         obs, reward, terminated, truncated, info = env.recv()
         env_id, elapsed = info["env_id"], info["elapsed_step"]
@@ -123,20 +270,11 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         if st.env_steps >= a.learning_starts and (st.can_sample or ring.num_valid() > 0):
             st.can_sample = True
             st.update_budget += k * a.replay_ratio / a.batch_size
-            while st.update_budget >= 1.0:
-                st.update_budget -= 1.0
-                batch = run.batches.next(st.env_steps)
-                metrics = run.learner.update(batch)
-                run.batches.report(metrics["td_abs"])  # prioritized replay: the new priorities, one update late
-                st.add_metrics(metrics)
+        if not learn(run, st, stop):
+            break  # stopped inside the burst: its rest, this row and checkpoint are owed to the resume
 
         # log
-        if st.env_steps >= st.next_log:
-            log_row(run, st, loggers)
-            st.next_log = next_mark(st.env_steps, st.next_log, lg.log_every)
-        if st.env_steps >= st.next_ckpt:
-            write_checkpoint(run, st)
-            st.next_ckpt = next_mark(st.env_steps, st.next_ckpt, lg.checkpoint_every)
+        marks(run, st, loggers)
 
     if stop.signum:
         # no metrics row here: the partial averages go into the checkpoint, so a resumed

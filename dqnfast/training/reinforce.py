@@ -124,7 +124,8 @@ class _Run:
 
 
 def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: dict) -> _Run:
-    """Seeds the process, makes the envs (from ``plan.env_seed``), the policy and its learner.
+    """Checks the run's memory budget, seeds the process, makes the envs (from ``plan.env_seed``), the policy
+    and its learner.
 
     A resumed run's checkpoint is checked against them here (one-line ConfigError) and
     its RNG states replace the seeding later (``_restore``).
@@ -132,8 +133,13 @@ def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: di
     import torch
 
     from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
-    from dqnfast.envs import make_env
+    from dqnfast.envs import make_env, resolve_game
+    from dqnfast.training.limits import check_resume_seed, check_run_memory
 
+    if cfg.replay.check_memory:  # the envs' share of the run budget, before any is made
+        check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
+    if plan.ck:
+        check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)

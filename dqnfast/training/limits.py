@@ -1,0 +1,194 @@
+"""What a run may ask of the machine, checked before anything is allocated.
+
+* **Memory**: one budget for the whole run (``run_memory_needs``): the replay ring,
+  envpool's per-env state times ``envs.num_envs`` (the training envs or the final
+  evaluation's, whichever is larger: the ring is still alive during the evaluation), the
+  two sample buffers, the action log of ``envs.resume=replay``, and on the CPU the
+  networks, their optimizer state and the activations of an update and of the actor's
+  forward pass. It must fit ``dqnfast.memory``'s rule: at most 90% of the tightest of
+  MemAvailable, the cgroup v2 limit and the cgroup v1 limit, minus 512 MiB.
+* **Seeds**: envpool takes int32 seeds and seeds env ``i`` with ``seed + i``; a run
+  derives ``seed + i`` (training envs), ``seed + EVAL_SEED_OFFSET + i`` (the final
+  evaluation), ``seed + ENV_RESEED_STRIDE * r + i`` (the envs of resume ``r`` with
+  ``envs.resume=reseed``, room kept for ``RESERVED_RESUMES`` resumes), and seeds the
+  replay sampler (uint64), torch (uint64) and numpy (uint32) with values below those.
+  ``seed_limit`` is the largest seed for which all of them fit.
+
+Each check raises ``ConfigError`` naming the key to change, in one line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dqnfast.config import Config, ConfigError
+from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
+from dqnfast.memory import MemorySources, available_memory, plannable_bytes
+
+__all__ = [
+    "INT32_MAX",
+    "RESERVED_RESUMES",
+    "Need",
+    "check_resume_seed",
+    "check_run_memory",
+    "check_seed",
+    "run_memory_needs",
+    "seed_limit",
+]
+
+INT32_MAX = 2**31 - 1
+RESERVED_RESUMES = 100  # resumes with envs.resume=reseed that every accepted seed leaves room for
+
+# envpool's host memory per env (envpool 1.2.5), measured as the growth of the process's RSS
+# between 16 and 128 envs after a reset and 200 random steps: Pong 1.24 MB per env at stack 4
+# and 2.48 MB at stack 16, i.e. about 0.87 MB (the ALE emulator, its ROM and screen buffers)
+# plus 14 copies of an observation (envpool's state queue, the env's frame stack and max-pool
+# buffers); CartPole 8 KB per env. Budgeted with some room: 1 MB + 16 observations, 16 KB.
+ATARI_ENV_BYTES = 1_000_000
+OBS_BUFFERS = 16
+CLASSIC_ENV_BYTES = 16_000
+_CLASSIC_OBS = {"CartPole-v1": 4, "Acrobot-v1": 6, "MountainCar-v0": 2}
+_MAX_ACTIONS = 18  # Atari's full action set; classic control has at most 3
+_PASSES = 4  # an update: Q_target(s'), Q_online(s'), Q_online(s) and its backward pass
+
+
+@dataclass(frozen=True)
+class Need:
+    """One line of the budget: ``nbytes`` for ``what``, sized by config ``key`` (``unit``: bytes per unit of it)."""
+
+    key: str
+    what: str
+    nbytes: int
+    unit: int = 0
+
+
+def _frames(cfg: Config, task_id: str, family: str) -> tuple[int, int]:
+    """(bytes of one stored frame, frames per observation)."""
+    if family != "atari":
+        return 4 * _CLASSIC_OBS.get(task_id, 16), 1
+    if str(cfg.obs) == "ram":
+        return 128, 1
+    return 84 * 84, int(cfg.envs.stack)
+
+
+def _network_floats(cfg: Config, family: str, frame_floats: int, stack: int) -> tuple[bool, int, int]:
+    """(Nature CNN?, parameters, activations per sample of one forward pass) of the Q-network, in float32s."""
+    n, a = cfg.network, _MAX_ACTIONS
+    nature = str(n.name) == "nature" or (str(n.name) == "auto" and family == "atari" and str(cfg.obs) == "pixels")
+    heads = 2 if n.dueling else 1
+    if nature:
+        h = int(n.cnn_hidden)
+        conv = stack * 32 * 64 + 32 + 32 * 64 * 16 + 64 + 64 * 64 * 9 + 64
+        params = conv + heads * (3136 * h + h) + h * a + a + (h + 1 if n.dueling else 0)
+        acts = stack * frame_floats + 2 * (32 * 20 * 20 + 64 * 9 * 9 + 64 * 7 * 7) + 2 * heads * h + a
+        return True, params, acts
+    widths = [frame_floats * stack, *[int(x) for x in n.mlp_hidden]]
+    torso = sum(i * o + o for i, o in zip(widths[:-2], widths[1:-1]))
+    head_in, h = widths[-2], widths[-1]
+    params = torso + heads * (head_in * h + h) + h * a + a
+    return False, params, widths[0] + 2 * sum(widths[1:]) * heads + a
+
+
+def run_memory_needs(cfg: Config, task_id: str, family: str, *, on_cpu: bool) -> list[Need]:
+    """The run's host-memory budget, item by item (see the module docstring). on_cpu: the networks train on the CPU."""
+    from dqnfast.replay.ring import batch_nbytes, ring_nbytes
+
+    e, a = cfg.envs, cfg.algo
+    frame_bytes, stack = _frames(cfg, task_id, family)
+    frame_floats = frame_bytes // 4 if family != "atari" else frame_bytes
+    nature, params, acts = _network_floats(cfg, family, frame_floats, stack)
+    per_env = (ATARI_ENV_BYTES if family == "atari" else CLASSIC_ENV_BYTES) + OBS_BUFFERS * stack * frame_bytes
+    if on_cpu:  # the actor's forward pass over every env's observation
+        per_env += 4 * acts
+    n_envs = max(int(e.num_envs), min(int(e.eval.num_envs), int(e.eval.episodes)))
+    needs = [Need("envs.num_envs", f"{n_envs} envs", n_envs * per_env, per_env)]
+    if str(cfg.learner) != "dqn":
+        return needs
+    capacity = max(e.num_envs, cfg.replay.capacity // e.num_envs * e.num_envs)
+    on_host = str(cfg.replay.storage) == "cpu"
+    per_slot = ring_nbytes(1, frame_bytes, frames_on_host=on_host, prioritized=bool(cfg.replay.prioritized))
+    needs.append(Need("replay.capacity", "replay ring", capacity * per_slot, per_slot))
+    shared = stack > 1 and cfg.replay.n_step == 1
+    per_row = 2 * batch_nbytes(1, stack, frame_bytes, shared=shared)  # two buffers used in turn
+    if on_cpu:
+        per_row += 4 * _PASSES * acts
+    needs.append(Need("algo.batch_size", "sample buffers and update", a.batch_size * per_row, per_row))
+    if on_cpu:
+        key = "network.cnn_hidden" if nature else "network.mlp_hidden"
+        needs.append(Need(key, "networks and optimizer", 4 * 6 * params))  # online, target, grads, 2 moments, temps
+    if str(e.resume) == "replay":  # one byte per agent step, in a buffer that doubles, copied into checkpoints
+        needs.append(Need("envs.resume", "action log", 4 * int(a.total_steps)))
+    return needs
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def check_run_memory(
+    cfg: Config, task_id: str, family: str, *, on_cpu: bool, sources: MemorySources | None = None
+) -> list[Need]:
+    """Refuses, in one line, a run whose budget does not fit; returns the budget.
+
+    The error names the biggest item's key, how much the run needs, how much there is
+    and from which source, and the largest value of that key that would fit.
+    """
+    needs = run_memory_needs(cfg, task_id, family, on_cpu=on_cpu)
+    total = sum(n.nbytes for n in needs)
+    avail = available_memory(sources)
+    budget = plannable_bytes(avail.nbytes)
+    if total <= budget:
+        return needs
+    big = max(needs, key=lambda n: n.nbytes)
+    parts = ", ".join(f"{n.what} {_gb(n.nbytes)}" for n in needs)
+    fix = f"lower {big.key}"
+    room = budget - (total - big.nbytes)
+    if big.unit and room > 0:
+        fix += f" to at most {room // big.unit}"
+    elif big.unit:
+        fix += " (the rest of the run alone does not fit)"
+    others = sorted({n.key for n in needs if n.key not in (big.key, "envs.resume") and n.nbytes > total / 20})
+    if others:
+        fix += f" (or {' / '.join(others)})"
+    raise ConfigError(
+        big.key,
+        f"this run needs {_gb(total)} of RAM ({parts}) but {avail.source} leaves {_gb(avail.nbytes)}, "
+        f"of which at most 90% minus 0.5 GB ({_gb(budget)}) may be planned; {fix}, or free memory "
+        "(replay.check_memory=false skips this check)",
+    )
+
+
+def seed_limit(cfg: Config) -> int:
+    """The largest ``seed`` whose derived env seeds all fit in int32 (see the module docstring)."""
+    from dqnfast.training.resume import ENV_RESEED_STRIDE
+
+    n = int(cfg.envs.num_envs)
+    eval_n = max(1, min(int(cfg.envs.eval.num_envs), int(cfg.envs.eval.episodes)))
+    reach = max(ENV_RESEED_STRIDE * RESERVED_RESUMES + n - 1, EVAL_SEED_OFFSET + eval_n - 1)
+    return INT32_MAX - reach
+
+
+def check_seed(cfg: Config) -> None:
+    """Refuses a seed outside [0, seed_limit(cfg)] in one line that gives the range."""
+    from dqnfast.training.resume import ENV_RESEED_STRIDE
+
+    hi = seed_limit(cfg)
+    s = cfg.seed
+    if isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= hi:
+        return
+    raise ConfigError(
+        "seed",
+        f"{s!r} is out of range: use a seed in [0, {hi}] (envpool takes int32 seeds, and this run derives "
+        f"seed + env index for {cfg.envs.num_envs} envs, seed + {EVAL_SEED_OFFSET} + i for the final evaluation "
+        f"and seed + {ENV_RESEED_STRIDE} x r for up to {RESERVED_RESUMES} resumes)",
+    )
+
+
+def check_resume_seed(env_seed: int, num_envs: int, resumes: int) -> None:
+    """Refuses a resumed run whose envs' seeds would pass int32 (after more resumes than were reserved)."""
+    if env_seed + num_envs - 1 > INT32_MAX:
+        raise ConfigError(
+            "resume",
+            f"resume #{resumes} would seed the envs with {env_seed}, past envpool's int32 seeds (the run's seed "
+            f"leaves room for {RESERVED_RESUMES} resumes); start a new run from a smaller seed",
+        )
