@@ -73,8 +73,19 @@ def train_reinforce(
 ) -> dict[str, Any]:
     """Runs REINFORCE into ``run_dir``; returns the same summary dict as ``dqnfast.training.train``.
 
-    cfg: a validated Config with ``learner=reinforce`` (classic control only).
+    cfg: a validated Config with ``learner=reinforce`` (classic control only). ``run_dir`` is
+    locked for the run and refused when it holds another run (``dqnfast.training.rundir``).
     """
+    from dqnfast.training.rundir import claim
+
+    with claim(Path(run_dir), source=None, ck=None, replay=False):
+        return _train_reinforce(cfg, Path(run_dir), config_dict=config_dict, tracking=tracking)
+
+
+def _train_reinforce(
+    cfg: Config, run_dir: Path, *, config_dict: dict | None, tracking: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``train_reinforce`` in its locked run dir: set up, train, checkpoint, evaluate (one flow, read top to bottom)."""
     import torch
 
     from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
