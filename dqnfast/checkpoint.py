@@ -51,6 +51,7 @@ __all__ = [
     "CheckpointError",
     "check_compatible",
     "find_checkpoint",
+    "link_or_copy",
     "load_checkpoint",
     "numbered_checkpoints",
     "payload_digest",
@@ -146,7 +147,7 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     return path
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
+def link_or_copy(src: Path, dst: Path) -> None:
     """Points ``dst`` at ``src``'s bytes atomically: a hard link, or a copy where links fail."""
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
@@ -193,7 +194,7 @@ def save_run_checkpoint(run_dir: str | os.PathLike, payload: dict, *, env_steps:
     run_dir = Path(run_dir)
     numbered = write_checkpoint(run_dir / NUMBERED_DIR / f"step_{int(env_steps):012d}.pt", payload)
     latest = run_dir / CHECKPOINT_NAME
-    _link_or_copy(numbered, latest)
+    link_or_copy(numbered, latest)
     prune_checkpoints(run_dir, keep)
     return latest
 

@@ -35,7 +35,8 @@ def discard_refused_output() -> None:
     if len(parts) > 1:  # a resumed run's dir: only this invocation's record goes
         shutil.rmtree(run_dir.joinpath(*parts), ignore_errors=True)
         return
-    if any(p not in (log_file, run_dir / parts[0]) for p in run_dir.iterdir()):
+    lock = run_dir / ".dqnfast.lock"  # dqnfast.training.rundir.LOCK_NAME: not a result
+    if any(p not in (log_file, run_dir / parts[0], lock) for p in run_dir.iterdir()):
         return  # the command got far enough to write results: keep the record of it
     shutil.rmtree(run_dir / parts[0], ignore_errors=True)
     log_file.unlink(missing_ok=True)

@@ -43,6 +43,9 @@ GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "re
 
 
 def _fail(err: ConfigError) -> None:
+    from dqnfast.training.rundir import release_all
+
+    release_all()  # the run dir's lock first: it is the last file of a folder this command made
     discard_refused_output()  # a refused run leaves no outputs/DATE/TIME folder
     msg = " ".join(str(err).split())  # one line, whatever the message held
     print(f"error: {msg}", file=sys.stderr)
@@ -211,41 +214,83 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(130)
     if summary.get("interrupted"):
         sig = signal.Signals[summary["interrupted"]]
+        if summary.get("stopped_in") == "evaluation":
+            what, todo = "stopped the final evaluation", "finish it"
+        else:
+            what, todo = "stopped", "continue"
         print(
-            f"{sig.name}: stopped at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; "
-            f"continue with: python -m dqnfast.train resume={run_dir}",
+            f"{sig.name}: {what} at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; "
+            f"{todo} with: python -m dqnfast.train resume={run_dir}",
             file=sys.stderr,
         )
         sys.exit(128 + int(sig))
     return objective(summary)
 
 
-def _resume_preflight(argv: list[str]) -> list[str]:
+def _resume_preflight(argv: list[str]) -> tuple[list[str], Path | None]:
     """``resume=X``: checks X before Hydra creates any folder, and runs in X's run dir.
 
-    Adds ``hydra.run.dir=<run dir>`` (unless given) and keeps the run's own ``.hydra/``
-    by writing this invocation's under ``.hydra/resume-<unix time>/``.
+    Adds ``hydra.run.dir=<run dir>`` (unless given: a fork) and, in the run's own dir, keeps
+    its ``.hydra/`` by writing this invocation's under ``.hydra/resume-<unix time>/``.
+    Returns (argv, the checkpoint file or None).
     """
     from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 
     given = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
     if not given or given[-1] in ("", "null", "None"):
-        return argv
+        return argv, None
     try:
         path = find_checkpoint(given[-1])
         load_checkpoint(path)  # a corrupt file fails here, before Hydra writes into the run dir
     except CheckpointError as e:
         _fail(ConfigError("resume", str(e)))
     extra = []
-    if not any(a.startswith("hydra.run.dir=") for a in argv):
-        extra.append(f"hydra.run.dir={run_dir_of(path)}")
-    if not any(a.startswith("hydra.output_subdir=") for a in argv):
+    run_dir = _given_run_dir(argv)
+    if run_dir is None and not any(a.startswith("hydra.run.dir=") for a in argv):
+        run_dir = run_dir_of(path)
+        extra.append(f"hydra.run.dir={run_dir}")
+    in_place = run_dir is not None and run_dir.resolve() == run_dir_of(path)
+    if in_place and not any(a.startswith("hydra.output_subdir=") for a in argv):
         extra.append(f"hydra.output_subdir=.hydra/resume-{int(time.time())}")
-    return argv + extra
+    return argv + extra, path
+
+
+# Hydra flags of commands that write no run dir, or several (a multirun: each job's run is checked by ``train``)
+_NO_RUN_DIR = {"-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "-i", "--info", "--resolve", "-p"}
+_NO_RUN_DIR |= {"--package", "-sc", "--shell-completion", "-m", "--multirun", "--experimental-rerun"}
+
+
+def _given_run_dir(argv: list[str]) -> Path | None:
+    """The run dir a single run writes, when the command line names it plainly (``hydra.run.dir=...``)."""
+    if any(a.split("=", 1)[0] in _NO_RUN_DIR for a in argv):
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
+    if not given or any(c in given[-1] for c in "${}'\"\\"):
+        return None  # interpolated or quoted: Hydra resolves it, ``train`` checks it
+    return Path(given[-1]).expanduser()
+
+
+def _claim_run_dir(argv: list[str], source: Path | None) -> None:
+    """Locks the run dir and checks it before Hydra writes into it (``dqnfast.training.rundir``).
+
+    Another process holding it, a folder with another run, or a fork of a run that is
+    running: one line, exit 2, nothing written. The lock is held until the process ends.
+    """
+    from dqnfast.training.rundir import precheck
+
+    run_dir = _given_run_dir(argv)
+    if run_dir is None:
+        return
+    try:
+        precheck(run_dir, source=source)
+    except ConfigError as e:
+        _fail(e)
 
 
 def cli() -> None:
-    """Console entry point: pre-flight checks, then Hydra."""
+    """Console entry point: pre-flight checks, the run dir's lock, then Hydra."""
     _preflight(sys.argv[1:])
-    sys.argv = sys.argv[:1] + _resume_preflight(sys.argv[1:])
+    argv, source = _resume_preflight(sys.argv[1:])
+    _claim_run_dir(argv, source)
+    sys.argv = sys.argv[:1] + argv
     main()

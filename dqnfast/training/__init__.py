@@ -8,6 +8,7 @@ Library use, no Hydra::
 
 ``components`` builds env, ring, networks, learner, actor; ``state`` holds the loop's
 state and its checkpoint payload; ``loop`` is the loop; ``resume`` continues a run;
+``rundir`` locks the run dir (one writer), checks it and carries a fork's files into it;
 ``stop`` handles SIGINT/SIGTERM; ``limits`` checks what a run asks of the machine (memory
 budget, seed range); ``trainer`` ties them together.
 """

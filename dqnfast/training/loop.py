@@ -155,6 +155,7 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
         if ring_file is None or old.name != ring_file.name:
             old.unlink(missing_ok=True)
     run.replay_file = ring_file
+    st.saved_at = st.env_steps
     return path
 
 
@@ -284,4 +285,6 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         return
     if st.n_metrics or st.last_steps != st.env_steps:
         log_row(run, st, loggers)
+    elif st.saved_at == st.env_steps:
+        return  # the periodic checkpoint of this last step holds the same state: it is the final one
     write_checkpoint(run, st)  # the final one, still under the signal handler: a Ctrl-C cannot cut it in half

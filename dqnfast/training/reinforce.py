@@ -371,18 +371,34 @@ def train_reinforce(
     cfg: a validated Config with ``learner=reinforce`` (classic control only). resume: a
     checkpoint (path or loaded dict) of a REINFORCE run to continue; one of another
     learner, game or policy shape, or one already at ``algo.total_steps``, raises
-    ConfigError("resume", ...).
+    ConfigError("resume", ...). ``run_dir`` is locked for the run and refused when it holds
+    another run; a resume into another, empty folder forks the run (``dqnfast.training.rundir``).
     """
-    from dqnfast.config.resolve import resolve
+    from dqnfast.checkpoint import run_dir_of
     from dqnfast.training.resume import plan_resume
-    from dqnfast.training.stop import GracefulStop
+    from dqnfast.training.rundir import claim
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp*"):  # left by a run killed mid-write (the real files are intact)
-        stale.unlink(missing_ok=True)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
-    plan = plan_resume(cfg, resume)
+    plan = plan_resume(cfg, resume, run_dir)
+    if plan.eval_only:
+        where = run_dir_of(plan.source) if plan.source is not None else run_dir
+        raise ConfigError(
+            "resume",
+            f"the run's {plan.counters['env_steps']} agent steps are done but its final evaluation is not; "
+            f"evaluate it with: python -m dqnfast.evaluate run={where}",
+        )
+    with claim(run_dir, source=plan.source, ck=plan.ck, replay=False):
+        return _train_reinforce(cfg, run_dir, plan, config_dict, tracking)
+
+
+def _train_reinforce(
+    cfg: Config, run_dir: Path, plan: ResumePlan, config_dict: dict, tracking: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``train_reinforce`` in its locked run dir: build, train, checkpoint, evaluate."""
+    from dqnfast.config.resolve import resolve
+    from dqnfast.training.stop import GracefulStop
+
     r = resolve(cfg)
     run = _build(cfg, r, plan, run_dir, config_dict)
     try:
@@ -411,7 +427,16 @@ def train_reinforce(
         )
         from dqnfast.training.trainer import open_loggers  # DQN's: both learners log the same way
 
-        loggers = open_loggers(run, st, tracking)
+        loggers = open_loggers(
+            cfg,
+            run_dir,
+            run.name,
+            s.task_id,
+            config_dict,
+            tracking,
+            resume=bool(plan.ck),
+            start_step=st.env_steps,
+        )
         try:
             with GracefulStop() as stop:
                 st.started()

@@ -5,10 +5,15 @@ envpool's emulator state cannot be saved, so the envs come back either re-seeded
 action sent since the run started from the same seed (``replay``: exact). The replay ring
 is reloaded when it was saved beside the checkpoint (``replay.save``), else refilled with
 ``algo.learning_starts`` uniform-random agent steps.
+
+A run whose steps are all done but whose final evaluation did not finish (eval.json is
+missing, or is from an earlier segment) resumes into that evaluation only: no envs for
+training, no ring, no checkpoint written (``eval_only``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,7 +22,15 @@ from typing import Any
 
 from dqnfast.config import Config, ConfigError
 
-__all__ = ["ENV_RESEED_STRIDE", "ResumePlan", "check_resumable", "load_ring", "plan_resume", "run_name"]
+__all__ = [
+    "ENV_RESEED_STRIDE",
+    "ResumePlan",
+    "check_resumable",
+    "evaluation_pending",
+    "load_ring",
+    "plan_resume",
+    "run_name",
+]
 
 ENV_RESEED_STRIDE = 1_000_000  # a resumed run's envs (envs.resume=reseed) are seeded seed + stride * resumes
 
@@ -35,6 +48,8 @@ class ResumePlan:
     ``envs.resume``. replay_envs: the envs are restored exactly from the action log
     (REINFORCE: from the per-env reset counts).
     env_seed: the seed the envs are made with. name: the run's name (kept across resumes).
+    source: the checkpoint file (None: a fresh run, or a loaded dict of unknown origin).
+    eval_only: the steps are done and only the final evaluation is left.
     """
 
     ck: dict | None
@@ -44,25 +59,52 @@ class ResumePlan:
     env_seed: int
     name: str
     counters: dict = field(default_factory=dict)
+    source: Path | None = None
+    eval_only: bool = False
 
     @property
     def ring_seed_offset(self) -> int:
         return ENV_RESEED_STRIDE * self.resumes if self.ck else 0
 
 
-def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumePlan:
-    """Loads the checkpoint (a path or a loaded dict) and decides how the envs come back.
+def evaluation_pending(ck: dict, run_dir: Path) -> bool:
+    """The checkpoint's final evaluation has no eval.json in ``run_dir`` (none, or one of other steps or another run)."""
+    try:
+        done = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return not (
+        isinstance(done, dict)
+        and done.get("env_steps") == int(ck["counters"]["env_steps"])
+        and done.get("run_name") == ck.get("run_name")
+    )
 
-    Refuses (ConfigError) a checkpoint that cannot be read or that another learner wrote.
+
+def plan_resume(
+    cfg: Config, resume: str | os.PathLike | dict | None, run_dir: str | os.PathLike | None = None
+) -> ResumePlan:
+    """Loads the checkpoint (a path, or a loaded dict) and decides how the envs come back.
+
+    A dict from the CLI carries its file as ``_path``. run_dir: where the run writes (where
+    a dict of unknown origin looks for its eval.json). Raises ConfigError("resume") for a
+    checkpoint that cannot be read or that another learner wrote, and for a run that is
+    finished: steps done, final evaluation written.
     """
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 
     ck: dict | None = None
+    source: Path | None = None
     if resume is not None:
         try:
-            ck = resume if isinstance(resume, dict) else load_checkpoint(find_checkpoint(resume))
+            if isinstance(resume, dict):
+                ck = resume
+            else:
+                path = find_checkpoint(resume)
+                ck = load_checkpoint(path)
+                ck["_path"] = str(path)
         except CheckpointError as e:
             raise ConfigError("resume", str(e)) from None
+        source = Path(ck["_path"]) if ck.get("_path") else None
         was = str(ck.get("learner", "dqn"))  # DQN checkpoints carry no learner key
         if was != str(cfg.learner):
             raise ConfigError(
@@ -87,7 +129,20 @@ def plan_resume(cfg: Config, resume: str | os.PathLike | dict | None) -> ResumeP
     else:
         env_seed = cfg.seed + ENV_RESEED_STRIDE * resumes
     name = str(ck.get("run_name")) if ck and ck.get("run_name") else run_name(cfg)
-    return ResumePlan(ck, resumes, env_mode, replay_envs, env_seed, name, counters)
+    eval_only = False
+    if ck and cfg.algo.total_steps <= int(counters.get("env_steps", 0)):
+        where = run_dir_of(source) if source is not None else Path(run_dir or ".")
+        eval_only = evaluation_pending(ck, where)
+        if not eval_only:
+            raise ConfigError("resume", _finished(counters, cfg))
+    return ResumePlan(ck, resumes, env_mode, replay_envs, env_seed, name, counters, source, eval_only)
+
+
+def _finished(counters: dict, cfg: Config) -> str:
+    return (
+        f"the run already has {counters['env_steps']} agent steps and its final evaluation, and "
+        f"algo.total_steps={cfg.algo.total_steps}; set algo.total_steps higher to continue"
+    )
 
 
 def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> None:
@@ -107,12 +162,8 @@ def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> 
             "the checkpoint has no training-loop state (an older or hand-made "
             "checkpoint): it can be evaluated, not resumed",
         )
-    if cfg.algo.total_steps <= int(plan.counters["env_steps"]):
-        raise ConfigError(
-            "resume",
-            f"the run already has {plan.counters['env_steps']} agent steps and "
-            f"algo.total_steps={cfg.algo.total_steps}; set algo.total_steps higher to continue",
-        )
+    if cfg.algo.total_steps <= int(plan.counters["env_steps"]):  # plan_resume refuses it first
+        raise ConfigError("resume", _finished(plan.counters, cfg))
     was = str(((ck.get("config") or {}).get("optim") or {}).get("name", cfg.optim.name))
     if was != str(cfg.optim.name):
         raise ConfigError("resume", f"the checkpoint's optimizer is {was}, this run's is {cfg.optim.name}")

@@ -79,6 +79,7 @@ class LoopState:
     elapsed0: float = 0.0
     epsilon: float = 1.0
     refill_left: int = 0
+    saved_at: int = -1  # env_steps of the newest checkpoint this segment wrote (not saved in it)
     scores: deque = field(init=False)
     lengths: deque = field(init=False)
     tracker: GameTracker = field(init=False)
@@ -186,9 +187,11 @@ class LoopState:
         if self.n_metrics:
             self.loss_sum, self.q_sum = loop["loss_sum"].to(device), loop["q_sum"].to(device)
         self.next_log = next_mark(self.env_steps, int(loop["next_log"]), log_every)
+        # A periodic checkpoint is written before the loop moves next_ckpt past it: restored as
+        # saved, the first step after a resume would write the same checkpoint again.
         self.next_ckpt = self.env_steps + checkpoint_every if checkpoint_every else math.inf
-        if loop.get("next_ckpt") is not None and checkpoint_every == int(loop.get("checkpoint_every", -1)):
-            self.next_ckpt = int(loop["next_ckpt"])
+        if checkpoint_every and loop.get("next_ckpt") is not None and checkpoint_every == int(loop["checkpoint_every"]):
+            self.next_ckpt = next_mark(self.env_steps, int(loop["next_ckpt"]), checkpoint_every)
         self.elapsed0 = float(loop["time"])
         self.scores.extend(float(s) for s in loop["scores"])
         self.lengths.extend(int(n) for n in loop["lengths"])

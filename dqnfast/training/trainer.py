@@ -1,6 +1,6 @@
 """One training run: set up, loop, final evaluation. No Hydra here (``dqnfast.cli.train`` is the CLI).
 
-Run outputs (the run dir): ``metrics.csv``, ``checkpoint.pt`` (the newest of
+Run outputs (the run dir, locked while the run lasts: ``dqnfast.training.rundir``): ``metrics.csv``, ``checkpoint.pt`` (the newest of
 ``checkpoints/step_*.pt``, see ``dqnfast.checkpoint``), ``replay_*.npz`` (``replay.save``),
 ``eval.json``, ``eval_scores.png``, ``learning_curve.png``; ``wandb/`` and ``tensorboard/``
 with those loggers.
@@ -13,10 +13,11 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -28,8 +29,9 @@ from dqnfast.training.components import Run, build, check_config
 from dqnfast.training.expectations import cpu_note
 from dqnfast.training.loop import run_loop
 from dqnfast.training.resume import ResumePlan, plan_resume
+from dqnfast.training.rundir import claim
 from dqnfast.training.state import LoopState, restore
-from dqnfast.training.stop import GracefulStop
+from dqnfast.training.stop import GracefulStop, StopRequested
 
 __all__ = ["objective", "train"]
 
@@ -104,37 +106,47 @@ def _loop_state(run: Run) -> LoopState:
     return st
 
 
-def open_loggers(run: Run, st: LoopState, tracking: Mapping[str, Any] | None) -> Any:
+def open_loggers(
+    cfg: Config,
+    run_dir: Path,
+    name: str,
+    task_id: str,
+    config_dict: dict,
+    tracking: Mapping[str, Any] | None,
+    *,
+    resume: bool,
+    start_step: int,
+) -> Any:
     """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked.
 
-    run: anything with run_dir, name, spec.task_id, config_dict, cfg and plan (DQN's Run,
-    REINFORCE's run), so both learners log the same way.
+    Both learners (DQN, REINFORCE) and an evaluation-only resume log through it the same way.
     """
     from dqnfast.loggers import RunInfo, RunLoggers
 
     tracking = dict(tracking or {})
     extra = {"hydra": tracking["hydra"]} if tracking.get("hydra") else {}
     info = RunInfo(
-        run.run_dir,
-        run.name,
-        game=run.spec.task_id,
-        config={**run.config_dict, **extra},
+        run_dir,
+        name,
+        game=task_id,
+        config={**config_dict, **extra},
         group=tracking.get("group"),
-        tags=[run.cfg.exp_name, *tracking.get("tags", ())],
-        resume=bool(run.plan.ck),
+        tags=[cfg.exp_name, *tracking.get("tags", ())],
+        resume=resume,
     )
-    return RunLoggers(
-        run.cfg.logger, info, total_steps=run.cfg.algo.total_steps, start_step=st.env_steps, desc=run.spec.task_id
-    )
+    return RunLoggers(cfg.logger, info, total_steps=cfg.algo.total_steps, start_step=start_step, desc=task_id)
 
 
 @contextmanager
 def _failed_run_closes(loggers: Any) -> Iterator[None]:
-    """On an error the loggers close with the run's exit code (W&B marks it failed; 130: interrupted)."""
+    """On an error the loggers close with the run's exit code (W&B marks it failed; 128 + N: signal N)."""
     try:
         yield
     except BaseException as e:
-        loggers.close(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
+        if isinstance(e, StopRequested):
+            loggers.close(exit_code=128 + e.signum)
+        else:
+            loggers.close(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
         raise
 
 
@@ -151,125 +163,285 @@ def train(
     cfg: a validated Config (dataclasses). config_dict: the config as saved in the
     checkpoint (default: ``dataclasses.asdict(cfg)``). tracking: what the loggers get
     besides the config: ``group`` and ``tags`` (W&B) and ``hydra`` (a dict added to the
-    W&B run config). resume: a checkpoint (path or loaded dict) to continue from (see
-    ``dqnfast.training.resume``). Raises ConfigError("resume", ...) for a checkpoint of
-    another game, observation type, action count or network.
+    W&B run config). resume: a checkpoint (a run dir or file, or a loaded dict; see
+    ``dqnfast.training.resume``) to continue from. A checkpoint of another run dir forks
+    that run into ``run_dir`` (``dqnfast.training.rundir``); a loaded dict without its
+    ``_path`` is taken as a checkpoint of ``run_dir``. A run whose steps are done but whose
+    final evaluation is not runs that evaluation only.
+
+    ``run_dir`` is locked for the whole run (``dqnfast.training.rundir``). Raises
+    ConfigError("resume", ...) for a checkpoint of another game, observation type, action
+    count or network, or of a finished run; ConfigError for a run dir that another process
+    holds or that holds another run.
 
     The summary holds run_name, env_steps, updates, episodes, train_time, score_mean
     (the last ``logger.score_window`` training games), eval (see
     ``dqnfast.evaluation``; None when interrupted), interrupted (None, or the signal's
-    name: SIGINT/SIGTERM wrote a checkpoint and stopped the run early), metrics, checkpoint.
+    name: SIGINT/SIGTERM stopped the run early), stopped_in (``training``: a checkpoint
+    was written, resume continues the training; ``evaluation``: the training is complete,
+    resume runs the final evaluation), metrics, checkpoint.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in run_dir.glob(".*.tmp*"):  # left by a run killed mid-write (the real files are intact)
-        stale.unlink(missing_ok=True)
     check_config(cfg)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
-    plan = plan_resume(cfg, resume)
-    r = resolve(cfg)
-    _set_up_process(cfg, r, plan)
-    with ExitStack() as stack:
-        run = build(cfg, r, plan, run_dir, config_dict, stack)
-        st = _loop_state(run)
-        s = run.spec
-        log.info(
-            "run %s: %s (%s, %s obs %s, %d actions) on %s, %d envs%s; network %s%s; replay %d x %s %s",
-            run.name,
-            s.task_id,
-            s.family,
-            s.obs_kind,
-            s.obs_shape,
-            s.num_actions,
-            r.device,
-            s.num_envs,
-            f" async batch {s.batch_size}" if s.is_async else "",
-            run.net_spec.kind,
-            " dueling" if run.net_spec.dueling else "",
-            run.ring.capacity,
-            s.frame_shape,
-            s.frame_dtype,
-        )
-        if r.device.type == "cpu" and s.obs_kind == "pixels":
-            log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
-        log.info("run dir %s", run_dir)
-        log.info(
-            "threads: %d core(s) here: envpool %d, sampler %d, torch %s",
-            r.cores,
-            r.env_threads,
-            r.sampler_threads,
-            r.torch_threads or "default",
-        )
-        loggers = open_loggers(run, st, tracking)
-        stack.enter_context(_failed_run_closes(loggers))
-        stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
-        stop = stack.enter_context(GracefulStop())
-        st.started()
-        run_loop(run, st, loggers, stop)
+    plan = plan_resume(cfg, resume, run_dir)
+    with claim(run_dir, source=plan.source, ck=plan.ck, replay=cfg.replay.save and not plan.eval_only):
+        r = resolve(cfg)
+        if plan.eval_only:
+            return _evaluate_only(cfg, r, plan, run_dir, config_dict, tracking)
+        _set_up_process(cfg, r, plan)
+        return _train(cfg, r, plan, run_dir, config_dict, tracking)
+
+
+def _log_start(run: Run, r: Resolved) -> None:
+    s, cfg = run.spec, run.cfg
+    log.info(
+        "run %s: %s (%s, %s obs %s, %d actions) on %s, %d envs%s; network %s%s; replay %d x %s %s",
+        run.name,
+        s.task_id,
+        s.family,
+        s.obs_kind,
+        s.obs_shape,
+        s.num_actions,
+        r.device,
+        s.num_envs,
+        f" async batch {s.batch_size}" if s.is_async else "",
+        run.net_spec.kind,
+        " dueling" if run.net_spec.dueling else "",
+        run.ring.capacity,
+        s.frame_shape,
+        s.frame_dtype,
+    )
+    if r.device.type == "cpu" and s.obs_kind == "pixels":
+        log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
+    log.info("run dir %s", run.run_dir)
+    log.info(
+        "threads: %d core(s) here: envpool %d, sampler %d, torch %s",
+        r.cores,
+        r.env_threads,
+        r.sampler_threads,
+        r.torch_threads or "default",
+    )
+
+
+def _train(
+    cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, tracking: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """Builds the run, trains it, evaluates it.
+
+    The signal handlers are installed from the loop's start to the evaluation's end: a
+    signal in training checkpoints and stops; one after the training stops the evaluation.
+    """
+    stop = GracefulStop(install=False)
+    try:
+        with ExitStack() as stack:
+            run = build(cfg, r, plan, run_dir, config_dict, stack)
+            st = _loop_state(run)
+            _log_start(run, r)
+            loggers = open_loggers(
+                cfg,
+                run_dir,
+                run.name,
+                run.spec.task_id,
+                run.config_dict,
+                tracking,
+                resume=bool(plan.ck),
+                start_step=st.env_steps,
+            )
+            stack.enter_context(_failed_run_closes(loggers))
+            stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
+            stop.install()
+            st.started()
+            run_loop(run, st, loggers, stop)
+        summary = {
+            "run_name": run.name,
+            "env_steps": st.env_steps,
+            "updates": run.learner.num_updates,
+            "episodes": st.episodes,
+            "train_time": time.perf_counter() - st.start,
+            "score_mean": st.score_mean(),
+            "eval": None,
+            "interrupted": None,
+            "stopped_in": None,
+            "metrics": str(run_dir / "metrics.csv"),
+            "checkpoint": str(run_dir / "checkpoint.pt"),
+        }
+        if stop.signum and st.env_steps < cfg.algo.total_steps:
+            return _stopped(summary, loggers, stop.signum, "training", run_dir)
+
+        def totals() -> None:
+            _log_totals(run.spec.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
+
+        return _evaluate(cfg, run.learner.online, run.device, run_dir, run.spec, loggers, summary, stop, totals)
+    finally:
+        stop.restore()
+
+
+def _evaluate_only(
+    cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, tracking: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """A run whose steps are done but whose final evaluation is not: loads the online network and evaluates it.
+
+    Nothing of the training is built (no training envs, no ring) and no checkpoint is written.
+    """
+    from dqnfast.envs import resolve_game
+    from dqnfast.networks import make_network
+
+    ck, counters = plan.ck, plan.counters
+    task_id, family = resolve_game(cfg.game)
+    if task_id != ck.get("game"):
+        raise ConfigError("resume", f"checkpoint is for {ck.get('game')}, this run is {task_id}")
+    try:
+        net = make_network(ck["network"])
+        net.load_state_dict(ck["online"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        msg = " ".join(str(e).split())[:200]
+        raise ConfigError("resume", f"the checkpoint's network cannot be rebuilt ({msg})") from None
+    net.to(r.device).eval()
+    if r.torch_threads:
+        import torch
+
+        torch.set_num_threads(r.torch_threads)
+    env_steps = int(counters["env_steps"])
+    log.info(
+        "resume %s from %s at %d agent steps: the training is complete, its final evaluation is not; "
+        "evaluating only (no training, no replay ring, no checkpoint written)",
+        plan.name,
+        ck.get("_path", "the checkpoint"),
+        env_steps,
+    )
+    loop = ck.get("loop") or {}
+    scores = [float(x) for x in loop.get("scores", [])]
+    loggers = open_loggers(cfg, run_dir, plan.name, task_id, config_dict, tracking, resume=True, start_step=env_steps)
     summary = {
-        "run_name": run.name,
-        "env_steps": st.env_steps,
-        "updates": run.learner.num_updates,
-        "episodes": st.episodes,
-        "train_time": time.perf_counter() - st.start,
-        "score_mean": st.score_mean(),
+        "run_name": plan.name,
+        "env_steps": env_steps,
+        "updates": int(counters["updates"]),
+        "episodes": int(counters["episodes"]),
+        "train_time": float(loop.get("time", 0.0)),
+        "score_mean": float(np.mean(scores)) if scores else math.nan,
         "eval": None,
-        "interrupted": stop.name or None,
+        "interrupted": None,
+        "stopped_in": None,
         "metrics": str(run_dir / "metrics.csv"),
         "checkpoint": str(run_dir / "checkpoint.pt"),
     }
-    if stop.signum:
-        loggers.close(exit_code=128 + stop.signum)
-        return summary
-    with _failed_run_closes(loggers):
-        try:
-            summary["eval"] = _final_evaluation(run, st, loggers, summary)
-        except Exception as e:
-            # The training is done and its checkpoint complete: say so, and how to evaluate it.
-            later = (
-                f"the checkpoint {summary['checkpoint']} is complete; evaluate it later with: "
-                f"python -m dqnfast.evaluate run={run_dir}"
-            )
-            if isinstance(e, EnvCreationError):
-                raise EnvCreationError(f"final evaluation: {e}; {later}") from e
-            log.error("final evaluation failed: %s", later)
-            raise
+    spec = _EvalSpec(task_id, cfg.envs.frame_skip if family == "atari" else 1)
+    loggers.console.close()
+    with GracefulStop() as stop:
+        return _evaluate(
+            cfg,
+            net,
+            r.device,
+            run_dir,
+            spec,
+            loggers,
+            summary,
+            stop,
+            lambda: _log_totals(spec.frame_skip, summary, scores),
+        )
+
+
+@dataclasses.dataclass
+class _EvalSpec:
+    """What the final evaluation needs of the env spec when no training env was made."""
+
+    task_id: str
+    frame_skip: int
+
+
+def _stopped(summary: dict[str, Any], loggers: Any, signum: int, phase: str, run_dir: Path) -> dict[str, Any]:
+    """A run stopped by a signal: the summary says where, the loggers close with 128 + signum."""
+    summary.update(interrupted=signal.Signals(signum).name, stopped_in=phase)
+    if phase == "evaluation":
+        log.warning(
+            "%s: the final evaluation at %d agent steps was interrupted (no eval.json); the training and its "
+            "checkpoint %s are complete; finish the evaluation with: python -m dqnfast.train resume=%s",
+            summary["interrupted"],
+            summary["env_steps"],
+            summary["checkpoint"],
+            run_dir,
+        )
+    loggers.close(exit_code=128 + signum)
+    return summary
+
+
+def _log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segment: int | None = None) -> None:
+    """The run's totals; with ``segment`` (agent steps when this segment started) its steps and speed too."""
+    env_steps = summary["env_steps"]
+    totals = (
+        f"run total: {env_steps} agent steps ({env_steps * frame_skip} frames), {summary['updates']} updates, "
+        f"{summary['episodes']} games"
+    )
+    if segment is not None:
+        trained, train_time = env_steps - segment, summary["train_time"]
+        totals += (
+            f"; this {'segment' if segment else 'run'}: {trained} agent steps in {train_time:.1f} s "
+            f"({trained / max(train_time, 1e-9):.0f} steps/s)"
+        )
+    log.info("%s; last %d games: mean score %.2f", totals, len(scores), summary["score_mean"])
+
+
+def _evaluate(
+    cfg: Config,
+    network: Any,
+    device: Any,
+    run_dir: Path,
+    spec: Any,
+    loggers: Any,
+    summary: dict[str, Any],
+    stop: GracefulStop,
+    totals: Callable[[], None],
+) -> dict[str, Any]:
+    """The final evaluation, then the loggers close; returns the summary.
+
+    From here the checkpoint is complete, so a signal (one that came already, or one during
+    the evaluation) stops the evaluation at once: see ``_stopped``.
+    """
+    try:
+        with _failed_run_closes(loggers):
+            stop.raise_from_now()
+            if stop.signum:
+                raise StopRequested(stop.signum)
+            totals()
+            try:
+                summary["eval"] = _final_evaluation(cfg, network, device, run_dir, spec, loggers, summary)
+            except Exception as e:
+                # The training is done and its checkpoint complete: say so, and how to evaluate it.
+                later = (
+                    f"the checkpoint {summary['checkpoint']} is complete; evaluate it later with: "
+                    f"python -m dqnfast.train resume={run_dir} (writes eval.json) or python -m dqnfast.evaluate "
+                    f"run={run_dir}"
+                )
+                if isinstance(e, EnvCreationError):
+                    raise EnvCreationError(f"final evaluation: {e}; {later}") from e
+                log.error("final evaluation failed: %s", later)
+                raise
+    except StopRequested as e:
+        return _stopped(summary, loggers, e.signum, "evaluation", run_dir)
     loggers.close()
     return summary
 
 
-def _final_evaluation(run: Run, st: LoopState, loggers: Any, summary: dict[str, Any]) -> dict[str, Any]:
-    """Logs the training summary, evaluates (trained vs random), writes eval.json and the plots, tells the loggers."""
+def _final_evaluation(
+    cfg: Config, network: Any, device: Any, run_dir: Path, spec: Any, loggers: Any, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """Evaluates (trained vs random), writes eval.json and the plots, tells the loggers."""
     from dqnfast.evaluate import final_evaluation
     from dqnfast.loggers import eval_media
 
-    spec, env_steps, train_time = run.spec, st.env_steps, summary["train_time"]
-    trained_steps = env_steps - run.plan.counters.get("env_steps", 0)
-    log.info(
-        "run total: %d agent steps (%d frames), %d updates, %d games; this %s: %d agent steps in %.1f s "
-        "(%.0f steps/s); last %d games: mean score %.2f",
-        env_steps,
-        env_steps * spec.frame_skip,
-        run.learner.num_updates,
-        st.episodes,
-        "segment" if run.plan.counters.get("env_steps") else "run",
-        trained_steps,
-        train_time,
-        trained_steps / max(train_time, 1e-9),
-        len(st.scores),
-        st.score_mean(),
-    )
+    env_steps = summary["env_steps"]
     ckpt_path = Path(summary["checkpoint"])
     result = final_evaluation(
-        run.cfg,
-        run.learner.online,
-        run.device,
-        run.run_dir,
+        cfg,
+        network,
+        device,
+        run_dir,
         task_id=spec.task_id,
-        run_name=run.name,
+        run_name=summary["run_name"],
         env_steps=env_steps,
         frame_skip=spec.frame_skip,
-        updates=run.learner.num_updates,
+        updates=summary["updates"],
         checkpoint=ckpt_path,
     )
     rnd = result.get("random") or {}
@@ -281,10 +453,10 @@ def _final_evaluation(run: Run, st: LoopState, loggers: Any, summary: dict[str, 
         result["median"],
         rnd.get("mean", math.nan),
     )
-    loggers.log_eval(result, step=env_steps, media=eval_media(run.run_dir))
+    loggers.log_eval(result, step=env_steps, media=eval_media(run_dir))
     mean = result.get("mean")
     meta = {
-        "run_name": run.name,
+        "run_name": summary["run_name"],
         **({"eval_mean": mean} if isinstance(mean, (int, float)) and math.isfinite(mean) else {}),
     }
     loggers.log_checkpoint(ckpt_path, step=env_steps, metadata=meta)
