@@ -30,7 +30,7 @@ def help_page(module: str, *args: str) -> str:
     """``python -m <module> *args --help`` in a subprocess: the real entry point."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
-        [sys.executable, "-m", module, *args, "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", module, *args, "--help"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
@@ -134,7 +134,7 @@ def test_help_with_an_unknown_option_is_one_line():
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=300,
         )
         assert proc.returncode == 2 and proc.stdout == "", (module, proc.stdout[-500:])
         assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: "), proc.stderr
