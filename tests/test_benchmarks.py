@@ -84,6 +84,7 @@ def test_replay_quick_runs(tmp_path):
     script = BENCH / "replay.py"
     if not script.exists():
         pytest.skip("benchmarks/replay.py not present")
+    pytest.importorskip("stable_baselines3", reason="it compares with stable-baselines3: pip install -e '.[test]'")
     out = tmp_path / "replay.json"
     r = _run([str(script), "--quick", "--out", str(out)], timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 ``python -m dqnfast.train`` (``cli.train``), ``python -m dqnfast.evaluate``
 (``cli.evaluate``), ``python -m dqnfast.report`` (``cli.report``); ``cli.overrides``
-checks overrides in one line before Hydra runs.
+checks overrides in one line before Hydra runs; ``cli.help`` prints the ``--help`` pages.
 """
 
 from pathlib import Path

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from dqnfast.cli import CONF_DIR, discard_refused_output
+from dqnfast.cli.help import print_help, wants_help
 from dqnfast.config import ConfigError
 from dqnfast.evaluation import EvalConfig, default_out, evaluate
 
@@ -76,6 +77,8 @@ def cli() -> None:
     if not OmegaConf.has_resolver("dqnfast_eval_dir"):
         OmegaConf.register_new_resolver("dqnfast_eval_dir", _eval_dir)
     ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
+    if wants_help(sys.argv[1:]):
+        print_help(sys.argv[1:], app="dqnfast.evaluate", config_name="evaluate", schema=EvalConfig)
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
     def main(dcfg) -> None:

@@ -30,7 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from dqnfast.atomic import DiskFullError
 from dqnfast.cli import CONF_DIR, discard_refused_output
+from dqnfast.cli.help import print_help, wants_help
 from dqnfast.config import Config, ConfigError
+from dqnfast.config.keys import summary
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
 from dqnfast.envs import EnvCreationError
 from dqnfast.loggers import flatten
@@ -173,7 +175,7 @@ def _tracking(conf: Config, config_dict: dict) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """``python -m dqnfast.train [overrides]``: Hydra CLI (``--help``, ``--cfg job``, ``-m``).
+    """``python -m dqnfast.train [overrides]``: Hydra CLI (``--cfg job``, ``-m``; ``cli`` answers ``--help``).
 
     Returns the run's objective for sweepers (``objective``: the final evaluation's
     mean score). ``resume=<run dir>`` continues that run (see ``train``); SIGINT/SIGTERM
@@ -287,9 +289,33 @@ def _claim_run_dir(argv: list[str], source: Path | None) -> None:
         _fail(e)
 
 
+def _help_groups() -> dict[str, str]:
+    """{group: what it is} for ``--help``: each section's docstring summary, then the presets."""
+    conf = Config()
+    groups = {g: summary(type(getattr(conf, g))) for g in GROUPS if g != "preset"}
+    groups["preset"] = "overlays applied last, over the groups (none by default; docs/training.md lists them)"
+    return groups
+
+
+# Groups that only a ``+group=option`` override adds (they are in no defaults list).
+OPTIONAL_GROUPS = {
+    "sweep": "with -m, a hyperparameter search, e.g. python -m dqnfast.train -m +sweep=optuna "
+    "(pip install -e '.[sweep]'; docs/sweeps.md)",
+}
+
+
 def cli() -> None:
-    """Console entry point: pre-flight checks, the run dir's lock, then Hydra."""
+    """Console entry point: pre-flight checks, our ``--help``, the run dir's lock, then Hydra."""
     _preflight(sys.argv[1:])
+    if wants_help(sys.argv[1:]):
+        print_help(
+            sys.argv[1:],
+            app="dqnfast.train",
+            config_name="config",
+            schema=Config,
+            groups=_help_groups(),
+            optional_groups=OPTIONAL_GROUPS,
+        )
     argv, source = _resume_preflight(sys.argv[1:])
     _claim_run_dir(argv, source)
     sys.argv = sys.argv[:1] + argv

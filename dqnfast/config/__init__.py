@@ -1,5 +1,6 @@
-"""The run's configuration: the typed schema (``schema``) and the one place where every
-``auto``/null becomes a concrete value (``resolve``).
+"""The run's configuration: the typed schema (``schema``), every key's description and
+whether a config reads it (``keys``), and the one place where every ``auto``/null becomes a
+concrete value (``resolve``).
 
 Plain Python: nothing here imports Hydra, so a ``Config()`` can be built and trained
 without it (``dqnfast.training.train``).

@@ -190,11 +190,11 @@ class ConfigError(ValueError):
 class ProtocolConfig:
     """How an Atari env is played (classic control ignores these fields).
 
-    episodic_life: a life loss ends the *training* episode (terminated=True; the
-        game goes on). reward_clip: rewards clipped to their sign. noop_max:
-        up to this many no-op agent steps at reset. repeat_action_probability:
-        sticky actions (0.25 in Machado et al. 2018). max_episode_steps: agent
-        steps before truncation (27000 = 108k frames).
+    episodic_life: a life loss ends the episode (terminated=True; the game goes on).
+    reward_clip: rewards clipped to their sign (scores are logged unclipped either way).
+    noop_max: up to this many no-op agent steps at reset. repeat_action_probability:
+    sticky actions (0.25 in Machado et al. 2018). max_episode_steps: agent steps before
+    truncation (27000 = 108k frames).
     """
 
     episodic_life: bool = True
@@ -226,8 +226,8 @@ class EnvsConfig:
     null or 0 = num_envs (synchronous); smaller = asynchronous send/recv.
     num_threads: envpool worker threads; null or 0 = all cores; at most 4 per core of the
         process's affinity mask and 1024 in all (``dqnfast.config.resolve.max_threads``).
-    frame_skip, stack: Atari frames per agent step and frames per observation (stack: 1 to
-        64, the longest stack the replay ring rebuilds).
+    frame_skip: emulator frames per agent step (Atari). stack: frames per observation
+        (Atari pixels), 1 to 64, the longest stack the replay ring rebuilds.
     resume: how ``train resume=<run dir>`` restarts the envs (envpool state cannot be
         saved): ``reseed`` = new envs seeded ``seed + 1_000_000 * resume_count``
         (games in progress are dropped); ``replay`` = the same envs, fast-forwarded by
@@ -257,9 +257,9 @@ class AlgoConfig:
     step (8 = one batch-32 update every 4 agent steps, as in Nature).
     learning_starts: agent steps of uniform-random play before the first update (at most
     total_steps: a DQN run that never reaches it would make no update).
-    target_update_period: updates between target syncs; at a sync
-    target <- tau * online + (1 - tau) * target (tau=1: hard copy).
-    loss: huber | mse. max_grad_norm: clip the gradient norm (null: off).
+    target_update_period: updates between target syncs.
+    tau: at a sync target <- tau * online + (1 - tau) * target (1: a hard copy).
+    loss: huber (delta 1: Nature's error clipping) | mse. max_grad_norm: clip the gradient norm (null: off).
     compile: how the update runs: auto (reduce-overhead on CUDA, eager on CPU) | false
     (eager) | true (= default) | a torch.compile mode: default, reduce-overhead
     (compiled and replayed as CUDA graphs), max-autotune, max-autotune-no-cudagraphs.
@@ -345,7 +345,13 @@ class ReplayConfig:
 
 @dataclass
 class OptimConfig:
-    """The optimizer. name: adam | rmsprop; alpha and centered are RMSprop's."""
+    """The optimizer.
+
+    name: adam | rmsprop. lr: the learning rate. eps: added to the denominator (outside the
+    square root). alpha: RMSprop's smoothing constant of the squared gradients (RMSprop only).
+    centered: RMSprop divides by the gradient's estimated variance instead of its second
+    moment (RMSprop only).
+    """
 
     name: OptimName = OptimName.adam
     lr: float = 1e-4
@@ -359,8 +365,9 @@ class ExploreConfig:
     """Epsilon-greedy exploration, in agent steps counted after learning_starts.
 
     schedule: linear (start -> end over decay_steps) | exponential
-    (end + (start - end) * exp(-t / decay_steps)). eval_epsilon: the final
-    evaluation's epsilon.
+    (end + (start - end) * exp(-t / decay_steps)). start: epsilon when learning starts
+    (before that, play is uniform-random). end: the final epsilon. decay_steps: agent steps
+    of the decay. eval_epsilon: the final evaluation's epsilon.
     """
 
     schedule: Schedule = Schedule.linear
@@ -378,7 +385,8 @@ class ReinforceConfig:
     Adam), ``network.mlp_hidden`` and ``envs.num_envs`` (episodes per update: one per env).
     policy: mlp (tanh MLP of ``network.mlp_hidden``) | linear (logistic for two actions).
     baseline: none | mean (the batch's mean return-to-go) | value (a learned value head
-    fitted to the returns, weighted by value_coef in the loss).
+    fitted to the returns). value_coef: weight of the value head's squared error in the
+    loss (baseline=value).
     """
 
     policy: PolicyKind = PolicyKind.mlp
@@ -392,13 +400,15 @@ class LoggerConfig:
 
     log_every: agent steps between metric rows (metrics.csv in the run dir).
     score_window: recent games in score_mean / score_median.
-    checkpoint_every: agent steps between checkpoints (0 = only the final one).
-    keep_checkpoints: numbered checkpoints kept in ``checkpoints/`` (the newest K).
+    checkpoint_every: agent steps between checkpoints (0 = only the final one; SIGINT and
+    SIGTERM write one too). keep_checkpoints: numbered checkpoints kept in ``checkpoints/``
+    (the newest K; ``checkpoint.pt`` is the newest of all).
     progress: tqdm progress bar (false: one log line per metric row instead).
-    wandb: also log to Weights & Biases. wandb_mode: online | offline | disabled;
+    wandb: also log to Weights & Biases. wandb_project: the W&B project. wandb_entity:
+        the W&B entity (null: your default one). wandb_mode: online | offline | disabled;
         online falls back to offline (one line says why) without an API key or
-        without a connection. wandb_group: null = the Hydra sweep in a multirun
-        (one group per sweep), none for a single run. wandb_tags: added to the
+        without a connection. wandb_group: the W&B group (null: the Hydra sweep in
+        a multirun, one group per sweep; none for a single run). wandb_tags: added to the
         default tags (game, exp_name). wandb_checkpoint: upload the final
         checkpoint as a W&B artifact. wandb_init_timeout: seconds wandb.init may
         take online before falling back to offline.
@@ -425,11 +435,18 @@ class LoggerConfig:
 class Config:
     """A whole training run. ``game``/``obs`` are plain keys, the rest groups.
 
-    seed: seeds envpool (env i: seed + i; the final evaluation: seed + 10000 + i; resume r
-    with envs.resume=reseed: seed + 1000000 * r + i), torch, numpy and the replay sampler.
-    envpool takes int32 seeds, so a seed is refused above 2^31 - 1 minus the largest offset
-    a run derives (room is kept for 100 resumes): [0, 2047483640] with 8 envs
-    (``dqnfast.training.limits.seed_limit``).
+    game: an envpool Atari game by its short name (Pong, Breakout, SpaceInvaders, ...) or
+    CartPole, Acrobot, MountainCar. obs: Atari only: pixels (uint8[4,84,84], Nature CNN) |
+    ram (the 128-byte console RAM, MLP). seed: seeds envpool (env i: seed + i; the final
+    evaluation: seed + 10000 + i; resume r with envs.resume=reseed: seed + 1000000 * r + i),
+    torch, numpy and the replay sampler; envpool takes int32 seeds, so a seed is refused
+    above 2^31 - 1 minus the largest offset a run derives (room is kept for 100 resumes):
+    [0, 2047483640] with 8 envs. device: auto (cuda if available, else cpu) | cpu | cuda |
+    cuda:N. exp_name: the run name is {game}__{exp_name}__{seed}__{unix time}. learner:
+    dqn | reinforce (policy gradient, classic control only; preset=reinforce).
+    torch_threads: torch CPU threads (null: half the cores when training on CPU, the rest
+    for envpool; torch's default on CUDA); at most 4 per core and 1024.
+    resume: a run dir or checkpoint file to continue (same run dir, counters and schedules).
     """
 
     game: str = "Pong"
@@ -438,7 +455,6 @@ class Config:
     device: str = "auto"
     exp_name: str = "dqn"
     learner: LearnerName = LearnerName.dqn
-    # null: torch's default on CUDA, half the cores on CPU; at most 4 per core and 1024
     torch_threads: Optional[int] = None
     envs: EnvsConfig = field(default_factory=EnvsConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -448,7 +464,7 @@ class Config:
     explore: ExploreConfig = field(default_factory=ExploreConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    resume: Optional[str] = None  # a run dir or checkpoint to continue (train resume=<run dir>)
+    resume: Optional[str] = None
 
 
 # ----------------------------------------------------------------- validation

@@ -34,15 +34,17 @@ class EvalConfig:
     ``explore.eval_epsilon``, so this and the run's final evaluation are comparable).
     noop_max: up to this many no-op agent steps at each reset. repeat_action_probability:
     sticky actions (0.25 in Machado et al. 2018). max_episode_steps: agent steps per game
-    (27000 = 108k frames). random_baseline: also play a uniform-random agent. seed: env
-    seed (null: the run's seed + 10000, as train's final evaluation); env i of the batch
-    gets seed + i. device: auto | cpu | cuda. out: output dir (null: ``<run dir>/eval``,
-    or ``<run dir>/eval-<name>`` for a checkpoint other than the newest). plots: write the
-    two PNGs. video / gif: write an MP4 / GIF of one trained game (Atari only).
-    video_episode: which game: first | best | median | worst score. video_fps: null = real
-    time (60 / frame_skip). game: null = the checkpoint's; set, it must match (a check).
-    num_threads: envpool threads (null = all cores). torch_threads: null = half the cores
-    on CPU, else torch's default.
+    (27000 = 108k frames). random_baseline: also play a uniform-random agent with the same
+    protocol and seeds. seed: env seed (null: the run's seed + 10000, as train's final
+    evaluation); env i of the batch gets seed + i. device: auto | cpu | cuda | cuda:N.
+    out: output dir (null: ``<run dir>/eval``, or ``<run dir>/eval-<name>`` for a
+    checkpoint other than the newest). plots: write eval_scores.png and
+    learning_curve.png. video: write an MP4 of one trained game at 210x160 RGB (Atari
+    only). gif: write that game as a looping GIF too. video_episode: which game: first |
+    best | median | worst score. video_fps: frames per second of the video (null: real
+    time, 60 / frame_skip). game: the game (null: the checkpoint's; set, it must match the
+    checkpoint's). num_threads: envpool threads (null: all cores). torch_threads: torch
+    CPU threads (null: half the cores on CPU, else torch's default).
     """
 
     run: str = "???"
