@@ -6,38 +6,7 @@ Plain Python: nothing here imports Hydra, so a ``Config()`` can be built and tra
 without it (``dqnfast.training.train``).
 """
 
-from dqnfast.config.schema import (
-    NETWORK_NAMES,
-    OBS_KINDS,
-    AlgoConfig,
-    Config,
-    ConfigError,
-    EnvsConfig,
-    EvalProtocolConfig,
-    ExploreConfig,
-    LoggerConfig,
-    NetworkConfig,
-    OptimConfig,
-    ProtocolConfig,
-    ReinforceConfig,
-    ReplayConfig,
-    validate,
-)
+from dqnfast.config import schema
+from dqnfast.config.schema import *  # noqa: F403 - the package offers the schema's public names
 
-__all__ = [
-    "AlgoConfig",
-    "Config",
-    "ConfigError",
-    "EnvsConfig",
-    "EvalProtocolConfig",
-    "ExploreConfig",
-    "LoggerConfig",
-    "NetworkConfig",
-    "OptimConfig",
-    "ProtocolConfig",
-    "ReinforceConfig",
-    "ReplayConfig",
-    "NETWORK_NAMES",
-    "OBS_KINDS",
-    "validate",
-]
+__all__ = list(schema.__all__)
