@@ -319,8 +319,8 @@ class ReplayConfig:
     run dir; Atari pixels: ~7 KB per stored step), so ``resume`` continues with the same
     memory instead of refilling it with ``algo.learning_starts`` random steps.
 
-    Prioritized replay (Schaul et al. 2016, proportional; docs/replay.md):
-    prioritized: draw transition i with probability p_i^alpha / sum_k p_k^alpha instead of
+    prioritized: prioritized replay (Schaul et al. 2016, proportional; docs/replay.md):
+    draw transition i with probability p_i^alpha / sum_k p_k^alpha instead of
     uniformly, p_i = |TD error| + priority_eps as last computed by the learner (a new
     transition starts at the largest priority so far), and weight its loss by the
     importance-sampling weight (N P(i))^-beta normalised by the batch's largest.
