@@ -148,6 +148,7 @@ VARIANTS: dict[str, list[str]] = {
     "max": ["algo.double=false"],  # the Nature max target instead of double DQN
     "noclip": ["algo.max_grad_norm=null"],  # no gradient-norm clipping (CleanRL has none)
     "1env": ["envs.num_envs=1"],  # one env, as CleanRL, instead of 8
+    "per": ["replay.prioritized=true"],  # proportional prioritized replay, alpha 0.6, beta 0.4 -> 1
 }
 
 # Final-evaluation mean score a run must reach: the regression check of the default recipe.
@@ -323,7 +324,7 @@ def plot(doc: dict, path: Path) -> Path:
     colours.update(
         {
             f"dqnfast+{v}": c
-            for v, c in zip(sorted(VARIANTS), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"))
+            for v, c in zip(sorted(VARIANTS), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"))
         }
     )
     styles = ["-", "--", "-.", ":"]
