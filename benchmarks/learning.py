@@ -33,7 +33,7 @@ below its threshold makes the script exit with status 1 and say so.
 
 One change at a time (``--variants``, see ``VARIANTS``): ``dqnfast+<name>`` runs the default
 recipe with one departure (bf16 autocast, MSE loss, the max target, no gradient clipping,
-one env), in its own folder, drawn in its own colour; ``--no-default`` runs only the variants.
+one env, prioritized replay), in its own folder, drawn in its own colour; ``--no-default`` runs only the variants.
 
     python benchmarks/learning.py --budget cpu --games Breakout --seeds 1 2 --variants bf16 --no-default
 """
