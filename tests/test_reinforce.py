@@ -245,12 +245,16 @@ def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
     before = {f: (rf / f).read_bytes() for f in ("checkpoint.pt", "metrics.csv", "eval.json")}
     net = "error: resume: checkpoint network is policy hidden [32, 32] on float32[4], this run's is"
     cases = [
-        ([f"resume={rf}", "game=Acrobot"], "error: resume: checkpoint is for CartPole-v1, this run is Acrobot-v1"),
+        (
+            [f"resume={rf}", "game=Acrobot", "algo.total_steps=9000"],
+            "error: resume: checkpoint is for CartPole-v1, this run is Acrobot-v1",
+        ),
         ([f"resume={rf}", "network.mlp_hidden=[64]", "algo.total_steps=9000"], f"{net} policy hidden [64] on"),
         ([f"resume={rf}", "reinforce.baseline=value", "algo.total_steps=9000"], f"{net} policy+value hidden [32, 32]"),
         (
             [f"resume={rf}"],
-            f"error: resume: the run already has {steps} agent steps and algo.total_steps=2000; "
+            f"error: resume: the run already has {steps} agent steps and its final evaluation, and "
+            "algo.total_steps=2000; "
             "set algo.total_steps higher to continue",
         ),
         (
@@ -264,9 +268,8 @@ def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
             "resume with learner=dqn, or start a new run",
         ),
     ]
-    procs = [start(*args, cwd=tmp_path) for args, _ in cases]
-    for p, (args, head) in zip(procs, cases):
-        code, _, err = finish(p)
+    for args, head in cases:  # one at a time: each holds the run dir's lock while it checks the checkpoint
+        code, _, err = finish(start(*args, cwd=tmp_path))
         assert code == 2 and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith(head), (args, err)
     assert {f: (rf / f).read_bytes() for f in before} == before  # a refused resume leaves the run as it was
