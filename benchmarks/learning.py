@@ -324,7 +324,9 @@ def plot(doc: dict, path: Path) -> Path:
     colours.update(
         {
             f"dqnfast+{v}": c
-            for v, c in zip(sorted(VARIANTS), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"))
+            for v, c in zip(
+                sorted(VARIANTS), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+            )
         }
     )
     styles = ["-", "--", "-.", ":"]
