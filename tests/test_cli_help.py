@@ -120,8 +120,10 @@ def test_reinforce_help_lists_its_keys_and_not_dqns(monkeypatch, capsys):
     assert {"reinforce.policy", "reinforce.baseline", "reinforce.value_coef"} <= set(table)
     assert table["algo.total_steps"][0] == "400000" and table["optim.lr"][0] == "0.01"
     assert "replay.capacity" not in table and "algo.batch_size" not in table and "optim.name" not in table
+    assert {"replay.check_memory", "envs.resume"} <= set(table)  # the memory budget; exact resume of the envs
     note = " ".join(page.split("\nNot read by this config", 1)[1].split())
-    assert re.search(r"learner=dqn: .*replay\.\*", note) and "explore.eval_epsilon" not in note
+    assert re.search(r"learner=dqn: .*replay\.capacity", note) and "explore.eval_epsilon" not in note
+    assert "replay.check_memory" not in note and "envs.resume" not in note
     assert re.search(r"^  preset +cartpole, .*reinforce\*", page, re.M)
 
 

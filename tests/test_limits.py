@@ -487,13 +487,23 @@ def test_sigterm_stops_a_long_update_burst_and_checkpoints(tmp_path):
     assert ck["counters"]["updates"] > 0 and ck["counters"]["env_steps"] < 1000
 
 
-def test_a_run_stopped_inside_a_burst_resumes_exactly(tmp_path, monkeypatch):
-    """A SIGTERM at update 37 of bursts of 8 leaves 3 owed; the resumed run pays them, then the
-    row and checkpoint of that step, before its first recv: metrics and weights equal a run
-    that was never stopped (exact resume: envs replayed, ring saved; CPU, one thread)."""
+@pytest.mark.parametrize(
+    "stop_at, checkpoint_every, stopped_in",
+    [
+        (37, 0, "training"),  # 3 updates of a burst owed
+        (205, 200, "training"),  # inside the burst of step 200, where a periodic checkpoint is due
+        (1004, 0, "training"),  # inside the last burst (steps done, 4 updates owed)
+        (1008, 0, "evaluation"),  # after the last update: the training is complete
+    ],
+)
+def test_a_run_stopped_inside_a_burst_resumes_exactly(tmp_path, monkeypatch, stop_at, checkpoint_every, stopped_in):
+    """A SIGTERM at update ``stop_at`` of bursts of 8 (1008 updates in all); the resumed run
+    pays what is owed, then the row and checkpoint of that step, before its first recv:
+    metrics, every numbered checkpoint's weights and the final weights equal a run that was
+    never stopped (exact resume: envs replayed, ring saved; CPU, one thread)."""
     import csv
 
-    from dqnfast.checkpoint import load_checkpoint
+    from dqnfast.checkpoint import load_checkpoint, numbered_checkpoints
     from dqnfast.learner import Learner
     from dqnfast.training import train
 
@@ -501,34 +511,42 @@ def test_a_run_stopped_inside_a_burst_resumes_exactly(tmp_path, monkeypatch):
         cfg = cartpole(total, save=True)
         cfg.envs.resume = "replay"
         cfg.algo.replay_ratio = 64.0  # 4 envs x 64 / 32 = 8 updates per iteration
-        cfg.logger = LoggerConfig(log_every=100, checkpoint_every=0, progress=False)
+        cfg.logger = LoggerConfig(log_every=100, checkpoint_every=checkpoint_every, progress=False)
         return cfg
 
     def rows(run: Path) -> list[dict]:
         with open(run / "metrics.csv", newline="") as f:
             return [{k: v for k, v in r.items() if k not in ("sps", "time")} for r in csv.DictReader(f)]
 
+    def same_weights(x: Path, y: Path) -> bool:
+        cx, cy = load_checkpoint(x), load_checkpoint(y)
+        same = all(torch.equal(cx["online"][k], cy["online"][k]) for k in cx["online"])
+        return same and cx["counters"]["updates"] == cy["counters"]["updates"]
+
     a, b = tmp_path / "a", tmp_path / "b"
-    train(exact(600), a)
+    assert train(exact(600), a)["updates"] == 1008
     update = Learner.update
 
-    def stopped_at_37(self, batch):
+    def stopped_once(self, batch):
         m = update(self, batch)
-        if self.num_updates == 37:
+        if self.num_updates == stop_at:
             os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler takes it
         return m
 
-    monkeypatch.setattr(Learner, "update", stopped_at_37)
+    monkeypatch.setattr(Learner, "update", stopped_once)
     summary = train(exact(600), b)
     monkeypatch.undo()
-    assert summary["interrupted"] == "SIGTERM" and summary["updates"] == 37
-    ck = load_checkpoint(b / "checkpoint.pt")
-    assert ck["loop"]["update_budget"] >= 3.0  # the rest of the burst is owed
-    train(exact(600), b, resume=b)
+    assert summary["interrupted"] == "SIGTERM" and summary["stopped_in"] == stopped_in
+    assert summary["updates"] == stop_at and not (b / "eval.json").exists()
+    if stopped_in == "training":
+        assert load_checkpoint(b / "checkpoint.pt")["loop"]["update_budget"] >= 3.0  # the rest of the burst is owed
+    done = train(exact(600), b, resume=b)
+    assert done["stopped_in"] is None and done["eval"] is not None
     assert rows(b) == rows(a)
-    ca, cb = load_checkpoint(a / "checkpoint.pt"), load_checkpoint(b / "checkpoint.pt")
-    assert ca["counters"]["updates"] == cb["counters"]["updates"]
-    assert all(torch.equal(ca["online"][k], cb["online"][k]) for k in ca["online"])
+    assert same_weights(a / "checkpoint.pt", b / "checkpoint.pt")
+    numbered = [p.name for _, p in numbered_checkpoints(a)]  # b may also keep its stop's checkpoint
+    assert set(numbered) <= {p.name for _, p in numbered_checkpoints(b)}
+    assert all(same_weights(a / "checkpoints" / n, b / "checkpoints" / n) for n in numbered)
 
 
 # ------------------------------------------------------------------ disk full

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import signal
 import time
 from pathlib import Path
@@ -273,3 +274,31 @@ def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
         assert code == 2 and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith(head), (args, err)
     assert {f: (rf / f).read_bytes() for f in before} == before  # a refused resume leaves the run as it was
+
+
+def test_a_signal_after_the_last_batch_stops_the_evaluation_and_resume_finishes_it(tmp_path, monkeypatch):
+    """SIGTERM during the last batch: the training completes (final row and checkpoint), the
+    final evaluation does not start; ``resume=`` then runs only the evaluation, which plays
+    exactly the games an uninterrupted run's evaluation played."""
+    from dqnfast.agent.reinforce import PolicyLearner
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    n = _learn(3000, a)["updates"]
+    update = PolicyLearner.update
+
+    def stopped_at_the_last(self, *args, **kwargs):
+        m = update(self, *args, **kwargs)
+        if self.num_updates == n:
+            os.kill(os.getpid(), signal.SIGTERM)  # the run's own handler takes it
+        return m
+
+    monkeypatch.setattr(PolicyLearner, "update", stopped_at_the_last)
+    summary = _learn(3000, b)
+    monkeypatch.undo()
+    assert summary["interrupted"] == "SIGTERM" and summary["stopped_in"] == "evaluation"
+    assert summary["updates"] == n and not (b / "run" / "eval.json").exists()
+    rows = (b / "run" / "metrics.csv").read_text()
+    done = _learn(3000, b, resume=b / "run")
+    assert done["stopped_in"] is None and (b / "run" / "metrics.csv").read_text() == rows  # evaluated only
+    ea, eb = (json.loads((d / "run" / "eval.json").read_text()) for d in (a, b))
+    assert ea["scores"] == eb["scores"] and ea["env_steps"] == eb["env_steps"]

@@ -30,11 +30,13 @@ ONLY_WITH: dict[str, tuple[str, str]] = {
 REINFORCE_READS: tuple[str, ...] = (
     "envs.num_envs",
     "envs.num_threads",
+    "envs.resume",
     "envs.eval.episodes",
     "envs.eval.num_envs",
     "algo.total_steps",
     "algo.gamma",
     "network.mlp_hidden",
+    "replay.check_memory",
     "optim.lr",
     "optim.eps",
     "explore.eval_epsilon",

@@ -214,16 +214,25 @@ def finish_interrupted_burst(run: Run, st: LoopState, loggers: Any, stop: Any) -
     ck = run.plan.ck
     if not ck or st.update_budget < 1.0 or st.refill_left > 0:
         return
-    due = (ck.get("loop") or {}).get("next_log")
+    loop = ck.get("loop") or {}
+    due = loop.get("next_log")
     if due is not None and int(due) <= st.env_steps:  # the row the stopped iteration did not write
         st.next_log = int(due)
+    due = loop.get("next_ckpt")
+    every = run.cfg.logger.checkpoint_every
+    if due is not None and int(due) <= st.env_steps and every and every == int(loop.get("checkpoint_every", 0)):
+        st.next_ckpt = int(due)  # the periodic checkpoint due at this step: written again, after the burst
     log.info("resume: finishing the update burst the stop interrupted (%d updates)", int(st.update_budget))
     if learn(run, st, stop):
         marks(run, st, loggers)
 
 
-def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
-    """Trains until ``algo.total_steps`` agent steps or a signal; leaves the last checkpoint written."""
+def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> bool:
+    """Trains until ``algo.total_steps`` agent steps or a signal; leaves the last checkpoint written.
+
+    Returns True when the training is complete (a signal in its last iteration, after the
+    last burst, still gets the final row and checkpoint), False when a signal stopped it.
+    """
     env, ring, spec, a = run.env, run.ring, run.spec, run.cfg.algo
     start_envs(run, stop)
     finish_interrupted_burst(run, st, loggers, stop)
@@ -277,14 +286,15 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
         # log
         marks(run, st, loggers)
 
-    if stop.signum:
+    if stop.signum and (st.env_steps < a.total_steps or st.update_budget >= 1.0):
         # no metrics row here: the partial averages go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
         path = write_checkpoint(run, st)
         stop.announce(st.env_steps, path, run.run_dir)
-        return
+        return False
     if st.n_metrics or st.last_steps != st.env_steps:
         log_row(run, st, loggers)
     elif st.saved_at == st.env_steps:
-        return  # the periodic checkpoint of this last step holds the same state: it is the final one
+        return True  # the periodic checkpoint of this last step holds the same state: it is the final one
     write_checkpoint(run, st)  # the final one, still under the signal handler: a Ctrl-C cannot cut it in half
+    return True

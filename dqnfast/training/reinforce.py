@@ -319,7 +319,7 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
         if st.env_steps >= st.next_ckpt:
             _save(run, st)
             st.next_ckpt = next_mark(st.env_steps, st.next_ckpt, lg.checkpoint_every)
-    if stop.signum:
+    if stop.signum and st.env_steps < run.cfg.algo.total_steps:
         # no metrics row here: the partial sums go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
         path = _save(run, st)
@@ -374,21 +374,17 @@ def train_reinforce(
     ConfigError("resume", ...). ``run_dir`` is locked for the run and refused when it holds
     another run; a resume into another, empty folder forks the run (``dqnfast.training.rundir``).
     """
-    from dqnfast.checkpoint import run_dir_of
+    from dqnfast.config.resolve import resolve
     from dqnfast.training.resume import plan_resume
     from dqnfast.training.rundir import claim
+    from dqnfast.training.trainer import evaluate_only
 
     run_dir = Path(run_dir)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
     plan = plan_resume(cfg, resume, run_dir)
-    if plan.eval_only:
-        where = run_dir_of(plan.source) if plan.source is not None else run_dir
-        raise ConfigError(
-            "resume",
-            f"the run's {plan.counters['env_steps']} agent steps are done but its final evaluation is not; "
-            f"evaluate it with: python -m dqnfast.evaluate run={where}",
-        )
     with claim(run_dir, source=plan.source, ck=plan.ck, replay=False):
+        if plan.eval_only:  # stopped between its last batch and the end of its final evaluation
+            return evaluate_only(cfg, resolve(cfg), plan, run_dir, config_dict, tracking)
         return _train_reinforce(cfg, run_dir, plan, config_dict, tracking)
 
 
@@ -397,7 +393,8 @@ def _train_reinforce(
 ) -> dict[str, Any]:
     """``train_reinforce`` in its locked run dir: build, train, checkpoint, evaluate."""
     from dqnfast.config.resolve import resolve
-    from dqnfast.training.stop import GracefulStop
+    from dqnfast.training.stop import GracefulStop, StopRequested
+    from dqnfast.training.trainer import stopped
 
     r = resolve(cfg)
     run = _build(cfg, r, plan, run_dir, config_dict)
@@ -438,15 +435,22 @@ def _train_reinforce(
             start_step=st.env_steps,
         )
         try:
+            # A signal in training checkpoints and stops; one after the last batch stops the
+            # final evaluation at once (the final checkpoint is written): resume= then evaluates.
             with GracefulStop() as stop:
                 st.started()
                 ckpt = _train_loop(run, st, loggers, stop)
-            loggers.console.close()
-            summary = _summary(run, st, ckpt, stop.name)
-            if stop.signum:
-                loggers.close(exit_code=128 + stop.signum)
-                return summary
-            summary["eval"] = _final_evaluation(run, st, loggers, ckpt)
+                loggers.console.close()
+                summary = _summary(run, st, ckpt, stop.name)
+                if stop.signum and st.env_steps < cfg.algo.total_steps:
+                    return stopped(summary, loggers, stop.signum, "training", run_dir)
+                try:
+                    stop.raise_from_now()
+                    if stop.signum:
+                        raise StopRequested(stop.signum)
+                    summary["eval"] = _final_evaluation(run, st, loggers, ckpt)
+                except StopRequested as e:
+                    return stopped(summary, loggers, e.signum, "evaluation", run_dir)
         except BaseException as e:
             loggers.close(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
             raise
@@ -468,6 +472,7 @@ def _summary(run: _Run, st: LoopState, ckpt: Path, interrupted: str) -> dict[str
         "score_mean": st.score_mean(),
         "eval": None,
         "interrupted": interrupted or None,
+        "stopped_in": None,
         "metrics": str(run.run_dir / "metrics.csv"),
         "checkpoint": str(ckpt),
     }

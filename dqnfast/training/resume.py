@@ -130,12 +130,19 @@ def plan_resume(
         env_seed = cfg.seed + ENV_RESEED_STRIDE * resumes
     name = str(ck.get("run_name")) if ck and ck.get("run_name") else run_name(cfg)
     eval_only = False
-    if ck and cfg.algo.total_steps <= int(counters.get("env_steps", 0)):
+    if ck and training_done(ck, cfg):
         where = run_dir_of(source) if source is not None else Path(run_dir or ".")
         eval_only = evaluation_pending(ck, where)
         if not eval_only:
             raise ConfigError("resume", _finished(counters, cfg))
     return ResumePlan(ck, resumes, env_mode, replay_envs, env_seed, name, counters, source, eval_only)
+
+
+def training_done(ck: dict, cfg: Config) -> bool:
+    """The checkpoint's steps reach ``algo.total_steps`` and no update of its last burst is owed
+    (a signal inside the last burst leaves ``update_budget >= 1``: the resume trains it)."""
+    owed = float((ck.get("loop") or {}).get("update_budget", 0.0)) >= 1.0
+    return cfg.algo.total_steps <= int(ck["counters"]["env_steps"]) and not owed
 
 
 def _finished(counters: dict, cfg: Config) -> str:
@@ -162,7 +169,7 @@ def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> 
             "the checkpoint has no training-loop state (an older or hand-made "
             "checkpoint): it can be evaluated, not resumed",
         )
-    if cfg.algo.total_steps <= int(plan.counters["env_steps"]):  # plan_resume refuses it first
+    if training_done(ck, cfg):  # plan_resume refuses it first
         raise ConfigError("resume", _finished(plan.counters, cfg))
     was = str(((ck.get("config") or {}).get("optim") or {}).get("name", cfg.optim.name))
     if was != str(cfg.optim.name):

@@ -188,7 +188,7 @@ def train(
     with claim(run_dir, source=plan.source, ck=plan.ck, replay=cfg.replay.save and not plan.eval_only):
         r = resolve(cfg)
         if plan.eval_only:
-            return _evaluate_only(cfg, r, plan, run_dir, config_dict, tracking)
+            return evaluate_only(cfg, r, plan, run_dir, config_dict, tracking)
         _set_up_process(cfg, r, plan)
         return _train(cfg, r, plan, run_dir, config_dict, tracking)
 
@@ -252,7 +252,7 @@ def _train(
             stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
             stop.install()
             st.started()
-            run_loop(run, st, loggers, stop)
+            trained = run_loop(run, st, loggers, stop)
         summary = {
             "run_name": run.name,
             "env_steps": st.env_steps,
@@ -266,8 +266,8 @@ def _train(
             "metrics": str(run_dir / "metrics.csv"),
             "checkpoint": str(run_dir / "checkpoint.pt"),
         }
-        if stop.signum and st.env_steps < cfg.algo.total_steps:
-            return _stopped(summary, loggers, stop.signum, "training", run_dir)
+        if not trained:
+            return stopped(summary, loggers, stop.signum, "training", run_dir)
 
         def totals() -> None:
             _log_totals(run.spec.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
@@ -277,26 +277,25 @@ def _train(
         stop.restore()
 
 
-def _evaluate_only(
+def evaluate_only(
     cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, tracking: Mapping[str, Any] | None
 ) -> dict[str, Any]:
     """A run whose steps are done but whose final evaluation is not: loads the online network and evaluates it.
 
-    Nothing of the training is built (no training envs, no ring) and no checkpoint is written.
+    Either learner's (DQN's Q-network, REINFORCE's policy). Nothing of the training is built
+    (no training envs, no ring) and no checkpoint is written.
     """
     from dqnfast.envs import resolve_game
-    from dqnfast.networks import make_network
+    from dqnfast.evaluation.agents import load_agent
 
     ck, counters = plan.ck, plan.counters
     task_id, family = resolve_game(cfg.game)
     if task_id != ck.get("game"):
         raise ConfigError("resume", f"checkpoint is for {ck.get('game')}, this run is {task_id}")
     try:
-        net = make_network(ck["network"])
-        net.load_state_dict(ck["online"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        msg = " ".join(str(e).split())[:200]
-        raise ConfigError("resume", f"the checkpoint's network cannot be rebuilt ({msg})") from None
+        net = load_agent(ck, game=task_id, envs=cfg.envs, protocol=cfg.envs.eval).network
+    except ConfigError as e:
+        raise ConfigError("resume", e.message) from None
     net.to(r.device).eval()
     if r.torch_threads:
         import torch
@@ -350,7 +349,7 @@ class _EvalSpec:
     frame_skip: int
 
 
-def _stopped(summary: dict[str, Any], loggers: Any, signum: int, phase: str, run_dir: Path) -> dict[str, Any]:
+def stopped(summary: dict[str, Any], loggers: Any, signum: int, phase: str, run_dir: Path) -> dict[str, Any]:
     """A run stopped by a signal: the summary says where, the loggers close with 128 + signum."""
     summary.update(interrupted=signal.Signals(signum).name, stopped_in=phase)
     if phase == "evaluation":
@@ -396,7 +395,7 @@ def _evaluate(
     """The final evaluation, then the loggers close; returns the summary.
 
     From here the checkpoint is complete, so a signal (one that came already, or one during
-    the evaluation) stops the evaluation at once: see ``_stopped``.
+    the evaluation) stops the evaluation at once: see ``stopped``.
     """
     try:
         with _failed_run_closes(loggers):
@@ -418,7 +417,7 @@ def _evaluate(
                 log.error("final evaluation failed: %s", later)
                 raise
     except StopRequested as e:
-        return _stopped(summary, loggers, e.signum, "evaluation", run_dir)
+        return stopped(summary, loggers, e.signum, "evaluation", run_dir)
     loggers.close()
     return summary
 
