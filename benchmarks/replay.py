@@ -239,6 +239,21 @@ def _filled(cfg: dict, make) -> tuple:
     return ring, target, steps, fill_s, rss0, rss_alloc
 
 
+def _memory(capacity: int, rss0: int, rss_full: int, fill_s: float, adds: int, nominal: int | None = None, **extra):
+    """A buffer's memory figures: RSS growth while filling it, its nominal size (when known), fill speed."""
+    mem = {
+        "capacity": capacity,
+        "rss_ring_bytes": rss_full - rss0,
+        "rss_bytes_per_transition": (rss_full - rss0) / capacity,
+        "fill_seconds": fill_s,
+        "adds_per_s": adds / fill_s,
+        **extra,
+    }
+    if nominal is not None:
+        mem["nominal_bytes_per_transition"] = nominal / capacity
+    return mem
+
+
 def worker_dqnfast(cfg: dict) -> dict:
     """Fills a ReplayRing with num_threads=T, measures its RSS, times sample(B, out=batch)."""
     import torch
@@ -254,19 +269,19 @@ def worker_dqnfast(cfg: dict) -> dict:
         ),
     )
     rss_full = rss_bytes()
-    mem = {
-        "capacity": ring.capacity,
-        "rss_before_bytes": rss0,
-        "rss_after_alloc_bytes": rss_alloc,
-        "rss_after_fill_bytes": rss_full,
-        "rss_ring_bytes": rss_full - rss0,
-        "nominal_bytes": ring.nbytes,
-        "rss_bytes_per_transition": (rss_full - rss0) / ring.capacity,
-        "nominal_bytes_per_transition": ring.nbytes / ring.capacity,
-        "fill_seconds": fill_s,
-        "adds_per_s": steps / fill_s,
-        "num_valid": ring.num_valid(),
-    }
+    mem = _memory(
+        ring.capacity,
+        rss0,
+        rss_full,
+        fill_s,
+        steps,
+        ring.nbytes,
+        rss_before_bytes=rss0,
+        rss_after_alloc_bytes=rss_alloc,
+        rss_after_fill_bytes=rss_full,
+        nominal_bytes=ring.nbytes,
+        num_valid=ring.num_valid(),
+    )
     rows = []
     for b in cfg["batch_sizes"]:
         # dqnfast: the default batch (shared rows: obs and next_obs are views of one window of 5
@@ -311,13 +326,7 @@ def worker_reference(cfg: dict) -> dict:
     ring.sample(1)  # builds the valid-index cache once (not part of sampling cost)
     rss_full = rss_bytes()
     capacity = ring.segment_capacity * num_envs
-    mem = {
-        "capacity": capacity,
-        "rss_ring_bytes": rss_full - rss0,
-        "rss_bytes_per_transition": (rss_full - rss0) / capacity,
-        "fill_seconds": fill_s,
-        "adds_per_s": steps / fill_s,
-    }
+    mem = _memory(capacity, rss0, rss_full, fill_s, steps)
     rows = []
     for b in cfg["batch_sizes"]:
         timing = time_rate(
@@ -373,15 +382,7 @@ def worker_sb3(cfg: dict) -> dict:
     fill_s = time.perf_counter() - t0
     rss_full = rss_bytes()
     del sch
-    mem = {
-        "capacity": rb.buffer_size,
-        "rss_ring_bytes": rss_full - rss0,
-        "nominal_bytes": nominal,
-        "rss_bytes_per_transition": (rss_full - rss0) / rb.buffer_size,
-        "nominal_bytes_per_transition": nominal / rb.buffer_size,
-        "fill_seconds": fill_s,
-        "adds_per_s": steps / fill_s,
-    }
+    mem = _memory(rb.buffer_size, rss0, rss_full, fill_s, steps, nominal, nominal_bytes=nominal)
     name = cfg.get("name") or ("sb3-optmem" if opt else "sb3")
     rows = []
     for t in cfg["threads_list"]:
@@ -441,14 +442,7 @@ def worker_dqnfast_per(cfg: dict) -> dict:
         ),
     )
     rss_full = rss_bytes()
-    mem = {
-        "capacity": ring.capacity,
-        "rss_ring_bytes": rss_full - rss0,
-        "rss_bytes_per_transition": (rss_full - rss0) / ring.capacity,
-        "nominal_bytes_per_transition": ring.nbytes / ring.capacity,
-        "fill_seconds": fill_s,
-        "adds_per_s": steps / fill_s,
-    }
+    mem = _memory(ring.capacity, rss0, rss_full, fill_s, steps, ring.nbytes)
     rng = np.random.default_rng(cfg["seed"])
     rows = []
     for b in cfg["batch_sizes"]:
@@ -478,14 +472,7 @@ def worker_numpy_per(cfg: dict) -> dict:
     capacity = ring.segment_capacity * num_envs
     arrays = (ring.frames, ring.actions, ring.rewards, ring.terminated, ring.truncated, ring.first)
     nominal = sum(a.nbytes for a in arrays) + per.priority.nbytes + per.tree.tree.nbytes
-    mem = {
-        "capacity": capacity,
-        "rss_ring_bytes": rss_full - rss0,
-        "rss_bytes_per_transition": (rss_full - rss0) / capacity,
-        "nominal_bytes_per_transition": nominal / capacity,
-        "fill_seconds": fill_s,
-        "adds_per_s": steps / fill_s,
-    }
+    mem = _memory(capacity, rss0, rss_full, fill_s, steps, nominal)
     rng = np.random.default_rng(cfg["seed"])
     rows = []
     for b in cfg["batch_sizes"]:
@@ -545,14 +532,7 @@ def worker_torchrl_per(cfg: dict) -> dict:
     storage_bytes = sum(v.numel() * v.element_size() for v in rb.storage._storage.values(True, True))
     # the sampler's sum and min segment trees: float32, 2 x capacity nodes each (torchrl's C++ trees)
     nominal = storage_bytes + 2 * 2 * 4 * cap
-    mem = {
-        "capacity": cap,
-        "rss_ring_bytes": rss_full - rss0,
-        "rss_bytes_per_transition": (rss_full - rss0) / cap,
-        "nominal_bytes_per_transition": nominal / cap,
-        "fill_seconds": fill_s,
-        "adds_per_s": cap / fill_s,
-    }
+    mem = _memory(cap, rss0, rss_full, fill_s, cap, nominal)
     rng = np.random.default_rng(cfg["seed"])
     rows = []
     for b in cfg["batch_sizes"]:
@@ -597,14 +577,7 @@ def worker_cpprb_per(cfg: dict) -> dict:
     rss_full = rss_bytes()
     # obs once per transition (+ one next_obs row), action, reward, done; sum and min trees (float32, 2 x cap)
     nominal = (cap + 1) * OBS_BYTES + cap * (8 + 4 + 4) + 2 * 2 * 4 * cap
-    mem = {
-        "capacity": cap,
-        "rss_ring_bytes": rss_full - rss0,
-        "rss_bytes_per_transition": (rss_full - rss0) / cap,
-        "nominal_bytes_per_transition": nominal / cap,
-        "fill_seconds": fill_s,
-        "adds_per_s": cap / fill_s,
-    }
+    mem = _memory(cap, rss0, rss_full, fill_s, cap, nominal)
     rng = np.random.default_rng(cfg["seed"])
     rows = []
     for b in cfg["batch_sizes"]:
