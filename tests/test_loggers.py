@@ -46,6 +46,8 @@ def row(step: int, score: float = 1.0) -> dict:
         sps=1000.0,
         time=step / 1000,
         updates=step // 4,
+        grad_norm=2.0,
+        grad_norm_max=3.0,
     )
 
 
@@ -168,15 +170,34 @@ def test_csv_rows_are_flushed_at_once_and_resume_keeps_earlier_rows(tmp_path):
     assert [r["env_steps"] for r in rows] == ["100", "200", "300"] and rows[-1]["score_mean"] == "7.0"
 
 
+def test_csv_resume_of_a_file_with_other_columns_rewrites_its_header(tmp_path):
+    # A run started by a version that wrote fewer columns: appended rows must not shift under
+    # the old header; the old rows keep their values and get empty cells for the new columns.
+    path = tmp_path / "metrics.csv"
+    old_columns = [c for c in METRIC_COLUMNS if not c.startswith("grad_norm")]
+    log = CsvLogger(path, columns=old_columns)
+    for s in (100, 200):
+        log.log_metrics(row(s))
+    log.close()
+    log = CsvLogger(path, resume_step=200)
+    log.log_metrics(row(300))
+    log.close()
+    rows = list(csv.DictReader(open(path)))
+    assert all(list(r) == list(METRIC_COLUMNS) for r in rows)
+    assert [r["env_steps"] for r in rows] == ["100", "200", "300"] and rows[0]["loss"] == "0.5"
+    assert [r["grad_norm"] for r in rows] == ["", "", "2.0"] and rows[2]["grad_norm_max"] == "3.0"
+
+
 def test_csv_leaves_loss_and_q_mean_empty_before_learning(tmp_path):
     path = tmp_path / "metrics.csv"
     log = CsvLogger(path)
-    log.log_metrics({**row(100), "loss": math.nan, "q_mean": math.nan, "updates": 0})
+    before = {"loss": math.nan, "q_mean": math.nan, "grad_norm": math.nan, "grad_norm_max": math.nan, "updates": 0}
+    log.log_metrics({**row(100), **before})
     log.log_metrics(row(200))
     log.close()
     rows = list(csv.DictReader(open(path)))
     assert list(rows[0]) == list(METRIC_COLUMNS)
-    assert (rows[0]["loss"], rows[0]["q_mean"]) == ("", "") and rows[1]["loss"] == "0.5"
+    assert {rows[0][k] for k in ("loss", "q_mean", "grad_norm", "grad_norm_max")} == {""} and rows[1]["loss"] == "0.5"
     assert "nan" not in path.read_text()
 
 

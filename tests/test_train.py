@@ -235,6 +235,8 @@ def check_run(out, game: str, *, total: int, updates: float, network: str) -> di
     assert list(rows[0])[: len(PROMISED_COLUMNS)] == PROMISED_COLUMNS and list(rows[0]) == list(METRIC_COLUMNS)
     assert int(rows[-1]["env_steps"]) == total and int(rows[-1]["frames"]) == 4 * total and len(rows) >= 4
     assert all(float(r["loss"]) >= 0 for r in rows[2:])
+    # the pre-clipping gradient norm: positive, its max over a row at least its mean
+    assert all(float(r["grad_norm_max"]) >= float(r["grad_norm"]) > 0 for r in rows[2:])
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["game"] == game and ck["config"]["game"] == game.split("-")[0] and ck["network"]["kind"] == network
     assert ck["counters"]["env_steps"] == total and abs(ck["counters"]["updates"] - updates) <= 1

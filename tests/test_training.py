@@ -144,3 +144,34 @@ def test_resume_refills_with_the_agents_epsilon_greedy_policy_at_the_resumed_eps
     assert summary["env_steps"] == 1400
     refill = seen[: 1000 // 4]  # learning_starts agent steps on 4 envs, before the first counted step
     assert refill and all(e == pytest.approx(0.05) for e in refill), sorted(set(refill))[:5]
+
+
+def test_loop_state_keeps_the_gradient_norm_sums_across_a_checkpoint_and_reads_older_ones():
+    import torch
+
+    from dqnfast.training.state import LoopState
+
+    def fed(*norms: float) -> LoopState:
+        st = LoopState(num_envs=1, score_window=10)
+        for g in norms:
+            st.add_metrics({"loss": torch.tensor(1.0), "q_mean": torch.tensor(0.0), "grad_norm": torch.tensor(g)})
+        return st
+
+    counters = {"env_steps": 0, "episodes": 0}
+    resumed = LoopState(num_envs=1, score_window=10)
+    loop = fed(1.0, 4.0).state_dict(checkpoint_every=0)
+    resumed.load_state_dict(loop, counters, device="cpu", log_every=100, checkpoint_every=0, envs_too=False)
+    resumed.add_metrics({"loss": torch.tensor(1.0), "q_mean": torch.tensor(0.0), "grad_norm": torch.tensor(1.0)})
+    row = resumed.row(frame_skip=4, updates=3)
+    assert (
+        (row["grad_norm"], row["grad_norm_max"])
+        == (2.0, 4.0)
+        == tuple(map(fed(1.0, 4.0, 1.0).row(frame_skip=4, updates=3).get, ("grad_norm", "grad_norm_max")))
+    )
+    # a checkpoint written before the norms were kept: the row averages the updates after it
+    older = {k: v for k, v in loop.items() if k not in ("n_grad", "grad_sum", "grad_max")}
+    resumed = LoopState(num_envs=1, score_window=10)
+    resumed.load_state_dict(older, counters, device="cpu", log_every=100, checkpoint_every=0, envs_too=False)
+    resumed.add_metrics({"loss": torch.tensor(1.0), "q_mean": torch.tensor(0.0), "grad_norm": torch.tensor(3.0)})
+    row = resumed.row(frame_skip=4, updates=3)
+    assert (row["grad_norm"], row["grad_norm_max"], row["loss"]) == (3.0, 3.0, 1.0)

@@ -13,7 +13,9 @@ from dqnfast.config import ConfigError, LoggerConfig
 log = logging.getLogger("dqnfast.loggers")
 
 # metrics.csv columns, in order. Step counts are agent steps; sps = agent steps per second
-# since the previous row; loss and q_mean are averaged over the updates since that row.
+# since the previous row; loss and q_mean are averaged over the updates since that row;
+# grad_norm / grad_norm_max: mean / max of the global gradient norm before clipping
+# (algo.max_grad_norm) over those updates, so a user sees how often the clip binds.
 METRIC_COLUMNS = (
     "env_steps",
     "frames",
@@ -27,6 +29,8 @@ METRIC_COLUMNS = (
     "sps",
     "time",
     "updates",
+    "grad_norm",
+    "grad_norm_max",
 )
 # column -> W&B / TensorBoard key (CleanRL's names where it has one)
 METRIC_KEYS = {
@@ -41,6 +45,8 @@ METRIC_KEYS = {
     "sps": "charts/SPS",
     "time": "charts/time",
     "updates": "charts/updates",
+    "grad_norm": "losses/grad_norm",
+    "grad_norm_max": "losses/grad_norm_max",
 }
 STEP_KEY = "env_steps"  # the x-axis of every W&B / TensorBoard metric
 MEDIA_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".mp4")

@@ -14,7 +14,7 @@ from dqnfast.loggers.base import (
     log,
 )
 
-EMPTY_UNTIL_LEARNING = ("loss", "q_mean")
+EMPTY_UNTIL_LEARNING = ("loss", "q_mean", "grad_norm", "grad_norm_max")
 
 
 def _missing(v: Any) -> bool:
@@ -35,14 +35,19 @@ class CsvLogger:
         self.columns = tuple(columns)
         if resume_step is not None and self.path.exists():
             with open(self.path, newline="") as f:
-                rows = list(csv.DictReader(f))
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                header = tuple(reader.fieldnames or ())
             kept = [r for r in rows if r.get(STEP_KEY) and float(r[STEP_KEY]) <= resume_step]
-            if len(kept) != len(rows):  # rows written after the checkpoint: rewrite atomically without them
+            # Rows written after the checkpoint, or a file from a version with other columns
+            # (appended rows must match the header): rewrite atomically, old rows' new cells empty.
+            if len(kept) != len(rows) or header != self.columns:
                 with atomic_open(self.path, "w", newline="") as f:
                     w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
                     w.writeheader()
                     w.writerows(kept)
-                log.info("metrics.csv: dropped %d rows written after the checkpoint", len(rows) - len(kept))
+                if len(kept) != len(rows):
+                    log.info("metrics.csv: dropped %d rows written after the checkpoint", len(rows) - len(kept))
             self._file = open(self.path, "a", newline="")
             self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         else:

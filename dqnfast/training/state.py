@@ -11,7 +11,8 @@ Checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
     online, target, optimizer        Learner.state_dict()
     counters  env_steps, frames, updates, episodes, seed, syncs, resumes, refill_steps
     epsilon   the schedule's last value
-    loop      update_budget, can_sample, n_metrics, loss_sum, q_sum, next_log, next_ckpt,
+    loop      update_budget, can_sample, n_metrics, loss_sum, q_sum, n_grad, grad_sum, grad_max,
+              next_log, next_ckpt,
               checkpoint_every, time, scores, lengths, last_action, tracker_{score,length,started}
     rng       python, numpy, torch, actor_numpy, actor_torch, replay (, torch_cuda)
     envs      mode, seed, num_envs, actions (the action log, or None)
@@ -58,7 +59,9 @@ class LoopState:
 
     update_budget: updates owed (replay_ratio / batch_size per agent step).
     loss_sum, q_sum: 0-d device tensors summed over ``n_metrics`` updates since the
-    last metric row (read on the host only when a row is logged). elapsed0: training
+    last metric row (read on the host only when a row is logged); grad_sum, grad_max: the
+    sum and max of the pre-clipping gradient norm over ``n_grad`` of them (learners that
+    report one; a checkpoint written before these were kept resumes with n_grad 0). elapsed0: training
     seconds before this segment of a resumed run. refill_left: random agent steps still
     to store after a resume without a saved ring (not counted in env_steps).
     """
@@ -74,6 +77,9 @@ class LoopState:
     loss_sum: Any = None
     q_sum: Any = None
     n_metrics: int = 0
+    grad_sum: Any = None
+    grad_max: Any = None
+    n_grad: int = 0
     next_log: float = 0
     next_ckpt: float = math.inf
     elapsed0: float = 0.0
@@ -112,6 +118,11 @@ class LoopState:
         self.loss_sum = metrics["loss"] if self.loss_sum is None else self.loss_sum + metrics["loss"]
         self.q_sum = metrics["q_mean"] if self.q_sum is None else self.q_sum + metrics["q_mean"]
         self.n_metrics += 1
+        g = metrics.get("grad_norm")
+        if g is not None:
+            self.grad_sum = g if self.grad_sum is None else self.grad_sum + g
+            self.grad_max = g if self.grad_max is None else self.grad_max.maximum(g)
+            self.n_grad += 1
 
     def row(self, *, frame_skip: int, updates: int) -> dict[str, Any]:
         """The metric row (metrics.csv's columns) now; resets the sums and the steps/s clock."""
@@ -131,9 +142,11 @@ class LoopState:
             "sps": (self.env_steps - self.last_steps) / max(now - self.last_time, 1e-9),
             "time": self.elapsed0 + now - self.start,
             "updates": updates,
+            "grad_norm": (self.grad_sum / self.n_grad).item() if self.n_grad else float("nan"),
+            "grad_norm_max": self.grad_max.item() if self.n_grad else float("nan"),
         }
-        self.loss_sum = self.q_sum = None
-        self.n_metrics = 0
+        self.loss_sum = self.q_sum = self.grad_sum = self.grad_max = None
+        self.n_metrics = self.n_grad = 0
         self.last_time, self.last_steps = now, self.env_steps
         return row
 
@@ -154,6 +167,9 @@ class LoopState:
             "n_metrics": self.n_metrics,
             "loss_sum": cpu(self.loss_sum),
             "q_sum": cpu(self.q_sum),
+            "n_grad": self.n_grad,
+            "grad_sum": cpu(self.grad_sum),
+            "grad_max": cpu(self.grad_max),
             "next_log": int(self.next_log),
             "next_ckpt": None if self.next_ckpt == math.inf else int(self.next_ckpt),
             "checkpoint_every": checkpoint_every,
@@ -186,6 +202,9 @@ class LoopState:
         self.n_metrics = int(loop["n_metrics"])
         if self.n_metrics:
             self.loss_sum, self.q_sum = loop["loss_sum"].to(device), loop["q_sum"].to(device)
+        self.n_grad = int(loop.get("n_grad", 0))
+        if self.n_grad:
+            self.grad_sum, self.grad_max = loop["grad_sum"].to(device), loop["grad_max"].to(device)
         self.next_log = next_mark(self.env_steps, int(loop["next_log"]), log_every)
         # A periodic checkpoint is written before the loop moves next_ckpt past it: restored as
         # saved, the first step after a resume would write the same checkpoint again.
