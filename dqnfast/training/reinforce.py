@@ -445,9 +445,7 @@ def _train_reinforce(
                 if stop.signum and st.env_steps < cfg.algo.total_steps:
                     return stopped(summary, loggers, stop.signum, "training", run_dir)
                 try:
-                    stop.raise_from_now()
-                    if stop.signum:
-                        raise StopRequested(stop.signum)
+                    stop.raise_from_now()  # a signal that came already stops here
                     summary["eval"] = _final_evaluation(run, st, loggers, ckpt)
                 except StopRequested as e:
                     return stopped(summary, loggers, e.signum, "evaluation", run_dir)

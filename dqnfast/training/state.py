@@ -12,8 +12,8 @@ Checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
     counters  env_steps, frames, updates, episodes, seed, syncs, resumes, refill_steps
     epsilon   the schedule's last value
     loop      update_budget, can_sample, n_metrics, loss_sum, q_sum, n_grad, grad_sum, grad_max,
-              next_log, next_ckpt,
-              checkpoint_every, time, scores, lengths, last_action, tracker_{score,length,started}
+              next_log, next_ckpt, checkpoint_every, time, scores, lengths, last_action,
+              tracker_{score,length,started}
     rng       python, numpy, torch, actor_numpy, actor_torch, replay (, torch_cuda)
     envs      mode, seed, num_envs, actions (the action log, or None)
     replay    file (the ring saved beside the checkpoint, or None), prefetch (prioritized

@@ -51,8 +51,13 @@ class GracefulStop:
         return signal.Signals(self.signum).name if self.signum else ""
 
     def raise_from_now(self) -> None:
-        """From now on the first signal raises ``StopRequested`` (there is nothing left to checkpoint)."""
+        """From now on the first signal raises ``StopRequested`` (there is nothing left to checkpoint).
+
+        A signal that came already raises it here, at once.
+        """
         self._raise = True
+        if self.signum:
+            raise StopRequested(self.signum)
 
     def announce(self, env_steps: int, checkpoint: Any, run_dir: Any) -> None:
         """The one log line of a run stopped by a signal: where its checkpoint is, how to continue."""

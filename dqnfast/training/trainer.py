@@ -399,9 +399,7 @@ def _evaluate(
     """
     try:
         with _failed_run_closes(loggers):
-            stop.raise_from_now()
-            if stop.signum:
-                raise StopRequested(stop.signum)
+            stop.raise_from_now()  # a signal that came already stops here
             totals()
             try:
                 summary["eval"] = _final_evaluation(cfg, network, device, run_dir, spec, loggers, summary)
