@@ -4,14 +4,41 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-__all__ = ["DiskFullError", "atomic_open", "atomic_path"]
+__all__ = ["TEMP_MARK", "DiskFullError", "atomic_open", "atomic_path", "is_temp_file", "temp_path"]
 
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+
+# A write in progress is ``.<name>.dqnfast-tmp<pid>[<suffix>]`` beside its file: the mark and the
+# writer's pid make it recognisably dqnfast's own, so the clean-up after a killed run removes
+# nothing a user (or another program) keeps in the folder under a look-alike name.
+TEMP_MARK = ".dqnfast-tmp"
+_TEMP_NAME = re.compile(r"^\..+" + re.escape(TEMP_MARK) + r"(\d+)(\.[A-Za-z0-9]+)?$")
+
+
+def temp_path(path: str | os.PathLike, *, keep_suffix: bool = False, pid: int | None = None) -> Path:
+    """The temporary file of a write to ``path`` by process ``pid`` (this one by default).
+
+    keep_suffix: end with ``path``'s suffix too, for writers that choose a format by it.
+    """
+    path = Path(path)
+    pid = os.getpid() if pid is None else int(pid)
+    return path.with_name(f".{path.name}{TEMP_MARK}{pid}{path.suffix if keep_suffix else ''}")
+
+
+def is_temp_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file (not a link, not a folder) named as dqnfast's temporary files are."""
+    if not _TEMP_NAME.match(path.name):
+        return False
+    try:
+        return path.is_file() and not path.is_symlink()
+    except OSError:
+        return False
 
 
 class DiskFullError(OSError):
@@ -48,12 +75,12 @@ def atomic_path(path: str | os.PathLike, *, keep_suffix: bool = True) -> Iterato
 
     For writers that take a file name, not a file object (ffmpeg). If the block raises (or the
     process dies), ``path`` is untouched and the temporary file is removed. The temporary name
-    is ``.<name>.tmp<pid>``, plus ``path``'s suffix with ``keep_suffix`` (for writers that
+    is ``temp_path(path)``, plus ``path``'s suffix with ``keep_suffix`` (for writers that
     choose a format by suffix). A full disk (or quota) raises ``DiskFullError`` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix if keep_suffix else ''}")
+    tmp = temp_path(path, keep_suffix=keep_suffix)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)  # fsync flushes the file's data whichever descriptor wrote it

@@ -41,7 +41,7 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dqnfast.atomic import atomic_open
+from dqnfast.atomic import atomic_open, temp_path
 
 if TYPE_CHECKING:  # torch is imported where it is used: finding a checkpoint needs no torch
     import torch
@@ -149,7 +149,7 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """Points ``dst`` at ``src``'s bytes atomically: a hard link, or a copy where links fail."""
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    tmp = temp_path(dst)
     try:
         if tmp.exists():
             tmp.unlink()

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The environment of a CLI subprocess: the package is found through PYTHONPATH, so the CLI works
+# from a source checkout as well as from an install.
+CLI_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
 
 @pytest.fixture

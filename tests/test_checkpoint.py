@@ -10,6 +10,7 @@ import zipfile
 import pytest
 import torch
 
+from dqnfast.atomic import TEMP_MARK
 from dqnfast.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -72,7 +73,7 @@ def test_round_trip_numbered_link_and_keep_k(tmp_path):
     assert ck["sha256"] == payload_digest(ck)
     for k, v in p["online"].items():
         assert torch.equal(ck["online"][k], v)
-    assert not [f for f in tmp_path.rglob("*") if ".tmp" in f.name]  # no temporary file left behind
+    assert not [f for f in tmp_path.rglob("*") if TEMP_MARK in f.name]  # no temporary file left behind
     assert find_checkpoint(tmp_path) == latest and find_checkpoint(newest) == newest
     assert run_dir_of(newest) == tmp_path.resolve() and run_dir_of(latest) == tmp_path.resolve()
 

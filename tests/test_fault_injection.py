@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dqnfast.atomic import temp_path
 from dqnfast.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def test_a_running_runs_folder_refuses_every_other_writer(tmp_path, runs):
     try:
         assert json.loads((live / LOCK).read_text())["pid"] == p.pid
         # a write of the live run in progress: nobody but that run may remove it
-        (live / "checkpoints" / ".step_000000099999.pt.tmp4242").write_bytes(b"half a checkpoint")
+        temp_path(live / "checkpoints" / "step_000000099999.pt", pid=4242).write_bytes(b"half a checkpoint")
         before = tree(live)
         fork = tmp_path / "fork"
         cases = [  # (command, the line's start)
@@ -221,7 +222,10 @@ def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(tmp_path, runs):
     assert finish(p)[0] == -signal.SIGKILL
     assert json.loads((run / LOCK).read_text())["pid"] == p.pid
     # writes cut in half by the kill (the real files are intact: writes are atomic)
-    cut = [run / ".checkpoint.pt.tmp4242", run / "checkpoints" / ".step_000000001000.pt.tmp4242"]
+    cut = [
+        temp_path(run / "checkpoint.pt", pid=4242),
+        temp_path(run / "checkpoints" / "step_000000001000.pt", pid=4242),
+    ]
     for f in cut:
         f.write_bytes(b"half a file")
     code, err = finish(start(f"resume={run}", cwd=tmp_path))
@@ -305,7 +309,10 @@ def test_stale_temporary_files_in_the_run_dir_and_under_checkpoints_go(tmp_path)
     from dqnfast.training import train
 
     (tmp_path / "checkpoints").mkdir()
-    cut = [tmp_path / ".metrics.csv.tmp4242", tmp_path / "checkpoints" / ".step_000000000500.pt.tmp4242"]
+    cut = [
+        temp_path(tmp_path / "metrics.csv", pid=4242),
+        temp_path(tmp_path / "checkpoints" / "step_000000000500.pt", pid=4242),
+    ]
     for f in cut:
         f.write_bytes(b"half a file")  # left by a process killed mid-write
     assert train(small(600), tmp_path)["env_steps"] == 600
@@ -316,7 +323,7 @@ def test_a_holder_refuses_in_process_runs_and_a_killed_holder_does_not_block(tmp
     from dqnfast.config import ConfigError
     from dqnfast.training import train
 
-    cut = tmp_path / "checkpoints" / ".step_000000000500.pt.tmp4242"
+    cut = temp_path(tmp_path / "checkpoints" / "step_000000000500.pt", pid=4242)
     cut.parent.mkdir()
     cut.write_bytes(b"a write in progress")
     holder = subprocess.Popen(

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dqnfast.atomic import TEMP_MARK
 from dqnfast.config import AlgoConfig, Config, ConfigError, EnvsConfig, EvalProtocolConfig, LoggerConfig, ReplayConfig
 from dqnfast.memory import MemorySources, available_memory, memory_limits, plannable_bytes
 from dqnfast.training import check_config
@@ -611,7 +612,7 @@ def test_a_full_disk_is_one_line_and_the_previous_checkpoint_stays_the_newest(tm
     assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"]["env_steps"] == 200
     assert [s for s, _ in numbered_checkpoints(tmp_path)] == [200]
     after = sorted(p.name for p in tmp_path.rglob("*") if p.is_file() and "wandb" not in p.parts)
-    assert [n for n in after if n.endswith((".pt", ".npz")) or ".tmp" in n] == [
+    assert [n for n in after if n.endswith((".pt", ".npz")) or TEMP_MARK in n] == [
         n for n in before if n.endswith((".pt", ".npz"))
     ]
     monkeypatch.undo()  # space again: the run continues from the kept checkpoint
@@ -640,7 +641,7 @@ def test_cli_on_a_full_disk_exits_with_one_line(tmp_path):
     line = one_line_error(proc.stderr)
     assert line.startswith(f"error: disk full: writing {run / 'checkpoints' / 'step_000000000200.pt'} failed")
     assert "no checkpoint of this run has been written yet" in line
-    assert not list(run.rglob(".*.tmp*"))
+    assert not list(run.rglob(f"*{TEMP_MARK}*"))
 
 
 def test_a_real_small_tmpfs_fills_up_in_one_line(tmp_path):
@@ -665,4 +666,4 @@ def test_a_real_small_tmpfs_fills_up_in_one_line(tmp_path):
     assert "rc=1" in proc.stdout, proc.stdout + proc.stderr[-3000:]
     line = one_line_error(proc.stderr)
     assert "disk full" in line and ("stays the newest" in line or "no checkpoint" in line), line
-    assert ".tmp" not in proc.stdout
+    assert TEMP_MARK not in proc.stdout

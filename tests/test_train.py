@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from dqnfast.atomic import TEMP_MARK
 from dqnfast.checkpoint import load_checkpoint
 from dqnfast.cli.train import CONF_DIR, to_config
 from dqnfast.config import Config, ConfigError, validate
@@ -204,7 +205,8 @@ def test_refused_run_keeps_a_folder_that_holds_results(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["dqnfast.train", "optim.lr=-1", f"hydra.run.dir={run}"])
     with pytest.raises(SystemExit):
         cli()
-    assert (run / "metrics.csv").exists() and (run / ".hydra").is_dir()
+    # refused before Hydra writes (a new run would overwrite that metrics.csv): the folder is as it was
+    assert [p.name for p in run.iterdir()] == ["metrics.csv"] and (run / "metrics.csv").read_text() == "env_steps\n"
 
 
 def test_cli_help_and_cfg(run_cli):
@@ -244,7 +246,7 @@ def check_run(out, game: str, *, total: int, updates: float, network: str) -> di
     net.load_state_dict(ck["online"])
     ev = json.loads((out / "eval.json").read_text())
     assert len(ev["scores"]) == 1 and ev["game"] == game
-    assert not list(out.glob(".*.tmp*"))
+    assert not list(out.glob(f"*{TEMP_MARK}*"))
     return ck
 
 

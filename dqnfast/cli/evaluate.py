@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from dqnfast.cli import CONF_DIR, discard_refused_output
+from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output
 from dqnfast.cli.help import print_help, wants_help
 from dqnfast.config import ConfigError
 from dqnfast.evaluation import EvalConfig, default_out, evaluate
@@ -73,6 +73,7 @@ def _preflight(argv: list[str]) -> None:
 
 def cli() -> None:
     """``python -m dqnfast.evaluate run=<run dir or checkpoint> [key=value ...]`` (Hydra app, conf/evaluate.yaml)."""
+    begin_command()
     _preflight(sys.argv[1:])
     if not OmegaConf.has_resolver("dqnfast_eval_dir"):
         OmegaConf.register_new_resolver("dqnfast_eval_dir", _eval_dir)

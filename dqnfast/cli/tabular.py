@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from dqnfast.agent import tabular
+from dqnfast.atomic import atomic_open, atomic_path
 
 PROG = "python -m dqnfast.tabular"
 # Points kept of Q-learning's trajectory for the plot (on a log axis the first one, at
@@ -183,10 +184,8 @@ def plot_convergence(
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize="small")
     fig.suptitle(f"Three-state MDP, gamma = {gamma:g} (dashed: value iteration's result)")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
@@ -196,10 +195,8 @@ def _jsonable(q: np.ndarray) -> list:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

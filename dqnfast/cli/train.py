@@ -29,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqnfast.atomic import DiskFullError
-from dqnfast.cli import CONF_DIR, discard_refused_output
+from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output, note_existing
 from dqnfast.cli.help import print_help, wants_help
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.keys import summary
@@ -283,6 +283,7 @@ def _claim_run_dir(argv: list[str], source: Path | None) -> None:
     run_dir = _given_run_dir(argv)
     if run_dir is None:
         return
+    note_existing(run_dir)  # before the lock file creates it: a refusal removes only the folders it made
     try:
         precheck(run_dir, source=source)
     except ConfigError as e:
@@ -306,6 +307,7 @@ OPTIONAL_GROUPS = {
 
 def cli() -> None:
     """Console entry point: pre-flight checks, our ``--help``, the run dir's lock, then Hydra."""
+    begin_command()
     _preflight(sys.argv[1:])
     if wants_help(sys.argv[1:]):
         print_help(

@@ -34,12 +34,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from dqnfast.atomic import is_temp_file
 from dqnfast.config import ConfigError
+from dqnfast.folders import deepest_existing, remove_made_dirs
 
 __all__ = [
     "LOCK_NAME",
     "acquire",
     "check_free",
+    "check_no_links",
     "check_source_idle",
     "claim",
     "clean_temp_files",
@@ -190,13 +193,17 @@ def check_source_idle(source_dir: Path) -> None:
 
 
 def _holds_run(run_dir: Path) -> str | None:
-    """What makes ``run_dir`` a run's folder (its checkpoints or its eval.json), or None."""
+    """What makes ``run_dir`` a run's folder (its checkpoints, eval.json or metrics.csv), or None.
+
+    A metrics.csv alone is a run stopped before its first checkpoint, or a file of the user's: a
+    fresh run would overwrite it, so it is refused as well.
+    """
     from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
 
     numbered = numbered_checkpoints(run_dir)
     if numbered:
         return f"checkpoints up to {numbered[-1][0]} agent steps"
-    for name in (CHECKPOINT_NAME, "eval.json"):
+    for name in (CHECKPOINT_NAME, "eval.json", "metrics.csv"):
         if (run_dir / name).is_file():
             return f"a {name}"
     return None
@@ -222,6 +229,12 @@ def check_free(run_dir: Path, source: Path | None, *, key: str = "run_dir") -> N
     what = _holds_run(d)
     if what is None:
         return
+    if source is None and what == "a metrics.csv":
+        raise ConfigError(
+            key,
+            f"{d} holds a metrics.csv and no checkpoint (a run stopped before its first checkpoint, or "
+            "another program's file) that a new run would overwrite: move it away, or choose an empty run dir",
+        )
     if source is None:
         raise ConfigError(
             key, f"{d} already holds a run ({what}); continue it with resume={d}, or choose an empty run dir"
@@ -236,15 +249,43 @@ def check_free(run_dir: Path, source: Path | None, *, key: str = "run_dir") -> N
 
 
 def clean_temp_files(run_dir: Path) -> None:
-    """Removes the temporary files of writes cut short by a killed process (the real files are intact).
+    """Removes the temporary files of writes cut short by a killed run (the real files are intact).
 
-    Only under the run dir's lock: a live run's temporary files are its writes in progress.
+    Only dqnfast's own temporary files (``atomic.temp_path``: its mark and the writer's pid), only
+    regular files, only in the run dir and its ``checkpoints/`` folder, never through a link: a
+    user's files that merely look temporary stay. Only under the run dir's lock, so none of them is
+    a live run's write in progress.
     """
     from dqnfast.checkpoint import NUMBERED_DIR
 
     for d in (run_dir, run_dir / NUMBERED_DIR):
-        for stale in d.glob(".*.tmp*"):
-            stale.unlink(missing_ok=True)
+        if d.is_symlink() or not d.is_dir():
+            continue
+        for p in d.iterdir():
+            if is_temp_file(p):
+                p.unlink(missing_ok=True)
+
+
+def check_no_links(run_dir: Path, *, key: str = "run_dir") -> None:
+    """Refuses a run dir whose entries (or whose ``checkpoints/`` entries) are symbolic links.
+
+    A run writes only inside its own folder: through a link its metrics, log or checkpoints would
+    land in (and its clean-up would reach into) another folder. The run dir itself may be a link.
+    """
+    from dqnfast.checkpoint import NUMBERED_DIR
+
+    for d in (run_dir, run_dir / NUMBERED_DIR):
+        try:
+            entries = sorted(d.iterdir()) if d.is_dir() and not d.is_symlink() else []
+        except OSError:
+            continue
+        for p in entries:
+            if p.is_symlink():
+                raise ConfigError(
+                    key,
+                    f"{p} is a symbolic link (to {os.readlink(p)}); a run writes only inside its own folder, "
+                    "never through links: remove the link, or choose another run dir",
+                )
 
 
 def _copy_rows(src: Path, dst: Path, up_to: int) -> None:
@@ -310,11 +351,11 @@ def fork_into(run_dir: Path, ck: dict, source: Path, *, replay: bool) -> list[Pa
 
 
 def _lock_and_check(d: Path, source: Path | None, dir_key: str) -> None:
-    """Locks ``d`` (one ``acquire``) and runs the checks; on refusal releases it and removes a folder it made."""
+    """Locks ``d`` (one ``acquire``) and runs the checks; on refusal releases it and removes the folders it made."""
     from dqnfast.checkpoint import run_dir_of
 
     fork = source is not None and run_dir_of(source) != d
-    made_dir = not d.exists()
+    existing = deepest_existing(d)
     if source is None or fork:
         refusal = f"{dir_key}: wait for it to end, or choose another run dir"
     else:
@@ -323,14 +364,11 @@ def _lock_and_check(d: Path, source: Path | None, dir_key: str) -> None:
     try:
         if fork:
             check_source_idle(run_dir_of(source))
+        check_no_links(d, key=dir_key)
         check_free(d, source, key=dir_key)
     except ConfigError:
         release(d)
-        if made_dir:
-            try:
-                d.rmdir()
-            except OSError:
-                pass
+        remove_made_dirs(d, existing)
         raise
 
 
