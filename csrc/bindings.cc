@@ -1,11 +1,13 @@
 // pybind11 bindings of the C++ core: dqnfast._core. The only file that
 // includes pybind11. Arguments are checked and converted with the GIL held;
-// the ring's work runs with the GIL released. dqnfast/replay.py is the public
-// face (dtype/shape checks with friendly messages, torch buffers, save/load).
+// the ring's work runs with the GIL released. dqnfast.replay.ReplayRing
+// (dqnfast/replay/ring.py) is the public face: dtype/shape checks with friendly
+// messages, torch buffers, save/load.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -28,20 +30,29 @@ void CheckLen(const py::buffer_info& info, int64_t n, const char* name) {
   }
 }
 
+// The bytes of one element of info's dimensions [first, ndim), which must lie
+// C-contiguously (each stride the size of what follows it); throws naming
+// `what` otherwise. first 0: the whole buffer; 1: each row of it.
+int64_t ContiguousBytes(const py::buffer_info& info, int first, const std::string& what) {
+  int64_t bytes = info.itemsize;
+  for (int d = info.ndim - 1; d >= first; --d) {
+    if (info.strides[d] != bytes) throw std::invalid_argument(what + " must be C-contiguous");
+    bytes *= info.shape[d];
+  }
+  return bytes;
+}
+
+void CheckBytes(int64_t got, int64_t expect, const std::string& what) {
+  if (got != expect) {
+    throw std::invalid_argument(what + " must hold " + std::to_string(expect) + " bytes, got " +
+                                std::to_string(got));
+  }
+}
+
 // A writable C-contiguous buffer of exactly `bytes` bytes.
 uint8_t* RawOut(py::buffer buf, int64_t bytes, const char* name) {
   py::buffer_info info = buf.request(/*writable=*/true);
-  int64_t expect = info.itemsize;
-  for (int d = info.ndim - 1; d >= 0; --d) {
-    if (info.strides[d] != expect) {
-      throw std::invalid_argument(std::string(name) + " must be C-contiguous");
-    }
-    expect *= info.shape[d];
-  }
-  if (info.size * info.itemsize != bytes) {
-    throw std::invalid_argument(std::string(name) + " must hold " + std::to_string(bytes) +
-                                " bytes, got " + std::to_string(info.size * info.itemsize));
-  }
+  CheckBytes(ContiguousBytes(info, 0, name), bytes, name);
   return static_cast<uint8_t*>(info.ptr);
 }
 
@@ -135,9 +146,68 @@ void Fill(ReplayRing& r, const Outs& o, const CArray<int64_t>* indices) {
   }
 }
 
-template <typename T>
-py::array View(py::object owner, T* ptr, std::vector<int64_t> shape) {
-  return py::array_t<T>(shape, ptr, owner);
+// One of the ring's raw arrays, as save/load names it.
+struct RawArray {
+  const char* name;
+  ReplayRing::Raw which;
+  py::dtype dtype;
+  std::vector<int64_t> shape;
+  const void* data;
+};
+
+// The raw arrays this ring keeps: frames unless store_frames is off, priorities
+// only when prioritized.
+std::vector<RawArray> RawArrays(const ReplayRing& r) {
+  using Raw = ReplayRing::Raw;
+  const int64_t ne = r.config().num_envs, seg = r.segment_capacity();
+  std::vector<RawArray> out;
+  if (r.frames() != nullptr) {
+    out.push_back({"frames",
+                   Raw::kFrames,
+                   py::dtype::of<uint8_t>(),
+                   {ne, seg, r.config().frame_bytes},
+                   r.frames()});
+  }
+  out.push_back({"actions", Raw::kActions, py::dtype::of<int32_t>(), {ne, seg}, r.actions()});
+  out.push_back({"rewards", Raw::kRewards, py::dtype::of<float>(), {ne, seg}, r.rewards()});
+  out.push_back({"flags", Raw::kFlags, py::dtype::of<uint8_t>(), {ne, seg}, r.flags()});
+  out.push_back({"cursors", Raw::kCursors, py::dtype::of<int64_t>(), {ne}, r.cursors()});
+  if (r.priorities() != nullptr) {
+    out.push_back(
+        {"priorities", Raw::kPriorities, py::dtype::of<double>(), {ne, seg}, r.priorities()});
+  }
+  return out;
+}
+
+// "uint8[3, 16, 7056]"
+std::string Describe(const py::dtype& dtype, const std::vector<int64_t>& shape) {
+  std::string s = std::string(py::str(dtype)) + "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+// Copies src over the raw array `name` (dtype and shape exactly the array's),
+// with the GIL released; the caller rebuilds the index after the last one.
+void Restore(ReplayRing& r, const std::string& name, const py::array& src) {
+  const std::vector<RawArray> arrays = RawArrays(r);
+  auto it =
+      std::find_if(arrays.begin(), arrays.end(), [&](const RawArray& a) { return name == a.name; });
+  if (it == arrays.end()) {
+    std::string kept;
+    for (const RawArray& a : arrays) kept += (kept.empty() ? "" : ", ") + std::string(a.name);
+    throw std::invalid_argument("this ring keeps no array " + name + " (it keeps " + kept + ")");
+  }
+  const std::vector<int64_t> shape(src.shape(), src.shape() + src.ndim());
+  if (!src.dtype().equal(it->dtype) || shape != it->shape) {
+    throw std::invalid_argument(name + " must be " + Describe(it->dtype, it->shape) + ", got " +
+                                Describe(src.dtype(), shape));
+  }
+  const py::array c = py::array::ensure(src, py::array::c_style);  // a copy only if strided
+  if (!c) throw py::error_already_set();
+  const void* data = c.data();
+  const int64_t bytes = c.nbytes();
+  py::gil_scoped_release release;
+  r.Restore(it->which, data, bytes);
 }
 
 }  // namespace
@@ -185,18 +255,8 @@ PYBIND11_MODULE(_core, m) {
             if (fi.ndim < 1 || fi.shape[0] != k) {
               throw std::invalid_argument("frames must have one row per env id");
             }
-            int64_t expect = fi.itemsize;
-            for (int d = fi.ndim - 1; d >= 1; --d) {
-              if (fi.strides[d] != expect) {
-                throw std::invalid_argument("each frame must be C-contiguous");
-              }
-              expect *= fi.shape[d];
-            }
-            if (expect != r.config().frame_bytes) {
-              throw std::invalid_argument("each frame must hold " +
-                                          std::to_string(r.config().frame_bytes) + " bytes, got " +
-                                          std::to_string(expect));
-            }
+            const int64_t frame = ContiguousBytes(fi, 1, "each frame");
+            CheckBytes(frame, r.config().frame_bytes, "each frame");
             auto ai = actions.request();
             auto ri = rewards.request();
             auto ti = terminated.request();
@@ -207,7 +267,7 @@ PYBIND11_MODULE(_core, m) {
             CheckLen(ti, k, "terminated");
             CheckLen(ui, k, "truncated");
             CheckLen(si, k, "first");
-            const int64_t stride = k > 1 ? fi.strides[0] : expect;
+            const int64_t stride = k > 1 ? fi.strides[0] : frame;
             CArray<int64_t> slots(k);
             int64_t* slots_ptr = slots.mutable_data();
             {
@@ -304,7 +364,11 @@ PYBIND11_MODULE(_core, m) {
             auto ii = indices.request();
             if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
             CArray<double> out(ii.shape[0]);
-            r.Priorities(ii.shape[0], static_cast<const int64_t*>(ii.ptr), out.mutable_data());
+            double* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              r.Priorities(ii.shape[0], static_cast<const int64_t*>(ii.ptr), o);
+            }
             return out;
           },
           py::arg("indices").noconvert())
@@ -314,7 +378,11 @@ PYBIND11_MODULE(_core, m) {
             auto ii = indices.request();
             if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
             CArray<double> out(ii.shape[0]);
-            r.Probabilities(ii.shape[0], static_cast<const int64_t*>(ii.ptr), out.mutable_data());
+            double* o = out.mutable_data();
+            {
+              py::gil_scoped_release release;
+              r.Probabilities(ii.shape[0], static_cast<const int64_t*>(ii.ptr), o);
+            }
             return out;
           },
           py::arg("indices").noconvert())
@@ -323,7 +391,10 @@ PYBIND11_MODULE(_core, m) {
       .def("valid_indices",
            [](const ReplayRing& r) {
              std::vector<int64_t> v;
-             r.ValidIndices(&v);
+             {
+               py::gil_scoped_release release;
+               r.ValidIndices(&v);
+             }
              CArray<int64_t> out(static_cast<py::ssize_t>(v.size()));
              std::copy(v.begin(), v.end(), out.mutable_data());
              return out;
@@ -334,8 +405,12 @@ PYBIND11_MODULE(_core, m) {
             auto ii = indices.request();
             if (ii.ndim != 1) throw std::invalid_argument("indices must be 1-D");
             CArray<int64_t> env(ii.shape[0]), step(ii.shape[0]);
-            r.Locate(ii.shape[0], static_cast<const int64_t*>(ii.ptr), env.mutable_data(),
-                     step.mutable_data());
+            int64_t* e = env.mutable_data();
+            int64_t* t = step.mutable_data();
+            {
+              py::gil_scoped_release release;
+              r.Locate(ii.shape[0], static_cast<const int64_t*>(ii.ptr), e, t);
+            }
             return py::make_tuple(env, step);
           },
           py::arg("indices").noconvert())
@@ -348,21 +423,19 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("capacity", &ReplayRing::capacity)
       .def_property_readonly("num_threads",
                              [](const ReplayRing& r) { return r.config().num_threads; })
-      .def("_storage", [](py::object self) {
-        // Zero-copy views of the raw arrays (for save/load); they keep the ring alive.
-        ReplayRing& r = self.cast<ReplayRing&>();
-        const int64_t ne = r.config().num_envs, seg = r.segment_capacity();
-        py::dict d;
-        if (r.frames() != nullptr) {  // absent with store_frames=false
-          d["frames"] = View<uint8_t>(self, r.frames(), {ne, seg, r.config().frame_bytes});
-        }
-        d["actions"] = View<int32_t>(self, r.actions(), {ne, seg});
-        d["rewards"] = View<float>(self, r.rewards(), {ne, seg});
-        d["flags"] = View<uint8_t>(self, r.flags(), {ne, seg});
-        d["cursors"] = View<int64_t>(self, r.cursors(), {ne});
-        if (r.priorities() != nullptr) {  // prioritized rings: raw p_i per slot
-          d["priorities"] = View<double>(self, r.priorities(), {ne, seg});
-        }
-        return d;
-      });
+      .def("_storage",
+           [](py::object self) {
+             // Zero-copy views of the raw arrays (for save and the load-time checks);
+             // they keep the ring alive, and refuse writes: _restore is the one way in.
+             py::dict d;
+             for (const RawArray& a : RawArrays(self.cast<const ReplayRing&>())) {
+               py::array view(a.dtype, a.shape, a.data, self);
+               view.attr("setflags")(py::arg("write") = false);
+               d[a.name] = view;
+             }
+             return d;
+           })
+      .def("_restore", &Restore, py::arg("name"), py::arg("array"),
+           "Copies array over the raw array `name` (its exact dtype and shape, as _storage "
+           "shows them); call rebuild_index after the last one.");
 }

@@ -399,6 +399,66 @@ void ReplayRing::set_max_priority(double p) {
   if (prioritized_ != nullptr) prioritized_->set_max_priority(p);
 }
 
+uint64_t ReplayRing::rng_state() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return rng_.state();
+}
+
+void ReplayRing::set_rng_state(uint64_t s) {
+  std::lock_guard<std::mutex> lock(mu_);
+  rng_.set_state(s);
+}
+
+int64_t ReplayRing::RawBytes(Raw which) const {
+  const int64_t slots = capacity();
+  switch (which) {
+    case Raw::kFrames:
+      return frames_ != nullptr ? frames_bytes_ : 0;
+    case Raw::kActions:
+      return slots * static_cast<int64_t>(sizeof(int32_t));
+    case Raw::kRewards:
+      return slots * static_cast<int64_t>(sizeof(float));
+    case Raw::kFlags:
+      return slots * static_cast<int64_t>(sizeof(uint8_t));
+    case Raw::kCursors:
+      return config_.num_envs * static_cast<int64_t>(sizeof(int64_t));
+    case Raw::kPriorities:
+      return prioritized_ != nullptr ? slots * static_cast<int64_t>(sizeof(double)) : 0;
+  }
+  return 0;
+}
+
+void ReplayRing::Restore(Raw which, const void* src, int64_t bytes) {
+  const int64_t expect = RawBytes(which);
+  if (expect == 0 || bytes != expect) {
+    throw std::invalid_argument("raw array " + Str(static_cast<int>(which)) + " holds " +
+                                Str(expect) + " bytes, got " + Str(bytes));
+  }
+  void* dst = nullptr;
+  switch (which) {
+    case Raw::kFrames:
+      dst = frames_;
+      break;
+    case Raw::kActions:
+      dst = actions_.data();
+      break;
+    case Raw::kRewards:
+      dst = rewards_.data();
+      break;
+    case Raw::kFlags:
+      dst = flags_.data();
+      break;
+    case Raw::kCursors:
+      dst = cursors_.data();
+      break;
+    case Raw::kPriorities:
+      dst = prioritized_->priorities();
+      break;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  std::memcpy(dst, src, bytes);
+}
+
 int64_t ReplayRing::NumValid() const {
   std::lock_guard<std::mutex> lock(mu_);
   return sampler_->NumValid();

@@ -169,19 +169,33 @@ class ReplayRing {
   // writing the raw arrays below (loading a saved ring).
   void RebuildIndex();
 
-  // Raw storage, for save/load (numpy views in the bindings).
-  uint8_t* frames() { return frames_; }
-  int32_t* actions() { return actions_.data(); }
-  float* rewards() { return rewards_.data(); }
-  uint8_t* flags() { return flags_.data(); }
-  int64_t* cursors() { return cursors_.data(); }
-  // Prioritized rings only (null / 0 otherwise): raw priorities [capacity]
-  // and the largest reported so far; call RebuildIndex after writing them.
-  double* priorities() { return prioritized_ != nullptr ? prioritized_->priorities() : nullptr; }
+  // Raw storage, for save/load. Read it through the pointers below (read-only
+  // numpy views in the bindings); write it only through Restore, then call
+  // RebuildIndex: a write elsewhere would change steps behind the sampler.
+  enum class Raw { kFrames, kActions, kRewards, kFlags, kCursors, kPriorities };
+  const uint8_t* frames() const { return frames_; }  // null: store_frames off
+  const int32_t* actions() const { return actions_.data(); }
+  const float* rewards() const { return rewards_.data(); }
+  const uint8_t* flags() const { return flags_.data(); }
+  const int64_t* cursors() const { return cursors_.data(); }
+  // Prioritized rings only (null otherwise): raw priorities [capacity].
+  const double* priorities() const {
+    return prioritized_ != nullptr ? prioritized_->priorities() : nullptr;
+  }
+  // Bytes of raw array `which` (0 where the ring keeps none: frames with
+  // store_frames off, priorities of a uniform ring).
+  int64_t RawBytes(Raw which) const;
+  // Copies `bytes` bytes from src over raw array `which`, under the ring's lock.
+  // Throws std::invalid_argument, having written nothing, unless bytes ==
+  // RawBytes(which) > 0.
+  void Restore(Raw which, const void* src, int64_t bytes);
+  // Prioritized rings: the largest priority reported so far (uniform: 1).
   double max_priority() const;
   void set_max_priority(double p);
-  uint64_t rng_state() const { return rng_.state(); }
-  void set_rng_state(uint64_t s) { rng_.set_state(s); }
+  // The sampler's RNG, under the lock like every other accessor (a sample in
+  // another thread draws from it).
+  uint64_t rng_state() const;
+  void set_rng_state(uint64_t s);
 
   const RingConfig& config() const { return config_; }
   int64_t segment_capacity() const { return seg_; }

@@ -18,7 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -439,53 +439,73 @@ def test_non_finite_metrics_and_weights_are_caught_without_a_sync_per_update(
 
 
 # ------------------------------------------------------------------ SIGTERM in a long update burst
-def catches_sigterm(pid: int) -> bool:
-    """Whether process ``pid`` has a handler for SIGTERM (its SigCgt mask in /proc)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    mask = next((int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt:")), 0)
-    return bool(mask >> (signal.SIGTERM - 1) & 1)
+# ``python -m dqnfast.train`` as it is, plus one line on stderr after the learner's first update:
+# from then on the run is inside a burst of ~6e7 updates (hours), so a signal sent on that line
+# lands in the burst, whatever the machine's speed.
+FIRST_UPDATE = "first update done"
+_TRAIN_ANNOUNCING_THE_FIRST_UPDATE = f"""
+import runpy, sys
+from dqnfast.learner import Learner
+
+update = Learner.update
+
+def announced(self, batch):
+    metrics = update(self, batch)
+    if self.num_updates == 1:
+        print({FIRST_UPDATE!r}, file=sys.stderr, flush=True)
+    return metrics
+
+Learner.update = announced
+runpy.run_module("dqnfast.train", run_name="__main__", alter_sys=True)
+"""
 
 
 def test_sigterm_stops_a_long_update_burst_and_checkpoints(tmp_path):
     from dqnfast.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dqnfast.train",
-            *tiny(algo__learning_starts=0, algo__replay_ratio="1e9", algo__total_steps=100_000),
-            f"hydra.run.dir={run}",
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    overrides = tiny(algo__learning_starts=0, algo__replay_ratio="1e9", algo__total_steps=100_000)
+    with open(tmp_path / "stdout.txt", "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _TRAIN_ANNOUNCING_THE_FIRST_UPDATE, *overrides, f"hydra.run.dir={run}"],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    lines: list[str] = []
+    announced = threading.Event()
+
+    def read_stderr() -> None:  # until the run exits; the line is the moment to signal
+        for line in proc.stderr:
+            lines.append(line)
+            if line.strip() == FIRST_UPDATE:
+                announced.set()
+        announced.set()  # exited without it: the wait below ends and the poll fails the test
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
     try:
-        while not catches_sigterm(proc.pid):  # the run's handler is installed just before the loop
-            if proc.poll() is not None:
-                pytest.fail(proc.stderr.read()[-3000:])
-            time.sleep(0.2)
-        time.sleep(10)  # well inside the first burst of ~6e7 updates (hours)
+        # the timeouts only turn a hang into a failure
+        if not announced.wait(timeout=900) or proc.poll() is not None:
+            pytest.fail("the run exited or hung before its first update: " + "".join(lines)[-3000:])
         proc.send_signal(signal.SIGTERM)
         try:
-            _, err = proc.communicate(timeout=900)  # unfixed: the burst runs for hours
+            proc.wait(timeout=900)  # unfixed: the burst runs for hours
         except subprocess.TimeoutExpired:
             pytest.fail("SIGTERM was not acted on inside the update burst")
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reader.join()
+    err = "".join(lines)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert "Traceback" not in err and "SIGTERM: stopped at" in err
     ck = load_checkpoint(run / "checkpoint.pt")
     assert ck["counters"]["updates"] > 0 and ck["counters"]["env_steps"] < 1000
+    assert ck["loop"]["update_budget"] >= 1.0  # stopped inside the burst: the rest of it is owed
 
 
 @pytest.mark.parametrize(

@@ -610,3 +610,110 @@ def test_prefetcher_alternates_two_buffers_and_draws_what_sample_draws(frames_de
         ptrs.append(got.frames.data_ptr())
     assert ptrs[0] == ptrs[2] and ptrs[1] == ptrs[3] and ptrs[0] != ptrs[1]  # two buffers, in turn
     assert pf.buffers[0].buffers.copied is None  # nothing to wait for off CUDA
+
+
+# ------------------------------------------------------------------- the core's raw arrays
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_raw_storage_views_are_read_only(prioritized):
+    """The zero-copy views ``save`` reads alias the ring: a write through one would change
+    steps behind the ring's validity index, so every view refuses writes."""
+    ring = ReplayRing(SEG * E, E, (84, 84), stack=4, n_step=3, gamma=0.9, seed=0, prioritized=prioritized)
+    for a in _episode_adds(steps=40):
+        ring.add(*a)
+    v = ring.valid_indices()
+    before = ring.gather(v)
+    views = ring._ring._storage()
+    assert set(views) >= {"frames", "actions", "rewards", "flags", "cursors"}
+    assert ("priorities" in views) == prioritized
+    for name, view in views.items():
+        assert not view.flags.writeable, name
+        with pytest.raises(ValueError, match="read-only"):
+            view[...] = 0
+    np.testing.assert_array_equal(ring.valid_indices(), v)
+    _assert_batch_equal(ring.gather(v), before)
+
+
+@pytest.mark.parametrize(
+    "name, array, says",
+    [
+        ("actions", np.zeros((E, SEG), np.int64), "int32"),
+        ("rewards", np.zeros((E, SEG + 1), np.float32), f"[{E}, {SEG}]"),
+        ("cursors", np.zeros(E + 1, np.int64), f"[{E}]"),
+        ("frames", np.zeros((E, SEG, 84), np.uint8), f"[{E}, {SEG}, {84 * 84}]"),
+        ("priorities", np.zeros((E, SEG)), "no array priorities"),
+        ("weights", np.zeros((E, SEG)), "no array weights"),
+    ],
+)
+def test_restoring_a_raw_array_of_another_shape_or_dtype_is_refused(name, array, says):
+    ring, _ = _filled(seed=3)
+    v = ring.valid_indices()
+    before = ring.gather(v)
+    with pytest.raises(ValueError) as ei:
+        ring._ring._restore(name, array)
+    assert says in _one_line(ei)
+    np.testing.assert_array_equal(ring.valid_indices(), v)
+    _assert_batch_equal(ring.gather(v), before)
+
+
+# ------------------------------------------------------------------- the GIL
+def _other_thread_runs_during(call, tries: int = 200) -> bool:
+    """Whether another Python thread runs while ``call`` is in the core.
+
+    The switch interval is raised so far that a thread holding the GIL never hands it on by
+    itself: a call that keeps the GIL lets the other thread run at no point between the two
+    reads of its counter, every time. A call that releases it lets the other thread (which
+    hands the GIL back at once after each count) in while the core works.
+    """
+    import threading
+
+    count, done = [0], threading.Event()
+
+    def spin():
+        while not done.is_set():
+            count[0] += 1
+            time.sleep(0)  # releases the GIL
+
+    interval = sys.getswitchinterval()
+    thread = threading.Thread(target=spin, daemon=True)
+    sys.setswitchinterval(1000.0)
+    try:
+        thread.start()
+        for _ in range(tries):
+            before = count[0]
+            call()
+            if count[0] != before:
+                return True
+        return False
+    finally:
+        done.set()
+        sys.setswitchinterval(interval)
+        thread.join()
+
+
+@pytest.mark.parametrize("scan", ["valid_indices", "locate", "priorities", "probabilities", "rebuild_index"])
+def test_scans_over_the_whole_ring_release_the_gil(scan):
+    """A scan of every slot (a million here) lets the other Python threads run meanwhile,
+    as sampling and adding do: a training loop's logging thread is not stalled by it."""
+    num_envs, seg = 4, 250_000
+    ring = ReplayRing(num_envs * seg, num_envs, (1,), stack=1, n_step=1, seed=0, prioritized=True)
+    for t in range(64):
+        z = np.zeros(num_envs, bool)
+        ring.add(
+            np.arange(num_envs),
+            np.zeros((num_envs, 1), np.uint8),
+            np.zeros(num_envs, int),
+            np.ones(num_envs),
+            z,
+            z,
+            z | (t == 0),
+        )
+    written = np.tile(ring.valid_indices(), ring.capacity // len(ring))  # a million, all written
+    every = np.arange(ring.capacity, dtype=np.int64)
+    calls = {
+        "valid_indices": ring.valid_indices,
+        "locate": lambda: ring.locate(written),
+        "priorities": lambda: ring.priorities(every),
+        "probabilities": lambda: ring.probabilities(every),
+        "rebuild_index": ring._ring.rebuild_index,
+    }
+    assert _other_thread_runs_during(calls[scan])

@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
-# Builds .device/: the carry folder that gives the lent GPU machine (Python 3.12, torch with
-# CUDA, numba, pybind11, cmake, ninja, pytest; no envpool/hydra/wandb, no network) what
-# dqnfast needs at start-up. Run here (with network), then on the device call
-#   bash benchmarks/device/setup.sh && <your command>
-# with carry=[".device"]. Recipe: ../shared/device/README.md. About 15 MiB.
+# Builds .device/ (ignored by git): what a GPU machine without network needs beside the
+# repository to run dqnfast. That machine has Python 3.12, torch with CUDA, numba, pybind11,
+# cmake, ninja and pytest, and no envpool, hydra or wandb. Run this on a machine with network;
+# copy .device/ to the GPU machine with the working tree and start each command there with
+#   . benchmarks/device/setup.sh && <your command>
+# benchmarks/README.md ("On the GPU machine") lists the measurements. About 15 MiB.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-ex=$(git rev-parse --git-path info/exclude); mkdir -p "$(dirname "$ex")"
-grep -qxF '/.device/' "$ex" 2>/dev/null || echo '/.device/' >> "$ex"
 rm -rf .device && mkdir -p .device/whl
 dl() {
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -34,6 +33,6 @@ cp -r "$src"/envpool.libs "$dst/"
 cp "$src"/envpool_assets/__init__.py "$dst/envpool_assets/"
 cp -r "$src"/envpool_assets/atari "$dst/envpool_assets/"
 # Only the Atari and classic-control registrations: the other subpackages load their own .so.
-printf '"""Trimmed for the device carry."""\nimport envpool.atari.registration  # noqa: F401\nimport envpool.classic_control.registration  # noqa: F401\n' > "$dst/envpool/entry.py"
+printf '"""Trimmed to the Atari and classic-control registrations."""\nimport envpool.atari.registration  # noqa: F401\nimport envpool.classic_control.registration  # noqa: F401\n' > "$dst/envpool/entry.py"
 rm -rf "$tmp"
 du -sh .device

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The GPU session's measurements, in calls that each fit the device's 10-minute command limit.
-# On the device (repo root, carry=[".device"], after `bash benchmarks/device/prepare.sh` here):
+# The GPU machine's measurements, in calls that each fit its 10-minute command limit.
+# On the GPU machine (repo root, with the .device/ that `bash benchmarks/device/prepare.sh`
+# builds on a machine with network copied beside it):
 #
 #   . benchmarks/device/setup.sh && bash benchmarks/device/run.sh fps     # ~8 min
 #   . benchmarks/device/setup.sh && bash benchmarks/device/run.sh pong    # ~5 min
@@ -10,7 +11,7 @@
 #   pong  python -m dqnfast.train on Pong at the Nature ratio (defaults: 8 envs, B=32,
 #         CUDA graphs), stopped by SIGINT after $PONG_SECONDS (default 270) -> $OUT/metrics.csv,
 #         $OUT/train.log; 10M agent steps extrapolate from the steady SPS after learning starts
-#         (`python benchmarks/device/run.sh extrapolate <metrics.csv>` here)
+#         (`bash benchmarks/device/run.sh extrapolate <metrics.csv>` on any machine)
 #   split if a call nears the limit: `run.sh fps-a` (env, actor, replay) and `run.sh fps-b`
 #         (learner, e2e, peer)
 set -uo pipefail

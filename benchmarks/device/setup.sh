@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On the device machine (repo root, .device carried): installs the carried wheels into
+# On the GPU machine (repo root, .device/ copied beside it): installs its wheels into
 # /tmp/site, builds dqnfast in place, and checks that envpool and dqnfast import. Source it
 # (". benchmarks/device/setup.sh") so PYTHONPATH stays set for the command that follows.
 set -e

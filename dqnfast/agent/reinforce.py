@@ -86,12 +86,6 @@ class PolicySpec:
             "hidden": list(self.hidden),
         }
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PolicySpec:
-        return cls(
-            int(d["obs_shape"][0]), int(d["num_actions"]), tuple(int(h) for h in d["hidden"]), d["kind"] != "policy"
-        )
-
 
 class PolicyNetwork(nn.Module):
     """obs float32[B, d] -> action logits float32[B, A] (argmax = the greedy action).
@@ -106,12 +100,6 @@ class PolicyNetwork(nn.Module):
         self.spec = PolicySpec(int(obs_dim), int(num_actions), tuple(int(h) for h in hidden), bool(value))
         self.policy = self._mlp(obs_dim, num_actions, hidden)
         self.value_head = self._mlp(obs_dim, 1, hidden) if value else None
-
-    @classmethod
-    def from_spec(cls, spec: PolicySpec | dict[str, Any]) -> PolicyNetwork:
-        """The network a checkpoint's ``network`` entry (or a ``PolicySpec``) describes, freshly initialised."""
-        s = spec if isinstance(spec, PolicySpec) else PolicySpec.from_dict(spec)
-        return cls(s.obs_dim, s.num_actions, s.hidden, value=s.value)
 
     @staticmethod
     def _mlp(d: int, out: int, hidden: Sequence[int]) -> nn.Sequential:

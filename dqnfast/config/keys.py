@@ -16,7 +16,7 @@ import inspect
 import re
 from typing import Any, Mapping
 
-__all__ = ["ONLY_WITH", "REINFORCE_READS", "applies", "describe", "field_docs", "needs", "summary"]
+__all__ = ["ONLY_WITH", "REINFORCE_READS", "describe", "field_docs", "needs", "summary"]
 
 # Keys that a run reads only under one choice: key (or section) -> (choosing key, its value).
 ONLY_WITH: dict[str, tuple[str, str]] = {
@@ -118,8 +118,3 @@ def needs(key: str, config: Mapping[str, Any]) -> str | None:
         if _within(key, section) and str(_lookup(config, choice)).lower() != value:
             return f"{choice.split('.')[0]}={value}"  # optim.name=rmsprop: the option optim=rmsprop
     return None
-
-
-def applies(key: str, config: Mapping[str, Any]) -> bool:
-    """Whether a run with ``config`` (the composed config as nested dicts) reads ``key``."""
-    return needs(key, config) is None

@@ -616,7 +616,7 @@ class ReplayRing:
             if name == "frames":
                 ring._storage.restore_frames(arr)
             else:
-                view[...] = arr
+                ring._ring._restore(name, arr)
             del arr
         if expect_digest is not None and h.hexdigest() != expect_digest:
             raise bad("checksum mismatch (its contents changed after it was written)")

@@ -131,7 +131,7 @@ class HostFrames:
         return self._core._storage()["frames"]
 
     def restore_frames(self, arr: np.ndarray) -> None:
-        self._core._storage()["frames"][...] = arr
+        self._core._restore("frames", arr)
 
     def host_frames(self) -> np.ndarray | None:
         """The frames as frame_dtype values (for the load-time check of float frames)."""
