@@ -11,7 +11,8 @@ or its ``eval/``), and writes
   reference scores, ``dqnfast.atari_scores``), the last training score; then, when a
   config ran on two or more such games, the interquartile mean (IQM) of human-normalized
   scores across games and seeds with a stratified-bootstrap 95% CI (Agarwal et al. 2021);
-  the learning curves; every job and its status; the best Optuna trial if there is one.
+  the learning curves; every job and its status (failed jobs with their one-line error,
+  jobs of the sweep that never ran); the best Optuna trial if there is one.
 * ``report.png``: learning curves (training score of the recent games against agent steps),
   one panel per game, the mean over seeds of each config with a ± std band.
 * ``report.csv``: the game x config table, for other tools.
@@ -19,7 +20,10 @@ or its ``eval/``), and writes
 A *config* is the set of command-line overrides that differ between jobs, other than
 ``seed`` and ``game`` (from each job's ``.hydra/overrides.yaml``); ``default`` when all
 jobs share them. The score of a job is its final greedy evaluation (``eval.json``'s
-``mean``); jobs without one (still running, crashed) are listed but not scored.
+``mean``); jobs without one (still running, failed: ``failed.json``) are listed but not
+scored. A job whose files cannot be read (not text, not the JSON or YAML they should be)
+is named and skipped, never the end of the report. Every value read from a job's files is
+escaped for Markdown where report.md shows it.
 
 Statistics come from scipy: the per-row CI is Student's t interval of the mean over seeds
 (sound for the 3-10 seeds of a sweep, where a percentile bootstrap is too narrow); the
@@ -30,31 +34,43 @@ within each game (rliable's stratified bootstrap).
 from __future__ import annotations
 
 import csv
+import html
+import io
 import json
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from dqnfast.atari_scores import REFERENCE_SCORES, human_normalized
 from dqnfast.atomic import atomic_open
+from dqnfast.failure import read_failure
 
 __all__ = [
     "Job",
+    "JobError",
+    "Missing",
+    "Skipped",
     "Row",
     "Aggregate",
     "collect_jobs",
+    "scan_jobs",
     "is_training_job",
     "config_labels",
     "summarize",
     "aggregate",
+    "missing_jobs",
     "mean_ci",
     "iqm_ci",
     "write_report",
+    "md_text",
+    "md_code",
+    "score_text",
     "main",
 ]
 
@@ -71,6 +87,8 @@ class Job:
     game: the short game name (``Pong``, ``CartPole``). seed: its seed. eval: eval.json's
     dict (None if missing). curve: float64[K, 2] (env_steps, score_mean) rows of
     metrics.csv with a score. config: its config label (set by ``collect_jobs``).
+    failure: its standing ``failed.json`` (``{"error", "exit_code"}``), None if it did not
+    fail. notes: what was off in its files but did not stop it being read (a cut last line).
     """
 
     path: Path
@@ -81,6 +99,8 @@ class Job:
     curve: np.ndarray
     env_steps: int = 0
     config: str = DEFAULT_LABEL
+    failure: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def score(self) -> float:
@@ -95,9 +115,37 @@ class Job:
 
     @property
     def status(self) -> str:
+        """``done``, ``failed``, ``no eval.json`` (running, or stopped) or ``no eval score``."""
+        if self.failure is not None:
+            return "failed"
         if self.eval is not None and math.isfinite(self.score):
             return "done"
         return "no eval.json" if self.eval is None else "no eval score"
+
+
+class JobError(ValueError):
+    """A job's file cannot be read as what it should be; ``str()`` names the file and why, in one line."""
+
+
+@dataclass
+class Skipped:
+    """A job left out of the report: its run dir and why (``JobError``'s line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Missing:
+    """A job of a sweep's plan that never ran: the sweep dir, its number in the plan, its overrides.
+
+    config: its config label among the jobs that ran (set by ``write_report``).
+    """
+
+    sweep: Path
+    num: int
+    overrides: list[str]
+    config: str = DEFAULT_LABEL
 
 
 def _short_game(name: Any) -> str:
@@ -112,48 +160,96 @@ def _parse_override(o: str) -> tuple[str, str] | None:
     return key.lstrip("+"), value
 
 
-def _read_curve(path: Path) -> tuple[np.ndarray, int]:
+def _read_text(path: Path, run_dir: Path) -> str:
+    """The UTF-8 text of a job's file; raises JobError naming it (relative to the run dir)."""
+    name = path.relative_to(run_dir).as_posix()
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise JobError(f"{name} is not UTF-8 text") from None
+    except OSError as e:
+        raise JobError(f"{name} cannot be read ({e.strerror or type(e).__name__})") from None
+
+
+def _read_yaml(path: Path, run_dir: Path, kind: type) -> Any:
+    """A job's YAML file, which must hold a ``kind`` (or nothing: ``kind()``); raises JobError."""
+    import yaml
+
+    name = path.relative_to(run_dir).as_posix()
+    try:
+        value = yaml.safe_load(_read_text(path, run_dir))
+    except yaml.YAMLError as e:
+        raise JobError(f"{name} is not valid YAML ({type(e).__name__})") from None
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise JobError(f"{name} holds a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _read_curve(path: Path, run_dir: Path) -> tuple[np.ndarray, int, list[str]]:
+    """(float64[K, 2] of (env_steps, score_mean), the last env_steps, notes) of a metrics.csv.
+
+    A last line without its line end (the run was killed while writing it) is left out
+    and noted: its numbers may be cut short. Raises JobError for a file that is not CSV text.
+    """
     if not path.exists():
-        return np.zeros((0, 2)), 0
+        return np.zeros((0, 2)), 0, []
+    text = _read_text(path, run_dir)
+    notes = []
+    if text and not text.endswith(("\n", "\r")):
+        text = text[: max(text.rfind("\n"), text.rfind("\r")) + 1]
+        notes.append("metrics.csv's last line is cut (left out)")
     pts, steps = [], 0
-    with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+    try:
+        for r in csv.DictReader(io.StringIO(text, newline="")):
             try:
                 x = float(r["env_steps"])
-                steps = max(steps, int(x))
                 y = float(r.get("score_mean", "nan"))
             except (KeyError, TypeError, ValueError):
                 continue
-            if math.isfinite(y):
+            if math.isfinite(x):
+                steps = max(steps, int(x))
+            if math.isfinite(x) and math.isfinite(y):
                 pts.append((x, y))
-    return np.asarray(pts, np.float64).reshape(-1, 2), steps
+    except csv.Error as e:
+        raise JobError(f"metrics.csv is not CSV ({' '.join(str(e).split())})") from None
+    return np.asarray(pts, np.float64).reshape(-1, 2), steps, notes
+
+
+def _read_eval(run_dir: Path) -> dict[str, Any] | None:
+    """The job's eval.json (the run dir's, else its ``eval/``), None if there is none; raises JobError."""
+    for path in (run_dir / "eval.json", run_dir / "eval" / "eval.json"):
+        if not path.exists():
+            continue
+        name = path.relative_to(run_dir).as_posix()
+        try:
+            ev = json.loads(_read_text(path, run_dir))
+        except json.JSONDecodeError:
+            raise JobError(f"{name} is not JSON") from None
+        if not isinstance(ev, dict):
+            raise JobError(f"{name} holds a JSON {type(ev).__name__}, not an object")
+        return ev
+    return None
 
 
 def _load_job(run_dir: Path) -> Job:
-    import yaml
-
-    overrides = [str(o) for o in (yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])]
+    """A job's files as a Job; raises JobError (one line naming the file) for one that cannot be read."""
+    overrides = [str(o) for o in _read_yaml(run_dir / ".hydra" / "overrides.yaml", run_dir, list)]
     cfg_path = run_dir / ".hydra" / "config.yaml"
-    cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.exists() else {}
-    ev = None
-    for path in (run_dir / "eval.json", run_dir / "eval" / "eval.json"):
-        if path.exists():
-            try:
-                ev = json.loads(path.read_text())
-                break
-            except json.JSONDecodeError:
-                continue
+    cfg = _read_yaml(cfg_path, run_dir, dict) if cfg_path.exists() else {}
+    ev = _read_eval(run_dir)
     kv = dict(filter(None, map(_parse_override, overrides)))
     game = _short_game((ev or {}).get("game") or cfg.get("game") or kv.get("game"))
     seed = cfg.get("seed", kv.get("seed"))
     try:
         seed = int(seed) if seed is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         seed = None
-    curve, steps = _read_curve(run_dir / "metrics.csv")
+    curve, steps, notes = _read_curve(run_dir / "metrics.csv", run_dir)
     if ev and isinstance(ev.get("env_steps"), int):
         steps = max(steps, ev["env_steps"])
-    return Job(run_dir, overrides, game, seed, ev, curve, steps)
+    return Job(run_dir, overrides, game, seed, ev, curve, steps, failure=read_failure(run_dir), notes=notes)
 
 
 def config_labels(overrides: Sequence[Sequence[str]]) -> list[str]:
@@ -182,24 +278,60 @@ def is_training_job(run_dir: Path) -> bool:
     if not (hydra_dir / "overrides.yaml").exists():
         return False
     try:
-        cfg = yaml.safe_load((hydra_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        cfg = yaml.safe_load((hydra_dir / "config.yaml").read_bytes().decode("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 text
         return True
     return not (isinstance(cfg, dict) and "run" in cfg)
 
 
-def collect_jobs(dirs: Iterable[str | Path]) -> list[Job]:
-    """Every training job under ``dirs`` (``is_training_job``), labelled by config."""
+def scan_jobs(dirs: Iterable[str | Path]) -> tuple[list[Job], list[Skipped]]:
+    """Every training job under ``dirs`` (``is_training_job``), labelled by config, and those skipped.
+
+    A job whose files cannot be read (``JobError``) is skipped, with its reason, so one bad
+    folder never stops the others being reported.
+    """
     runs: list[Path] = []
     for d in map(Path, dirs):
         runs += [d] if is_training_job(d) else []
         runs += sorted(p.parent.parent for p in d.rglob(".hydra/overrides.yaml") if p.parent.parent != d)
     runs = [p for p in runs if is_training_job(p)]
     runs = sorted(set(runs), key=lambda p: (str(p.parent), _natural(p.name)))
-    jobs = [_load_job(p) for p in runs]
+    jobs, skipped = [], []
+    for p in runs:
+        try:
+            jobs.append(_load_job(p))
+        except JobError as e:
+            skipped.append(Skipped(p, str(e)))
     for job, label in zip(jobs, config_labels([j.overrides for j in jobs])):
         job.config = label
-    return jobs
+    return jobs, skipped
+
+
+def collect_jobs(dirs: Iterable[str | Path]) -> list[Job]:
+    """Every readable training job under ``dirs``, labelled by config (``scan_jobs`` without the skipped)."""
+    return scan_jobs(dirs)[0]
+
+
+def missing_jobs(
+    planned: Mapping[Path, Sequence[Sequence[str]]], jobs: Sequence[Job], skipped: Sequence[Skipped]
+) -> list[Missing]:
+    """The jobs of each sweep's plan (sweep dir -> each job's overrides, in order) that left no folder.
+
+    A planned job ran when a job under its sweep dir has the same overrides, or when its
+    numbered folder (Hydra's ``<sweep>/<num>``) holds a skipped job, whose overrides could
+    not be read.
+    """
+    out = []
+    unread = {s.path for s in skipped}
+    for sweep, plan in planned.items():
+        sweep = Path(sweep)
+        ran = [sorted(j.overrides) for j in jobs if sweep == j.path or sweep in j.path.parents]
+        for num, overrides in enumerate(plan):
+            if sorted(overrides) in ran:
+                ran.remove(sorted(overrides))
+            elif sweep / str(num) not in unread:
+                out.append(Missing(sweep, num, list(overrides)))
+    return out
 
 
 def _natural(name: str) -> tuple:
@@ -210,7 +342,7 @@ def _natural(name: str) -> tuple:
 def mean_ci(x: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, float]:
     """(mean, std, low, high) over seeds: sample std (ddof=1) and Student's t interval.
 
-    One value: std 0 and no interval (NaN bounds).
+    One value: no std and no interval (NaN: a sample std of one value is undefined).
     """
     from scipy import stats
 
@@ -219,7 +351,7 @@ def mean_ci(x: Sequence[float], confidence: float = 0.95) -> tuple[float, float,
         return (math.nan,) * 4
     m = float(a.mean())
     if len(a) == 1:
-        return m, 0.0, math.nan, math.nan
+        return m, math.nan, math.nan, math.nan
     sd = float(a.std(ddof=1))
     if sd == 0.0:
         return m, 0.0, m, m
@@ -360,15 +492,77 @@ def _ci(lo: float, hi: float, digits: int = 2) -> str:
     return f"[{_fmt(lo, digits)}, {_fmt(hi, digits)}]" if math.isfinite(lo) and math.isfinite(hi) else "–"
 
 
-def _md_cell(s: str) -> str:
-    return f"`{s}`" if s and s != DEFAULT_LABEL else (s or DEFAULT_LABEL)
+def score_text(r: Row) -> str:
+    """``mean ± std`` of a row; ``mean (n=1)`` for one seed, whose sample std is undefined; ``–`` for none."""
+    if r.n == 0:
+        return "–"
+    if r.n == 1:
+        return f"{_fmt(r.mean)} (n=1)"
+    return f"{_fmt(r.mean)} ± {_fmt(r.std)}"
 
 
-def plot_curves(rows: Sequence[Row], path: Path | IO[bytes]) -> Path | IO[bytes]:
-    """report.png: per game, each config's mean training score over seeds ± std against agent steps.
+# Markdown: every value read from a job's files (games, overrides, paths, errors) goes through these two.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
 
-    path: a file path or a binary file object (the atomic writer's); returned as given.
+
+def md_text(value: Any) -> str:
+    """``value`` as literal text in a Markdown table cell: one line, HTML and Markdown syntax escaped.
+
+    ``<``, ``>`` and ``&`` become entities (no raw HTML reaches a renderer such as MkDocs'
+    Python-Markdown); backslash, backtick, ``*``, ``_``, brackets and ``|`` (a cell's edge)
+    are backslash-escaped.
     """
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def md_code(value: Any) -> str:
+    """``value`` as a Markdown code span in a table cell (``md_text`` when it holds a ``|``).
+
+    The span's fence is one backtick longer than the longest run of backticks in the value,
+    padded with spaces when the value starts or ends with one, so no value closes it early.
+    A ``|`` would end a table cell inside a code span for some renderers (GitHub) and not
+    for others (Python-Markdown), and its escape reads differently in each: such a value
+    is written as escaped text instead.
+    """
+    text = " ".join(str(value).split())
+    if not text or "|" in text:
+        return md_text(text)
+    fence = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text[0] == "`" or text[-1] == "`" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _md_config(label: str) -> str:
+    return md_code(label) if label and label != DEFAULT_LABEL else DEFAULT_LABEL
+
+
+LEGEND_MAX = 10  # configs named in one panel's legend: more make it taller than the panel
+LABEL_MAX = 60  # characters of a config label in the legend (report.md has the whole label)
+
+
+def _legend(ax: Any, lines: Sequence[tuple[Any, str, float]]) -> None:
+    """A readable legend for one panel: at most ``LEGEND_MAX`` configs, those with the best last score.
+
+    lines: (line artist, label, last mean training score). Long labels are cut; a last
+    entry says how many configs the legend leaves out (report.md's tables list them all).
+    """
+    from matplotlib.lines import Line2D
+
+    if not lines:
+        return
+    shown = sorted(lines, key=lambda t: -t[2] if math.isfinite(t[2]) else math.inf)[:LEGEND_MAX]
+    shown = [t for t in lines if any(t is u for u in shown)]  # in the table's order
+    handles = [t[0] for t in shown]
+    labels = [t[1] if len(t[1]) <= LABEL_MAX else t[1][: LABEL_MAX - 1] + "…" for t in shown]
+    if len(lines) > len(shown):
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append(f"+{len(lines) - len(shown)} more configs (best {len(shown)} shown; report.md has all)")
+    ax.legend(handles, labels, fontsize="x-small" if len(lines) > 3 else "small")
+
+
+def curves_figure(rows: Sequence[Row]) -> Any:
+    """The learning-curves figure (a matplotlib ``Figure`` on the Agg canvas; ``plot_curves`` saves it)."""
     from matplotlib.figure import Figure  # the object API on the Agg canvas: no pyplot, no display
 
     games = list(dict.fromkeys(r.game for r in rows)) or ["(no jobs)"]
@@ -377,6 +571,7 @@ def plot_curves(rows: Sequence[Row], path: Path | IO[bytes]) -> Path | IO[bytes]
     fig = Figure(figsize=(5.2 * cols, 3.8 * nrows), dpi=110, layout="constrained")
     axes = fig.subplots(nrows, cols, squeeze=False)
     for ax, game in zip(axes.flat, games):
+        lines = []
         for r in (r for r in rows if r.game == game):
             curves = [j.curve for j in r.jobs if len(j.curve) >= 1]
             if not curves:
@@ -389,36 +584,49 @@ def plot_curves(rows: Sequence[Row], path: Path | IO[bytes]) -> Path | IO[bytes]
                 continue
             ys = np.stack([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
             m, sd = ys.mean(0), ys.std(0)
-            label = f"{r.config} (n={len(curves)})"
-            (line,) = ax.plot(grid, m, label=label, marker="o" if len(grid) == 1 else None)
+            (line,) = ax.plot(grid, m, marker="o" if len(grid) == 1 else None)
+            lines.append((line, f"{r.config} (n={len(curves)})", float(m[-1])))
             if len(curves) > 1:
                 ax.fill_between(grid, m - sd, m + sd, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_title(game)
         ax.set_xlabel("agent steps")
         ax.set_ylabel("training score (recent games)")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize="small")
+        _legend(ax, lines)
     for ax in list(axes.flat)[len(games) :]:
         ax.set_visible(False)
     fig.suptitle("learning curves: mean over seeds ± std")
-    fig.savefig(path, format="png")
+    return fig
+
+
+def plot_curves(rows: Sequence[Row], path: Path | IO[bytes]) -> Path | IO[bytes]:
+    """report.png: per game, each config's mean training score over seeds ± std against agent steps.
+
+    path: a file path or a binary file object (the atomic writer's); returned as given.
+    """
+    curves_figure(rows).savefig(path, format="png")
     return path
 
 
 def _optuna_section(dirs: Sequence[Path]) -> list[str]:
-    import yaml
 
     out = []
     for d in dirs:
         p = d / "optimization_results.yaml"
-        if p.exists():
-            res = yaml.safe_load(p.read_text()) or {}
-            out += ["", f"## Optuna: best trial ({p})", ""]
-            if "best_value" in res:
-                out.append(f"best value (final evaluation mean): **{_fmt(float(res['best_value']))}**")
-            for k, v in (res.get("best_params") or {}).items():
-                out.append(f"- `{k}={v}`")
+        if not p.exists():
+            continue
+        try:
+            res = _read_yaml(p, d, dict)
+        except JobError as e:
+            out += ["", f"## Optuna: best trial ({md_text(p)})", "", f"Not shown: {md_text(e)}."]
+            continue
+        out += ["", f"## Optuna: best trial ({md_text(p)})", ""]
+        best = res.get("best_value")
+        if isinstance(best, (int, float)):
+            out.append(f"best value (final evaluation mean): **{_fmt(float(best))}**")
+        params = res.get("best_params")
+        for k, v in (params if isinstance(params, dict) else {}).items():
+            out.append(f"- {md_code(f'{k}={v}')}")
     return out
 
 
@@ -438,22 +646,34 @@ CSV_COLUMNS = (
 
 
 def write_report(
-    dirs: Sequence[str | Path], out_dir: str | Path | None = None, *, reps: int = 2000, seed: int = 0
+    dirs: Sequence[str | Path],
+    out_dir: str | Path | None = None,
+    *,
+    reps: int = 2000,
+    seed: int = 0,
+    planned: Mapping[Path, Sequence[Sequence[str]]] | None = None,
 ) -> dict[str, Any]:
     """Collects the jobs under ``dirs`` and writes report.md, report.png and report.csv to ``out_dir``.
 
-    out_dir: default the first dir. Returns {"md", "png", "csv"}: the paths, and
-    {"rows", "aggregates"}: the tables. Raises FileNotFoundError if no job is found.
-    report.md reads top to bottom as the section functions are called here; every file is
-    written atomically, so a reader never sees half a report.
+    out_dir: default the first dir. planned: sweep dir -> the overrides of each job its
+    sweep launches (``dqnfast.cli.report`` reads them from Hydra's ``multirun.yaml``), so
+    jobs that never ran are listed as missing. Returns {"md", "png", "csv"}: the paths,
+    {"rows", "aggregates"}: the tables, {"skipped", "missing", "failed"}: the jobs left out
+    (``Skipped``), never run (``Missing``) and failed (``Job``). Raises FileNotFoundError if
+    no job is found. report.md reads top to bottom as the section functions are called
+    here; every file is written atomically, so a reader never sees half a report.
     """
     dirs = [Path(d) for d in dirs]
     for d in dirs:
         if not d.is_dir():
             raise FileNotFoundError(f"{d}: no such directory")
-    jobs = collect_jobs(dirs)
-    if not jobs:
+    jobs, skipped = scan_jobs(dirs)
+    if not jobs and not skipped:
         raise FileNotFoundError(f"no Hydra jobs (.hydra/overrides.yaml) under {', '.join(map(str, dirs))}")
+    missing = missing_jobs({Path(k): v for k, v in (planned or {}).items()}, jobs, skipped)
+    labels = config_labels([j.overrides for j in jobs] + [m.overrides for m in missing])
+    for m, label in zip(missing, labels[len(jobs) :]):
+        m.config = label
     out = Path(out_dir) if out_dir is not None else dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(jobs)
@@ -470,32 +690,54 @@ def write_report(
                 + [r.ci_low, r.ci_high, r.hns, r.train_score, r.env_steps]
             )
     md = (
-        _md_header(dirs, jobs, rows)
+        _md_header(dirs, jobs, rows, skipped, missing)
         + _md_scores(rows)
         + _md_aggregates(aggs, reps)
         + ["", "## Learning curves", "", f"![learning curves]({png.name})"]
-        + _md_jobs(jobs, out)
+        + _md_jobs(jobs, out, missing)
+        + _md_skipped(skipped, out)
         + _optuna_section(dirs)
     )
     with atomic_open(out / "report.md", "w") as f:
         f.write("\n".join(md) + "\n")
-    return {"md": out / "report.md", "png": png, "csv": out / "report.csv", "rows": rows, "aggregates": aggs}
+    return {
+        "md": out / "report.md",
+        "png": png,
+        "csv": out / "report.csv",
+        "rows": rows,
+        "aggregates": aggs,
+        "skipped": skipped,
+        "missing": missing,
+        "failed": [j for j in jobs if j.status == "failed"],
+    }
 
 
-def _md_header(dirs: Sequence[Path], jobs: Sequence[Job], rows: Sequence[Row]) -> list[str]:
+def _md_header(
+    dirs: Sequence[Path],
+    jobs: Sequence[Job],
+    rows: Sequence[Row],
+    skipped: Sequence[Skipped],
+    missing: Sequence[Missing],
+) -> list[str]:
     done = sum(j.status == "done" for j in jobs)
+    failed = sum(j.status == "failed" for j in jobs)
     games = list(dict.fromkeys(r.game for r in rows))
     configs = list(dict.fromkeys(r.config for r in rows))
-    eval_games = sorted({len(j.eval.get("scores", [])) for j in jobs if j.eval and j.eval.get("scores")})
+    eval_games = sorted({len(s) for j in jobs if j.eval and isinstance(s := j.eval.get("scores"), list) and s})
+    counts = [f"{done} with a final evaluation"]
+    counts += [f"{failed} failed"] if failed else []
+    counts += [f"{len(skipped)} skipped: unreadable files"] if skipped else []
+    counts += [f"{len(missing)} never ran"] if missing else []
     return [
         "# dqnfast report",
         "",
-        f"Sweep: {', '.join(f'`{d}`' for d in dirs)}: {len(jobs)} jobs ({done} with a final evaluation), "
-        f"{len(games)} game(s), {len(configs)} config(s).",
+        f"Sweep: {', '.join(md_code(d) for d in dirs)}: {len(jobs) + len(skipped) + len(missing)} jobs "
+        f"({', '.join(counts)}), {len(games)} game(s), {len(configs)} config(s).",
         "",
         "Score: the final greedy evaluation of each run (`eval.json` mean"
         + (f" over {'/'.join(map(str, eval_games))} games" if eval_games else "")
-        + "); mean ± std (sample) and Student-t 95% CI over seeds. Human-normalized: (score − random) / "
+        + "); mean ± std (sample) and Student-t 95% CI over seeds (one seed: n=1, no std or CI). "
+        "Human-normalized: (score − random) / "
         "(human − random) with the Atari-57 reference scores. Train score: the last `score_mean` of "
         "`metrics.csv`. Config: the overrides that differ between jobs, other than `seed` and `game`.",
     ]
@@ -510,11 +752,13 @@ def _md_scores(rows: Sequence[Row]) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        seeds = ", ".join(str(s) for s in r.seeds) or "–"
-        missing = len(r.jobs) - r.n
-        seeds += f" (+{missing} unfinished)" if missing else ""
+        seeds = ", ".join(md_text(s) for s in r.seeds) or "–"
+        failed = sum(j.status == "failed" for j in r.jobs)
+        unfinished = len(r.jobs) - r.n - failed
+        seeds += f" (+{failed} failed)" if failed else ""
+        seeds += f" (+{unfinished} unfinished)" if unfinished else ""
         md.append(
-            f"| {r.game} | {_md_cell(r.config)} | {seeds} | {_fmt(r.mean)} ± {_fmt(r.std)} | "
+            f"| {md_text(r.game)} | {_md_config(r.config)} | {seeds} | {score_text(r)} | "
             f"{_ci(r.ci_low, r.ci_high)} | {_fmt(r.hns, 3)} | {_fmt(r.train_score)} | {r.env_steps:,} |"
         )
     return md
@@ -536,13 +780,20 @@ def _md_aggregates(aggs: Sequence[Aggregate], reps: int) -> list[str]:
     ]
     for a in aggs:
         md.append(
-            f"| {_md_cell(a.config)} | {', '.join(a.games)} | {a.runs} | {_fmt(a.iqm, 3)} | "
+            f"| {_md_config(a.config)} | {md_text(', '.join(a.games))} | {a.runs} | {_fmt(a.iqm, 3)} | "
             f"{_ci(a.ci_low, a.ci_high, 3)} | {_fmt(a.mean, 3)} | {_fmt(a.median, 3)} |"
         )
     return md
 
 
-def _md_jobs(jobs: Sequence[Job], out: Path) -> list[str]:
+def _rel(path: Path, out: Path) -> Path:
+    try:
+        return path.relative_to(out)
+    except ValueError:
+        return path
+
+
+def _md_jobs(jobs: Sequence[Job], out: Path, missing: Sequence[Missing]) -> list[str]:
     md = [
         "",
         "## Jobs",
@@ -551,14 +802,28 @@ def _md_jobs(jobs: Sequence[Job], out: Path) -> list[str]:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for j in jobs:
-        try:
-            rel = j.path.relative_to(out)
-        except ValueError:
-            rel = j.path
+        status = j.status
+        if j.failure is not None:
+            code = j.failure.get("exit_code")
+            status = f"failed{f' (exit {code})' if code is not None else ''}: {j.failure['error']}"
+        status = "; ".join([status, *j.notes])
         md.append(
-            f"| `{rel}` | {j.game} | {_md_cell(j.config)} | {j.seed} | {_fmt(j.score)} | "
-            f"{_fmt(j.train_score)} | {j.status} |"
+            f"| {md_code(_rel(j.path, out))} | {md_text(j.game)} | {_md_config(j.config)} | {md_text(j.seed)} | "
+            f"{_fmt(j.score)} | {_fmt(j.train_score)} | {md_text(status)} |"
         )
+    for m in missing:
+        md.append(
+            f"| {md_code(_rel(m.sweep / str(m.num), out))} | – | {_md_config(m.config)} | – | – | – | "
+            "never ran (the sweep stopped before it) |"
+        )
+    return md
+
+
+def _md_skipped(skipped: Sequence[Skipped], out: Path) -> list[str]:
+    if not skipped:
+        return []
+    md = ["", "## Skipped jobs", "", "Their files could not be read; the report leaves them out.", ""]
+    md += [f"- {md_code(_rel(s.path, out))}: {md_text(s.reason)}" for s in skipped]
     return md
 
 

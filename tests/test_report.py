@@ -94,7 +94,8 @@ def test_mean_ci_is_students_t_interval_over_seeds():
     assert m == pytest.approx(7 / 3) and sd == pytest.approx(np.std(x, ddof=1))
     half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
     assert (lo, hi) == pytest.approx((m - half, m + half))
-    assert mean_ci([3.0])[:2] == (3.0, 0.0) and math.isnan(mean_ci([3.0])[2])
+    m1, *undefined = mean_ci([3.0])  # one seed: no sample std, no interval
+    assert m1 == 3.0 and all(math.isnan(v) for v in undefined)
     assert mean_ci([2.0, 2.0]) == (2.0, 0.0, 2.0, 2.0)
     assert all(math.isnan(v) for v in mean_ci([]))
 
@@ -217,3 +218,119 @@ def test_cli(sweep, tmp_path):
         and proc.stderr.startswith("error: no Hydra jobs")
         and len(proc.stderr.strip().splitlines()) == 1
     )
+
+
+# ------------------------------------------------------ failed, missing and bad jobs
+def run_report(*dirs: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dqnfast.report", *map(str, dirs), "--reps", "50"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_failed_and_never_run_jobs_are_listed_beside_the_others_results(sweep):
+    """A failed job (its failed.json) and the jobs of the sweep's plan that left no folder are listed."""
+    from dqnfast.failure import write_failure
+
+    write_failure(sweep / "12", "training diverged at agent step 3000: lower optim.lr (now 1e+20)", 1)
+    plan = {  # what Hydra's basic sweeper writes before it launches the first job
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
+        "overrides": {"task": ["game=Pong,Breakout", "optim.lr=0.0001,0.001", "seed=0,1,2,3", "preset=quick"]},
+    }
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": plan}))
+    proc = run_report(sweep)
+    assert proc.returncode == 0, proc.stderr
+    md = (sweep / "report.md").read_text()
+    assert "16 jobs (12 with a final evaluation, 1 failed, 3 never ran)" in md
+    assert "| Pong | `optim.lr=0.001` | 0, 1, 2 (+1 failed) | -1.00 ± 3.61 |" in md  # the others' scores stand
+    assert "| failed (exit 1): training diverged at agent step 3000: lower optim.lr (now 1e+20) |" in md
+    never = [line for line in md.splitlines() if "never ran" in line and line.startswith("| `")]
+    assert [line.split(" | ")[2] for line in never] == ["`optim.lr=0.0001`", "`optim.lr=0.0001`", "`optim.lr=0.001`"]
+    assert "failed: " in proc.stdout and proc.stdout.count("never ran: job ") == 3
+    # a later run in that folder that finishes (a resume) supersedes the record
+    (sweep / "12" / "eval.json").write_text(json.dumps({"mean": 3.0, "scores": [2.0, 4.0], "game": "Pong-v5"}))
+    assert [j.status for j in collect_jobs([sweep])][12] == "done"
+
+
+def test_one_bad_job_is_named_and_skipped_never_the_end_of_the_report(sweep):
+    """Binary, truncated or mistyped files in one job: that job is named and skipped, the others reported."""
+    bad = {
+        "13": ("metrics.csv", b"\x89PNG\r\n\x1a\n\xff\xfe binary"),
+        "14": ("eval.json", b"\xff\xd8\xff\xe0 binary"),
+        "15": ("eval.json", b"[1, 2, 3]"),
+        "16": (".hydra/overrides.yaml", b"- game=Pong\n- [unclosed\n"),
+        "17": (".hydra/config.yaml", b"game: [Pong\n"),
+    }
+    for name, (file, data) in bad.items():
+        make_job(sweep / name, ["game=Pong", "optim.lr=0.001", f"seed={name}", "preset=quick"], game="Pong", seed=0)
+        (sweep / name / "eval.json").write_text(json.dumps({"mean": 1.0, "scores": [1.0], "game": "Pong-v5"}))
+        (sweep / name / file).write_bytes(data)
+    # a metrics.csv whose last line was cut while it was written: its numbers are left out, and said so
+    make_job(sweep / "18", ["game=Breakout", "optim.lr=0.001", "seed=9", "preset=quick"], game="Breakout", seed=9)
+    with open(sweep / "18" / "metrics.csv", "a") as f:
+        f.write("4000,1")  # the row was to be 4000,12.5,0.1
+    proc = run_report(sweep)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 5 and all(w.startswith("warning: skipped ") for w in warnings), warnings
+    md = (sweep / "report.md").read_text()
+    reasons = {
+        "13": "metrics.csv is not UTF-8 text",
+        "14": "eval.json is not UTF-8 text",
+        "15": "eval.json holds a JSON list, not an object",
+        "16": ".hydra/overrides.yaml is not valid YAML (ParserError)",
+        "17": ".hydra/config.yaml is not valid YAML (ParserError)",
+    }
+    for name, reason in reasons.items():
+        assert f"- `{name}`: {reason}" in md and any(w.endswith(f"{name}: {reason}") for w in warnings)
+    assert "| Breakout | `optim.lr=0.001` | 0, 1, 2 (+1 unfinished) | 30.00 ± 6.00 |" in md
+    (job18,) = [j for j in collect_jobs([sweep]) if j.path.name == "18"]
+    assert job18.train_score == 10.0 and job18.env_steps == 3000  # the last whole row (3000, 1 + seed)
+    assert "metrics.csv's last line is cut (left out)" in md
+
+
+def test_report_escapes_every_value_it_shows(tmp_path):
+    """A game name with HTML and a pipe, overrides with backticks and pipes: literal text in every renderer."""
+    markdown = pytest.importorskip("markdown")  # Python-Markdown renders MkDocs sites
+    root = tmp_path / "sweep"
+    game = "<img src=x onerror=alert(1)>|pipe"
+    make_job(root / "0", ["exp_name=a`b", "seed=0"], game="CartPole", seed=0, score=5.0)
+    make_job(root / "1", ["exp_name=x|y", "seed=0"], game="CartPole", seed=0, score=7.0)
+    ev = json.loads((root / "0" / "eval.json").read_text())
+    (root / "0" / "eval.json").write_text(json.dumps({**ev, "game": game}))
+    md = write_report([root], reps=50)["md"].read_text()
+    html = markdown.markdown(md, extensions=["tables"])
+    assert "<img src=x" not in html  # no live tag: the name is text
+    assert "&lt;img src=x onerror=alert(1)&gt;|pipe" in html
+    assert "<code>exp_name=a`b</code>" in html and "exp_name=x|y" in html
+    table = html.split("<h2>Scores</h2>")[1].split("</table>")[0]
+    assert table.count("<tr>") == 3 and all(r.count("<td>") == 8 for r in table.split("<tr>")[2:])
+    jobs = html.split("<h2>Jobs</h2>")[1].split("</table>")[0]
+    assert jobs.count("<tr>") == 3 and all(r.count("<td>") == 7 for r in jobs.split("<tr>")[2:])
+    # one seed: its mean, and no standard deviation (a sample std of one value is undefined)
+    assert "| 5.00 (n=1) |" in md and "± 0.00" not in md
+
+
+def test_the_legend_of_many_configs_stays_readable(tmp_path):
+    """200 configs in one panel: the legend names the best few, says how many it leaves out, fits the figure."""
+    from dqnfast.report import LEGEND_MAX, Job, curves_figure
+
+    curve = np.array([[1000.0, 1.0], [2000.0, 2.0]])
+    jobs = [
+        Job(tmp_path / str(i), [f"optim.lr={i}e-5", "seed=0"], "CartPole", 0, None, curve + [0, i], 2000)
+        for i in range(200)
+    ]
+    for j, label in zip(jobs, config_labels([j.overrides for j in jobs])):
+        j.config = label
+    fig = curves_figure(summarize(jobs))
+    fig.canvas.draw()
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert len(texts) == LEGEND_MAX + 1 and texts[-1].startswith(f"+{200 - LEGEND_MAX} more configs")
+    assert texts[0] == "optim.lr=190e-5 (n=1)"  # the best last scores, in the table's order
+    box, page = legend.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1

@@ -9,12 +9,41 @@ Hydra's override parser, which library modules never do.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from dqnfast.config import ConfigError
 from dqnfast.config.schema import Choice
 
-__all__ = ["check_overrides"]
+__all__ = ["check_overrides", "is_hydra_key", "sweep_jobs"]
+
+
+def is_hydra_key(key: str) -> bool:
+    """Whether an override's key or group configures Hydra (``hydra.sweep.dir``, ``hydra/launcher``): not a job's."""
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def sweep_jobs(args: Sequence[str], params: Mapping[str, Any] | None = None) -> tuple[list[list[str]], set[str]] | None:
+    """The overrides of every job of a basic-sweeper multirun, in the order Hydra launches them.
+
+    args: the command line's overrides (those of Hydra itself are left out, as they are
+    from a job's ``overrides.yaml``). params: ``hydra.sweeper.params`` (a sweep kept in a
+    config), put before the command line's as Hydra's basic sweeper does. Returns (one
+    list of ``key=value`` strings per job, the keys that take several values), or None when
+    the sweep cannot be listed beforehand (an interval sweep, an override Hydra's parser
+    refuses: Hydra reports those itself).
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    given = [f"{k}={v}" for k, v in (params or {}).items()]
+    given += [a for a in args if not a.startswith("-") and "=" in a]
+    try:
+        overrides = [o for o in OverridesParser.create().parse_overrides(given) if not is_hydra_key(o.key_or_group)]
+        (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    except Exception:  # Hydra's own error says it best, when it launches the sweep
+        return None
+    swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+    return jobs, swept
 
 
 def check_overrides(
