@@ -401,7 +401,17 @@ def test_cli_errors_are_one_line(tmp_path):
         ([f"run={tmp_path / 'cut'}"], "error: run: checkpoint"),
         ([f"run={tmp_path / 'nothing'}"], "error: run: no run dir or checkpoint file"),
         (["episodes=3"], "error: run: give the run dir"),
+        (  # a sweep's folder: the runs in it that can be evaluated, and how
+            [f"run={tmp_path / 'sweep'}"],
+            f"error: run: {tmp_path / 'sweep'} is a folder of runs, not a run (no checkpoint of its own); the 2 "
+            f"run(s) in it with a checkpoint: {tmp_path / 'sweep' / '0'}, {tmp_path / 'sweep' / '10'}; "
+            f"evaluate one with: python -m dqnfast.evaluate run={tmp_path / 'sweep' / '0'}",
+        ),
     ]
+    for job in ("0", "10"):
+        (tmp_path / "sweep" / job).mkdir(parents=True)
+        (tmp_path / "sweep" / job / "checkpoint.pt").write_bytes(ck.read_bytes())
+    (tmp_path / "sweep" / "2" / ".hydra").mkdir(parents=True)  # a job that wrote no checkpoint
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     procs = [
         subprocess.Popen(
@@ -419,3 +429,37 @@ def test_cli_errors_are_one_line(tmp_path):
         assert p.returncode == 2 and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith(expect), (args, err)
     assert not (tmp_path / "cut" / "eval").exists()  # refused before Hydra made a folder
+
+
+def test_a_refused_evaluation_leaves_the_previous_evaluation_as_it_was(tmp_path):
+    """Refusals found only once the checkpoint and the game are known come before Hydra writes the record."""
+    ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
+    first = ["episodes=1", "num_envs=1", "max_episode_steps=20", "random_baseline=false", "plots=false"]
+    proc = run_module("dqnfast.evaluate", f"run={ck.parent}", *first, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = ck.parent / "eval"
+
+    def snapshot() -> dict:
+        return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert Path(".hydra/overrides.yaml") in before and Path("eval.json") in before
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    run = f"run={ck.parent}"
+    refused = [[run, "game=NoSuchGame"], [run, "game=Breakout"], [run, "epsilon=2"], ["-m", run, "game=Pong,Breakout"]]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "dqnfast.evaluate", *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in refused
+    ]
+    for p, args in zip(procs, refused):
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (args, err)
+    assert snapshot() == before  # the first evaluation's record and log, byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pong"]  # and no folder elsewhere

@@ -20,7 +20,7 @@ Library use (no Hydra)::
     result = evaluate(EvalConfig(run="outputs/2024-01-01/12-00-00", episodes=30))
 """
 
-from dqnfast.evaluation.app import EvalConfig, default_out, evaluate, validate_eval
+from dqnfast.evaluation.app import EvalConfig, check_evaluation, default_out, evaluate, validate_eval
 from dqnfast.evaluation.protocol import Game, Played, play, run_episodes, summarize
 from dqnfast.evaluation.results import (
     Evaluation,
@@ -37,6 +37,7 @@ __all__ = [
     "Evaluation",
     "Game",
     "Played",
+    "check_evaluation",
     "default_out",
     "evaluate",
     "evaluate_network",

@@ -19,7 +19,7 @@ from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig, ExploreC
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
 from dqnfast.evaluation.video import VIDEO_CHOICES
 
-__all__ = ["EvalConfig", "default_out", "evaluate", "validate_eval"]
+__all__ = ["EvalConfig", "check_evaluation", "default_out", "evaluate", "validate_eval"]
 
 log = logging.getLogger("dqnfast.evaluate")
 
@@ -176,6 +176,42 @@ def _echo(result: dict[str, Any], out: Path, table: str) -> None:
     )
 
 
+@dataclass
+class _Prepared:
+    """What an evaluation checked and built before it plays: checkpoint, settings, agent, device."""
+
+    path: Path
+    ckpt: dict
+    envs: EnvsConfig
+    protocol: EvalProtocolConfig
+    agent: Any
+    device: Any
+
+
+def _prepare(cfg: EvalConfig) -> _Prepared:
+    """Every check of an evaluation that needs no game played; raises ConfigError naming the key."""
+    from dqnfast.config.resolve import resolve_device
+    from dqnfast.evaluation.agents import load_agent
+
+    validate_eval(cfg)
+    path, ckpt = _load(cfg)
+    envs, protocol = _settings(cfg, ckpt.get("config") or {})
+    agent = load_agent(ckpt, game=cfg.game, envs=envs, protocol=protocol)
+    if (cfg.video or cfg.gif) and agent.family != "atari":
+        raise ConfigError("video", f"videos are for Atari games; {agent.task_id} has no screen")
+    return _Prepared(path, ckpt, envs, protocol, agent, resolve_device(cfg.device))
+
+
+def check_evaluation(cfg: EvalConfig) -> None:
+    """Runs every check ``evaluate`` makes before it plays (values, checkpoint, game, video, device).
+
+    The command line calls it before Hydra writes the output folder's record, so a refused
+    evaluation leaves the folder (and an earlier evaluation's record in it) as it was.
+    Raises ConfigError naming the key.
+    """
+    _prepare(cfg)
+
+
 def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: bool = True) -> dict[str, Any]:
     """The ``dqnfast.evaluate`` app without Hydra: loads, checks, plays, writes, prints; returns eval.json's dict.
 
@@ -185,17 +221,11 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     import torch
 
     from dqnfast.checkpoint import package_version, run_dir_of
-    from dqnfast.config.resolve import available_cores, resolve_device, thread_counts
-    from dqnfast.evaluation.agents import load_agent
+    from dqnfast.config.resolve import available_cores, thread_counts
     from dqnfast.evaluation.results import eval_json, evaluate_network, format_table, write_json, write_outputs
 
-    validate_eval(cfg)
-    path, ckpt = _load(cfg)
-    envs, protocol = _settings(cfg, ckpt.get("config") or {})
-    agent = load_agent(ckpt, game=cfg.game, envs=envs, protocol=protocol)
-    if (cfg.video or cfg.gif) and agent.family != "atari":
-        raise ConfigError("video", f"videos are for Atari games; {agent.task_id} has no screen")
-    device = resolve_device(cfg.device)
+    prep = _prepare(cfg)
+    path, ckpt, envs, protocol, agent, device = prep.path, prep.ckpt, prep.envs, prep.protocol, prep.agent, prep.device
     _, _, threads = thread_counts(available_cores(), cpu=device.type == "cpu", torch_threads=cfg.torch_threads)
     if threads:  # as in training: spinning torch workers beside envpool's cost up to 10x
         torch.set_num_threads(threads)
