@@ -40,21 +40,20 @@ def has_plugin(name: str) -> bool:
     return importlib.util.find_spec(f"hydra_plugins.{name}") is not None
 
 
-def multirun(tmp_path: Path, *args: str, timeout: float = 300) -> Path:
-    """``python -m dqnfast.train -m TINY *args`` with the sweep dir under tmp_path; returns the sweep dir."""
+def sweep_command(tmp_path: Path, *args: str, base: list[str] = TINY) -> tuple[list[str], dict[str, str], Path]:
+    """(argv, env, sweep dir) of ``python -m dqnfast.train -m *base *args`` with the sweep dir under tmp_path."""
     sweep = tmp_path / "multirun"
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), HOME=str(tmp_path)
     )  # no W&B credentials or settings: wandb stays offline
     env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "dqnfast.train", "-m", *TINY, *args, f"hydra.sweep.dir={sweep}"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return [sys.executable, "-m", "dqnfast.train", "-m", *base, *args, f"hydra.sweep.dir={sweep}"], env, sweep
+
+
+def multirun(tmp_path: Path, *args: str, timeout: float = 300) -> Path:
+    """``python -m dqnfast.train -m TINY *args`` with the sweep dir under tmp_path; returns the sweep dir."""
+    cmd, env, sweep = sweep_command(tmp_path, *args)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return sweep
 
@@ -148,6 +147,72 @@ def test_optuna_sweeper_maximizes_the_final_evaluation(tmp_path):
     rows = report(sweep)
     assert sum(int(r["n"]) for r in rows) == 2
     assert "## Optuna: best trial" in (sweep / "report.md").read_text()
+
+
+# ------------------------------------------------------------ failed jobs
+SHORT = [  # a few hundred steps: enough for a diverging learning rate to show
+    "preset=cartpole",
+    "algo.total_steps=600",
+    "algo.learning_starts=100",
+    "envs.eval.episodes=2",
+    "envs.eval.num_envs=2",
+    "logger.progress=false",
+]
+
+
+def test_a_bad_value_or_combination_in_any_job_refuses_the_sweep_before_any_job_runs(tmp_path):
+    """Every job's config is composed and checked first: one line naming the job, exit 2, nothing written."""
+    cases = [
+        (
+            ["algo.total_steps=3000", "algo.learning_starts=1000,5000"],
+            "error: algo.total_steps: 3000 is below algo.learning_starts=5000",
+            "(sweep job 1 of 2: algo.learning_starts=5000); no job of the sweep was run",
+        ),
+        (
+            ["algo.batch_size=32,-1,64", "seed=0,1"],
+            "error: algo.batch_size: must be > 0, got -1",
+            "(sweep job 2 of 6: algo.batch_size=-1 seed=0); no job of the sweep was run",
+        ),
+    ]
+    procs = []
+    for i, (args, _, _) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        cmd, env, _ = sweep_command(tmp_path / str(i), *args, base=["preset=cartpole", "logger.progress=false"])
+        procs.append(
+            subprocess.Popen(
+                cmd, cwd=tmp_path / str(i), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    for i, (p, (args, start, end)) in enumerate(zip(procs, cases)):
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 2 and "Traceback" not in err, (args, err)
+        (line,) = err.strip().splitlines()
+        assert line.startswith(start) and line.endswith(end), line
+        assert list((tmp_path / str(i)).iterdir()) == []  # no sweep dir, no job folder
+
+
+def test_a_job_that_fails_while_running_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """A diverged job: its one line in its failed.json, the next job runs, exit 1, the report lists both."""
+    cmd, env, sweep = sweep_command(tmp_path, "algo.max_grad_norm=null", "optim.lr=1e20,1e-3", base=SHORT)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, proc.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: sweep job 0 failed (recorded in {sweep / '0' / 'failed.json'}): training diverged"
+    )
+    assert (
+        errors[1].startswith("error: 1 of 2 sweep jobs failed (0: errors above, recorded in the jobs' failed.json); ")
+        and f"python -m dqnfast.report {sweep}" in errors[1]
+    )
+    failure = json.loads((sweep / "0" / "failed.json").read_text())
+    assert failure["exit_code"] == 1 and failure["error"] == errors[0].split("failed.json): ", 1)[1]
+    ev = json.loads((sweep / "1" / "eval.json").read_text())  # the good learning rate still ran
+    assert math.isfinite(ev["mean"]) and (sweep / "1" / "checkpoint.pt").exists()
+    rows = report(sweep)
+    assert [(r["config"], r["n"]) for r in rows] == [("optim.lr=0.001", "1"), ("optim.lr=1e+20", "0")]
+    md = (sweep / "report.md").read_text()
+    assert "2 jobs (1 with a final evaluation, 1 failed)" in md and "| failed (exit 1): training diverged" in md
 
 
 # -------------------------------------------------------- cores per job

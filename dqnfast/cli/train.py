@@ -6,7 +6,12 @@ line, sizes a multirun job's threads to its share of the machine, and hands plai
 dataclasses to ``dqnfast.training.train``.
 
 Sweeps (``-m``): every job of a Hydra multirun is one call of ``main``, which returns
-the objective for sweepers such as Optuna (the final evaluation's mean score). Jobs that
+the objective for sweepers such as Optuna (the final evaluation's mean score). Before
+Hydra launches any job, every job's config is composed and checked (``_check_sweep``): a
+bad value or combination in one job refuses the whole sweep in one line, and nothing is
+written. A job that fails while running (it diverged, a crash) is recorded in its folder
+(``failed.json``, with its one line) and the sweep goes on with the other jobs; the sweep
+then exits with 1, naming the failed jobs (``SweepOutcome``). Jobs that
 share a machine (joblib) or get a slice of one (Ray ``num_cpus``, SLURM
 ``cpus_per_task``) size their envpool, sampler and torch threads to their share of the
 cores (``dqnfast.config.resolve.job_cores``); W&B groups a sweep's jobs under the sweep's name.
@@ -14,8 +19,10 @@ cores (``dqnfast.config.resolve.job_cores``); W&B groups a sweep's jobs under th
 
 from __future__ import annotations
 
+import copy
 import errno
 import logging
+import math
 import signal
 import sys
 import time
@@ -25,6 +32,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +43,7 @@ from dqnfast.config import Config, ConfigError
 from dqnfast.config.keys import summary
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
 from dqnfast.envs import EnvCreationError
+from dqnfast.failure import FAILED_NAME, read_failure, write_failure
 from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
 from dqnfast.training.loop import TrainingDiverged
@@ -83,6 +92,75 @@ def _preflight(argv: list[str]) -> None:
         check_overrides(argv, Config, hint="see python -m dqnfast.train --cfg job", groups=GROUPS, conf_dir=CONF_DIR)
     except ConfigError as e:
         _fail(e)
+
+
+def _check_sweep(argv: list[str]) -> None:
+    """``-m``: composes and checks every job of the sweep before Hydra launches any.
+
+    A value or a combination that one job gets wrong (``algo.total_steps=3000
+    algo.learning_starts=1000,5000``) refuses the sweep in one line naming that job's swept
+    overrides; nothing is written. Hydra's compose API builds the config of each distinct
+    set of config-group choices once (composing is what costs); each job's plain
+    ``key=value`` overrides are then applied as Hydra applies them after composing
+    (``OmegaConf.update``). A sweeper that picks its jobs as it goes (Optuna) cannot be
+    listed beforehand: each of its jobs is checked when it starts, and one refused then is
+    recorded as a failed job (``main``). A job that resumes a run is checked against its
+    checkpoint's config when it starts.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from dqnfast.cli.overrides import sweep_jobs
+
+    if not {"-m", "--multirun"} & set(argv) or any(
+        a.split("=", 1)[0] in _NO_RUN_DIR - {"-m", "--multirun"} for a in argv
+    ):
+        return
+    args = [a for a in argv if not a.startswith("-") and "=" in a]
+    parser = OverridesParser.create()
+    try:
+        fixed = [a for a, o in zip(args, parser.parse_overrides(args)) if not o.is_sweep_override()]
+    except Exception:  # Hydra's parser error says it best
+        return
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name="train"):
+        try:
+            sweeper = compose("config", overrides=fixed, return_hydra_config=True).hydra.sweeper
+        except Exception:  # a composition error: Hydra reports it when it composes the sweep
+            return
+        if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+            return
+        params = OmegaConf.to_container(sweeper.params) if sweeper.get("params") else None
+        listed = sweep_jobs(args, params)
+        if listed is None:
+            return
+        jobs, swept = listed
+        composed: dict[tuple[str, ...], DictConfig] = {}
+        for num, job in enumerate(jobs):
+            overrides = parser.parse_overrides(job)
+            groups = tuple(
+                a
+                for a, o in zip(job, overrides)
+                if o.key_or_group in GROUPS or "/" in o.key_or_group or o.is_add() or o.is_delete() or o.package
+            )
+            try:
+                if groups not in composed:
+                    composed[groups] = compose("config", overrides=list(groups))
+                cfg = copy.deepcopy(composed[groups])
+                for a, o in zip(job, overrides):
+                    if a not in groups:
+                        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+            except Exception:  # Hydra reports what it cannot compose when it gets to this job
+                continue
+            try:
+                conf = to_config(cfg)
+                if not conf.resume:
+                    check_config(conf)
+            except ConfigError as e:
+                label = " ".join(a for a in job if a.split("=", 1)[0] in swept)
+                where = f"sweep job {num} of {len(jobs)}" + (f": {label}" if label else "")
+                _fail(ConfigError(e.key, f"{e.message} ({where}); no job of the sweep was run"))
+            except Exception:  # a value Hydra types when it composes this job: reported then
+                continue
 
 
 def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[DictConfig, list[str]]:
@@ -173,6 +251,45 @@ def _tracking(conf: Config, config_dict: dict) -> dict[str, Any]:
     return tracking
 
 
+def _job_failed(err: BaseException | str, code: int, run_dir: Any) -> float:
+    """A multirun job that failed: its one line on stderr and in ``<run dir>/failed.json``; the sweep goes on.
+
+    code: 1 for a job that failed while running (its folder is its own), 2 for a job
+    refused when it started: its record is written only where the folder holds no run
+    (no checkpoint.pt, no eval.json), since the refusal may be that the folder is another
+    run's. Returns the objective of a failed job, NaN (Optuna records the trial as failed).
+    """
+    from dqnfast.checkpoint import CHECKPOINT_NAME
+    from dqnfast.training.rundir import release_all
+
+    release_all()  # this job's run dir lock: the next job of an in-process launcher starts clean
+    hc = HydraConfig.get()
+    msg = " ".join(str(err).split())
+    theirs = code == 2 and any((Path(run_dir) / n).exists() for n in (CHECKPOINT_NAME, "eval.json"))
+    path = None if theirs else write_failure(run_dir, msg, code)
+    where = f" (recorded in {path})" if path else ""
+    print(f"error: sweep job {hc.job.num} failed{where}: {msg}", file=sys.stderr)
+    _FAILED_HERE.append(Path(run_dir).resolve())
+    return math.nan
+
+
+def _run_failed(err: BaseException, run_dir: Any) -> None:
+    """A single run that failed while running: one line, exit 1; the folder stays, with ``failed.json``."""
+    msg = " ".join(str(err).split())
+    write_failure(run_dir, msg, 1)
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(1)
+
+
+def _disk_full_error(e: OSError) -> DiskFullError | None:
+    """A full disk or quota as a one-line ``DiskFullError``; None for any other OSError."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = e.filename or "a file of the run"
+    msg = f"disk full writing {where} ({e.strerror}); the run's checkpoints are complete"
+    return DiskFullError(e.errno, msg, str(where), 0)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """``python -m dqnfast.train [overrides]``: Hydra CLI (``--cfg job``, ``-m``; ``cli`` answers ``--help``).
@@ -181,12 +298,16 @@ def main(cfg: DictConfig) -> float | None:
     mean score). ``resume=<run dir>`` continues that run (see ``train``); SIGINT/SIGTERM
     write a checkpoint and exit with status 128 + the signal number (130, 143). Bad config
     values exit with 2; a run that diverged (non-finite loss, Q-values or weights), a full
-    disk and envs that cannot be created exit with 1; each with one line on stderr.
+    disk and envs that cannot be created exit with 1, and leave ``failed.json`` in the run
+    dir; each with one line on stderr. In a sweep (``-m``) a job that fails, for any of
+    these reasons or a crash, is recorded the same way and returns NaN, so that the
+    sweep's other jobs still run; a signal stops the whole sweep.
     """
+    run_dir = HydraConfig.get().runtime.output_dir
+    sweep = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         conf = to_config(cfg)
         ck = None
-        run_dir = HydraConfig.get().runtime.output_dir
         config_dict = None
         if conf.resume:
             conf, config_dict, ck, run_dir = _resume_run(cfg, conf)
@@ -201,19 +322,30 @@ def main(cfg: DictConfig) -> float | None:
         else:
             summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
     except ConfigError as e:
+        if sweep:  # checked before the sweep began where it could be: what is left is this job's alone
+            return _job_failed(e, 2, run_dir)
         _fail(e)
     except (EnvCreationError, TrainingDiverged, DiskFullError) as e:  # not the config: one line, the folder stays
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(1)
+        if sweep:
+            return _job_failed(e, 1, run_dir)
+        _run_failed(e, run_dir)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        full = _disk_full_error(e)
+        if sweep:
+            if full is None:
+                _traceback_to_log_file(e)
+            return _job_failed(full or _crash_line(e), 1, run_dir)
+        if full is None:
             raise
-        where = e.filename or "a file of the run"
-        print(f"error: disk full writing {where} ({e.strerror}); the run's checkpoints are complete", file=sys.stderr)
-        sys.exit(1)
+        _run_failed(full, run_dir)
     except KeyboardInterrupt:
         print("error: interrupted (the last checkpoint is complete)", file=sys.stderr)
         sys.exit(130)
+    except Exception as e:
+        if not sweep:
+            raise  # a bug: its traceback is the report
+        _traceback_to_log_file(e)
+        return _job_failed(_crash_line(e), 1, run_dir)
     if summary.get("interrupted"):
         sig = signal.Signals[summary["interrupted"]]
         if summary.get("stopped_in") == "evaluation":
@@ -227,6 +359,81 @@ def main(cfg: DictConfig) -> float | None:
         )
         sys.exit(128 + int(sig))
     return objective(summary)
+
+
+def _traceback_to_log_file(e: BaseException) -> None:
+    """A crashed sweep job's traceback, to the job's log file only (Hydra's ``train.log``): the console gets one line."""
+    record = log.makeRecord(
+        log.name, logging.ERROR, __file__, 0, "sweep job crashed", (), (type(e), e, e.__traceback__)
+    )
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(record)
+
+
+def _crash_line(e: BaseException) -> str:
+    """``crashed: Type: first line`` of an unexpected exception in a sweep job (the traceback is in its log)."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    what = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"crashed: {what} (traceback in the job's log)"
+
+
+class SweepOutcome(Callback):
+    """Hydra callback (conf/config.yaml ``hydra.callbacks``): a sweep whose jobs failed ends in one line, exit 1.
+
+    Runs in the process that launched the sweep, whichever launcher ran the jobs: at the
+    end it reads the jobs' ``failed.json`` records written since the sweep began (and the
+    failures of jobs that ran in this process, recorded or not), prints
+    one line naming the failed jobs and the report's command, and sets ``FAILED_JOBS``
+    for ``cli``'s exit status.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(str(config.hydra.sweep.dir))
+        since = self.started - 1.0  # file times are kept more coarsely than time.time()
+        jobs = [p.parent.parent.resolve() for p in sweep.rglob(".hydra/overrides.yaml") if _mtime(p) >= since]
+        failed = [j for j in jobs if _mtime(j / FAILED_NAME) >= since and read_failure(j)]
+        failed += [j for j in _FAILED_HERE if j not in failed]  # in-process jobs whose record was not written
+        FAILED_JOBS[:] = failed
+        if failed:
+            names = ", ".join(_job_name(j, sweep) for j in sorted(failed, key=_job_order))
+            recorded = any(read_failure(j) for j in failed)
+            print(
+                f"error: {len(failed)} of {len(jobs)} sweep jobs failed ({names}: errors above"
+                + (f", recorded in the jobs' {FAILED_NAME}" if recorded else "")
+                + ")"
+                + ("; the other jobs ran" if len(failed) < len(jobs) else "")
+                + f"; report: python -m dqnfast.report {sweep}",
+                file=sys.stderr,
+            )
+
+
+FAILED_JOBS: list[Path] = []  # the failed jobs of the sweep this process ran (``SweepOutcome``)
+_FAILED_HERE: list[Path] = []  # run dirs of the sweep jobs that failed in this process (``_job_failed``)
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return -math.inf
+
+
+def _job_name(job: Path, sweep: Path) -> str:
+    try:
+        return str(job.relative_to(sweep.resolve()))
+    except ValueError:
+        return str(job)
+
+
+def _job_order(p: Path) -> tuple:
+    return (str(p.parent), int(p.name) if p.name.isdigit() else math.inf, p.name)
 
 
 def _resume_preflight(argv: list[str]) -> tuple[list[str], Path | None]:
@@ -318,7 +525,10 @@ def cli() -> None:
             groups=_help_groups(),
             optional_groups=OPTIONAL_GROUPS,
         )
+    _check_sweep(sys.argv[1:])
     argv, source = _resume_preflight(sys.argv[1:])
     _claim_run_dir(argv, source)
     sys.argv = sys.argv[:1] + argv
     main()
+    if FAILED_JOBS:  # a sweep ran every job it could; its status says some failed (SweepOutcome printed which)
+        sys.exit(1)
