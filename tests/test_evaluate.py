@@ -399,6 +399,7 @@ def test_cli_errors_are_one_line(tmp_path):
             "error: run: checkpoint is for Pong-v5, this evaluation is Breakout-v5",
         ),
         ([f"run={tmp_path / 'cut'}"], "error: run: checkpoint"),
+        ([f"run={ck.parent}", "noop_max=0"], "error: noop_max: must be >= 1"),  # envpool would crash
         ([f"run={tmp_path / 'nothing'}"], "error: run: no run dir or checkpoint file"),
         (["episodes=3"], "error: run: give the run dir"),
         (  # a sweep's folder: the runs in it that can be evaluated, and how

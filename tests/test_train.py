@@ -148,6 +148,7 @@ def test_fast_preset_keeps_the_nature_budget_with_fewer_larger_updates():
         (lambda c: setattr(c.replay, "priority_eps", 0.0), "replay.priority_eps"),
         (lambda c: (setattr(c, "obs", "ram"), setattr(c.network, "name", "nature")), "network.name"),
         (lambda c: (setattr(c, "game", "CartPole"), setattr(c, "obs", "ram")), "obs"),
+        (lambda c: setattr(c.envs.eval, "noop_max", 0), "envs.eval.noop_max"),  # envpool would crash
     ],
 )
 def test_bad_values_name_their_key(change, key):

@@ -26,6 +26,7 @@ __all__ = [
     "EvalProtocolConfig",
     "ExploreConfig",
     "LoggerConfig",
+    "NOOP_MAX_HINT",
     "NetworkConfig",
     "OptimConfig",
     "ProtocolConfig",
@@ -192,7 +193,8 @@ class ProtocolConfig:
 
     episodic_life: a life loss ends the episode (terminated=True; the game goes on).
     reward_clip: rewards clipped to their sign (scores are logged unclipped either way).
-    noop_max: up to this many no-op agent steps at reset. repeat_action_probability:
+    noop_max: up to this many no-op agent steps at reset, at least 1 (envpool plays between
+    one and noop_max, none in games that start with FIRE). repeat_action_probability:
     sticky actions (0.25 in Machado et al. 2018). max_episode_steps: agent steps before
     truncation (27000 = 108k frames).
     """
@@ -494,8 +496,15 @@ def _choice(cfg: Any, name: str, key: str, kind: type[Choice]) -> None:
     setattr(cfg, name, kind.parse(getattr(cfg, name), key))
 
 
+# envpool draws the no-ops from [0, noop_max - 1] (plus one, less one in FIRE games): below 1 that
+# range is empty and its C++ distribution crashes the process.
+NOOP_MAX_HINT = "must be >= 1 (envpool plays 1 to noop_max no-ops at reset; 1 is the fewest it plays)"
+
+
 def _protocol(p: ProtocolConfig, prefix: str) -> None:
-    _non_negative(p, prefix, "noop_max")
+    _check(
+        isinstance(p.noop_max, int) and p.noop_max >= 1, f"{prefix}.noop_max", f"{NOOP_MAX_HINT}, got {p.noop_max!r}"
+    )
     _positive(p, prefix, "max_episode_steps")
     r = p.repeat_action_probability
     _check(_finite(r) and 0.0 <= r <= 1.0, f"{prefix}.repeat_action_probability", f"must be in [0, 1], got {r!r}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig, ExploreConfig
+from dqnfast.config import NOOP_MAX_HINT, ConfigError, EnvsConfig, EvalProtocolConfig, ExploreConfig
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
 from dqnfast.evaluation.video import VIDEO_CHOICES
 
@@ -32,7 +32,8 @@ class EvalConfig:
     run. episodes: games per agent. num_envs: envs playing them in parallel (at most
     ``episodes``). epsilon: the trained agent's epsilon-greedy (null: the run's
     ``explore.eval_epsilon``, so this and the run's final evaluation are comparable).
-    noop_max: up to this many no-op agent steps at each reset. repeat_action_probability:
+    noop_max: up to this many no-op agent steps at each reset, at least 1 (envpool plays between one
+    and noop_max, none in games that start with FIRE). repeat_action_probability:
     sticky actions (0.25 in Machado et al. 2018). max_episode_steps: agent steps per game
     (27000 = 108k frames). random_baseline: also play a uniform-random agent with the same
     protocol and seeds. seed: env seed (null: the run's seed + 10000, as train's final
@@ -83,7 +84,7 @@ def validate_eval(cfg: EvalConfig) -> None:
     check(isinstance(cfg.episodes, int) and cfg.episodes >= 1, "episodes", f"must be >= 1, got {cfg.episodes!r}")
     check(isinstance(cfg.num_envs, int) and cfg.num_envs >= 1, "num_envs", f"must be >= 1, got {cfg.num_envs!r}")
     check(cfg.epsilon is None or 0.0 <= cfg.epsilon <= 1.0, "epsilon", f"must be in [0, 1], got {cfg.epsilon!r}")
-    check(cfg.noop_max >= 0, "noop_max", f"must be >= 0, got {cfg.noop_max!r}")
+    check(isinstance(cfg.noop_max, int) and cfg.noop_max >= 1, "noop_max", f"{NOOP_MAX_HINT}, got {cfg.noop_max!r}")
     check(
         0.0 <= cfg.repeat_action_probability <= 1.0,
         "repeat_action_probability",
