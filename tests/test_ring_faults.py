@@ -356,3 +356,26 @@ def test_resume_from_an_altered_replay_file_is_refused_in_one_line(run_cli, tmp_
     assert "Traceback" not in r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and files[-1].name in err[0] and "replay.save=false" in err[0], r.stderr[-3000:]
+
+
+def test_resume_with_a_saved_ring_refuses_a_changed_capacity(run_cli, tmp_path):
+    """The checkpoint's config must describe the ring the run uses: a capacity logged as changed while the
+    saved ring keeps its own size would be recorded in every later checkpoint as the wrong one."""
+    proc, out = run_cli(*TINY_CARTPOLE, "replay.save=true", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = (out / "checkpoint.pt").read_bytes()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(
+        [sys.executable, "-m", "dqnfast.train", f"resume={out}", "algo.total_steps=300", "replay.capacity=100"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: replay.capacity: the saved replay ring"), r.stderr[-3000:]
+    assert "replay.capacity=50000" in err[0] and "replay.save=false" in err[0], err[0]
+    assert (out / "checkpoint.pt").read_bytes() == before
