@@ -97,17 +97,24 @@ def acquire(run_dir: str | os.PathLike, *, refusal: str) -> None:
     """Locks ``run_dir`` for this process (re-entrant: each call needs one ``release``).
 
     Creates the folder. Raises ConfigError(``refusal``'s key part) naming the holder when
-    another process holds the lock. ``refusal``: ``"key: what to do"`` for that message.
-    On a file system without locks, warns once and goes on unlocked.
+    another process holds the lock, and in one line when the folder cannot be made or
+    written (a path under a regular file, no write permission), leaving no folder it made.
+    ``refusal``: ``"key: what to do"`` for the first message. On a file system without
+    locks, warns once and goes on unlocked.
     """
     d = _key(run_dir)
     if d in _held:
         _held[d].count += 1
         return
-    d.mkdir(parents=True, exist_ok=True)
+    key = refusal.split(": ", 1)[0]
+    made = _make_dirs(d, key)
     path = d / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:  # a folder this user cannot write in
+            _remove_dirs(made)
+            raise ConfigError(key, _unwritable(d, e)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -133,6 +140,50 @@ def acquire(run_dir: str | os.PathLike, *, refusal: str) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, _describe_self().encode())
     _held[d] = _Lock(path, fd)
+
+
+def _unwritable(d: Path, e: OSError) -> str:
+    """One line for a run dir that cannot be made or written: which folder, why, what to do."""
+    if e.errno == errno.ENOTDIR:  # a path under a regular file: name the file
+        f = next((p for p in (d, *d.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{f} is a file, not a folder" if f is not None else os.strerror(e.errno)
+    else:
+        where = Path(e.filename) if e.filename else d
+        why = f"{where}: {e.strerror or e}"
+    todo = "a folder you can write" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "another place"
+    return f"cannot create or write the run dir {d} ({why}); choose a run dir in {todo}"
+
+
+def _make_dirs(d: Path, key: str) -> list[Path]:
+    """Creates ``d`` and its missing parents; returns the folders made, outermost first.
+
+    Raises ConfigError(key) in one line when one cannot be made (a path under a regular file,
+    a folder without write permission, a name too long), after removing the ones it made.
+    """
+    missing = [p for p in (d, *d.parents) if not p.exists()][::-1]
+    made: list[Path] = []
+    for p in missing:
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                _remove_dirs(made)
+                raise ConfigError(key, _unwritable(d, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))) from None
+            continue  # another process made it meanwhile
+        except OSError as e:
+            _remove_dirs(made)
+            raise ConfigError(key, _unwritable(d, e)) from None
+        made.append(p)
+    return made
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    """Removes the folders ``_make_dirs`` made (innermost first) where they are still empty."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def release(run_dir: str | os.PathLike) -> None:
