@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from dqnfast.cli import CONF_DIR, discard_refused_output
 from dqnfast.cli.help import print_help, wants_help
+from dqnfast.cli.overrides import quote_paths
 from dqnfast.config import ConfigError
 from dqnfast.evaluation import EvalConfig, default_out, evaluate
 
@@ -71,8 +72,13 @@ def _preflight(argv: list[str]) -> None:
             _fail(ConfigError("run", str(e)))
 
 
+# Overrides whose values are paths: quoted for Hydra when its grammar cannot take them as typed (run=runé)
+PATH_KEYS = ("run", "out", "hydra.run.dir")
+
+
 def cli() -> None:
     """``python -m dqnfast.evaluate run=<run dir or checkpoint> [key=value ...]`` (Hydra app, conf/evaluate.yaml)."""
+    sys.argv = sys.argv[:1] + quote_paths(sys.argv[1:], PATH_KEYS)
     _preflight(sys.argv[1:])
     if not OmegaConf.has_resolver("dqnfast_eval_dir"):
         OmegaConf.register_new_resolver("dqnfast_eval_dir", _eval_dir)
