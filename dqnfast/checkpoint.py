@@ -216,13 +216,18 @@ def find_checkpoint(where: str | os.PathLike) -> Path:
 
 
 def run_dir_of(checkpoint: str | os.PathLike) -> Path:
-    """The run dir a checkpoint file belongs to (``run/checkpoint.pt`` or ``run/checkpoints/step_N.pt``)."""
-    p = Path(checkpoint).resolve()
+    """The run dir a checkpoint file belongs to (``run/checkpoint.pt`` or ``run/checkpoints/step_N.pt``).
+
+    The folder that holds the path as given, resolved; a checkpoint file that is a symlink is
+    not followed: ``B/checkpoint.pt -> A/checkpoint.pt`` belongs to B, so a resume of B writes
+    into B (replacing the link) and never into A.
+    """
+    p = Path(checkpoint).expanduser().absolute()
     if p.is_dir():
-        return p
+        return p.resolve()
     if p.parent.name == NUMBERED_DIR and _NUMBERED.match(p.name):
-        return p.parent.parent
-    return p.parent
+        return p.parent.parent.resolve()
+    return p.parent.resolve()
 
 
 def _first_line(e: BaseException) -> str:

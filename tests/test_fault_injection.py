@@ -201,6 +201,56 @@ def test_a_folder_that_holds_another_run_is_refused_and_left_byte_identical(tmp_
     assert tree(other) == before
 
 
+def _permissions_bind(probe: Path) -> list[str] | None:
+    """A command prefix under which file permissions bind: none for a plain user; for root, capsh without
+    CAP_DAC_OVERRIDE (root writes anywhere otherwise). None where neither works here."""
+    if os.geteuid() != 0:
+        return []
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        return None
+    prefix = [capsh, "--drop=cap_dac_override", "--", "-c", 'exec "$0" "$@"']
+    if subprocess.run([*prefix, "test", "-w", str(probe)]).returncode == 0:
+        return None  # the capability could not be dropped (a container without it, say)
+    return prefix
+
+
+def test_a_run_dir_that_cannot_be_made_or_written_is_one_line_and_leaves_nothing(tmp_path):
+    """A path under a regular file, a read-only folder and a new folder inside one: one line, exit 2,
+    no folder left behind (they were tracebacks from the run dir's lock)."""
+    (tmp_path / "afile").write_text("a file\n")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    cases = [
+        ([], "afile/run", "afile is a file, not a folder"),
+        ([], "afile/run/deeper", "afile is a file, not a folder"),
+    ]
+    prefix = _permissions_bind(ro)
+    if prefix is not None:
+        cases += [(prefix, "ro", "Permission denied"), (prefix, "ro/new", "Permission denied")]
+        cases += [(prefix, "ro/a/b", "Permission denied")]
+    procs = [
+        subprocess.Popen(
+            [*pre, sys.executable, "-m", "dqnfast.train", *BASE, f"hydra.run.dir={where}"],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pre, where, _ in cases
+    ]
+    STARTED.extend(procs)
+    for p, (_, where, why) in zip(procs, cases):
+        line = refused(p, "error: hydra.run.dir: cannot create or write the run dir ", why)
+        assert str(tmp_path / where) in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ro"] and not list(ro.iterdir())
+    assert (tmp_path / "afile").read_text() == "a file\n"
+    if prefix is None:
+        pytest.skip("root without a way to drop CAP_DAC_OVERRIDE: the read-only cases cannot be made here")
+
+
 def small(total_steps: int, **logger):
     """BASE as plain dataclasses (no Hydra), for runs in this process."""
     from test_training import cartpole

@@ -302,6 +302,48 @@ def test_a_frame_stack_beyond_the_rings_is_refused_and_the_ring_agrees():
         ReplayRing(200, 1, (4, 4), stack=MAX_STACK + 1, check_memory=False)
 
 
+HUGE = 99999999999999999999999  # beyond int64: Python ints have no limit, numpy, the ring and envpool do
+
+
+@pytest.mark.parametrize(
+    "key, value, valid",
+    [
+        ("algo.total_steps", HUGE, "use 1 to 281474976710656"),
+        ("algo.total_steps", 2**48 + 1, "use 1 to 281474976710656"),
+        ("algo.learning_starts", HUGE, "use 0 to 281474976710656"),
+        ("explore.decay_steps", HUGE, "use 1 to 281474976710656"),
+        ("logger.log_every", HUGE, "use 1 to 281474976710656"),
+        ("logger.checkpoint_every", HUGE, "use 0 to 281474976710656"),
+        ("logger.score_window", HUGE, "use 1 to 281474976710656"),
+        ("envs.num_envs", HUGE, "use 1 to 2147483647"),
+        ("envs.train.max_episode_steps", 2**31, "use 1 to 2147483647"),
+        ("envs.eval.noop_max", HUGE, "use 0 to 2147483647"),
+        ("algo.target_update_period", HUGE, "at most 9223372036854775807"),
+        ("network.mlp_hidden", [64, HUGE], "at most 9223372036854775807"),
+        ("logger.keep_checkpoints", HUGE, "at most 9223372036854775807"),
+    ],
+)
+def test_integers_too_large_for_what_they_size_are_refused_with_the_range(key, value, valid):
+    for learner in ("dqn", "reinforce"):
+        with pytest.raises(ConfigError) as e:
+            check_config(small(learner=learner, **{key: value}))
+        assert e.value.key == key and "\n" not in str(e.value), str(e.value)
+        assert str(e.value).startswith(f"{key}: {value if not isinstance(value, list) else value[-1]} is out of range")
+        assert valid in str(e.value), str(e.value)
+    check_config(small(**{"algo.total_steps": 2**48, "envs.train.max_episode_steps": 2**31 - 1}))
+
+
+@pytest.mark.parametrize("learner", ["dqn", "reinforce"])
+def test_cli_refuses_a_huge_step_count_in_one_line_and_leaves_no_folder(tmp_path, learner):
+    # a refusal takes seconds; the timeout turns a run that accepted the value (it would never end) into a failure
+    args = [*tiny(learner=learner, algo__total_steps=HUGE), f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = cli(*args, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = one_line_error(proc.stderr)
+    assert line.startswith(f"error: algo.total_steps: {HUGE} is out of range: use 1 to "), line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "outputs").exists()
+
+
 def test_a_dqn_run_that_ends_before_learning_starts_is_refused():
     cfg = Config(algo=AlgoConfig(total_steps=1000, learning_starts=5000))
     with pytest.raises(ConfigError) as e:

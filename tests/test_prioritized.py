@@ -9,6 +9,7 @@ that a real bias fails, and the learner's per-sample TD errors and weighted loss
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -321,6 +322,23 @@ def test_prefetcher_reports_priorities_one_update_later_and_saves_the_pending_on
     assert pf.beta(0) == pytest.approx(0.4) and pf.beta(50) == pytest.approx(0.7) and pf.beta(500) == 1.0
 
 
+def test_a_non_finite_report_is_its_own_error_and_changes_no_priority():
+    """A diverged update's |TD errors| (NaN, inf) are told apart from a caller's mistake, so the loop can say the
+    run diverged; the ring keeps the priorities it had."""
+    from dqnfast.replay import NonFinitePriority
+
+    ring, valid, p = _known_ring()
+    pf = ring.prefetcher(16, "cpu")
+    pf.next()
+    pf.report(torch.full((16,), math.nan))  # queued: applied with the next report
+    before = ring.priorities(valid)
+    pf.next()
+    with pytest.raises(NonFinitePriority) as ei:
+        pf.report(torch.ones(16))
+    assert "nan" in _one_line(ei)
+    np.testing.assert_array_equal(ring.priorities(valid), before)
+
+
 def test_a_uniform_prefetcher_ignores_reports():
     ring = ReplayRing(64, 1, (2,), stack=1, n_step=1)
     _chain(ring, 20)
@@ -351,3 +369,31 @@ def test_cartpole_training_with_prioritized_replay_runs_through_the_cli(run_cli)
     assert saved
     ring = ReplayRing.load(saved[-1])
     assert ring.prioritized and ring.max_priority > 1.0  # the learner's TD errors came back
+
+
+def test_a_diverging_prioritized_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(run_cli):
+    """preset=rainbow turns gradient clipping off: NaN |TD errors| reach the priority update first, and
+    must end the run as the divergence guard does, not as a priority the ring refuses."""
+    from dqnfast.checkpoint import load_checkpoint
+
+    proc, out = run_cli(
+        "preset=rainbow",
+        "game=CartPole",
+        "algo.total_steps=3000",
+        "algo.learning_starts=500",
+        "replay.capacity=10000",
+        "optim.lr=1e20",
+        "logger.checkpoint_every=400",  # one checkpoint before learning starts, the next after the blow-up
+        "logger.progress=false",
+        "envs.eval.episodes=1",
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "training diverged at agent step" in err[0], proc.stderr[-3000:]
+    assert "not finite" in err[0] and "optim.lr" in err[0] and "is kept" in err[0], err[0]
+    assert not (out / "eval.json").exists()
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert 0 < ck["counters"]["env_steps"] <= 500 and ck["counters"]["updates"] <= 1
+    assert all(torch.isfinite(t).all() for t in ck["online"].values())

@@ -102,6 +102,27 @@ def test_cli_runs_reinforce_end_to_end_and_writes_metrics_and_eval(run_cli):
     assert (out / "checkpoint.pt").is_file()  # python -m dqnfast.evaluate plays it: tests/test_evaluate.py
 
 
+def test_cli_reinforce_that_diverges_stops_in_one_line_as_dqn_does(run_cli):
+    """optim.lr=1e30 blows the weights up to ~1e30 while the loss stays finite (the policy collapses onto
+    one action): the guard DQN uses refuses to checkpoint it, and the run ends with exit 1, not a score."""
+    proc, out = run_cli(
+        "preset=reinforce",
+        "envs.num_envs=4",
+        "algo.total_steps=600",
+        "optim.lr=1e30",
+        "logger.progress=false",
+        "envs.eval.episodes=1",
+        "envs.eval.num_envs=1",
+        timeout=240,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "training diverged at agent step" in err[0], proc.stderr[-2000:]
+    assert "logits" in err[0] and "optim.lr (now 1e+30)" in err[0] and "max_grad_norm" not in err[0], err[0]
+    assert not (out / "eval.json").exists() and not (out / "checkpoint.pt").exists()
+
+
 # ------------------------------------------------------------------ learning
 def _learn(total_steps: int, tmp_path, resume=None, **over):
     from hydra import compose, initialize_config_dir

@@ -226,6 +226,29 @@ def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
     assert not list((tmp_path / "cut").glob(".hydra*"))  # refused before Hydra wrote into the run dir
 
 
+def _snapshot(d: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {
+        str(p.relative_to(d)): (p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes())
+        for p in d.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_a_resume_through_a_symlinked_checkpoint_writes_only_into_its_own_folder(finished_run, tmp_path):
+    """``B/checkpoint.pt -> A/checkpoint.pt``: resume=B continues in B, never writes into A through the link."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    shutil.copytree(finished_run, a)
+    b.mkdir()
+    (b / "checkpoint.pt").symlink_to(a / "checkpoint.pt")
+    was = _snapshot(a)
+    code, _, err = finish(start(f"resume={b}", "algo.total_steps=2000", cwd=tmp_path))
+    assert code == 0, err[-3000:]
+    assert _snapshot(a) == was
+    assert not (b / "checkpoint.pt").is_symlink()
+    assert load_checkpoint(b / "checkpoint.pt")["counters"]["env_steps"] == 2000
+    assert (b / "checkpoints" / "step_000000002000.pt").is_file() and (b / "eval.json").is_file()
+
+
 def test_a_second_signal_exits_at_once(tmp_path):
     script = (
         "import os, signal, time\n"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dqnfast.replay import ReplayFileError, ReplayRing
 
@@ -125,7 +126,7 @@ def _rewrite(
         entries[name] = fn(entries[name].copy())
     if fix_checksum:
         h = _digest(str(entries["meta"]))
-        for name in _ARRAY_NAMES:
+        for name in (*_ARRAY_NAMES, *(["priorities"] if "priorities" in entries else [])):
             _feed(h, name, entries[name])
         entries["sha256"] = np.array(h.hexdigest())
     for name in drop:
@@ -178,6 +179,59 @@ def test_altered_replay_files_are_refused_in_one_line(case, tmp_path):
     assert ReplayRing.load(good).num_valid() == ring.num_valid()  # the original still loads
 
 
+def _prioritized_ring() -> ReplayRing:
+    """Two envs of CartPole-sized frames, some priorities reported: max_priority is 10 + eps, above every slot's."""
+    ring = ReplayRing(SEG * 2, 2, (4,), "float32", stack=1, n_step=1, gamma=0.9, seed=1, prioritized=True)
+    ids = np.arange(2, dtype=np.int64)
+    for step in range(12):
+        ring.add(
+            ids,
+            np.ones((2, 4), np.float32),
+            np.zeros(2, np.int64),
+            np.ones(2, np.float32),
+            np.zeros(2, bool),
+            np.zeros(2, bool),
+            np.full(2, step == 0),
+        )
+    valid = ring.valid_indices()[:4]
+    ring.update_priorities(valid, np.array([10.0, 0.5, 2.0, 3.0], np.float32), ring.locate(valid)[1])
+    return ring
+
+
+def _written_to(value):
+    def fn(a):
+        a[a > 0] = value
+        return a
+
+    return fn
+
+
+ALTERED_PRIORITIES = {
+    # every draw would be that one slot, though the file says no priority passed 10
+    "a priority above max_priority": lambda m: dict(arrays={"priorities": _set((0, 3), 1e308)}),
+    # all slots at 1e308 with max_priority 1e308: the sum over the ring overflows, weights are NaN
+    "priorities no TD error gives": lambda m: dict(
+        meta={"sampler": {**m["sampler"], "max_priority": 1e308}}, arrays={"priorities": _written_to(1e308)}
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ALTERED_PRIORITIES), ids=list(ALTERED_PRIORITIES))
+def test_altered_priorities_are_refused_in_one_line(case, tmp_path):
+    """Consistent forgeries (checksum recomputed): each is refused for what it holds, before any draw."""
+    ring = _prioritized_ring()
+    good = ring.save(tmp_path / "ring.npz")
+    with np.load(good) as z:
+        meta = json.loads(str(z["meta"]))
+    bad = _rewrite(good, tmp_path / "bad.npz", **ALTERED_PRIORITIES[case](meta))
+    with pytest.raises(ReplayFileError) as ei:
+        ReplayRing.load(bad, alpha=1.0)
+    msg = _one_line(ei)
+    assert "bad.npz" in msg and "max_priority" in msg, msg
+    again = ReplayRing.load(good, alpha=1.0)  # the original still loads, and draws as it did
+    assert again.max_priority == ring.max_priority and torch.isfinite(again.sample(8).weight).all()
+
+
 def test_a_consistent_rewrite_with_no_change_still_loads(tmp_path):
     """The forgery helper itself is faithful: the refusals above are about the changed values."""
     ring = _filled_ring()
@@ -185,6 +239,11 @@ def test_a_consistent_rewrite_with_no_change_still_loads(tmp_path):
     copy = ReplayRing.load(_rewrite(good, tmp_path / "copy.npz"))
     np.testing.assert_array_equal(copy.valid_indices(), ring.valid_indices())
     assert copy.rng_state == ring.rng_state and copy.num_actions == 6
+    prioritized = _prioritized_ring()
+    good = prioritized.save(tmp_path / "per.npz")
+    copy = ReplayRing.load(_rewrite(good, tmp_path / "per_copy.npz"))
+    slots = np.arange(prioritized.capacity)
+    np.testing.assert_array_equal(copy.priorities(slots), prioritized.priorities(slots))
 
 
 def test_load_checks_actions_against_the_callers_action_count(tmp_path):
@@ -297,3 +356,26 @@ def test_resume_from_an_altered_replay_file_is_refused_in_one_line(run_cli, tmp_
     assert "Traceback" not in r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and files[-1].name in err[0] and "replay.save=false" in err[0], r.stderr[-3000:]
+
+
+def test_resume_with_a_saved_ring_refuses_a_changed_capacity(run_cli, tmp_path):
+    """The checkpoint's config must describe the ring the run uses: a capacity logged as changed while the
+    saved ring keeps its own size would be recorded in every later checkpoint as the wrong one."""
+    proc, out = run_cli(*TINY_CARTPOLE, "replay.save=true", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = (out / "checkpoint.pt").read_bytes()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(
+        [sys.executable, "-m", "dqnfast.train", f"resume={out}", "algo.total_steps=300", "replay.capacity=100"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and err[0].startswith("error: replay.capacity: the saved replay ring"), r.stderr[-3000:]
+    assert "replay.capacity=50000" in err[0] and "replay.save=false" in err[0], err[0]
+    assert (out / "checkpoint.pt").read_bytes() == before

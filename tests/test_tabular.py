@@ -253,8 +253,11 @@ def test_cli_bad_gamma_is_one_line_and_status_2(gamma):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--iterations", "0"], "--iterations must be >= 1"),
-        (["--q-learning-steps", "-1"], "--q-learning-steps must be >= 0"),
+        (["--iterations", "0"], "--iterations must be in [1, 9223372036854775807], got 0"),
+        (["--iterations", "9223372036854775808"], "--iterations must be in [1, 9223372036854775807]"),
+        (["--iterations", "99999999999999999999999"], "--iterations must be in [1, 9223372036854775807]"),
+        (["--q-learning-steps", "-1"], "--q-learning-steps must be in [0, 9223372036854775807], got -1"),
+        (["--q-learning-steps", "99999999999999999999999"], "--q-learning-steps must be in [0, 9223372036854775807]"),
         (["--seed", "-1"], "--seed must be in"),
         (["--gamma", "x"], "invalid float value"),
         (["--bogus"], "unrecognized arguments"),
@@ -268,6 +271,29 @@ def test_cli_bad_input_in_process(args, message, capsys):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+@pytest.mark.parametrize("iterations", ["1000000000000", "9223372036854775807"])
+def test_cli_takes_any_int64_sweep_limit_and_stops_at_the_fixed_point(iterations, tmp_path, capsys):
+    """The history grows with the sweeps run, not with the limit (a MemoryError and a negative size before)."""
+    from dqnfast.cli.tabular import main
+
+    assert main(["--iterations", iterations, "--q-learning-steps", "0", "--plot", str(tmp_path / "q.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"Q-value iteration: 80 sweeps (at most {iterations})" in out and (tmp_path / "q.png").is_file()
+
+
+def test_value_iteration_history_grows_with_the_sweeps_run():
+    mdp = three_state_mdp()
+    for compiled in (True, False):
+        res = q_value_iteration(mdp, 0.99, 2**63 - 1, history=True, compiled=compiled)
+        assert res.delta == 0.0 and res.history.shape == (res.sweeps + 1, 3, 3) and res.sweeps > 2048
+        np.testing.assert_array_equal(res.history[-1], res.q)
+        np.testing.assert_array_equal(res.history[:301], q_value_iteration(mdp, 0.99, 300, history=True).history)
+    with pytest.raises(ValueError, match="n_iterations must be in"):
+        q_value_iteration(mdp, 0.9, 2**63)
+    with pytest.raises(ValueError, match="n_steps must be in"):
+        q_learning(mdp, 0.9, 2**63)
 
 
 def test_cli_skips_q_learning_at_zero_steps(capsys):

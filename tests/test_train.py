@@ -9,6 +9,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,6 +26,7 @@ from dqnfast.loggers import METRIC_COLUMNS
 from dqnfast.networks import make_network
 from dqnfast.training import check_config, train
 
+REPO = Path(__file__).resolve().parents[1]
 PROMISED_COLUMNS = [
     "env_steps",
     "frames",
@@ -208,6 +213,46 @@ def test_refused_run_keeps_a_folder_that_holds_results(tmp_path, monkeypatch):
         cli()
     # refused before Hydra writes (a new run would overwrite that metrics.csv): the folder is as it was
     assert [p.name for p in run.iterdir()] == ["metrics.csv"] and (run / "metrics.csv").read_text() == "env_steps\n"
+
+
+NON_ASCII_RUN = [
+    "preset=cartpole",
+    "algo.learning_starts=100",
+    "logger.log_every=100",
+    "logger.progress=false",
+    "envs.eval.episodes=1",
+    "envs.eval.num_envs=1",
+    "envs.eval.max_episode_steps=50",
+    "torch_threads=1",
+]
+
+
+def test_a_run_dir_with_letters_beyond_ascii_runs_resumes_and_evaluates_by_path(tmp_path):
+    """Hydra's grammar takes such letters only quoted: path keys are quoted for it, as typed or quoted by
+    the user; any other key with them is one line that says how to quote it, and leaves nothing."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+    def run(module: str, *args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", module, *args]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    run_dir = tmp_path / "runé ü"
+    steps = [("hydra.run.dir=runé ü", 200), ("resume='runé ü'", 300), (f"resume={run_dir}", 400)]
+    for arg, total in steps:  # fresh (unquoted), resumed quoted, resumed unquoted
+        proc = run("dqnfast.train", *NON_ASCII_RUN, f"algo.total_steps={total}", arg)
+        assert proc.returncode == 0, (arg, proc.stderr[-3000:])
+        assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["env_steps"] == total
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runé ü"]  # every segment in its own folder
+    proc = run("dqnfast.evaluate", f"run={run_dir}", "episodes=1", "num_envs=1", "max_episode_steps=50")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "eval" / "eval.json").read_text())["env_steps"] == 400
+    proc = run("dqnfast.train", *NON_ASCII_RUN, "game=Pongé", "hydra.run.dir=refused")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (
+        "error: game: 'Pongé': Hydra's override grammar takes characters beyond ASCII only inside quotes; "
+        "write game='Pongé' (in a shell: \"game='Pongé'\")"
+    )
+    assert not (tmp_path / "refused").exists()
 
 
 def test_cli_help_and_cfg(run_cli):

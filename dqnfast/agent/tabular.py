@@ -29,6 +29,7 @@ import numba
 import numpy as np
 
 __all__ = [
+    "INT64_MAX",
     "MDP",
     "QLearningResult",
     "ValueIterationResult",
@@ -224,6 +225,9 @@ def random_mdp(n_states: int, n_actions: int, seed: int = 0, p_allowed: float = 
     return MDP(T, R, tuple(tuple(int(a) for a in np.flatnonzero(allowed[s])) for s in range(S)))
 
 
+INT64_MAX = 2**63 - 1  # the kernels count sweeps and steps in int64
+
+
 # ------------------------------------------------------------------ the kernels
 @numba.njit(cache=True)
 def _q_value_iteration_kernel(T, R, allowed, gamma, n_iterations, tol, record):
@@ -239,7 +243,10 @@ def _q_value_iteration_kernel(T, R, allowed, gamma, n_iterations, tol, record):
         for a in range(A):
             q[s, a] = 0.0 if allowed[s, a] else -np.inf
     v = np.empty(S)
-    hist = np.empty((n_iterations + 1 if record else 0, S, A))
+    # the history grows with the sweeps actually run (it doubles when full), so a large
+    # n_iterations that stops early at its fixed point costs no memory up front
+    cap = min(n_iterations, 1024)
+    hist = np.empty((cap + 1 if record else 0, S, A))
     if record:
         hist[0] = q
     sweeps = 0
@@ -267,6 +274,11 @@ def _q_value_iteration_kernel(T, R, allowed, gamma, n_iterations, tol, record):
                 q[s, a] = total
         sweeps = it + 1
         if record:
+            if sweeps > cap:
+                cap = min(2 * cap, n_iterations)
+                grown = np.empty((cap + 1, S, A))
+                grown[:sweeps] = hist[:sweeps]
+                hist = grown
             hist[sweeps] = q
         if delta <= tol:
             break
@@ -354,8 +366,8 @@ def q_value_iteration(
     Q after every sweep; ``compiled=False`` runs the same kernel as plain Python.
     """
     gamma = _check_gamma(gamma)
-    if int(n_iterations) < 0:
-        raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
+    if not 0 <= int(n_iterations) <= INT64_MAX:
+        raise ValueError(f"n_iterations must be in [0, {INT64_MAX}], got {n_iterations}")
     kernel = _q_value_iteration_kernel if compiled else _q_value_iteration_kernel.py_func
     q, hist, sweeps, delta = kernel(mdp.T, mdp.R, mdp.allowed, gamma, int(n_iterations), float(tol), bool(history))
     return ValueIterationResult(q, hist, int(sweeps), float(delta))
@@ -390,16 +402,16 @@ def q_learning(
     """
     gamma = _check_gamma(gamma)
     n_steps, record_every, seed = int(n_steps), int(record_every), int(seed)
-    if n_steps < 0:
-        raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+    if not 0 <= n_steps <= INT64_MAX:
+        raise ValueError(f"n_steps must be in [0, {INT64_MAX}], got {n_steps}")
     if not (alpha0 > 0 and decay >= 0):
         raise ValueError(f"need alpha0 > 0 and decay >= 0, got alpha0={alpha0}, decay={decay}")
     if not 0 <= start_state < mdp.n_states:
         raise ValueError(f"start_state must be in [0, {mdp.n_states}), got {start_state}")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
-    if record_every < 0:
-        raise ValueError(f"record_every must be >= 0, got {record_every}")
+    if not 0 <= record_every <= INT64_MAX:
+        raise ValueError(f"record_every must be in [0, {INT64_MAX}], got {record_every}")
     cdf, actions, n_allowed = _sampling_tables(mdp)
     kernel = _q_learning_kernel if compiled else _q_learning_kernel.py_func
     q, hist = kernel(

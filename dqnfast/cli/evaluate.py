@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output
 from dqnfast.cli.help import print_help, wants_help
+from dqnfast.cli.overrides import quote_paths
 from dqnfast.config import ConfigError
 from dqnfast.envs import EnvCreationError
 from dqnfast.evaluation import EvalConfig, check_evaluation, default_out, evaluate
@@ -145,9 +146,14 @@ def _register() -> None:
     ConfigStore.instance().store(name="evaluate_schema", node=EvalConfig)
 
 
+# Overrides whose values are paths: quoted for Hydra when its grammar cannot take them as typed (run=runé)
+PATH_KEYS = ("run", "out", "hydra.run.dir")
+
+
 def cli() -> None:
     """``python -m dqnfast.evaluate run=<run dir or checkpoint> [key=value ...]`` (Hydra app, conf/evaluate.yaml)."""
     begin_command()
+    sys.argv = sys.argv[:1] + quote_paths(sys.argv[1:], PATH_KEYS)
     _register()
     _preflight(sys.argv[1:])
     if wants_help(sys.argv[1:]):

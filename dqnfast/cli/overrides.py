@@ -8,13 +8,93 @@ Hydra's override parser, which library modules never do.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dqnfast.config import ConfigError
 from dqnfast.config.schema import Choice
 
-__all__ = ["check_overrides", "is_hydra_key", "sweep_jobs"]
+__all__ = ["check_overrides", "is_hydra_key", "plain_value", "quote", "quote_paths", "sweep_jobs"]
+
+
+def _parse(arg: str) -> Any:
+    """Hydra's parse of one ``key=value`` override (raises on a grammar error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(arg)
+
+
+def plain_value(arg: str) -> str | None:
+    """The value of one ``key=value`` override as Hydra reads it (quotes removed), or None.
+
+    None: the override does not parse, is a sweep, or its value is null, a list or a dict.
+    """
+    try:
+        o = _parse(arg)
+        v = o.value()
+    except Exception:  # a grammar error: Hydra reports it (check_overrides, for non-ASCII)
+        return None
+    if o.is_sweep_override() or v is None or isinstance(v, (bool, list, dict)):
+        return None
+    return str(v)
+
+
+def quote(value: str) -> str | None:
+    """``value`` quoted so that Hydra's override grammar reads back exactly ``value``, or None.
+
+    Hydra takes letters beyond ASCII, among others, only inside quotes; inside them a
+    backslash is escaped only before a quote.
+    """
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
+    for candidate in (f"'{value}'", f'"{value}"', f"'{escaped}'"):
+        try:
+            if _parse(f"k={candidate}").value() == value:
+                return candidate
+        except Exception:
+            continue
+    return None
+
+
+def quote_paths(argv: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """``argv`` with the path values of ``keys`` quoted where Hydra's grammar needs it.
+
+    ``resume=runé`` (a folder name with non-ASCII letters) is a lexer error to Hydra, while
+    ``resume='runé'`` is the same path: a path key's single value that does not parse as
+    given, but parses quoted to exactly what the user typed, is passed on quoted. Anything
+    else is left as it is.
+    """
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value and value[0] not in "'\"" and plain_value(arg) is None:
+            try:
+                _parse(arg)
+            except Exception:
+                q = quote(value)
+                if q is not None:
+                    arg = f"{key}={q}"
+        out.append(arg)
+    return out
+
+
+def _unquoted_non_ascii(args: Sequence[str]) -> None:
+    """Raises ConfigError for the first override Hydra cannot lex because of unquoted non-ASCII letters."""
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if value.isascii():
+            continue
+        try:
+            _parse(arg)
+        except Exception:
+            q = quote(value)
+            hint = f"{key}={q}" if q is not None else f"{key}='...'"
+            raise ConfigError(
+                key.lstrip("+~"),
+                f"{value!r}: Hydra's override grammar takes characters beyond ASCII only inside quotes; write "
+                f'{hint} (in a shell: "{hint}")',
+            ) from None
 
 
 def is_hydra_key(key: str) -> bool:
@@ -63,7 +143,8 @@ def check_overrides(
     args = [a for a in argv if not a.startswith("-") and "=" in a]
     try:
         overrides = OverridesParser.create().parse_overrides(args)
-    except Exception:  # Hydra's own parser error says it best
+    except Exception:  # Hydra's own parser error says it best, but for letters beyond ASCII
+        _unquoted_non_ascii(args)
         return {}
     typed = OmegaConf.structured(schema)
     checked: dict[str, list[Any]] = {}

@@ -46,13 +46,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--iterations",
         type=int,
         default=1000,
-        help="most sweeps of Q-value iteration; it stops earlier at a fixed point (default 1000)",
+        help="most sweeps of Q-value iteration, 1 to 2^63 - 1; it stops earlier at a fixed point (default 1000)",
     )
     p.add_argument(
         "--q-learning-steps",
         type=int,
         default=1_000_000,
-        help="random-exploration steps of Q-learning; 0 skips it (default 1,000,000)",
+        help="random-exploration steps of Q-learning, 0 to 2^63 - 1; 0 skips it (default 1,000,000)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of Q-learning's exploration (default 0)")
     p.add_argument("--plot", type=Path, default=None, metavar="PATH", help="write the convergence plot (PNG)")
@@ -60,10 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not (math.isfinite(args.gamma) and 0.0 <= args.gamma < 1.0):
         _fail(f"--gamma must be in [0, 1), got {args.gamma}")
-    if args.iterations < 1:
-        _fail(f"--iterations must be >= 1, got {args.iterations}")
-    if args.q_learning_steps < 0:
-        _fail(f"--q-learning-steps must be >= 0, got {args.q_learning_steps}")
+    top = tabular.INT64_MAX  # the compiled kernels count in int64
+    if not 1 <= args.iterations <= top:
+        _fail(f"--iterations must be in [1, {top}], got {args.iterations}")
+    if not 0 <= args.q_learning_steps <= top:
+        _fail(f"--q-learning-steps must be in [0, {top}], got {args.q_learning_steps}")
     if not 0 <= args.seed < 2**32:
         _fail(f"--seed must be in [0, 2**32), got {args.seed}")
     return args
@@ -74,7 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mdp = tabular.three_state_mdp()
     gamma = args.gamma
 
-    vi = tabular.q_value_iteration(mdp, gamma, args.iterations, history=True)
+    # the sweep-by-sweep history only feeds the plot: a long run without --plot keeps none
+    vi = tabular.q_value_iteration(mdp, gamma, args.iterations, history=args.plot is not None)
     vi_policy = tabular.greedy_policy(vi.q)
     residual = tabular.bellman_residual(mdp, vi.q, gamma)
     print(f"Three-state MDP (textbook example), gamma = {gamma:g}")

@@ -39,6 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from dqnfast.atomic import DiskFullError
 from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output, note_existing
 from dqnfast.cli.help import print_help, wants_help
+from dqnfast.cli.overrides import plain_value, quote, quote_paths
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.keys import summary
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
@@ -445,11 +446,11 @@ def _resume_preflight(argv: list[str]) -> tuple[list[str], Path | None]:
     """
     from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 
-    given = [a.split("=", 1)[1] for a in argv if a.startswith("resume=")]
-    if not given or given[-1] in ("", "null", "None"):
+    given = [a for a in argv if a.startswith("resume=")]
+    if not given or given[-1].split("=", 1)[1] in ("", "null", "None"):
         return argv, None
     try:
-        path = find_checkpoint(given[-1])
+        path = find_checkpoint(_path_value(given[-1]))
         load_checkpoint(path)  # a corrupt file fails here, before Hydra writes into the run dir
     except CheckpointError as e:
         _fail(ConfigError("resume", str(e)))
@@ -457,7 +458,7 @@ def _resume_preflight(argv: list[str]) -> tuple[list[str], Path | None]:
     run_dir = _given_run_dir(argv)
     if run_dir is None and not any(a.startswith("hydra.run.dir=") for a in argv):
         run_dir = run_dir_of(path)
-        extra.append(f"hydra.run.dir={run_dir}")
+        extra.append(_override("hydra.run.dir", str(run_dir)))
     in_place = run_dir is not None and run_dir.resolve() == run_dir_of(path)
     if in_place and not any(a.startswith("hydra.output_subdir=") for a in argv):
         extra.append(f"hydra.output_subdir=.hydra/resume-{int(time.time())}")
@@ -473,10 +474,28 @@ def _given_run_dir(argv: list[str]) -> Path | None:
     """The run dir a single run writes, when the command line names it plainly (``hydra.run.dir=...``)."""
     if any(a.split("=", 1)[0] in _NO_RUN_DIR for a in argv):
         return None
-    given = [a.split("=", 1)[1] for a in argv if a.startswith("hydra.run.dir=")]
-    if not given or any(c in given[-1] for c in "${}'\"\\"):
-        return None  # interpolated or quoted: Hydra resolves it, ``train`` checks it
-    return Path(given[-1]).expanduser()
+    given = [a for a in argv if a.startswith("hydra.run.dir=")]
+    value = plain_value(given[-1]) if given else None
+    if value is None or "${" in value:
+        return None  # interpolated, or not one plain value: Hydra resolves it, ``train`` checks it
+    return Path(value).expanduser()
+
+
+def _path_value(arg: str) -> str:
+    """A path override's value as Hydra will read it (``resume='runé'`` -> ``runé``); as typed if it does not parse."""
+    value = plain_value(arg)
+    return value if value is not None else arg.split("=", 1)[1]
+
+
+def _override(key: str, value: str) -> str:
+    """``key=value`` as an override that Hydra reads back as exactly ``value`` (quoted where its grammar needs it)."""
+    arg = f"{key}={value}"
+    if plain_value(arg) == value:
+        return arg
+    q = quote(value)
+    if q is None:
+        _fail(ConfigError(key, f"{value!r} cannot be written in Hydra's override grammar; choose another path"))
+    return f"{key}={q}"
 
 
 def _claim_run_dir(argv: list[str], source: Path | None) -> None:
@@ -512,9 +531,14 @@ OPTIONAL_GROUPS = {
 }
 
 
+# Overrides whose values are paths: quoted for Hydra when its grammar cannot take them as typed
+PATH_KEYS = ("resume", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
+
+
 def cli() -> None:
     """Console entry point: pre-flight checks, our ``--help``, the run dir's lock, then Hydra."""
     begin_command()
+    sys.argv = sys.argv[:1] + quote_paths(sys.argv[1:], PATH_KEYS)
     _preflight(sys.argv[1:])
     if wants_help(sys.argv[1:]):
         print_help(

@@ -14,7 +14,7 @@ envs; one agent step is ``envs.frame_skip`` emulator frames (4 for Atari).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum, EnumMeta, StrEnum
 from typing import Any, List, Optional
 
@@ -33,6 +33,7 @@ __all__ = [
     "ReinforceConfig",
     "ReplayConfig",
     "MAX_STACK",
+    "MAX_STEPS",
     "check_learning_starts",
     "NETWORK_NAMES",
     "OBS_KINDS",
@@ -163,6 +164,30 @@ _WHAT = {
 }
 NETWORK_NAMES = tuple(m.value for m in NetworkName)
 MAX_STACK = 64  # the longest frame stack the replay ring rebuilds (kMaxStack in csrc/replay_ring.h)
+# Agent steps a run may count to: the replay ring keeps each env's step count below 2^48
+# (dqnfast.replay.files.MAX_CURSOR), 9 years at a million agent steps a second.
+MAX_STEPS = 2**48
+_INT32_MAX = 2**31 - 1  # envpool's config integers
+_INT64_MAX = 2**63 - 1
+# (lowest, highest, why) of integer keys with a bound of their own; every other integer key must fit
+# int64. seed and the thread counts are checked elsewhere with ranges of their own (training.limits,
+# config.resolve).
+_STEPS = "agent steps: the replay ring counts each env's steps below 2^48"
+_ENVPOOL = "envpool takes 32-bit integers"
+_INT_RANGES = {
+    "algo.total_steps": (1, MAX_STEPS, _STEPS),
+    "algo.learning_starts": (0, MAX_STEPS, _STEPS),
+    "explore.decay_steps": (1, MAX_STEPS, _STEPS),
+    "logger.log_every": (1, MAX_STEPS, _STEPS),
+    "logger.checkpoint_every": (0, MAX_STEPS, _STEPS),
+    "logger.score_window": (1, MAX_STEPS, "games: a run plays fewer than it has agent steps"),
+    **{f"envs.{k}": (1, _INT32_MAX, _ENVPOOL) for k in ("num_envs", "frame_skip", "batch_size")},
+    **{f"envs.{p}.noop_max": (0, _INT32_MAX, _ENVPOOL) for p in ("train", "eval")},
+    **{f"envs.{p}.max_episode_steps": (1, _INT32_MAX, _ENVPOOL) for p in ("train", "eval")},
+    "envs.eval.episodes": (0, _INT32_MAX, _ENVPOOL),
+    "envs.eval.num_envs": (1, _INT32_MAX, _ENVPOOL),
+}
+_OWN_RANGE_CHECKS = ("seed", "torch_threads", "envs.num_threads", "replay.num_threads")
 OBS_KINDS = tuple(m.value for m in ObsKind)
 
 
@@ -491,6 +516,30 @@ def _non_negative(cfg: Any, prefix: str, *names: str) -> None:
         _check(_finite(v) and v >= 0, f"{prefix}.{n}", f"must be >= 0, got {v!r}")
 
 
+def _integer_ranges(obj: Any, prefix: str = "") -> None:
+    """Refuses an integer too large for what it sizes (``_INT_RANGES``, else int64), whatever its section.
+
+    Python integers have no limit, so ``algo.total_steps=99999999999999999999999`` would
+    otherwise reach numpy, the ring or envpool and fail there with a traceback.
+    """
+    for f in fields(obj):
+        key, v = prefix + f.name, getattr(obj, f.name)
+        if is_dataclass(v):
+            _integer_ranges(v, key + ".")
+            continue
+        if key in _OWN_RANGE_CHECKS:
+            continue
+        for x in v if isinstance(v, (list, tuple)) else [v]:
+            if not isinstance(x, int) or isinstance(x, bool):
+                continue
+            lo, hi, why = _INT_RANGES.get(key, (None, _INT64_MAX, "a 64-bit integer"))
+            _check(
+                x <= hi,
+                key,
+                f"{x} is out of range: use {f'{lo} to {hi}' if lo is not None else f'at most {hi}'} ({why})",
+            )
+
+
 def _choice(cfg: Any, name: str, key: str, kind: type[Choice]) -> None:
     """Checks ``cfg.<name>`` is a member of ``kind`` (any case) and stores the member: parsed once, here."""
     setattr(cfg, name, kind.parse(getattr(cfg, name), key))
@@ -530,6 +579,7 @@ def validate(cfg: Config) -> None:
     start-up, where envpool and torch are at hand.)
     """
     _check(isinstance(cfg.game, str) and cfg.game.strip() != "", "game", "must name a game, e.g. game=Pong")
+    _integer_ranges(cfg)
     _choice(cfg, "obs", "obs", ObsKind)
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", f"must be an integer >= 0, got {cfg.seed!r}")
     dev = str(cfg.device)

@@ -31,12 +31,13 @@ The package does no index math; its rooms:
 from dqnfast.memory import available_memory_bytes
 from dqnfast.replay.batch import Batch, BatchBuffers
 from dqnfast.replay.files import ReplayFileError
-from dqnfast.replay.prefetch import Prefetcher
+from dqnfast.replay.prefetch import NonFinitePriority, Prefetcher
 from dqnfast.replay.ring import ReplayMemoryError, ReplayRing
 
 __all__ = [
     "Batch",
     "BatchBuffers",
+    "NonFinitePriority",
     "Prefetcher",
     "ReplayFileError",
     "ReplayMemoryError",

@@ -37,6 +37,10 @@ FLAG_BITS = 1 | 2 | 4  # terminated, truncated, first (csrc/replay_ring.h)
 # step arithmetic (step + n_step, step % segment) stays far from int64 overflow.
 MAX_CURSOR = 2**48
 _INT32 = 2**31
+# A slot's priority is a float32 |TD error| plus priority_eps, and a run's max_priority is the largest
+# of them (1 before any): nothing a run writes is above FLT_MAX + priority_eps. Above it a sum of
+# priorities over the ring could overflow float64 and every draw land on one slot.
+MAX_TD = float(np.finfo(np.float32).max)
 
 
 class ReplayFileError(ValueError):
@@ -60,11 +64,21 @@ def feed(h, name: str, arr: np.ndarray) -> None:
         h.update(flat[i : i + chunk].data)
 
 
-def check_contents(views: dict, *, segment: int, num_actions: int | None, frames: np.ndarray | None) -> str | None:
+def check_contents(
+    views: dict,
+    *,
+    segment: int,
+    num_actions: int | None,
+    frames: np.ndarray | None,
+    max_priority: float = 1.0,
+    priority_eps: float = 0.0,
+) -> str | None:
     """What makes a loaded ring's raw arrays inconsistent, or None (vectorised, one pass each).
 
     views: the core's actions, rewards, flags, cursors (and priorities) as loaded. frames: the frames as
-    frame_dtype values when they are floats to check for non-finite values, else None.
+    frame_dtype values when they are floats to check for non-finite values, else None. max_priority,
+    priority_eps: a prioritized file's sampler entry; no priority may be above its max_priority, nor
+    that above what a run can report (``MAX_TD`` + priority_eps).
     """
     cursors, actions, rewards, flags = views["cursors"], views["actions"], views["rewards"], views["flags"]
     if (cursors < 0).any() or (cursors >= MAX_CURSOR).any():
@@ -90,4 +104,13 @@ def check_contents(views: dict, *, segment: int, num_actions: int | None, frames
             return "a priority is not finite"
         if (prio[unwritten] != 0).any() or (prio[~unwritten] <= 0).any():
             return "a written slot has a priority <= 0 or an unwritten one a priority"
+        if max_priority > MAX_TD + priority_eps:
+            return (
+                f"max_priority {max_priority!r} is above any priority a run reports (a float32 |TD error| "
+                f"plus priority_eps: at most {MAX_TD + priority_eps:g})"
+            )
+        above = prio > max_priority
+        if above.any():
+            env, slot = (int(i[0]) for i in np.nonzero(above))
+            return f"priority {float(prio[env, slot])!r} (env {env}, slot {slot}) is above the file's max_priority {max_priority!r}"
     return None

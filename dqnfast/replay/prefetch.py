@@ -33,7 +33,11 @@ import torch
 
 from dqnfast.replay.batch import Batch
 
-__all__ = ["Prefetcher"]
+__all__ = ["NonFinitePriority", "Prefetcher"]
+
+
+class NonFinitePriority(ValueError):
+    """A reported |TD error| is not finite (the learner diverged); the ring was not changed."""
 
 
 class Prefetcher:
@@ -99,7 +103,8 @@ class Prefetcher:
         """|TD error| per row (float32[B], any device) of the batch ``next`` returned last.
 
         Queued without waiting for the device; the report before it is applied to the ring now
-        (see the module docstring). A uniform ring ignores reports.
+        (see the module docstring). A uniform ring ignores reports. Raises NonFinitePriority
+        when the report applied now holds a NaN or infinite |TD error| (nothing is applied).
         """
         if not self.ring.prioritized:
             return
@@ -123,7 +128,12 @@ class Prefetcher:
         index, generation, host, event = entry
         if event is not None:
             event.synchronize()
-        self.ring.update_priorities(index, host.numpy(), generation)
+        td = host.numpy()
+        bad = ~np.isfinite(td)
+        if bad.any():  # a diverged update, not a caller's mistake: its own type, so the loop can say so
+            row = int(np.flatnonzero(bad)[0])
+            raise NonFinitePriority(f"|TD error| {td[row]} in row {row} of the batch")
+        self.ring.update_priorities(index, td, generation)
 
     def state_dict(self) -> dict[str, Any]:
         """The reports not applied yet (at most one), as CPU tensors: part of a checkpoint."""

@@ -621,7 +621,12 @@ class ReplayRing:
         if expect_digest is not None and h.hexdigest() != expect_digest:
             raise bad("checksum mismatch (its contents changed after it was written)")
         problem = check_contents(
-            views, segment=L.segment, num_actions=ring.num_actions, frames=ring._storage.host_frames()
+            views,
+            segment=L.segment,
+            num_actions=ring.num_actions,
+            frames=ring._storage.host_frames(),
+            max_priority=float(max_priority),
+            priority_eps=float(sampler.get("priority_eps", 0.0)) if prioritized else 0.0,
         )
         if problem:
             raise bad(problem)

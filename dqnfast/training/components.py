@@ -15,7 +15,7 @@ from typing import Any
 
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
-from dqnfast.training.resume import ResumePlan, check_resumable, load_ring
+from dqnfast.training.resume import ResumePlan, check_resumable, load_ring, ring_capacity
 
 log = logging.getLogger("dqnfast.train")
 
@@ -140,8 +140,7 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
             ring, path = load_ring(plan, cfg, spec, run_dir, num_threads=r.sampler_threads, frames_device=frames_device)
             if ring is not None:
                 return ring, path
-        # the ring takes whole per-env segments only
-        capacity = max(spec.num_envs, cfg.replay.capacity // spec.num_envs * spec.num_envs)
+        capacity = ring_capacity(cfg.replay.capacity, spec.num_envs)  # whole per-env segments only
         if capacity != cfg.replay.capacity:
             log.info(
                 "replay.capacity %d is not a multiple of %d envs: the ring holds %d (%d steps per env)",

@@ -11,41 +11,31 @@ Units: ``env_steps`` are agent steps summed over envs; frames = env_steps * fram
 
 Guards, none of which adds a host sync per update: the update burst checks the stop flag
 between updates (a SIGTERM during ``replay_ratio=1e9`` stops within one update; the resumed
-run finishes that burst first, so it continues exactly); a metric
-row whose loss or mean Q-value is not finite, or whose mean Q is beyond ``Q_LIMIT``, stops
-the run (``TrainingDiverged``), and a checkpoint is never written over the last one with
-non-finite weights or Q-values beyond ``Q_LIMIT``; a full disk stops the run in one line
-(``DiskFullError``), the previous checkpoint still the newest.
+run finishes that burst first, so it continues exactly); ``dqnfast.training.divergence``'s
+guard stops a run whose metric row, Q-values or weights diverged (``TrainingDiverged``)
+and never writes a checkpoint over the last one with a blown-up network; so does a
+prioritized run whose reported |TD errors| are not finite (read from the host copy the
+priority update makes anyway); a full disk stops the run in one line (``DiskFullError``),
+the previous checkpoint still the newest.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from dqnfast.atomic import DiskFullError
 from dqnfast.envs import frames_of, observation_of, raw_reward_of
+from dqnfast.replay import NonFinitePriority
 from dqnfast.training.components import Run
+from dqnfast.training.divergence import Q_LIMIT, TrainingDiverged, check_network, check_row, diverged, newest_checkpoint
 from dqnfast.training.state import LoopState, next_mark, payload
 
 __all__ = ["Q_LIMIT", "TrainingDiverged", "run_loop", "start_envs", "write_checkpoint"]
 
 log = logging.getLogger("dqnfast.train")
-
-
-# |Q| beyond which a run has diverged. A Q-value is a discounted return: Atari training rewards
-# are clipped to [-1, 1] (|Q| <= 1 / (1 - gamma) = 100 at gamma 0.99), classic control gives
-# |r| <= 1 per step, and even unclipped Atari games score below 1e7 in a whole game. A run whose
-# optimizer blew up (optim.lr=1e10) sits at |Q| ~ 1e35, finite but meaningless.
-Q_LIMIT = 1e10
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss, the Q-values or the weights are not finite, or |Q| passed ``Q_LIMIT``; the message is one line."""
 
 
 def start_envs(run: Run, stop: Any) -> None:
@@ -72,46 +62,6 @@ def start_envs(run: Run, stop: Any) -> None:
         )
 
 
-def _newest_checkpoint(run: Run) -> str:
-    """Words for the checkpoint a resume would start from now (``checkpoint.pt``), with its step."""
-    from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
-
-    latest = run.run_dir / CHECKPOINT_NAME
-    if not latest.is_file():
-        return "no checkpoint of this run has been written yet"
-    for steps, p in reversed(numbered_checkpoints(run.run_dir)):
-        try:
-            if os.path.samefile(p, latest):
-                return f"{latest} ({steps} agent steps) is kept and stays the newest"
-        except OSError:
-            continue
-    return f"{latest} is kept and stays the newest"
-
-
-def _diverged(run: Run, st: LoopState, what: str) -> TrainingDiverged:
-    return TrainingDiverged(
-        f"training diverged at agent step {st.env_steps} ({run.learner.num_updates} updates): {what}; "
-        f"{_newest_checkpoint(run)}; lower optim.lr (now {run.cfg.optim.lr:g}), check the rewards "
-        "(envs.train.reward_clip) or keep algo.max_grad_norm on"
-    )
-
-
-def _check_network(run: Run, st: LoopState) -> None:
-    """Refuses to checkpoint a diverged network: non-finite weights, or Q-values on the last
-    sampled batch that are not finite or beyond ``Q_LIMIT`` (host syncs at checkpoint time only)."""
-    import torch
-
-    params = [p.detach() for p in run.learner.online.parameters()]
-    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
-        raise _diverged(run, st, "the network's weights are not finite")
-    if run.last_batch is None:
-        return
-    with torch.no_grad():
-        top = float(run.learner.online(run.last_batch.obs.to(run.device)).float().abs().max())
-    if not top <= Q_LIMIT:  # NaN too
-        raise _diverged(run, st, f"the network's Q-values on its last batch reach {top:g}, beyond {Q_LIMIT:g}")
-
-
 def _nbytes(obj: Any) -> int:
     """Bytes of the tensors and arrays in a checkpoint payload (what its file will need, give or take)."""
     if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
@@ -132,7 +82,7 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
     """
     from dqnfast.checkpoint import save_run_checkpoint
 
-    _check_network(run, st)
+    check_network(run, st.env_steps, run.last_batch.obs if run.last_batch is not None else None)
     ring_file, body = None, None
     try:
         if run.cfg.replay.save:
@@ -146,7 +96,7 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
         raise DiskFullError(
             e.errno,
             f"disk full: writing {e.filename} failed with {e.free / 1e6:.1f} MB free on its disk; this "
-            f"checkpoint needs about {need / 1e6:.1f} MB; {_newest_checkpoint(run)}; free some space, then "
+            f"checkpoint needs about {need / 1e6:.1f} MB; {newest_checkpoint(run.run_dir)}; free some space, then "
             f"continue with: python -m dqnfast.train resume={run.run_dir}",
             e.filename,
             e.free,
@@ -161,17 +111,11 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
 
 def log_row(run: Run, st: LoopState, loggers: Any) -> None:
     """Writes a metric row; raises TrainingDiverged (after writing it) when its loss or mean Q
-    is not finite or its mean Q is beyond ``Q_LIMIT``."""
+    is not finite or its mean Q is beyond ``Q_LIMIT`` (``divergence.check_row``)."""
     n, since = st.n_metrics, st.last_steps
     row = st.row(frame_skip=run.spec.frame_skip, updates=run.learner.num_updates)
     loggers.log_metrics(row)
-    if n and not (math.isfinite(row["loss"]) and abs(row["q_mean"]) <= Q_LIMIT):
-        raise _diverged(
-            run,
-            st,
-            f"the mean loss of the {n} updates since agent step {since} is {row['loss']:g} and their mean Q-value "
-            f"{row['q_mean']:g} (diverged: not finite, or beyond {Q_LIMIT:g})",
-        )
+    check_row(run, st.env_steps, row, n, since)
 
 
 def learn(run: Run, st: LoopState, stop: Any) -> bool:
@@ -186,7 +130,12 @@ def learn(run: Run, st: LoopState, stop: Any) -> bool:
         st.update_budget -= 1.0
         batch = run.batches.next(st.env_steps)
         metrics = run.learner.update(batch)
-        run.batches.report(metrics["td_abs"])  # prioritized replay: the new priorities, one update late
+        try:
+            run.batches.report(metrics["td_abs"])  # prioritized replay: the new priorities, one update late
+        except NonFinitePriority as e:  # the host copy of an earlier update's |TD errors|: no extra sync
+            raise diverged(
+                run, st.env_steps, f"an update's |TD errors| (its new priorities) are not finite ({e})"
+            ) from None
         st.add_metrics(metrics)
         run.last_batch = batch
     return True

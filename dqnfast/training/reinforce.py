@@ -8,6 +8,10 @@ Per iteration (synchronous envpool, ``envs.num_envs`` = E envs):
     log   -> a metrics.csv row every ``logger.log_every`` agent steps
     save  -> a checkpoint every ``logger.checkpoint_every`` agent steps, at the end, on SIGINT/SIGTERM
 
+DQN's divergence guard (``dqnfast.training.divergence``) stops a run whose metric row has a
+loss that is not finite, or whose policy's weights or logits on the last batch blew up,
+before a checkpoint is written over the last good one (exit 1, one line).
+
 Units: ``env_steps`` count only the masked-in agent steps, summed over envs, so they
 compare with DQN's. Run outputs are DQN's: metrics.csv (``epsilon`` is nan: the policy
 explores by sampling; ``q_mean`` holds V's mean with a value baseline, else is empty),
@@ -48,6 +52,7 @@ import numpy as np
 
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.schema import plain
+from dqnfast.training.divergence import check_network, check_row
 from dqnfast.training.resume import ResumePlan
 from dqnfast.training.state import LoopState, next_mark
 
@@ -117,6 +122,7 @@ class _Run:
     gen: Any  # the torch.Generator actions are sampled with
     max_steps: int
     resets: np.ndarray  # int64[E]: resets of each env since it was made from plan.env_seed
+    last_obs: Any = None  # the last batch's observations: a checkpoint checks the policy's logits on them
 
     @property
     def name(self) -> str:
@@ -222,8 +228,10 @@ def _payload(run: _Run, st: LoopState) -> dict[str, Any]:
 
 
 def _save(run: _Run, st: LoopState) -> Path:
+    """Writes the checkpoint; raises TrainingDiverged (nothing written) for a diverged policy (DQN's guard)."""
     from dqnfast.checkpoint import save_run_checkpoint
 
+    check_network(run, st.env_steps, run.last_obs, outputs="logits")
     return save_run_checkpoint(
         run.run_dir, _payload(run, st), env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints
     )
@@ -300,6 +308,7 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
         run.resets += b["resets"]
         # learn
         m = learner.update(b["obs"], b["actions"], b["rewards"], b["dones"], b["mask"])
+        run.last_obs = b["obs"][b["mask"]]
         st.add_metrics(
             {
                 "loss": torch.tensor(m["loss"], dtype=torch.float64),
@@ -314,7 +323,7 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
         loggers.progress(k)
         # log, save
         if st.env_steps >= st.next_log:
-            loggers.log_metrics(st.row(frame_skip=1, updates=learner.num_updates))
+            _log_row(run, st, loggers)
             st.next_log = next_mark(st.env_steps, st.next_log, lg.log_every)
         if st.env_steps >= st.next_ckpt:
             _save(run, st)
@@ -326,8 +335,17 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
         stop.announce(st.env_steps, path, run.run_dir)
         return path
     if st.n_metrics or st.last_steps != st.env_steps:
-        loggers.log_metrics(st.row(frame_skip=1, updates=learner.num_updates))
+        _log_row(run, st, loggers)
     return _save(run, st)
+
+
+def _log_row(run: _Run, st: LoopState, loggers: Any) -> None:
+    """Writes a metric row; raises TrainingDiverged (after writing it) as DQN's does: a loss that is not
+    finite, or a value head's mean beyond ``Q_LIMIT`` (without a value head the column is nan by design)."""
+    n, since = st.n_metrics, st.last_steps
+    row = st.row(frame_skip=1, updates=run.learner.num_updates)
+    loggers.log_metrics(row)
+    check_row(run, st.env_steps, row, n, since, value="value" if run.cfg.reinforce.baseline == "value" else None)
 
 
 def _final_evaluation(run: _Run, st: LoopState, loggers: Any, ckpt: Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ __all__ = [
     "evaluation_pending",
     "load_ring",
     "plan_resume",
+    "ring_capacity",
     "run_name",
 ]
 
@@ -206,4 +207,19 @@ def load_ring(
             "the saved replay ring has (envs, n_step, stack, gamma, prioritized) = "
             f"{have}, this run {want}; keep them, or resume with replay.save=false",
         )
+    # The config the checkpoints record must describe the ring the run uses: a changed capacity
+    # is refused rather than logged as changed while the saved ring keeps its own size.
+    capacity = ring_capacity(cfg.replay.capacity, spec.num_envs)
+    if ring.capacity != capacity:
+        raise ConfigError(
+            "replay.capacity",
+            f"the saved replay ring {path.name} holds {ring.capacity} steps, this run asks for {capacity}; keep "
+            f"replay.capacity={ring.capacity}, or resume with replay.save=false to start a ring of {capacity} "
+            "(refilled with algo.learning_starts agent steps)",
+        )
     return ring, path
+
+
+def ring_capacity(capacity: int, num_envs: int) -> int:
+    """The ring a ``replay.capacity`` gives: whole per-env segments, at least one slot per env."""
+    return max(num_envs, capacity // num_envs * num_envs)

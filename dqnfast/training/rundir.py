@@ -100,17 +100,24 @@ def acquire(run_dir: str | os.PathLike, *, refusal: str) -> None:
     """Locks ``run_dir`` for this process (re-entrant: each call needs one ``release``).
 
     Creates the folder. Raises ConfigError(``refusal``'s key part) naming the holder when
-    another process holds the lock. ``refusal``: ``"key: what to do"`` for that message.
-    On a file system without locks, warns once and goes on unlocked.
+    another process holds the lock, and in one line when the folder cannot be made or
+    written (a path under a regular file, no write permission), leaving no folder it made.
+    ``refusal``: ``"key: what to do"`` for the first message. On a file system without
+    locks, warns once and goes on unlocked.
     """
     d = _key(run_dir)
     if d in _held:
         _held[d].count += 1
         return
-    d.mkdir(parents=True, exist_ok=True)
+    key = refusal.split(": ", 1)[0]
+    made = _make_dirs(d, key)
     path = d / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:  # a folder this user cannot write in
+            _remove_dirs(made)
+            raise ConfigError(key, _unwritable(d, e)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -136,6 +143,50 @@ def acquire(run_dir: str | os.PathLike, *, refusal: str) -> None:
     os.ftruncate(fd, 0)
     os.write(fd, _describe_self().encode())
     _held[d] = _Lock(path, fd)
+
+
+def _unwritable(d: Path, e: OSError) -> str:
+    """One line for a run dir that cannot be made or written: which folder, why, what to do."""
+    if e.errno == errno.ENOTDIR:  # a path under a regular file: name the file
+        f = next((p for p in (d, *d.parents) if p.exists() and not p.is_dir()), None)
+        why = f"{f} is a file, not a folder" if f is not None else os.strerror(e.errno)
+    else:
+        where = Path(e.filename) if e.filename else d
+        why = f"{where}: {e.strerror or e}"
+    todo = "a folder you can write" if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else "another place"
+    return f"cannot create or write the run dir {d} ({why}); choose a run dir in {todo}"
+
+
+def _make_dirs(d: Path, key: str) -> list[Path]:
+    """Creates ``d`` and its missing parents; returns the folders made, outermost first.
+
+    Raises ConfigError(key) in one line when one cannot be made (a path under a regular file,
+    a folder without write permission, a name too long), after removing the ones it made.
+    """
+    missing = [p for p in (d, *d.parents) if not p.exists()][::-1]
+    made: list[Path] = []
+    for p in missing:
+        try:
+            p.mkdir()
+        except FileExistsError:
+            if not p.is_dir():
+                _remove_dirs(made)
+                raise ConfigError(key, _unwritable(d, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))) from None
+            continue  # another process made it meanwhile
+        except OSError as e:
+            _remove_dirs(made)
+            raise ConfigError(key, _unwritable(d, e)) from None
+        made.append(p)
+    return made
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    """Removes the folders ``_make_dirs`` made (innermost first) where they are still empty."""
+    for p in reversed(made):
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def release(run_dir: str | os.PathLike) -> None:
@@ -266,11 +317,13 @@ def clean_temp_files(run_dir: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def check_no_links(run_dir: Path, *, key: str = "run_dir") -> None:
+def check_no_links(run_dir: Path, *, key: str = "run_dir", source: Path | None = None) -> None:
     """Refuses a run dir whose entries (or whose ``checkpoints/`` entries) are symbolic links.
 
     A run writes only inside its own folder: through a link its metrics, log or checkpoints would
-    land in (and its clean-up would reach into) another folder. The run dir itself may be a link.
+    land in (and its clean-up would reach into) another folder. The run dir itself may be a link,
+    and so may the checkpoint a resume starts from (``source``): the run only reads it, then
+    replaces the link with its own checkpoint, never writing through it.
     """
     from dqnfast.checkpoint import NUMBERED_DIR
 
@@ -280,7 +333,7 @@ def check_no_links(run_dir: Path, *, key: str = "run_dir") -> None:
         except OSError:
             continue
         for p in entries:
-            if p.is_symlink():
+            if p.is_symlink() and not (source is not None and os.path.abspath(p) == os.path.abspath(source)):
                 raise ConfigError(
                     key,
                     f"{p} is a symbolic link (to {os.readlink(p)}); a run writes only inside its own folder, "
@@ -364,7 +417,7 @@ def _lock_and_check(d: Path, source: Path | None, dir_key: str) -> None:
     try:
         if fork:
             check_source_idle(run_dir_of(source))
-        check_no_links(d, key=dir_key)
+        check_no_links(d, key=dir_key, source=source)
         check_free(d, source, key=dir_key)
     except ConfigError:
         release(d)
