@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -74,18 +73,13 @@ def start_envs(run: Run, stop: Any) -> None:
 
 def _newest_checkpoint(run: Run) -> str:
     """Words for the checkpoint a resume would start from now (``checkpoint.pt``), with its step."""
-    from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
+    from dqnfast.checkpoint import CHECKPOINT_NAME, newest_steps
 
     latest = run.run_dir / CHECKPOINT_NAME
     if not latest.is_file():
         return "no checkpoint of this run has been written yet"
-    for steps, p in reversed(numbered_checkpoints(run.run_dir)):
-        try:
-            if os.path.samefile(p, latest):
-                return f"{latest} ({steps} agent steps) is kept and stays the newest"
-        except OSError:
-            continue
-    return f"{latest} is kept and stays the newest"
+    steps = newest_steps(run.run_dir)
+    return f"{latest}{f' ({steps} agent steps)' if steps is not None else ''} is kept and stays the newest"
 
 
 def _diverged(run: Run, st: LoopState, what: str) -> TrainingDiverged:
@@ -289,8 +283,7 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> bool:
     if stop.signum and (st.env_steps < a.total_steps or st.update_budget >= 1.0):
         # no metrics row here: the partial averages go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
-        path = write_checkpoint(run, st)
-        stop.announce(st.env_steps, path, run.run_dir)
+        write_checkpoint(run, st)  # the caller says where it is, in the run's one line about the signal
         return False
     if st.n_metrics or st.last_steps != st.env_steps:
         log_row(run, st, loggers)

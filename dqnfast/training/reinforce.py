@@ -50,6 +50,7 @@ from dqnfast.config import Config, ConfigError
 from dqnfast.config.schema import plain
 from dqnfast.training.resume import ResumePlan
 from dqnfast.training.state import LoopState, next_mark
+from dqnfast.training.stop import reached
 
 __all__ = ["collect_episodes", "replay_resets", "train_reinforce"]
 
@@ -148,6 +149,7 @@ def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: di
     rc, n = cfg.reinforce, cfg.envs.num_envs
     env, spec = make_env(cfg.game, cfg.obs, cfg.envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
     try:
+        reached("envs")
         hidden = [] if rc.policy == "linear" else list(cfg.network.mlp_hidden)
         net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == "value")
         if plan.ck:
@@ -322,9 +324,7 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
     if stop.signum and st.env_steps < run.cfg.algo.total_steps:
         # no metrics row here: the partial sums go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
-        path = _save(run, st)
-        stop.announce(st.env_steps, path, run.run_dir)
-        return path
+        return _save(run, st)  # the caller says where it is, in the run's one line about the signal
     if st.n_metrics or st.last_steps != st.env_steps:
         loggers.log_metrics(st.row(frame_skip=1, updates=learner.num_updates))
     return _save(run, st)

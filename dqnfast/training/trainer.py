@@ -31,7 +31,7 @@ from dqnfast.training.loop import run_loop
 from dqnfast.training.resume import ResumePlan, plan_resume
 from dqnfast.training.rundir import claim
 from dqnfast.training.state import LoopState, restore
-from dqnfast.training.stop import GracefulStop, StopRequested
+from dqnfast.training.stop import GracefulStop, StopRequested, reached
 
 __all__ = ["objective", "train"]
 
@@ -134,7 +134,13 @@ def open_loggers(
         tags=[cfg.exp_name, *tracking.get("tags", ())],
         resume=resume,
     )
-    return RunLoggers(cfg.logger, info, total_steps=cfg.algo.total_steps, start_step=start_step, desc=task_id)
+    loggers = RunLoggers(cfg.logger, info, total_steps=cfg.algo.total_steps, start_step=start_step, desc=task_id)
+    try:
+        reached("loggers")
+    except StopRequested as e:  # a signal before the caller holds the loggers: close them here
+        loggers.close(exit_code=128 + e.signum)
+        raise
+    return loggers
 
 
 @contextmanager
@@ -350,17 +356,17 @@ class _EvalSpec:
 
 
 def stopped(summary: dict[str, Any], loggers: Any, signum: int, phase: str, run_dir: Path) -> dict[str, Any]:
-    """A run stopped by a signal: the summary says where, the loggers close with 128 + signum."""
+    """A run stopped by a signal: the summary says where, one log line says what is saved and how to go
+    on (the only line about it: ``python -m dqnfast.train`` adds none), the loggers close with 128 + signum."""
     summary.update(interrupted=signal.Signals(signum).name, stopped_in=phase)
     if phase == "evaluation":
-        log.warning(
-            "%s: the final evaluation at %d agent steps was interrupted (no eval.json); the training and its "
-            "checkpoint %s are complete; finish the evaluation with: python -m dqnfast.train resume=%s",
-            summary["interrupted"],
-            summary["env_steps"],
-            summary["checkpoint"],
-            run_dir,
+        what = (
+            f"stopped the final evaluation at {summary['env_steps']} agent steps (no eval.json); the training and "
+            f"its checkpoint {summary['checkpoint']} are complete; finish the evaluation with"
         )
+    else:
+        what = f"stopped at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; continue with"
+    log.warning("%s: %s: python -m dqnfast.train resume=%s", summary["interrupted"], what, run_dir)
     loggers.close(exit_code=128 + signum)
     return summary
 
