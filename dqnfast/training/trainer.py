@@ -28,7 +28,7 @@ from dqnfast.envs import EnvCreationError
 from dqnfast.training.components import Run, build, check_config
 from dqnfast.training.expectations import cpu_note
 from dqnfast.training.loop import run_loop
-from dqnfast.training.resume import ResumePlan, plan_resume
+from dqnfast.training.resume import ResumePlan, plan_resume, refill_steps, saved_ring
 from dqnfast.training.rundir import claim
 from dqnfast.training.state import LoopState, restore
 from dqnfast.training.stop import GracefulStop, StopRequested, reached
@@ -80,7 +80,8 @@ def _loop_state(run: Run) -> LoopState:
         ) from None
     restore(run, st, plan.ck, envs_too=plan.replay_envs, ring_too=run.replay_file is not None)
     if run.replay_file is None:
-        st.refill_left = a.learning_starts
+        st.refill_left = refill_steps(run.cfg, st.env_steps)
+    st.refill_total = st.refill_left
     log.info(
         "resume %s from %s at %d agent steps (%d updates, %d games, eps %.4f); resume #%d",
         run.name,
@@ -91,17 +92,25 @@ def _loop_state(run: Run) -> LoopState:
         st.epsilon,
         plan.resumes,
     )
+    then = "learning resumes" if st.env_steps >= a.learning_starts else "the warm-up goes on"
     if run.replay_file is not None:
-        log.info("replay: reloaded %s (%d stored steps, sampler state restored)", run.replay_file.name, len(run.ring))
+        log.info(
+            "replay: reloaded %s (%d stored steps, sampler state restored)%s",
+            run.replay_file.name,
+            len(run.ring),
+            f"; its refill goes on: {st.refill_left} agent steps left before {then}" if st.refill_left else "",
+        )
     else:
         saved = (plan.ck.get("replay") or {}).get("file")
         log.info(
-            "replay: %s, so the ring starts empty and is refilled with algo.learning_starts=%d "
-            "agent steps of the agent's epsilon-greedy policy at eps %.4g before learning resumes "
-            "(not counted in env_steps)",
+            "replay: %s, so the ring starts empty and is refilled with %d agent steps (what it held at the "
+            "checkpoint, up to algo.learning_starts=%d) of the agent's epsilon-greedy policy at eps %.4g before "
+            "%s (not counted in env_steps)",
             "not saved with the checkpoint" if not saved else "replay.save=false",
+            st.refill_left,
             a.learning_starts,
             st.epsilon,
+            then,
         )
     return st
 
@@ -191,12 +200,24 @@ def train(
     check_config(cfg)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
     plan = plan_resume(cfg, resume, run_dir)
-    with claim(run_dir, source=plan.source, ck=plan.ck, replay=cfg.replay.save and not plan.eval_only):
+    with claim(run_dir, source=plan.source, ck=plan.ck, replay=_fork_carries_ring(cfg, plan)):
         r = resolve(cfg)
         if plan.eval_only:
             return evaluate_only(cfg, r, plan, run_dir, config_dict, tracking)
         _set_up_process(cfg, r, plan)
         return _train(cfg, r, plan, run_dir, config_dict, tracking)
+
+
+def _fork_carries_ring(cfg: Config, plan: ResumePlan) -> bool:
+    """Whether a fork of ``plan``'s checkpoint carries its ring file: the one its resume reloads
+    (``saved_ring``). A ring saved while filling comes along when it is there; without it the
+    fork refills (a ring asked for with ``replay.save`` must be there: the fork is refused)."""
+    from dqnfast.checkpoint import run_dir_of
+
+    ring = saved_ring(plan.ck, cfg) if plan.ck and not plan.eval_only else None
+    if ring is None:
+        return False
+    return cfg.replay.save or (plan.source is not None and (run_dir_of(plan.source) / ring).is_file())
 
 
 def _log_start(run: Run, r: Resolved) -> None:
