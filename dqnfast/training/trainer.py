@@ -26,7 +26,7 @@ from dqnfast.config.resolve import Resolved, resolve
 from dqnfast.config.schema import plain
 from dqnfast.envs import EnvCreationError
 from dqnfast.training.components import Run, build, check_config
-from dqnfast.training.expectations import cpu_note
+from dqnfast.training.expectations import cpu_learning_sps, cpu_note
 from dqnfast.training.loop import run_loop
 from dqnfast.training.resume import ResumePlan, plan_resume, refill_steps, saved_ring
 from dqnfast.training.rundir import claim
@@ -125,10 +125,14 @@ def open_loggers(
     *,
     resume: bool,
     start_step: int,
+    learning_starts: int = 0,
+    learning_sps: float | None = None,
 ) -> Any:
     """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked.
 
     Both learners (DQN, REINFORCE) and an evaluation-only resume log through it the same way.
+    learning_starts, learning_sps: the phases of the console's time estimate (DQN's random
+    warm-up; the learning speed expected until it is measured, None: not known).
     """
     from dqnfast.loggers import RunInfo, RunLoggers
 
@@ -143,7 +147,15 @@ def open_loggers(
         tags=[cfg.exp_name, *tracking.get("tags", ())],
         resume=resume,
     )
-    loggers = RunLoggers(cfg.logger, info, total_steps=cfg.algo.total_steps, start_step=start_step, desc=task_id)
+    loggers = RunLoggers(
+        cfg.logger,
+        info,
+        total_steps=cfg.algo.total_steps,
+        start_step=start_step,
+        desc=task_id,
+        learning_starts=learning_starts,
+        learning_sps=learning_sps,
+    )
     try:
         reached("loggers")
     except StopRequested as e:  # a signal before the caller holds the loggers: close them here
@@ -220,6 +232,16 @@ def _fork_carries_ring(cfg: Config, plan: ResumePlan) -> bool:
     return cfg.replay.save or (plan.source is not None and (run_dir_of(plan.source) / ring).is_file())
 
 
+def _cpu_pixels(run: Run, r: Resolved) -> bool:
+    """A pixel-observation run on CPU: the case ``training.expectations`` has measured speeds for."""
+    return r.device.type == "cpu" and run.spec.obs_kind == "pixels"
+
+
+def _expected_learning_sps(run: Run, r: Resolved) -> float | None:
+    """The learning phase's speed the start-up line's estimate rests on (None: no estimate for this run)."""
+    return cpu_learning_sps(run.cfg.algo.replay_ratio) if _cpu_pixels(run, r) else None
+
+
 def _log_start(run: Run, r: Resolved) -> None:
     s, cfg = run.spec, run.cfg
     log.info(
@@ -239,7 +261,7 @@ def _log_start(run: Run, r: Resolved) -> None:
         s.frame_shape,
         s.frame_dtype,
     )
-    if r.device.type == "cpu" and s.obs_kind == "pixels":
+    if _cpu_pixels(run, r):
         log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
     log.info("run dir %s", run.run_dir)
     log.info(
@@ -274,6 +296,8 @@ def _train(
                 tracking,
                 resume=bool(plan.ck),
                 start_step=st.env_steps,
+                learning_starts=cfg.algo.learning_starts,
+                learning_sps=_expected_learning_sps(run, r),
             )
             stack.enter_context(_failed_run_closes(loggers))
             stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
