@@ -172,7 +172,11 @@ class ConsoleLogger:
 
     def progress(self, k: int) -> None:
         self.phases.add(k)
+        if self.phases.n > self.total:  # a last batch of whole episodes (REINFORCE) goes past the total
+            self.total = self.phases.n
         if self.bar is not None:
+            if self.bar.total < self.total:  # tqdm drops a total that the count has passed: move it
+                self.bar.total = self.total
             self.bar.update(k)
 
     def log_metrics(self, row: Mapping[str, Any]) -> None:

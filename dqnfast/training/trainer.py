@@ -165,7 +165,7 @@ def open_loggers(
 
 
 @contextmanager
-def _failed_run_closes(loggers: Any) -> Iterator[None]:
+def failed_run_closes(loggers: Any) -> Iterator[None]:
     """On an error the loggers close with the run's exit code (W&B marks it failed; 128 + N: signal N)."""
     try:
         yield
@@ -263,12 +263,17 @@ def _log_start(run: Run, r: Resolved) -> None:
     )
     if _cpu_pixels(run, r):
         log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
-    log.info("run dir %s", run.run_dir)
+    log_place(run.run_dir, r)
+
+
+def log_place(run_dir: Path, r: Resolved, *, sampler: bool = True) -> None:
+    """The start-up lines every learner prints after its own first one: its run dir and its threads."""
+    log.info("run dir %s", run_dir)
     log.info(
-        "threads: %d core(s) here: envpool %d, sampler %d, torch %s",
+        "threads: %d core(s) here: envpool %d%s, torch %s",
         r.cores,
         r.env_threads,
-        r.sampler_threads,
+        f", sampler {r.sampler_threads}" if sampler else "",
         r.torch_threads or "default",
     )
 
@@ -299,7 +304,7 @@ def _train(
                 learning_starts=cfg.algo.learning_starts,
                 learning_sps=_expected_learning_sps(run, r),
             )
-            stack.enter_context(_failed_run_closes(loggers))
+            stack.enter_context(failed_run_closes(loggers))
             stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
             stop.install()
             st.started()
@@ -321,9 +326,11 @@ def _train(
             return stopped(summary, loggers, stop.signum, "training", run_dir)
 
         def totals() -> None:
-            _log_totals(run.spec.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
+            log_totals(run.spec.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
 
-        return _evaluate(cfg, run.learner.online, run.device, run_dir, run.spec, loggers, summary, stop, totals)
+        return evaluate_and_close(
+            cfg, run.learner.online, run.device, run_dir, run.spec, loggers, summary, stop, totals
+        )
     finally:
         stop.restore()
 
@@ -379,7 +386,7 @@ def evaluate_only(
     spec = _EvalSpec(task_id, cfg.envs.frame_skip if family == "atari" else 1)
     loggers.console.close()
     with GracefulStop() as stop:
-        return _evaluate(
+        return evaluate_and_close(
             cfg,
             net,
             r.device,
@@ -388,7 +395,7 @@ def evaluate_only(
             loggers,
             summary,
             stop,
-            lambda: _log_totals(spec.frame_skip, summary, scores),
+            lambda: log_totals(spec.frame_skip, summary, scores),
         )
 
 
@@ -416,7 +423,7 @@ def stopped(summary: dict[str, Any], loggers: Any, signum: int, phase: str, run_
     return summary
 
 
-def _log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segment: int | None = None) -> None:
+def log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segment: int | None = None) -> None:
     """The run's totals; with ``segment`` (agent steps when this segment started) its steps and speed too."""
     env_steps = summary["env_steps"]
     totals = (
@@ -432,7 +439,7 @@ def _log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segmen
     log.info("%s; last %d games: mean score %.2f", totals, len(scores), summary["score_mean"])
 
 
-def _evaluate(
+def evaluate_and_close(
     cfg: Config,
     network: Any,
     device: Any,
@@ -449,7 +456,7 @@ def _evaluate(
     the evaluation) stops the evaluation at once: see ``stopped``.
     """
     try:
-        with _failed_run_closes(loggers):
+        with failed_run_closes(loggers):
             stop.raise_from_now()  # a signal that came already stops here
             totals()
             try:
