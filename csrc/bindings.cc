@@ -186,8 +186,9 @@ std::string Describe(const py::dtype& dtype, const std::vector<int64_t>& shape) 
   return s + "]";
 }
 
-// Copies src over the raw array `name` (dtype and shape exactly the array's),
-// with the GIL released; the caller rebuilds the index after the last one.
+// Copies src over the raw array `name` (dtype and shape exactly the array's, or
+// for frames the first slots of each env's segment), with the GIL released; the
+// caller rebuilds the index after the last one.
 void Restore(ReplayRing& r, const std::string& name, const py::array& src) {
   const std::vector<RawArray> arrays = RawArrays(r);
   auto it =
@@ -198,7 +199,11 @@ void Restore(ReplayRing& r, const std::string& name, const py::array& src) {
     throw std::invalid_argument("this ring keeps no array " + name + " (it keeps " + kept + ")");
   }
   const std::vector<int64_t> shape(src.shape(), src.shape() + src.ndim());
-  if (!src.dtype().equal(it->dtype) || shape != it->shape) {
+  // frames may hold the first slots of each env's segment only (a ring saved before it was full)
+  const bool frame_prefix = it->which == ReplayRing::Raw::kFrames && shape.size() == 3 &&
+                            shape[0] == it->shape[0] && shape[2] == it->shape[2] &&
+                            shape[1] >= 0 && shape[1] < it->shape[1];
+  if (!src.dtype().equal(it->dtype) || (shape != it->shape && !frame_prefix)) {
     throw std::invalid_argument(name + " must be " + Describe(it->dtype, it->shape) + ", got " +
                                 Describe(src.dtype(), shape));
   }
@@ -207,7 +212,11 @@ void Restore(ReplayRing& r, const std::string& name, const py::array& src) {
   const void* data = c.data();
   const int64_t bytes = c.nbytes();
   py::gil_scoped_release release;
-  r.Restore(it->which, data, bytes);
+  if (frame_prefix) {
+    r.RestoreFrames(data, shape[1]);
+  } else {
+    r.Restore(it->which, data, bytes);
+  }
 }
 
 }  // namespace
@@ -437,5 +446,6 @@ PYBIND11_MODULE(_core, m) {
            })
       .def("_restore", &Restore, py::arg("name"), py::arg("array"),
            "Copies array over the raw array `name` (its exact dtype and shape, as _storage "
-           "shows them); call rebuild_index after the last one.");
+           "shows them; frames may hold the first slots of each env's segment only); call "
+           "rebuild_index after the last one.");
 }

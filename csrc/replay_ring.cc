@@ -428,6 +428,20 @@ int64_t ReplayRing::RawBytes(Raw which) const {
   return 0;
 }
 
+void ReplayRing::RestoreFrames(const void* src, int64_t slots) {
+  const int64_t seg = segment_capacity();
+  if (frames_ == nullptr || slots < 0 || slots > seg) {
+    throw std::invalid_argument("frames: " + Str(slots) + " slots per env, the ring holds " +
+                                (frames_ != nullptr ? Str(seg) : std::string("no frames")));
+  }
+  const int64_t fb = config_.frame_bytes, kept = slots * fb;
+  const auto* from = static_cast<const uint8_t*>(src);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int64_t e = 0; e < config_.num_envs; ++e) {
+    std::memcpy(frames_ + e * seg * fb, from + e * kept, static_cast<size_t>(kept));
+  }
+}
+
 void ReplayRing::Restore(Raw which, const void* src, int64_t bytes) {
   const int64_t expect = RawBytes(which);
   if (expect == 0 || bytes != expect) {

@@ -189,6 +189,12 @@ class ReplayRing {
   // Throws std::invalid_argument, having written nothing, unless bytes ==
   // RawBytes(which) > 0.
   void Restore(Raw which, const void* src, int64_t bytes);
+  // Copies the first `slots` frames of every env's segment from src
+  // (uint8[num_envs, slots, frame_bytes]: a saved ring that had written no more
+  // than that), under the ring's lock; the slots after them keep what they hold.
+  // Throws std::invalid_argument, having written nothing, unless the ring stores
+  // frames and 0 <= slots <= segment_capacity().
+  void RestoreFrames(const void* src, int64_t slots);
   // Prioritized rings: the largest priority reported so far (uniform: 1).
   double max_priority() const;
   void set_max_priority(double p);

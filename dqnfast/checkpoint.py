@@ -53,6 +53,7 @@ __all__ = [
     "find_checkpoint",
     "link_or_copy",
     "load_checkpoint",
+    "newest_steps",
     "numbered_checkpoints",
     "payload_digest",
     "prune_checkpoints",
@@ -175,6 +176,18 @@ def numbered_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
             if m:
                 found.append((int(m.group(1)), p))
     return sorted(found)
+
+
+def newest_steps(run_dir: str | os.PathLike) -> int | None:
+    """Agent steps of a run's ``checkpoint.pt``: those of the numbered checkpoint it links to (None: not found)."""
+    latest = Path(run_dir) / CHECKPOINT_NAME
+    for steps, p in reversed(numbered_checkpoints(run_dir)):
+        try:
+            if os.path.samefile(p, latest):
+                return steps
+        except OSError:
+            continue
+    return None
 
 
 def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> list[Path]:

@@ -123,3 +123,6 @@ def test_a_users_metrics_csv_is_never_overwritten_by_a_new_run(tmp_path):
         precheck(tmp_path, source=None)
     release_all()
     assert (tmp_path / "metrics.csv").read_text() == "the user's numbers\n"
+    (tmp_path / "metrics.csv").write_text("env_steps,frames,episodes\n")  # a run stopped at start-up: its header
+    precheck(tmp_path, source=None)  # nothing of it is lost: the same command starts the run again
+    release_all()

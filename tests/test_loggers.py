@@ -231,6 +231,58 @@ def test_progress_bar_shows_a_resume_refill():
         console.close()
 
 
+def test_time_left_counts_the_warm_up_and_the_learning_at_their_own_speeds():
+    from dqnfast.loggers.console import time_left
+
+    # the default Atari run on a CPU: 10M agent steps, 50k of random play at 658/s, then about 60/s
+    at = dict(learning_starts=50_000, random_sps=658.0, learning_sps=60.0)
+    left = time_left(10_000, 10_000_000, **at)
+    assert left == pytest.approx(40_000 / 658 + 9_950_000 / 60) and 46 * 3600 < left < 46.2 * 3600
+    assert time_left(2_000_000, 10_000_000, **at) == pytest.approx(8_000_000 / 60)  # learning only
+    assert time_left(10_000, 10_000_000, **{**at, "learning_sps": None}) is None  # not known: not guessed
+    assert time_left(60_000, 60_000, **{**at, "learning_sps": None}) == 0.0  # nothing left
+    assert time_left(100, 500, learning_starts=1000, random_sps=50.0, learning_sps=None) == 8.0  # ends in warm-up
+    assert time_left(0, 1000, learning_starts=0, random_sps=None, learning_sps=100.0) == 10.0  # REINFORCE
+
+
+def test_the_bar_estimates_learning_from_the_start_up_figure_until_it_has_measured_it():
+    from dqnfast.loggers.console import MEASURED_AFTER, ConsoleLogger
+
+    now = [0.0]
+
+    for expected in (60.0, None):  # a CPU pixel run's start-up figure; a run without one
+        now[0] = 0.0
+        console = ConsoleLogger(
+            total_steps=1_000_000, progress=True, learning_starts=50_000, learning_sps=expected, clock=lambda: now[0]
+        )
+        try:
+            console.progress(1_000)  # the warm-up's clock starts at its first counted step
+            now[0] = 38.0
+            console.progress(19_000)  # 500 random steps/s
+            if expected:
+                assert console.time_left() == pytest.approx(30_000 / 500 + 950_000 / expected)
+            else:
+                assert console.time_left() is None and console.bar.format_dict["left"] == "?"
+            now[0] = 100.0
+            console.progress(30_000)  # learning starts at 50k
+            now[0] = 110.0
+            console.progress(2_000)  # 200 learning steps/s over 10 s
+            measured = 948_000 / 200
+            if expected:  # too young a measurement: the start-up figure still holds
+                assert console.time_left() == pytest.approx(948_000 / expected)
+                now[0] = 100.0 + MEASURED_AFTER
+                console.progress(4_000)
+                assert console.time_left() == pytest.approx(944_000 / (6_000 / MEASURED_AFTER))
+            else:  # nothing better to go on: measured at once
+                assert console.time_left() == pytest.approx(measured)
+            seconds = console.time_left()
+            h, rest = divmod(round(seconds), 3600)
+            assert console.bar.format_dict["left"] == f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+            assert f"<{h}:{rest // 60:02d}:{rest % 60:02d}," in str(console.bar)
+        finally:
+            console.close()
+
+
 def test_console_without_progress_bar_logs_one_line_per_row(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dqnfast.loggers")
     with RunLoggers(

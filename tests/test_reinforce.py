@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -207,7 +208,8 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == 128 + signal.SIGTERM, err[-3000:]
-    assert "Traceback" not in err and "SIGTERM: stopped at" in err and f"resume={b}" in err
+    said = [x for x in (b / "train.log").read_text().splitlines() if "SIGTERM: stopped at" in x]
+    assert "Traceback" not in err and len(said) == 1 and f"resume={b}" in said[0]
     ck = load_checkpoint(b / "checkpoint.pt")
     stopped, episodes = ck["counters"]["env_steps"], ck["counters"]["episodes"]
     assert ck["learner"] == "reinforce" and 2000 <= stopped < total
@@ -259,6 +261,26 @@ def finished_runs(tmp_path_factory) -> tuple[Path, Path]:
         code, _, err = finish(p)
         assert code == 0, err[-3000:]
     return rf, dqn
+
+
+def test_a_reinforce_run_prints_what_a_dqn_run_prints(finished_runs):
+    """The run dir and threads lines, a bar that keeps its total when the last batch of whole
+    episodes goes past algo.total_steps, and the random agent's score beside the final one."""
+    from dqnfast.loggers.console import ConsoleLogger
+
+    for run in finished_runs:  # REINFORCE, then DQN: the same lines
+        log = (run / "train.log").read_text()
+        assert f"run dir {run}\n" in log and "threads: " in log and "run total: " in log
+        assert re.search(
+            r"evaluation: \d+ games, epsilon [\d.]+: mean score [\d.]+, median [\d.]+ \(random agent: [\d.]+\)", log
+        )
+    console = ConsoleLogger(total_steps=2000, progress=True)
+    try:
+        console.progress(1600)
+        console.progress(1600)  # 32 whole episodes past the total
+        assert console.bar.total == 3200 and "3200/3200" in str(console.bar)
+    finally:
+        console.close()
 
 
 def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):

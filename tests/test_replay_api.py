@@ -501,6 +501,26 @@ def test_save_load_float_vector_frames(tmp_path):
     _assert_matches_ref(loaded.gather(ref.valid_indices()), ref)
 
 
+@pytest.mark.parametrize("frames_device", [None, "cpu"])
+def test_a_ring_not_full_saves_only_the_frames_it_holds(tmp_path, frames_device):
+    """A ring of 1000 slots per env that holds 12 steps per env (a warm-up, say) writes the frames of
+    12 slots per env, and loads back (on the host or a device) with the same contents and draws."""
+    kw = dict(stack=4, n_step=3, gamma=0.9, seed=7, num_threads=2)
+    ring = ReplayRing(1000 * E, E, (84, 84), np.uint8, frames_device=frames_device, **kw)
+    for a in _episode_adds(steps=12, seed=8):
+        ring.add(*a)
+    path = ring.save(tmp_path / "warm-up.npz")
+    with np.load(path) as z:
+        assert z["frames"].shape == (E, 12, 84 * 84)
+    assert path.stat().st_size < 2 * E * 12 * 84 * 84 + 1000 * E * 16  # frames of 12 slots, metadata of 1000
+    drawn, v = ring.sample(16), ring.valid_indices()  # the first draws after the save
+    for again in (ReplayRing.load(path), ReplayRing.load(path, frames_device="cpu")):
+        assert len(again) == len(ring) and again.segment_capacity == 1000
+        np.testing.assert_array_equal(again.valid_indices(), v)
+        _assert_batch_equal(again.sample(16), drawn)
+        _assert_batch_equal(again.gather(v), ring.gather(v))
+
+
 def _corrupt_cases(tmp_path):
     ring, _ = _filled(steps=20)
     good = ring.save(tmp_path / "good.npz")

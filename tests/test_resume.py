@@ -7,6 +7,8 @@ was never stopped: the same losses, Q-values, scores, epsilons in metrics.csv an
 final weights, bit for bit (CPU, one torch thread). The default ``envs.resume=reseed``
 without a saved ring is checked for what it promises: counters and schedules continue,
 the ring is refilled with ``learning_starts`` steps of the agent's epsilon-greedy policy, metrics.csv is appended to.
+A run stopped in its random warm-up keeps its ring even without ``replay.save``, so its resume
+goes on with the warm-up where it stopped.
 """
 
 from __future__ import annotations
@@ -25,6 +27,14 @@ import torch
 
 from dqnfast.actor import linear_epsilon
 from dqnfast.checkpoint import load_checkpoint
+from dqnfast.config import (
+    AlgoConfig,
+    Config,
+    EnvsConfig,
+    EvalProtocolConfig,
+    LoggerConfig,
+    ReplayConfig,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
@@ -114,7 +124,8 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, replay):
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc)
     assert code == 128 + signal.SIGTERM, err[-3000:]
-    assert "Traceback" not in err and "SIGTERM: stopped at" in err and f"resume={b}" in err
+    said = [x for x in (b / "train.log").read_text().splitlines() if "SIGTERM: stopped at" in x]
+    assert "Traceback" not in err and len(said) == 1 and f"resume={b}" in said[0]
     ck = load_checkpoint(b / "checkpoint.pt")
     stopped = ck["counters"]["env_steps"]
     assert 750 <= stopped < 5000 and stopped % 4 == 0
@@ -175,7 +186,7 @@ def test_default_resume_reseeds_refills_and_continues_the_counters(finished_run,
     code, _, err = finish(start(f"resume={run}", "algo.total_steps=2500", cwd=tmp_path))
     assert code == 0, err[-3000:]
     log = (run / "train.log").read_text()
-    assert "the ring starts empty and is refilled with algo.learning_starts=500" in log
+    assert "the ring starts empty and is refilled with 500 agent steps (what it held at the checkpoint, up to " in log
     assert "envs: re-created with seed 1000001 (envs.resume=reseed)" in log
     ck2 = load_checkpoint(run / "checkpoint.pt")
     c1, c2 = ck1["counters"], ck2["counters"]
@@ -267,3 +278,91 @@ def test_a_second_signal_exits_at_once(tmp_path):
     )
     assert p.returncode == 128 + signal.SIGINT and "first signal: flag set" in p.stdout
     assert "not reached" not in p.stdout and "SIGINT again: exiting now, without a checkpoint" in p.stderr
+
+
+# ------------------------------------------------------------------ a stop in the warm-up
+def warm_up_run(total_steps: int, envs_resume: str = "reseed") -> Config:
+    """CartPole with 2000 agent steps of random warm-up and the default replay.save=false."""
+    return Config(
+        game="CartPole",
+        device="cpu",
+        torch_threads=1,
+        envs=EnvsConfig(num_envs=4, num_threads=1, resume=envs_resume, eval=EvalProtocolConfig(episodes=1, num_envs=1)),
+        algo=AlgoConfig(total_steps=total_steps, learning_starts=2000, batch_size=32, replay_ratio=8),
+        replay=ReplayConfig(capacity=8000, num_threads=1),
+        logger=LoggerConfig(log_every=500, checkpoint_every=0, progress=False),
+    )
+
+
+def stop_at_act(monkeypatch, call: int) -> None:
+    """SIGTERM, taken by the run's own handler, at the ``call``-th action choice (one per loop iteration)."""
+    from dqnfast.actor import Actor
+
+    act, calls = Actor.act, [0]
+
+    def act_then_stop(self, obs, epsilon):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return act(self, obs, epsilon)
+
+    monkeypatch.setattr(Actor, "act", act_then_stop)
+
+
+def test_a_run_stopped_in_its_warm_up_continues_it_exactly(tmp_path, monkeypatch, caplog):
+    """Without replay.save, a checkpoint in the warm-up keeps the ring it has filled (only the slots it
+    holds): the exact resume (envs.resume=replay) goes on from there and equals a run never stopped."""
+    import numpy as np
+
+    from dqnfast.training import train
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(warm_up_run(3000, "replay"), a)
+    stop_at_act(monkeypatch, 300)
+    summary = train(warm_up_run(3000, "replay"), b)
+    monkeypatch.undo()
+    stopped = summary["env_steps"]
+    assert summary["interrupted"] == "SIGTERM" and 0 < stopped < 2000
+    ck = load_checkpoint(b / "checkpoint.pt")
+    assert ck["replay"]["file"] == f"replay_{stopped:012d}.npz" and ck["replay"]["filling"]
+    with np.load(b / ck["replay"]["file"]) as z:
+        assert z["frames"].shape[:2] == (4, stopped // 4)  # what the warm-up stored, not the ring's 2000 per env
+
+    caplog.set_level("INFO", logger="dqnfast.train")
+    done = train(warm_up_run(3000, "replay"), b, resume=b)
+    assert done["env_steps"] == 3000 and done["stopped_in"] is None
+    assert f"replay: reloaded {ck['replay']['file']}" in caplog.text and "refill" not in caplog.text
+    cb, ca = load_checkpoint(b / "checkpoint.pt"), load_checkpoint(a / "checkpoint.pt")
+    assert cb["counters"]["refill_steps"] == 0 and cb["counters"]["updates"] == ca["counters"]["updates"]
+    assert rows(b) and [{k: r[k] for k in COMPARED} for r in rows(b)] == [{k: r[k] for k in COMPARED} for r in rows(a)]
+    assert all(torch.equal(ca["online"][k], cb["online"][k]) for k in ca["online"])
+    assert not (b / ck["replay"]["file"]).exists()  # learning has begun: replay.save=false keeps no ring
+
+
+def test_without_its_ring_a_warm_up_resume_refills_only_what_the_ring_held(tmp_path, monkeypatch, caplog):
+    """A warm-up checkpoint whose ring is gone refills what the ring held (not algo.learning_starts),
+    and a stop during that refill keeps the refill's progress: the steps played always count."""
+    from dqnfast.training import train
+
+    stop_at_act(monkeypatch, 300)
+    stopped = train(warm_up_run(3000), tmp_path)["env_steps"]
+    monkeypatch.undo()
+    ring = tmp_path / f"replay_{stopped:012d}.npz"
+    ring.unlink()  # as a checkpoint of an older version, which saved no warm-up ring
+    caplog.set_level("INFO", logger="dqnfast.train")
+
+    stop_at_act(monkeypatch, 100)  # inside the refill of `stopped` steps
+    summary = train(warm_up_run(3000), tmp_path, resume=tmp_path)
+    monkeypatch.undo()
+    assert summary["interrupted"] == "SIGTERM" and summary["env_steps"] == stopped
+    assert f"refilled with {stopped} agent steps (what it held at the checkpoint, up to algo.learning_starts=2000)" in (
+        caplog.text
+    )
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    left = ck["loop"]["refill_left"]
+    assert ck["replay"]["filling"] and left == stopped - 100 * 4 and ck["counters"]["refill_steps"] == 400
+
+    done = train(warm_up_run(3000), tmp_path, resume=tmp_path)
+    assert done["env_steps"] == 3000 and done["stopped_in"] is None
+    assert f"its refill goes on: {left} agent steps left before the warm-up goes on" in caplog.text
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["counters"]["refill_steps"] == stopped  # not one step again

@@ -164,6 +164,7 @@ ALTERED = {
     "reward changed, zip CRC valid": dict(arrays={"rewards": _set((0, 2), 0.5)}, fix_checksum=False),
     "meta changed, zip CRC valid": dict(meta={"gamma": 0.5}, fix_checksum=False),
     "checksum missing": dict(drop=("sha256",)),
+    "frames of written slots left out": dict(arrays={"frames": lambda a: a[:, :2].copy()}),
 }
 
 

@@ -26,6 +26,7 @@ import math
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ from dqnfast.failure import FAILED_NAME, read_failure, write_failure
 from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
 from dqnfast.training.loop import TrainingDiverged
+from dqnfast.training.stop import StopRequested, nothing_saved, raise_on_signals, reached
 
 log = logging.getLogger("dqnfast.train")
 
@@ -296,8 +298,8 @@ def main(cfg: DictConfig) -> float | None:
     """``python -m dqnfast.train [overrides]``: Hydra CLI (``--cfg job``, ``-m``; ``cli`` answers ``--help``).
 
     Returns the run's objective for sweepers (``objective``: the final evaluation's
-    mean score). ``resume=<run dir>`` continues that run (see ``train``); SIGINT/SIGTERM
-    write a checkpoint and exit with status 128 + the signal number (130, 143). Bad config
+    mean score). ``resume=<run dir>`` continues that run (see ``train``); SIGINT/SIGTERM/SIGHUP
+    write a checkpoint and exit with status 128 + the signal number (130, 143, 129). Bad config
     values exit with 2; a run that diverged (non-finite loss, Q-values or weights), a full
     disk and envs that cannot be created exit with 1, and leave ``failed.json`` in the run
     dir; each with one line on stderr. In a sweep (``-m``) a job that fails, for any of
@@ -306,6 +308,8 @@ def main(cfg: DictConfig) -> float | None:
     """
     run_dir = HydraConfig.get().runtime.output_dir
     sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+    _where.run_dir, _where.finished = Path(run_dir), False
+    reached("run dir")
     try:
         conf = to_config(cfg)
         ck = None
@@ -339,26 +343,14 @@ def main(cfg: DictConfig) -> float | None:
         if full is None:
             raise
         _run_failed(full, run_dir)
-    except KeyboardInterrupt:
-        print("error: interrupted (the last checkpoint is complete)", file=sys.stderr)
-        sys.exit(130)
     except Exception as e:
         if not sweep:
             raise  # a bug: its traceback is the report
         _traceback_to_log_file(e)
         return _job_failed(_crash_line(e), 1, run_dir)
-    if summary.get("interrupted"):
-        sig = signal.Signals[summary["interrupted"]]
-        if summary.get("stopped_in") == "evaluation":
-            what, todo = "stopped the final evaluation", "finish it"
-        else:
-            what, todo = "stopped", "continue"
-        print(
-            f"{sig.name}: {what} at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; "
-            f"{todo} with: python -m dqnfast.train resume={run_dir}",
-            file=sys.stderr,
-        )
-        sys.exit(128 + int(sig))
+    _where.finished = True
+    if summary.get("interrupted"):  # the run logged its one line: what is saved, how to go on
+        sys.exit(128 + int(signal.Signals[summary["interrupted"]]))
     return objective(summary)
 
 
@@ -535,24 +527,84 @@ OPTIONAL_GROUPS = {
 PATH_KEYS = ("resume", "hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir")
 
 
-def cli() -> None:
-    """Console entry point: pre-flight checks, our ``--help``, the run dir's lock, then Hydra."""
-    begin_command()
-    sys.argv = sys.argv[:1] + quote_paths(sys.argv[1:], PATH_KEYS)
-    _preflight(sys.argv[1:])
-    if wants_help(sys.argv[1:]):
-        print_help(
-            sys.argv[1:],
-            app="dqnfast.train",
-            config_name="config",
-            schema=Config,
-            groups=_help_groups(),
-            optional_groups=OPTIONAL_GROUPS,
+@dataclass
+class _Where:
+    """What the line of a signal outside the training loop tells: the run dir once known, whether the run ended."""
+
+    run_dir: Path | None = None
+    finished: bool = False
+
+
+_where = _Where()
+
+
+def stopped_outside_training(signum: int, run_dir: Path | None, *, finished: bool = False) -> str:
+    """The one line of a signal that came before a run's loop began (or after the run ended).
+
+    Nothing was saved: it says what the run dir holds, read from the disk (a resumed run's
+    checkpoint is unchanged; a fresh run has none), and how to go on.
+    """
+    from dqnfast.checkpoint import CHECKPOINT_NAME, newest_steps
+    from dqnfast.training.rundir import LOCK_NAME
+
+    name = signal.Signals(signum).name
+    if finished:
+        return f"{name} after the run ended: its results in {run_dir} are complete"
+    head = nothing_saved(signum)
+    if run_dir is None:
+        return f"{head} or written"
+    if (run_dir / CHECKPOINT_NAME).is_file():
+        steps = newest_steps(run_dir)
+        at = f" ({steps} agent steps)" if steps is not None else ""
+        return (
+            f"{name} during start-up, before the training resumed: nothing new was saved; the checkpoint "
+            f"{run_dir / CHECKPOINT_NAME}{at} is unchanged; continue with: python -m dqnfast.train resume={run_dir}"
         )
-    _check_sweep(sys.argv[1:])
-    argv, source = _resume_preflight(sys.argv[1:])
-    _claim_run_dir(argv, source)
-    sys.argv = sys.argv[:1] + argv
-    main()
+    if not run_dir.is_dir():
+        return f"{head}; {run_dir} was not made"
+    held = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    state = f"holds no checkpoint, only {', '.join(held)}" if held else "is empty"
+    return f"{head}; {run_dir} {state}; start the run again with the same command"
+
+
+def _last_words(line: str) -> None:
+    """The process's last line, to stderr; a terminal that has gone (SIGHUP) is no error."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def cli() -> None:
+    """Console entry point: pre-flight checks, our ``--help``, the run dir's lock, then Hydra.
+
+    From here until a run's loop starts (and again once it has ended) SIGINT, SIGTERM and
+    SIGHUP stop the process at once with one line (``stopped_outside_training``) and status
+    128 + the signal number: there is no training to checkpoint yet.
+    """
+    raise_on_signals()  # already so under python -m dqnfast.train; a caller of cli() gets it here
+    try:
+        begin_command()
+        sys.argv = sys.argv[:1] + quote_paths(sys.argv[1:], PATH_KEYS)
+        _preflight(sys.argv[1:])
+        if wants_help(sys.argv[1:]):
+            print_help(
+                sys.argv[1:],
+                app="dqnfast.train",
+                config_name="config",
+                schema=Config,
+                groups=_help_groups(),
+                optional_groups=OPTIONAL_GROUPS,
+            )
+        _check_sweep(sys.argv[1:])
+        argv, source = _resume_preflight(sys.argv[1:])
+        _where.run_dir = _given_run_dir(argv)
+        _claim_run_dir(argv, source)
+        sys.argv = sys.argv[:1] + argv
+        main()
+    except StopRequested as e:
+        where = _where.run_dir.resolve() if _where.run_dir is not None else None
+        _last_words(stopped_outside_training(e.signum, where, finished=_where.finished))
+        sys.exit(128 + e.signum)
     if FAILED_JOBS:  # a sweep ran every job it could; its status says some failed (SweepOutcome printed which)
         sys.exit(1)

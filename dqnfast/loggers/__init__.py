@@ -74,6 +74,7 @@ class RunLoggers:
     cfg: the logger section. info: the run. total_steps: agent steps the run will take
     (progress bar). columns: metrics.csv columns. start_step: agent steps already done
     (a resumed run: the bar starts there and metrics.csv keeps its rows up to it).
+    learning_starts, learning_sps: the phases of the console's time estimate (``ConsoleLogger``).
     """
 
     def __init__(
@@ -85,13 +86,20 @@ class RunLoggers:
         columns: Sequence[str] = METRIC_COLUMNS,
         start_step: int = 0,
         desc: str | None = None,
+        learning_starts: int = 0,
+        learning_sps: float | None = None,
     ) -> None:
         info.run_dir.mkdir(parents=True, exist_ok=True)
         self.info = info
         self.metrics_path = info.run_dir / "metrics.csv"
         self.backends: list[Any] = []
         self.console = ConsoleLogger(
-            total_steps=total_steps, progress=cfg.progress, desc=desc or info.game, initial=start_step
+            total_steps=total_steps,
+            progress=cfg.progress,
+            desc=desc or info.game,
+            initial=start_step,
+            learning_starts=learning_starts,
+            learning_sps=learning_sps,
         )
         try:
             self.csv = CsvLogger(self.metrics_path, columns, resume_step=start_step if info.resume else None)

@@ -1,7 +1,7 @@
 """The replay file format: one ``.npz`` archive per saved ring, versioned and checksummed.
 
 Entries, in file order: ``meta`` (JSON: format, version, the ring's shape, seed, RNG state),
-then the arrays of ``ARRAY_NAMES`` -- ``frames`` uint8[num_envs, segment, frame_bytes],
+then the arrays of ``ARRAY_NAMES`` -- ``frames`` uint8[num_envs, slots, frame_bytes],
 ``actions`` int32, ``rewards`` float32, ``flags`` uint8 (all [num_envs, segment]), ``cursors``
 int64[num_envs] -- then, for a prioritized ring only, ``priorities`` float64[num_envs,
 segment] (p_i of every slot; 0 where never written) and, written last, ``sha256``: the checksum
@@ -10,6 +10,9 @@ trusting anything. Version 3 adds ``meta["sampler"]``: ``{"kind": "uniform"}`` o
 ``{"kind": "prioritized", "alpha", "priority_eps", "max_priority"}``; the generation of a slot
 is the step it holds, so the cursors carry it. Version 2 files (no sampler entry) load as
 uniform rings; version 1 predates the checksum (the zip CRCs and the content checks cover it).
+Version 4 keeps only the first ``slots`` frames of each env's segment, every slot any env has
+written (the whole segment once one has wrapped): a ring that is not full, such as the warm-up's,
+costs what it holds. Older versions always hold ``slots = segment``.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ __all__ = [
     "feed",
 ]
 
-FORMAT_VERSION = 3
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READ_VERSIONS = (1, 2, 3, 4)
 ARRAY_NAMES = ("frames", "actions", "rewards", "flags", "cursors")
 PRIORITY_NAME = "priorities"  # after ARRAY_NAMES, prioritized rings only
 FLAG_BITS = 1 | 2 | 4  # terminated, truncated, first (csrc/replay_ring.h)
@@ -72,13 +75,15 @@ def check_contents(
     frames: np.ndarray | None,
     max_priority: float = 1.0,
     priority_eps: float = 0.0,
+    frame_slots: int | None = None,
 ) -> str | None:
     """What makes a loaded ring's raw arrays inconsistent, or None (vectorised, one pass each).
 
     views: the core's actions, rewards, flags, cursors (and priorities) as loaded. frames: the frames as
     frame_dtype values when they are floats to check for non-finite values, else None. max_priority,
     priority_eps: a prioritized file's sampler entry; no priority may be above its max_priority, nor
-    that above what a run can report (``MAX_TD`` + priority_eps).
+    that above what a run can report (``MAX_TD`` + priority_eps). frame_slots: the slots of each
+    segment whose frames the file holds (None: all of them).
     """
     cursors, actions, rewards, flags = views["cursors"], views["actions"], views["rewards"], views["flags"]
     if (cursors < 0).any() or (cursors >= MAX_CURSOR).any():
@@ -92,6 +97,8 @@ def check_contents(
         return f"reward {rewards[~np.isfinite(rewards)][0]} is not finite"
     if (flags & ~np.uint8(FLAG_BITS)).any():
         return f"flags {int(flags[(flags & ~np.uint8(FLAG_BITS)) != 0][0]):#04x} have bits no step sets"
+    if frame_slots is not None and cursors.size and int(np.minimum(cursors, segment).max()) > frame_slots:
+        return f"the file holds the frames of {frame_slots} slots per env, but an env has written more"
     # an env with fewer adds than its segment has slots it never wrote: they must still be empty
     unwritten = np.arange(segment)[None, :] >= cursors[:, None]
     if (actions[unwritten] != 0).any() or (rewards[unwritten] != 0).any() or (flags[unwritten] != 0).any():

@@ -492,7 +492,9 @@ class ReplayRing:
         """Writes the ring's contents to one ``.npz`` file, atomically.
 
         The file is a plain numpy archive (``np.load`` reads it): ``meta``
-        (JSON), ``frames`` [num_envs, segment, frame_bytes] uint8, ``actions``,
+        (JSON), ``frames`` [num_envs, slots, frame_bytes] uint8 (the first ``slots`` of each
+        env's segment: every slot written, so a ring that is not full yet, such as the
+        warm-up's, costs only what it holds), ``actions``,
         ``rewards``, ``flags`` [num_envs, segment], ``cursors`` [num_envs], for a
         prioritized ring ``priorities`` [num_envs, segment] and, written last,
         ``sha256``: the checksum of everything before it (``dqnfast.replay.files``),
@@ -501,7 +503,11 @@ class ReplayRing:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
-        arrays = {**self._ring._storage(), "frames": self._storage.saved_frames()}
+        arrays = dict(self._ring._storage())
+        written = int(
+            np.minimum(arrays["cursors"], self.layout.segment).max(initial=0)
+        )  # an env writes slot k at add k
+        arrays["frames"] = self._storage.saved_frames(written)
         meta = json.dumps(self._meta())
         h = digest(meta)
         names = self._array_names()
@@ -602,6 +608,7 @@ class ReplayRing:
         )
         h = digest(meta_text)
         L = ring.layout
+        frame_slots = L.segment
         views = dict(ring._ring._storage())
         # the file layout of the frames, whichever storage holds them (a zero-stride stand-in for the check)
         views["frames"] = np.lib.stride_tricks.as_strided(
@@ -610,7 +617,11 @@ class ReplayRing:
         for name in ring._array_names():
             view = views[name]
             arr = z[name]
-            if arr.shape != view.shape or arr.dtype != view.dtype:
+            shape = view.shape
+            if name == "frames" and arr.ndim == 3 and arr.shape[1] <= L.segment:
+                frame_slots = arr.shape[1]  # the first slots of each segment (version 4)
+                shape = (L.num_envs, frame_slots, L.frame_bytes)
+            if arr.shape != shape or arr.dtype != view.dtype:
                 raise bad(f"array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}")
             feed(h, name, arr)
             if name == "frames":
@@ -627,6 +638,7 @@ class ReplayRing:
             frames=ring._storage.host_frames(),
             max_priority=float(max_priority),
             priority_eps=float(sampler.get("priority_eps", 0.0)) if prioritized else 0.0,
+            frame_slots=frame_slots,
         )
         if problem:
             raise bad(problem)

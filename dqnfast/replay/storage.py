@@ -126,11 +126,13 @@ class HostFrames:
             self._core._gather(indices, *args, beta=beta)
         return out
 
-    def saved_frames(self) -> np.ndarray:
-        """uint8[num_envs, segment, frame_bytes]: a zero-copy view of the core's frames."""
-        return self._core._storage()["frames"]
+    def saved_frames(self, slots: int | None = None) -> np.ndarray:
+        """uint8[num_envs, slots, frame_bytes]: a zero-copy view of the first ``slots`` frames of each
+        env's segment (all of them by default)."""
+        return self._core._storage()["frames"][:, :slots]
 
     def restore_frames(self, arr: np.ndarray) -> None:
+        """From a file's frames array: the first ``arr.shape[1]`` slots of each env's segment."""
         self._core._restore("frames", arr)
 
     def host_frames(self) -> np.ndarray | None:
@@ -226,18 +228,22 @@ class DeviceFrames:
         bufs.record(dev)
         return out
 
-    def saved_frames(self) -> np.ndarray:
-        """uint8[num_envs, segment, frame_bytes]: the frames copied to the host, in a host ring's layout."""
+    def saved_frames(self, slots: int | None = None) -> np.ndarray:
+        """uint8[num_envs, slots, frame_bytes]: the first ``slots`` frames of each env's segment (all of
+        them by default) copied to the host, in a host ring's layout."""
         L = self.layout
-        return self.frames.cpu().numpy().view(np.uint8).reshape(L.num_envs, L.segment, L.frame_bytes)
+        slots = L.segment if slots is None else min(slots, L.segment)
+        kept = self.frames.view(L.num_envs, L.segment, *L.frame_shape)[:, :slots].contiguous()
+        return kept.cpu().numpy().view(np.uint8).reshape(L.num_envs, slots, L.frame_bytes)
 
     def restore_frames(self, arr: np.ndarray) -> None:
-        """From a file's frames array to the device, one env segment at a time (bounded host memory)."""
+        """From a file's frames array (the first ``arr.shape[1]`` slots of each env's segment) to the
+        device, one env segment at a time (bounded host memory)."""
         L = self.layout
-        seg = L.segment
+        seg, slots = L.segment, arr.shape[1]
         for e in range(L.num_envs):
-            self.frames[e * seg : (e + 1) * seg].copy_(
-                torch.from_numpy(np.ascontiguousarray(arr[e]).view(L.frame_dtype).reshape(seg, *L.frame_shape))
+            self.frames[e * seg : e * seg + slots].copy_(
+                torch.from_numpy(np.ascontiguousarray(arr[e]).view(L.frame_dtype).reshape(slots, *L.frame_shape))
             )
 
     def host_frames(self) -> np.ndarray | None:

@@ -9,13 +9,38 @@ Library use, no Hydra::
 ``components`` builds env, ring, networks, learner, actor; ``state`` holds the loop's
 state and its checkpoint payload; ``loop`` is the loop; ``resume`` continues a run;
 ``rundir`` locks the run dir (one writer), checks it and carries a fork's files into it;
-``stop`` handles SIGINT/SIGTERM; ``limits`` checks what a run asks of the machine (memory
+``stop`` handles SIGINT/SIGTERM/SIGHUP; ``limits`` checks what a run asks of the machine (memory
 budget, seed range); ``trainer`` ties them together.
+
+The names below are imported on first use, so that ``dqnfast.training.stop`` (the standard
+library only) loads in a millisecond: ``python -m dqnfast.train`` installs its start-up
+signal handlers from it before it imports numpy, Hydra or torch.
 """
 
-from dqnfast.training.components import check_config
-from dqnfast.training.resume import ENV_RESEED_STRIDE, run_name
-from dqnfast.training.stop import GracefulStop
-from dqnfast.training.trainer import objective, train
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["ENV_RESEED_STRIDE", "GracefulStop", "check_config", "objective", "run_name", "train"]
+
+_HOME = {
+    "ENV_RESEED_STRIDE": "resume",
+    "GracefulStop": "stop",
+    "check_config": "components",
+    "objective": "trainer",
+    "run_name": "resume",
+    "train": "trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -16,6 +16,7 @@ from typing import Any
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
 from dqnfast.training.resume import ResumePlan, check_resumable, load_ring, ring_capacity
+from dqnfast.training.stop import reached
 
 log = logging.getLogger("dqnfast.train")
 
@@ -218,6 +219,7 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
         check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
 
     env, spec, net_spec = _make_env(cfg, r, plan, stack)
+    reached("envs")
     if plan.ck:
         from dqnfast.config.schema import check_learning_starts
 

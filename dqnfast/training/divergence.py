@@ -15,7 +15,6 @@ a checkpoint is never written over the last good one with a blown-up network. Bo
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 __all__ = ["Q_LIMIT", "TrainingDiverged", "check_network", "check_row", "diverged", "newest_checkpoint"]
@@ -35,18 +34,13 @@ class TrainingDiverged(RuntimeError):
 
 def newest_checkpoint(run_dir: Any) -> str:
     """Words for the checkpoint a resume would start from now (``checkpoint.pt``), with its step."""
-    from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
+    from dqnfast.checkpoint import CHECKPOINT_NAME, newest_steps
 
     latest = run_dir / CHECKPOINT_NAME
     if not latest.is_file():
         return "no checkpoint of this run has been written yet"
-    for steps, p in reversed(numbered_checkpoints(run_dir)):
-        try:
-            if os.path.samefile(p, latest):
-                return f"{latest} ({steps} agent steps) is kept and stays the newest"
-        except OSError:
-            continue
-    return f"{latest} is kept and stays the newest"
+    steps = newest_steps(run_dir)
+    return f"{latest}{f' ({steps} agent steps)' if steps is not None else ''} is kept and stays the newest"
 
 
 def diverged(run: Any, env_steps: int, what: str) -> TrainingDiverged:

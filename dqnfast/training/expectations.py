@@ -8,7 +8,8 @@ machine to themselves, i.e. about 2.1 ms of learner work per sampled transition
 measured 117). The estimate scales that by the run's sampled transitions, so it follows
 ``algo.replay_ratio`` and ``algo.total_steps``; random play before ``algo.learning_starts`` runs
 at thousands of steps/s and is left out. It is a figure from one machine, said as such, never a
-refusal: a faster CPU (or more torch threads) takes less.
+refusal: a faster CPU (or more torch threads) takes less; the progress bar starts from it
+and replaces it with the learning speed it measures.
 """
 
 from __future__ import annotations
@@ -28,9 +29,18 @@ def _human(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+def cpu_learning_sps(replay_ratio: float) -> float:
+    """Agent steps/s of a pixel-observation run's learning phase on the measured 2-core CPU.
+
+    The progress bar's time estimate uses it for the learning steps until it has measured
+    their speed (``dqnfast.loggers.console``).
+    """
+    return 1.0 / (replay_ratio * CPU_SECONDS_PER_SAMPLE)
+
+
 def cpu_estimate_seconds(total_steps: int, learning_starts: int, replay_ratio: float) -> float:
     """Learner-bound seconds of a pixel-observation run on the measured 2-core CPU."""
-    return max(0, total_steps - learning_starts) * replay_ratio * CPU_SECONDS_PER_SAMPLE
+    return max(0, total_steps - learning_starts) / cpu_learning_sps(replay_ratio)
 
 
 def cpu_note(total_steps: int, learning_starts: int, replay_ratio: float) -> str:

@@ -74,8 +74,11 @@ def _nbytes(obj: Any) -> int:
 
 
 def write_checkpoint(run: Run, st: LoopState) -> Path:
-    """Saves the ring (replay.save), then the checkpoint (numbered + checkpoint.pt), keeps the newest K.
+    """Saves the ring, then the checkpoint (numbered + checkpoint.pt), keeps the newest K.
 
+    The ring is saved with ``replay.save``, and without it while it is filling (the warm-up or
+    a resume's refill: ``LoopState.filling``), when it is all of the progress since the run
+    started or resumed and costs only the steps it holds (at most ``algo.learning_starts``).
     Only the ring file that checkpoint.pt refers to is kept. Raises TrainingDiverged
     (nothing written) for a diverged network, DiskFullError (one line; what was half
     written is removed, the previous checkpoint stays the newest) for a full disk.
@@ -83,16 +86,17 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
     from dqnfast.checkpoint import save_run_checkpoint
 
     check_network(run, st.env_steps, run.last_batch.obs if run.last_batch is not None else None)
+    filling = not run.cfg.replay.save and st.filling(run.cfg.algo.learning_starts)
     ring_file, body = None, None
     try:
-        if run.cfg.replay.save:
+        if run.cfg.replay.save or filling:
             ring_file = run.ring.save(run.run_dir / f"replay_{st.env_steps:012d}.npz")
-        body = payload(run, st, replay_file=ring_file.name if ring_file else None)
+        body = payload(run, st, replay_file=ring_file.name if ring_file else None, filling=filling)
         path = save_run_checkpoint(run.run_dir, body, env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints)
     except DiskFullError as e:
         if ring_file is not None and ring_file != run.replay_file:
             ring_file.unlink(missing_ok=True)  # the previous checkpoint refers to the previous ring file
-        need = (_nbytes(body) if body is not None else 0) + (run.ring.nbytes if run.cfg.replay.save else 0)
+        need = (_nbytes(body) if body is not None else 0) + (run.ring.nbytes if run.cfg.replay.save or filling else 0)
         raise DiskFullError(
             e.errno,
             f"disk full: writing {e.filename} failed with {e.free / 1e6:.1f} MB free on its disk; this "
@@ -216,10 +220,13 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> bool:
         if refilling:  # refill the ring after a resume without a saved ring: no counters, no updates
             st.refill_left -= k
             st.refill_steps += k
-            loggers.console.refill(a.learning_starts - max(st.refill_left, 0), a.learning_starts)
+            loggers.console.refill(st.refill_total - max(st.refill_left, 0), st.refill_total)
             if st.refill_left <= 0:
                 log.info(
-                    "replay: refilled with %d agent steps at eps %.4g; learning resumes", a.learning_starts, st.epsilon
+                    "replay: refilled with %d agent steps at eps %.4g; %s",
+                    st.refill_total,
+                    st.epsilon,
+                    "learning resumes" if st.env_steps >= a.learning_starts else "the warm-up goes on",
                 )
             continue
         st.env_steps += k
@@ -238,8 +245,7 @@ def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> bool:
     if stop.signum and (st.env_steps < a.total_steps or st.update_budget >= 1.0):
         # no metrics row here: the partial averages go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
-        path = write_checkpoint(run, st)
-        stop.announce(st.env_steps, path, run.run_dir)
+        write_checkpoint(run, st)  # the caller says where it is, in the run's one line about the signal
         return False
     if st.n_metrics or st.last_steps != st.env_steps:
         log_row(run, st, loggers)

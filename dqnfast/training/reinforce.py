@@ -55,6 +55,7 @@ from dqnfast.config.schema import plain
 from dqnfast.training.divergence import check_network, check_row
 from dqnfast.training.resume import ResumePlan
 from dqnfast.training.state import LoopState, next_mark
+from dqnfast.training.stop import GracefulStop, reached
 
 __all__ = ["collect_episodes", "replay_resets", "train_reinforce"]
 
@@ -152,8 +153,10 @@ def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: di
     if r.torch_threads:
         torch.set_num_threads(r.torch_threads)
     rc, n = cfg.reinforce, cfg.envs.num_envs
-    env, spec = make_env(cfg.game, cfg.obs, cfg.envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
+    envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)  # the threads the start-up line names
+    env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
     try:
+        reached("envs")
         hidden = [] if rc.policy == "linear" else list(cfg.network.mlp_hidden)
         net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == "value")
         if plan.ck:
@@ -331,9 +334,7 @@ def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
     if stop.signum and st.env_steps < run.cfg.algo.total_steps:
         # no metrics row here: the partial sums go into the checkpoint, so a resumed
         # run writes exactly the rows an uninterrupted one would
-        path = _save(run, st)
-        stop.announce(st.env_steps, path, run.run_dir)
-        return path
+        return _save(run, st)  # the caller says where it is, in the run's one line about the signal
     if st.n_metrics or st.last_steps != st.env_steps:
         _log_row(run, st, loggers)
     return _save(run, st)
@@ -346,34 +347,6 @@ def _log_row(run: _Run, st: LoopState, loggers: Any) -> None:
     row = st.row(frame_skip=1, updates=run.learner.num_updates)
     loggers.log_metrics(row)
     check_row(run, st.env_steps, row, n, since, value="value" if run.cfg.reinforce.baseline == "value" else None)
-
-
-def _final_evaluation(run: _Run, st: LoopState, loggers: Any, ckpt: Path) -> dict[str, Any]:
-    """DQN's final evaluation: greedy (argmax of the logits) at ``explore.eval_epsilon``; eval.json and plots."""
-    from dqnfast.evaluate import final_evaluation
-    from dqnfast.loggers import eval_media
-
-    result = final_evaluation(
-        run.cfg,
-        run.learner.online,
-        run.device,
-        run.run_dir,
-        task_id=run.spec.task_id,
-        run_name=run.name,
-        env_steps=st.env_steps,
-        frame_skip=1,
-        updates=run.learner.num_updates,
-        checkpoint=ckpt,
-    )
-    log.info(
-        "evaluation: %d games, epsilon %.3f: mean score %.2f, median %.2f",
-        len(result["scores"]),
-        result["epsilon"],
-        result["mean"],
-        result["median"],
-    )
-    loggers.log_eval(result, step=st.env_steps, media=eval_media(run.run_dir))
-    return result
 
 
 def train_reinforce(
@@ -409,82 +382,82 @@ def train_reinforce(
 def _train_reinforce(
     cfg: Config, run_dir: Path, plan: ResumePlan, config_dict: dict, tracking: Mapping[str, Any] | None
 ) -> dict[str, Any]:
-    """``train_reinforce`` in its locked run dir: build, train, checkpoint, evaluate."""
+    """``train_reinforce`` in its locked run dir: build, train, checkpoint, evaluate.
+
+    The console is DQN's (``dqnfast.training.trainer``): the run dir and threads lines, the
+    progress bar, the totals line and the final evaluation with its random-agent baseline.
+    The signal handlers are installed from the loop's start to the evaluation's end.
+    """
     from dqnfast.config.resolve import resolve
-    from dqnfast.training.stop import GracefulStop, StopRequested
-    from dqnfast.training.trainer import stopped
+    from dqnfast.training.trainer import (
+        evaluate_and_close,
+        failed_run_closes,
+        log_place,
+        log_totals,
+        open_loggers,
+        stopped,
+    )
 
     r = resolve(cfg)
     run = _build(cfg, r, plan, run_dir, config_dict)
+    stop = GracefulStop(install=False)
     try:
-        lg, s, rc = cfg.logger, run.spec, cfg.reinforce
-        st = LoopState(
-            s.num_envs,
-            lg.score_window,
-            resumes=plan.resumes,
-            next_log=lg.log_every,
-            next_ckpt=lg.checkpoint_every or math.inf,
-            epsilon=math.nan,  # the policy explores by sampling: metrics.csv's epsilon is nan
-        )
-        if plan.ck:
-            _restore(run, st)
-        hidden = list(run.learner.online.spec.hidden) or "(linear)"
-        log.info(
-            "run %s: REINFORCE on %s (%d actions), %d envs, %s policy %s, baseline %s, on %s",
-            run.name,
-            s.task_id,
-            s.num_actions,
-            s.num_envs,
-            rc.policy,
-            hidden,
-            rc.baseline,
-            r.device,
-        )
-        from dqnfast.training.trainer import open_loggers  # DQN's: both learners log the same way
-
-        loggers = open_loggers(
-            cfg,
-            run_dir,
-            run.name,
-            s.task_id,
-            config_dict,
-            tracking,
-            resume=bool(plan.ck),
-            start_step=st.env_steps,
-        )
         try:
-            # A signal in training checkpoints and stops; one after the last batch stops the
-            # final evaluation at once (the final checkpoint is written): resume= then evaluates.
-            with GracefulStop() as stop:
+            lg, s, rc = cfg.logger, run.spec, cfg.reinforce
+            st = LoopState(
+                s.num_envs,
+                lg.score_window,
+                resumes=plan.resumes,
+                next_log=lg.log_every,
+                next_ckpt=lg.checkpoint_every or math.inf,
+                epsilon=math.nan,  # the policy explores by sampling: metrics.csv's epsilon is nan
+            )
+            if plan.ck:
+                _restore(run, st)
+            hidden = list(run.learner.online.spec.hidden) or "(linear)"
+            log.info(
+                "run %s: REINFORCE on %s (%d actions), %d envs, %s policy %s, baseline %s, on %s",
+                run.name,
+                s.task_id,
+                s.num_actions,
+                s.num_envs,
+                rc.policy,
+                hidden,
+                rc.baseline,
+                r.device,
+            )
+            log_place(run_dir, r, sampler=False)
+            loggers = open_loggers(
+                cfg, run_dir, run.name, s.task_id, config_dict, tracking, resume=bool(plan.ck), start_step=st.env_steps
+            )
+            with failed_run_closes(loggers):
+                stop.install()
                 st.started()
                 ckpt = _train_loop(run, st, loggers, stop)
-                loggers.console.close()
-                summary = _summary(run, st, ckpt, stop.name)
-                if stop.signum and st.env_steps < cfg.algo.total_steps:
-                    return stopped(summary, loggers, stop.signum, "training", run_dir)
-                try:
-                    stop.raise_from_now()  # a signal that came already stops here
-                    summary["eval"] = _final_evaluation(run, st, loggers, ckpt)
-                except StopRequested as e:
-                    return stopped(summary, loggers, e.signum, "evaluation", run_dir)
-        except BaseException as e:
-            loggers.close(exit_code=130 if isinstance(e, KeyboardInterrupt) else 1)
-            raise
+                loggers.console.close()  # the bar ends with the loop; the others get the evaluation
+        finally:
+            run.env.close()
+        summary = _summary(run, st, ckpt, stop.name)
+        if stop.signum and st.env_steps < cfg.algo.total_steps:
+            return stopped(summary, loggers, stop.signum, "training", run_dir)
+
+        def totals() -> None:
+            log_totals(s.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
+
+        # after the last batch the final checkpoint is written: a signal stops the evaluation, resume= runs it
+        return evaluate_and_close(cfg, run.learner.online, run.device, run_dir, s, loggers, summary, stop, totals)
     finally:
-        run.env.close()
-    loggers.close()
-    return summary
+        stop.restore()
 
 
 def _summary(run: _Run, st: LoopState, ckpt: Path, interrupted: str) -> dict[str, Any]:
-    """``train``'s summary dict (eval still None), logged in one line."""
-    train_time = time.perf_counter() - st.start
-    summary: dict[str, Any] = {
+    """``train``'s summary dict (eval still None)."""
+    return {
         "run_name": run.name,
         "env_steps": st.env_steps,
         "updates": run.learner.num_updates,
         "episodes": st.episodes,
-        "train_time": train_time,
+        "train_time": time.perf_counter() - st.start,
         "score_mean": st.score_mean(),
         "eval": None,
         "interrupted": interrupted or None,
@@ -492,14 +465,3 @@ def _summary(run: _Run, st: LoopState, ckpt: Path, interrupted: str) -> dict[str
         "metrics": str(run.run_dir / "metrics.csv"),
         "checkpoint": str(ckpt),
     }
-    log.info(
-        "run total: %d agent steps, %d updates, %d episodes; this %s: %.1f s; last %d episodes: mean score %.2f",
-        st.env_steps,
-        run.learner.num_updates,
-        st.episodes,
-        "segment" if run.plan.ck else "run",
-        train_time,
-        len(st.scores),
-        summary["score_mean"],
-    )
-    return summary

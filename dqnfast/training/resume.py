@@ -3,8 +3,12 @@
 envpool's emulator state cannot be saved, so the envs come back either re-seeded
 (``envs.resume=reseed``: seed + ``ENV_RESEED_STRIDE`` * resumes) or by re-playing every
 action sent since the run started from the same seed (``replay``: exact). The replay ring
-is reloaded when it was saved beside the checkpoint (``replay.save``), else refilled with
-``algo.learning_starts`` uniform-random agent steps.
+is reloaded when it was saved beside the checkpoint: always with ``replay.save``, and also
+without it when the checkpoint was written while the ring was filling (the random warm-up
+before ``algo.learning_starts``, or a resume's refill), since that ring is all of the run's
+progress since it started or resumed (``saved_ring``). Otherwise the ring is refilled by what
+is missing: as many agent steps as it held at the checkpoint, up to ``algo.learning_starts``
+(``refill_steps``), played by the agent's epsilon-greedy policy and not counted.
 
 A run whose steps are all done but whose final evaluation did not finish (eval.json is
 missing, or is from an earlier segment) resumes into that evaluation only: no envs for
@@ -14,6 +18,7 @@ training, no ring, no checkpoint written (``eval_only``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,9 +34,13 @@ __all__ = [
     "evaluation_pending",
     "load_ring",
     "plan_resume",
+    "refill_steps",
     "ring_capacity",
     "run_name",
+    "saved_ring",
 ]
+
+log = logging.getLogger("dqnfast.train")
 
 ENV_RESEED_STRIDE = 1_000_000  # a resumed run's envs (envs.resume=reseed) are seeded seed + stride * resumes
 
@@ -177,16 +186,60 @@ def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> 
         raise ConfigError("resume", f"the checkpoint's optimizer is {was}, this run's is {cfg.optim.name}")
 
 
+def saved_ring(ck: dict, cfg: Config) -> str | None:
+    """The ring file a resume from ``ck`` reloads (None: the ring is refilled).
+
+    The checkpoint's ring file with ``replay.save``; without it, the one a checkpoint saved
+    while its ring was filling (``replay.filling``: the warm-up or a refill).
+    """
+    replay = ck.get("replay") or {}
+    name = replay.get("file")
+    return name if name and (cfg.replay.save or replay.get("filling")) else None
+
+
+def refill_steps(cfg: Config, env_steps: int) -> int:
+    """Agent steps a resume at ``env_steps`` refills an empty ring with before learning goes on.
+
+    What the run's ring held at that step, up to ``algo.learning_starts``: after the warm-up
+    that is ``learning_starts``; in it, the steps played so far (the warm-up then continues
+    with the steps it has left, so learning starts with ``learning_starts`` steps stored, as
+    it would have).
+    """
+    return min(cfg.algo.learning_starts, env_steps)
+
+
 def load_ring(
     plan: ResumePlan, cfg: Config, spec: Any, run_dir: Path, *, num_threads: int, frames_device: Any
 ) -> tuple[Any, Path] | tuple[None, None]:
-    """The ring saved with the checkpoint (``replay.save``), or (None, None) when there is none to load."""
+    """The ring saved with the checkpoint (``saved_ring``), or (None, None) when there is none to load.
+
+    A ring the user asked for (``replay.save``) that cannot be used is refused (ConfigError);
+    a ring saved while it was filling, without ``replay.save``, is refilled instead, with one
+    warning line that says why.
+    """
+    saved = saved_ring(plan.ck, cfg)
+    if not saved:
+        return None, None
+    try:
+        return _load_ring(cfg, spec, run_dir / saved, num_threads=num_threads, frames_device=frames_device)
+    except _RingMisfit as e:
+        if cfg.replay.save:
+            raise
+        log.warning("replay: the ring saved while it was filling cannot be used (%s); it is refilled instead", e.why)
+        return None, None
+
+
+class _RingMisfit(ConfigError):
+    """A saved ring that cannot be used; ``why`` without the advice that follows it for ``replay.save``."""
+
+    def __init__(self, why: str, advice: str) -> None:
+        super().__init__("resume", f"{why}; {advice}")
+        self.why = why
+
+
+def _load_ring(cfg: Config, spec: Any, path: Path, *, num_threads: int, frames_device: Any) -> tuple[Any, Path]:
     from dqnfast.replay import ReplayFileError, ReplayRing
 
-    saved = (plan.ck.get("replay") or {}).get("file")
-    if not (cfg.replay.save and saved):
-        return None, None
-    path = run_dir / saved
     try:
         ring = ReplayRing.load(
             path,
@@ -198,14 +251,13 @@ def load_ring(
             priority_eps=cfg.replay.priority_eps,
         )
     except (ReplayFileError, FileNotFoundError, MemoryError) as e:
-        raise ConfigError("resume", f"{e}; resume with replay.save=false to refill the ring instead") from None
+        raise _RingMisfit(str(e), "resume with replay.save=false to refill the ring instead") from None
     have = (ring.num_envs, ring.n_step, ring.stack, float(ring.gamma), ring.prioritized)
     want = (spec.num_envs, cfg.replay.n_step, spec.stack, float(cfg.algo.gamma), cfg.replay.prioritized)
     if have != want:
-        raise ConfigError(
-            "resume",
-            "the saved replay ring has (envs, n_step, stack, gamma, prioritized) = "
-            f"{have}, this run {want}; keep them, or resume with replay.save=false",
+        raise _RingMisfit(
+            f"the saved replay ring has (envs, n_step, stack, gamma, prioritized) = {have}, this run {want}",
+            "keep them, or resume with replay.save=false",
         )
     # The config the checkpoints record must describe the ring the run uses: a changed capacity
     # is refused rather than logged as changed while the saved ring keeps its own size.

@@ -247,17 +247,34 @@ def _holds_run(run_dir: Path) -> str | None:
     """What makes ``run_dir`` a run's folder (its checkpoints, eval.json or metrics.csv), or None.
 
     A metrics.csv alone is a run stopped before its first checkpoint, or a file of the user's: a
-    fresh run would overwrite it, so it is refused as well.
+    fresh run would overwrite it, so it is refused as well, unless it is only the header line of
+    a run stopped at start-up (nothing of it is lost).
     """
     from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
 
     numbered = numbered_checkpoints(run_dir)
     if numbered:
         return f"checkpoints up to {numbered[-1][0]} agent steps"
-    for name in (CHECKPOINT_NAME, "eval.json", "metrics.csv"):
+    for name in (CHECKPOINT_NAME, "eval.json"):
         if (run_dir / name).is_file():
             return f"a {name}"
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file() and not _header_only(metrics):
+        return "a metrics.csv"
     return None
+
+
+def _header_only(metrics: Path) -> bool:
+    """Whether ``metrics`` holds dqnfast's header line and no row (a run stopped before its first row)."""
+    from dqnfast.loggers.base import STEP_KEY
+
+    try:
+        with open(metrics, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    lines = head.splitlines()
+    return len(lines) <= 1 and (not lines or lines[0].startswith(f"{STEP_KEY},".encode()))
 
 
 def _same_bytes(a: Path, b: Path) -> bool:

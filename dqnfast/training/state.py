@@ -12,12 +12,13 @@ Checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
     counters  env_steps, frames, updates, episodes, seed, syncs, resumes, refill_steps
     epsilon   the schedule's last value
     loop      update_budget, can_sample, n_metrics, loss_sum, q_sum, n_grad, grad_sum, grad_max,
-              next_log, next_ckpt, checkpoint_every, time, scores, lengths, last_action,
+              next_log, next_ckpt, checkpoint_every, refill_left, time, scores, lengths, last_action,
               tracker_{score,length,started}
     rng       python, numpy, torch, actor_numpy, actor_torch, replay (, torch_cuda)
     envs      mode, seed, num_envs, actions (the action log, or None)
-    replay    file (the ring saved beside the checkpoint, or None), prefetch (prioritized
-              replay's priority report not applied yet: Prefetcher.state_dict)
+    replay    file (the ring saved beside the checkpoint, or None), filling (saved because the
+              ring was filling, without replay.save), prefetch (prioritized replay's priority
+              report not applied yet: Prefetcher.state_dict)
     config, game, obs, num_actions, network, run_name
 """
 
@@ -62,8 +63,9 @@ class LoopState:
     last metric row (read on the host only when a row is logged); grad_sum, grad_max: the
     sum and max of the pre-clipping gradient norm over ``n_grad`` of them (learners that
     report one; a checkpoint written before these were kept resumes with n_grad 0). elapsed0: training
-    seconds before this segment of a resumed run. refill_left: random agent steps still
-    to store after a resume without a saved ring (not counted in env_steps).
+    seconds before this segment of a resumed run. refill_left: agent steps still to store
+    after a resume without a saved ring, before learning (or the warm-up) goes on (not
+    counted in env_steps); refill_total: what this segment's refill started with.
     """
 
     num_envs: int
@@ -85,6 +87,7 @@ class LoopState:
     elapsed0: float = 0.0
     epsilon: float = 1.0
     refill_left: int = 0
+    refill_total: int = 0
     saved_at: int = -1  # env_steps of the newest checkpoint this segment wrote (not saved in it)
     scores: deque = field(init=False)
     lengths: deque = field(init=False)
@@ -104,6 +107,11 @@ class LoopState:
         """Marks the start of this segment's clock (training time and steps/s count from here)."""
         self.start = self.last_time = time.perf_counter()
         self.last_steps = self.env_steps
+
+    def filling(self, learning_starts: int) -> bool:
+        """The ring is filling (the warm-up before ``learning_starts``, or a resume's refill): it
+        is then all of the run's progress since it started or resumed, so a checkpoint keeps it."""
+        return self.refill_left > 0 or self.env_steps < learning_starts
 
     def elapsed(self) -> float:
         return self.elapsed0 + time.perf_counter() - self.start
@@ -173,6 +181,7 @@ class LoopState:
             "next_log": int(self.next_log),
             "next_ckpt": None if self.next_ckpt == math.inf else int(self.next_ckpt),
             "checkpoint_every": checkpoint_every,
+            "refill_left": max(self.refill_left, 0),
             "time": self.elapsed(),
             "scores": list(self.scores),
             "lengths": list(self.lengths),
@@ -212,6 +221,7 @@ class LoopState:
         if checkpoint_every and loop.get("next_ckpt") is not None and checkpoint_every == int(loop["checkpoint_every"]):
             self.next_ckpt = next_mark(self.env_steps, int(loop["next_ckpt"]), checkpoint_every)
         self.elapsed0 = float(loop["time"])
+        self.refill_left = int(loop.get("refill_left", 0))  # goes on only with the ring it was filling
         self.scores.extend(float(s) for s in loop["scores"])
         self.lengths.extend(int(n) for n in loop["lengths"])
         if envs_too:
@@ -258,7 +268,7 @@ def set_rng_state(state: dict[str, Any], actor: Any | None, ring: Any | None, de
         torch.cuda.set_rng_state_all(state["torch_cuda"])
 
 
-def payload(run: Any, st: LoopState, *, replay_file: str | None) -> dict[str, Any]:
+def payload(run: Any, st: LoopState, *, replay_file: str | None, filling: bool = False) -> dict[str, Any]:
     """The whole checkpoint of ``run`` (a ``components.Run``) at loop state ``st``."""
     import torch
 
@@ -294,7 +304,7 @@ def payload(run: Any, st: LoopState, *, replay_file: str | None) -> dict[str, An
             "num_envs": spec.num_envs,
             "actions": torch.from_numpy(log.rows.copy()) if log is not None else None,
         },
-        "replay": {"file": replay_file, "prefetch": run.batches.state_dict()},
+        "replay": {"file": replay_file, "filling": filling, "prefetch": run.batches.state_dict()},
     }
 
 

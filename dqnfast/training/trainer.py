@@ -26,12 +26,12 @@ from dqnfast.config.resolve import Resolved, resolve
 from dqnfast.config.schema import plain
 from dqnfast.envs import EnvCreationError
 from dqnfast.training.components import Run, build, check_config
-from dqnfast.training.expectations import cpu_note
+from dqnfast.training.expectations import cpu_learning_sps, cpu_note
 from dqnfast.training.loop import run_loop
-from dqnfast.training.resume import ResumePlan, plan_resume
+from dqnfast.training.resume import ResumePlan, plan_resume, refill_steps, saved_ring
 from dqnfast.training.rundir import claim
 from dqnfast.training.state import LoopState, restore
-from dqnfast.training.stop import GracefulStop, StopRequested
+from dqnfast.training.stop import GracefulStop, StopRequested, reached
 
 __all__ = ["objective", "train"]
 
@@ -80,7 +80,8 @@ def _loop_state(run: Run) -> LoopState:
         ) from None
     restore(run, st, plan.ck, envs_too=plan.replay_envs, ring_too=run.replay_file is not None)
     if run.replay_file is None:
-        st.refill_left = a.learning_starts
+        st.refill_left = refill_steps(run.cfg, st.env_steps)
+    st.refill_total = st.refill_left
     log.info(
         "resume %s from %s at %d agent steps (%d updates, %d games, eps %.4f); resume #%d",
         run.name,
@@ -91,17 +92,25 @@ def _loop_state(run: Run) -> LoopState:
         st.epsilon,
         plan.resumes,
     )
+    then = "learning resumes" if st.env_steps >= a.learning_starts else "the warm-up goes on"
     if run.replay_file is not None:
-        log.info("replay: reloaded %s (%d stored steps, sampler state restored)", run.replay_file.name, len(run.ring))
+        log.info(
+            "replay: reloaded %s (%d stored steps, sampler state restored)%s",
+            run.replay_file.name,
+            len(run.ring),
+            f"; its refill goes on: {st.refill_left} agent steps left before {then}" if st.refill_left else "",
+        )
     else:
         saved = (plan.ck.get("replay") or {}).get("file")
         log.info(
-            "replay: %s, so the ring starts empty and is refilled with algo.learning_starts=%d "
-            "agent steps of the agent's epsilon-greedy policy at eps %.4g before learning resumes "
-            "(not counted in env_steps)",
+            "replay: %s, so the ring starts empty and is refilled with %d agent steps (what it held at the "
+            "checkpoint, up to algo.learning_starts=%d) of the agent's epsilon-greedy policy at eps %.4g before "
+            "%s (not counted in env_steps)",
             "not saved with the checkpoint" if not saved else "replay.save=false",
+            st.refill_left,
             a.learning_starts,
             st.epsilon,
+            then,
         )
     return st
 
@@ -116,10 +125,14 @@ def open_loggers(
     *,
     resume: bool,
     start_step: int,
+    learning_starts: int = 0,
+    learning_sps: float | None = None,
 ) -> Any:
     """Console, metrics.csv (kept up to the checkpoint on resume), W&B / TensorBoard if asked.
 
     Both learners (DQN, REINFORCE) and an evaluation-only resume log through it the same way.
+    learning_starts, learning_sps: the phases of the console's time estimate (DQN's random
+    warm-up; the learning speed expected until it is measured, None: not known).
     """
     from dqnfast.loggers import RunInfo, RunLoggers
 
@@ -134,11 +147,25 @@ def open_loggers(
         tags=[cfg.exp_name, *tracking.get("tags", ())],
         resume=resume,
     )
-    return RunLoggers(cfg.logger, info, total_steps=cfg.algo.total_steps, start_step=start_step, desc=task_id)
+    loggers = RunLoggers(
+        cfg.logger,
+        info,
+        total_steps=cfg.algo.total_steps,
+        start_step=start_step,
+        desc=task_id,
+        learning_starts=learning_starts,
+        learning_sps=learning_sps,
+    )
+    try:
+        reached("loggers")
+    except StopRequested as e:  # a signal before the caller holds the loggers: close them here
+        loggers.close(exit_code=128 + e.signum)
+        raise
+    return loggers
 
 
 @contextmanager
-def _failed_run_closes(loggers: Any) -> Iterator[None]:
+def failed_run_closes(loggers: Any) -> Iterator[None]:
     """On an error the loggers close with the run's exit code (W&B marks it failed; 128 + N: signal N)."""
     try:
         yield
@@ -185,12 +212,34 @@ def train(
     check_config(cfg)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
     plan = plan_resume(cfg, resume, run_dir)
-    with claim(run_dir, source=plan.source, ck=plan.ck, replay=cfg.replay.save and not plan.eval_only):
+    with claim(run_dir, source=plan.source, ck=plan.ck, replay=_fork_carries_ring(cfg, plan)):
         r = resolve(cfg)
         if plan.eval_only:
             return evaluate_only(cfg, r, plan, run_dir, config_dict, tracking)
         _set_up_process(cfg, r, plan)
         return _train(cfg, r, plan, run_dir, config_dict, tracking)
+
+
+def _fork_carries_ring(cfg: Config, plan: ResumePlan) -> bool:
+    """Whether a fork of ``plan``'s checkpoint carries its ring file: the one its resume reloads
+    (``saved_ring``). A ring saved while filling comes along when it is there; without it the
+    fork refills (a ring asked for with ``replay.save`` must be there: the fork is refused)."""
+    from dqnfast.checkpoint import run_dir_of
+
+    ring = saved_ring(plan.ck, cfg) if plan.ck and not plan.eval_only else None
+    if ring is None:
+        return False
+    return cfg.replay.save or (plan.source is not None and (run_dir_of(plan.source) / ring).is_file())
+
+
+def _cpu_pixels(run: Run, r: Resolved) -> bool:
+    """A pixel-observation run on CPU: the case ``training.expectations`` has measured speeds for."""
+    return r.device.type == "cpu" and run.spec.obs_kind == "pixels"
+
+
+def _expected_learning_sps(run: Run, r: Resolved) -> float | None:
+    """The learning phase's speed the start-up line's estimate rests on (None: no estimate for this run)."""
+    return cpu_learning_sps(run.cfg.algo.replay_ratio) if _cpu_pixels(run, r) else None
 
 
 def _log_start(run: Run, r: Resolved) -> None:
@@ -212,14 +261,19 @@ def _log_start(run: Run, r: Resolved) -> None:
         s.frame_shape,
         s.frame_dtype,
     )
-    if r.device.type == "cpu" and s.obs_kind == "pixels":
+    if _cpu_pixels(run, r):
         log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
-    log.info("run dir %s", run.run_dir)
+    log_place(run.run_dir, r)
+
+
+def log_place(run_dir: Path, r: Resolved, *, sampler: bool = True) -> None:
+    """The start-up lines every learner prints after its own first one: its run dir and its threads."""
+    log.info("run dir %s", run_dir)
     log.info(
-        "threads: %d core(s) here: envpool %d, sampler %d, torch %s",
+        "threads: %d core(s) here: envpool %d%s, torch %s",
         r.cores,
         r.env_threads,
-        r.sampler_threads,
+        f", sampler {r.sampler_threads}" if sampler else "",
         r.torch_threads or "default",
     )
 
@@ -247,8 +301,10 @@ def _train(
                 tracking,
                 resume=bool(plan.ck),
                 start_step=st.env_steps,
+                learning_starts=cfg.algo.learning_starts,
+                learning_sps=_expected_learning_sps(run, r),
             )
-            stack.enter_context(_failed_run_closes(loggers))
+            stack.enter_context(failed_run_closes(loggers))
             stack.callback(loggers.console.close)  # the bar ends with the loop; the others get the evaluation
             stop.install()
             st.started()
@@ -270,9 +326,11 @@ def _train(
             return stopped(summary, loggers, stop.signum, "training", run_dir)
 
         def totals() -> None:
-            _log_totals(run.spec.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
+            log_totals(run.spec.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
 
-        return _evaluate(cfg, run.learner.online, run.device, run_dir, run.spec, loggers, summary, stop, totals)
+        return evaluate_and_close(
+            cfg, run.learner.online, run.device, run_dir, run.spec, loggers, summary, stop, totals
+        )
     finally:
         stop.restore()
 
@@ -328,7 +386,7 @@ def evaluate_only(
     spec = _EvalSpec(task_id, cfg.envs.frame_skip if family == "atari" else 1)
     loggers.console.close()
     with GracefulStop() as stop:
-        return _evaluate(
+        return evaluate_and_close(
             cfg,
             net,
             r.device,
@@ -337,7 +395,7 @@ def evaluate_only(
             loggers,
             summary,
             stop,
-            lambda: _log_totals(spec.frame_skip, summary, scores),
+            lambda: log_totals(spec.frame_skip, summary, scores),
         )
 
 
@@ -350,22 +408,22 @@ class _EvalSpec:
 
 
 def stopped(summary: dict[str, Any], loggers: Any, signum: int, phase: str, run_dir: Path) -> dict[str, Any]:
-    """A run stopped by a signal: the summary says where, the loggers close with 128 + signum."""
+    """A run stopped by a signal: the summary says where, one log line says what is saved and how to go
+    on (the only line about it: ``python -m dqnfast.train`` adds none), the loggers close with 128 + signum."""
     summary.update(interrupted=signal.Signals(signum).name, stopped_in=phase)
     if phase == "evaluation":
-        log.warning(
-            "%s: the final evaluation at %d agent steps was interrupted (no eval.json); the training and its "
-            "checkpoint %s are complete; finish the evaluation with: python -m dqnfast.train resume=%s",
-            summary["interrupted"],
-            summary["env_steps"],
-            summary["checkpoint"],
-            run_dir,
+        what = (
+            f"stopped the final evaluation at {summary['env_steps']} agent steps (no eval.json); the training and "
+            f"its checkpoint {summary['checkpoint']} are complete; finish the evaluation with"
         )
+    else:
+        what = f"stopped at {summary['env_steps']} agent steps; checkpoint {summary['checkpoint']}; continue with"
+    log.warning("%s: %s: python -m dqnfast.train resume=%s", summary["interrupted"], what, run_dir)
     loggers.close(exit_code=128 + signum)
     return summary
 
 
-def _log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segment: int | None = None) -> None:
+def log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segment: int | None = None) -> None:
     """The run's totals; with ``segment`` (agent steps when this segment started) its steps and speed too."""
     env_steps = summary["env_steps"]
     totals = (
@@ -381,7 +439,7 @@ def _log_totals(frame_skip: int, summary: dict[str, Any], scores: Any, *, segmen
     log.info("%s; last %d games: mean score %.2f", totals, len(scores), summary["score_mean"])
 
 
-def _evaluate(
+def evaluate_and_close(
     cfg: Config,
     network: Any,
     device: Any,
@@ -398,7 +456,7 @@ def _evaluate(
     the evaluation) stops the evaluation at once: see ``stopped``.
     """
     try:
-        with _failed_run_closes(loggers):
+        with failed_run_closes(loggers):
             stop.raise_from_now()  # a signal that came already stops here
             totals()
             try:
