@@ -86,3 +86,21 @@ def test_readme_python_snippets_run(tmp_path):
         assert proc.returncode == 0, f"README snippet failed:\n{code}\n{proc.stderr[-3000:]}"
     # the snippet trains into runs/x and evaluates there
     assert (tmp_path / "runs" / "x" / "eval.json").is_file()
+
+
+def test_the_cartpole_evaluation_sample_shows_the_presets_epsilon():
+    # docs/evaluation.md shows the output of evaluating a preset=cartpole run: its protocol
+    # line and eval.json must carry that preset's explore.eval_epsilon, as a real run prints.
+    eps = yaml.safe_load((REPO / "conf" / "preset" / "cartpole.yaml").read_text())["explore"]["eval_epsilon"]
+    text = (REPO / "docs" / "evaluation.md").read_text(encoding="utf-8")
+    sample = text[text.index("Sample: `python -m dqnfast.train preset=cartpole") :]
+    assert f"protocol: 100 games on 10 envs, eps {float(eps)}, seed 10001" in sample
+    shown = sample[sample.index("```json") :]
+    assert f'"epsilon": {float(eps)}, "human_normalized"' in shown and f'"epsilon": {float(eps)}, "seed"' in shown
+
+
+def test_the_home_page_links_every_page_of_the_site():
+    site = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    pages = [next(iter(entry.values())) for entry in site["nav"]]
+    index = (REPO / "docs" / "index.md").read_text(encoding="utf-8")
+    assert [p for p in pages if p != "index.md" and f"]({p})" not in index] == []
