@@ -201,8 +201,8 @@ void Restore(ReplayRing& r, const std::string& name, const py::array& src) {
   const std::vector<int64_t> shape(src.shape(), src.shape() + src.ndim());
   // frames may hold the first slots of each env's segment only (a ring saved before it was full)
   const bool frame_prefix = it->which == ReplayRing::Raw::kFrames && shape.size() == 3 &&
-                            shape[0] == it->shape[0] && shape[2] == it->shape[2] &&
-                            shape[1] >= 0 && shape[1] < it->shape[1];
+                            shape[0] == it->shape[0] && shape[2] == it->shape[2] && shape[1] >= 0 &&
+                            shape[1] < it->shape[1];
   if (!src.dtype().equal(it->dtype) || (shape != it->shape && !frame_prefix)) {
     throw std::invalid_argument(name + " must be " + Describe(it->dtype, it->shape) + ", got " +
                                 Describe(src.dtype(), shape));
