@@ -2,7 +2,11 @@
 
 Nothing here asserts on time: figures only have to exist and be positive. ``fps.py --quick``
 runs every stage (env, actor, replay, learner, e2e through the real CLI, peer) in about a
-minute on two CPU cores; ``replay.py --quick`` in about 15 s.
+minute on two CPU cores, each stage in a fresh process: that is in the slow suite, and the
+default run has the env and learner stages (the orchestration, printing and JSON every stage
+shares); the replay stage is ``replay.py``, run below, and the e2e stage the CLI of the
+training tests. ``replay.py --quick`` runs one contender of each kind, at one thread and batch
+256, by default, and every contender in the slow suite.
 """
 
 from __future__ import annotations
@@ -40,53 +44,69 @@ def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
     )
 
 
-def test_fps_quick_runs_every_stage(tmp_path):
+def _fps_quick(tmp_path, stages: list[str]) -> tuple[dict, dict, str]:
+    """Runs ``fps.py --quick`` over ``stages`` and checks what every stage promises: each
+    expected ``NAME = value unit`` line printed with a finite, positive figure, the summary
+    table, and the JSON holding exactly the printed figures and no stage error. Returns the
+    printed lines, the JSON and stdout."""
     out = tmp_path / "fps.json"
-    r = _run([str(BENCH / "fps.py"), "--quick", "--out", str(out)], timeout=600)
+    r = _run([str(BENCH / "fps.py"), "--quick", "--stage", ",".join(stages), "--out", str(out)], timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     lines = {m.group(1): (m.group(2), m.group(3)) for m in METRIC_LINE.finditer(r.stdout)}
-    have_peer = importlib.util.find_spec("ale_py") is not None
-    expected = [
-        "fps.env_sync_n8",
-        "fps.env_sync_n8_frames",
-        "fps.env_async_n8_b4",
-        "fps.actor_sync_n8",
-        "fps.actor_sync_n8_vs_env",
-        "fps.replay_sample_B256",
-        "fps.replay_sample_B256_vs_memcpy",
-        "fps.learner_B32_eager_fp32",
-        "fps.learner_B32_eager_bf16",
-        "fps.e2e_nature",
-        "fps.e2e_nature_bound",
-        "fps.e2e_nature_vs_bound",
-    ]
-    if have_peer:
-        expected += ["fps.peer", "fps.e2e_nature_vs_peer"]
-    for name in expected:
+    expected = {
+        "env": ["fps.env_sync_n8", "fps.env_sync_n8_frames", "fps.env_async_n8_b4"],
+        "actor": ["fps.actor_sync_n8", "fps.actor_sync_n8_vs_env"],
+        "replay": ["fps.replay_sample_B256", "fps.replay_sample_B256_vs_memcpy"],
+        "learner": ["fps.learner_B32_eager_fp32", "fps.learner_B32_eager_bf16"],
+        "e2e": ["fps.e2e_nature", "fps.e2e_nature_bound", "fps.e2e_nature_vs_bound"],
+        "peer": ["fps.peer", "fps.e2e_nature_vs_peer"],
+    }
+    for name in [n for stage in stages for n in expected[stage]]:
         assert name in lines, f"{name} not printed; got {sorted(lines)}"
         value = float(lines[name][0])
         assert math.isfinite(value) and value > 0, (name, lines[name])
-    assert lines["fps.env_sync_n8"][1] == "steps/s" and lines["fps.env_sync_n8_frames"][1] == "frames/s"
-    assert "targets" in r.stdout and "ratio" in r.stdout  # the summary table and the targets
+    assert "ratio" in r.stdout  # the summary table
 
     doc = json.loads(out.read_text())
     assert doc["benchmark"] == "fps"
     assert doc["machine"]["cpu_model"] and doc["machine"]["cores"] >= 1
-    assert set(doc["stages"]) >= {"env", "actor", "replay", "learner", "e2e"} | ({"peer"} if have_peer else set())
+    assert set(doc["stages"]) >= set(stages)
     assert not any(s["error"] for s in doc["stages"].values()), doc["stages"]
     assert set(doc["metrics"]) == set(lines)  # every printed line is saved, and only those
+    return lines, doc, r.stdout
+
+
+def test_fps_quick_runs_the_env_and_learner_stages(tmp_path):
+    lines, _, _ = _fps_quick(tmp_path, ["env", "learner"])
+    assert lines["fps.env_sync_n8"][1] == "steps/s" and lines["fps.env_sync_n8_frames"][1] == "frames/s"
+    assert lines["fps.learner_B32_eager_fp32"][1] == "updates/s"
+
+
+@pytest.mark.slow
+def test_fps_quick_runs_every_stage(tmp_path):
+    have_peer = importlib.util.find_spec("ale_py") is not None
+    stages = ["env", "actor", "replay", "learner", "e2e"] + (["peer"] if have_peer else [])
+    _, doc, stdout = _fps_quick(tmp_path, stages)
+    assert "targets" in stdout  # the speed targets, judged from the actor and e2e stages
     e2e = [row for row in doc["results"] if row["stage"] == "e2e"]
     assert e2e and e2e[0]["updates_per_step"] == pytest.approx(0.25)  # the Nature ratio: 1 update / 4 steps
 
 
-def test_replay_quick_runs(tmp_path):
+# Each contender of replay.py runs in a process of its own: the default run takes one of each kind
+# (dqnfast's ring, its NumPy reference, memcpy, stable-baselines3's buffer, a prioritized ring);
+# the slow suite runs them all.
+REPLAY_DEFAULT = ["--threads", "1", "--batch-sizes", "256", "--skip", "sb3-optmem,sb3-optmem-dm,numpy-per,cpprb-per"]
+
+
+@pytest.mark.parametrize("extra", [REPLAY_DEFAULT, pytest.param([], marks=pytest.mark.slow)], ids=["some", "all"])
+def test_replay_quick_runs(tmp_path, extra):
     script = BENCH / "replay.py"
     if not script.exists():
         pytest.skip("benchmarks/replay.py not present")
     pytest.importorskip("stable_baselines3", reason="it compares with stable-baselines3: pip install -e '.[test]'")
     out = tmp_path / "replay.json"
-    r = _run([str(script), "--quick", "--out", str(out)], timeout=300)
+    r = _run([str(script), "--quick", *extra, "--out", str(out)], timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert re.search(r"^replay\.sample_B256_threads1 = \d+ samples/s$", r.stdout, re.MULTILINE)
     assert json.loads(out.read_text())["benchmark"] == "replay"

@@ -174,29 +174,16 @@ def test_play_uses_the_given_seed_per_env():
 
 # ------------------------------------------------------------------------ CLI
 @pytest.fixture(scope="module")
-def cartpole_run(tmp_path_factory):
-    """A CartPole agent trained by the real CLI (~5 s): a run dir with metrics.csv and checkpoint.pt."""
-    tmp = tmp_path_factory.mktemp("cartpole")
-    proc = run_module(
-        "dqnfast.train",
-        "preset=cartpole",
-        "algo.total_steps=4000",
-        "algo.learning_starts=500",
-        "logger.log_every=500",
-        "logger.progress=false",
-        "envs.eval.episodes=2",
-        "torch_threads=1",
-        f"hydra.run.dir={tmp / 'run'}",
-        cwd=tmp,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
+def cartpole_run(cartpole_learned):
+    """A CartPole agent trained by the real CLI (preset=cartpole, shared with tests/test_train.py):
+    a run dir with metrics.csv and checkpoint.pt."""
+    return cartpole_learned
 
 
 def test_train_writes_eval_json_and_plots(cartpole_run):
     ev = json.loads((cartpole_run / "eval.json").read_text())
-    assert ev["game"] == "CartPole-v1" and ev["env_steps"] == 4000 and len(ev["scores"]) == 2
-    assert ev["random"]["episodes"] == 2 and ev["protocol"]["epsilon"] == 0.0
+    assert ev["game"] == "CartPole-v1" and ev["env_steps"] == 60_000 and len(ev["scores"]) == 10
+    assert ev["random"]["episodes"] == 10 and ev["protocol"]["epsilon"] == 0.0
     assert ev["protocol"]["policy"] == POLICIES["dqn"] and ev["run_dir"] == str(cartpole_run)
     assert Path(ev["plots"]["learning_curve"]) == cartpole_run / "learning_curve.png" and ev["video"] is None
     for name in ("eval_scores.png", "learning_curve.png"):
@@ -229,8 +216,8 @@ def test_cli_evaluates_trained_vs_random(cartpole_run):
     assert ev["min"] <= ev["median"] <= ev["max"] and ev["mean"] == pytest.approx(np.mean(ev["scores"]))
     assert ev["std"] == pytest.approx(np.std(ev["scores"]))
     assert ev["protocol"]["epsilon"] == 0.0 and ev["protocol"]["episodes"] == 12  # preset=cartpole's eval_epsilon
-    assert ev["env_steps"] == 4000 and ev["checkpoint"] == str((cartpole_run / "checkpoint.pt").resolve())
-    assert ev["mean"] > ev["random"]["mean"]  # 4000 steps of CartPole beat random play
+    assert ev["env_steps"] == 60_000 and ev["checkpoint"] == str((cartpole_run / "checkpoint.pt").resolve())
+    assert ev["mean"] > ev["random"]["mean"]  # the trained agent beats random play
     assert "| trained |    12 |" in proc.stdout and "|  random |    12 |" in proc.stdout
     for name in ("eval_scores.png", "learning_curve.png"):
         check_png(out / name)
@@ -240,24 +227,10 @@ def test_cli_evaluates_trained_vs_random(cartpole_run):
 
 
 @pytest.fixture(scope="module")
-def reinforce_run(tmp_path_factory):
-    """A CartPole REINFORCE policy trained by the real CLI (a few seconds): its run dir."""
-    tmp = tmp_path_factory.mktemp("reinforce")
-    proc = run_module(
-        "dqnfast.train",
-        "preset=reinforce",
-        "envs.num_envs=4",
-        "algo.total_steps=3000",
-        "logger.log_every=1000",
-        "logger.progress=false",
-        "envs.eval.episodes=4",
-        "envs.eval.num_envs=2",
-        "torch_threads=1",
-        f"hydra.run.dir={tmp / 'run'}",
-        cwd=tmp,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return tmp / "run"
+def reinforce_run(reinforce_finished):
+    """A CartPole REINFORCE policy trained by the real CLI (3000 agent steps; its final
+    evaluation: 4 games on 2 envs), shared with tests/test_reinforce.py: its run dir."""
+    return reinforce_finished
 
 
 def test_cli_evaluates_a_reinforce_policy_greedily(reinforce_run):
@@ -389,7 +362,7 @@ def test_refused_evaluation_leaves_no_output_folder(tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in ck.parent.iterdir()) == ["checkpoint.pt"]  # no eval/
 
 
-def test_cli_errors_are_one_line(tmp_path):
+def test_cli_errors_are_one_line(tmp_path, evaluate_in_process):
     ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "checkpoint.pt").write_bytes(ck.read_bytes()[:5000])
@@ -413,31 +386,27 @@ def test_cli_errors_are_one_line(tmp_path):
         (tmp_path / "sweep" / job).mkdir(parents=True)
         (tmp_path / "sweep" / job / "checkpoint.pt").write_bytes(ck.read_bytes())
     (tmp_path / "sweep" / "2" / ".hydra").mkdir(parents=True)  # a job that wrote no checkpoint
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dqnfast.evaluate", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args, _ in cases
-    ]
-    for p, (args, expect) in zip(procs, cases):
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 2 and "Traceback" not in err, (args, err)
+    for i, (args, expect) in enumerate(cases):
+        # the first in a process of its own, the others through the same entry point in this one
+        if i == 0:
+            p = run_module("dqnfast.evaluate", *args, cwd=tmp_path, timeout=120)
+            code, err = p.returncode, p.stderr
+        else:
+            code, err = evaluate_in_process(*args, cwd=tmp_path)
+        assert code == 2 and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith(expect), (args, err)
     assert not (tmp_path / "cut" / "eval").exists()  # refused before Hydra made a folder
 
 
-def test_a_refused_evaluation_leaves_the_previous_evaluation_as_it_was(tmp_path):
-    """Refusals found only once the checkpoint and the game are known come before Hydra writes the record."""
+def test_a_refused_evaluation_leaves_the_previous_evaluation_as_it_was(tmp_path, evaluate_in_process):
+    """Refusals found only once the checkpoint and the game are known come before Hydra writes the record.
+
+    The first refusal is a process of its own; the evaluation and the other refusals go
+    through the same entry point in this process."""
     ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
     first = ["episodes=1", "num_envs=1", "max_episode_steps=20", "random_baseline=false", "plots=false"]
-    proc = run_module("dqnfast.evaluate", f"run={ck.parent}", *first, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = evaluate_in_process(f"run={ck.parent}", *first, cwd=tmp_path)
+    assert code == 0, err[-3000:]
     out = ck.parent / "eval"
 
     def snapshot() -> dict:
@@ -445,22 +414,14 @@ def test_a_refused_evaluation_leaves_the_previous_evaluation_as_it_was(tmp_path)
 
     before = snapshot()
     assert Path(".hydra/overrides.yaml") in before and Path("eval.json") in before
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     run = f"run={ck.parent}"
     refused = [[run, "game=NoSuchGame"], [run, "game=Breakout"], [run, "epsilon=2"], ["-m", run, "game=Pong,Breakout"]]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "dqnfast.evaluate", *args],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in refused
-    ]
-    for p, args in zip(procs, refused):
-        _, err = p.communicate(timeout=120)
-        assert p.returncode == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (args, err)
+    for i, args in enumerate(refused):
+        if i == 0:
+            p = run_module("dqnfast.evaluate", *args, cwd=tmp_path, timeout=120)
+            code, err = p.returncode, p.stderr
+        else:
+            code, err = evaluate_in_process(*args, cwd=tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), (args, err)
     assert snapshot() == before  # the first evaluation's record and log, byte for byte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pong"]  # and no folder elsewhere

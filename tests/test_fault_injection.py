@@ -82,9 +82,10 @@ def finish(p: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
     return p.returncode, err
 
 
-def refused(p: subprocess.Popen, head: str, *parts: str) -> str:
-    """Asserts the command was refused in one line starting with ``head``; returns the line."""
-    code, err = finish(p)
+def refused(p: subprocess.Popen | tuple[int, str], head: str, *parts: str) -> str:
+    """Asserts the command (a process, or the status and stderr of an in-process run) was
+    refused in one line starting with ``head``; returns the line."""
+    code, err = finish(p) if isinstance(p, subprocess.Popen) else p
     assert code == 2 and "Traceback" not in err, err[-3000:]
     assert len(err.strip().splitlines()) == 1 and err.startswith(head), err
     assert all(x in err for x in parts), (parts, err)
@@ -133,22 +134,25 @@ def same_run(a: Path, b: Path, *, up_to: int | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two finished runs: ``ref`` (BASE, 3000 agent steps, never stopped) and ``other`` (seed 2, 1000 steps)."""
+def runs(tmp_path_factory, train_in_process) -> dict[str, Path]:
+    """Two finished runs: ``ref`` (BASE, 3000 agent steps, never stopped) and ``other`` (seed 2, 1000 steps).
+
+    Both through the CLI's entry point in this process: the runs that are killed, stopped and
+    refused below are processes of their own.
+    """
     tmp = tmp_path_factory.mktemp("finished")
     ref, other = tmp / "ref", tmp / "other"
-    procs = [
-        start(*BASE, f"algo.total_steps={TOTAL}", f"hydra.run.dir={ref}", cwd=tmp),
-        start(*BASE, "seed=2", "algo.total_steps=1000", f"hydra.run.dir={other}", cwd=tmp),
-    ]
-    for p in procs:
-        code, err = finish(p)
+    for args in (
+        [f"algo.total_steps={TOTAL}", f"hydra.run.dir={ref}"],
+        ["seed=2", "algo.total_steps=1000", f"hydra.run.dir={other}"],
+    ):
+        code, err = train_in_process(*BASE, *args, cwd=tmp)
         assert code == 0, err[-3000:]
     assert not (ref / LOCK).exists() and (ref / "eval.json").exists()
     return {"ref": ref, "other": other}
 
 
-def test_a_running_runs_folder_refuses_every_other_writer(tmp_path, runs):
+def test_a_running_runs_folder_refuses_every_other_writer(tmp_path, runs, train_in_process):
     live = tmp_path / "live"
     p = start(*BASE, "algo.total_steps=4000", f"hydra.run.dir={live}", cwd=tmp_path)
     wait_for(lambda: (live / "checkpoint.pt").exists() and text(live / "metrics.csv").count("\n") >= 4, p, "rows")
@@ -165,8 +169,9 @@ def test_a_running_runs_folder_refuses_every_other_writer(tmp_path, runs):
             ([f"resume={runs['other']}", f"hydra.run.dir={live}", "algo.total_steps=5000"], "error: hydra.run.dir: "),
             ([f"resume={live}", f"hydra.run.dir={fork}", "algo.total_steps=5000"], "error: resume: "),  # its fork
         ]
-        procs = [start(*args, cwd=tmp_path) for args, _ in cases]
-        for q, (_, head) in zip(procs, cases):
+        # the first in a process of its own, the others through the same entry point in this one
+        for i, (args, head) in enumerate(cases):
+            q = start(*args, cwd=tmp_path) if i == 0 else train_in_process(*args, cwd=tmp_path)
             refused(q, head, f"in use by a running dqnfast process (pid {p.pid} on host ", "dqnfast.train")
         assert tree(live) == before and not fork.exists()
     finally:
@@ -179,7 +184,7 @@ def test_a_running_runs_folder_refuses_every_other_writer(tmp_path, runs):
     assert (live / "eval.json").exists() and not (live / LOCK).exists()
 
 
-def test_a_folder_that_holds_another_run_is_refused_and_left_byte_identical(tmp_path, runs):
+def test_a_folder_that_holds_another_run_is_refused_and_left_byte_identical(tmp_path, runs, train_in_process):
     from dqnfast.config import ConfigError
     from dqnfast.training import train
 
@@ -190,9 +195,8 @@ def test_a_folder_that_holds_another_run_is_refused_and_left_byte_identical(tmp_
         ([*BASE, f"hydra.run.dir={other}"], "error: hydra.run.dir: ", "already holds a run"),
         ([*BASE, "seed=2", "algo.total_steps=1000", f"hydra.run.dir={other}"], "error: hydra.run.dir: ", "resume="),
     ]
-    procs = [start(*args, cwd=tmp_path) for args, _, _ in cases]
-    for q, (_, head, part) in zip(procs, cases):
-        refused(q, head, str(other), part)
+    for i, (args, head, part) in enumerate(cases):  # the first in a process of its own
+        refused(start(*args, cwd=tmp_path) if i == 0 else train_in_process(*args, cwd=tmp_path), head, str(other), part)
     cfg = small(total_steps=4000)
     with pytest.raises(ConfigError, match="holds another run"):
         train(cfg, other, resume=ref)
@@ -215,7 +219,7 @@ def _permissions_bind(probe: Path) -> list[str] | None:
     return prefix
 
 
-def test_a_run_dir_that_cannot_be_made_or_written_is_one_line_and_leaves_nothing(tmp_path):
+def test_a_run_dir_that_cannot_be_made_or_written_is_one_line_and_leaves_nothing(tmp_path, train_in_process):
     """A path under a regular file, a read-only folder and a new folder inside one: one line, exit 2,
     no folder left behind (they were tracebacks from the run dir's lock)."""
     (tmp_path / "afile").write_text("a file\n")
@@ -230,6 +234,8 @@ def test_a_run_dir_that_cannot_be_made_or_written_is_one_line_and_leaves_nothing
     if prefix is not None:
         cases += [(prefix, "ro", "Permission denied"), (prefix, "ro/new", "Permission denied")]
         cases += [(prefix, "ro/a/b", "Permission denied")]
+    # processes of their own (the read-only cases need one: it drops a capability), but for the
+    # second path under a file, which goes through the same entry point in this process
     procs = [
         subprocess.Popen(
             [*pre, sys.executable, "-m", "dqnfast.train", *BASE, f"hydra.run.dir={where}"],
@@ -239,9 +245,11 @@ def test_a_run_dir_that_cannot_be_made_or_written_is_one_line_and_leaves_nothing
             stderr=subprocess.PIPE,
             text=True,
         )
-        for pre, where, _ in cases
+        if i != 1
+        else train_in_process(*BASE, f"hydra.run.dir={where}", cwd=tmp_path)
+        for i, (pre, where, _) in enumerate(cases)
     ]
-    STARTED.extend(procs)
+    STARTED.extend(p for p in procs if isinstance(p, subprocess.Popen))
     for p, (_, where, why) in zip(procs, cases):
         line = refused(p, "error: hydra.run.dir: cannot create or write the run dir ", why)
         assert str(tmp_path / where) in line, line
@@ -264,7 +272,7 @@ def small(total_steps: int, **logger):
     )
 
 
-def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(tmp_path, runs):
+def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(tmp_path, runs, train_in_process):
     run = tmp_path / "run"
     p = start(*BASE, f"algo.total_steps={TOTAL}", f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for(lambda: (run / "checkpoints" / "step_000000000500.pt").exists(), p, "a periodic checkpoint")
@@ -278,26 +286,28 @@ def test_a_killed_run_resumes_to_exactly_the_run_never_stopped(tmp_path, runs):
     ]
     for f in cut:
         f.write_bytes(b"half a file")
-    code, err = finish(start(f"resume={run}", cwd=tmp_path))
+    code, err = train_in_process(f"resume={run}", cwd=tmp_path)  # the CLI's entry point, in this process
     assert code == 0, err[-3000:]
     assert not any(f.exists() for f in cut) and not (run / LOCK).exists()
     same_run(runs["ref"], run)
 
 
-def test_a_fork_carries_the_checkpoint_and_its_ring_and_never_writes_the_old_run(tmp_path, runs):
+def test_a_fork_carries_the_checkpoint_and_its_ring_and_never_writes_the_old_run(tmp_path, runs, train_in_process):
     old, inplace = tmp_path / "old", tmp_path / "inplace"
     shutil.copytree(runs["ref"], old)
     shutil.copytree(runs["ref"], inplace)
     before = tree(old)
     ring, refill = tmp_path / "fork_ring", tmp_path / "fork_refill"
-    procs = [
-        start(f"resume={old}", f"hydra.run.dir={ring}", "algo.total_steps=3500", cwd=tmp_path),
-        start(f"resume={old}", f"hydra.run.dir={refill}", "replay.save=false", "algo.total_steps=3500", cwd=tmp_path),
-        start(f"resume={inplace}", "algo.total_steps=3500", cwd=tmp_path),
-    ]
-    for p in procs:
-        code, err = finish(p)
+    # the fork with its ring in a process of its own, the other two through the CLI's entry point in this one
+    p = start(f"resume={old}", f"hydra.run.dir={ring}", "algo.total_steps=3500", cwd=tmp_path)
+    for args in (
+        [f"resume={old}", f"hydra.run.dir={refill}", "replay.save=false", "algo.total_steps=3500"],
+        [f"resume={inplace}", "algo.total_steps=3500"],
+    ):
+        code, err = train_in_process(*args, cwd=tmp_path)
         assert code == 0, err[-3000:]
+    code, err = finish(p)
+    assert code == 0, err[-3000:]
     assert tree(old) == before  # with and without replay.save: not a byte of the old run changed
     log = (ring / "train.log").read_text()
     assert f"resume: forked {old} at {TOTAL} agent steps into {ring}" in log and "replay: reloaded" in log
@@ -311,7 +321,7 @@ def test_a_fork_carries_the_checkpoint_and_its_ring_and_never_writes_the_old_run
         assert (fork / ".hydra" / "config.yaml").exists() and not (fork / LOCK).exists()
 
 
-def test_sigterm_in_the_final_evaluation_then_resume_runs_only_the_evaluation(tmp_path):
+def test_sigterm_in_the_final_evaluation_then_resume_runs_only_the_evaluation(tmp_path, train_in_process):
     run = tmp_path / "run"
     p = start(*BASE, "algo.total_steps=1000", "envs.eval.episodes=100000", f"hydra.run.dir={run}", cwd=tmp_path)
     wait_for(lambda: "run total: 1000 agent steps" in text(run / "train.log"), p, "the final evaluation")
@@ -324,7 +334,8 @@ def test_sigterm_in_the_final_evaluation_then_resume_runs_only_the_evaluation(tm
     assert not (run / "eval.json").exists()
     trained = {k: v for k, v in tree(run).items() if not k.startswith(".hydra") and k != "train.log"}
 
-    code, err = finish(start(f"resume={run}", "envs.eval.episodes=3", cwd=tmp_path))
+    # the resume and the refusal after it through the CLI's entry point in this process
+    code, err = train_in_process(f"resume={run}", "envs.eval.episodes=3", cwd=tmp_path)
     assert code == 0, err[-3000:]
     result = json.loads((run / "eval.json").read_text())
     assert result["env_steps"] == 1000 and len(result["scores"]) == 3
@@ -332,7 +343,7 @@ def test_sigterm_in_the_final_evaluation_then_resume_runs_only_the_evaluation(tm
     assert after == trained  # no training, no new checkpoint, no metrics row, no ring written
     log = (run / "train.log").read_text().split("evaluating only")
     assert len(log) == 2 and "refill" not in log[1] and "replay: " not in log[1]
-    refused(start(f"resume={run}", cwd=tmp_path), "error: resume: ", "set algo.total_steps higher")
+    refused(train_in_process(f"resume={run}", cwd=tmp_path), "error: resume: ", "set algo.total_steps higher")
 
 
 def test_a_resume_from_a_periodic_checkpoint_does_not_write_it_again(tmp_path, monkeypatch):

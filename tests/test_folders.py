@@ -18,32 +18,39 @@ from dqnfast.training.rundir import claim, clean_temp_files, precheck, release_a
 REFUSED = ["preset=cartpole", "algo.total_steps=3000", "logger.progress=false", "optim.lr=-1"]
 
 
-def _refused(cwd, *args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [sys.executable, "-m", "dqnfast.train", *REFUSED, *args],
-        cwd=cwd,
-        env=CLI_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip() == "error: optim.lr: must be > 0, got -1.0"
-    return proc
+def _refused(cwd, *args: str, in_process=None) -> None:
+    """``python -m dqnfast.train REFUSED *args`` in a process of its own, or through
+    ``in_process`` (the ``train_in_process`` fixture): refused in one line."""
+    if in_process is None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "dqnfast.train", *REFUSED, *args],
+            cwd=cwd,
+            env=CLI_ENV,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        code, err = proc.returncode, proc.stderr
+    else:
+        code, err = in_process(*REFUSED, *args, cwd=cwd)
+    assert code == 2, err[-2000:]
+    assert err.strip() == "error: optim.lr: must be > 0, got -1.0"
 
 
-def test_a_refused_run_leaves_the_users_folders_and_removes_the_ones_it_made(tmp_path):
+def test_a_refused_run_leaves_the_users_folders_and_removes_the_ones_it_made(tmp_path, train_in_process):
     work = tmp_path / "work"
     (work / "mine").mkdir(parents=True)
     (work / "e2").mkdir()
     (work / "outputs").mkdir()
     (work / "kept").mkdir()
     (work / "kept" / "train.log").write_text("the user's own log\n")
+    # the first in a process of its own, the others through the same entry point in this one
     _refused(work, "hydra.run.dir=mine/new")  # a new folder inside the user's
-    _refused(work, "hydra.run.dir=e2")  # the user's empty folder itself
-    _refused(work)  # the default outputs/DATE/TIME under the user's outputs/
-    _refused(work, "hydra.run.dir=kept")  # a folder with a file Hydra appends to
-    _refused(work, f"hydra.run.dir={tmp_path / 'x' / 'a' / 'b' / 'new'}")  # outside the working dir
+    _refused(work, "hydra.run.dir=e2", in_process=train_in_process)  # the user's empty folder itself
+    _refused(work, in_process=train_in_process)  # the default outputs/DATE/TIME under the user's outputs/
+    _refused(work, "hydra.run.dir=kept", in_process=train_in_process)  # a folder with a file Hydra appends to
+    outside = f"hydra.run.dir={tmp_path / 'x' / 'a' / 'b' / 'new'}"
+    _refused(work, outside, in_process=train_in_process)  # outside the working dir
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
         "work",
         "work/e2",

@@ -408,24 +408,27 @@ def test_cli_refuses_a_seed_that_overflows_at_the_final_evaluation(tmp_path):
     assert line.startswith("error: seed: 2147480000 is out of range: use a seed in [0, ")
 
 
-def test_the_top_seed_trains_and_evaluates(tmp_path):
-    """The largest accepted seed runs to the end, final evaluation (seed + 10000 + i) included."""
+def test_the_top_seed_trains_and_evaluates(tmp_path, train_in_process):
+    """The largest accepted seed runs to the end, final evaluation (seed + 10000 + i) included
+    (the CLI's entry point, in this process: the refusal above is the one in a process of its own)."""
     import json
 
     cfg = Config(game="CartPole", envs=EnvsConfig(num_envs=4, eval=EvalProtocolConfig(episodes=1, num_envs=1)))
     hi = seed_limit(cfg)
-    proc = cli(*TINY, f"seed={hi}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = train_in_process(*TINY, f"seed={hi}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert code == 0, err[-3000:]
     ev = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert (ev.get("protocol") or ev)["seed"] == hi + EVAL_SEED_OFFSET
 
 
 # ------------------------------------------------------------------ divergence
-def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tmp_path):
+def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tmp_path, train_in_process):
+    # the CLI's entry point in this process (exit status 1 and the one line on stderr); a run
+    # that fails in a process of its own: test_cli_on_a_full_disk_exits_with_one_line
     from dqnfast.checkpoint import load_checkpoint, numbered_checkpoints
 
     run = tmp_path / "run"
-    proc = cli(
+    code, err = train_in_process(
         *tiny(
             optim__lr="1e10",
             algo__max_grad_norm="null",
@@ -436,8 +439,8 @@ def test_a_diverging_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(tm
         f"hydra.run.dir={run}",
         cwd=tmp_path,
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    line = one_line_error(proc.stderr)
+    assert code == 1, err[-3000:]
+    line = one_line_error(err)
     assert "training diverged at agent step" in line and "optim.lr" in line and "is kept" in line
     step = int(line.split("agent step ")[1].split()[0])
     assert step < 3000 and not (run / "eval.json").exists()
@@ -550,6 +553,32 @@ def test_sigterm_stops_a_long_update_burst_and_checkpoints(tmp_path):
     assert ck["loop"]["update_budget"] >= 1.0  # stopped inside the burst: the rest of it is owed
 
 
+def _exact(total: int, checkpoint_every: int) -> Config:
+    cfg = cartpole(total, save=True)
+    cfg.envs.resume = "replay"
+    cfg.algo.replay_ratio = 64.0  # 4 envs x 64 / 32 = 8 updates per iteration
+    cfg.logger = LoggerConfig(log_every=100, checkpoint_every=checkpoint_every, progress=False)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def never_stopped(tmp_path_factory):
+    """``run(checkpoint_every)``: the run dir of the exact run of 600 agent steps never stopped,
+    trained once per checkpoint period for the cases below."""
+    from dqnfast.training import train
+
+    runs: dict[int, Path] = {}
+
+    def run(checkpoint_every: int) -> Path:
+        if checkpoint_every not in runs:
+            d = tmp_path_factory.mktemp(f"never_stopped_{checkpoint_every}")
+            assert train(_exact(600, checkpoint_every), d)["updates"] == 1008
+            runs[checkpoint_every] = d
+        return runs[checkpoint_every]
+
+    return run
+
+
 @pytest.mark.parametrize(
     "stop_at, checkpoint_every, stopped_in",
     [
@@ -559,7 +588,9 @@ def test_sigterm_stops_a_long_update_burst_and_checkpoints(tmp_path):
         (1008, 0, "evaluation"),  # after the last update: the training is complete
     ],
 )
-def test_a_run_stopped_inside_a_burst_resumes_exactly(tmp_path, monkeypatch, stop_at, checkpoint_every, stopped_in):
+def test_a_run_stopped_inside_a_burst_resumes_exactly(
+    tmp_path, monkeypatch, never_stopped, stop_at, checkpoint_every, stopped_in
+):
     """A SIGTERM at update ``stop_at`` of bursts of 8 (1008 updates in all); the resumed run
     pays what is owed, then the row and checkpoint of that step, before its first recv:
     metrics, every numbered checkpoint's weights and the final weights equal a run that was
@@ -571,11 +602,7 @@ def test_a_run_stopped_inside_a_burst_resumes_exactly(tmp_path, monkeypatch, sto
     from dqnfast.training import train
 
     def exact(total: int) -> Config:
-        cfg = cartpole(total, save=True)
-        cfg.envs.resume = "replay"
-        cfg.algo.replay_ratio = 64.0  # 4 envs x 64 / 32 = 8 updates per iteration
-        cfg.logger = LoggerConfig(log_every=100, checkpoint_every=checkpoint_every, progress=False)
-        return cfg
+        return _exact(total, checkpoint_every)
 
     def rows(run: Path) -> list[dict]:
         with open(run / "metrics.csv", newline="") as f:
@@ -586,8 +613,7 @@ def test_a_run_stopped_inside_a_burst_resumes_exactly(tmp_path, monkeypatch, sto
         same = all(torch.equal(cx["online"][k], cy["online"][k]) for k in cx["online"])
         return same and cx["counters"]["updates"] == cy["counters"]["updates"]
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    assert train(exact(600), a)["updates"] == 1008
+    a, b = never_stopped(checkpoint_every), tmp_path / "b"
     update = Learner.update
 
     def stopped_once(self, batch):

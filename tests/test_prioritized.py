@@ -349,8 +349,9 @@ def test_a_uniform_prefetcher_ignores_reports():
 
 
 # ------------------------------------------------------------------------------- training
-def test_cartpole_training_with_prioritized_replay_runs_through_the_cli(run_cli):
-    proc, out = run_cli(
+def test_cartpole_training_with_prioritized_replay_runs_through_the_cli(train_in_process, tmp_path):
+    out = tmp_path / "run"  # the CLI's entry point, in this process
+    code, err = train_in_process(
         "preset=cartpole",
         "replay.prioritized=true",
         "algo.total_steps=2000",
@@ -361,9 +362,10 @@ def test_cartpole_training_with_prioritized_replay_runs_through_the_cli(run_cli)
         "envs.eval.max_episode_steps=100",
         "replay.save=true",
         "logger.checkpoint_every=1000",
-        timeout=900,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert code == 0, err[-3000:]
     assert (out / "eval.json").exists() and (out / "metrics.csv").exists()
     saved = sorted(out.glob("replay_*.npz"))
     assert saved
@@ -371,12 +373,14 @@ def test_cartpole_training_with_prioritized_replay_runs_through_the_cli(run_cli)
     assert ring.prioritized and ring.max_priority > 1.0  # the learner's TD errors came back
 
 
-def test_a_diverging_prioritized_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(run_cli):
+def test_a_diverging_prioritized_run_stops_in_one_line_and_keeps_its_last_good_checkpoint(train_in_process, tmp_path):
     """preset=rainbow turns gradient clipping off: NaN |TD errors| reach the priority update first, and
-    must end the run as the divergence guard does, not as a priority the ring refuses."""
+    must end the run as the divergence guard does, not as a priority the ring refuses (the CLI's entry
+    point, in this process)."""
     from dqnfast.checkpoint import load_checkpoint
 
-    proc, out = run_cli(
+    out = tmp_path / "run"
+    code, stderr = train_in_process(
         "preset=rainbow",
         "game=CartPole",
         "algo.total_steps=3000",
@@ -386,12 +390,13 @@ def test_a_diverging_prioritized_run_stops_in_one_line_and_keeps_its_last_good_c
         "logger.checkpoint_every=400",  # one checkpoint before learning starts, the next after the blow-up
         "logger.progress=false",
         "envs.eval.episodes=1",
-        timeout=600,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
     )
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and "training diverged at agent step" in err[0], proc.stderr[-3000:]
+    assert code == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    err = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "training diverged at agent step" in err[0], stderr[-3000:]
     assert "not finite" in err[0] and "optim.lr" in err[0] and "is kept" in err[0], err[0]
     assert not (out / "eval.json").exists()
     ck = load_checkpoint(out / "checkpoint.pt")

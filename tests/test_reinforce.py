@@ -70,11 +70,12 @@ def test_reinforce_on_an_atari_game_is_a_config_error():
     assert e.value.key == "learner"
 
 
-def test_cli_reinforce_on_atari_is_one_line_exit_2(run_cli):
-    proc, _ = run_cli("preset=reinforce", "game=Pong", timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: learner:"), proc.stderr
+def test_cli_reinforce_on_atari_is_one_line_exit_2(train_in_process, tmp_path):
+    # the CLI's entry point in this process; the next test's refusal is a process of its own
+    code, err = train_in_process("preset=reinforce", "game=Pong", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: learner:"), err
 
 
 def test_cli_bad_baseline_is_one_line_exit_2(run_cli):
@@ -84,8 +85,11 @@ def test_cli_bad_baseline_is_one_line_exit_2(run_cli):
 
 
 # ------------------------------------------------------------------ the CLI
-def test_cli_runs_reinforce_end_to_end_and_writes_metrics_and_eval(run_cli):
-    proc, out = run_cli(
+def test_cli_runs_reinforce_end_to_end_and_writes_metrics_and_eval(train_in_process, tmp_path):
+    # the CLI's entry point in this process; reinforce_finished (tests/conftest.py) is a REINFORCE
+    # run in a process of its own
+    out = tmp_path / "run"
+    code, err = train_in_process(
         "preset=reinforce",
         "envs.num_envs=4",
         "algo.total_steps=300",
@@ -93,9 +97,10 @@ def test_cli_runs_reinforce_end_to_end_and_writes_metrics_and_eval(run_cli):
         "logger.progress=false",
         "envs.eval.episodes=2",
         "envs.eval.num_envs=2",
-        timeout=240,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert code == 0, err[-2000:]
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert rows and int(rows[-1]["env_steps"]) >= 300 and int(rows[-1]["updates"]) >= 1
     ev = json.loads((out / "eval.json").read_text())
@@ -103,10 +108,12 @@ def test_cli_runs_reinforce_end_to_end_and_writes_metrics_and_eval(run_cli):
     assert (out / "checkpoint.pt").is_file()  # python -m dqnfast.evaluate plays it: tests/test_evaluate.py
 
 
-def test_cli_reinforce_that_diverges_stops_in_one_line_as_dqn_does(run_cli):
+def test_cli_reinforce_that_diverges_stops_in_one_line_as_dqn_does(train_in_process, tmp_path):
     """optim.lr=1e30 blows the weights up to ~1e30 while the loss stays finite (the policy collapses onto
-    one action): the guard DQN uses refuses to checkpoint it, and the run ends with exit 1, not a score."""
-    proc, out = run_cli(
+    one action): the guard DQN uses refuses to checkpoint it, and the run ends with exit 1, not a score
+    (the CLI's entry point, in this process)."""
+    out = tmp_path / "run"
+    code, stderr = train_in_process(
         "preset=reinforce",
         "envs.num_envs=4",
         "algo.total_steps=600",
@@ -114,12 +121,13 @@ def test_cli_reinforce_that_diverges_stops_in_one_line_as_dqn_does(run_cli):
         "logger.progress=false",
         "envs.eval.episodes=1",
         "envs.eval.num_envs=1",
-        timeout=240,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
     )
-    assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and "training diverged at agent step" in err[0], proc.stderr[-2000:]
+    assert code == 1, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    err = [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "training diverged at agent step" in err[0], stderr[-2000:]
     assert "logits" in err[0] and "optim.lr (now 1e+30)" in err[0] and "max_grad_norm" not in err[0], err[0]
     assert not (out / "eval.json").exists() and not (out / "checkpoint.pt").exists()
 
@@ -196,10 +204,11 @@ def test_envs_made_from_the_seed_and_reset_as_often_continue_exactly(game):
         assert np.array_equal(got[k], want[k]), k
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, train_in_process):
+    # The run that is stopped is a process of its own; the resume and the run never stopped go
+    # through the CLI's entry point in this process.
     a, b, total = tmp_path / "a", tmp_path / "b", 16_000
-    uninterrupted = start(*RF, f"algo.total_steps={total}", f"hydra.run.dir={a}", cwd=tmp_path)
-    # the same run, stopped by SIGTERM once it has logged two rows, then resumed
+    # stopped by SIGTERM once it has logged two rows, then resumed
     proc = start(*RF, "algo.total_steps=100000000", f"hydra.run.dir={b}", cwd=tmp_path)
     deadline = time.time() + 600  # a generous bound for a loaded machine, not a speed check
     while not ((b / "metrics.csv").exists() and len(rows(b)) >= 2):
@@ -217,12 +226,13 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert ck["envs"]["resets"].shape == (8,) and int(ck["envs"]["resets"].min()) >= episodes // 8
     assert not (b / "eval.json").exists() and all(int(r["env_steps"]) <= stopped for r in rows(b))
 
-    code, _, err = finish(start(f"resume={b}", f"algo.total_steps={total}", cwd=tmp_path))
+    code, err = train_in_process(f"resume={b}", f"algo.total_steps={total}", cwd=tmp_path)
     assert code == 0, err[-3000:]
     log = (b / "train.log").read_text()
     assert f"resume: changed algo.total_steps: 100000000 -> {total}" in log
     assert f"at {stopped} agent steps" in log and "envs: restored by replaying" in log
-    code, _, err = finish(uninterrupted)
+    # the same run, never stopped
+    code, err = train_in_process(*RF, f"algo.total_steps={total}", f"hydra.run.dir={a}", cwd=tmp_path)
     assert code == 0, err[-3000:]
 
     ra, rb = rows(a), rows(b)
@@ -241,26 +251,10 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finished_runs(tmp_path_factory) -> tuple[Path, Path]:
-    """A finished REINFORCE run of 2000 agent steps and a finished DQN run, both on CartPole."""
-    tmp = tmp_path_factory.mktemp("finished")
-    rf, dqn = tmp / "rf", tmp / "dqn"
-    procs = [
-        start(*RF, "algo.total_steps=2000", f"hydra.run.dir={rf}", cwd=tmp),
-        start(
-            "preset=cartpole",
-            "algo.total_steps=600",
-            "algo.learning_starts=500",
-            "logger.progress=false",
-            "envs.eval.episodes=2",
-            f"hydra.run.dir={dqn}",
-            cwd=tmp,
-        ),
-    ]
-    for p in procs:
-        code, _, err = finish(p)
-        assert code == 0, err[-3000:]
-    return rf, dqn
+def finished_runs(reinforce_finished, cartpole_learned) -> tuple[Path, Path]:
+    """A finished REINFORCE run (3000 agent steps) and a finished DQN run (preset=cartpole), both on
+    CartPole by the real CLI, shared with other tests (tests/conftest.py): read, never written."""
+    return reinforce_finished, cartpole_learned
 
 
 def test_a_reinforce_run_prints_what_a_dqn_run_prints(finished_runs):
@@ -283,10 +277,13 @@ def test_a_reinforce_run_prints_what_a_dqn_run_prints(finished_runs):
         console.close()
 
 
-def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
+def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path, train_in_process):
+    # every command below is refused, and the runs stay as they were
     rf, dqn = finished_runs
-    steps = load_checkpoint(rf / "checkpoint.pt")["counters"]["env_steps"]
-    before = {f: (rf / f).read_bytes() for f in ("checkpoint.pt", "metrics.csv", "eval.json")}
+    ck = load_checkpoint(rf / "checkpoint.pt")
+    steps, total = ck["counters"]["env_steps"], ck["config"]["algo"]["total_steps"]
+    files = ("checkpoint.pt", "metrics.csv", "eval.json")
+    before = {run: {f: (run / f).read_bytes() for f in files} for run in (rf, dqn)}
     net = "error: resume: checkpoint network is policy hidden [32, 32] on float32[4], this run's is"
     cases = [
         (
@@ -298,7 +295,7 @@ def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
         (
             [f"resume={rf}"],
             f"error: resume: the run already has {steps} agent steps and its final evaluation, and "
-            "algo.total_steps=2000; "
+            f"algo.total_steps={total}; "
             "set algo.total_steps higher to continue",
         ),
         (
@@ -307,16 +304,18 @@ def test_misfit_checkpoints_are_refused_in_one_line(finished_runs, tmp_path):
             "resume with learner=reinforce, or start a new run",
         ),
         (
-            [f"resume={dqn}", "learner=reinforce", "algo.total_steps=9000"],
+            [f"resume={dqn}", "learner=reinforce", "algo.total_steps=90000"],
             "error: resume: the checkpoint is from a learner=dqn run, this run is learner=reinforce; "
             "resume with learner=dqn, or start a new run",
         ),
     ]
-    for args, head in cases:  # one at a time: each holds the run dir's lock while it checks the checkpoint
-        code, _, err = finish(start(*args, cwd=tmp_path))
+    for i, (args, head) in enumerate(cases):  # one at a time: each holds the run dir's lock while it checks
+        # the first in a process of its own, the others through the same entry point in this one
+        code, err = (finish(start(*args, cwd=tmp_path))[::2]) if i == 0 else train_in_process(*args, cwd=tmp_path)
         assert code == 2 and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith(head), (args, err)
-    assert {f: (rf / f).read_bytes() for f in before} == before  # a refused resume leaves the run as it was
+    # a refused resume leaves the run as it was
+    assert {run: {f: (run / f).read_bytes() for f in files} for run in (rf, dqn)} == before
 
 
 def test_a_signal_after_the_last_batch_stops_the_evaluation_and_resume_finishes_it(tmp_path, monkeypatch):

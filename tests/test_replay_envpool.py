@@ -304,7 +304,17 @@ def trajectory_facts(traj: Trajectory, counts: Counter):
         assert done[firsts - 1].all()
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: c.name)
+# The default run keeps one config per game and mode that together exercise every case (sync and
+# async, episodic life on and off, truncation, game over, a life loss that continues the game);
+# the other four combinations are in the slow suite.
+SLOW = {"pong-sync-truncation", "pong-async-gameover", "breakout-sync-life", "breakout-async"}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW else c for c in CONFIGS],
+    ids=lambda c: c.name,
+)
 def test_ring_rebuilds_envpool_trajectories(cfg: EnvCfg):
     env = envpool.make(
         cfg.game,

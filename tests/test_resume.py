@@ -88,25 +88,21 @@ def rows(run: Path) -> list[dict[str, str]]:
 
 # prioritized: beta0=1 holds beta at 1, since beta anneals over algo.total_steps, which differs
 # between the two runs (and changes at the resume); the priorities and weights still vary
+# uniform replay is slow here: the default run checks its exact resume after SIGKILL
+# (test_fault_injection.py) and after SIGTERM inside an update burst (test_limits.py)
 @pytest.mark.parametrize(
-    "replay", [[], ["replay.prioritized=true", "replay.beta0=1.0"]], ids=["uniform", "prioritized"]
+    "replay",
+    [pytest.param([], marks=pytest.mark.slow), ["replay.prioritized=true", "replay.beta0=1.0"]],
+    ids=["uniform", "prioritized"],
 )
-def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, replay):
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, replay, train_in_process):
     """With prioritized replay the ring file carries the priorities and the checkpoint the one
-    priority report not applied yet, so the resumed run draws the same batches too."""
+    priority report not applied yet, so the resumed run draws the same batches too.
+
+    The run that is stopped is a process of its own; the run never stopped and the resume go
+    through the CLI's entry point in this process."""
     a, b = tmp_path / "a", tmp_path / "b"
-    # A: never stopped, a numbered checkpoint every 500 steps to compare weights with
-    uninterrupted = start(
-        *BASE,
-        *EXACT,
-        *replay,
-        "algo.total_steps=6000",
-        "logger.checkpoint_every=500",
-        "logger.keep_checkpoints=100",
-        f"hydra.run.dir={a}",
-        cwd=tmp_path,
-    )
-    # B: the same run, stopped by SIGTERM once learning is under way, then resumed
+    # B: stopped by SIGTERM once learning is under way, then resumed
     proc = start(
         *BASE,
         *EXACT,
@@ -134,13 +130,23 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, replay):
     assert all(int(r["env_steps"]) <= stopped for r in rows(b))  # no row written at the interruption
 
     total = (stopped // 500 + 2) * 500  # a multiple of 4 envs and of log_every, <= 6000
-    code, _, err = finish(start(f"resume={b}", f"algo.total_steps={total}", cwd=tmp_path))
+    code, err = train_in_process(f"resume={b}", f"algo.total_steps={total}", cwd=tmp_path)
     assert code == 0, err[-3000:]
     log = (b / "train.log").read_text()
     assert f"resume: changed algo.total_steps: 1000000 -> {total}" in log
     assert f"at {stopped} agent steps" in log and "replay: reloaded" in log and "envs: restored by replaying" in log
     assert list(b.glob(".hydra/resume-*/overrides.yaml"))  # the run's own .hydra/ is kept
-    code, _, err = finish(uninterrupted)
+    # A: the same run never stopped, a numbered checkpoint every 500 steps to compare weights with
+    code, err = train_in_process(
+        *BASE,
+        *EXACT,
+        *replay,
+        "algo.total_steps=6000",
+        "logger.checkpoint_every=500",
+        "logger.keep_checkpoints=100",
+        f"hydra.run.dir={a}",
+        cwd=tmp_path,
+    )
     assert code == 0, err[-3000:]
 
     ra, rb = [r for r in rows(a) if int(r["env_steps"]) <= total], rows(b)
@@ -178,12 +184,13 @@ def finished_run(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
-def test_default_resume_reseeds_refills_and_continues_the_counters(finished_run, tmp_path):
+def test_default_resume_reseeds_refills_and_continues_the_counters(finished_run, tmp_path, train_in_process):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     ck1 = load_checkpoint(run / "checkpoint.pt")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000001000.pt", "step_000000001500.pt"]
-    code, _, err = finish(start(f"resume={run}", "algo.total_steps=2500", cwd=tmp_path))
+    # the CLI's entry point in this process (the finished run was a process of its own)
+    code, err = train_in_process(f"resume={run}", "algo.total_steps=2500", cwd=tmp_path)
     assert code == 0, err[-3000:]
     log = (run / "train.log").read_text()
     assert "the ring starts empty and is refilled with 500 agent steps (what it held at the checkpoint, up to " in log
@@ -204,7 +211,7 @@ def test_default_resume_reseeds_refills_and_continues_the_counters(finished_run,
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000002000.pt", "step_000000002500.pt"]
 
 
-def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
+def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path, train_in_process):
     from test_checkpoint import flip_tensor_byte
     from test_evaluate import pong_checkpoint
 
@@ -229,9 +236,9 @@ def test_bad_checkpoints_are_refused_in_one_line(finished_run, tmp_path):
             "",
         ),
     ]
-    procs = [start(*args, cwd=tmp_path) for args, _, _ in cases]
-    for p, (args, head, part) in zip(procs, cases):
-        code, _, err = finish(p)
+    # the first in a process of its own, the others through the same entry point in this one
+    for i, (args, head, part) in enumerate(cases):
+        code, err = finish(start(*args, cwd=tmp_path))[::2] if i == 0 else train_in_process(*args, cwd=tmp_path)
         assert code == 2 and "Traceback" not in err, (args, err)
         assert len(err.strip().splitlines()) == 1 and err.startswith(head) and part in err, (args, err)
     assert not list((tmp_path / "cut").glob(".hydra*"))  # refused before Hydra wrote into the run dir
@@ -245,14 +252,17 @@ def _snapshot(d: Path) -> dict[str, tuple[int, int, bytes]]:
     }
 
 
-def test_a_resume_through_a_symlinked_checkpoint_writes_only_into_its_own_folder(finished_run, tmp_path):
-    """``B/checkpoint.pt -> A/checkpoint.pt``: resume=B continues in B, never writes into A through the link."""
+def test_a_resume_through_a_symlinked_checkpoint_writes_only_into_its_own_folder(
+    finished_run, tmp_path, train_in_process
+):
+    """``B/checkpoint.pt -> A/checkpoint.pt``: resume=B continues in B, never writes into A through the link
+    (the resume through the CLI's entry point in this process)."""
     a, b = tmp_path / "A", tmp_path / "B"
     shutil.copytree(finished_run, a)
     b.mkdir()
     (b / "checkpoint.pt").symlink_to(a / "checkpoint.pt")
     was = _snapshot(a)
-    code, _, err = finish(start(f"resume={b}", "algo.total_steps=2000", cwd=tmp_path))
+    code, err = train_in_process(f"resume={b}", "algo.total_steps=2000", cwd=tmp_path)
     assert code == 0, err[-3000:]
     assert _snapshot(a) == was
     assert not (b / "checkpoint.pt").is_symlink()

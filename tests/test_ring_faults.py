@@ -312,10 +312,13 @@ TINY_CARTPOLE = [
 ]
 
 
-def test_training_rounds_a_capacity_to_whole_env_segments(run_cli):
-    proc, out = run_cli(*TINY_CARTPOLE, "envs.num_envs=3", "replay.capacity=1000", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stdout + proc.stderr + "".join(p.read_text() for p in out.rglob("*.log"))
+def test_training_rounds_a_capacity_to_whole_env_segments(train_in_process, tmp_path):
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        *TINY_CARTPOLE, "envs.num_envs=3", "replay.capacity=1000", f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert code == 0, err[-3000:]
+    log = err + "".join(p.read_text() for p in out.rglob("*.log"))
     assert "the ring holds 999 (333 steps per env)" in log, log[-3000:]
 
 
@@ -327,9 +330,12 @@ def test_training_rounds_a_capacity_to_whole_env_segments(run_cli):
         pytest.param("frame byte changed, zip CRC valid", marks=pytest.mark.slow),
     ],
 )
-def test_resume_from_an_altered_replay_file_is_refused_in_one_line(run_cli, tmp_path, case):
-    proc, out = run_cli(*TINY_CARTPOLE, "replay.save=true", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_resume_from_an_altered_replay_file_is_refused_in_one_line(train_in_process, tmp_path, case):
+    # the run that writes the file through the CLI's entry point in this process; the resume
+    # that must refuse it in a process of its own
+    out = tmp_path / "run"
+    code, err = train_in_process(*TINY_CARTPOLE, "replay.save=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 0, err[-3000:]
     files = sorted(out.glob("replay_*.npz"))
     assert files, sorted(p.name for p in out.iterdir())
     change = dict(ALTERED[case])
@@ -359,11 +365,14 @@ def test_resume_from_an_altered_replay_file_is_refused_in_one_line(run_cli, tmp_
     assert len(err) == 1 and files[-1].name in err[0] and "replay.save=false" in err[0], r.stderr[-3000:]
 
 
-def test_resume_with_a_saved_ring_refuses_a_changed_capacity(run_cli, tmp_path):
+def test_resume_with_a_saved_ring_refuses_a_changed_capacity(train_in_process, tmp_path):
     """The checkpoint's config must describe the ring the run uses: a capacity logged as changed while the
-    saved ring keeps its own size would be recorded in every later checkpoint as the wrong one."""
-    proc, out = run_cli(*TINY_CARTPOLE, "replay.save=true", timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved ring keeps its own size would be recorded in every later checkpoint as the wrong one.
+
+    The run through the CLI's entry point in this process, the refused resume in a process of its own."""
+    out = tmp_path / "run"
+    code, err = train_in_process(*TINY_CARTPOLE, "replay.save=true", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert code == 0, err[-3000:]
     before = (out / "checkpoint.pt").read_bytes()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     r = subprocess.run(

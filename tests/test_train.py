@@ -177,12 +177,21 @@ def test_bad_values_name_their_key(change, key):
         (["replay.prioritized=true", "replay.alpha=2"], "replay.alpha", "[0, 1]"),
     ],
 )
-def test_cli_bad_value_is_a_one_line_error(run_cli, args, key, hint):
-    proc, _ = run_cli(*args, timeout=120)
+def test_cli_bad_value_is_a_one_line_error(train_in_process, tmp_path, args, key, hint):
+    # through the CLI's entry point in this process; the next test runs one in a process of its own
+    code, err = train_in_process(*args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    err = err.strip()
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: {key}: ") and hint in err
+
+
+def test_cli_bad_value_is_a_one_line_error_in_a_process_of_its_own(run_cli):
+    proc, _ = run_cli("replay.capacity=100000000000", timeout=120)  # refused after Hydra has composed
     err = proc.stderr.strip()
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(err.splitlines()) == 1, err
-    assert err.startswith(f"error: {key}: ") and hint in err
+    assert err.startswith("error: replay.capacity: ") and "GB" in err
 
 
 @pytest.mark.parametrize("args", [["optim.lr=-1"], ["algo.batch_size=64", "replay.capacity=32"]])
@@ -227,28 +236,38 @@ NON_ASCII_RUN = [
 ]
 
 
-def test_a_run_dir_with_letters_beyond_ascii_runs_resumes_and_evaluates_by_path(tmp_path):
+def test_a_run_dir_with_letters_beyond_ascii_runs_resumes_and_evaluates_by_path(
+    tmp_path, train_in_process, evaluate_in_process
+):
     """Hydra's grammar takes such letters only quoted: path keys are quoted for it, as typed or quoted by
-    the user; any other key with them is one line that says how to quote it, and leaves nothing."""
+    the user; any other key with them is one line that says how to quote it, and leaves nothing.
+
+    The fresh run is a process of its own (its arguments as a shell passes them); the resumes,
+    the evaluation and the refusal go through the same entry points in this process."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
 
-    def run(module: str, *args: str) -> subprocess.CompletedProcess:
+    def run(module: str, *args: str, own_process: bool = False) -> tuple[int, str]:
+        if not own_process:
+            in_process = {"dqnfast.train": train_in_process, "dqnfast.evaluate": evaluate_in_process}[module]
+            return in_process(*args, cwd=tmp_path)
         cmd = [sys.executable, "-m", module, *args]
-        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr
 
     run_dir = tmp_path / "runé ü"
     steps = [("hydra.run.dir=runé ü", 200), ("resume='runé ü'", 300), (f"resume={run_dir}", 400)]
     for arg, total in steps:  # fresh (unquoted), resumed quoted, resumed unquoted
-        proc = run("dqnfast.train", *NON_ASCII_RUN, f"algo.total_steps={total}", arg)
-        assert proc.returncode == 0, (arg, proc.stderr[-3000:])
+        fresh = arg.startswith("hydra.run.dir=")
+        code, err = run("dqnfast.train", *NON_ASCII_RUN, f"algo.total_steps={total}", arg, own_process=fresh)
+        assert code == 0, (arg, err[-3000:])
         assert load_checkpoint(run_dir / "checkpoint.pt")["counters"]["env_steps"] == total
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runé ü"]  # every segment in its own folder
-    proc = run("dqnfast.evaluate", f"run={run_dir}", "episodes=1", "num_envs=1", "max_episode_steps=50")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    code, err = run("dqnfast.evaluate", f"run={run_dir}", "episodes=1", "num_envs=1", "max_episode_steps=50")
+    assert code == 0, err[-3000:]
     assert json.loads((run_dir / "eval" / "eval.json").read_text())["env_steps"] == 400
-    proc = run("dqnfast.train", *NON_ASCII_RUN, "game=Pongé", "hydra.run.dir=refused")
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == (
+    code, err = run("dqnfast.train", *NON_ASCII_RUN, "game=Pongé", "hydra.run.dir=refused")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip() == (
         "error: game: 'Pongé': Hydra's override grammar takes characters beyond ASCII only inside quotes; "
         "write game='Pongé' (in a shell: \"game='Pongé'\")"
     )
@@ -296,28 +315,35 @@ def check_run(out, game: str, *, total: int, updates: float, network: str) -> di
     return ck
 
 
-def test_cli_atari_pixels_run(run_cli):
-    proc, out = run_cli("game=Pong", "envs.num_envs=2", *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    # replay ratio 8, batch 32: one update per 4 agent steps after learning_starts
-    ck = check_run(out, "Pong-v5", total=400, updates=(400 - 200) * 8 / 32, network="nature")
+# The Atari runs go through the CLI's entry point in this process: the CLI in processes of their
+# own is run by cartpole_learned (tests/conftest.py) and the fault-injection tests.
+def test_cli_atari_pixels_run(train_in_process, tmp_path):
+    # replay ratio 2 (one batch-32 update per 16 agent steps) keeps the Nature CNN's CPU updates few
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        "game=Pong", "envs.num_envs=2", *TINY, "algo.replay_ratio=2", f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert code == 0, err[-3000:]
+    ck = check_run(out, "Pong-v5", total=400, updates=(400 - 200) * 2 / 32, network="nature")
     assert ck["network"]["obs_shape"] == [4, 84, 84]
     assert (out / ".hydra" / "config.yaml").exists()
 
 
-def test_cli_atari_ram_async_run(run_cli):
-    proc, out = run_cli("game=Breakout", "obs=ram", "envs.num_envs=4", "envs.batch_size=2", *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_atari_ram_async_run(train_in_process, tmp_path):
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        "game=Breakout", "obs=ram", "envs.num_envs=4", "envs.batch_size=2", *TINY, f"hydra.run.dir={out}", cwd=tmp_path
+    )
+    assert code == 0, err[-3000:]
     ck = check_run(out, "Breakout-v5", total=400, updates=(400 - 200) * 8 / 32, network="mlp")
     assert ck["network"]["obs_shape"] == [128] and ck["network"]["obs_dtype"] == "uint8"
 
 
 # ------------------------------------------------------------------- learning
-def test_cli_cartpole_learns(run_cli):
-    """DQN really learns: mean greedy evaluation return >= 400 (of 500) on CartPole-v1."""
-    proc, out = run_cli("preset=cartpole", "seed=1", "logger.progress=false")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ev = json.loads((out / "eval.json").read_text())
+def test_cli_cartpole_learns(cartpole_learned):
+    """DQN really learns: mean greedy evaluation return >= 400 (of 500) on CartPole-v1
+    (``python -m dqnfast.train preset=cartpole seed=1``, run by the fixture)."""
+    ev = json.loads((cartpole_learned / "eval.json").read_text())
     assert len(ev["scores"]) == 10
     assert ev["mean"] >= 400, ev
 

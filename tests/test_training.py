@@ -84,19 +84,27 @@ def run_script(tmp_path: Path, *, steps: int, cores: set[int] | None = None) -> 
     return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
 
 
-def test_a_run_from_plain_dataclasses_trains_cartpole_without_hydra(tmp_path):
-    out, _ = run_script(tmp_path, steps=10_000)
+@pytest.fixture(scope="module")
+def library_run(tmp_path_factory) -> tuple[dict, str, Path]:
+    """One run of the script, 2000 agent steps on one core of the affinity mask where the OS can
+    set it: (its summary line, its log, its run dir). Two tests read it."""
+    tmp = tmp_path_factory.mktemp("library")
+    cores = {min(os.sched_getaffinity(0))} if hasattr(os, "sched_setaffinity") else None
+    out, err = run_script(tmp, steps=2000, cores=cores)
+    return out, err, tmp / "run"
+
+
+def test_a_run_from_plain_dataclasses_trains_cartpole_without_hydra(library_run):
+    out, _, run = library_run
     assert out["hydra"] is False  # nothing on the library path imports Hydra
-    assert out["env_steps"] == 10_000 and out["eval_mean"] is not None
-    run = tmp_path / "run"
+    assert out["env_steps"] == 2000 and out["eval_mean"] is not None
     assert (run / "metrics.csv").is_file() and (run / "checkpoint.pt").is_file()
     assert json.loads((run / "eval.json").read_text())["episodes"] == 10
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity")
-def test_a_single_run_sizes_its_threads_to_the_affinity_mask(tmp_path):
-    core = min(os.sched_getaffinity(0))
-    out, err = run_script(tmp_path, steps=2000, cores={core})
+def test_a_single_run_sizes_its_threads_to_the_affinity_mask(library_run):
+    out, err, _ = library_run
     assert "threads: 1 core(s) here: envpool 1, sampler 1, torch 1" in err, err[-2000:]
     assert out["torch_threads"] == 1
 
