@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CLI_ENV
 
 from dqnfast.replay import ReplayFileError, ReplayRing
 
@@ -322,6 +323,23 @@ def test_training_rounds_a_capacity_to_whole_env_segments(train_in_process, tmp_
     assert "the ring holds 999 (333 steps per env)" in log, log[-3000:]
 
 
+def _refused_resume(cwd: Path, *args: str) -> str:
+    """Runs ``python -m dqnfast.train *args`` in a process of its own; asserts a one-line refusal (exit 2), returns it."""
+    r = subprocess.run(
+        [sys.executable, "-m", "dqnfast.train", *args],
+        cwd=cwd,
+        env=CLI_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1, r.stderr[-3000:]
+    return err[0]
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -342,27 +360,8 @@ def test_resume_from_an_altered_replay_file_is_refused_in_one_line(train_in_proc
     if case == "action beyond num_actions":  # CartPole has 2 actions: 2 is out of range for this game
         change = dict(arrays={"actions": _set((0, 4), 2)})
     _rewrite(files[-1], files[-1], **change)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dqnfast.train",
-            f"resume={out}",
-            *TINY_CARTPOLE[1:],
-            "algo.total_steps=300",
-            "replay.save=true",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and files[-1].name in err[0] and "replay.save=false" in err[0], r.stderr[-3000:]
+    err = _refused_resume(tmp_path, f"resume={out}", *TINY_CARTPOLE[1:], "algo.total_steps=300", "replay.save=true")
+    assert files[-1].name in err and "replay.save=false" in err, err
 
 
 def test_resume_with_a_saved_ring_refuses_a_changed_capacity(train_in_process, tmp_path):
@@ -374,18 +373,7 @@ def test_resume_with_a_saved_ring_refuses_a_changed_capacity(train_in_process, t
     code, err = train_in_process(*TINY_CARTPOLE, "replay.save=true", f"hydra.run.dir={out}", cwd=tmp_path)
     assert code == 0, err[-3000:]
     before = (out / "checkpoint.pt").read_bytes()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run(
-        [sys.executable, "-m", "dqnfast.train", f"resume={out}", "algo.total_steps=300", "replay.capacity=100"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 2, r.stderr[-3000:]
-    assert "Traceback" not in r.stderr
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(err) == 1 and err[0].startswith("error: replay.capacity: the saved replay ring"), r.stderr[-3000:]
-    assert "replay.capacity=50000" in err[0] and "replay.save=false" in err[0], err[0]
+    err = _refused_resume(tmp_path, f"resume={out}", "algo.total_steps=300", "replay.capacity=100")
+    assert err.startswith("error: replay.capacity: the saved replay ring"), err
+    assert "replay.capacity=50000" in err and "replay.save=false" in err, err
     assert (out / "checkpoint.pt").read_bytes() == before

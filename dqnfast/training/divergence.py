@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dqnfast.config.schema import LearnerName
+
 __all__ = ["Q_LIMIT", "TrainingDiverged", "check_network", "check_row", "diverged", "newest_checkpoint"]
 
 # |Q| beyond which a run has diverged. A Q-value is a discounted return: Atari training rewards
@@ -47,7 +49,7 @@ def diverged(run: Any, env_steps: int, what: str) -> TrainingDiverged:
     """The one-line error of a run that diverged at ``env_steps``: ``what`` went wrong, and what to change."""
     cfg = run.cfg
     fixes = f"lower optim.lr (now {cfg.optim.lr:g})"
-    if str(cfg.learner) == "dqn":  # REINFORCE neither clips rewards (classic control) nor gradients
+    if cfg.learner == LearnerName.dqn:  # REINFORCE neither clips rewards (classic control) nor gradients
         fixes += ", check the rewards (envs.train.reward_clip) or keep algo.max_grad_norm on"
     return TrainingDiverged(
         f"training diverged at agent step {env_steps} ({run.learner.num_updates} updates): {what}; "
