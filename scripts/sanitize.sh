@@ -9,7 +9,8 @@ rm -rf "$work/pkg" && mkdir -p "$work/pkg"
 cmake -S "$root" -B "$work/cmake" -DDQNFAST_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DPython_EXECUTABLE="$(command -v python)" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" \
   -DCMAKE_LIBRARY_OUTPUT_DIRECTORY="$work/pkg/dqnfast" ${CMAKE_GENERATOR:+-G "$CMAKE_GENERATOR"} >/dev/null
-cp -r "$root/dqnfast" "$work/pkg/"
+# -L: dqnfast/conf is a link to the repo's conf/; the copy needs the files, not a dangling link
+cp -rL "$root/dqnfast" "$work/pkg/"
 rm -f "$work/pkg/dqnfast"/_core*.so
 cmake --build "$work/cmake" --parallel >/dev/null
 asan=$(g++ -print-file-name=libasan.so)
