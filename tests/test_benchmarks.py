@@ -156,3 +156,23 @@ def test_peer_resize_standin_matches_opencv():
     ref = cv2.resize(img, (84, 84), interpolation=cv2.INTER_AREA)
     assert ours.shape == ref.shape == (84, 84) and ours.dtype == np.uint8
     assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
+
+
+def test_roofline_counts_the_updates_flops_and_saves_its_figures(tmp_path):
+    """The FLOP count is exact arithmetic (no timing): the Nature CNN at B=32 does about 18.7 MFLOP per
+    sample forward; an update runs three forwards (online on obs and next_obs, target on next_obs) and one
+    backward (twice a forward, less conv1's input gradient): 2.78 GFLOP."""
+    roofline = _load("roofline")
+    flops = roofline.update_flops(32)
+    assert 2.7e9 < flops < 2.85e9, flops
+    out = tmp_path / "cpu_throughput.json"
+    out.write_text(json.dumps({"ratio_alone": 1.25}))  # the file's other keys are kept
+    r = _run([str(BENCH / "roofline.py"), "--quick", "--threads", "1", "--no-compile", "--json", str(out)], timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["ratio_alone"] == 1.25
+    row = doc["roofline"]["rows"][0]
+    assert row["flops_per_update"] == flops
+    assert row["eager"]["gflops"] > 0 and 0 < row["eager"]["fraction_of_gemm"]
+    assert set(row["parts_ms"]) >= {"fwd_bwd_fp32", "fwd_bwd_fp32_channels_last", "fwd_nograd_bf16"}
+    assert doc["roofline"]["machine"]["cpu_model"]
