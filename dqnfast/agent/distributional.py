@@ -1,0 +1,124 @@
+"""Distributional DQN (C51, Bellemare et al. 2017): a categorical return distribution per action.
+
+The network outputs, for every action, logits over ``atoms`` fixed returns (the support)
+``z_i = v_min + i * (v_max - v_min) / (atoms - 1)``; Q(s, a) is the distribution's mean. The
+target distribution of a transition is the next state's distribution, shifted and shrunk by the
+n-step return (``r + gamma^n z``), projected back onto the support (Algorithm 1 of the paper); the
+loss is the cross-entropy between that projection and the predicted distribution of the action
+taken. With double-DQN action selection (Rainbow, Hessel et al. 2018) the next action is the
+online network's greedy one and its distribution comes from the target network.
+
+Shapes: B batch, A actions, N atoms. Everything here is plain torch on whatever device the
+inputs live on, and traceable by torch.compile (no data-dependent Python control flow).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dqnfast.agent.noisy import NoisyLinear
+
+__all__ = ["DistributionalHead", "c51_loss", "make_support", "project_distribution", "q_values"]
+
+
+def make_support(v_min: float, v_max: float, atoms: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The fixed returns z_0..z_{N-1}, float32[N]; needs v_min < v_max and atoms >= 2."""
+    if not v_min < v_max:
+        raise ValueError(f"the support needs v_min < v_max, got v_min={v_min}, v_max={v_max}")
+    if atoms < 2:
+        raise ValueError(f"the support needs at least 2 atoms, got {atoms}")
+    return torch.linspace(float(v_min), float(v_max), int(atoms), dtype=torch.float32, device=device)
+
+
+def q_values(probs: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Expected return per action: probs float[B, A, N] -> float32[B, A]."""
+    return (probs.float() * support).sum(dim=-1)
+
+
+def project_distribution(
+    next_probs: torch.Tensor, reward: torch.Tensor, discount: torch.Tensor, support: torch.Tensor
+) -> torch.Tensor:
+    """Projects ``r + discount * z`` with probabilities ``next_probs`` onto ``support``.
+
+    next_probs: float[B, N] (the next state's distribution of the chosen action; rows sum to 1);
+    reward: float[B] (the n-step discounted reward sum); discount: float[B] (gamma^n, 0 where the
+    episode ended within the n steps: then all mass lands on the atoms around ``r``); support:
+    float32[N], evenly spaced. Returns float32[B, N], rows summing to 1.
+
+    Each shifted atom ``Tz_j``, clipped to [v_min, v_max], splits its mass between the two atoms
+    around it in proportion to its distance from each; an atom that lands exactly on a support
+    point (b integer, so floor(b) == ceil(b)) gives that point all its mass.
+    """
+    n = support.numel()
+    v_min, v_max = support[0], support[-1]
+    delta = (v_max - v_min) / (n - 1)
+    tz = (reward.float().unsqueeze(1) + discount.float().unsqueeze(1) * support.unsqueeze(0)).clamp(v_min, v_max)
+    b = (tz - v_min) / delta  # float[B, N] in [0, N-1]
+    lower = b.floor().clamp(0, n - 1)
+    upper = b.ceil().clamp(0, n - 1)
+    p = next_probs.float()
+    # on a support point lower == upper and both weights below would be 0: give it to the lower atom
+    w_lower = torch.where(upper == lower, torch.ones_like(b), upper - b)
+    w_upper = b - lower
+    out = torch.zeros_like(p)
+    out.scatter_add_(1, lower.long(), p * w_lower)
+    out.scatter_add_(1, upper.long(), p * w_upper)
+    return out
+
+
+def c51_loss(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per sample: log_probs float[B, N] (log-softmax of the taken action), target float[B, N]."""
+    return -(target * log_probs.float()).sum(dim=-1)
+
+
+def _linear(in_features: int, out_features: int, noisy: bool, sigma0: float) -> nn.Module:
+    return NoisyLinear(in_features, out_features, sigma0) if noisy else nn.Linear(in_features, out_features)
+
+
+class DistributionalHead(nn.Module):
+    """features float[B, F] -> logits float32[B, A, N] through one hidden layer of width ``hidden``.
+
+    Plain: Linear ReLU Linear(hidden, A*N). Dueling (Rainbow): a value stream (output N) and an
+    advantage stream (output A*N) combined per atom as value + advantage - mean_a advantage, then
+    the softmax over atoms. ``noisy``: every Linear of the head is a factorised NoisyLinear
+    (sigma0 = ``sigma0``), as in Rainbow. The output layers run in float32 under autocast, for the
+    reason ``QHead`` gives.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        num_actions: int,
+        atoms: int,
+        *,
+        dueling: bool = False,
+        noisy: bool = False,
+        sigma0: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.num_actions, self.atoms, self.dueling = num_actions, atoms, dueling
+        self.advantage = nn.Sequential(
+            _linear(in_features, hidden, noisy, sigma0), nn.ReLU(), _linear(hidden, num_actions * atoms, noisy, sigma0)
+        )
+        self.value = (
+            nn.Sequential(_linear(in_features, hidden, noisy, sigma0), nn.ReLU(), _linear(hidden, atoms, noisy, sigma0))
+            if dueling
+            else None
+        )
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        adv = _fp32_out(self.advantage, features).view(-1, self.num_actions, self.atoms)
+        if self.value is None:
+            return adv
+        value = _fp32_out(self.value, features).view(-1, 1, self.atoms)
+        return value + adv - adv.mean(dim=1, keepdim=True)
+
+
+def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
+    hidden = features
+    for i in range(len(stream) - 1):
+        hidden = stream[i](hidden)
+    with torch.autocast(features.device.type, enabled=False):
+        return stream[-1](hidden.float())

@@ -1,0 +1,138 @@
+"""C51's projection against hand-computed cases, its loss, the distributional head, and noisy layers' statistics."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dqnfast.agent.distributional import DistributionalHead, c51_loss, make_support, project_distribution, q_values
+from dqnfast.agent.noisy import NoisyLinear, resample_noise
+
+# five atoms at -2, -1, 0, 1, 2 (delta 1): small enough to project by hand
+Z = make_support(-2.0, 2.0, 5)
+
+
+def _project(probs, reward, discount):
+    return project_distribution(torch.tensor([probs]), torch.tensor([reward]), torch.tensor([discount]), Z)[0]
+
+
+def test_the_support_is_evenly_spaced_and_refuses_an_empty_range():
+    assert Z.tolist() == [-2.0, -1.0, 0.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="v_min < v_max"):
+        make_support(1.0, 1.0, 51)
+    with pytest.raises(ValueError, match="v_min < v_max"):
+        make_support(2.0, -2.0, 51)
+    with pytest.raises(ValueError, match="at least 2 atoms"):
+        make_support(-1.0, 1.0, 1)
+
+
+def test_a_terminal_transition_puts_all_mass_around_its_reward():
+    # discount 0: every atom lands on r = 0.25, split 3/4 to z=0 and 1/4 to z=1
+    out = _project([0.1, 0.2, 0.3, 0.2, 0.2], 0.25, 0.0)
+    assert torch.allclose(out, torch.tensor([0.0, 0.0, 0.75, 0.25, 0.0]))
+    # a reward on a support point gives that point everything
+    assert torch.allclose(_project([0.2] * 5, 1.0, 0.0), torch.tensor([0.0, 0.0, 0.0, 1.0, 0.0]))
+
+
+def test_gamma_zero_and_identity_shift():
+    p = [0.1, 0.2, 0.3, 0.25, 0.15]
+    # r = 0, discount 1: Tz = z, the projection is the identity
+    assert torch.allclose(_project(p, 0.0, 1.0), torch.tensor(p))
+    # r = 1, discount 1: shifted one atom up; the top atom's mass piles on v_max with the clipped one
+    assert torch.allclose(_project(p, 1.0, 1.0), torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4]))
+
+
+def test_mass_beyond_the_edges_is_clipped_onto_them():
+    p = [0.2, 0.2, 0.2, 0.2, 0.2]
+    assert torch.allclose(_project(p, 10.0, 0.9), torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0]))
+    assert torch.allclose(_project(p, -10.0, 0.9), torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_an_n_step_discount_shrinks_the_distribution_by_hand():
+    # discount 0.5 (gamma^n), r = 0.5: Tz = 0.5 + 0.5 z = [-0.5, 0, 0.5, 1, 1.5]
+    p = [0.1, 0.2, 0.3, 0.25, 0.15]
+    # -0.5: half to -1, half to 0; 0: all to 0; 0.5: half to 0, half to 1; 1: all to 1; 1.5: half to 1, half to 2
+    want = [0.0, 0.05, 0.05 + 0.2 + 0.15, 0.15 + 0.25 + 0.075, 0.075]
+    assert torch.allclose(_project(p, 0.5, 0.5), torch.tensor(want))
+
+
+def test_the_projection_keeps_mass_and_batches_rows_independently():
+    g = torch.Generator().manual_seed(0)
+    support = make_support(-10.0, 10.0, 51)
+    probs = torch.softmax(torch.randn(64, 51, generator=g), dim=1)
+    reward = torch.randn(64, generator=g) * 3
+    discount = torch.where(torch.rand(64, generator=g) < 0.2, 0.0, 0.99**3)
+    out = project_distribution(probs, reward, discount, support)
+    assert torch.allclose(out.sum(dim=1), torch.ones(64), atol=1e-5)
+    assert (out >= 0).all()
+    # the mean moves as the Bellman operator says, where nothing was clipped at the edges
+    inside = (reward.abs() + discount * 10 < 10).nonzero().flatten()
+    want = reward[inside] + discount[inside] * (probs[inside] * support).sum(1)
+    assert torch.allclose((out[inside] * support).sum(1), want, atol=1e-4)
+    one = project_distribution(probs[3:4], reward[3:4], discount[3:4], support)
+    assert torch.equal(one[0], out[3])
+
+
+def test_the_loss_is_the_cross_entropy_and_zero_gradient_at_the_target():
+    target = torch.tensor([[0.0, 0.25, 0.75, 0.0, 0.0]])
+    logits = torch.zeros(1, 5, requires_grad=True)
+    loss = c51_loss(torch.log_softmax(logits, dim=1), target)
+    assert math.isclose(loss.item(), math.log(5), rel_tol=1e-6)
+    at_target = torch.log(target.clamp_min(1e-12)).requires_grad_(True)
+    c51_loss(torch.log_softmax(at_target, dim=1), target).sum().backward()
+    assert at_target.grad.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("dueling", [False, True])
+@pytest.mark.parametrize("noisy", [False, True])
+def test_the_head_gives_a_distribution_per_action(dueling, noisy):
+    torch.manual_seed(0)
+    head = DistributionalHead(16, 32, num_actions=3, atoms=51, dueling=dueling, noisy=noisy)
+    resample_noise(head, torch.Generator().manual_seed(1))
+    logits = head(torch.randn(4, 16))
+    assert logits.shape == (4, 3, 51) and logits.dtype == torch.float32
+    probs = torch.softmax(logits, dim=-1)
+    q = q_values(probs, make_support(-10.0, 10.0, 51))
+    assert q.shape == (4, 3) and (q.abs() <= 10).all()
+    assert sum(isinstance(m, NoisyLinear) for m in head.modules()) == (4 if dueling else 2) * noisy
+
+
+def test_noisy_layers_initialise_and_draw_factorised_noise_as_the_paper_says():
+    torch.manual_seed(0)
+    layer = NoisyLinear(400, 300, sigma0=0.5)
+    bound = 1 / math.sqrt(400)
+    assert layer.weight_mu.abs().max() <= bound
+    assert torch.allclose(layer.weight_sigma, torch.full((300, 400), 0.5 * bound))
+    g = torch.Generator().manual_seed(3)
+    draws = []
+    for _ in range(200):
+        layer.resample(g)
+        draws.append(layer.bias_eps.clone())
+    # factorised: the weight noise is the outer product of the bias noise (the output factor) and an input factor
+    e_in = layer.weight_eps[0] / layer.bias_eps[0]
+    assert torch.allclose(layer.weight_eps, torch.outer(layer.bias_eps, e_in), atol=1e-6)
+    e = torch.stack(draws)
+    # f(x) = sign(x) sqrt(|x|) of a standard normal: mean 0, E[f(x)^2] = E|x| = sqrt(2/pi)
+    assert abs(e.mean().item()) < 0.02
+    assert abs((e**2).mean().item() - math.sqrt(2 / math.pi)) < 0.02
+
+
+def test_noise_follows_the_generator_and_eval_mode_uses_the_mean_weights():
+    torch.manual_seed(0)
+    a, b = NoisyLinear(8, 4), NoisyLinear(8, 4)
+    b.load_state_dict(a.state_dict())
+    assert resample_noise(a, torch.Generator().manual_seed(7)) == 1
+    resample_noise(b, torch.Generator().manual_seed(7))
+    x = torch.randn(5, 8)
+    assert torch.equal(a(x), b(x))  # the same seed, the same noise: runs repeat exactly
+    resample_noise(b, torch.Generator().manual_seed(8))
+    assert not torch.equal(a(x), b(x))
+    a.eval()
+    assert torch.equal(a(x), torch.nn.functional.linear(x, a.weight_mu, a.bias_mu))
+    # the noise is part of the saved state: a restored layer continues with it
+    c = NoisyLinear(8, 4)
+    c.load_state_dict(b.state_dict())
+    assert torch.equal(c(x), b(x))
+    assert resample_noise(torch.nn.Linear(2, 2)) == 0
