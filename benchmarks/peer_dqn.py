@@ -50,6 +50,15 @@ first step to a final evaluation, for learning curves beside dqnfast's
              loss, q_mean, epsilon, sps, time); <out>/eval.json: --eval-episodes whole games
              (no episodic life, unclipped, 27k-step cap) at --eval-epsilon
 
+    c51      (--algo c51) CleanRL's c51_atari.py instead: the same loop, env and replay; the
+             network's last layer gives 51 logits per action on the support [-10, 10], the
+             target is the target network's distribution of its own greedy next action
+             (no double-DQN selection), shifted by r + gamma z and projected onto the support,
+             the loss the cross-entropy against the predicted distribution of the action taken
+             (log-probabilities clipped to [1e-5, 1 - 1e-5] as CleanRL), Adam(lr, eps) with
+             CleanRL's c51 values passed as --lr 2.5e-4 --adam-eps 3.125e-4; acting and the
+             evaluation take the greedy action of the distribution's mean
+
     python benchmarks/peer_dqn.py --learn --game Breakout --total-steps 300000 \
         --learning-starts 20000 --exploration-steps 75000 --capacity 100000 --out outputs/peer
 
@@ -206,6 +215,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon (torch's and CleanRL's default)")
     g.add_argument("--loss", choices=("mse", "huber"), default="mse", help="TD loss (CleanRL: mse)")
     g.add_argument("--double", action="store_true", help="double-DQN target instead of CleanRL's max target")
+    g.add_argument(
+        "--algo",
+        choices=("dqn", "c51"),
+        default="dqn",
+        help="dqn: dqn_atari.py; c51: c51_atari.py (a categorical head)",
+    )
+    g.add_argument("--atoms", type=int, default=51, help="--algo c51: atoms of the support")
+    g.add_argument("--v-min", type=float, default=-10.0, help="--algo c51: the support's lowest return")
+    g.add_argument("--v-max", type=float, default=10.0, help="--algo c51: the support's highest return")
     g.add_argument("--log-every", type=int, default=10_000, help="agent steps between metrics.csv rows")
     g.add_argument("--eval-episodes", type=int, default=30, help="whole games in the final evaluation")
     g.add_argument("--eval-epsilon", type=float, default=0.05, help="epsilon of the final evaluation")
@@ -235,6 +253,66 @@ def _networks(n_actions: int, device):
     target_net = NatureCNN(4, n_actions).to(device)
     target_net.load_state_dict(q_net.state_dict())
     return q_net, target_net
+
+
+class _CategoricalQ:
+    """CleanRL's c51 network: the Nature CNN whose last layer gives ``atoms`` logits per action.
+
+    Called, it returns the expected return per action (what acting and evaluation take the argmax
+    of); ``probs`` gives the distributions float[B, A, N].
+    """
+
+    def __init__(self, n_actions: int, atoms: int, v_min: float, v_max: float, device) -> None:
+        import torch
+
+        from dqnfast.networks import NatureCNN
+
+        self.net = NatureCNN(4, n_actions * atoms).to(device)
+        self.n_actions, self.atoms = n_actions, atoms
+        self.support = torch.linspace(v_min, v_max, atoms, device=device)
+
+    def probs(self, x):
+        return self.net(x).view(-1, self.n_actions, self.atoms).softmax(dim=-1)
+
+    def __call__(self, x):
+        return (self.probs(x) * self.support).sum(dim=-1)
+
+
+def _dqn_loss(q_net, target_net, data, args: argparse.Namespace, td_loss):
+    """dqn_atari.py's TD loss on the max target (or the double-DQN target with --double)."""
+    import torch
+
+    with torch.no_grad():
+        if args.double:
+            a_star = q_net(data.next_observations).argmax(dim=1, keepdim=True)
+            target_q = target_net(data.next_observations).gather(1, a_star).squeeze(1)
+        else:
+            target_q = target_net(data.next_observations).max(dim=1).values
+        td_target = data.rewards.flatten() + 0.99 * target_q * (1.0 - data.dones.flatten())
+    q = q_net(data.observations).gather(1, data.actions).squeeze(1)
+    return td_loss(q, td_target), q
+
+
+def _c51_loss(q_net: _CategoricalQ, target_net: _CategoricalQ, data, gamma: float):
+    """The projected distributional target and the cross-entropy loss, as c51_atari.py computes them."""
+    import torch
+
+    z, n = q_net.support, q_net.atoms
+    v_min, v_max = float(z[0]), float(z[-1])
+    delta = (v_max - v_min) / (n - 1)
+    with torch.no_grad():
+        next_probs = target_net.probs(data.next_observations)
+        next_action = (next_probs * z).sum(-1).argmax(dim=1)
+        next_p = next_probs[torch.arange(len(next_action)), next_action]
+        tz = (data.rewards + gamma * z * (1.0 - data.dones)).clamp(v_min, v_max)
+        b = (tz - v_min) / delta
+        lo, hi = b.floor().clamp(0, n - 1), b.ceil().clamp(0, n - 1)
+        target = torch.zeros_like(next_p)
+        target.scatter_add_(1, lo.long(), (hi + (lo == hi).float() - b) * next_p)
+        target.scatter_add_(1, hi.long(), (b - lo) * next_p)
+    probs = q_net.probs(data.observations)[torch.arange(len(data.actions)), data.actions.flatten()]
+    loss = -(target * probs.clamp(1e-5, 1 - 1e-5).log()).sum(-1).mean()
+    return loss, (probs.detach() * z).sum(-1)
 
 
 def main(argv=None) -> int:
@@ -414,8 +492,15 @@ def learn_main(args: argparse.Namespace) -> int:
     env = make_cleanrl_env(args.game, args.seed, train=True, resize=args.resize)
     from stable_baselines3.common.buffers import ReplayBuffer
 
-    q_net, target_net = _networks(int(env.action_space.n), device)
-    optimizer = torch.optim.Adam(q_net.parameters(), lr=args.lr, eps=args.adam_eps)
+    n_actions = int(env.action_space.n)
+    if args.algo == "c51":
+        q_net, target_net = (_CategoricalQ(n_actions, args.atoms, args.v_min, args.v_max, device) for _ in "01")
+        target_net.net.load_state_dict(q_net.net.state_dict())
+        params = q_net.net.parameters()
+    else:
+        q_net, target_net = _networks(n_actions, device)
+        params = q_net.parameters()
+    optimizer = torch.optim.Adam(params, lr=args.lr, eps=args.adam_eps)
     rb = ReplayBuffer(
         args.capacity,
         env.observation_space,
@@ -467,15 +552,10 @@ def learn_main(args: argparse.Namespace) -> int:
 
         if step > args.learning_starts and step % args.train_every == 0:
             data = rb.sample(args.batch_size)
-            with torch.no_grad():
-                if args.double:
-                    a_star = q_net(data.next_observations).argmax(dim=1, keepdim=True)
-                    target_q = target_net(data.next_observations).gather(1, a_star).squeeze(1)
-                else:
-                    target_q = target_net(data.next_observations).max(dim=1).values
-                td_target = data.rewards.flatten() + 0.99 * target_q * (1.0 - data.dones.flatten())
-            q = q_net(data.observations).gather(1, data.actions).squeeze(1)
-            loss = td_loss(q, td_target)
+            if args.algo == "c51":
+                loss, q = _c51_loss(q_net, target_net, data, 0.99)
+            else:
+                loss, q = _dqn_loss(q_net, target_net, data, args, td_loss)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -483,8 +563,10 @@ def learn_main(args: argparse.Namespace) -> int:
             q_sum += float(q.detach().mean())
             n_loss += 1
         if step > args.learning_starts and step % args.target_every_steps == 0:
-            target_net.load_state_dict(q_net.state_dict())
-
+            if args.algo == "c51":
+                target_net.net.load_state_dict(q_net.net.state_dict())
+            else:
+                target_net.load_state_dict(q_net.state_dict())
         if step % args.log_every == 0 or step == args.total_steps:
             now = time.perf_counter()
             row = [
@@ -507,12 +589,12 @@ def learn_main(args: argparse.Namespace) -> int:
     train_seconds = time.perf_counter() - t_start
     f.close()
     env.close()
-    torch.save(q_net.state_dict(), out / "q_net.pt")
+    torch.save((q_net.net if args.algo == "c51" else q_net).state_dict(), out / "q_net.pt")
 
     eval_scores = evaluate_peer(q_net, args, device)
     doc = {
         "game": args.game,
-        "agent": "peer (CleanRL dqn_atari.py recipe)",
+        "agent": f"peer (CleanRL {args.algo}_atari.py recipe)",
         "episodes": len(eval_scores),
         "epsilon": args.eval_epsilon,
         "protocol": "whole games, no episodic life, unclipped rewards, 30 no-op starts, 27k agent-step cap",
