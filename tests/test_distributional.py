@@ -7,8 +7,26 @@ import math
 import pytest
 import torch
 
-from dqnfast.agent.distributional import DistributionalHead, c51_loss, make_support, project_distribution, q_values
+from dqnfast.agent.distributional import (
+    CategoricalQNetwork,
+    DistributionalHead,
+    c51_loss,
+    c51_update_step,
+    make_support,
+    project_distribution,
+    q_values,
+)
 from dqnfast.agent.noisy import NoisyLinear, resample_noise
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny tensors: one thread is fastest, and on a busy machine spinning threads cost seconds."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 
 # five atoms at -2, -1, 0, 1, 2 (delta 1): small enough to project by hand
 Z = make_support(-2.0, 2.0, 5)
@@ -136,3 +154,46 @@ def test_noise_follows_the_generator_and_eval_mode_uses_the_mean_weights():
     c.load_state_dict(b.state_dict())
     assert torch.equal(c(x), b(x))
     assert resample_noise(torch.nn.Linear(2, 2)) == 0
+
+
+def _toy_net(atoms: int = 11, actions: int = 2, noisy: bool = False) -> CategoricalQNetwork:
+    head = DistributionalHead(3, 16, actions, atoms, dueling=True, noisy=noisy)
+    return CategoricalQNetwork(torch.nn.Flatten(), head, make_support(-5.0, 5.0, atoms), lambda x: x.float())
+
+
+def test_the_c51_update_learns_a_two_state_chain_and_reports_dqn_metrics():
+    """s0 --a--> terminal with reward 1 (a=0) or -1 (a=1): the distributions collapse on +1 and -1 and
+    Q(s0) orders the actions; every metric the DQN update gives is there, td_abs per sample."""
+    torch.manual_seed(0)
+    online, target = _toy_net(), _toy_net()
+    target.load_state_dict(online.state_dict())
+    opt = torch.optim.Adam(online.parameters(), lr=1e-2)
+    obs = torch.zeros(8, 3)
+    action = torch.tensor([0, 1] * 4)
+    reward = torch.where(action == 0, 1.0, -1.0)
+    discount = torch.zeros(8)
+    first = None
+    for _ in range(300):
+        m = c51_update_step(online, target, opt, obs, action, reward, obs, discount, double=True, max_grad_norm=10.0)
+        first = first if first is not None else m["loss"].item()
+    assert set(m) == {"loss", "q_mean", "target_mean", "grad_norm", "td_abs"}
+    assert m["td_abs"].shape == (8,) and m["loss"].item() < 0.05 < first
+    q = online(obs[:1])[0]
+    assert abs(q[0].item() - 1.0) < 0.1 and abs(q[1].item() + 1.0) < 0.1
+    assert abs(m["target_mean"].item()) < 1e-5  # +1 and -1 in equal numbers
+
+
+def test_importance_weights_scale_each_samples_loss():
+    torch.manual_seed(0)
+    net = _toy_net()
+    obs, action = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    reward, discount = torch.tensor([1.0, 0.0, -1.0, 2.0]), torch.full((4,), 0.9)
+    losses = []
+    for weight in (None, torch.ones(4), torch.tensor([2.0, 0.0, 0.0, 0.0])):
+        n = _toy_net()
+        n.load_state_dict(net.state_dict())
+        opt = torch.optim.SGD(n.parameters(), lr=0.0)
+        m = c51_update_step(n, n, opt, obs, action, reward, obs, discount, weight)
+        losses.append((m["loss"].item(), m["td_abs"]))
+    assert math.isclose(losses[0][0], losses[1][0], rel_tol=1e-6)
+    assert math.isclose(losses[2][0], 2.0 * losses[0][1][0].item() / 4, rel_tol=1e-5)

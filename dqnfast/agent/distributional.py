@@ -15,11 +15,20 @@ inputs live on, and traceable by torch.compile (no data-dependent Python control
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dqnfast.agent.noisy import NoisyLinear
 
-__all__ = ["DistributionalHead", "c51_loss", "make_support", "project_distribution", "q_values"]
+__all__ = [
+    "CategoricalQNetwork",
+    "DistributionalHead",
+    "c51_loss",
+    "c51_update_step",
+    "make_support",
+    "project_distribution",
+    "q_values",
+]
 
 
 def make_support(v_min: float, v_max: float, atoms: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -122,3 +131,72 @@ def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
         hidden = stream[i](hidden)
     with torch.autocast(features.device.type, enabled=False):
         return stream[-1](hidden.float())
+
+
+class CategoricalQNetwork(nn.Module):
+    """A torso, a ``DistributionalHead`` and the support: ``logits(obs)`` float32[B, A, N] for the loss,
+    ``forward(obs)`` the expected return float32[B, A], so acting, evaluation and ``q_mean`` read it as
+    any Q-network. ``scale``: the input scaling of the torso's family (uint8 pixels / 255)."""
+
+    def __init__(self, torso: nn.Module, head: DistributionalHead, support: torch.Tensor, scale) -> None:
+        super().__init__()
+        self.torso, self.head, self._scale = torso, head, scale
+        self.register_buffer("support", support.clone().float())
+        self.atoms = head.atoms
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(self._scale(obs)))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return q_values(torch.softmax(self.logits(obs), dim=-1), self.support)
+
+
+def c51_update_step(
+    online: CategoricalQNetwork,
+    target: CategoricalQNetwork,
+    optimizer: torch.optim.Optimizer,
+    obs: torch.Tensor,
+    action: torch.Tensor,
+    reward: torch.Tensor,
+    next_obs: torch.Tensor,
+    discount: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    double: bool = True,
+    max_grad_norm: float | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, torch.Tensor]:
+    """One C51 gradient step; the same inputs and metrics as the DQN ``update_step``.
+
+    The next action is the online network's greedy one (``double``, as Rainbow) or the target's
+    (C51 as published); its distribution under the target network is projected through
+    ``reward + discount * z`` (the ring's n-step return and gamma^n, 0 after a termination). The loss
+    is the cross-entropy, weighted by the importance-sampling weights where given; ``td_abs`` (the
+    priorities of prioritized replay) is each sample's cross-entropy, as Rainbow prioritises by the
+    distributional loss. ``q_mean`` and ``target_mean`` are expected values under the distributions.
+    """
+    dev = obs.device.type
+    support = online.support
+    rows = torch.arange(obs.shape[0], device=obs.device)
+    with torch.autocast(dev, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with torch.no_grad():
+            next_probs = torch.softmax(target.logits(next_obs).float(), dim=-1)
+            chooser = torch.softmax(online.logits(next_obs).float(), dim=-1) if double else next_probs
+            next_action = q_values(chooser, support).argmax(dim=1)
+            m = project_distribution(next_probs[rows, next_action], reward, discount, support)
+        logits = online.logits(obs).float()[rows, action.long()]
+    log_p = F.log_softmax(logits, dim=-1)
+    per_sample = c51_loss(log_p, m)
+    loss = per_sample.mean() if weight is None else (weight * per_sample).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in online.parameters() if p.grad is not None]
+    grad_norm = nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    optimizer.step()
+    return {
+        "loss": loss.detach(),
+        "q_mean": (log_p.detach().exp() * support).sum(-1).mean(),
+        "target_mean": (m * support).sum(-1).mean(),
+        "grad_norm": grad_norm.detach(),
+        "td_abs": per_sample.detach(),
+    }
