@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dqnfast.config.resolve import uses_cudagraphs
+from dqnfast.config.schema import Schedule
 
 __all__ = ["Actor", "EpsilonSchedule", "exponential_epsilon", "linear_epsilon"]
 
@@ -48,18 +49,15 @@ class EpsilonSchedule:
 
     def __init__(
         self,
-        kind: str = "linear",
+        kind: Schedule | str = Schedule.linear,
         start: float = 1.0,
         end: float = 0.1,
         decay_steps: int = 1_000_000,
         learning_starts: int = 0,
         eval_epsilon: float = 0.05,
     ) -> None:
-        fns = {"linear": linear_epsilon, "exponential": exponential_epsilon}
-        if kind not in fns:
-            raise ValueError(f"unknown schedule {kind!r}; choose linear or exponential")
-        self.kind = kind
-        self._fn = fns[kind]
+        self.kind = Schedule.of(kind)
+        self._fn = {Schedule.linear: linear_epsilon, Schedule.exponential: exponential_epsilon}[self.kind]
         self.start, self.end, self.decay_steps = float(start), float(end), int(decay_steps)
         self.learning_starts = int(learning_starts)
         self.eval_epsilon = float(eval_epsilon)

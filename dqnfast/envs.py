@@ -161,6 +161,7 @@ def make_env(
     seed: int,
     num_envs: int | None = None,
     batch_size: int | None = None,
+    task: tuple[str, str] | None = None,
 ) -> tuple[Any, EnvSpec]:
     """Builds a gymnasium-style envpool env and its EnvSpec.
 
@@ -168,11 +169,12 @@ def make_env(
     classic control always gives float32 vectors). envs: the ``envs`` config
     section (threads, frame skip, stack). protocol: ``envs.train`` or ``envs.eval``
     (Atari only). num_envs / batch_size override the section's (for evaluation).
+    task: ``game`` already resolved, ``(task_id, family)`` (``dqnfast.config.resolve.Resolved.game``).
     Raises EnvCreationError (one line) when envpool cannot create them.
     """
     import envpool
 
-    task_id, family = resolve_game(game)
+    task_id, family = task or resolve_game(game)
     n = int(num_envs or envs.num_envs)
     b = int(batch_size or envs.batch_size or n)
     b = min(b, n)

@@ -31,6 +31,7 @@ from torch import nn
 
 from dqnfast.config import OptimConfig
 from dqnfast.config.resolve import uses_cudagraphs
+from dqnfast.config.schema import Loss, OptimName
 
 __all__ = [
     "Learner",
@@ -70,7 +71,7 @@ def update_step(
     weight: torch.Tensor | None = None,
     *,
     double: bool = True,
-    loss: str = "huber",
+    loss: Loss | str = Loss.huber,
     max_grad_norm: float | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -93,7 +94,7 @@ def update_step(
             next_q_online = online(next_obs).float() if double else None
             y = td_target(reward, discount, next_q_target, next_q_online)
         q = online(obs).float().gather(1, action.long().unsqueeze(1)).squeeze(1)
-    elementwise = F.smooth_l1_loss if loss == "huber" else F.mse_loss
+    elementwise = F.smooth_l1_loss if loss == Loss.huber else F.mse_loss
     if weight is None:
         td_loss = elementwise(q, y)
     else:
@@ -137,19 +138,17 @@ def make_optimizer(
     fuse the step, and modes that replay CUDA graphs keep the step counter on the device
     (``capturable``) so the optimizer step can live inside the graph. The maths is the same.
     """
-    name = str(cfg.name)
+    name = OptimName.of(cfg.name)
     cuda = torch.device(device).type == "cuda"
     kw: dict[str, Any] = {}
     if cuda and compile_mode is None:
-        kw = {"fused": True} if name == "adam" else {"foreach": True}
+        kw = {"fused": True} if name == OptimName.adam else {"foreach": True}
     elif cuda and uses_cudagraphs(compile_mode):
         kw = {"capturable": True}
-    if name == "adam":
+    if name == OptimName.adam:
         return torch.optim.Adam(params, lr=cfg.lr, eps=cfg.eps, **kw)
-    if name == "rmsprop":
-        kw.pop("fused", None)
-        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, centered=cfg.centered, **kw)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; choose adam or rmsprop")
+    kw.pop("fused", None)
+    return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, centered=cfg.centered, **kw)
 
 
 class Learner:
@@ -183,7 +182,7 @@ class Learner:
         optimizer: torch.optim.Optimizer,
         *,
         double: bool = True,
-        loss: str = "huber",
+        loss: Loss | str = Loss.huber,
         max_grad_norm: float | None = 10.0,
         target_update_period: int = 10_000,
         tau: float = 1.0,
@@ -191,8 +190,7 @@ class Learner:
         compile: bool | str | None = False,
         amp_dtype: torch.dtype | None = None,
     ) -> None:
-        if loss not in ("huber", "mse"):
-            raise ValueError(f"unknown loss {loss!r}; choose huber or mse")
+        loss = Loss.of(loss)
         self.online = online
         self.target = target
         self.optimizer = optimizer

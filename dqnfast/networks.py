@@ -8,7 +8,8 @@ So the replay ring and the actor hand over raw uint8 tensors (4x less to copy to
 GPU than float32).
 
 A network is described by a ``NetworkSpec`` (plain data, saved in checkpoints) and
-built by ``make_network(spec)``; ``spec_for`` picks the architecture from the config.
+built by ``make_network(spec)``; ``spec_for`` picks the architecture from the config
+(``network_kind``: the ``auto`` rule).
 """
 
 from __future__ import annotations
@@ -19,7 +20,20 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["MLP", "NatureCNN", "NetworkSpec", "QHead", "dueling_aggregate", "make_network", "spec_for"]
+from dqnfast.config.schema import NetworkName, ObsKind
+
+__all__ = [
+    "MLP",
+    "NatureCNN",
+    "NetworkSpec",
+    "QHead",
+    "check_fits",
+    "dueling_aggregate",
+    "make_network",
+    "network_kind",
+    "parameter_count",
+    "spec_for",
+]
 
 
 def dueling_aggregate(value: torch.Tensor, advantage: torch.Tensor) -> torch.Tensor:
@@ -71,6 +85,19 @@ def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
         return stream[-1](hidden.float())
 
 
+def _flat_size(torso: nn.Sequential, image_size: tuple[int, int]) -> int:
+    """Features the convolutions of ``torso`` give for one ``image_size`` image, from their kernels and
+    strides (no padding): 3136 for the Nature CNN at 84x84. No forward pass, so a network builds on
+    the meta device too (``parameter_count``)."""
+    h, w = image_size
+    channels = 0
+    for layer in torso:
+        if isinstance(layer, nn.Conv2d):
+            (kh, kw), (sh, sw) = layer.kernel_size, layer.stride
+            h, w, channels = (h - kh) // sh + 1, (w - kw) // sw + 1, layer.out_channels
+    return channels * h * w
+
+
 class NatureCNN(nn.Module):
     """The Nature DQN network (Mnih et al. 2015).
 
@@ -97,9 +124,7 @@ class NatureCNN(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        with torch.no_grad():
-            n_flat = self.torso(torch.zeros(1, in_channels, *image_size)).shape[1]
-        self.head = QHead(n_flat, hidden, num_actions, dueling)
+        self.head = QHead(_flat_size(self.torso, image_size), hidden, num_actions, dueling)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.torso(_scale(obs)))
@@ -150,8 +175,25 @@ class NetworkSpec:
         return asdict(self)
 
 
+def network_kind(name: NetworkName | str, obs_kind: str) -> NetworkName:
+    """The architecture ``network.name`` gives for an observation kind, ``nature`` or ``mlp``: the one
+    place of the ``auto`` rule (the Nature CNN for pixels, the MLP otherwise)."""
+    name = NetworkName.of(name)
+    if name == NetworkName.auto:
+        return NetworkName.nature if obs_kind == ObsKind.pixels else NetworkName.mlp
+    return name
+
+
+def check_fits(kind: NetworkName, obs_kind: str, obs_shape: tuple[int, ...] | None = None) -> None:
+    """Raises ValueError (one line) when network ``kind`` cannot take the observations: the Nature CNN
+    takes stacked pixels only. obs_shape: None where the env is not made yet."""
+    if kind == NetworkName.nature and (obs_kind != ObsKind.pixels or (obs_shape is not None and len(obs_shape) != 3)):
+        got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
+        raise ValueError(f"the Nature CNN needs stacked pixel observations, got {got}; use network.name=mlp (or auto)")
+
+
 def spec_for(
-    name: str,
+    name: NetworkName | str,
     obs_kind: str,
     obs_shape: tuple[int, ...],
     obs_dtype: str,
@@ -161,35 +203,31 @@ def spec_for(
     cnn_hidden: int = 512,
     mlp_hidden: tuple[int, ...] = (256, 256),
 ) -> NetworkSpec:
-    """Picks the architecture. name: ``auto`` (Nature CNN for pixels, else MLP) | ``nature`` | ``mlp``.
+    """The spec of the network ``name`` (``auto`` | ``nature`` | ``mlp``: ``network_kind``) for these observations.
 
-    Raises ValueError when the network cannot take the observation (``nature`` on
-    RAM or vectors).
+    Raises ValueError for an unknown name or when the network cannot take the observation
+    (``nature`` on RAM or vectors: ``check_fits``).
     """
-    name = str(name)
-    if name == "auto":
-        name = "nature" if obs_kind == "pixels" else "mlp"
-    if name == "nature":
-        if obs_kind != "pixels" or len(obs_shape) != 3:
-            raise ValueError(
-                f"the Nature CNN needs stacked pixel observations, got {obs_kind} of shape "
-                f"{tuple(obs_shape)}; use network.name=mlp (or auto)"
-            )
-        return NetworkSpec("nature", list(obs_shape), obs_dtype, int(num_actions), bool(dueling), [int(cnn_hidden)])
-    if name == "mlp":
-        return NetworkSpec(
-            "mlp", list(obs_shape), obs_dtype, int(num_actions), bool(dueling), [int(h) for h in mlp_hidden]
-        )
-    raise ValueError(f"unknown network {name!r}; choose one of auto, nature, mlp")
+    kind = network_kind(name, obs_kind)
+    check_fits(kind, obs_kind, obs_shape)
+    hidden = [int(cnn_hidden)] if kind == NetworkName.nature else [int(h) for h in mlp_hidden]
+    return NetworkSpec(kind.value, list(obs_shape), obs_dtype, int(num_actions), bool(dueling), hidden)
 
 
 def make_network(spec: NetworkSpec | dict) -> nn.Module:
-    """Builds the (randomly initialised, CPU) network a spec or its dict describes."""
+    """Builds the (randomly initialised) network a spec or its dict describes, on torch's default device."""
     if isinstance(spec, dict):
         spec = NetworkSpec(**spec)
-    if spec.kind == "nature":
+    if spec.kind == NetworkName.nature:
         c, h, w = spec.obs_shape
         return NatureCNN(c, spec.num_actions, spec.hidden[0], spec.dueling, (h, w))
-    if spec.kind == "mlp":
+    if spec.kind == NetworkName.mlp:
         return MLP(math.prod(spec.obs_shape), spec.num_actions, tuple(spec.hidden), spec.dueling)
     raise ValueError(f"unknown network kind {spec.kind!r}")
+
+
+def parameter_count(spec: NetworkSpec) -> int:
+    """The parameters of the network ``spec`` describes, counted on the module itself built on the meta
+    device (no memory allocated, no weights initialised)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in make_network(spec).parameters())

@@ -1,6 +1,7 @@
 """The one place where a config's ``auto``/null values become concrete.
 
-Device, cores (from this process's CPU affinity mask, which SLURM, taskset and
+The game (envpool's task id and family), the observation kind, the network's architecture,
+device, cores (from this process's CPU affinity mask, which SLURM, taskset and
 container runtimes restrict), threads (envpool, replay sampler, torch), compile mode,
 autocast dtype, pinned buffers. Every other module receives the concrete values and
 never re-parses a config string.
@@ -12,7 +13,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from dqnfast.config.schema import Config, ConfigError, Storage
+from dqnfast.config.schema import (
+    Amp,
+    AutoBool,
+    CompileMode,
+    Config,
+    ConfigError,
+    LearnerName,
+    NetworkName,
+    ObsKind,
+    Storage,
+)
 
 __all__ = [
     "Resolved",
@@ -22,6 +33,7 @@ __all__ = [
     "check_thread_counts",
     "job_cores",
     "max_threads",
+    "observation_kind",
     "resolve",
     "resolve_amp",
     "resolve_compile",
@@ -91,18 +103,19 @@ def resolve_device(name: Any):
 def resolve_compile(mode: Any, device: Any) -> str | None:
     """How the update runs: None = eager, else the ``torch.compile`` mode.
 
-    ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on CUDA, eager on
-    the CPU (compiling takes longer than a short CPU run gains); ``true`` = ``default``;
-    ``false`` = eager; any other value is a torch.compile mode.
+    mode: a ``CompileMode`` (what a validated config holds) or its value (a bool too, from a
+    library caller). ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on
+    CUDA, eager on the CPU (compiling takes longer than a short CPU run gains); ``true`` =
+    ``default``; ``false`` = eager; any other value is a torch.compile mode.
     """
     import torch
 
-    m = str(mode).lower() if mode is not None else "false"  # a bool from a library caller: "True"
-    if m == "auto":
+    mode = CompileMode.parse(mode, "algo.compile")
+    if mode == CompileMode.auto:
         return "reduce-overhead" if torch.device(device).type == "cuda" else None
-    if m in ("false", "none", "eager"):
+    if mode == CompileMode.false:
         return None
-    return "default" if m == "true" else m
+    return "default" if mode == CompileMode.true else mode.value
 
 
 def uses_cudagraphs(compile_mode: str | None) -> bool:
@@ -111,15 +124,10 @@ def uses_cudagraphs(compile_mode: str | None) -> bool:
 
 
 def resolve_amp(amp: Any):
-    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16."""
+    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16. amp: an ``Amp`` or its value (ValueError otherwise)."""
     import torch
 
-    m = str(amp).lower() if amp is not None else "none"
-    if m in ("none", "fp32", "false"):
-        return None
-    if m in ("bf16", "bfloat16"):
-        return torch.bfloat16
-    raise ValueError(f"unknown amp mode {amp!r}; choose none or bf16")
+    return torch.bfloat16 if Amp.parse(amp, "algo.amp") == Amp.bf16 else None
 
 
 def thread_counts(
@@ -180,15 +188,23 @@ def share_cores(cfg: Config, config_dict: dict, cores: int) -> str:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A run's concrete settings, from its Config and this process.
+    """A run's concrete settings, from its validated Config and this process: resolved once per run
+    (``resolve``) and handed to every part that needs one of them.
 
-    device: torch.device. cores: the affinity mask's size. env_threads,
-    sampler_threads: envpool and replay sampling threads. torch_threads: torch's CPU
-    threads (None: torch's default). compile_mode: None (eager) or a torch.compile mode.
-    amp_dtype: autocast dtype or None. frames_on_device: replay frames live on the GPU.
-    pin_memory: sample into pinned host buffers.
+    task_id: envpool's id of the game (``Pong-v5``). family: ``atari`` | ``classic``.
+    obs_kind: what the network sees, ``pixels`` | ``ram`` | ``vector`` (classic control).
+    network: the architecture, ``NetworkName.nature`` or ``NetworkName.mlp`` (``auto`` resolved).
+    device: torch.device. cores: the affinity mask's size. env_threads, sampler_threads:
+    envpool and replay sampling threads. torch_threads: torch's CPU threads (None: torch's
+    default). compile_mode: None (eager) or a torch.compile mode. amp_dtype: autocast dtype
+    or None. frames_on_device: replay frames live on the GPU. pin_memory: sample into
+    pinned host buffers.
     """
 
+    task_id: str
+    family: str
+    obs_kind: str
+    network: NetworkName
     device: Any
     cores: int
     env_threads: int
@@ -199,11 +215,67 @@ class Resolved:
     frames_on_device: bool
     pin_memory: bool
 
+    @property
+    def game(self) -> tuple[str, str]:
+        """(task_id, family), as ``dqnfast.envs.resolve_game`` gives them: what ``make_env`` takes as ``task``."""
+        return self.task_id, self.family
 
-def resolve(cfg: Config) -> Resolved:
-    """Every auto/null of ``cfg`` made concrete. Raises ConfigError for an unusable device or storage."""
+
+def observation_kind(family: str, obs: ObsKind) -> str:
+    """What the network sees: the config's ``obs`` for an Atari game, ``vector`` for classic control."""
+    return ObsKind.of(obs).value if family == "atari" else "vector"
+
+
+def _game(cfg: Config) -> tuple[str, str, str]:
+    """(task_id, family, observation kind); ConfigError for an unknown game, or a learner or obs it cannot have."""
+    from dqnfast.envs import resolve_game
+
+    try:
+        task_id, family = resolve_game(cfg.game)
+    except ValueError as e:
+        raise ConfigError("game", str(e)) from None
+    if cfg.learner == LearnerName.reinforce and family != "classic":
+        raise ConfigError(
+            "learner", f"reinforce plays classic control only (CartPole, Acrobot, ...), not the Atari game {task_id}"
+        )
+    if family != "atari" and cfg.obs == ObsKind.ram:
+        raise ConfigError("obs", f"{task_id} has vector observations; obs=ram is for Atari games")
+    return task_id, family, observation_kind(family, cfg.obs)
+
+
+def _network(cfg: Config, obs_kind: str) -> NetworkName:
+    """The architecture ``network.name`` gives; ConfigError when it cannot take the observations."""
+    from dqnfast.networks import check_fits, network_kind
+
+    kind = network_kind(cfg.network.name, obs_kind)
+    shape = {ObsKind.pixels: (cfg.envs.stack, 84, 84), ObsKind.ram: (128,)}.get(obs_kind)  # vector: the env's
+    try:
+        check_fits(kind, obs_kind, shape)
+    except ValueError as e:
+        raise ConfigError("network.name", str(e)) from None
+    return kind
+
+
+def _pin_memory(mode: AutoBool, device: Any) -> bool:
+    """replay.pin_memory: auto = when training on CUDA; true = when CUDA is there to pin for."""
     import torch
 
+    if mode == AutoBool.auto:
+        return device.type == "cuda"
+    return mode == AutoBool.true and torch.cuda.is_available()
+
+
+def resolve(cfg: Config) -> Resolved:
+    """Every auto/null of a validated ``cfg`` made concrete: the game, the observations, the network, the
+    device, the threads, the precision, the compile mode.
+
+    Raises ConfigError naming the key: ``game`` (unknown, with the closest names), ``learner``
+    (reinforce on an Atari game), ``obs`` (ram for classic control), ``network.name`` (a network
+    that cannot take the observations), ``device`` (unusable), ``replay.storage`` (cuda without
+    a CUDA device).
+    """
+    task_id, family, obs_kind = _game(cfg)
+    network = _network(cfg, obs_kind)
     device = resolve_device(cfg.device)
     cores = available_cores()
     envs, sampler, torch_threads = thread_counts(
@@ -218,9 +290,11 @@ def resolve(cfg: Config) -> Resolved:
         raise ConfigError(
             "replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; use replay.storage=cpu"
         )
-    pin = str(cfg.replay.pin_memory).lower()
-    pin = device.type == "cuda" if pin == "auto" else (pin == "true" and torch.cuda.is_available())
     return Resolved(
+        task_id=task_id,
+        family=family,
+        obs_kind=obs_kind,
+        network=network,
         device=device,
         cores=cores,
         env_threads=envs,
@@ -229,5 +303,6 @@ def resolve(cfg: Config) -> Resolved:
         compile_mode=resolve_compile(cfg.algo.compile, device),
         amp_dtype=resolve_amp(cfg.algo.amp),
         frames_on_device=on_device,
-        pin_memory=pin and not on_device,  # device frames: the ring stages its small host arrays itself
+        # device frames: the ring stages its small host arrays itself
+        pin_memory=_pin_memory(cfg.replay.pin_memory, device) and not on_device,
     )

@@ -66,6 +66,17 @@ class Choice(StrEnum, metaclass=_Caseless):
             ) from None
 
     @classmethod
+    def of(cls, value: Any) -> Choice:
+        """The member whose value is ``value`` (a member: itself), for library callers that pass a value;
+        ValueError "unknown <what> ...; choose one of ..." otherwise. A validated Config holds members already."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(
+                f"unknown {cls.what()} {value!r}; choose one of {', '.join(m.value for m in cls)}"
+            ) from None
+
+    @classmethod
     def what(cls) -> str:
         return _WHAT[cls.__name__]
 
@@ -563,21 +574,15 @@ def check_learning_starts(cfg: Config) -> None:
     """Refuses a DQN run that ends before ``algo.learning_starts``: it would make no update."""
     a = cfg.algo
     _check(
-        str(cfg.learner).lower() != "dqn" or a.total_steps >= a.learning_starts,
+        cfg.learner != LearnerName.dqn or a.total_steps >= a.learning_starts,
         "algo.total_steps",
         f"{a.total_steps} is below algo.learning_starts={a.learning_starts}: the run would end before its first "
         "update; raise algo.total_steps or lower algo.learning_starts",
     )
 
 
-def validate(cfg: Config) -> None:
-    """Checks every value that does not need an env or a device.
-
-    Raises ConfigError naming the first wrong key. One flat list of checks in the schema's
-    order (longer than most functions on purpose: a key's check is found by searching its name). (The game name, the network's
-    fit to the observation and the device are checked by ``dqnfast.training.check_config`` at
-    start-up, where envpool and torch are at hand.)
-    """
+def _validate_run(cfg: Config) -> None:
+    """The top-level keys: game, obs, seed, device, torch_threads, learner; and every integer's range."""
     _check(isinstance(cfg.game, str) and cfg.game.strip() != "", "game", "must name a game, e.g. game=Pong")
     _integer_ranges(cfg)
     _choice(cfg, "obs", "obs", ObsKind)
@@ -591,7 +596,10 @@ def validate(cfg: Config) -> None:
     _check(
         cfg.torch_threads is None or cfg.torch_threads >= 0, "torch_threads", f"must be >= 0, got {cfg.torch_threads!r}"
     )
+    _choice(cfg, "learner", "learner", LearnerName)
 
+
+def _validate_envs(cfg: Config) -> None:
     e = cfg.envs
     _positive(e, "envs", "num_envs", "frame_skip", "stack")
     _check(
@@ -618,6 +626,8 @@ def validate(cfg: Config) -> None:
     _non_negative(e.eval, "envs.eval", "episodes")
     _positive(e.eval, "envs.eval", "num_envs")
 
+
+def _validate_algo(cfg: Config) -> None:
     a = cfg.algo
     _positive(a, "algo", "total_steps", "batch_size", "replay_ratio", "target_update_period")
     _non_negative(a, "algo", "learning_starts")
@@ -629,11 +639,13 @@ def validate(cfg: Config) -> None:
         "algo.max_grad_norm",
         f"must be > 0 or null, got {a.max_grad_norm!r}",
     )
-    CompileMode.parse(a.compile, "algo.compile")
+    _choice(a, "compile", "algo.compile", CompileMode)
     _choice(a, "amp", "algo.amp", Amp)
     if not cfg.resume:  # a resumed run is checked once its checkpoint is known to fit (components.build)
         check_learning_starts(cfg)
 
+
+def _validate_network(cfg: Config) -> None:
     n = cfg.network
     _choice(n, "name", "network.name", NetworkName)
     _positive(n, "network", "cnn_hidden")
@@ -643,10 +655,12 @@ def validate(cfg: Config) -> None:
         f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}",
     )
 
-    r = cfg.replay
+
+def _validate_replay(cfg: Config) -> None:
+    r, e, dev = cfg.replay, cfg.envs, str(cfg.device)
     _positive(r, "replay", "capacity", "n_step")
     _check(r.num_threads is None or r.num_threads >= 0, "replay.num_threads", f"must be >= 0, got {r.num_threads!r}")
-    AutoBool.parse(r.pin_memory, "replay.pin_memory")
+    _choice(r, "pin_memory", "replay.pin_memory", AutoBool)
     _choice(r, "storage", "replay.storage", Storage)
     _check(
         r.storage != Storage.cuda or dev == "auto" or dev.startswith("cuda"),
@@ -654,9 +668,9 @@ def validate(cfg: Config) -> None:
         f"cuda storage needs a CUDA device, but device={dev}; use replay.storage=cpu",
     )
     _check(
-        a.batch_size <= r.capacity,
+        cfg.algo.batch_size <= r.capacity,
         "algo.batch_size",
-        f"{a.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})",
+        f"{cfg.algo.batch_size} is bigger than the replay ring (replay.capacity={r.capacity})",
     )
     # prioritized replay
     _check(_finite(r.alpha) and 0.0 <= r.alpha <= 1.0, "replay.alpha", f"must be in [0, 1], got {r.alpha!r}")
@@ -666,8 +680,7 @@ def validate(cfg: Config) -> None:
         "replay.priority_eps",
         f"must be > 0 (a transition at priority 0 would never be drawn), got {r.priority_eps!r}",
     )
-
-    stack = e.stack if cfg.obs == "pixels" else 1
+    stack = e.stack if cfg.obs == ObsKind.pixels else 1
     segment = r.capacity // e.num_envs
     need = stack + r.n_step + 1
     _check(
@@ -677,11 +690,15 @@ def validate(cfg: Config) -> None:
         f"(stack + n_step + 1), i.e. capacity >= {need * e.num_envs}",
     )
 
+
+def _validate_optim(cfg: Config) -> None:
     o = cfg.optim
     _choice(o, "name", "optim.name", OptimName)
     _positive(o, "optim", "lr", "eps")
     _check(_finite(o.alpha) and 0.0 <= o.alpha < 1.0, "optim.alpha", f"must be in [0, 1), got {o.alpha!r}")
 
+
+def _validate_explore(cfg: Config) -> None:
     x = cfg.explore
     _choice(x, "schedule", "explore.schedule", Schedule)
     for k in ("start", "end", "eval_epsilon"):
@@ -689,12 +706,15 @@ def validate(cfg: Config) -> None:
         _check(_finite(v) and 0.0 <= v <= 1.0, f"explore.{k}", f"must be in [0, 1], got {v!r}")
     _positive(x, "explore", "decay_steps")
 
-    _choice(cfg, "learner", "learner", LearnerName)
+
+def _validate_reinforce(cfg: Config) -> None:
     p = cfg.reinforce
     _choice(p, "policy", "reinforce.policy", PolicyKind)
     _choice(p, "baseline", "reinforce.baseline", Baseline)
     _non_negative(p, "reinforce", "value_coef")
 
+
+def _validate_logger(cfg: Config) -> None:
     g = cfg.logger
     _positive(g, "logger", "log_every", "score_window", "wandb_init_timeout")
     _non_negative(g, "logger", "checkpoint_every")
@@ -705,3 +725,31 @@ def validate(cfg: Config) -> None:
         "logger.wandb_tags",
         f"must be a list of non-empty tags of at most 64 characters, got {list(g.wandb_tags)!r}",
     )
+
+
+# The sections in the schema's order: the first wrong key a config has is the one named.
+_SECTIONS = (
+    _validate_run,
+    _validate_envs,
+    _validate_algo,
+    _validate_network,
+    _validate_replay,
+    _validate_optim,
+    _validate_explore,
+    _validate_reinforce,
+    _validate_logger,
+)
+
+
+def validate(cfg: Config) -> None:
+    """Checks every value that does not need an env or a device, and stores every choice as its Enum member.
+
+    Raises ConfigError naming the first wrong key, section by section (``_SECTIONS``). After it
+    every choice of ``cfg`` is a member of its Enum (``algo.compile`` a ``CompileMode``,
+    ``replay.pin_memory`` an ``AutoBool``): nothing downstream parses a choice's string again.
+    (The game name, the observation kind for the game, the network's fit to the observation
+    and the device are resolved by ``dqnfast.config.resolve.resolve`` at start-up, where
+    envpool and torch are at hand.)
+    """
+    for section in _SECTIONS:
+        section(cfg)

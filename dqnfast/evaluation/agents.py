@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig
+from dqnfast.config.schema import LearnerName, NetworkName, ObsKind
 
 __all__ = ["Agent", "learner_of", "load_agent", "policy_network"]
 
@@ -27,26 +28,26 @@ class Agent:
     """
 
     network: Any
-    learner: str
+    learner: LearnerName
     task_id: str
     family: str
     spec: Any
 
 
-def learner_of(ckpt: dict) -> str:
-    """``reinforce`` for a REINFORCE checkpoint, else ``dqn``."""
-    return "reinforce" if ckpt.get("learner") == "reinforce" else "dqn"
+def learner_of(ckpt: dict) -> LearnerName:
+    """``reinforce`` for a REINFORCE checkpoint, else ``dqn`` (a checkpoint holds the plain value)."""
+    return LearnerName.reinforce if ckpt.get("learner") == LearnerName.reinforce else LearnerName.dqn
 
 
 def _obs_kind(ckpt: dict) -> str:
     """The observations a DQN checkpoint's network takes: ``pixels`` | ``ram`` | ``vector``."""
     if isinstance(ckpt.get("obs"), dict) and ckpt["obs"].get("kind"):
         return str(ckpt["obs"]["kind"])
-    cfg_obs = (ckpt.get("config") or {}).get("obs", "pixels")
+    cfg_obs = (ckpt.get("config") or {}).get("obs", ObsKind.pixels)
     net = ckpt.get("network") or {}
-    if net.get("kind") == "nature":
-        return "pixels"
-    return "ram" if cfg_obs == "ram" and list(net.get("obs_shape", [])) == [128] else "vector"
+    if net.get("kind") == NetworkName.nature:
+        return ObsKind.pixels.value
+    return ObsKind.ram.value if cfg_obs == ObsKind.ram and list(net.get("obs_shape", [])) == [128] else "vector"
 
 
 def _resolve(game: Any, key: str) -> tuple[str, str]:
@@ -100,8 +101,17 @@ def _dqn_network(ckpt: dict, spec: Any) -> Any:
     return net
 
 
-def load_agent(ckpt: dict, *, game: str | None, envs: EnvsConfig, protocol: EvalProtocolConfig) -> Agent:
+def load_agent(
+    ckpt: dict,
+    *,
+    game: str | None,
+    envs: EnvsConfig,
+    protocol: EvalProtocolConfig,
+    task: tuple[str, str] | None = None,
+) -> Agent:
     """Rebuilds ``ckpt``'s network for ``game`` (None: the checkpoint's; given: a check that it is the same).
+
+    task: ``game`` already resolved, ``(task_id, family)`` (``dqnfast.config.resolve.Resolved.game``).
 
     Probes one env of the evaluation's settings for the observation and action spaces.
     Raises ConfigError: ``game`` for an unknown game, ``run`` for a checkpoint that does not
@@ -112,12 +122,14 @@ def load_agent(ckpt: dict, *, game: str | None, envs: EnvsConfig, protocol: Eval
 
     learner = learner_of(ckpt)
     ck_game = ckpt.get("game") or (ckpt.get("config") or {}).get("game")
-    task_id, family = _resolve(game or ck_game, "game")
-    obs = _obs_kind(ckpt) if learner == "dqn" else "vector"
-    probe, spec = make_env(task_id, "pixels" if obs == "vector" else obs, envs, protocol, seed=0, num_envs=1)
+    task_id, family = task or _resolve(game or ck_game, "game")
+    obs = _obs_kind(ckpt) if learner == LearnerName.dqn else "vector"
+    probe, spec = make_env(
+        task_id, ObsKind.pixels if obs == "vector" else obs, envs, protocol, seed=0, num_envs=1, task=(task_id, family)
+    )
     probe.close()
     try:
-        if learner == "dqn":
+        if learner == LearnerName.dqn:
             net = _dqn_network(ckpt, spec)
         else:
             ck_task = _resolve(ck_game, "run")[0] if ck_game else None

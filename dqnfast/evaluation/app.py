@@ -258,6 +258,7 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
         random_baseline=cfg.random_baseline,
         record=cfg.video or cfg.gif,
         learner=agent.learner,
+        task=(agent.task_id, agent.family),
     )
     fs = int(envs.frame_skip) if agent.family == "atari" else 1
     result = eval_json(

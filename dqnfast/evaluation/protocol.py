@@ -160,6 +160,7 @@ def play(
     seed: int,
     device: Any = "cpu",
     record: bool = False,
+    task: tuple[str, str] | None = None,
 ) -> Played:
     """Plays ``protocol.episodes`` whole games with ``network`` (None: uniform random) at ``epsilon``.
 
@@ -167,6 +168,7 @@ def play(
     ``epsilon``: a DQN's Q-network or a REINFORCE policy (its logits). Uses
     ``num_eval_envs(protocol)`` synchronous envs seeded ``seed`` (env i: seed + i).
     record: keep every action and result (``Played.recording``) to re-play games (videos).
+    task: ``game`` already resolved, ``(task_id, family)`` (``dqnfast.envs.resolve_game``).
     """
     import torch
 
@@ -174,7 +176,7 @@ def play(
     from dqnfast.envs import ActionLog, make_env
 
     n = num_eval_envs(protocol)
-    env, spec = make_env(game, obs, envs, protocol, seed=seed, num_envs=n, batch_size=n)
+    env, spec = make_env(game, obs, envs, protocol, seed=seed, num_envs=n, batch_size=n, task=task)
     rec = ActionLog(n, env=env, results=True) if record else None
     agent = "trained agent" if network is not None else "random agent"
     if network is None:

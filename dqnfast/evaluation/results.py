@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dqnfast.config import EnvsConfig, EvalProtocolConfig
+from dqnfast.config.schema import LearnerName
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET, Played, num_eval_envs, play, summarize
 
 __all__ = [
@@ -43,8 +44,10 @@ REFERENCE_SOURCE = (
 )
 # eval.json's protocol.policy: how the trained agent picks its actions, per learner
 POLICIES = {
-    "dqn": "argmax of the Q-values; a uniform-random action with probability epsilon",
-    "reinforce": "greedy: argmax of the policy's logits (not sampled); a uniform-random action with probability epsilon",
+    LearnerName.dqn: "argmax of the Q-values; a uniform-random action with probability epsilon",
+    LearnerName.reinforce: (
+        "greedy: argmax of the policy's logits (not sampled); a uniform-random action with probability epsilon"
+    ),
 }
 
 
@@ -106,7 +109,8 @@ def evaluate_network(
     device: Any = "cpu",
     random_baseline: bool = True,
     record: bool = False,
-    learner: str = "dqn",
+    learner: LearnerName | str = LearnerName.dqn,
+    task: tuple[str, str] | None = None,
 ) -> Evaluation:
     """Evaluates ``network`` and (optionally) a uniform-random agent with the same protocol and env seeds.
 
@@ -116,13 +120,18 @@ def evaluate_network(
     lengths (agent steps), epsilon, human_normalized (of the mean; null where
     ``dqnfast.atari_scores`` has no reference); ``random``: the same for the random agent
     (or null); ``reference`` (random and human scores and their source, or null); ``protocol``.
+    task: ``game`` already resolved, ``(task_id, family)``; None: resolved here, once for both agents.
     """
     from dqnfast.atari_scores import REFERENCE_SCORES
+    from dqnfast.envs import resolve_game
 
     if learner not in POLICIES:
         raise ValueError(f"learner must be one of {', '.join(POLICIES)}, got {learner!r}")
-    trained = play(game, obs, envs, protocol, network, epsilon=epsilon, seed=seed, device=device, record=record)
-    rand = play(game, obs, envs, protocol, None, epsilon=1.0, seed=seed) if random_baseline else None
+    task = task or resolve_game(game)
+    trained = play(
+        game, obs, envs, protocol, network, epsilon=epsilon, seed=seed, device=device, record=record, task=task
+    )
+    rand = play(game, obs, envs, protocol, None, epsilon=1.0, seed=seed, task=task) if random_baseline else None
     short = short_name(trained.task_id)
     result: dict[str, Any] = {"game": trained.task_id, **_agent(trained, short)}
     result["random"] = _agent(rand, short) if rand is not None else None
@@ -173,6 +182,7 @@ def final_evaluation(
     frame_skip: int,
     updates: int,
     checkpoint: Path,
+    task: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
     """A training run's final evaluation: ``envs.eval`` games at ``explore.eval_epsilon``, trained vs random.
 
@@ -180,9 +190,10 @@ def final_evaluation(
     REINFORCE policy). Seeds the envs with ``seed + 10000`` (as ``python -m
     dqnfast.evaluate`` does by default), writes ``eval.json`` and the two plots into
     ``run_dir`` (``write_outputs``); returns eval.json's dict. A failed plot is logged, never raised.
+    task: the game resolved, ``(task_id, family)`` (``dqnfast.config.resolve.Resolved.game``);
+    None: resolved once here.
     """
     ev = cfg.envs.eval
-    learner = str(getattr(cfg, "learner", "dqn"))  # a str enum: "dqn" | "reinforce"
     if ev.episodes <= 0:
         scores: dict[str, Any] = {**summarize([]), "epsilon": cfg.explore.eval_epsilon, "random": None}
     else:
@@ -195,7 +206,8 @@ def final_evaluation(
             epsilon=cfg.explore.eval_epsilon,
             seed=cfg.seed + EVAL_SEED_OFFSET,
             device=device,
-            learner=learner,
+            learner=cfg.learner,
+            task=task,
         ).result
     result = eval_json(
         scores,
@@ -293,7 +305,7 @@ def _protocol_words(p: dict[str, Any]) -> str:
         f"eps {p.get('epsilon')}",
         f"seed {p.get('seed')}",
     ]
-    if p.get("policy") == POLICIES["reinforce"]:
+    if p.get("policy") == POLICIES[LearnerName.reinforce]:
         prot.append("greedy policy (argmax of the logits)")
     if p.get("noop_max") is not None:
         prot += [

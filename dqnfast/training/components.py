@@ -15,6 +15,7 @@ from typing import Any
 
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
+from dqnfast.config.schema import EnvResume, NetworkName
 from dqnfast.training.resume import ResumePlan, check_resumable, load_ring, ring_capacity
 from dqnfast.training.stop import reached
 
@@ -23,46 +24,27 @@ log = logging.getLogger("dqnfast.train")
 __all__ = ["Run", "build", "check_config"]
 
 
-def check_config(cfg: Config) -> tuple[str, str]:
-    """All start-up checks that need no allocation; returns (task_id, family).
+def check_config(cfg: Config) -> Resolved:
+    """All start-up checks that need no allocation; returns the run's resolved settings.
 
     Raises ConfigError naming the key: value checks (``config.validate``), thread counts
     against the cores, the seed against the range the run derives from it
-    (``training.limits``), the game name (with close matches), the observation kind for
-    the game, the network's fit, the device, the loggers. (The memory budget is checked by
+    (``training.limits``), then what ``config.resolve.resolve`` makes concrete: the game
+    name (with close matches), the observation kind for the game, the network's fit, the
+    device, the replay storage; then the loggers. (The memory budget is checked by
     ``build``, first: it depends on what the machine has free when the run starts.)
     """
     from dqnfast.config import validate
-    from dqnfast.config.resolve import available_cores, check_thread_counts, resolve_device
-    from dqnfast.envs import resolve_game
+    from dqnfast.config.resolve import available_cores, check_thread_counts, resolve
     from dqnfast.loggers import check_logger_config
-    from dqnfast.networks import spec_for
     from dqnfast.training.limits import check_seed
 
     validate(cfg)
     check_thread_counts(cfg, available_cores())
     check_seed(cfg)
-    try:
-        task_id, family = resolve_game(cfg.game)
-    except ValueError as e:
-        raise ConfigError("game", str(e)) from None
-    if cfg.learner == "reinforce" and family != "classic":
-        raise ConfigError(
-            "learner", f"reinforce plays classic control only (CartPole, Acrobot, ...), not the Atari game {task_id}"
-        )
-    if family == "atari":
-        obs_kind, shape = cfg.obs, ((cfg.envs.stack, 84, 84) if cfg.obs == "pixels" else (128,))
-    elif cfg.obs == "ram":
-        raise ConfigError("obs", f"{task_id} has vector observations; obs=ram is for Atari games")
-    else:
-        obs_kind, shape = "vector", (1,)
-    try:
-        spec_for(cfg.network.name, obs_kind, shape, "uint8", 2)
-    except ValueError as e:
-        raise ConfigError("network.name", str(e)) from None
-    resolve_device(cfg.device)
+    r = resolve(cfg)
     check_logger_config(cfg.logger)
-    return task_id, family
+    return r
 
 
 @dataclass
@@ -105,21 +87,21 @@ class Run:
 
 def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> tuple[Any, Any, Any]:
     """The training envs (closed by ``stack``) and the network's spec for them."""
-    from dqnfast.envs import make_env, resolve_game
+    from dqnfast.envs import make_env
     from dqnfast.networks import spec_for
 
-    if plan.ck and resolve_game(cfg.game)[0] != plan.ck.get("game"):  # the cheap check first
-        raise ConfigError("resume", f"checkpoint is for {plan.ck.get('game')}, this run is {resolve_game(cfg.game)[0]}")
+    if plan.ck and r.task_id != plan.ck.get("game"):  # the cheap check first
+        raise ConfigError("resume", f"checkpoint is for {plan.ck.get('game')}, this run is {r.task_id}")
     if plan.ck:
         from dqnfast.training.limits import check_resume_seed
 
         check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
     envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)
-    env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed)
+    env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, task=r.game)
     stack.callback(env.close)
     n = cfg.network
     net_spec = spec_for(
-        n.name,
+        r.network,
         spec.obs_kind,
         spec.obs_shape,
         spec.frame_dtype.name,
@@ -184,7 +166,7 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
     a, device = cfg.algo, r.device
     online = make_network(net_spec).to(device)
     target = make_network(net_spec).to(device)
-    if a.channels_last and net_spec.kind == "nature":
+    if a.channels_last and net_spec.kind == NetworkName.nature:
         online, target = online.to(memory_format=torch.channels_last), target.to(memory_format=torch.channels_last)
     target.load_state_dict(online.state_dict())
     optimizer = make_optimizer(online.parameters(), cfg.optim, device=device, compile_mode=r.compile_mode)
@@ -193,7 +175,7 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
         target,
         optimizer,
         double=a.double,
-        loss=str(a.loss),
+        loss=a.loss,
         max_grad_norm=a.max_grad_norm,
         target_update_period=a.target_update_period,
         tau=a.tau,
@@ -212,11 +194,11 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
     closed by ``stack``.
     """
     from dqnfast.actor import Actor, EpsilonSchedule
-    from dqnfast.envs import ActionLog, resolve_game
+    from dqnfast.envs import ActionLog
     from dqnfast.training.limits import check_run_memory
 
     if cfg.replay.check_memory:
-        check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
+        check_run_memory(cfg, r.task_id, r.family, on_cpu=r.device.type == "cpu")
 
     env, spec, net_spec = _make_env(cfg, r, plan, stack)
     reached("envs")
@@ -231,7 +213,7 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
         learner.online, spec.num_actions, r.device, seed=cfg.seed, amp_dtype=r.amp_dtype, compile_mode=r.compile_mode
     )
     x = cfg.explore
-    schedule = EpsilonSchedule(str(x.schedule), x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
+    schedule = EpsilonSchedule(x.schedule, x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
     batches = ring.prefetcher(
         cfg.algo.batch_size,
         r.device,
@@ -239,7 +221,7 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
         beta0=cfg.replay.beta0,  # prioritized replay: beta annealed from beta0 to 1 over the run
         beta_steps=cfg.algo.total_steps,
     )
-    record = plan.env_mode == "replay" and not spec.is_async
+    record = plan.env_mode == EnvResume.replay and not spec.is_async
     return Run(
         cfg,
         r,

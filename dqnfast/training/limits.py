@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dqnfast.config import Config, ConfigError
+from dqnfast.config.schema import EnvResume, LearnerName, NetworkName, ObsKind, Storage
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
 from dqnfast.memory import MemorySources, available_memory, plannable_bytes
 
@@ -62,50 +63,59 @@ class Need:
     unit: int = 0
 
 
-def _frames(cfg: Config, task_id: str, family: str) -> tuple[int, int]:
+def _frames(cfg: Config, task_id: str, obs_kind: str) -> tuple[int, int]:
     """(bytes of one stored frame, frames per observation)."""
-    if family != "atari":
-        return 4 * _CLASSIC_OBS.get(task_id, 16), 1
-    if str(cfg.obs) == "ram":
+    if obs_kind == ObsKind.pixels:
+        return 84 * 84, int(cfg.envs.stack)
+    if obs_kind == ObsKind.ram:
         return 128, 1
-    return 84 * 84, int(cfg.envs.stack)
+    return 4 * _CLASSIC_OBS.get(task_id, 16), 1
 
 
-def _network_floats(cfg: Config, family: str, frame_floats: int, stack: int) -> tuple[bool, int, int]:
-    """(Nature CNN?, parameters, activations per sample of one forward pass) of the Q-network, in float32s."""
+def _network_floats(cfg: Config, obs_kind: str, frame_floats: int, stack: int) -> tuple[NetworkName, int, int]:
+    """(architecture, parameters, activations per sample of one forward pass) of the Q-network, in float32s.
+
+    The parameters are counted on the network itself (``dqnfast.networks.parameter_count``), with
+    Atari's full action set: the memory is checked before the env says how many actions it has.
+    """
+    from dqnfast.networks import NetworkSpec, network_kind, parameter_count
+
     n, a = cfg.network, _MAX_ACTIONS
-    nature = str(n.name) == "nature" or (str(n.name) == "auto" and family == "atari" and str(cfg.obs) == "pixels")
+    kind = network_kind(n.name, obs_kind)
     heads = 2 if n.dueling else 1
-    if nature:
+    if kind == NetworkName.nature:
         h = int(n.cnn_hidden)
-        conv = stack * 32 * 64 + 32 + 32 * 64 * 16 + 64 + 64 * 64 * 9 + 64
-        params = conv + heads * (3136 * h + h) + h * a + a + (h + 1 if n.dueling else 0)
+        spec = NetworkSpec(kind.value, [stack, 84, 84], "uint8", a, bool(n.dueling), [h])
         acts = stack * frame_floats + 2 * (32 * 20 * 20 + 64 * 9 * 9 + 64 * 7 * 7) + 2 * heads * h + a
-        return True, params, acts
+        return kind, parameter_count(spec), acts
     widths = [frame_floats * stack, *[int(x) for x in n.mlp_hidden]]
-    torso = sum(i * o + o for i, o in zip(widths[:-2], widths[1:-1]))
-    head_in, h = widths[-2], widths[-1]
-    params = torso + heads * (head_in * h + h) + h * a + a
-    return False, params, widths[0] + 2 * sum(widths[1:]) * heads + a
+    spec = NetworkSpec(kind.value, [widths[0]], "float32", a, bool(n.dueling), widths[1:])
+    return kind, parameter_count(spec), widths[0] + 2 * sum(widths[1:]) * heads + a
 
 
 def run_memory_needs(cfg: Config, task_id: str, family: str, *, on_cpu: bool) -> list[Need]:
-    """The run's host-memory budget, item by item (see the module docstring). on_cpu: the networks train on the CPU."""
+    """The run's host-memory budget, item by item (see the module docstring). on_cpu: the networks train on the CPU.
+
+    task_id, family: the game as ``dqnfast.config.resolve.Resolved`` holds it (``task_id``, ``family``).
+    """
+    from dqnfast.config.resolve import observation_kind
     from dqnfast.replay.ring import batch_nbytes, ring_nbytes
+    from dqnfast.training.resume import ring_capacity
 
     e, a = cfg.envs, cfg.algo
-    frame_bytes, stack = _frames(cfg, task_id, family)
+    obs_kind = observation_kind(family, cfg.obs)
+    frame_bytes, stack = _frames(cfg, task_id, obs_kind)
     frame_floats = frame_bytes // 4 if family != "atari" else frame_bytes
-    nature, params, acts = _network_floats(cfg, family, frame_floats, stack)
+    kind, params, acts = _network_floats(cfg, obs_kind, frame_floats, stack)
     per_env = (ATARI_ENV_BYTES if family == "atari" else CLASSIC_ENV_BYTES) + OBS_BUFFERS * stack * frame_bytes
     if on_cpu:  # the actor's forward pass over every env's observation
         per_env += 4 * acts
     n_envs = max(int(e.num_envs), min(int(e.eval.num_envs), int(e.eval.episodes)))
     needs = [Need("envs.num_envs", f"{n_envs} envs", n_envs * per_env, per_env)]
-    if str(cfg.learner) != "dqn":
+    if cfg.learner != LearnerName.dqn:
         return needs
-    capacity = max(e.num_envs, cfg.replay.capacity // e.num_envs * e.num_envs)
-    on_host = str(cfg.replay.storage) == "cpu"
+    capacity = ring_capacity(cfg.replay.capacity, e.num_envs)
+    on_host = cfg.replay.storage == Storage.cpu
     per_slot = ring_nbytes(1, frame_bytes, frames_on_host=on_host, prioritized=bool(cfg.replay.prioritized))
     needs.append(Need("replay.capacity", "replay ring", capacity * per_slot, per_slot))
     shared = stack > 1 and cfg.replay.n_step == 1
@@ -114,9 +124,9 @@ def run_memory_needs(cfg: Config, task_id: str, family: str, *, on_cpu: bool) ->
         per_row += 4 * _PASSES * acts
     needs.append(Need("algo.batch_size", "sample buffers and update", a.batch_size * per_row, per_row))
     if on_cpu:
-        key = "network.cnn_hidden" if nature else "network.mlp_hidden"
+        key = "network.cnn_hidden" if kind == NetworkName.nature else "network.mlp_hidden"
         needs.append(Need(key, "networks and optimizer", 4 * 6 * params))  # online, target, grads, 2 moments, temps
-    if str(e.resume) == "replay":  # one byte per agent step, in a buffer that doubles, copied into checkpoints
+    if e.resume == EnvResume.replay:  # one byte per agent step, in a buffer that doubles, copied into checkpoints
         needs.append(Need("envs.resume", "action log", 4 * int(a.total_steps)))
     return needs
 

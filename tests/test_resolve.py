@@ -1,0 +1,159 @@
+"""dqnfast.config: every choice stored as its Enum member, and a run's settings resolved once.
+
+``validate`` parses each choice once; ``resolve`` (through ``training.check_config``) makes the
+game, observations, network, device, threads, precision and compile mode concrete, and the
+parts of a run take them from its ``Resolved`` instead of resolving them again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+import dqnfast.config.resolve as resolve_module
+import dqnfast.envs as envs_module
+from dqnfast.config import Config, ConfigError, validate
+from dqnfast.config.schema import (
+    Amp,
+    AutoBool,
+    Baseline,
+    CompileMode,
+    EnvResume,
+    LearnerName,
+    Loss,
+    NetworkName,
+    ObsKind,
+    OptimName,
+    PolicyKind,
+    Schedule,
+    Storage,
+    WandbMode,
+)
+from dqnfast.networks import NetworkSpec, make_network, network_kind, parameter_count
+from dqnfast.training import check_config, train
+
+CHOICES = {
+    "obs": ObsKind,
+    "learner": LearnerName,
+    "envs.resume": EnvResume,
+    "algo.loss": Loss,
+    "algo.compile": CompileMode,
+    "algo.amp": Amp,
+    "network.name": NetworkName,
+    "replay.pin_memory": AutoBool,
+    "replay.storage": Storage,
+    "optim.name": OptimName,
+    "explore.schedule": Schedule,
+    "reinforce.policy": PolicyKind,
+    "reinforce.baseline": Baseline,
+    "logger.wandb_mode": WandbMode,
+}
+
+
+def _get(cfg: Config, key: str):
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    *path, last = key.split(".")
+    obj = cfg
+    for part in path:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def test_validate_stores_every_choice_as_its_enum_member():
+    cfg = Config(game="CartPole")
+    given = {key: str(_get(cfg, key)).upper() for key in CHOICES}  # any case, as the command line takes it
+    given["algo.compile"] = False  # YAML and Hydra read false as a boolean
+    for key, value in given.items():
+        _set(cfg, key, value)
+    validate(cfg)
+    for key, kind in CHOICES.items():
+        assert type(_get(cfg, key)) is kind, key
+    assert cfg.algo.compile is CompileMode.false and cfg.replay.pin_memory is AutoBool.auto
+
+
+@pytest.mark.parametrize(
+    "game, obs, task_id, family, obs_kind, network",
+    [
+        ("CartPole", "pixels", "CartPole-v1", "classic", "vector", NetworkName.mlp),
+        ("pong", "pixels", "Pong-v5", "atari", "pixels", NetworkName.nature),
+        ("Pong-v5", "ram", "Pong-v5", "atari", "ram", NetworkName.mlp),
+    ],
+)
+def test_check_config_resolves_the_game_observations_and_network(game, obs, task_id, family, obs_kind, network):
+    r = check_config(Config(game=game, obs=obs, device="cpu"))
+    assert (r.task_id, r.family, r.obs_kind, r.network) == (task_id, family, obs_kind, network)
+    assert r.game == (task_id, family) and r.device == torch.device("cpu") and r.compile_mode is None
+    assert r.amp_dtype is None and not r.pin_memory and not r.frames_on_device
+
+
+def test_a_network_that_cannot_take_the_observations_is_refused_by_the_resolution():
+    with pytest.raises(ConfigError) as e:
+        check_config(Config(game="CartPole", network=dataclasses.replace(Config().network, name="nature")))
+    assert e.value.key == "network.name" and "Nature CNN needs stacked pixel observations" in str(e.value)
+
+
+def test_the_auto_rule_and_the_parameter_count_come_from_the_networks_themselves():
+    assert network_kind("auto", "pixels") is NetworkName.nature
+    assert network_kind(NetworkName.auto, "ram") is network_kind("auto", "vector") is NetworkName.mlp
+    assert network_kind("nature", "vector") is NetworkName.nature  # the fit is check_fits' to refuse
+    for spec in (
+        NetworkSpec("nature", [4, 84, 84], "uint8", 18, dueling=True, hidden=[512]),
+        NetworkSpec("nature", [16, 84, 84], "uint8", 6, hidden=[64]),
+        NetworkSpec("mlp", [128], "uint8", 18, dueling=True, hidden=[256, 256]),
+    ):
+        assert parameter_count(spec) == sum(p.numel() for p in make_network(spec).parameters())
+
+
+def _counting(calls: Counter, name: str, fn):
+    """``fn``, counting its calls by the function of dqnfast outside ``dqnfast.config`` that made them."""
+
+    def counted(*args, **kwargs):
+        frame = sys._getframe(1)
+        while frame is not None and "/dqnfast/config/" in frame.f_code.co_filename.replace("\\", "/"):
+            frame = frame.f_back
+        calls[(name, frame.f_code.co_name if frame is not None else "?")] += 1
+        return fn(*args, **kwargs)
+
+    return counted
+
+
+def test_a_run_resolves_its_game_and_device_once_per_resolution(tmp_path, monkeypatch):
+    """A tiny training run through the Python API, with the two resolutions counted where they are looked up."""
+    from test_training import cartpole
+
+    calls: Counter = Counter()
+    monkeypatch.setattr(envs_module, "resolve_game", _counting(calls, "resolve_game", envs_module.resolve_game))
+    monkeypatch.setattr(
+        resolve_module, "resolve_device", _counting(calls, "resolve_device", resolve_module.resolve_device)
+    )
+    cfg = cartpole(400)
+    cfg = dataclasses.replace(
+        cfg,
+        algo=dataclasses.replace(cfg.algo, learning_starts=200),
+        envs=dataclasses.replace(cfg.envs, eval=dataclasses.replace(cfg.envs.eval, episodes=2, num_envs=2)),
+    )
+    summary = train(cfg, tmp_path / "run")
+    assert summary["env_steps"] >= 400 and summary["eval"]["episodes"] == 2
+    # check_config resolves the config once, and the memory budget, the envs and the networks take
+    # the game and the device from what it resolved. train() resolves the config a second time (its
+    # own resolve call) and hands the final evaluation the task id only, so the evaluation resolves
+    # the game once more, once for both of its agents.
+    assert calls == Counter(
+        {
+            ("resolve_game", "check_config"): 1,
+            ("resolve_device", "check_config"): 1,
+            ("resolve_game", "train"): 1,
+            ("resolve_device", "train"): 1,
+            ("resolve_game", "evaluate_network"): 1,
+        }
+    )
