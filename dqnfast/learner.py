@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dqnfast.agent.distributional import c51_update_step
+from dqnfast.agent.noisy import NoisyLinear, resample_noise
 from dqnfast.config import OptimConfig
 from dqnfast.config.resolve import uses_cudagraphs
 from dqnfast.config.schema import Loss, OptimName
@@ -168,6 +170,13 @@ class Learner:
             default mode, or a torch.compile mode name (``reduce-overhead``: the update
             is recorded once as CUDA graphs and replayed; see ``resolve_compile``).
         amp_dtype: autocast dtype of the forward passes (torch.bfloat16) or None.
+        noise_seed: seeds the generator of the networks' noisy layers (if they have any): the
+            online and the target network's noise is resampled before every update, and the
+            generator's state is part of ``state_dict``, so a resumed run draws the same noise.
+
+    A network with a distributional head (``atoms`` > 0) is updated by C51's step
+    (``dqnfast.agent.distributional.c51_update_step``: same inputs and metrics; ``loss`` is
+    then the cross-entropy, whatever ``loss`` says).
 
     Nothing in ``update`` waits for the device: metrics stay on it until the caller
     reads them. If compiling or CUDA-graph recording fails in the first updates (an
@@ -189,6 +198,7 @@ class Learner:
         device: torch.device | str = "cpu",
         compile: bool | str | None = False,
         amp_dtype: torch.dtype | None = None,
+        noise_seed: int = 0,
     ) -> None:
         loss = Loss.of(loss)
         self.online = online
@@ -201,9 +211,17 @@ class Learner:
         self.num_syncs = 0
         for p in self.target.parameters():
             p.requires_grad_(False)
-        self._eager: Callable[..., dict[str, torch.Tensor]] = partial(
-            update_step, double=bool(double), loss=loss, max_grad_norm=max_grad_norm, amp_dtype=amp_dtype
-        )
+        if getattr(online, "atoms", 0):
+            self._eager: Callable[..., dict[str, torch.Tensor]] = partial(
+                c51_update_step, double=bool(double), max_grad_norm=max_grad_norm, amp_dtype=amp_dtype
+            )
+        else:
+            self._eager = partial(
+                update_step, double=bool(double), loss=loss, max_grad_norm=max_grad_norm, amp_dtype=amp_dtype
+            )
+        self.noisy = any(isinstance(m, NoisyLinear) for m in online.modules())
+        self._noise = torch.Generator().manual_seed(int(noise_seed)) if self.noisy else None
+        self._resample_noise()  # acting before the first update already explores by noise
         mode = ("default" if compile is True else None) if isinstance(compile, bool) or compile is None else compile
         self.compile_mode: str | None = mode
         self.amp_dtype = amp_dtype
@@ -239,6 +257,7 @@ class Learner:
             batch.discount.to(dev, non_blocking=nb),
             None if getattr(batch, "weight", None) is None else batch.weight.to(dev, non_blocking=nb),
         )
+        self._resample_noise()
         if self.graphed:  # one update = one CUDA-graph generation (the update has a graph break at backward)
             torch.compiler.cudagraph_mark_step_begin()
         if self._guarded_calls:
@@ -278,15 +297,24 @@ class Learner:
         self._guarded_calls -= 1
         return metrics
 
+    def _resample_noise(self) -> None:
+        """New noise for the online and the target network's noisy layers (none: nothing to do)."""
+        if self._noise is not None:
+            resample_noise(self.online, self._noise)
+            resample_noise(self.target, self._noise)
+
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizer and counters: everything a resumed run needs to update on."""
-        return {
+        state = {
             "online": self.online.state_dict(),
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "num_updates": self.num_updates,
             "num_syncs": self.num_syncs,
         }
+        if self._noise is not None:
+            state["noise_rng"] = self._noise.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores ``state_dict()``'s output; missing counters are left as they are.
@@ -310,6 +338,8 @@ class Learner:
                     st["step"] = st["step"].to(p.device)
         self.num_updates = int(state.get("num_updates", self.num_updates))
         self.num_syncs = int(state.get("num_syncs", self.num_syncs))
+        if self._noise is not None and state.get("noise_rng") is not None:
+            self._noise.set_state(state["noise_rng"])
 
     def sync_target(self) -> None:
         """target <- tau * online + (1 - tau) * target."""

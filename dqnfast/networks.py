@@ -20,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dqnfast.agent.distributional import DistributionalHead, make_support, q_values
+from dqnfast.agent.noisy import NoisyLinear
 from dqnfast.config.schema import NetworkName, ObsKind
 
 __all__ = [
+    "HeadOptions",
     "MLP",
     "NatureCNN",
     "NetworkSpec",
@@ -63,11 +66,24 @@ class QHead(nn.Module):
     first action. Those layers are 512 x A multiply-adds, nothing next to the torso.
     """
 
-    def __init__(self, in_features: int, hidden: int, num_actions: int, dueling: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int,
+        num_actions: int,
+        dueling: bool = False,
+        *,
+        noisy: bool = False,
+        sigma0: float = 0.5,
+    ) -> None:
         super().__init__()
         self.dueling = dueling
-        self.advantage = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_actions))
-        self.value = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 1)) if dueling else None
+
+        def linear(i: int, o: int) -> nn.Module:
+            return NoisyLinear(i, o, sigma0) if noisy else nn.Linear(i, o)
+
+        self.advantage = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, num_actions))
+        self.value = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, 1)) if dueling else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         adv = _fp32_out(self.advantage, features)
@@ -98,7 +114,45 @@ def _flat_size(torso: nn.Sequential, image_size: tuple[int, int]) -> int:
     return channels * h * w
 
 
-class NatureCNN(nn.Module):
+@dataclass(frozen=True)
+class HeadOptions:
+    """What sits on a torso: a plain or dueling Q head, or C51's distributional head (``atoms`` > 0,
+    the support [v_min, v_max]); ``noisy``: the head's linear layers are noisy (sigma0)."""
+
+    dueling: bool = False
+    atoms: int = 0
+    v_min: float = -10.0
+    v_max: float = 10.0
+    noisy: bool = False
+    sigma0: float = 0.5
+
+
+class _QNetwork(nn.Module):
+    """A torso and a head: ``forward(obs)`` gives Q float32[B, A] for every head (a distributional head's
+    Q is its distribution's mean), ``logits(obs)`` a distributional head's float32[B, A, N]."""
+
+    torso: nn.Module
+    atoms: int = 0
+
+    def _set_head(self, width: int, hidden: int, num_actions: int, opts: HeadOptions) -> None:
+        self.atoms = int(opts.atoms)
+        if self.atoms:
+            self.head = DistributionalHead(
+                width, hidden, num_actions, self.atoms, dueling=opts.dueling, noisy=opts.noisy, sigma0=opts.sigma0
+            )
+            self.register_buffer("support", make_support(opts.v_min, opts.v_max, self.atoms))
+        else:
+            self.head = QHead(width, hidden, num_actions, opts.dueling, noisy=opts.noisy, sigma0=opts.sigma0)
+
+    def logits(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.torso(_scale(obs)))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.torso(_scale(obs)))
+        return q_values(torch.softmax(out, dim=-1), self.support) if self.atoms else out
+
+
+class NatureCNN(_QNetwork):
     """The Nature DQN network (Mnih et al. 2015).
 
     obs uint8[B, C, 84, 84] (C = stack, 4) -> Q float32[B, num_actions]:
@@ -113,6 +167,7 @@ class NatureCNN(nn.Module):
         hidden: int = 512,
         dueling: bool = False,
         image_size: tuple[int, int] = (84, 84),
+        head: HeadOptions | None = None,
     ) -> None:
         super().__init__()
         self.torso = nn.Sequential(
@@ -124,13 +179,11 @@ class NatureCNN(nn.Module):
             nn.ReLU(),
             nn.Flatten(),
         )
-        self.head = QHead(_flat_size(self.torso, image_size), hidden, num_actions, dueling)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.torso(_scale(obs)))
+        opts = head or HeadOptions(dueling=dueling)
+        self._set_head(_flat_size(self.torso, image_size), hidden, num_actions, opts)
 
 
-class MLP(nn.Module):
+class MLP(_QNetwork):
     """Fully connected Q-network for vector observations.
 
     obs float32[B, d] (classic control) or uint8[B, 128] (Atari RAM, scaled by 1/255)
@@ -139,7 +192,12 @@ class MLP(nn.Module):
     """
 
     def __init__(
-        self, in_features: int, num_actions: int, hidden: tuple[int, ...] = (256, 256), dueling: bool = False
+        self,
+        in_features: int,
+        num_actions: int,
+        hidden: tuple[int, ...] = (256, 256),
+        dueling: bool = False,
+        head: HeadOptions | None = None,
     ) -> None:
         super().__init__()
         hidden = tuple(int(h) for h in hidden)
@@ -149,10 +207,7 @@ class MLP(nn.Module):
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
         self.torso = nn.Sequential(*layers)
-        self.head = QHead(width, hidden[-1], num_actions, dueling)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.torso(_scale(obs)))
+        self._set_head(width, hidden[-1], num_actions, head or HeadOptions(dueling=dueling))
 
 
 @dataclass
@@ -161,7 +216,10 @@ class NetworkSpec:
 
     kind: ``nature`` | ``mlp``. obs_shape: one observation (``(4, 84, 84)``,
     ``(128,)``, ``(4,)``). obs_dtype: ``uint8`` | ``float32``. hidden: the CNN's
-    fully connected width as a one-element list, or the MLP's widths.
+    fully connected width as a one-element list, or the MLP's widths. atoms: 0 (one
+    Q-value per action) or C51's support size, with its ends v_min, v_max. noisy: noisy
+    head layers of scale noisy_sigma0. (Checkpoints from before the distributional head
+    lack the last five keys: their defaults describe the plain head they hold.)
     """
 
     kind: str
@@ -170,9 +228,23 @@ class NetworkSpec:
     num_actions: int
     dueling: bool = False
     hidden: list[int] = field(default_factory=lambda: [512])
+    atoms: int = 0
+    v_min: float = -10.0
+    v_max: float = 10.0
+    noisy: bool = False
+    noisy_sigma0: float = 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def head(self) -> HeadOptions:
+        return HeadOptions(self.dueling, self.atoms, self.v_min, self.v_max, self.noisy, self.noisy_sigma0)
+
+    def describe_head(self) -> str:
+        """e.g. ``C51 (51 atoms on [-10, 10]), dueling, noisy``: what a mismatch message names."""
+        parts = [f"C51 ({self.atoms} atoms on [{self.v_min:g}, {self.v_max:g}])" if self.atoms else "Q-values"]
+        return ", ".join(parts + ["dueling"] * self.dueling + ["noisy"] * self.noisy)
 
 
 def network_kind(name: NetworkName | str, obs_kind: str) -> NetworkName:
@@ -202,6 +274,7 @@ def spec_for(
     dueling: bool = False,
     cnn_hidden: int = 512,
     mlp_hidden: tuple[int, ...] = (256, 256),
+    head: HeadOptions | None = None,
 ) -> NetworkSpec:
     """The spec of the network ``name`` (``auto`` | ``nature`` | ``mlp``: ``network_kind``) for these observations.
 
@@ -211,7 +284,20 @@ def spec_for(
     kind = network_kind(name, obs_kind)
     check_fits(kind, obs_kind, obs_shape)
     hidden = [int(cnn_hidden)] if kind == NetworkName.nature else [int(h) for h in mlp_hidden]
-    return NetworkSpec(kind.value, list(obs_shape), obs_dtype, int(num_actions), bool(dueling), hidden)
+    h = head or HeadOptions(dueling=bool(dueling))
+    return NetworkSpec(
+        kind.value,
+        list(obs_shape),
+        obs_dtype,
+        int(num_actions),
+        bool(h.dueling),
+        hidden,
+        int(h.atoms),
+        float(h.v_min),
+        float(h.v_max),
+        bool(h.noisy),
+        float(h.sigma0),
+    )
 
 
 def make_network(spec: NetworkSpec | dict) -> nn.Module:
@@ -220,9 +306,9 @@ def make_network(spec: NetworkSpec | dict) -> nn.Module:
         spec = NetworkSpec(**spec)
     if spec.kind == NetworkName.nature:
         c, h, w = spec.obs_shape
-        return NatureCNN(c, spec.num_actions, spec.hidden[0], spec.dueling, (h, w))
+        return NatureCNN(c, spec.num_actions, spec.hidden[0], spec.dueling, (h, w), head=spec.head)
     if spec.kind == NetworkName.mlp:
-        return MLP(math.prod(spec.obs_shape), spec.num_actions, tuple(spec.hidden), spec.dueling)
+        return MLP(math.prod(spec.obs_shape), spec.num_actions, tuple(spec.hidden), spec.dueling, head=spec.head)
     raise ValueError(f"unknown network kind {spec.kind!r}")
 
 

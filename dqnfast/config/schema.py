@@ -107,6 +107,11 @@ class Schedule(Choice):
     exponential = "exponential"
 
 
+class Distributional(Choice):
+    none = "none"
+    c51 = "c51"
+
+
 class Amp(Choice):
     none = "none"
     bf16 = "bf16"
@@ -304,6 +309,11 @@ class AlgoConfig:
     amp: none (fp32) | bf16 (bfloat16 autocast of the network's forward passes; the loss
     and the optimizer stay fp32). channels_last: NHWC convolutions (helps with bf16 on
     recent GPUs).
+    distributional: none (one Q-value per action) | c51 (Bellemare et al. 2017: a categorical
+    distribution of the return over ``atoms`` evenly spaced values on [v_min, v_max], the
+    projected distributional target, the cross-entropy loss; Q is the distribution's mean).
+    atoms: the support's size (C51: 51). v_min, v_max: its ends (C51: -10, 10; rewards are
+    clipped to [-1, 1] on Atari, so returns stay inside).
     """
 
     total_steps: int = 10_000_000
@@ -319,6 +329,10 @@ class AlgoConfig:
     compile: str = "auto"  # a CompileMode, as a str: see CompileMode
     amp: Amp = Amp.none
     channels_last: bool = False
+    distributional: Distributional = Distributional.none
+    atoms: int = 51
+    v_min: float = -10.0
+    v_max: float = 10.0
 
 
 @dataclass
@@ -328,10 +342,16 @@ class NetworkConfig:
     name: auto (Nature CNN for pixels, MLP otherwise) | nature | mlp.
     dueling: dueling head (Wang et al. 2016). cnn_hidden: width of the CNN's
     fully connected layer. mlp_hidden: widths of the MLP's hidden layers.
+    noisy: the head's linear layers are factorised noisy layers (Fortunato et al. 2018), the
+    noise resampled before every update; exploration comes from the noise, so set the
+    epsilon schedule to 0 (preset=rainbow does); evaluation uses the mean weights.
+    noisy_sigma0: the noise's initial scale sigma0 (the paper's 0.5).
     """
 
     name: NetworkName = NetworkName.auto
     dueling: bool = False
+    noisy: bool = False
+    noisy_sigma0: float = 0.5
     cnn_hidden: int = 512
     mlp_hidden: List[int] = field(default_factory=lambda: [256, 256])
 
@@ -558,6 +578,9 @@ def _choice(cfg: Any, name: str, key: str, kind: type[Choice]) -> None:
 
 # envpool draws the no-ops from [0, noop_max - 1] (plus one, less one in FIRE games): below 1 that
 # range is empty and its C++ distribution crashes the process.
+# More atoms than any published distributional agent uses (C51: 51; Rainbow ablations: up to 201),
+# so a typo (atoms=5100) is refused rather than allocating a huge head.
+MAX_ATOMS = 1001
 NOOP_MAX_HINT = "must be >= 1 (envpool plays 1 to noop_max no-ops at reset; 1 is the fewest it plays)"
 
 
@@ -641,6 +664,17 @@ def _validate_algo(cfg: Config) -> None:
     )
     _choice(a, "compile", "algo.compile", CompileMode)
     _choice(a, "amp", "algo.amp", Amp)
+    _choice(a, "distributional", "algo.distributional", Distributional)
+    _check(
+        isinstance(a.atoms, int) and 2 <= a.atoms <= MAX_ATOMS,
+        "algo.atoms",
+        f"must be an integer in [2, {MAX_ATOMS}], got {a.atoms!r}",
+    )
+    _check(
+        _finite(a.v_min) and _finite(a.v_max) and a.v_min < a.v_max,
+        "algo.v_min",
+        f"the support needs finite v_min < v_max, got v_min={a.v_min!r}, v_max={a.v_max!r}",
+    )
     if not cfg.resume:  # a resumed run is checked once its checkpoint is known to fit (components.build)
         check_learning_starts(cfg)
 
@@ -653,6 +687,11 @@ def _validate_network(cfg: Config) -> None:
         len(n.mlp_hidden) >= 1 and all(isinstance(h, int) and h > 0 for h in n.mlp_hidden),
         "network.mlp_hidden",
         f"must be a non-empty list of positive widths, got {list(n.mlp_hidden)!r}",
+    )
+    _check(
+        _finite(n.noisy_sigma0) and n.noisy_sigma0 >= 0.0,
+        "network.noisy_sigma0",
+        f"must be >= 0 (the paper's 0.5), got {n.noisy_sigma0!r}",
     )
 
 

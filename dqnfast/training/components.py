@@ -15,7 +15,7 @@ from typing import Any
 
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
-from dqnfast.config.schema import EnvResume, NetworkName
+from dqnfast.config.schema import Distributional, EnvResume, NetworkName
 from dqnfast.training.resume import ResumePlan, check_resumable, load_ring, ring_capacity
 from dqnfast.training.stop import reached
 
@@ -106,9 +106,9 @@ def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> t
         spec.obs_shape,
         spec.frame_dtype.name,
         spec.num_actions,
-        dueling=n.dueling,
         cnn_hidden=n.cnn_hidden,
         mlp_hidden=tuple(n.mlp_hidden),
+        head=head_options(cfg),
     )
     return env, spec, net_spec
 
@@ -156,6 +156,11 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
     return ring, None
 
 
+# The noisy layers' generator is seeded apart from torch's global one (which initialises the weights)
+# and from the actor's, so adding noise changes no other random stream of a run.
+NOISE_SEED_OFFSET = 7_919
+
+
 def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
     """Online and target networks (the target a copy of the online one), optimizer, Learner."""
     import torch
@@ -182,6 +187,22 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
         device=device,
         compile=r.compile_mode,
         amp_dtype=r.amp_dtype,
+        noise_seed=cfg.seed + NOISE_SEED_OFFSET,
+    )
+
+
+def head_options(cfg: Config) -> Any:
+    """The head the config asks for: plain, dueling, C51's distributional head, noisy or not."""
+    from dqnfast.networks import HeadOptions
+
+    a, n = cfg.algo, cfg.network
+    return HeadOptions(
+        dueling=bool(n.dueling),
+        atoms=int(a.atoms) if a.distributional == Distributional.c51 else 0,
+        v_min=float(a.v_min),
+        v_max=float(a.v_max),
+        noisy=bool(n.noisy),
+        sigma0=float(n.noisy_sigma0),
     )
 
 
