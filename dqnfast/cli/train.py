@@ -41,6 +41,7 @@ from dqnfast.atomic import DiskFullError
 from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output, note_existing
 from dqnfast.cli.help import print_help, wants_help
 from dqnfast.cli.overrides import plain_value, quote, quote_paths
+from dqnfast.cli.sweep_resume import check_job_folder, continue_job, hand_over_signal
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.keys import summary
 from dqnfast.config.resolve import available_cores, job_cores, share_cores
@@ -158,6 +159,7 @@ def _check_sweep(argv: list[str]) -> None:
                 conf = to_config(cfg)
                 if not conf.resume:
                     check_config(conf)
+                    check_job_folder(argv, num, cfg)  # its folder of an earlier run of the sweep: the same config
             except ConfigError as e:
                 label = " ".join(a for a in job if a.split("=", 1)[0] in swept)
                 where = f"sweep job {num} of {len(jobs)}" + (f": {label}" if label else "")
@@ -314,6 +316,11 @@ def main(cfg: DictConfig) -> float | None:
         conf = to_config(cfg)
         ck = None
         config_dict = None
+        if sweep and not conf.resume:  # its own run in its folder: continued, or skipped when finished
+            conf, done = continue_job(cfg, conf, run_dir)
+            if done is not None:
+                _where.finished = True
+                return done
         if conf.resume:
             conf, config_dict, ck, run_dir = _resume_run(cfg, conf)
         check_config(conf)
@@ -350,6 +357,9 @@ def main(cfg: DictConfig) -> float | None:
         return _job_failed(_crash_line(e), 1, run_dir)
     _where.finished = True
     if summary.get("interrupted"):  # the run logged its one line: what is saved, how to go on
+        not_requeued = hand_over_signal(summary["interrupted"], run_dir) if sweep else None  # submitit requeues
+        if not_requeued:
+            return _job_failed(not_requeued, 1, run_dir)
         sys.exit(128 + int(signal.Signals[summary["interrupted"]]))
     return objective(summary)
 

@@ -33,7 +33,8 @@ __all__ = [
     "signal_at",
 ]
 
-CAUGHT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# SIGUSR2: what SLURM (--signal) and submitit send before a job's time limit or at a preemption
+CAUGHT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2)
 
 # Named moments of a run's start-up (``reached``): before the CLI's imports, once Hydra has made the
 # run dir, once the training envs exist, once the loggers are open (the last moment before the loop).
