@@ -291,10 +291,20 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 # --------------------------------------------------------------- compatibility
+# The head's keys of a network spec and the values a checkpoint written before they existed holds
+# (a plain Q head): such a checkpoint compares equal to a run asking for that head.
+HEAD_DEFAULTS = {"atoms": 0, "v_min": -10.0, "v_max": 10.0, "noisy": False, "noisy_sigma0": 0.5}
+
+
 def _net_words(spec: dict) -> str:
     hidden = spec.get("hidden")
+    head = ""
+    if spec.get("atoms"):
+        head += f" C51 {spec['atoms']} atoms on [{spec.get('v_min'):g}, {spec.get('v_max'):g}]"
+    if spec.get("noisy"):
+        head += f" noisy (sigma0 {spec.get('noisy_sigma0'):g})"
     return (
-        f"{spec.get('kind')}{' dueling' if spec.get('dueling') else ''} hidden {list(hidden or [])} "
+        f"{spec.get('kind')}{' dueling' if spec.get('dueling') else ''}{head} hidden {list(hidden or [])} "
         f"on {spec.get('obs_dtype')}{list(spec.get('obs_shape') or [])}"
     )
 
@@ -312,11 +322,11 @@ def check_compatible(
     ck_obs = (ckpt.get("obs") or {}).get("kind")
     if ck_obs is not None and obs_kind is not None and ck_obs != obs_kind:
         raise CheckpointError(f"checkpoint observations are {ck_obs}, {what}'s are {obs_kind}")
-    ck_net = dict(ckpt.get("network") or {})
+    ck_net = {**HEAD_DEFAULTS, **(ckpt.get("network") or {})}
     ck_actions = ckpt.get("num_actions", ck_net.get("num_actions"))
     if ck_actions != num_actions:
         raise CheckpointError(f"checkpoint has {ck_actions} actions, {what} has {num_actions}")
-    mine = dict(network)
+    mine = {**HEAD_DEFAULTS, **network}
     for d in (ck_net, mine):
         d["obs_shape"] = [int(x) for x in d.get("obs_shape") or []]
         d["hidden"] = [int(x) for x in d.get("hidden") or []]

@@ -121,6 +121,19 @@ def test_foreign_files_are_refused(tmp_path):
         find_checkpoint(tmp_path / "nope")
 
 
+def test_a_checkpoint_from_before_the_head_keys_is_a_plain_head():
+    """Checkpoints written before the distributional and noisy heads existed lack those keys: they hold a
+    plain Q head and resume into a run that asks for one (and are refused by one that asks for C51)."""
+    ck = payload()
+    old = {k: v for k, v in SPEC.to_dict().items() if k not in ("atoms", "v_min", "v_max", "noisy", "noisy_sigma0")}
+    ck["network"] = old
+    mine = dict(game="CartPole-v1", obs_kind="vector", num_actions=2, network=SPEC.to_dict())
+    check_compatible(ck, **mine)
+    c51 = NetworkSpec("mlp", [4], "float32", 2, hidden=list(SPEC.hidden), atoms=51).to_dict()
+    with pytest.raises(CheckpointError, match="C51 51 atoms"):
+        check_compatible(ck, **{**mine, "network": c51})
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -132,6 +145,14 @@ def test_foreign_files_are_refused(tmp_path):
             "checkpoint network is mlp hidden [8, 8] on float32[4], this run's is mlp dueling hidden [8, 8]",
         ),
         (dict(network=NetworkSpec("mlp", [4], "float32", 2, hidden=[16]).to_dict()), "hidden [16]"),
+        (
+            dict(network=NetworkSpec("mlp", [4], "float32", 2, hidden=[8, 8], atoms=51).to_dict()),
+            "checkpoint network is mlp hidden [8, 8] on float32[4], this run's is mlp C51 51 atoms on [-10, 10] hidden",
+        ),
+        (
+            dict(network=NetworkSpec("mlp", [4], "float32", 2, hidden=[8, 8], noisy=True).to_dict()),
+            "this run's is mlp noisy (sigma0 0.5) hidden [8, 8]",
+        ),
     ],
 )
 def test_mismatches_name_what_differs(kwargs, message):

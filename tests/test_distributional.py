@@ -197,3 +197,47 @@ def test_importance_weights_scale_each_samples_loss():
         losses.append((m["loss"].item(), m["td_abs"]))
     assert math.isclose(losses[0][0], losses[1][0], rel_tol=1e-6)
     assert math.isclose(losses[2][0], 2.0 * losses[0][1][0].item() / 4, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "override, key, message",
+    [
+        (dict(atoms=1), "algo.atoms", "must be an integer in [2, 1001], got 1"),
+        (dict(atoms=5100), "algo.atoms", "must be an integer in [2, 1001]"),
+        (dict(v_min=5.0, v_max=5.0), "algo.v_min", "the support needs finite v_min < v_max, got v_min=5.0, v_max=5.0"),
+        (dict(v_min=float("nan")), "algo.v_min", "finite v_min < v_max"),
+        (dict(distributional="c52"), "algo.distributional", "choose one of none, c51"),
+    ],
+)
+def test_a_broken_distributional_config_is_one_line_naming_the_key(override, key, message):
+    from dqnfast.config import AlgoConfig, Config, ConfigError, validate
+
+    with pytest.raises(ConfigError) as e:
+        validate(Config(game="CartPole", algo=AlgoConfig(**{"distributional": "c51", **override})))
+    assert e.value.key == key and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_noisy_sigma0_must_not_be_negative():
+    from dqnfast.config import Config, ConfigError, NetworkConfig, validate
+
+    with pytest.raises(ConfigError, match="network.noisy_sigma0.*must be >= 0"):
+        validate(Config(game="CartPole", network=NetworkConfig(noisy=True, noisy_sigma0=-0.5)))
+
+
+def test_a_c51_network_from_its_spec_gives_q_values_and_logits_and_evaluates_without_noise():
+    from dqnfast.networks import HeadOptions, make_network, spec_for
+
+    spec = spec_for(
+        "auto", "vector", (4,), "float32", 2, head=HeadOptions(dueling=True, atoms=21, v_max=50.0, noisy=True)
+    )
+    net = make_network(spec.to_dict())
+    obs = torch.randn(3, 4)
+    assert net(obs).shape == (3, 2) and net.logits(obs).shape == (3, 2, 21)
+    assert net.support[-1].item() == 50.0
+    resample_noise(net, torch.Generator().manual_seed(0))
+    noisy_q = net(obs)
+    net.eval()
+    mean_q = net(obs)
+    assert not torch.equal(noisy_q, mean_q)
+    resample_noise(net, torch.Generator().manual_seed(1))
+    assert torch.equal(net(obs), mean_q)  # eval mode: the mean weights, whatever the noise

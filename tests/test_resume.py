@@ -51,6 +51,13 @@ BASE = [
     "replay.num_threads=1",
 ]
 EXACT = ["envs.resume=replay", "replay.save=true"]
+RAINBOW_HEAD = [
+    "algo.distributional=c51",
+    "algo.v_min=0",
+    "algo.v_max=100",
+    "network.noisy=true",
+    "network.dueling=true",
+]
 COMPARED = [
     "env_steps",
     "frames",
@@ -86,14 +93,16 @@ def rows(run: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-# prioritized: beta0=1 holds beta at 1, since beta anneals over algo.total_steps, which differs
-# between the two runs (and changes at the resume); the priorities and weights still vary
+# rainbow: prioritized replay with C51's head, noisy layers and the dueling head (priorities from the
+# cross-entropy, the noise's generator in the checkpoint); beta0=1 holds beta at 1, since beta anneals
+# over algo.total_steps, which differs between the two runs (and changes at the resume); the
+# priorities and weights still vary
 # uniform replay is slow here: the default run checks its exact resume after SIGKILL
 # (test_fault_injection.py) and after SIGTERM inside an update burst (test_limits.py)
 @pytest.mark.parametrize(
     "replay",
-    [pytest.param([], marks=pytest.mark.slow), ["replay.prioritized=true", "replay.beta0=1.0"]],
-    ids=["uniform", "prioritized"],
+    [pytest.param([], marks=pytest.mark.slow), ["replay.prioritized=true", "replay.beta0=1.0", *RAINBOW_HEAD]],
+    ids=["uniform", "rainbow"],
 )
 def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path, replay, train_in_process):
     """With prioritized replay the ring file carries the priorities and the checkpoint the one

@@ -106,17 +106,31 @@ def test_presets_compose_and_validate(preset):
     assert cfg.algo.total_steps <= 60_000
 
 
-def test_rainbow_preset_is_the_published_recipe_with_the_pieces_dqnfast_has():
+def test_rainbow_preset_is_the_published_recipe_with_every_component():
     cfg = composed("preset=rainbow")
     check_config(cfg)
-    a, r, o, x = cfg.algo, cfg.replay, cfg.optim, cfg.explore
-    assert a.double and cfg.network.dueling and r.n_step == 3 and r.prioritized
-    # Hessel et al. 2018, Table 1 (Dopamine's rainbow_aaai.gin): agent steps, one update per 4
+    a, n, r, o, x = cfg.algo, cfg.network, cfg.replay, cfg.optim, cfg.explore
+    # Hessel et al. 2018, Table 1 and section 3: the six components
+    assert a.double and n.dueling and r.n_step == 3 and r.prioritized
+    assert (a.distributional, a.atoms, a.v_min, a.v_max) == ("c51", 51, -10.0, 10.0)
+    assert n.noisy and n.noisy_sigma0 == 0.5
+    assert (x.start, x.end) == (0.0, 0.0) and x.eval_epsilon == 0.001  # noise explores; Dopamine's eval epsilon
     assert (r.alpha, r.beta0, o.name, o.lr, o.eps) == (0.5, 0.4, "adam", 6.25e-5, 1.5e-4)
     assert (a.learning_starts, a.batch_size, a.replay_ratio, r.capacity) == (20_000, 32, 8.0, 1_000_000)
     assert a.target_update_period * a.batch_size / a.replay_ratio == 8000  # agent steps between syncs
-    assert (x.end, x.decay_steps, x.eval_epsilon) == (0.01, 250_000, 0.001)
     assert a.total_steps * cfg.envs.frame_skip == 200_000_000
+
+
+def test_c51_preset_is_the_published_recipe():
+    cfg = composed("preset=c51")
+    check_config(cfg)
+    a, n, r, o, x = cfg.algo, cfg.network, cfg.replay, cfg.optim, cfg.explore
+    # Bellemare et al. 2017, section 5, as Dopamine's c51.gin runs it
+    assert (a.distributional, a.atoms, a.v_min, a.v_max) == ("c51", 51, -10.0, 10.0)
+    assert not a.double and not n.dueling and not n.noisy and r.n_step == 1 and not r.prioritized
+    assert (o.name, o.lr, o.eps) == ("adam", 2.5e-4, 0.01 / 32)
+    assert a.target_update_period * a.batch_size / a.replay_ratio == 8000
+    assert (x.end, x.decay_steps, x.eval_epsilon) == (0.01, 250_000, 0.001)
 
 
 def test_fast_preset_keeps_the_nature_budget_with_fewer_larger_updates():
@@ -345,6 +359,27 @@ def test_cli_cartpole_learns(cartpole_learned):
     (``python -m dqnfast.train preset=cartpole seed=1``, run by the fixture)."""
     ev = json.loads((cartpole_learned / "eval.json").read_text())
     assert len(ev["scores"]) == 10
+    assert ev["mean"] >= 400, ev
+
+
+def test_c51_learns_cartpole(train_in_process, tmp_path):
+    """The distributional head learns too: C51 (51 atoms on [0, 100], CartPole's discounted returns at
+    gamma 0.99 stay below 100) on the cartpole preset reaches a mean greedy evaluation >= 400 of 500."""
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        "preset=cartpole",
+        "algo.distributional=c51",
+        "algo.v_min=0",
+        "algo.v_max=100",
+        "logger.progress=false",
+        "torch_threads=1",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert code == 0, err[-3000:]
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert (ck["network"]["atoms"], ck["network"]["v_max"]) == (51, 100.0)
+    ev = json.loads((out / "eval.json").read_text())
     assert ev["mean"] >= 400, ev
 
 

@@ -169,6 +169,7 @@ _WHAT = {
     "Loss": "loss",
     "Schedule": "schedule",
     "Amp": "amp mode",
+    "Distributional": "distributional head",
     "Storage": "replay storage",
     "EnvResume": "env resume mode",
     "WandbMode": "wandb mode",
@@ -576,11 +577,11 @@ def _choice(cfg: Any, name: str, key: str, kind: type[Choice]) -> None:
     setattr(cfg, name, kind.parse(getattr(cfg, name), key))
 
 
-# envpool draws the no-ops from [0, noop_max - 1] (plus one, less one in FIRE games): below 1 that
-# range is empty and its C++ distribution crashes the process.
 # More atoms than any published distributional agent uses (C51: 51; Rainbow ablations: up to 201),
 # so a typo (atoms=5100) is refused rather than allocating a huge head.
 MAX_ATOMS = 1001
+# envpool draws the no-ops from [0, noop_max - 1] (plus one, less one in FIRE games): below 1 that
+# range is empty and its C++ distribution crashes the process.
 NOOP_MAX_HINT = "must be >= 1 (envpool plays 1 to noop_max no-ops at reset; 1 is the fewest it plays)"
 
 
