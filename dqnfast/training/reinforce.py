@@ -22,9 +22,9 @@ The run around the loop is every learner's (``dqnfast.training.run``: lock, resu
 seeding, loggers, signals, metric rows and checkpoints, summary, final evaluation); this
 module is REINFORCE's ``Learning``. Resume reuses DQN's pieces: ``LoopState`` (counters,
 metric sums, score windows, next log/checkpoint step, training time), ``rng_state``,
-``check_resumable`` and ``save_run_checkpoint``. A checkpoint is written only between batches, where no
-episode is in progress, so of the envs only their seed and each env's reset count are
-kept: envpool's classic-control envs draw random numbers only when they reset, so envs
+``check_resumable`` and ``save_run_checkpoint``. A checkpoint is written only between
+batches, where no episode is in progress, so of the envs only their seed and each env's
+reset count are kept: envpool's classic-control envs draw random numbers only when they reset, so envs
 made from the same seed and reset as often continue exactly (``envs.resume=replay``);
 ``reseed`` makes new envs from ``seed + ENV_RESEED_STRIDE * resumes``.
 
