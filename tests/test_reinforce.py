@@ -137,14 +137,14 @@ def _learn(total_steps: int, tmp_path, resume=None, **over):
     from hydra import compose, initialize_config_dir
 
     from dqnfast.cli.train import CONF_DIR, to_config
-    from dqnfast.training.reinforce import train_reinforce
+    from dqnfast.training import train
 
     overrides = ["preset=reinforce", f"algo.total_steps={total_steps}", "logger.progress=false"]
     overrides += [f"{k}={v}" for k, v in over.items()]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     check_config(cfg)
-    return train_reinforce(cfg, tmp_path / "run", resume=resume)
+    return train(cfg, tmp_path / "run", resume=resume, checked=True)
 
 
 def test_reinforce_solves_cartpole_across_a_reseeded_resume(tmp_path, caplog):

@@ -2,8 +2,9 @@
 
 Composes the config (``conf/``, typed by ``dqnfast.config.Config``), checks overrides
 in one line before Hydra runs, merges a resumed run's saved config with this command
-line, sizes a multirun job's threads to its share of the machine, and hands plain
-dataclasses to ``dqnfast.training.train``.
+line (its checkpoint read and verified once), sizes a multirun job's threads to its share
+of the machine, checks the config once and hands it, as plain dataclasses, to
+``dqnfast.training.train``.
 
 Sweeps (``-m``): every job of a Hydra multirun is one call of ``main``, which returns
 the objective for sweepers such as Optuna (the final evaluation's mean score). Before
@@ -23,6 +24,7 @@ import copy
 import errno
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -204,13 +206,26 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[D
     return base, changes
 
 
+# The checkpoints ``_resume_preflight`` read (checksum verified), by file, for the run that resumes one
+# (``_resume_run``): a resume reads its checkpoint once. Taken, not kept: each job of a sweep that
+# resumes the same file reads it anew, so no two runs share one dict.
+_preloaded: dict[Path, dict] = {}
+
+
+def _file_key(path: Path) -> Path:
+    return Path(os.path.abspath(path))
+
+
 def _resume_run(cfg: DictConfig, conf: Config) -> tuple[Config, dict, dict, Path]:
-    """``resume=<run dir or checkpoint>``: (config, config dict, checkpoint, run dir). Raises ConfigError("resume")."""
+    """``resume=<run dir or checkpoint>``: (config, config dict, checkpoint, run dir). Raises ConfigError("resume").
+
+    The checkpoint is the one ``_resume_preflight`` read, when it is the same file.
+    """
     from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 
     try:
         path = find_checkpoint(conf.resume)
-        ck = load_checkpoint(path)
+        ck = _preloaded.pop(_file_key(path), None) or load_checkpoint(path)
     except CheckpointError as e:
         raise ConfigError("resume", str(e)) from None
     ck["_path"] = str(path)
@@ -323,16 +338,11 @@ def main(cfg: DictConfig) -> float | None:
                 return done
         if conf.resume:
             conf, config_dict, ck, run_dir = _resume_run(cfg, conf)
-        check_config(conf)
+        check_config(conf)  # the run's one check of its config: train() is told so
         if config_dict is None:
             config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         tracking = _tracking(conf, config_dict)
-        if conf.learner == "reinforce":
-            from dqnfast.training.reinforce import train_reinforce
-
-            summary = train_reinforce(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
-        else:
-            summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking)
+        summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking, checked=True)
     except ConfigError as e:
         if sweep:  # checked before the sweep began where it could be: what is left is this job's alone
             return _job_failed(e, 2, run_dir)
@@ -453,7 +463,7 @@ def _resume_preflight(argv: list[str]) -> tuple[list[str], Path | None]:
         return argv, None
     try:
         path = find_checkpoint(_path_value(given[-1]))
-        load_checkpoint(path)  # a corrupt file fails here, before Hydra writes into the run dir
+        _preloaded[_file_key(path)] = load_checkpoint(path)  # a corrupt file fails here, before Hydra writes
     except CheckpointError as e:
         _fail(ConfigError("resume", str(e)))
     extra = []

@@ -6,11 +6,14 @@ Library use, no Hydra::
     from dqnfast.training import train
     summary = train(Config(game="CartPole", ...), "runs/cartpole")
 
-``components`` builds env, ring, networks, learner, actor; ``state`` holds the loop's
-state and its checkpoint payload; ``loop`` is the loop; ``resume`` continues a run;
+``run`` is one run's lifecycle, the same for every learner (lock, resume plan, seeding,
+loggers, signals, metric rows and checkpoints, summary, final evaluation); each learner
+plugs its parts and its loop into it: DQN (``dqn``: ``components`` builds env, ring,
+networks, learner, actor; ``loop`` is its loop body), REINFORCE (``reinforce``).
+``state`` holds the loop's state and the checkpoint payload; ``resume`` continues a run;
 ``rundir`` locks the run dir (one writer), checks it and carries a fork's files into it;
 ``stop`` handles SIGINT/SIGTERM/SIGHUP; ``limits`` checks what a run asks of the machine (memory
-budget, seed range); ``trainer`` ties them together.
+budget, seed range).
 
 The names below are imported on first use, so that ``dqnfast.training.stop`` (the standard
 library only) loads in a millisecond: ``python -m dqnfast.train`` installs its start-up
@@ -28,9 +31,9 @@ _HOME = {
     "ENV_RESEED_STRIDE": "resume",
     "GracefulStop": "stop",
     "check_config": "components",
-    "objective": "trainer",
+    "objective": "run",
     "run_name": "resume",
-    "train": "trainer",
+    "train": "run",
 }
 
 

@@ -1,11 +1,17 @@
-"""The training loop: recv -> store -> act -> send -> learn -> log, on one screen.
+"""DQN's loop body: recv -> store -> act -> send -> learn, one ``step`` at a time.
 
-Per iteration (envpool sync or async, every per-env stream keyed by ``info["env_id"]``):
+Per step (envpool sync or async, every per-env stream keyed by ``info["env_id"]``):
 
     recv  -> ring.add(newest frames, actions sent, rewards, flags, first)
           -> epsilon-greedy over all received envs (one forward pass)
     send  -> envpool steps in its threads while we
     learn -> replay_ratio * K / batch_size updates (fractional accumulator)
+
+The run lifecycle (``dqnfast.training.run``) drives it: the metric rows and checkpoints due
+after each step, the end of the training. Two things only a resumed DQN run does have a name
+here: ``refill`` (a ring not saved with the checkpoint is refilled first, by the agent's own
+policy, without counting steps) and ``finish_interrupted_burst`` (an update burst a signal
+stopped is finished before the first ``recv``).
 
 Units: ``env_steps`` are agent steps summed over envs; frames = env_steps * frame_skip.
 
@@ -22,7 +28,6 @@ the previous checkpoint still the newest.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +35,11 @@ from dqnfast.atomic import DiskFullError
 from dqnfast.envs import frames_of, observation_of, raw_reward_of
 from dqnfast.replay import NonFinitePriority
 from dqnfast.training.components import Run
-from dqnfast.training.divergence import Q_LIMIT, TrainingDiverged, check_network, check_row, diverged, newest_checkpoint
-from dqnfast.training.state import LoopState, next_mark, payload
+from dqnfast.training.divergence import Q_LIMIT, TrainingDiverged, check_network, diverged, newest_checkpoint
+from dqnfast.training.run import envs_restored, marks
+from dqnfast.training.state import LoopState, payload
 
-__all__ = ["Q_LIMIT", "TrainingDiverged", "run_loop", "start_envs", "write_checkpoint"]
+__all__ = ["Q_LIMIT", "TrainingDiverged", "finish_interrupted_burst", "start_envs", "step", "write_checkpoint"]
 
 log = logging.getLogger("dqnfast.train")
 
@@ -41,25 +47,15 @@ log = logging.getLogger("dqnfast.train")
 def start_envs(run: Run, stop: Any) -> None:
     """Resets the envs; on an exact resume, fast-forwards them by replaying every recorded action."""
     run.env.async_reset()
-    ck, plan = run.plan.ck, run.plan
-    if plan.replay_envs:
-        t0 = time.perf_counter()
-        rows = ck["envs"]["actions"].numpy()
+
+    def replay() -> str:
+        rows = run.plan.ck["envs"]["actions"].numpy()
         run.actions_log.replay(run.env, rows, stop)
-        log.info(
-            "envs: restored by replaying %d recorded steps of %d envs from seed %d in %.1f s",
-            len(rows),
-            run.spec.num_envs,
-            plan.env_seed,
-            time.perf_counter() - t0,
-        )
-    elif ck:
-        log.info(
-            "envs: re-created with seed %d (envs.resume=%s%s); games in progress at the checkpoint are dropped",
-            plan.env_seed,
-            plan.env_mode,
-            "" if plan.env_mode == "reseed" else ", but the checkpoint has no usable action log",
-        )
+        return f"{len(rows)} recorded steps of {run.spec.num_envs} envs"
+
+    envs_restored(
+        run.plan, replay, missing="usable action log", dropped="games in progress at the checkpoint are dropped"
+    )
 
 
 def _nbytes(obj: Any) -> int:
@@ -109,17 +105,7 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
         if ring_file is None or old.name != ring_file.name:
             old.unlink(missing_ok=True)
     run.replay_file = ring_file
-    st.saved_at = st.env_steps
     return path
-
-
-def log_row(run: Run, st: LoopState, loggers: Any) -> None:
-    """Writes a metric row; raises TrainingDiverged (after writing it) when its loss or mean Q
-    is not finite or its mean Q is beyond ``Q_LIMIT`` (``divergence.check_row``)."""
-    n, since = st.n_metrics, st.last_steps
-    row = st.row(frame_skip=run.spec.frame_skip, updates=run.learner.num_updates)
-    loggers.log_metrics(row)
-    check_row(run, st.env_steps, row, n, since)
 
 
 def learn(run: Run, st: LoopState, stop: Any) -> bool:
@@ -145,24 +131,14 @@ def learn(run: Run, st: LoopState, stop: Any) -> bool:
     return True
 
 
-def marks(run: Run, st: LoopState, loggers: Any) -> None:
-    """The metric row and the checkpoint that are due at ``st.env_steps``."""
-    lg = run.cfg.logger
-    if st.env_steps >= st.next_log:
-        log_row(run, st, loggers)
-        st.next_log = next_mark(st.env_steps, st.next_log, lg.log_every)
-    if st.env_steps >= st.next_ckpt:
-        write_checkpoint(run, st)
-        st.next_ckpt = next_mark(st.env_steps, st.next_ckpt, lg.checkpoint_every)
-
-
-def finish_interrupted_burst(run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
+def finish_interrupted_burst(learning: Any, run: Run, st: LoopState, loggers: Any, stop: Any) -> None:
     """Pays what a checkpoint written inside an update burst owes, before the first ``recv``.
 
     A finished burst leaves less than one update owed, so ``update_budget >= 1`` means a
     signal stopped the burst: the rest of it, then the metric row and checkpoint due at that
-    step, come first, and the run goes on exactly as if it had not been stopped. (Not after
-    a refill: the ring is empty, and the next burst pays the debt.)
+    step (``run.marks``, with ``learning``: the DQN's), come first, and the run goes on
+    exactly as if it had not been stopped. (Not after a refill: the ring is empty, and the
+    next burst pays the debt.)
     """
     ck = run.plan.ck
     if not ck or st.update_budget < 1.0 or st.refill_left > 0:
@@ -177,79 +153,57 @@ def finish_interrupted_burst(run: Run, st: LoopState, loggers: Any, stop: Any) -
         st.next_ckpt = int(due)  # the periodic checkpoint due at this step: written again, after the burst
     log.info("resume: finishing the update burst the stop interrupted (%d updates)", int(st.update_budget))
     if learn(run, st, stop):
-        marks(run, st, loggers)
+        marks(learning, run, st, loggers)
 
 
-def run_loop(run: Run, st: LoopState, loggers: Any, stop: Any) -> bool:
-    """Trains until ``algo.total_steps`` agent steps or a signal; leaves the last checkpoint written.
-
-    Returns True when the training is complete (a signal in its last iteration, after the
-    last burst, still gets the final row and checkpoint), False when a signal stopped it.
-    """
-    env, ring, spec, a = run.env, run.ring, run.spec, run.cfg.algo
-    start_envs(run, stop)
-    finish_interrupted_burst(run, st, loggers, stop)
-    while st.env_steps < a.total_steps and not stop.signum:
-        obs, reward, terminated, truncated, info = env.recv()
-        env_id, elapsed = info["env_id"], info["elapsed_step"]
-        k = len(env_id)
-        refilling = st.refill_left > 0
-
-        # store: the newest frame of each result, with the action that produced it
-        ring.add(
-            env_id,
-            frames_of(obs, info, spec.obs_kind),
-            st.last_action[env_id],
-            reward,
-            terminated,
-            truncated,
-            elapsed == 0,
+def refill(run: Run, st: LoopState, loggers: Any, k: int) -> None:
+    """Counts ``k`` agent steps of a resume's refill (the ring was not saved with the checkpoint):
+    they fill the ring, and count in no counter, score or update."""
+    st.refill_left -= k
+    st.refill_steps += k
+    loggers.console.refill(st.refill_total - max(st.refill_left, 0), st.refill_total)
+    if st.refill_left <= 0:
+        log.info(
+            "replay: refilled with %d agent steps at eps %.4g; %s",
+            st.refill_total,
+            st.epsilon,
+            "learning resumes" if st.env_steps >= run.cfg.algo.learning_starts else "the warm-up goes on",
         )
-        for _, score, length in st.tracker.update(env_id, raw_reward_of(reward, info), elapsed):
-            if not refilling:  # games of the random refill after a resume are not the agent's
-                st.game_ended(score, length)
 
-        # act: a refill plays the agent's own epsilon-greedy policy at the resumed epsilon (env_steps
-        # stands still during it), so the ring holds the data learning would have seen, not random play
-        st.epsilon = run.schedule(st.env_steps)
-        actions = run.actor.act(observation_of(obs, info, spec.obs_kind), st.epsilon)
-        env.send(actions, env_id)  # envpool steps in its threads while we learn
-        st.last_action[env_id] = actions
-        if run.actions_log is not None:
-            run.actions_log.append(st.last_action)
-        if refilling:  # refill the ring after a resume without a saved ring: no counters, no updates
-            st.refill_left -= k
-            st.refill_steps += k
-            loggers.console.refill(st.refill_total - max(st.refill_left, 0), st.refill_total)
-            if st.refill_left <= 0:
-                log.info(
-                    "replay: refilled with %d agent steps at eps %.4g; %s",
-                    st.refill_total,
-                    st.epsilon,
-                    "learning resumes" if st.env_steps >= a.learning_starts else "the warm-up goes on",
-                )
-            continue
-        st.env_steps += k
-        loggers.progress(k)
 
-        # learn
-        if st.env_steps >= a.learning_starts and (st.can_sample or ring.num_valid() > 0):
-            st.can_sample = True
-            st.update_budget += k * a.replay_ratio / a.batch_size
-        if not learn(run, st, stop):
-            break  # stopped inside the burst: its rest, this row and checkpoint are owed to the resume
+def step(run: Run, st: LoopState, loggers: Any, stop: Any) -> bool:
+    """One recv -> store -> act -> send -> learn; False when a signal stopped the update burst (the rest
+    of it, this step's row and checkpoint are owed to the resume: ``finish_interrupted_burst``)."""
+    env, ring, spec, a = run.env, run.ring, run.spec, run.cfg.algo
+    obs, reward, terminated, truncated, info = env.recv()
+    env_id, elapsed = info["env_id"], info["elapsed_step"]
+    k = len(env_id)
+    refilling = st.refill_left > 0
 
-        # log
-        marks(run, st, loggers)
+    # store: the newest frame of each result, with the action that produced it
+    ring.add(
+        env_id, frames_of(obs, info, spec.obs_kind), st.last_action[env_id], reward, terminated, truncated, elapsed == 0
+    )
+    for _, score, length in st.tracker.update(env_id, raw_reward_of(reward, info), elapsed):
+        if not refilling:  # games of the refill after a resume are not the agent's
+            st.game_ended(score, length)
 
-    if stop.signum and (st.env_steps < a.total_steps or st.update_budget >= 1.0):
-        # no metrics row here: the partial averages go into the checkpoint, so a resumed
-        # run writes exactly the rows an uninterrupted one would
-        write_checkpoint(run, st)  # the caller says where it is, in the run's one line about the signal
-        return False
-    if st.n_metrics or st.last_steps != st.env_steps:
-        log_row(run, st, loggers)
-    elif st.saved_at == st.env_steps:
-        return True  # the periodic checkpoint of this last step holds the same state: it is the final one
-    write_checkpoint(run, st)  # the final one, still under the signal handler: a Ctrl-C cannot cut it in half
-    return True
+    # act: a refill plays the agent's own epsilon-greedy policy at the resumed epsilon (env_steps
+    # stands still during it), so the ring holds the data learning would have seen, not random play
+    st.epsilon = run.schedule(st.env_steps)
+    actions = run.actor.act(observation_of(obs, info, spec.obs_kind), st.epsilon)
+    env.send(actions, env_id)  # envpool steps in its threads while we learn
+    st.last_action[env_id] = actions
+    if run.actions_log is not None:
+        run.actions_log.append(st.last_action)
+    if refilling:
+        refill(run, st, loggers, k)
+        return True
+    st.env_steps += k
+    loggers.progress(k)
+
+    # learn
+    if st.env_steps >= a.learning_starts and (st.can_sample or ring.num_valid() > 0):
+        st.can_sample = True
+        st.update_budget += k * a.replay_ratio / a.batch_size
+    return learn(run, st, stop)

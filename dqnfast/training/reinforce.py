@@ -18,11 +18,13 @@ explores by sampling; ``q_mean`` holds V's mean with a value baseline, else is e
 checkpoint.pt, eval.json and the plots from ``dqnfast.evaluate.final_evaluation`` (greedy
 = argmax of the logits).
 
-Resume reuses DQN's pieces: ``LoopState`` (counters, metric sums, score windows, next
-log/checkpoint step, training time), ``rng_state``, ``plan_resume`` / ``check_resumable``
-and ``save_run_checkpoint``. A checkpoint is written only between batches, where no
-episode is in progress, so of the envs only their seed and each env's reset count are
-kept: envpool's classic-control envs draw random numbers only when they reset, so envs
+The run around the loop is every learner's (``dqnfast.training.run``: lock, resume plan,
+seeding, loggers, signals, metric rows and checkpoints, summary, final evaluation); this
+module is REINFORCE's ``Learning``. Resume reuses DQN's pieces: ``LoopState`` (counters,
+metric sums, score windows, next log/checkpoint step, training time), ``rng_state``,
+``check_resumable`` and ``save_run_checkpoint``. A checkpoint is written only between
+batches, where no episode is in progress, so of the envs only their seed and each env's
+reset count are kept: envpool's classic-control envs draw random numbers only when they reset, so envs
 made from the same seed and reset as often continue exactly (``envs.resume=replay``);
 ``reseed`` makes new envs from ``seed + ENV_RESEED_STRIDE * resumes``.
 
@@ -42,22 +44,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import random
-import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
 from dqnfast.config import Config, ConfigError
-from dqnfast.config.schema import plain
-from dqnfast.training.divergence import check_network, check_row
+from dqnfast.config.resolve import Resolved
+from dqnfast.training.divergence import check_network
 from dqnfast.training.resume import ResumePlan
-from dqnfast.training.state import LoopState, next_mark
+from dqnfast.training.run import envs_restored, log_place
+from dqnfast.training.state import LoopState, record
 from dqnfast.training.stop import GracefulStop, reached
 
-__all__ = ["collect_episodes", "replay_resets", "train_reinforce"]
+__all__ = ["Reinforce", "collect_episodes", "replay_resets"]
 
 log = logging.getLogger("dqnfast.train")
 
@@ -129,33 +131,35 @@ class _Run:
     def name(self) -> str:
         return self.plan.name
 
+    @property
+    def net_spec(self) -> Any:
+        return self.learner.online.spec
 
-def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: dict) -> _Run:
-    """Checks the run's memory budget, seeds the process, makes the envs (from ``plan.env_seed``), the policy
-    and its learner.
 
-    A resumed run's checkpoint is checked against them here (one-line ConfigError) and
-    its RNG states replace the seeding later (``_restore``).
-    """
-    import torch
+class Reinforce:
+    """REINFORCE: whole episodes from every env, one policy-gradient step per batch of them."""
 
-    from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
-    from dqnfast.envs import make_env, resolve_game
-    from dqnfast.training.limits import check_resume_seed, check_run_memory
+    epsilon = math.nan  # the policy explores by sampling: metrics.csv's epsilon is nan
 
-    if cfg.replay.check_memory:  # the envs' share of the run budget, before any is made
-        check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
-    if plan.ck:
-        check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    if r.torch_threads:
-        torch.set_num_threads(r.torch_threads)
-    rc, n = cfg.reinforce, cfg.envs.num_envs
-    envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)  # the threads the start-up line names
-    env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
-    try:
+    def build(
+        self, cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict: dict, stack: ExitStack
+    ) -> _Run:
+        """Checks the run's memory budget, makes the envs (from ``plan.env_seed``; closed by ``stack``),
+        the policy and its learner; a resumed run's checkpoint is checked against them (one-line ConfigError)."""
+        import torch
+
+        from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
+        from dqnfast.envs import make_env, resolve_game
+        from dqnfast.training.limits import check_resume_seed, check_run_memory
+
+        if cfg.replay.check_memory:  # the envs' share of the run budget, before any is made
+            check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
+        if plan.ck:
+            check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
+        rc, n = cfg.reinforce, cfg.envs.num_envs
+        envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)  # the threads the start-up line names
+        env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
+        stack.callback(env.close)
         reached("envs")
         hidden = [] if rc.policy == "linear" else list(cfg.network.mlp_hidden)
         net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == "value")
@@ -170,14 +174,86 @@ def _build(cfg: Config, r: Any, plan: ResumePlan, run_dir: Path, config_dict: di
             value_coef=rc.value_coef,
             device=r.device,
         )
-    except BaseException:
-        env.close()
-        raise
-    gen = torch.Generator().manual_seed(cfg.seed)
-    max_steps = int(env.config.get("max_episode_steps", 500))
-    return _Run(
-        cfg, run_dir, config_dict, plan, r.device, env, spec, learner, gen, max_steps, np.zeros(spec.num_envs, np.int64)
-    )
+        gen = torch.Generator().manual_seed(cfg.seed)
+        max_steps = int(env.config.get("max_episode_steps", 500))
+        resets = np.zeros(spec.num_envs, np.int64)
+        return _Run(cfg, run_dir, config_dict, plan, r.device, env, spec, learner, gen, max_steps, resets)
+
+    def restore(self, run: _Run, st: LoopState) -> None:
+        """``_payload``'s keys besides the weights and Adam state: counters, loop state, RNG states."""
+        import torch
+
+        from dqnfast.training.state import set_rng_state
+
+        ck = run.plan.ck
+        st.restore(ck, run.cfg.logger, device=torch.device("cpu"), envs_too=False)  # host metric sums
+        set_rng_state(ck["rng"], None, None, run.device, ring_too=False)
+        run.gen.set_state(ck["rng"]["sampler"])
+
+    def log_start(self, run: _Run, st: LoopState, r: Resolved) -> None:
+        s, rc = run.spec, run.cfg.reinforce
+        log.info(
+            "run %s: REINFORCE on %s (%d actions), %d envs, %s policy %s, baseline %s, on %s",
+            run.name,
+            s.task_id,
+            s.num_actions,
+            s.num_envs,
+            rc.policy,
+            list(run.net_spec.hidden) or "(linear)",
+            rc.baseline,
+            r.device,
+        )
+        log_place(run.run_dir, r, sampler=False)
+
+    def estimate(self, run: _Run, r: Resolved) -> tuple[int, float | None]:
+        return 0, None  # it learns from the first batch; no speed measured ahead
+
+    def start(self, run: _Run, st: LoopState, loggers: Any, stop: GracefulStop) -> None:
+        """On an exact resume, resets each env as often as it had been: its RNG continues where it stopped."""
+
+        def replay() -> str:
+            counts = run.plan.ck["envs"]["resets"].numpy().astype(np.int64)
+            replay_resets(run.env, counts)
+            run.resets[:] = counts
+            return f"{int(counts.sum())} resets of {len(counts)} envs"
+
+        envs_restored(run.plan, replay, missing="reset counts for these envs")
+
+    def step(self, run: _Run, st: LoopState, loggers: Any, stop: GracefulStop) -> bool:
+        """One batch: a whole episode per env, then one update. Never stopped halfway: a checkpoint
+        falls between batches, where no episode is in progress."""
+        import torch
+
+        # act: one whole episode per env
+        b = collect_episodes(run.env, run.learner, run.gen, run.max_steps)
+        run.resets += b["resets"]
+        # learn
+        m = run.learner.update(b["obs"], b["actions"], b["rewards"], b["dones"], b["mask"])
+        run.last_obs = b["obs"][b["mask"]]
+        value = m["value_mean"] if self.value_name(run) else math.nan
+        st.add_metrics(
+            {"loss": torch.tensor(m["loss"], dtype=torch.float64), "q_mean": torch.tensor(value, dtype=torch.float64)}
+        )
+        ep_len = b["mask"].sum(0)
+        for score, n in zip(b["rewards"].sum(0), ep_len):
+            st.game_ended(float(score), int(n))
+        k = int(ep_len.sum())
+        st.env_steps += k
+        loggers.progress(k)
+        return True
+
+    def value_name(self, run: _Run) -> str | None:
+        """With a value baseline metrics.csv's ``q_mean`` is V's mean; without one it is nan by design."""
+        return "value" if run.cfg.reinforce.baseline == "value" else None
+
+    def save(self, run: _Run, st: LoopState) -> Path:
+        """Writes the checkpoint; raises TrainingDiverged (nothing written) for a diverged policy (DQN's guard)."""
+        from dqnfast.checkpoint import save_run_checkpoint
+
+        check_network(run, st.env_steps, run.last_obs, outputs="logits")
+        return save_run_checkpoint(
+            run.run_dir, _payload(run, st), env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints
+        )
 
 
 def _check_resumable(plan: ResumePlan, cfg: Config, spec: Any, policy: Any) -> None:
@@ -199,269 +275,12 @@ def _payload(run: _Run, st: LoopState) -> dict[str, Any]:
 
     from dqnfast.training.state import rng_state
 
-    spec, learner, plan = run.spec, run.learner, run.plan
+    learned = run.learner.state_dict()
     rng = rng_state(None, None, run.device)
     rng["sampler"] = run.gen.get_state()
     return {
         "learner": "reinforce",
-        **learner.state_dict(),
-        "counters": {
-            "env_steps": st.env_steps,
-            "frames": st.env_steps,
-            "updates": learner.num_updates,
-            "episodes": st.episodes,
-            "seed": run.cfg.seed,
-            "resumes": st.resumes,
-        },
-        "config": run.config_dict,
-        "game": spec.task_id,
-        "obs": {"kind": spec.obs_kind, "shape": list(spec.obs_shape), "dtype": spec.frame_dtype.name},
-        "num_actions": spec.num_actions,
-        "network": learner.online.spec.to_dict(),
-        "run_name": run.name,
-        "loop": st.state_dict(checkpoint_every=run.cfg.logger.checkpoint_every),
+        **learned,
+        **record(run, st, updates=run.learner.num_updates, envs={"resets": torch.from_numpy(run.resets.copy())}),
         "rng": rng,
-        "envs": {
-            "mode": plan.env_mode,
-            "seed": plan.env_seed,
-            "num_envs": spec.num_envs,
-            "resets": torch.from_numpy(run.resets.copy()),
-        },
-    }
-
-
-def _save(run: _Run, st: LoopState) -> Path:
-    """Writes the checkpoint; raises TrainingDiverged (nothing written) for a diverged policy (DQN's guard)."""
-    from dqnfast.checkpoint import save_run_checkpoint
-
-    check_network(run, st.env_steps, run.last_obs, outputs="logits")
-    return save_run_checkpoint(
-        run.run_dir, _payload(run, st), env_steps=st.env_steps, keep=run.cfg.logger.keep_checkpoints
-    )
-
-
-def _restore(run: _Run, st: LoopState) -> None:
-    """Reads ``_payload``'s keys back: weights and Adam state, counters, loop state, RNG states."""
-    import torch
-
-    from dqnfast.training.state import set_rng_state
-
-    ck, lg = run.plan.ck, run.cfg.logger
-    try:
-        run.learner.load_state_dict(ck)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ConfigError(
-            "resume", f"the checkpoint's weights do not fit this network ({' '.join(str(e).split())[:200]})"
-        ) from None
-    st.load_state_dict(
-        ck["loop"],
-        ck["counters"],
-        device=torch.device("cpu"),  # the metric sums are host tensors here
-        log_every=lg.log_every,
-        checkpoint_every=lg.checkpoint_every,
-        envs_too=False,
-    )
-    set_rng_state(ck["rng"], None, None, run.device, ring_too=False)
-    run.gen.set_state(ck["rng"]["sampler"])
-    log.info(
-        "resume %s from %s at %d agent steps (%d updates, %d episodes); resume #%d",
-        run.name,
-        ck.get("_path", "the checkpoint"),
-        st.env_steps,
-        run.learner.num_updates,
-        st.episodes,
-        run.plan.resumes,
-    )
-
-
-def _start_envs(run: _Run) -> None:
-    """On an exact resume, resets each env as often as it had been: its RNG continues where it stopped."""
-    plan = run.plan
-    if plan.replay_envs:
-        t0 = time.perf_counter()
-        counts = plan.ck["envs"]["resets"].numpy().astype(np.int64)
-        replay_resets(run.env, counts)
-        run.resets[:] = counts
-        log.info(
-            "envs: restored by replaying %d resets of %d envs from seed %d in %.2f s",
-            int(counts.sum()),
-            len(counts),
-            plan.env_seed,
-            time.perf_counter() - t0,
-        )
-    elif plan.ck:
-        log.info(
-            "envs: re-created with seed %d (envs.resume=%s%s)",
-            plan.env_seed,
-            plan.env_mode,
-            "" if plan.env_mode == "reseed" else ", but the checkpoint has no reset counts for these envs",
-        )
-
-
-def _train_loop(run: _Run, st: LoopState, loggers: Any, stop: Any) -> Path:
-    """Trains until ``algo.total_steps`` agent steps or a signal; returns the last checkpoint (between batches)."""
-    import torch
-
-    lg, learner = run.cfg.logger, run.learner
-    value = run.cfg.reinforce.baseline == "value"
-    _start_envs(run)
-    while st.env_steps < run.cfg.algo.total_steps and not stop.signum:
-        # act: one whole episode per env
-        b = collect_episodes(run.env, learner, run.gen, run.max_steps)
-        run.resets += b["resets"]
-        # learn
-        m = learner.update(b["obs"], b["actions"], b["rewards"], b["dones"], b["mask"])
-        run.last_obs = b["obs"][b["mask"]]
-        st.add_metrics(
-            {
-                "loss": torch.tensor(m["loss"], dtype=torch.float64),
-                "q_mean": torch.tensor(m["value_mean"] if value else math.nan, dtype=torch.float64),
-            }
-        )
-        ep_len = b["mask"].sum(0)
-        for score, n in zip(b["rewards"].sum(0), ep_len):
-            st.game_ended(float(score), int(n))
-        k = int(ep_len.sum())
-        st.env_steps += k
-        loggers.progress(k)
-        # log, save
-        if st.env_steps >= st.next_log:
-            _log_row(run, st, loggers)
-            st.next_log = next_mark(st.env_steps, st.next_log, lg.log_every)
-        if st.env_steps >= st.next_ckpt:
-            _save(run, st)
-            st.next_ckpt = next_mark(st.env_steps, st.next_ckpt, lg.checkpoint_every)
-    if stop.signum and st.env_steps < run.cfg.algo.total_steps:
-        # no metrics row here: the partial sums go into the checkpoint, so a resumed
-        # run writes exactly the rows an uninterrupted one would
-        return _save(run, st)  # the caller says where it is, in the run's one line about the signal
-    if st.n_metrics or st.last_steps != st.env_steps:
-        _log_row(run, st, loggers)
-    return _save(run, st)
-
-
-def _log_row(run: _Run, st: LoopState, loggers: Any) -> None:
-    """Writes a metric row; raises TrainingDiverged (after writing it) as DQN's does: a loss that is not
-    finite, or a value head's mean beyond ``Q_LIMIT`` (without a value head the column is nan by design)."""
-    n, since = st.n_metrics, st.last_steps
-    row = st.row(frame_skip=1, updates=run.learner.num_updates)
-    loggers.log_metrics(row)
-    check_row(run, st.env_steps, row, n, since, value="value" if run.cfg.reinforce.baseline == "value" else None)
-
-
-def train_reinforce(
-    cfg: Config,
-    run_dir: str | Path,
-    *,
-    config_dict: dict | None = None,
-    resume: str | Path | dict | None = None,
-    tracking: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Runs REINFORCE into ``run_dir``; returns the same summary dict as ``dqnfast.training.train``.
-
-    cfg: a validated Config with ``learner=reinforce`` (classic control only). resume: a
-    checkpoint (path or loaded dict) of a REINFORCE run to continue; one of another
-    learner, game or policy shape, or one already at ``algo.total_steps``, raises
-    ConfigError("resume", ...). ``run_dir`` is locked for the run and refused when it holds
-    another run; a resume into another, empty folder forks the run (``dqnfast.training.rundir``).
-    """
-    from dqnfast.config.resolve import resolve
-    from dqnfast.training.resume import plan_resume
-    from dqnfast.training.rundir import claim
-    from dqnfast.training.trainer import evaluate_only
-
-    run_dir = Path(run_dir)
-    config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
-    plan = plan_resume(cfg, resume, run_dir)
-    with claim(run_dir, source=plan.source, ck=plan.ck, replay=False):
-        if plan.eval_only:  # stopped between its last batch and the end of its final evaluation
-            return evaluate_only(cfg, resolve(cfg), plan, run_dir, config_dict, tracking)
-        return _train_reinforce(cfg, run_dir, plan, config_dict, tracking)
-
-
-def _train_reinforce(
-    cfg: Config, run_dir: Path, plan: ResumePlan, config_dict: dict, tracking: Mapping[str, Any] | None
-) -> dict[str, Any]:
-    """``train_reinforce`` in its locked run dir: build, train, checkpoint, evaluate.
-
-    The console is DQN's (``dqnfast.training.trainer``): the run dir and threads lines, the
-    progress bar, the totals line and the final evaluation with its random-agent baseline.
-    The signal handlers are installed from the loop's start to the evaluation's end.
-    """
-    from dqnfast.config.resolve import resolve
-    from dqnfast.training.trainer import (
-        evaluate_and_close,
-        failed_run_closes,
-        log_place,
-        log_totals,
-        open_loggers,
-        stopped,
-    )
-
-    r = resolve(cfg)
-    run = _build(cfg, r, plan, run_dir, config_dict)
-    stop = GracefulStop(install=False)
-    try:
-        try:
-            lg, s, rc = cfg.logger, run.spec, cfg.reinforce
-            st = LoopState(
-                s.num_envs,
-                lg.score_window,
-                resumes=plan.resumes,
-                next_log=lg.log_every,
-                next_ckpt=lg.checkpoint_every or math.inf,
-                epsilon=math.nan,  # the policy explores by sampling: metrics.csv's epsilon is nan
-            )
-            if plan.ck:
-                _restore(run, st)
-            hidden = list(run.learner.online.spec.hidden) or "(linear)"
-            log.info(
-                "run %s: REINFORCE on %s (%d actions), %d envs, %s policy %s, baseline %s, on %s",
-                run.name,
-                s.task_id,
-                s.num_actions,
-                s.num_envs,
-                rc.policy,
-                hidden,
-                rc.baseline,
-                r.device,
-            )
-            log_place(run_dir, r, sampler=False)
-            loggers = open_loggers(
-                cfg, run_dir, run.name, s.task_id, config_dict, tracking, resume=bool(plan.ck), start_step=st.env_steps
-            )
-            with failed_run_closes(loggers):
-                stop.install()
-                st.started()
-                ckpt = _train_loop(run, st, loggers, stop)
-                loggers.console.close()  # the bar ends with the loop; the others get the evaluation
-        finally:
-            run.env.close()
-        summary = _summary(run, st, ckpt, stop.name)
-        if stop.signum and st.env_steps < cfg.algo.total_steps:
-            return stopped(summary, loggers, stop.signum, "training", run_dir)
-
-        def totals() -> None:
-            log_totals(s.frame_skip, summary, st.scores, segment=plan.counters.get("env_steps", 0))
-
-        # after the last batch the final checkpoint is written: a signal stops the evaluation, resume= runs it
-        return evaluate_and_close(cfg, run.learner.online, run.device, run_dir, s, loggers, summary, stop, totals)
-    finally:
-        stop.restore()
-
-
-def _summary(run: _Run, st: LoopState, ckpt: Path, interrupted: str) -> dict[str, Any]:
-    """``train``'s summary dict (eval still None)."""
-    return {
-        "run_name": run.name,
-        "env_steps": st.env_steps,
-        "updates": run.learner.num_updates,
-        "episodes": st.episodes,
-        "train_time": time.perf_counter() - st.start,
-        "score_mean": st.score_mean(),
-        "eval": None,
-        "interrupted": interrupted or None,
-        "stopped_in": None,
-        "metrics": str(run.run_dir / "metrics.csv"),
-        "checkpoint": str(ckpt),
     }

@@ -1,6 +1,6 @@
 """One writer per run dir: an OS file lock held for the life of a run, and the checks beside it.
 
-A run (``train``, ``train_reinforce``; the CLI before Hydra writes anything) takes an
+A run (``train``, of any learner; the CLI before Hydra writes anything) takes an
 exclusive ``fcntl.flock`` on ``<run dir>/.dqnfast.lock`` before it writes or cleans anything
 there, and holds it until it ends. The OS drops the lock when the process dies, SIGKILL
 included, so a killed run never blocks its own resume. The file names the holder (pid, host,

@@ -2,11 +2,13 @@
 
 ``LoopState`` holds what the loop changes as it runs: counters, the update budget, the
 metric sums since the last row, the next log/checkpoint steps, the score windows, the
-game tracker, the last actions sent. ``payload`` writes it (with the objects that own
-their state: learner, actor, replay sampler) into a checkpoint and ``restore`` reads the
-same keys back, so a field added to one is added to the other beside it.
+game tracker, the last actions sent. ``record`` writes the keys every learner's checkpoint
+holds (counters, loop state, the run's identity, its envs); ``LoopState.restore`` reads the
+loop state back. DQN's ``payload`` adds what the objects that own their state hold (learner,
+actor, replay sampler) and ``restore`` reads the same keys back, so a field added to one is
+added to the other beside it.
 
-Checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
+DQN's checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
 
     online, target, optimizer        Learner.state_dict()
     counters  env_steps, frames, updates, episodes, seed, syncs, resumes, refill_steps
@@ -36,7 +38,7 @@ import numpy as np
 
 from dqnfast.envs import GameTracker
 
-__all__ = ["LoopState", "next_mark", "payload", "restore", "rng_state", "set_rng_state"]
+__all__ = ["LoopState", "next_mark", "payload", "record", "restore", "rng_state", "set_rng_state"]
 
 
 def _mean(xs) -> float:
@@ -228,6 +230,18 @@ class LoopState:
             self.last_action[:] = loop["last_action"].numpy()
             self.tracker.load_state_dict({k: loop[f"tracker_{k}"].numpy() for k in ("score", "length", "started")})
 
+    def restore(self, ck: dict[str, Any], logger: Any, *, device: Any, envs_too: bool) -> None:
+        """Restores a checkpoint's ``loop`` and ``counters`` (``load_state_dict``) under this run's
+        ``logger`` section; device: where the metric sums live."""
+        self.load_state_dict(
+            ck["loop"],
+            ck["counters"],
+            device=device,
+            log_every=logger.log_every,
+            checkpoint_every=logger.checkpoint_every,
+            envs_too=envs_too,
+        )
+
 
 def rng_state(actor: Any | None, ring: Any | None, device: Any) -> dict[str, Any]:
     """Every RNG the run draws from: python, numpy, torch (and CUDA), the actor's, the replay sampler's.
@@ -268,58 +282,62 @@ def set_rng_state(state: dict[str, Any], actor: Any | None, ring: Any | None, de
         torch.cuda.set_rng_state_all(state["torch_cuda"])
 
 
-def payload(run: Any, st: LoopState, *, replay_file: str | None, filling: bool = False) -> dict[str, Any]:
-    """The whole checkpoint of ``run`` (a ``components.Run``) at loop state ``st``."""
-    import torch
+def record(run: Any, st: LoopState, *, updates: int, envs: dict[str, Any]) -> dict[str, Any]:
+    """The keys of every learner's checkpoint: counters, the run's identity, the loop state, its envs.
 
-    spec, learned = run.spec, run.learner.state_dict()
-    counters = {
-        "env_steps": st.env_steps,
-        "frames": st.env_steps * spec.frame_skip,
-        "updates": learned["num_updates"],
-        "episodes": st.episodes,
-        "seed": run.cfg.seed,
-        "syncs": learned["num_syncs"],
-        "resumes": st.resumes,
-        "refill_steps": st.refill_steps,
-    }
-    log = run.actions_log
+    run: a run with ``cfg``, ``plan``, ``spec``, ``config_dict``, ``net_spec`` and ``name``;
+    updates: the learner's count; envs: what restores the envs exactly (the action log, reset
+    counts), beside their mode, seed and number.
+    """
+    spec, plan = run.spec, run.plan
     return {
-        "online": learned["online"],
-        "target": learned["target"],
-        "optimizer": learned["optimizer"],
-        "counters": counters,
+        "counters": {
+            "env_steps": st.env_steps,
+            "frames": st.env_steps * spec.frame_skip,
+            "updates": updates,
+            "episodes": st.episodes,
+            "seed": run.cfg.seed,
+            "resumes": st.resumes,
+        },
         "config": run.config_dict,
         "game": spec.task_id,
         "obs": {"kind": spec.obs_kind, "shape": list(spec.obs_shape), "dtype": spec.frame_dtype.name},
         "num_actions": spec.num_actions,
         "network": run.net_spec.to_dict(),
         "run_name": run.name,
-        "epsilon": st.epsilon,
         "loop": st.state_dict(checkpoint_every=run.cfg.logger.checkpoint_every),
+        "envs": {"mode": plan.env_mode, "seed": plan.env_seed, "num_envs": spec.num_envs, **envs},
+    }
+
+
+def payload(run: Any, st: LoopState, *, replay_file: str | None, filling: bool = False) -> dict[str, Any]:
+    """The whole checkpoint of ``run`` (a ``components.Run``) at loop state ``st``."""
+    import torch
+
+    learned, log = run.learner.state_dict(), run.actions_log
+    body = record(
+        run,
+        st,
+        updates=learned["num_updates"],
+        envs={"actions": torch.from_numpy(log.rows.copy()) if log is not None else None},
+    )
+    body["counters"].update(syncs=learned["num_syncs"], refill_steps=st.refill_steps)
+    return {
+        "online": learned["online"],
+        "target": learned["target"],
+        "optimizer": learned["optimizer"],
+        **body,
+        "epsilon": st.epsilon,
         "rng": rng_state(run.actor, run.ring, run.device),
-        "envs": {
-            "mode": run.env_mode,
-            "seed": run.env_seed,
-            "num_envs": spec.num_envs,
-            "actions": torch.from_numpy(log.rows.copy()) if log is not None else None,
-        },
         "replay": {"file": replay_file, "filling": filling, "prefetch": run.batches.state_dict()},
     }
 
 
 def restore(run: Any, st: LoopState, ck: dict[str, Any], *, envs_too: bool, ring_too: bool) -> None:
     """Reads ``payload``'s keys back into ``run``'s objects and ``st`` (the networks are loaded by the caller)."""
-    counters, lg = ck["counters"], run.cfg.logger
+    counters = ck["counters"]
     run.learner.num_updates, run.learner.num_syncs = int(counters["updates"]), int(counters.get("syncs", 0))
-    st.load_state_dict(
-        ck["loop"],
-        counters,
-        device=run.device,
-        log_every=lg.log_every,
-        checkpoint_every=lg.checkpoint_every,
-        envs_too=envs_too,
-    )
+    st.restore(ck, run.cfg.logger, device=run.device, envs_too=envs_too)
     st.epsilon = float(ck.get("epsilon", 1.0))
     set_rng_state(ck["rng"], run.actor, run.ring, run.device, ring_too=ring_too)
     if ring_too:  # a pending priority report belongs to the restored ring's slots
