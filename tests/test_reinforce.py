@@ -143,8 +143,7 @@ def _learn(total_steps: int, tmp_path, resume=None, **over):
     overrides += [f"{k}={v}" for k, v in over.items()]
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = to_config(compose(config_name="config", overrides=overrides))
-    check_config(cfg)
-    return train(cfg, tmp_path / "run", resume=resume, checked=True)
+    return train(cfg, tmp_path / "run", resume=resume, checked=check_config(cfg))
 
 
 def test_reinforce_solves_cartpole_across_a_reseeded_resume(tmp_path, caplog):

@@ -179,11 +179,15 @@ def test_every_learner_name_has_a_lifecycle_plug():
 def test_a_cli_run_checks_its_config_once_and_its_resume_reads_the_checkpoint_once(
     tmp_path, train_in_process, monkeypatch
 ):
+    """Per CLI run: one validation, one resolution of the game and of the device, and a resume reads
+    and checksums its checkpoint once."""
     import dqnfast.checkpoint
     import dqnfast.config
+    import dqnfast.config.resolve
     import dqnfast.config.schema
+    import dqnfast.envs
 
-    counts = {"validate": 0, "load_checkpoint": 0}
+    counts = {"validate": 0, "load_checkpoint": 0, "resolve_game": 0, "resolve_device": 0}
 
     def counted(module_attrs, name):
         real = getattr(module_attrs[0], name)
@@ -197,12 +201,14 @@ def test_a_cli_run_checks_its_config_once_and_its_resume_reads_the_checkpoint_on
 
     counted([dqnfast.config, dqnfast.config.schema], "validate")
     counted([dqnfast.checkpoint], "load_checkpoint")
+    counted([dqnfast.envs], "resolve_game")
+    counted([dqnfast.config.resolve], "resolve_device")
     run = tmp_path / "run"
     args = [*TINY["dqn"], *COMMON, "algo.learning_starts=100", "logger.checkpoint_every=200"]
     code, err = train_in_process(*args, "algo.total_steps=400", f"hydra.run.dir={run}", cwd=tmp_path)
     assert code == 0, err[-3000:]
-    assert counts == {"validate": 1, "load_checkpoint": 0}
+    assert counts == {"validate": 1, "load_checkpoint": 0, "resolve_game": 1, "resolve_device": 1}
     code, err = train_in_process(f"resume={run}", "algo.total_steps=600", cwd=tmp_path)
     assert code == 0, err[-3000:]
-    assert counts == {"validate": 2, "load_checkpoint": 1}
+    assert counts == {"validate": 2, "load_checkpoint": 1, "resolve_game": 2, "resolve_device": 2}
     assert "at 400 agent steps" in (run / "train.log").read_text()

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dqnfast.config.schema import Baseline
+
 __all__ = ["PolicyLearner", "PolicyNetwork", "PolicySpec", "policy_loss", "returns_to_go"]
 
 
@@ -131,14 +133,14 @@ class PolicyLearner:
         lr: float,
         eps: float = 1e-8,
         gamma: float,
-        baseline: str = "mean",
+        baseline: Baseline | str = Baseline.mean,
         value_coef: float = 0.5,
         device: Any = "cpu",
     ) -> None:
         self.device = torch.device(device)
         self.online = network.to(self.device)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=lr, eps=eps)
-        self.gamma, self.baseline, self.value_coef = gamma, baseline, value_coef
+        self.gamma, self.baseline, self.value_coef = gamma, Baseline.of(baseline), value_coef
         self.num_updates = 0
 
     def act(self, obs: np.ndarray, generator: torch.Generator) -> np.ndarray:
@@ -167,11 +169,11 @@ class PolicyLearner:
         ones = torch.ones_like(ret)
         episodes = int(mask.shape[1])
         value_loss = torch.zeros((), device=dev)
-        if self.baseline == "value":
+        if self.baseline == Baseline.value:
             v = self.online.value(o)
             b: torch.Tensor | float = v
             value_loss = ((v - ret) ** 2).mean()
-        elif self.baseline == "mean":
+        elif self.baseline == Baseline.mean:
             b = ret.mean()
         else:
             b = 0.0

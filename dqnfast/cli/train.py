@@ -338,11 +338,11 @@ def main(cfg: DictConfig) -> float | None:
                 return done
         if conf.resume:
             conf, config_dict, ck, run_dir = _resume_run(cfg, conf)
-        check_config(conf)  # the run's one check of its config: train() is told so
+        resolved = check_config(conf)  # the run's one check and resolution of its config, handed to train()
         if config_dict is None:
             config_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         tracking = _tracking(conf, config_dict)
-        summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking, checked=True)
+        summary = train(conf, run_dir, config_dict=config_dict, resume=ck, tracking=tracking, checked=resolved)
     except ConfigError as e:
         if sweep:  # checked before the sweep began where it could be: what is left is this job's alone
             return _job_failed(e, 2, run_dir)

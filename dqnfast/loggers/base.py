@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from dqnfast.config import ConfigError, LoggerConfig
+from dqnfast.config.schema import WandbMode
 
 log = logging.getLogger("dqnfast.loggers")
 
@@ -148,7 +149,7 @@ def check_logger_config(cfg: LoggerConfig) -> None:
     """Start-up check (no imports of the backends): raises ConfigError if a backend is missing."""
     import importlib.util
 
-    if cfg.wandb and str(cfg.wandb_mode) != "disabled" and importlib.util.find_spec("wandb") is None:
+    if cfg.wandb and cfg.wandb_mode != WandbMode.disabled and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger.wandb", "needs the wandb package: pip install wandb")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("logger.tensorboard", "needs the tensorboard package: pip install tensorboard")

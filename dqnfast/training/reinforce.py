@@ -53,6 +53,7 @@ import numpy as np
 
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
+from dqnfast.config.schema import Baseline, PolicyKind
 from dqnfast.training.divergence import check_network
 from dqnfast.training.resume import ResumePlan
 from dqnfast.training.run import envs_restored, log_place
@@ -149,20 +150,20 @@ class Reinforce:
         import torch
 
         from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
-        from dqnfast.envs import make_env, resolve_game
+        from dqnfast.envs import make_env
         from dqnfast.training.limits import check_resume_seed, check_run_memory
 
         if cfg.replay.check_memory:  # the envs' share of the run budget, before any is made
-            check_run_memory(cfg, *resolve_game(cfg.game), on_cpu=r.device.type == "cpu")
+            check_run_memory(cfg, r.task_id, r.family, on_cpu=r.device.type == "cpu")
         if plan.ck:
             check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
         rc, n = cfg.reinforce, cfg.envs.num_envs
         envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)  # the threads the start-up line names
-        env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, batch_size=n)
+        env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, batch_size=n, task=r.game)
         stack.callback(env.close)
         reached("envs")
-        hidden = [] if rc.policy == "linear" else list(cfg.network.mlp_hidden)
-        net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == "value")
+        hidden = [] if rc.policy == PolicyKind.linear else list(cfg.network.mlp_hidden)
+        net = PolicyNetwork(spec.obs_shape[0], spec.num_actions, hidden, value=rc.baseline == Baseline.value)
         if plan.ck:
             _check_resumable(plan, cfg, spec, net.spec)
         learner = PolicyLearner(
@@ -170,7 +171,7 @@ class Reinforce:
             lr=cfg.optim.lr,
             eps=cfg.optim.eps,
             gamma=cfg.algo.gamma,
-            baseline=str(rc.baseline),
+            baseline=rc.baseline,
             value_coef=rc.value_coef,
             device=r.device,
         )
@@ -244,7 +245,7 @@ class Reinforce:
 
     def value_name(self, run: _Run) -> str | None:
         """With a value baseline metrics.csv's ``q_mean`` is V's mean; without one it is nan by design."""
-        return "value" if run.cfg.reinforce.baseline == "value" else None
+        return "value" if run.cfg.reinforce.baseline == Baseline.value else None
 
     def save(self, run: _Run, st: LoopState) -> Path:
         """Writes the checkpoint; raises TrainingDiverged (nothing written) for a diverged policy (DQN's guard)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dqnfast.config import Config, ConfigError
+from dqnfast.config.schema import EnvResume, LearnerName
 
 __all__ = [
     "ENV_RESEED_STRIDE",
@@ -64,7 +65,7 @@ class ResumePlan:
 
     ck: dict | None
     resumes: int
-    env_mode: str
+    env_mode: EnvResume
     replay_envs: bool
     env_seed: int
     name: str
@@ -115,8 +116,8 @@ def plan_resume(
         except CheckpointError as e:
             raise ConfigError("resume", str(e)) from None
         source = Path(ck["_path"]) if ck.get("_path") else None
-        was = str(ck.get("learner", "dqn"))  # DQN checkpoints carry no learner key
-        if was != str(cfg.learner):
+        was = str(ck.get("learner", LearnerName.dqn.value))  # DQN checkpoints carry no learner key
+        if was != cfg.learner.value:
             raise ConfigError(
                 "resume",
                 f"the checkpoint is from a learner={was} run, this run is learner={cfg.learner}; "
@@ -124,11 +125,11 @@ def plan_resume(
             )
     counters = dict(ck["counters"]) if ck else {}
     resumes = int(counters.get("resumes", 0)) + (1 if ck else 0)
-    env_mode = str(cfg.envs.resume)
+    env_mode = cfg.envs.resume
     ck_envs = (ck or {}).get("envs") or {}
     replay_envs = (
         bool(ck)
-        and env_mode == "replay"
+        and env_mode == EnvResume.replay
         and (ck_envs.get("actions") is not None or ck_envs.get("resets") is not None)  # DQN's / REINFORCE's
         and int(ck_envs.get("num_envs", -1)) == cfg.envs.num_envs
     )
@@ -182,7 +183,7 @@ def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> 
     if training_done(ck, cfg):  # plan_resume refuses it first
         raise ConfigError("resume", _finished(plan.counters, cfg))
     was = str(((ck.get("config") or {}).get("optim") or {}).get("name", cfg.optim.name))
-    if was != str(cfg.optim.name):
+    if was != cfg.optim.name.value:
         raise ConfigError("resume", f"the checkpoint's optimizer is {was}, this run's is {cfg.optim.name}")
 
 

@@ -36,8 +36,8 @@ from typing import Any, Callable, Iterator, Mapping, Protocol
 import numpy as np
 
 from dqnfast.config import Config, ConfigError
-from dqnfast.config.resolve import Resolved, resolve
-from dqnfast.config.schema import plain
+from dqnfast.config.resolve import Resolved
+from dqnfast.config.schema import EnvResume, LearnerName, plain
 from dqnfast.envs import EnvCreationError
 from dqnfast.training.divergence import check_row
 from dqnfast.training.resume import ResumePlan, plan_resume, saved_ring
@@ -110,12 +110,15 @@ class Learning(Protocol):
 
 
 # learner= -> the module and class of its Learning, imported when a run asks for it
-LEARNERS = {"dqn": ("dqnfast.training.dqn", "DQN"), "reinforce": ("dqnfast.training.reinforce", "Reinforce")}
+LEARNERS = {
+    LearnerName.dqn: ("dqnfast.training.dqn", "DQN"),
+    LearnerName.reinforce: ("dqnfast.training.reinforce", "Reinforce"),
+}
 
 
 def learning_for(cfg: Config) -> Learning:
     """The ``Learning`` of ``cfg.learner``."""
-    where, name = LEARNERS[str(cfg.learner)]
+    where, name = LEARNERS[LearnerName.of(cfg.learner)]
     return getattr(importlib.import_module(where), name)()
 
 
@@ -134,12 +137,13 @@ def train(
     config_dict: dict | None = None,
     resume: str | os.PathLike | dict | None = None,
     tracking: Mapping[str, Any] | None = None,
-    checked: bool = False,
+    checked: Resolved | None = None,
 ) -> dict[str, Any]:
     """Runs one training run of ``cfg.learner`` into ``run_dir``; returns a summary dict.
 
-    cfg: a Config (dataclasses), checked here (``check_config``) unless ``checked``: the
-    caller has checked this very Config already (the CLI does, once). config_dict: the
+    cfg: a Config (dataclasses), checked here (``check_config``) unless ``checked`` is what
+    ``check_config`` returned for this very Config: its resolved settings, so a run is
+    validated and resolved once (the CLI checks before Hydra writes). config_dict: the
     config as saved in the checkpoint (default: ``dataclasses.asdict(cfg)``). tracking: what
     the loggers get besides the config: ``group`` and ``tags`` (W&B) and ``hydra`` (a dict
     added to the W&B run config). resume: a checkpoint (a run dir or file, or a loaded dict,
@@ -163,13 +167,11 @@ def train(
     from dqnfast.training.components import check_config
 
     run_dir = Path(run_dir)
-    if not checked:
-        check_config(cfg)
+    r = checked if checked is not None else check_config(cfg)
     learning = learning_for(cfg)
     config_dict = plain(config_dict if config_dict is not None else dataclasses.asdict(cfg))
     plan = plan_resume(cfg, resume, run_dir)
     with claim(run_dir, source=plan.source, ck=plan.ck, replay=_fork_carries_ring(cfg, plan)):
-        r = resolve(cfg)
         if plan.eval_only:  # stopped between its last step and the end of its final evaluation
             return evaluate_only(cfg, r, plan, run_dir, config_dict, tracking)
         _set_up_process(cfg, r, plan)
@@ -371,7 +373,7 @@ def envs_restored(plan: ResumePlan, replay: Callable[[], str], *, missing: str, 
             "envs: re-created with seed %d (envs.resume=%s%s)%s",
             plan.env_seed,
             plan.env_mode,
-            "" if plan.env_mode == "reseed" else f", but the checkpoint has no {missing}",
+            "" if plan.env_mode == EnvResume.reseed else f", but the checkpoint has no {missing}",
             f"; {dropped}" if dropped else "",
         )
 
@@ -556,6 +558,7 @@ def _final_evaluation(
         device,
         run_dir,
         task_id=spec.task_id,
+        task=(spec.task_id, spec.family),  # resolved already: the evaluation makes its envs from it
         run_name=summary["run_name"],
         env_steps=env_steps,
         frame_skip=spec.frame_skip,
@@ -589,15 +592,14 @@ def evaluate_only(
     Any learner's (DQN's Q-network, REINFORCE's policy). Nothing of the training is built
     (no training envs, no ring) and no checkpoint is written.
     """
-    from dqnfast.envs import resolve_game
     from dqnfast.evaluation.agents import load_agent
 
     ck, counters = plan.ck, plan.counters
-    task_id, family = resolve_game(cfg.game)
+    task_id = r.task_id
     if task_id != ck.get("game"):
         raise ConfigError("resume", f"checkpoint is for {ck.get('game')}, this run is {task_id}")
     try:
-        net = load_agent(ck, game=task_id, envs=cfg.envs, protocol=cfg.envs.eval).network
+        net = load_agent(ck, game=task_id, envs=cfg.envs, protocol=cfg.envs.eval, task=r.game).network
     except ConfigError as e:
         raise ConfigError("resume", e.message) from None
     net.to(r.device).eval()
@@ -625,7 +627,7 @@ def evaluate_only(
         float(loop.get("time", 0.0)),
         float(np.mean(scores)) if scores else math.nan,
     )
-    spec = _EvalSpec(task_id, cfg.envs.frame_skip if family == "atari" else 1)
+    spec = _EvalSpec(task_id, r.family, cfg.envs.frame_skip if r.family == "atari" else 1)
     loggers.console.close()
     with GracefulStop() as stop:
         return evaluate_and_close(
@@ -646,4 +648,5 @@ class _EvalSpec:
     """What the final evaluation needs of the env spec when no training env was made."""
 
     task_id: str
+    family: str
     frame_skip: int

@@ -10,7 +10,7 @@ added to the other beside it.
 
 DQN's checkpoint layout (``dqnfast.checkpoint`` adds format, version and checksum)::
 
-    online, target, optimizer        Learner.state_dict()
+    online, target, optimizer        Learner.state_dict() (and noise_rng: the noisy layers' generator)
     counters  env_steps, frames, updates, episodes, seed, syncs, resumes, refill_steps
     epsilon   the schedule's last value
     loop      update_budget, can_sample, n_metrics, loss_sum, q_sum, n_grad, grad_sum, grad_max,
@@ -306,7 +306,7 @@ def record(run: Any, st: LoopState, *, updates: int, envs: dict[str, Any]) -> di
         "network": run.net_spec.to_dict(),
         "run_name": run.name,
         "loop": st.state_dict(checkpoint_every=run.cfg.logger.checkpoint_every),
-        "envs": {"mode": plan.env_mode, "seed": plan.env_seed, "num_envs": spec.num_envs, **envs},
+        "envs": {"mode": plan.env_mode.value, "seed": plan.env_seed, "num_envs": spec.num_envs, **envs},
     }
 
 
@@ -326,6 +326,7 @@ def payload(run: Any, st: LoopState, *, replay_file: str | None, filling: bool =
         "online": learned["online"],
         "target": learned["target"],
         "optimizer": learned["optimizer"],
+        **({"noise_rng": learned["noise_rng"]} if "noise_rng" in learned else {}),  # noisy layers' generator
         **body,
         "epsilon": st.epsilon,
         "rng": rng_state(run.actor, run.ring, run.device),
