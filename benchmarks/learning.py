@@ -33,7 +33,12 @@ below its threshold makes the script exit with status 1 and say so.
 
 One change at a time (``--variants``, see ``VARIANTS``): ``dqnfast+<name>`` runs the default
 recipe with one departure (bf16 autocast, MSE loss, the max target, no gradient clipping,
-one env, prioritized replay), in its own folder, drawn in its own colour; ``--no-default`` runs only the variants.
+one env, prioritized replay), in its own folder, drawn in its own colour; ``--no-default`` runs only the variants
+(and only the peer's variants). Other learners at the budget's schedule: ``c51`` and ``rainbow``, with the peer's
+C51 (CleanRL's ``c51_atari.py``, ``--peer-variants c51``, agent ``peer+c51``) started beside them:
+
+    python benchmarks/learning.py --budget cpu --games Breakout --seeds 1 --variants c51 --peer Breakout \
+        --peer-variants c51 --no-default
 
     python benchmarks/learning.py --budget cpu --games Breakout --seeds 1 2 --variants bf16 --no-default
 """
@@ -149,6 +154,38 @@ VARIANTS: dict[str, list[str]] = {
     "noclip": ["algo.max_grad_norm=null"],  # no gradient-norm clipping (CleanRL has none)
     "1env": ["envs.num_envs=1"],  # one env, as CleanRL, instead of 8
     "per": ["replay.prioritized=true"],  # proportional prioritized replay, alpha 0.6, beta 0.4 -> 1
+    # C51 (preset=c51's learner at the budget's schedule): the categorical head, the target network's
+    # greedy next action, Adam 2.5e-4 / 3.125e-4 and no gradient clipping, as Bellemare et al. 2017
+    "c51": [
+        "algo.distributional=c51",
+        "algo.double=false",
+        "optim.lr=2.5e-4",
+        "optim.eps=3.125e-4",
+        "algo.max_grad_norm=null",
+    ],
+    # the full Rainbow (preset=rainbow's learner at the budget's schedule): C51 with double-DQN
+    # selection, noisy dueling head (no epsilon-greedy), 3-step returns, prioritized replay
+    # (alpha 0.5, beta 0.4 -> 1), Adam 6.25e-5 / 1.5e-4, no gradient clipping (Hessel et al. 2018)
+    "rainbow": [
+        "algo.distributional=c51",
+        "network.noisy=true",
+        "network.dueling=true",
+        "replay.n_step=3",
+        "replay.prioritized=true",
+        "replay.alpha=0.5",
+        "replay.beta0=0.4",
+        "optim.lr=6.25e-5",
+        "optim.eps=1.5e-4",
+        "algo.max_grad_norm=null",
+        "explore.start=0.0",
+        "explore.end=0.0",
+    ],
+}
+
+# The peer's other recipes (``--peer-variants``): agent ``peer+<name>``, these flags added to the budget's.
+PEER_VARIANTS: dict[str, list[str]] = {
+    # CleanRL's c51_atari.py: 51 atoms on [-10, 10], Adam lr 2.5e-4, eps 0.01/32
+    "c51": ["--algo", "c51", "--lr", "2.5e-4", "--adam-eps", "3.125e-4"],
 }
 
 # Final-evaluation mean score a run must reach: the regression check of the default recipe.
@@ -177,6 +214,11 @@ def variant_of(agent: str) -> str | None:
     return agent.split("+", 1)[1] if agent.startswith("dqnfast+") else None
 
 
+def peer_variant_of(agent: str) -> str | None:
+    """``peer+c51`` -> ``c51``; the peer's DQN recipe has none."""
+    return agent.split("+", 1)[1] if agent.startswith("peer+") else None
+
+
 def dqnfast_command(
     budget: str, game: str, seed: int, folder: Path, threads: int, device: str, extra: list[str]
 ) -> list[str]:
@@ -195,7 +237,9 @@ def dqnfast_command(
     ]
 
 
-def peer_command(budget: str, game: str, seed: int, folder: Path, threads: int, device: str) -> list[str]:
+def peer_command(
+    budget: str, game: str, seed: int, folder: Path, threads: int, device: str, variant: str | None = None
+) -> list[str]:
     return [
         sys.executable,
         str(_HERE / "peer_dqn.py"),
@@ -205,6 +249,7 @@ def peer_command(budget: str, game: str, seed: int, folder: Path, threads: int, 
         "--seed",
         str(seed),
         *BUDGETS[budget]["peer"],
+        *PEER_VARIANTS.get(variant or "", []),
         "--torch-threads",
         str(threads),
         "--device",
@@ -248,7 +293,8 @@ def discover(out: Path, budget: str) -> list[tuple[str, str, int]]:
     found = []
     for m in sorted((out / budget).glob("*/*_seed*/metrics.csv")):
         agent, _, seed = m.parent.name.rpartition("_seed")
-        if seed.isdigit() and (agent in ("dqnfast", "peer") or variant_of(agent) in VARIANTS):
+        known = agent in ("dqnfast", "peer") or variant_of(agent) in VARIANTS or peer_variant_of(agent) in PEER_VARIANTS
+        if seed.isdigit() and known:
             found.append((agent, m.parent.parent.name, int(seed)))
     return found
 
@@ -320,12 +366,13 @@ def plot(doc: dict, path: Path) -> Path:
 
     games = sorted({r["game"] for r in doc["runs"]})
     fig, axes = plt.subplots(1, max(1, len(games)), figsize=(6.4 * max(1, len(games)), 4.4), squeeze=False)
-    colours = {"dqnfast": "tab:blue", "peer": "tab:orange"}
+    colours = {"dqnfast": "tab:blue", "peer": "tab:orange", "peer+c51": "gold"}
     colours.update(
         {
             f"dqnfast+{v}": c
             for v, c in zip(
-                sorted(VARIANTS), ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
+                sorted(VARIANTS),
+                ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black"),
             )
         }
     )
@@ -333,7 +380,9 @@ def plot(doc: dict, path: Path) -> Path:
     for ax, game in zip(axes[0], games):
         for r in (r for r in doc["runs"] if r["game"] == game):
             pts = [(s, v) for s, v in r.get("curve", []) if v is not None]
-            name = "peer (CleanRL recipe)" if r["agent"] == "peer" else r["agent"]
+            name = {"peer": "peer (CleanRL recipe)", "peer+c51": "peer C51 (CleanRL recipe)"}.get(
+                r["agent"], r["agent"]
+            )
             label = f"{name} seed {r['seed']}"
             if pts:
                 ax.plot(
@@ -426,6 +475,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"also run these one-change departures from the default recipe ({', '.join(sorted(VARIANTS))})",
     )
     p.add_argument(
+        "--peer-variants",
+        nargs="*",
+        default=[],
+        choices=sorted(PEER_VARIANTS),
+        metavar="NAME",
+        help=f"the peer's other recipes on the --peer games ({', '.join(sorted(PEER_VARIANTS))}): agent peer+<name>",
+    )
+    p.add_argument(
         "--no-default",
         action="store_true",
         help="run only the --variants (and the peer), not the default recipe",
@@ -446,7 +503,8 @@ def main(argv=None) -> int:
     budget = args.budget
     agents = ([] if args.no_default else ["dqnfast"]) + [f"dqnfast+{v}" for v in args.variants]
     plan = [(a, g, s) for a in agents for g in args.games for s in args.seeds]
-    plan += [("peer", g, s) for g in args.peer for s in args.seeds]
+    plan += [("peer", g, s) for g in args.peer for s in args.seeds if not args.no_default]
+    plan += [(f"peer+{v}", g, s) for v in args.peer_variants for g in args.peer for s in args.seeds]
     if args.collect:
         plan += [x for x in discover(out, budget) if x not in plan]
     todo = [(a, g, s) for a, g, s in plan if args.rerun or not (run_dir(out, budget, g, a, s) / "eval.json").is_file()]
@@ -462,7 +520,7 @@ def main(argv=None) -> int:
                     budget, g, s, folder, threads, args.device, VARIANTS.get(variant_of(a) or "", []) + args.overrides
                 )
                 if a.startswith("dqnfast")
-                else peer_command(budget, g, s, folder, threads, args.device)
+                else peer_command(budget, g, s, folder, threads, args.device, peer_variant_of(a))
             )
             jobs.append((f"{a}/{g}/seed{s}", cmd, folder))
         walls = launch(jobs, parallel)
@@ -484,23 +542,25 @@ def main(argv=None) -> int:
         r["wall_seconds"] = walls.get(f"{r['agent']}/{r['game']}/seed{r['seed']}")
 
     side_by_side = {}
-    for g in args.peer:
-        for s in args.seeds:
-            d = next((r for r in runs if r["agent"] == "dqnfast" and r["game"] == g and r["seed"] == s), None)
-            p = next((r for r in runs if r["agent"] == "peer" and r["game"] == g and r["seed"] == s), None)
-            if d and p and d.get("sps") and p.get("sps"):
-                side_by_side[f"{g}/seed{s}"] = {
-                    "dqnfast_sps": d["sps"],
-                    "peer_sps": p["sps"],
-                    "ratio": d["sps"] / p["sps"],
-                    "dqnfast_learning_sps": d.get("learning_sps"),
-                    "peer_learning_sps": p.get("learning_sps"),
-                    "learning_ratio": (
-                        d["learning_sps"] / p["learning_sps"]
-                        if d.get("learning_sps") and p.get("learning_sps")
-                        else None
-                    ),
-                }
+    pairs = [("dqnfast", "peer", "")] + [(f"dqnfast+{v}", f"peer+{v}", f"{v}/") for v in args.peer_variants]
+    for mine, theirs, prefix in pairs:
+        for g in args.peer:
+            for s in args.seeds:
+                d = next((r for r in runs if r["agent"] == mine and r["game"] == g and r["seed"] == s), None)
+                p = next((r for r in runs if r["agent"] == theirs and r["game"] == g and r["seed"] == s), None)
+                if d and p and d.get("sps") and p.get("sps"):
+                    side_by_side[f"{prefix}{g}/seed{s}"] = {
+                        "dqnfast_sps": d["sps"],
+                        "peer_sps": p["sps"],
+                        "ratio": d["sps"] / p["sps"],
+                        "dqnfast_learning_sps": d.get("learning_sps"),
+                        "peer_learning_sps": p.get("learning_sps"),
+                        "learning_ratio": (
+                            d["learning_sps"] / p["learning_sps"]
+                            if d.get("learning_sps") and p.get("learning_sps")
+                            else None
+                        ),
+                    }
 
     failures = []
     for r in runs:

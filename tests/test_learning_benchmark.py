@@ -71,6 +71,26 @@ def test_cpu_budget_breakout_below_threshold_fails(tmp_path, eval_mean, status):
     assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_c51_runs_are_collected_and_compared_with_the_peers_c51(tmp_path):
+    """``dqnfast+c51`` pairs with ``peer+c51`` side by side; the peer's command is CleanRL's c51 recipe."""
+    out = tmp_path / "runs"
+    _fake_run(out / "cpu" / "Breakout" / "dqnfast+c51_seed1", [1.7, 6.0, 12.0], 12.0, sps=45.0)
+    _fake_run(out / "cpu" / "Breakout" / "peer+c51_seed1", [1.7, 5.0, 11.0], 11.0, sps=30.0)
+    args = ["--budget", "cpu", "--games", "Breakout", "--peer", "Breakout", "--variants", "c51"]
+    args += ["--peer-variants", "c51", "--no-default", "--collect", "--out", str(out)]
+    r = _run([*args, "--json", str(tmp_path / "l.json"), "--plot", str(tmp_path / "l.png")], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "l.json").read_text())
+    assert sorted(x["agent"] for x in doc["runs"]) == ["dqnfast+c51", "peer+c51"]
+    assert doc["side_by_side"]["c51/Breakout/seed1"]["ratio"] == pytest.approx(45.0 / 30.0)
+    spec = importlib.util.spec_from_file_location("learning_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cmd = mod.peer_command("cpu", "Breakout", 1, tmp_path / "p", 1, "cpu", "c51")
+    assert cmd[cmd.index("--algo") + 1] == "c51" and cmd[cmd.index("--lr") + 1] == "2.5e-4"
+    assert "algo.distributional=c51" in mod.VARIANTS["c51"] and "network.noisy=true" in mod.VARIANTS["rainbow"]
+
+
 def test_missing_run_is_reported_unfinished_and_fails_the_threshold(tmp_path):
     r = _run(
         [
