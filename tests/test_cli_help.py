@@ -124,7 +124,7 @@ def test_reinforce_help_lists_its_keys_and_not_dqns(monkeypatch, capsys):
     note = " ".join(page.split("\nNot read by this config", 1)[1].split())
     assert re.search(r"learner=dqn: .*replay\.capacity", note) and "explore.eval_epsilon" not in note
     assert "replay.check_memory" not in note and "envs.resume" not in note
-    assert re.search(r"^  preset +cartpole, .*reinforce\*", page, re.M)
+    assert re.search(r"^  preset +c51, cartpole, .*reinforce\*", page, re.M)
 
 
 def test_help_with_an_unknown_option_is_one_line():

@@ -313,8 +313,9 @@ class AlgoConfig:
     distributional: none (one Q-value per action) | c51 (Bellemare et al. 2017: a categorical
     distribution of the return over ``atoms`` evenly spaced values on [v_min, v_max], the
     projected distributional target, the cross-entropy loss; Q is the distribution's mean).
-    atoms: the support's size (C51: 51). v_min, v_max: its ends (C51: -10, 10; rewards are
-    clipped to [-1, 1] on Atari, so returns stay inside).
+    atoms: the support's size (C51: 51). v_min: the support's lowest return (C51: -10).
+    v_max: its highest return (C51: 10; Atari's rewards are clipped to [-1, 1], so returns at
+    gamma 0.99 stay inside).
     """
 
     total_steps: int = 10_000_000
