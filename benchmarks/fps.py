@@ -4,11 +4,11 @@
     env      envpool steps/s (x4 = frames/s), sync and    -- the emulation ceiling
              async, over num_envs and threads
     actor    env + batched greedy inference (Nature CNN    env, same num_envs/batch/threads
-             on the device, dqnfast.actor.Actor) +
+             on the device, dqnfast.agent.actor.Actor) +
              ReplayRing.add(obs[:, -1]), no learning
     replay   ReplayRing.sample(B) samples/s (run by       memcpy of the same bytes (numpy,
              benchmarks/replay.py, sb3/reference skipped)  1 thread), replay.py's method
-    learner  updates/s of dqnfast.learner.update_step,    eager fp32 at the same B
+    learner  updates/s of dqnfast.agent.dqn.update_step,    eager fp32 at the same B
              Nature CNN, uint8 batch on the device, at
              B=32 and 256: eager / torch.compile /
              compile+CUDA graphs (reduce-overhead, CUDA
@@ -361,9 +361,9 @@ def worker_actor(cfg: dict, sink: Sink) -> None:
     import numpy as np
 
     torch, device = _torch_setup(cfg)
-    from dqnfast.actor import Actor
+    from dqnfast.agent.actor import Actor
+    from dqnfast.agent.networks import make_network, spec_for
     from dqnfast.config.resolve import resolve_compile
-    from dqnfast.networks import make_network, spec_for
     from dqnfast.replay import ReplayRing
 
     mode = resolve_compile("auto", device)  # as dqnfast.train: a CUDA graph per batch shape on CUDA, eager on CPU
@@ -476,7 +476,7 @@ def worker_replay(cfg: dict, sink: Sink) -> None:
 
 
 def worker_learner(cfg: dict, sink: Sink) -> None:
-    """dqnfast.learner.Learner.update (double DQN, Huber, grad-norm clip 10, Adam as dqnfast.train builds it).
+    """dqnfast.agent.dqn.Learner.update (double DQN, Huber, grad-norm clip 10, Adam as dqnfast.train builds it).
 
     Variants map to ``algo.compile`` / ``algo.amp``: eager = false, compile = default,
     graphs = reduce-overhead (what ``auto`` runs on CUDA); fp32 = none, bf16 = bf16.
@@ -484,9 +484,9 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
     import types
 
     torch, device = _torch_setup(cfg)
+    from dqnfast.agent.dqn import Learner, make_optimizer
+    from dqnfast.agent.networks import NatureCNN
     from dqnfast.config import OptimConfig
-    from dqnfast.learner import Learner, make_optimizer
-    from dqnfast.networks import NatureCNN
 
     try:
         from torch._dynamo.utils import counters

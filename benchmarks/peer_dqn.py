@@ -11,7 +11,7 @@ with. Everything is the obvious Python:
     replay   ``collections.deque(maxlen=capacity)`` of (obs, action, reward, next_obs, done)
              tuples (``next_obs`` is the next step's ``obs`` object, so a stack is held once
              per step); ``random.sample`` + ``np.stack`` per batch, copied to the device
-    network  dqnfast's Nature CNN (``dqnfast.networks.NatureCNN``: uint8 in, /255 inside),
+    network  dqnfast's Nature CNN (``dqnfast.agent.networks.NatureCNN``: uint8 in, /255 inside),
              eager torch, Adam(1e-4), Huber loss, max target (Nature; one forward fewer per
              update than dqnfast's double-DQN target, so the peer's figure is, if anything,
              flattering to it), target copy every 1000 updates
@@ -247,7 +247,7 @@ def _seed_and_device(args: argparse.Namespace):
 
 def _networks(n_actions: int, device):
     """dqnfast's Nature CNN (uint8 in, /255 inside) as the online network and its target copy."""
-    from dqnfast.networks import NatureCNN
+    from dqnfast.agent.networks import NatureCNN
 
     q_net = NatureCNN(4, n_actions).to(device)
     target_net = NatureCNN(4, n_actions).to(device)
@@ -265,7 +265,7 @@ class _CategoricalQ:
     def __init__(self, n_actions: int, atoms: int, v_min: float, v_max: float, device) -> None:
         import torch
 
-        from dqnfast.networks import NatureCNN
+        from dqnfast.agent.networks import NatureCNN
 
         self.net = NatureCNN(4, n_actions * atoms).to(device)
         self.n_actions, self.atoms = n_actions, atoms

@@ -12,7 +12,7 @@ and gather threads 1..cores:
                  CleanRL's dqn_atari.py, optimize_memory_usage False ("sb3") and True
                  ("sb3-optmem", CleanRL's setting); handle_timeout_termination=False;
                  "sb3-optmem-dm": CleanRL's setting with glibc's default malloc (see MALLOC_ENV)
-    reference    dqnfast.replay_reference.ReferenceRing.sample(B) -> numpy arrays
+    reference    dqnfast.replay.reference.ReferenceRing.sample(B) -> numpy arrays
     memcpy       one contiguous copy of B * 2 * 28224 bytes (obs + next_obs of one batch)
                  from a random 64-byte-aligned offset of a 2 GiB source into a reused
                  destination: numpy single thread (the reference limit) and torch copy_
@@ -24,7 +24,7 @@ sampling above: "sample" draws B transitions and delivers obs + next_obs + impor
 
     dqnfast-per  ReplayRing(prioritized=True): the C++ sum tree, sample(B, out=batch, beta)
                  and update_priorities(index, |TD|, generation)
-    numpy-per    dqnfast.replay_reference.PrioritizedReference: a NumPy sum tree (vectorised
+    numpy-per    dqnfast.replay.reference.PrioritizedReference: a NumPy sum tree (vectorised
                  stratified descent) over the NumPy ring
     torchrl-per  TorchRL's PrioritizedReplayBuffer over a LazyTensorStorage of obs and
                  next_obs stacks: sample(B), update_priority(index, priority)
@@ -314,7 +314,7 @@ def worker_dqnfast(cfg: dict) -> dict:
 
 def worker_reference(cfg: dict) -> dict:
     """Fills the NumPy ReferenceRing the same way and times sample(B) (numpy, one thread)."""
-    from dqnfast.replay_reference import ReferenceRing
+    from dqnfast.replay.reference import ReferenceRing
 
     ring, _, steps, fill_s, rss0, _ = _filled(
         cfg,
@@ -458,8 +458,8 @@ def worker_dqnfast_per(cfg: dict) -> dict:
 
 
 def worker_numpy_per(cfg: dict) -> dict:
-    """dqnfast.replay_reference's NumPy sum tree over the NumPy ring: stratified sample + gather + weights, update."""
-    from dqnfast.replay_reference import PrioritizedReference, ReferenceRing
+    """dqnfast.replay.reference's NumPy sum tree over the NumPy ring: stratified sample + gather + weights, update."""
+    from dqnfast.replay.reference import PrioritizedReference, ReferenceRing
 
     def make(cap: int, n: int) -> tuple:
         ring = ReferenceRing(cap, n, FRAME_SHAPE, np.uint8, stack=STACK, n_step=1, gamma=0.99, seed=cfg["seed"])

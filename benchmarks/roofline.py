@@ -53,9 +53,9 @@ import torch  # noqa: E402
 from common import cpu_count, machine_info, time_rate  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from dqnfast.agent.dqn import Learner, make_optimizer  # noqa: E402
+from dqnfast.agent.networks import NatureCNN  # noqa: E402
 from dqnfast.config import OptimConfig  # noqa: E402
-from dqnfast.learner import Learner, make_optimizer  # noqa: E402
-from dqnfast.networks import NatureCNN  # noqa: E402
 
 NUM_ACTIONS = 6  # SpaceInvaders; the head is a negligible share of the FLOPs
 

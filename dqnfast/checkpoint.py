@@ -20,7 +20,7 @@ can be evaluated):
     game        envpool task id ("Pong-v5")
     obs         {"kind": pixels | ram | vector, "shape": [...], "dtype": "uint8"}
     num_actions int
-    network     NetworkSpec as a dict (``dqnfast.networks.make_network`` rebuilds the net)
+    network     NetworkSpec as a dict (``dqnfast.agent.networks.make_network`` rebuilds the net)
     config      the run's config as a plain dict
     online, target, optimizer   state dicts
     counters    {"env_steps", "frames", "updates", "episodes", "seed", ...}

@@ -1,6 +1,6 @@
-"""``python -m dqnfast.tabular``: Q-value iteration and Q-learning on the textbook MDP (see dqnfast.cli.tabular)."""
-
-from dqnfast.cli.tabular import main
+"""``python -m dqnfast.tabular``: Q-value iteration and Q-learning on the textbook MDP (the command line: ``dqnfast.cli.tabular``)."""
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from dqnfast.cli import run
+
+    run("tabular")

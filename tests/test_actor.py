@@ -1,4 +1,4 @@
-"""dqnfast.actor: epsilon schedules, batched epsilon-greedy."""
+"""dqnfast.agent.actor: epsilon schedules, batched epsilon-greedy."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from dqnfast.actor import Actor, EpsilonSchedule, exponential_epsilon, linear_epsilon
+from dqnfast.agent.actor import Actor, EpsilonSchedule, exponential_epsilon, linear_epsilon
 
 
 def test_linear_schedule():
@@ -89,7 +89,7 @@ def test_actor_compile_failure_falls_back_to_eager(caplog):
 
     actor._forward, actor._guarded_calls, actor.compile_mode = broken, 3, "default"
     obs = np.array([[0, 3, 1, 2], [5, 0, 0, 0]], np.float32)
-    with caplog.at_level("WARNING", logger="dqnfast.actor"):
+    with caplog.at_level("WARNING", logger="dqnfast.agent.actor"):
         np.testing.assert_array_equal(actor.act(obs, 0.0), [1, 0])
         np.testing.assert_array_equal(actor.act(obs, 0.0), [1, 0])
     assert actor.compile_mode is None
@@ -101,7 +101,7 @@ def test_compiled_actor_acts_like_the_eager_one():
     """torch.compile of the actor's forward (inductor on CPU, ~20 s): the same greedy actions."""
     import torch
 
-    from dqnfast.networks import NetworkSpec, make_network
+    from dqnfast.agent.networks import NetworkSpec, make_network
 
     torch.manual_seed(0)
     net = make_network(NetworkSpec("nature", [4, 84, 84], "uint8", 6, hidden=[64]))

@@ -10,6 +10,7 @@ import zipfile
 import pytest
 import torch
 
+from dqnfast.agent.networks import NetworkSpec, make_network
 from dqnfast.atomic import TEMP_MARK
 from dqnfast.checkpoint import (
     CHECKPOINT_NAME,
@@ -23,7 +24,6 @@ from dqnfast.checkpoint import (
     save_run_checkpoint,
     write_checkpoint,
 )
-from dqnfast.networks import NetworkSpec, make_network
 
 SPEC = NetworkSpec("mlp", [4], "float32", 2, hidden=[8, 8])
 

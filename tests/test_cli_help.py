@@ -19,7 +19,7 @@ import dqnfast.cli.train  # noqa: F401  (registers the training config's schema)
 from dqnfast.cli import CONF_DIR
 from dqnfast.config import Config
 from dqnfast.config.keys import ONLY_WITH, REINFORCE_READS, describe, field_docs
-from dqnfast.evaluate import EvalConfig
+from dqnfast.evaluation import EvalConfig
 from dqnfast.loggers import flatten
 
 REPO = Path(__file__).resolve().parents[1]

@@ -225,7 +225,7 @@ def test_noisy_sigma0_must_not_be_negative():
 
 
 def test_a_c51_network_from_its_spec_gives_q_values_and_logits_and_evaluates_without_noise():
-    from dqnfast.networks import HeadOptions, make_network, spec_for
+    from dqnfast.agent.networks import HeadOptions, make_network, spec_for
 
     spec = spec_for(
         "auto", "vector", (4,), "float32", 2, head=HeadOptions(dueling=True, atoms=21, v_max=50.0, noisy=True)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from dqnfast.actor import Actor
+from dqnfast.agent.actor import Actor
+from dqnfast.agent.networks import make_network, spec_for
 from dqnfast.checkpoint import write_checkpoint
 from dqnfast.config import Config, ConfigError, EnvsConfig, EvalProtocolConfig
 from dqnfast.envs import ActionLog, ReplayDivergedError, make_env
@@ -27,7 +28,6 @@ from dqnfast.evaluation import evaluate_network, format_table, play, run_episode
 from dqnfast.evaluation.protocol import recorded_games
 from dqnfast.evaluation.results import POLICIES
 from dqnfast.evaluation.video import replay_frames
-from dqnfast.networks import make_network, spec_for
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -310,7 +310,7 @@ def test_cli_video_and_gif_of_a_pong_game(tmp_path):
 @pytest.mark.parametrize("eval_epsilon", [0.05, 0.2])
 def test_evaluate_defaults_to_the_runs_final_evaluation_epsilon(tmp_path, eval_epsilon):
     from dqnfast.checkpoint import load_checkpoint
-    from dqnfast.evaluate import EvalConfig, evaluate
+    from dqnfast.evaluation import EvalConfig, evaluate
 
     ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
     if eval_epsilon != 0.05:  # a run with its own explore.eval_epsilon
@@ -331,7 +331,7 @@ def test_evaluate_defaults_to_the_runs_final_evaluation_epsilon(tmp_path, eval_e
 def test_evaluate_logs_games_done_per_agent_the_video_and_the_table_to_the_log_file(tmp_path, caplog):
     import logging
 
-    from dqnfast.evaluate import EvalConfig, evaluate
+    from dqnfast.evaluation import EvalConfig, evaluate
 
     ck = pong_checkpoint(tmp_path / "pong" / "checkpoint.pt")
     log_file = logging.FileHandler(tmp_path / "evaluate.log")  # as Hydra's job logging adds it

@@ -457,8 +457,8 @@ def test_non_finite_metrics_and_weights_are_caught_without_a_sync_per_update(
 ):
     """NaN losses used to pass silently. The loss check reads the sums the loop already copies
     to the host for a metric row; the weights are checked where a checkpoint copies them."""
+    from dqnfast.agent.dqn import Learner
     from dqnfast.checkpoint import load_checkpoint
-    from dqnfast.learner import Learner
     from dqnfast.training import train
     from dqnfast.training.loop import TrainingDiverged
 
@@ -490,7 +490,7 @@ def test_non_finite_metrics_and_weights_are_caught_without_a_sync_per_update(
 FIRST_UPDATE = "first update done"
 _TRAIN_ANNOUNCING_THE_FIRST_UPDATE = f"""
 import runpy, sys
-from dqnfast.learner import Learner
+from dqnfast.agent.dqn import Learner
 
 update = Learner.update
 
@@ -597,8 +597,8 @@ def test_a_run_stopped_inside_a_burst_resumes_exactly(
     never stopped (exact resume: envs replayed, ring saved; CPU, one thread)."""
     import csv
 
+    from dqnfast.agent.dqn import Learner
     from dqnfast.checkpoint import load_checkpoint, numbered_checkpoints
-    from dqnfast.learner import Learner
     from dqnfast.training import train
 
     def exact(total: int) -> Config:

@@ -1,11 +1,11 @@
-"""dqnfast.networks: Nature CNN, MLP, dueling head, uint8 scaling, specs."""
+"""dqnfast.agent.networks: Nature CNN, MLP, dueling head, uint8 scaling, specs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from dqnfast.networks import MLP, NatureCNN, NetworkSpec, dueling_aggregate, make_network, spec_for
+from dqnfast.agent.networks import MLP, NatureCNN, NetworkSpec, dueling_aggregate, make_network, spec_for
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -78,7 +78,7 @@ def test_network_rebuilds_from_its_spec_dict():
 @pytest.mark.parametrize("dueling", [False, True])
 def test_q_values_keep_float32_resolution_under_bf16_autocast(dueling):
     """Action values closer than one bf16 step (~0.001 at 0.2) still rank as in float32."""
-    from dqnfast.networks import QHead
+    from dqnfast.agent.networks import QHead
 
     head = QHead(8, 16, 4, dueling=dueling)
     with torch.no_grad():

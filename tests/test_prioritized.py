@@ -1,7 +1,7 @@
 """Prioritized replay: the C++ sum-tree sampler, importance weights, priority feedback, training.
 
 The C++ sampler is checked against definitions computed independently in NumPy
-(``dqnfast.replay_reference.PrioritizedReference.probabilities``: p^alpha / sum over the valid
+(``dqnfast.replay.reference.PrioritizedReference.probabilities``: p^alpha / sum over the valid
 slots, no tree), its draws against those probabilities by a chi-square test with enough draws
 that a real bias fails, and the learner's per-sample TD errors and weighted loss by hand.
 """
@@ -17,12 +17,12 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
-from test_learner import ACTION, DISCOUNT, NEXT_OBS, OBS, REWARD, W_ONLINE, W_TARGET, Y_DOUBLE, linear
+from test_dqn import ACTION, DISCOUNT, NEXT_OBS, OBS, REWARD, W_ONLINE, W_TARGET, Y_DOUBLE, linear
 from test_replay_property import Scenario, scenarios
 
-from dqnfast.learner import update_step
+from dqnfast.agent.dqn import update_step
 from dqnfast.replay import ReplayFileError, ReplayRing
-from dqnfast.replay_reference import PrioritizedReference, ReferenceRing, SumTree
+from dqnfast.replay.reference import PrioritizedReference, ReferenceRing, SumTree
 
 
 def _one_line(exc_info) -> str:
@@ -277,7 +277,7 @@ def test_learner_returns_per_sample_td_errors_by_hand():
     online, target = linear(W_ONLINE), linear(W_TARGET)
     opt = torch.optim.SGD(online.parameters(), lr=0.0)
     m = update_step(online, target, opt, OBS, ACTION, REWARD, NEXT_OBS, DISCOUNT, double=True)
-    # Q_online(s, a) = [0.5, 1.0] against y = [1.99, 0.5] (tests/test_learner.py's hand computation)
+    # Q_online(s, a) = [0.5, 1.0] against y = [1.99, 0.5] (tests/test_dqn.py's hand computation)
     torch.testing.assert_close(m["td_abs"], (torch.tensor([0.5, 1.0]) - Y_DOUBLE).abs())
     assert m["td_abs"].shape == (2,) and not m["td_abs"].requires_grad
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from dqnfast.replay import ReplayRing
-from dqnfast.replay_reference import ReferenceRing
+from dqnfast.replay.reference import ReferenceRing
 
 SEG = 16
 E = 3

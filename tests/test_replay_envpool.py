@@ -30,7 +30,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from dqnfast.replay_reference import ReferenceRing
+from dqnfast.replay.reference import ReferenceRing
 
 envpool = pytest.importorskip("envpool")
 

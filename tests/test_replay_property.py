@@ -4,7 +4,7 @@ Three implementations of the same spec are compared on random add sequences:
 
 * ``LoopOracle`` (below): a slow, literal transcription of the spec text over the full per-env
   history (plain Python lists, no circular storage);
-* ``dqnfast.replay_reference.ReferenceRing``: the vectorized NumPy reference;
+* ``dqnfast.replay.reference.ReferenceRing``: the vectorized NumPy reference;
 * ``dqnfast.replay.ReplayRing``: the C++ ring.
 
 Add sequences use random env subsets in random order, small segments (so the ring wraps many
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dqnfast.replay_reference import ReferenceRing
+from dqnfast.replay.reference import ReferenceRing
 
 SETTINGS = dict(
     deadline=None,

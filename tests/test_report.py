@@ -174,7 +174,7 @@ def test_write_report_files(sweep, tmp_path):
 
 
 def test_a_failed_rewrite_leaves_the_previous_report_whole(sweep, tmp_path, monkeypatch):
-    import dqnfast.report as report
+    from dqnfast.report import write as report
 
     out = tmp_path / "rep"
     write_report([sweep], out, reps=50)

@@ -16,6 +16,7 @@ import torch
 
 import dqnfast.config.resolve as resolve_module
 import dqnfast.envs as envs_module
+from dqnfast.agent.networks import NetworkSpec, make_network, network_kind, parameter_count
 from dqnfast.config import Config, ConfigError, validate
 from dqnfast.config.schema import (
     Amp,
@@ -33,7 +34,6 @@ from dqnfast.config.schema import (
     Storage,
     WandbMode,
 )
-from dqnfast.networks import NetworkSpec, make_network, network_kind, parameter_count
 from dqnfast.training import check_config, train
 
 CHOICES = {

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqnfast.actor import linear_epsilon
+from dqnfast.agent.actor import linear_epsilon
 from dqnfast.checkpoint import load_checkpoint
 from dqnfast.config import (
     AlgoConfig,
@@ -315,7 +315,7 @@ def warm_up_run(total_steps: int, envs_resume: str = "reseed") -> Config:
 
 def stop_at_act(monkeypatch, call: int) -> None:
     """SIGTERM, taken by the run's own handler, at the ``call``-th action choice (one per loop iteration)."""
-    from dqnfast.actor import Actor
+    from dqnfast.agent.actor import Actor
 
     act, calls = Actor.act, [0]
 

@@ -18,12 +18,12 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
+from dqnfast.agent.networks import make_network
 from dqnfast.atomic import TEMP_MARK
 from dqnfast.checkpoint import load_checkpoint
 from dqnfast.cli.train import CONF_DIR, to_config
 from dqnfast.config import Config, ConfigError, validate
 from dqnfast.loggers import METRIC_COLUMNS
-from dqnfast.networks import make_network
 from dqnfast.training import check_config, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -132,7 +132,7 @@ def test_a_failed_final_evaluation_leaves_the_checkpoint_and_says_how_to_evaluat
 def test_resume_refills_with_the_agents_epsilon_greedy_policy_at_the_resumed_epsilon(tmp_path, monkeypatch):
     import dataclasses
 
-    from dqnfast.actor import Actor
+    from dqnfast.agent.actor import Actor
     from dqnfast.training import train
 
     cfg = cartpole(total_steps=1200)

@@ -14,8 +14,9 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output
+from dqnfast.cli import CONF_DIR
 from dqnfast.cli.help import print_help, wants_help
+from dqnfast.cli.hydra_dirs import begin_command, discard_refused_output
 from dqnfast.cli.overrides import quote_paths
 from dqnfast.config import ConfigError
 from dqnfast.envs import EnvCreationError

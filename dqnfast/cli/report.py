@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import yaml
+
 from dqnfast import report
+from dqnfast.cli.overrides import sweep_jobs
 
 
 def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
@@ -17,10 +20,6 @@ def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
     job starts, so the plan is there even when the sweep stopped early. A sweeper that
     picks its jobs as it goes (Optuna), or a file that cannot be read, gives None.
     """
-    import yaml
-
-    from dqnfast.cli.overrides import sweep_jobs
-
     try:
         cfg = yaml.safe_load((sweep_dir / "multirun.yaml").read_bytes().decode("utf-8"))
         hydra = cfg["hydra"]
@@ -57,10 +56,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in paths["skipped"]:
         print(f"warning: skipped {s.path}: {s.reason}", file=sys.stderr)
     for r in paths["rows"]:
-        print(f"{r.game:<16} {r.config:<40} n={r.n:<3} {report.score_text(r):>20} CI {report._ci(r.ci_low, r.ci_high)}")
+        print(
+            f"{r.game:<16} {r.config:<40} n={r.n:<3} {report.score_text(r):>20} CI {report.ci_text(r.ci_low, r.ci_high)}"
+        )
     for j in paths["failed"]:
         print(f"failed: {j.path}: {j.failure['error']}")
     for m in paths["missing"]:
         print(f"never ran: job {m.num} of {m.sweep}: {m.config}")
     print(f"wrote {paths['md']}, {paths['png']} and {paths['csv']}")
     return 0
+
+
+def cli() -> None:
+    """Console entry point (``python -m dqnfast.report``): exits with ``main``'s status."""
+    sys.exit(main())

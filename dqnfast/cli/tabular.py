@@ -201,5 +201,6 @@ def _write_atomic(path: Path, text: str) -> None:
         f.write(text)
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def cli() -> None:
+    """Console entry point (``python -m dqnfast.tabular``): exits with ``main``'s status."""
+    sys.exit(main())

@@ -40,8 +40,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqnfast.atomic import DiskFullError
-from dqnfast.cli import CONF_DIR, begin_command, discard_refused_output, note_existing
+from dqnfast.cli import CONF_DIR
 from dqnfast.cli.help import print_help, wants_help
+from dqnfast.cli.hydra_dirs import begin_command, discard_refused_output, note_existing
 from dqnfast.cli.overrides import plain_value, quote, quote_paths
 from dqnfast.cli.sweep_resume import check_job_folder, continue_job, hand_over_signal
 from dqnfast.config import Config, ConfigError

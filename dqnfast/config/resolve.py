@@ -245,7 +245,7 @@ def _game(cfg: Config) -> tuple[str, str, str]:
 
 def _network(cfg: Config, obs_kind: str) -> NetworkName:
     """The architecture ``network.name`` gives; ConfigError when it cannot take the observations."""
-    from dqnfast.networks import check_fits, network_kind
+    from dqnfast.agent.networks import check_fits, network_kind
 
     kind = network_kind(cfg.network.name, obs_kind)
     shape = {ObsKind.pixels: (cfg.envs.stack, 84, 84), ObsKind.ram: (128,)}.get(obs_kind)  # vector: the env's

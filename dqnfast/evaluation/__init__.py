@@ -11,7 +11,8 @@ the argmax of their policy's logits (greedy, not sampled), both ε-greedy at tha
 Modules: ``protocol`` (quotas, playing, statistics), ``results`` (eval.json: the one
 builder both a run's final evaluation and ``python -m dqnfast.evaluate`` use; plots;
 the printed table), ``agents`` (a checkpoint's network, DQN or REINFORCE), ``video``
-(colour replay of a recorded game to MP4 / GIF), ``app`` (``python -m dqnfast.evaluate``
+(colour replay of a recorded game to MP4 / GIF), ``plots`` (the evaluation-score and
+learning-curve PNGs), ``app`` (``python -m dqnfast.evaluate``
 without Hydra).
 
 Library use (no Hydra)::

@@ -2,7 +2,7 @@
 
 Both are played the same way (``dqnfast.evaluation.protocol.play``): the argmax of the
 network's output, ε-greedy. A DQN checkpoint carries its network spec
-(``dqnfast.networks.make_network``); a REINFORCE checkpoint (``learner: reinforce``)
+(``dqnfast.agent.networks.make_network``); a REINFORCE checkpoint (``learner: reinforce``)
 carries the policy's weights and the run's config: the policy's widths are read off its
 weights (``policy.0.weight`` float32[h1, d], ...; a value head when ``value_head.*`` is
 there), so the rebuilt network is the trained one whatever the config says.
@@ -85,8 +85,8 @@ def policy_network(state: dict, obs_dim: int, num_actions: int, *, task_id: str)
 
 
 def _dqn_network(ckpt: dict, spec: Any) -> Any:
+    from dqnfast.agent.networks import make_network
     from dqnfast.checkpoint import check_compatible
-    from dqnfast.networks import make_network
 
     check_compatible(
         ckpt,

@@ -59,7 +59,7 @@ def run_episodes(
 
     Env i plays its ``quotas`` share; the first games of each env count, in the order they
     end. spec: the env's EnvSpec. actor: ``act(obs, epsilon)`` -> int32 actions (a
-    ``dqnfast.actor.Actor``). progress: called with the number of games done each time one ends.
+    ``dqnfast.agent.actor.Actor``). progress: called with the number of games done each time one ends.
     """
     from dqnfast.envs import GameTracker, observation_of, raw_reward_of
 
@@ -172,7 +172,7 @@ def play(
     """
     import torch
 
-    from dqnfast.actor import Actor
+    from dqnfast.agent.actor import Actor
     from dqnfast.envs import ActionLog, make_env
 
     n = num_eval_envs(protocol)

@@ -247,7 +247,7 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def write_plots(result: dict[str, Any], out: Path, metrics_csv: Path | None, *, frame_skip: int = 1) -> dict:
     """eval_scores.png (trained vs random) and, if metrics_csv exists, learning_curve.png; returns their paths."""
-    from dqnfast.plots import plot_eval_scores, plot_learning_curve
+    from dqnfast.evaluation.plots import plot_eval_scores, plot_learning_curve
 
     paths: dict[str, str] = {}
     steps = f" after {result['env_steps']:,} agent steps" if result.get("env_steps") is not None else ""

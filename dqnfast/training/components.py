@@ -87,8 +87,8 @@ class Run:
 
 def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> tuple[Any, Any, Any]:
     """The training envs (closed by ``stack``) and the network's spec for them."""
+    from dqnfast.agent.networks import spec_for
     from dqnfast.envs import make_env
-    from dqnfast.networks import spec_for
 
     if plan.ck and r.task_id != plan.ck.get("game"):  # the cheap check first
         raise ConfigError("resume", f"checkpoint is for {plan.ck.get('game')}, this run is {r.task_id}")
@@ -165,8 +165,8 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
     """Online and target networks (the target a copy of the online one), optimizer, Learner."""
     import torch
 
-    from dqnfast.learner import Learner, make_optimizer
-    from dqnfast.networks import make_network
+    from dqnfast.agent.dqn import Learner, make_optimizer
+    from dqnfast.agent.networks import make_network
 
     a, device = cfg.algo, r.device
     online = make_network(net_spec).to(device)
@@ -193,7 +193,7 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
 
 def head_options(cfg: Config) -> Any:
     """The head the config asks for: plain, dueling, C51's distributional head, noisy or not."""
-    from dqnfast.networks import HeadOptions
+    from dqnfast.agent.networks import HeadOptions
 
     a, n = cfg.algo, cfg.network
     return HeadOptions(
@@ -214,7 +214,7 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
     biggest item's), a checkpoint that does not fit (``resume``). Whatever was opened is
     closed by ``stack``.
     """
-    from dqnfast.actor import Actor, EpsilonSchedule
+    from dqnfast.agent.actor import Actor, EpsilonSchedule
     from dqnfast.envs import ActionLog
     from dqnfast.training.limits import check_run_memory
 

@@ -75,10 +75,10 @@ def _frames(cfg: Config, task_id: str, obs_kind: str) -> tuple[int, int]:
 def _network_floats(cfg: Config, obs_kind: str, frame_floats: int, stack: int) -> tuple[NetworkName, int, int]:
     """(architecture, parameters, activations per sample of one forward pass) of the Q-network, in float32s.
 
-    The parameters are counted on the network itself (``dqnfast.networks.parameter_count``), with
+    The parameters are counted on the network itself (``dqnfast.agent.networks.parameter_count``), with
     Atari's full action set: the memory is checked before the env says how many actions it has.
     """
-    from dqnfast.networks import NetworkSpec, network_kind, parameter_count
+    from dqnfast.agent.networks import NetworkSpec, network_kind, parameter_count
 
     n, a = cfg.network, _MAX_ACTIONS
     kind = network_kind(n.name, obs_kind)

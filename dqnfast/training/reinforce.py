@@ -15,7 +15,7 @@ before a checkpoint is written over the last good one (exit 1, one line).
 Units: ``env_steps`` count only the masked-in agent steps, summed over envs, so they
 compare with DQN's. Run outputs are DQN's: metrics.csv (``epsilon`` is nan: the policy
 explores by sampling; ``q_mean`` holds V's mean with a value baseline, else is empty),
-checkpoint.pt, eval.json and the plots from ``dqnfast.evaluate.final_evaluation`` (greedy
+checkpoint.pt, eval.json and the plots from ``dqnfast.evaluation.final_evaluation`` (greedy
 = argmax of the logits).
 
 The run around the loop is every learner's (``dqnfast.training.run``: lock, resume plan,

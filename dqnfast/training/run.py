@@ -547,7 +547,7 @@ def _final_evaluation(
     cfg: Config, network: Any, device: Any, run_dir: Path, spec: Any, loggers: Any, summary: dict[str, Any]
 ) -> dict[str, Any]:
     """Evaluates (trained vs random), writes eval.json and the plots, tells the loggers."""
-    from dqnfast.evaluate import final_evaluation
+    from dqnfast.evaluation import final_evaluation
     from dqnfast.loggers import eval_media
 
     env_steps = summary["env_steps"]

@@ -130,7 +130,7 @@ class Actor:
         except Exception as e:  # noqa: BLE001 - torch.compile raises many types
             import logging
 
-            logging.getLogger("dqnfast.actor").warning(
+            logging.getLogger("dqnfast.agent.actor").warning(
                 "torch.compile(mode=%r) of the actor failed (%s: %s); acting eagerly",
                 self.compile_mode,
                 type(e).__name__,

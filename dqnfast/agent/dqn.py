@@ -282,7 +282,7 @@ class Learner:
         try:
             metrics = self._step(*args)
         except Exception as e:  # noqa: BLE001 - torch.compile raises many types (BackendCompilerFailed, ...)
-            logging.getLogger("dqnfast.learner").warning(
+            logging.getLogger("dqnfast.agent.dqn").warning(
                 "torch.compile(mode=%r) failed (%s: %s); running the update eagerly (set algo.compile=false to "
                 "skip compiling)",
                 self.compile_mode,

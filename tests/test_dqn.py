@@ -1,4 +1,4 @@
-"""dqnfast.learner: targets checked by hand, loss, clipping, target sync (checkpoints: test_checkpoint.py)."""
+"""dqnfast.agent.dqn: targets checked by hand, loss, clipping, target sync (checkpoints: test_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from dqnfast.agent.dqn import Learner, make_optimizer, td_target, update_step
+from dqnfast.agent.networks import NetworkSpec, make_network
 from dqnfast.config import OptimConfig
 from dqnfast.config.resolve import resolve_amp, resolve_compile, uses_cudagraphs
-from dqnfast.learner import Learner, make_optimizer, td_target, update_step
-from dqnfast.networks import NetworkSpec, make_network
 
 
 def linear(weights) -> nn.Linear:
@@ -199,7 +199,7 @@ def test_compile_failure_falls_back_to_eager(caplog):
         return lr._eager(*args)
 
     lr._step, lr._guarded_calls, lr.compile_mode = flaky, 3, "default"
-    with caplog.at_level("WARNING", logger="dqnfast.learner"):
+    with caplog.at_level("WARNING", logger="dqnfast.agent.dqn"):
         got = [lr.update(batch)["loss"].item() for _ in range(4)]
     want = [ref.update(batch)["loss"].item() for _ in range(4)]
     assert calls == [1, 1] and lr.compile_mode is None and not lr.compiled
