@@ -37,11 +37,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import struct
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from dqnfast import __version__
 from dqnfast.atomic import atomic_open, temp_path
+from dqnfast.config.schema import plain
 
 if TYPE_CHECKING:  # torch is imported where it is used: finding a checkpoint needs no torch
     import torch
@@ -76,8 +82,6 @@ class CheckpointError(ValueError):
 # -------------------------------------------------------------------- checksum
 def _feed(h: Any, obj: Any) -> None:
     """Feeds a canonical byte encoding of ``obj`` (plain types and tensors) to hash ``h``."""
-    import torch
-
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
@@ -112,8 +116,6 @@ def payload_digest(payload: dict) -> str:
 
 # ------------------------------------------------------------------------ save
 def _atomic_save(payload: dict, path: Path) -> None:
-    import torch
-
     with atomic_open(path) as f:
         torch.save(payload, f)
 
@@ -121,13 +123,9 @@ def _atomic_save(payload: dict, path: Path) -> None:
 def package_version() -> str:
     """dqnfast's version (``dqnfast.__version__``, else the installed distribution's)."""
     try:
-        from dqnfast import __version__
-
         return str(__version__)
     except ImportError:  # e.g. an editable install seen as a namespace package
         try:
-            from importlib.metadata import version
-
             return version("dqnfast")
         except Exception:
             return "unknown"
@@ -139,8 +137,6 @@ def write_checkpoint(path: str | os.PathLike, payload: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, "dqnfast": package_version(), **payload}
     if isinstance(payload.get("config"), dict):  # config choices are Enums; a weights-only load takes plain str
-        from dqnfast.config.schema import plain
-
         payload["config"] = plain(payload["config"])
     payload.pop("sha256", None)
     payload["sha256"] = payload_digest(payload)
@@ -157,8 +153,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
         try:
             os.link(src, tmp)
         except OSError:  # a file system without hard links
-            import shutil
-
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
     finally:
@@ -257,8 +251,6 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     (a ValueError, one line) when the file is missing, truncated or corrupt, not a
     dqnfast checkpoint, or its checksum does not match its contents.
     """
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")

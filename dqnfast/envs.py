@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from dqnfast.config import EnvsConfig, ProtocolConfig
+from dqnfast.config.resolve import available_cores
 
 __all__ = [
     "ActionLog",
@@ -125,8 +126,6 @@ class EnvSpec:
 
 def _threads(n: int | None) -> int:
     """A given thread count, or one per core this process may use."""
-    from dqnfast.config.resolve import available_cores
-
     return int(n) if n else available_cores()
 
 

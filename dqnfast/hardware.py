@@ -22,6 +22,8 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 # The CPU flags that make bf16 arithmetic native (dot products in hardware, not emulated).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -81,8 +83,6 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[str, frozenset[str]]:
 
 
 def _torch_facts() -> tuple[str, bool]:
-    import torch
-
     try:
         capability = str(torch.backends.cpu.get_cpu_capability())
     except Exception:  # noqa: BLE001 - older or exotic builds: the flags still decide

@@ -12,6 +12,7 @@ with t = step - learning_starts; before learning_starts eps is 1.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -128,8 +129,6 @@ class Actor:
         try:
             q = self._forward(x).float()
         except Exception as e:  # noqa: BLE001 - torch.compile raises many types
-            import logging
-
             logging.getLogger("dqnfast.agent.actor").warning(
                 "torch.compile(mode=%r) of the actor failed (%s: %s); acting eagerly",
                 self.compile_mode,

@@ -22,6 +22,7 @@ mean(w * elementwise loss); every update also returns |y - Q(s, a)| per sample
 from __future__ import annotations
 
 import copy
+import logging
 from functools import partial
 from typing import Any, Callable, Iterable
 
@@ -273,8 +274,6 @@ class Learner:
 
     def _guarded(self, args: tuple) -> dict[str, torch.Tensor]:
         """One of the first compiled updates; on a compiler error, one warning and eager from then on."""
-        import logging
-
         state = (
             {k: v.detach().clone() for k, v in self.online.state_dict().items()},
             copy.deepcopy(self.optimizer.state_dict()),

@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from dqnfast.checkpoint import CHECKPOINT_NAME, CheckpointError, find_checkpoint, numbered_checkpoints
 from dqnfast.cli import CONF_DIR
 from dqnfast.cli.help import print_help, wants_help
 from dqnfast.cli.hydra_dirs import begin_command, discard_refused_output
-from dqnfast.cli.overrides import quote_paths
+from dqnfast.cli.overrides import check_overrides, is_hydra_key, quote_paths, sweep_jobs
 from dqnfast.config import ConfigError
-from dqnfast.envs import EnvCreationError
+from dqnfast.envs import EnvCreationError, ReplayDivergedError
 from dqnfast.evaluation import EvalConfig, check_evaluation, default_out, evaluate
+from dqnfast.evaluation.video import VideoError
 
 
 def _fail(err: Exception, code: int = 2) -> None:
@@ -34,8 +37,6 @@ def _eval_dir(run: str, out: Any = None) -> str:
     if out not in (None, "", "None", "null"):
         return str(out)
     try:
-        from dqnfast.checkpoint import find_checkpoint
-
         return str(default_out(find_checkpoint(run)))
     except Exception:  # checked, with a clear message, before Hydra runs
         return str(Path("outputs") / "eval")
@@ -43,8 +44,6 @@ def _eval_dir(run: str, out: Any = None) -> str:
 
 def _runs_inside(folder: Path, limit: int = 5) -> tuple[list[Path], int]:
     """Run dirs with a checkpoint below ``folder`` (a sweep's jobs, ``multirun/DATE/TIME/N``): (the first ``limit``, how many)."""
-    from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
-
     found = set()
     for depth in ("*", "*/*", "*/*/*"):  # a sweep dir, a day of sweeps, the whole multirun/ folder
         found |= {p.parent for p in folder.glob(f"{depth}/{CHECKPOINT_NAME}") if p.is_file()}
@@ -55,7 +54,7 @@ def _runs_inside(folder: Path, limit: int = 5) -> tuple[list[Path], int]:
 
 def _check_run(run: str) -> None:
     """``run=``: a usable checkpoint, or a one-line refusal; a folder of runs (a sweep) gets the runs it holds."""
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+    from dqnfast.checkpoint import load_checkpoint  # looked up at each call: tests replace it on its module
 
     try:
         load_checkpoint(find_checkpoint(run))
@@ -77,8 +76,6 @@ def _check_run(run: str) -> None:
 
 def _job_overrides(argv: list[str]) -> list[list[str]] | None:
     """The overrides of every evaluation this command line runs (one; each job of a ``-m`` sweep); None if unknown."""
-    from dqnfast.cli.overrides import is_hydra_key, sweep_jobs
-
     args = [a for a in argv if not a.startswith("-") and "=" in a]
     if "-m" in argv or "--multirun" in argv:
         listed = sweep_jobs(args)
@@ -92,8 +89,6 @@ def _check_evaluations(argv: list[str]) -> None:
     Hydra writes the output folder's ``.hydra/`` before ``main`` runs: an evaluation refused
     only then would replace the record of the evaluation already in that folder.
     """
-    from hydra import compose, initialize_config_dir
-
     jobs = _job_overrides(argv)
     if not jobs:
         return
@@ -120,7 +115,6 @@ def _preflight(argv: list[str]) -> None:
         for a in argv
     ):
         return
-    from dqnfast.cli.overrides import check_overrides
 
     try:
         runs = [
@@ -168,9 +162,6 @@ def cli() -> None:
         except ConfigError as e:
             _fail(e)
         except Exception as e:  # VideoError, ReplayDivergedError: one line, no traceback
-            from dqnfast.envs import EnvCreationError, ReplayDivergedError
-            from dqnfast.evaluation.video import VideoError
-
             if isinstance(e, (EnvCreationError, VideoError, ReplayDivergedError)):  # the machine, not the command
                 _fail(e, 1)
             raise

@@ -15,8 +15,12 @@ import sys
 import textwrap
 from typing import Any, Mapping, Sequence
 
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
 from dqnfast.cli import CONF_DIR
 from dqnfast.config.keys import describe, needs
+from dqnfast.loggers import flatten
 
 HELP_FLAGS = ("--help", "-h")
 
@@ -41,8 +45,6 @@ def help_overrides(argv: Sequence[str], skip: Sequence[str] = ()) -> list[str]:
 
 def compose_for_help(config_name: str, overrides: list[str], job_name: str) -> Any:
     """The config Hydra composes for these overrides, with its ``hydra`` node (help texts, choices)."""
-    from hydra import compose, initialize_config_dir
-
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR), job_name=job_name):
         return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
 
@@ -109,10 +111,6 @@ def render(
     groups: {group: what it is} listed with their options (the chosen one starred);
     optional_groups: {group: what it is} that only a ``+group=option`` override adds.
     """
-    from omegaconf import OmegaConf
-
-    from dqnfast.loggers import flatten
-
     width = width or max(80, min(shutil.get_terminal_size((100, 24)).columns, 140))
     container = OmegaConf.to_container(cfg, resolve=False, enum_to_str=True)
     container.pop("hydra", None)

@@ -39,7 +39,14 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dqnfast.checkpoint import CheckpointError, find_checkpoint
+from dqnfast.cli.overrides import plain_value
 from dqnfast.config import Config, ConfigError
+from dqnfast.config.schema import plain
+from dqnfast.failure import read_failure
+from dqnfast.loggers import flatten
+from dqnfast.training import objective
+from dqnfast.training.resume import evaluation_pending, training_done
 
 __all__ = ["RUN_KEYS", "check_job_folder", "config_changes", "continue_job", "hand_over_signal"]
 
@@ -69,8 +76,6 @@ def _is_run_key(key: str) -> bool:
 
 def config_changes(saved: dict, now: dict) -> list[str]:
     """``["optim.lr: 0.001 -> 0.0003", ...]``: the keys outside ``RUN_KEYS`` where two plain configs differ."""
-    from dqnfast.loggers import flatten
-
     a, b = flatten(saved), flatten(now)
     changes = []
     for key in sorted(set(a) | set(b)):
@@ -118,9 +123,6 @@ def continue_job(cfg: DictConfig, conf: Config, run_dir: str | os.PathLike) -> t
     returns its objective (the final evaluation's mean score) after one line that says so.
     Raises ConfigError (one line) for a checkpoint of another config or one that cannot be read.
     """
-    from dqnfast.failure import read_failure
-    from dqnfast.training.resume import evaluation_pending, training_done
-
     run_dir = Path(run_dir)
     found = _own_checkpoint(cfg, run_dir)
     if found is None:
@@ -152,10 +154,10 @@ def _own_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path, dict] | None:
 
     Raises ConfigError (one line) for a checkpoint of another config, or one that cannot be read.
     """
+    from dqnfast.checkpoint import load_checkpoint  # looked up at each call: tests replace it on its module
+
     if not ((run_dir / "checkpoint.pt").is_file() or (run_dir / "checkpoints").is_dir()):
         return None  # looked at without importing torch: the sweep's first run has nothing to load
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-    from dqnfast.config.schema import plain
 
     try:
         path = find_checkpoint(run_dir)
@@ -187,8 +189,6 @@ def check_job_folder(argv: list[str], num: int, cfg: DictConfig) -> None:
     writes into any job folder (its ``.hydra/`` record among them), so a refused sweep
     leaves every folder as it was. Raises ConfigError (one line) as ``continue_job`` does.
     """
-    from dqnfast.cli.overrides import plain_value
-
     given = [a for a in argv if a.startswith(("hydra.sweep.dir=", "hydra.sweep.subdir="))]
     if not given or any(a.startswith("hydra.sweep.subdir=") for a in given):
         return
@@ -212,8 +212,6 @@ def _num(x: Any) -> str:
 
 def _objective(result: dict, ck: dict) -> float:
     """A finished job's objective, as its run returned it: the final evaluation's mean, else the last training score."""
-    from dqnfast.training import objective
-
     scores = [float(x) for x in (ck.get("loop") or {}).get("scores", [])]
     return objective({"eval": result, "score_mean": sum(scores) / len(scores) if scores else math.nan})
 

@@ -33,17 +33,26 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from dqnfast.atomic import DiskFullError
+from dqnfast.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    find_checkpoint,
+    newest_steps,
+    run_dir_of,
+)
 from dqnfast.cli import CONF_DIR
 from dqnfast.cli.help import print_help, wants_help
 from dqnfast.cli.hydra_dirs import begin_command, discard_refused_output, note_existing
-from dqnfast.cli.overrides import plain_value, quote, quote_paths
+from dqnfast.cli.overrides import check_overrides, plain_value, quote, quote_paths, sweep_jobs
 from dqnfast.cli.sweep_resume import check_job_folder, continue_job, hand_over_signal
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.keys import summary
@@ -53,6 +62,7 @@ from dqnfast.failure import FAILED_NAME, read_failure, write_failure
 from dqnfast.loggers import flatten
 from dqnfast.training import check_config, objective, train
 from dqnfast.training.loop import TrainingDiverged
+from dqnfast.training.rundir import LOCK_NAME, precheck, release_all
 from dqnfast.training.stop import StopRequested, nothing_saved, raise_on_signals, reached
 
 log = logging.getLogger("dqnfast.train")
@@ -61,8 +71,6 @@ GROUPS = ("envs", "algo", "network", "replay", "optim", "explore", "logger", "re
 
 
 def _fail(err: ConfigError) -> None:
-    from dqnfast.training.rundir import release_all
-
     release_all()  # the run dir's lock first: it is the last file of a folder this command made
     discard_refused_output()  # a refused run leaves no outputs/DATE/TIME folder
     msg = " ".join(str(err).split())  # one line, whatever the message held
@@ -93,8 +101,6 @@ def _preflight(argv: list[str]) -> None:
     wrong type (``optim.lr=abc``), every value of a sweep; values are checked by
     ``config.validate`` once the run starts.
     """
-    from dqnfast.cli.overrides import check_overrides
-
     try:
         check_overrides(argv, Config, hint="see python -m dqnfast.train --cfg job", groups=GROUPS, conf_dir=CONF_DIR)
     except ConfigError as e:
@@ -114,11 +120,6 @@ def _check_sweep(argv: list[str]) -> None:
     recorded as a failed job (``main``). A job that resumes a run is checked against its
     checkpoint's config when it starts.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from dqnfast.cli.overrides import sweep_jobs
-
     if not {"-m", "--multirun"} & set(argv) or any(
         a.split("=", 1)[0] in _NO_RUN_DIR - {"-m", "--multirun"} for a in argv
     ):
@@ -180,8 +181,6 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> tuple[D
     option (``optim=rmsprop``) replaces its section; a preset sets the keys it names.
     Returns (config, ["key: old -> new", ...]).
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     base = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(saved))
     before = OmegaConf.to_container(base, resolve=True, enum_to_str=True)
     keys: list[str] = []
@@ -222,7 +221,7 @@ def _resume_run(cfg: DictConfig, conf: Config) -> tuple[Config, dict, dict, Path
 
     The checkpoint is the one ``_resume_preflight`` read, when it is the same file.
     """
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+    from dqnfast.checkpoint import load_checkpoint  # looked up at each call: tests replace it on its module
 
     try:
         path = find_checkpoint(conf.resume)
@@ -280,9 +279,6 @@ def _job_failed(err: BaseException | str, code: int, run_dir: Any) -> float:
     (no checkpoint.pt, no eval.json), since the refusal may be that the folder is another
     run's. Returns the objective of a failed job, NaN (Optuna records the trial as failed).
     """
-    from dqnfast.checkpoint import CHECKPOINT_NAME
-    from dqnfast.training.rundir import release_all
-
     release_all()  # this job's run dir lock: the next job of an in-process launcher starts clean
     hc = HydraConfig.get()
     msg = " ".join(str(err).split())
@@ -457,7 +453,7 @@ def _resume_preflight(argv: list[str]) -> tuple[list[str], Path | None]:
     its ``.hydra/`` by writing this invocation's under ``.hydra/resume-<unix time>/``.
     Returns (argv, the checkpoint file or None).
     """
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+    from dqnfast.checkpoint import load_checkpoint  # looked up at each call: tests replace it on its module
 
     given = [a for a in argv if a.startswith("resume=")]
     if not given or given[-1].split("=", 1)[1] in ("", "null", "None"):
@@ -517,8 +513,6 @@ def _claim_run_dir(argv: list[str], source: Path | None) -> None:
     Another process holding it, a folder with another run, or a fork of a run that is
     running: one line, exit 2, nothing written. The lock is held until the process ends.
     """
-    from dqnfast.training.rundir import precheck
-
     run_dir = _given_run_dir(argv)
     if run_dir is None:
         return
@@ -565,9 +559,6 @@ def stopped_outside_training(signum: int, run_dir: Path | None, *, finished: boo
     Nothing was saved: it says what the run dir holds, read from the disk (a resumed run's
     checkpoint is unchanged; a fresh run has none), and how to go on.
     """
-    from dqnfast.checkpoint import CHECKPOINT_NAME, newest_steps
-    from dqnfast.training.rundir import LOCK_NAME
-
     name = signal.Signals(signum).name
     if finished:
         return f"{name} after the run ended: its results in {run_dir} are complete"

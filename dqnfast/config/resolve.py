@@ -13,6 +13,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import torch
+
+from dqnfast.agent.networks import check_fits, network_kind
 from dqnfast.config.schema import (
     Amp,
     AutoBool,
@@ -86,8 +89,6 @@ def check_thread_counts(cfg: Config, cores: int) -> None:
 
 def resolve_device(name: Any):
     """``auto`` -> cuda if available else cpu. Raises ConfigError("device") if unusable."""
-    import torch
-
     name = str(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -108,8 +109,6 @@ def resolve_compile(mode: Any, device: Any) -> str | None:
     CUDA, eager on the CPU (compiling takes longer than a short CPU run gains); ``true`` =
     ``default``; ``false`` = eager; any other value is a torch.compile mode.
     """
-    import torch
-
     mode = CompileMode.parse(mode, "algo.compile")
     if mode == CompileMode.auto:
         return "reduce-overhead" if torch.device(device).type == "cuda" else None
@@ -125,8 +124,6 @@ def uses_cudagraphs(compile_mode: str | None) -> bool:
 
 def resolve_amp(amp: Any):
     """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16. amp: an ``Amp`` or its value (ValueError otherwise)."""
-    import torch
-
     return torch.bfloat16 if Amp.parse(amp, "algo.amp") == Amp.bf16 else None
 
 
@@ -228,6 +225,7 @@ def observation_kind(family: str, obs: ObsKind) -> str:
 
 def _game(cfg: Config) -> tuple[str, str, str]:
     """(task_id, family, observation kind); ConfigError for an unknown game, or a learner or obs it cannot have."""
+    # looked up at each call (tests count the resolutions on its module); and envs imports this module
     from dqnfast.envs import resolve_game
 
     try:
@@ -245,8 +243,6 @@ def _game(cfg: Config) -> tuple[str, str, str]:
 
 def _network(cfg: Config, obs_kind: str) -> NetworkName:
     """The architecture ``network.name`` gives; ConfigError when it cannot take the observations."""
-    from dqnfast.agent.networks import check_fits, network_kind
-
     kind = network_kind(cfg.network.name, obs_kind)
     shape = {ObsKind.pixels: (cfg.envs.stack, 84, 84), ObsKind.ram: (128,)}.get(obs_kind)  # vector: the env's
     try:
@@ -258,8 +254,6 @@ def _network(cfg: Config, obs_kind: str) -> NetworkName:
 
 def _pin_memory(mode: AutoBool, device: Any) -> bool:
     """replay.pin_memory: auto = when training on CUDA; true = when CUDA is there to pin for."""
-    import torch
-
     if mode == AutoBool.auto:
         return device.type == "cuda"
     return mode == AutoBool.true and torch.cuda.is_available()

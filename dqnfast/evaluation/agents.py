@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dqnfast.agent.networks import make_network
+from dqnfast.agent.reinforce import PolicyNetwork
+from dqnfast.checkpoint import CheckpointError, check_compatible
 from dqnfast.config import ConfigError, EnvsConfig, EvalProtocolConfig
 from dqnfast.config.schema import LearnerName, NetworkName, ObsKind
 
@@ -51,7 +54,7 @@ def _obs_kind(ckpt: dict) -> str:
 
 
 def _resolve(game: Any, key: str) -> tuple[str, str]:
-    from dqnfast.envs import resolve_game
+    from dqnfast.envs import resolve_game  # looked up at each call: tests replace it on its module
 
     try:
         return resolve_game(game)
@@ -64,8 +67,6 @@ def policy_network(state: dict, obs_dim: int, num_actions: int, *, task_id: str)
 
     Raises ConfigError (key ``run``) when the policy does not fit ``obs_dim`` / ``num_actions``.
     """
-    from dqnfast.agent.reinforce import PolicyNetwork
-
     layers = sorted(
         (int(k.split(".")[1]), v) for k, v in state.items() if k.startswith("policy.") and k.endswith(".weight")
     )
@@ -85,9 +86,6 @@ def policy_network(state: dict, obs_dim: int, num_actions: int, *, task_id: str)
 
 
 def _dqn_network(ckpt: dict, spec: Any) -> Any:
-    from dqnfast.agent.networks import make_network
-    from dqnfast.checkpoint import check_compatible
-
     check_compatible(
         ckpt,
         game=spec.task_id,
@@ -117,8 +115,7 @@ def load_agent(
     Raises ConfigError: ``game`` for an unknown game, ``run`` for a checkpoint that does not
     fit (another game, observation type, action count or network) or cannot be rebuilt.
     """
-    from dqnfast.checkpoint import CheckpointError
-    from dqnfast.envs import make_env
+    from dqnfast.envs import make_env  # looked up at each call: tests replace it on its module
 
     learner = learner_of(ckpt)
     ck_game = ckpt.get("game") or (ckpt.get("config") or {}).get("game")

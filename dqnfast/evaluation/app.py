@@ -15,9 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+
+from dqnfast.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    find_checkpoint,
+    package_version,
+    run_dir_of,
+)
 from dqnfast.config import NOOP_MAX_HINT, ConfigError, EnvsConfig, EvalProtocolConfig, ExploreConfig
+from dqnfast.config.resolve import available_cores, thread_counts
+from dqnfast.evaluation.agents import load_agent
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
-from dqnfast.evaluation.video import VIDEO_CHOICES
+from dqnfast.evaluation.results import eval_json, evaluate_network, format_table, write_json, write_outputs
+from dqnfast.evaluation.video import VIDEO_CHOICES, VideoError, check_video_deps, write_videos
 
 __all__ = ["EvalConfig", "check_evaluation", "default_out", "evaluate", "validate_eval"]
 
@@ -99,8 +111,6 @@ def validate_eval(cfg: EvalConfig) -> None:
     )
     check(cfg.video_fps is None or cfg.video_fps > 0, "video_fps", f"must be > 0 or null, got {cfg.video_fps!r}")
     if cfg.video or cfg.gif:
-        from dqnfast.evaluation.video import VideoError, check_video_deps
-
         try:
             check_video_deps(gif=cfg.gif)
         except VideoError as e:
@@ -109,8 +119,6 @@ def validate_eval(cfg: EvalConfig) -> None:
 
 def default_out(checkpoint: Path) -> Path:
     """``<run dir>/eval`` for a run's newest checkpoint, ``<run dir>/eval-<stem>`` for another one."""
-    from dqnfast.checkpoint import CHECKPOINT_NAME, run_dir_of
-
     run = run_dir_of(checkpoint)
     return run / "eval" if checkpoint.name == CHECKPOINT_NAME else run / f"eval-{checkpoint.stem}"
 
@@ -150,7 +158,7 @@ def _seed_and_epsilon(cfg: EvalConfig, ckpt: dict) -> tuple[int, float]:
 
 
 def _load(cfg: EvalConfig) -> tuple[Path, dict]:
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+    from dqnfast.checkpoint import load_checkpoint  # looked up at each call: tests replace it on its module
 
     try:
         path = find_checkpoint(cfg.run)
@@ -191,8 +199,7 @@ class _Prepared:
 
 def _prepare(cfg: EvalConfig) -> _Prepared:
     """Every check of an evaluation that needs no game played; raises ConfigError naming the key."""
-    from dqnfast.config.resolve import resolve_device
-    from dqnfast.evaluation.agents import load_agent
+    from dqnfast.config.resolve import resolve_device  # looked up at each call: tests replace it on its module
 
     validate_eval(cfg)
     path, ckpt = _load(cfg)
@@ -219,12 +226,6 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
     Raises ConfigError (key ``run`` for an unusable or mismatched checkpoint, the key's name
     for a bad value), ``dqnfast.evaluation.video.VideoError`` and ``ReplayDivergedError``.
     """
-    import torch
-
-    from dqnfast.checkpoint import package_version, run_dir_of
-    from dqnfast.config.resolve import available_cores, thread_counts
-    from dqnfast.evaluation.results import eval_json, evaluate_network, format_table, write_json, write_outputs
-
     prep = _prepare(cfg)
     path, ckpt, envs, protocol, agent, device = prep.path, prep.ckpt, prep.envs, prep.protocol, prep.agent, prep.device
     _, _, threads = thread_counts(available_cores(), cpu=device.type == "cpu", torch_threads=cfg.torch_threads)
@@ -287,8 +288,6 @@ def evaluate(cfg: EvalConfig, out: str | os.PathLike | None = None, *, echo: boo
 
 def _video(cfg: EvalConfig, played: Any, out: Path) -> dict[str, Any]:
     """Writes the MP4 / GIF of the ``video_episode`` trained game; returns eval.json's ``video``."""
-    from dqnfast.evaluation.video import write_videos
-
     kinds = " and ".join(k for k, on in (("MP4", cfg.video), ("GIF", cfg.gif)) if on)
     log.info("writing the %s of the %s trained game (re-played in colour) to %s", kinds, cfg.video_episode, out)
     return write_videos(played, out, which=str(cfg.video_episode), mp4=cfg.video, gif=cfg.gif, fps=cfg.video_fps)

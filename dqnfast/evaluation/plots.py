@@ -13,6 +13,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from dqnfast.atomic import atomic_open
+
 __all__ = ["plot_eval_scores", "plot_learning_curve", "read_metrics"]
 
 TRAINED_COLOR = "#1f77b4"
@@ -28,8 +32,6 @@ def _figure(height: float, rows: int = 1):
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    from dqnfast.atomic import atomic_open
-
     path = Path(path)
     with atomic_open(path) as f:
         fig.savefig(f, format="png")
@@ -53,8 +55,6 @@ def plot_eval_scores(
     trained, random: one score per episode (random may be None or empty). Both share
     the bins; dashed lines mark the means.
     """
-    import numpy as np
-
     t, r = _finite(trained), _finite(random or [])
     fig, (ax,) = _figure(3.6)
     allx = t + r

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
+from dqnfast.agent.actor import Actor
 from dqnfast.config import EnvsConfig, EvalProtocolConfig
+from dqnfast.envs import ActionLog, GameTracker, observation_of, raw_reward_of
 
 # The evaluation envs of a run seeded s are seeded s + EVAL_SEED_OFFSET + i: far from the training
 # envs (s + i) so a final evaluation never replays the games the agent trained on.
@@ -61,8 +64,6 @@ def run_episodes(
     end. spec: the env's EnvSpec. actor: ``act(obs, epsilon)`` -> int32 actions (a
     ``dqnfast.agent.actor.Actor``). progress: called with the number of games done each time one ends.
     """
-    from dqnfast.envs import GameTracker, observation_of, raw_reward_of
-
     n = spec.num_envs
     quota = np.array(quotas(episodes, n))
     done = np.zeros(n, np.int64)
@@ -170,10 +171,7 @@ def play(
     record: keep every action and result (``Played.recording``) to re-play games (videos).
     task: ``game`` already resolved, ``(task_id, family)`` (``dqnfast.envs.resolve_game``).
     """
-    import torch
-
-    from dqnfast.agent.actor import Actor
-    from dqnfast.envs import ActionLog, make_env
+    from dqnfast.envs import make_env  # looked up at each call: tests replace it on its module
 
     n = num_eval_envs(protocol)
     env, spec = make_env(game, obs, envs, protocol, seed=seed, num_envs=n, batch_size=n, task=task)

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dqnfast.atari_scores import REFERENCE_SCORES, human_normalized
+from dqnfast.atomic import atomic_open
 from dqnfast.config import EnvsConfig, EvalProtocolConfig
 from dqnfast.config.schema import LearnerName
+from dqnfast.evaluation.plots import plot_eval_scores, plot_learning_curve
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET, Played, num_eval_envs, play, summarize
 
 __all__ = [
@@ -67,8 +70,6 @@ class Evaluation:
 
 def _agent(played: Played, short: str) -> dict[str, Any]:
     """One agent's statistics, its epsilon and its mean's human-normalized score (null without a reference)."""
-    from dqnfast.atari_scores import human_normalized
-
     out = summarize(played.scores, played.lengths)
     out["epsilon"] = played.epsilon
     hns = human_normalized(short, out["mean"]) if math.isfinite(out["mean"]) else math.nan
@@ -122,8 +123,7 @@ def evaluate_network(
     (or null); ``reference`` (random and human scores and their source, or null); ``protocol``.
     task: ``game`` already resolved, ``(task_id, family)``; None: resolved here, once for both agents.
     """
-    from dqnfast.atari_scores import REFERENCE_SCORES
-    from dqnfast.envs import resolve_game
+    from dqnfast.envs import resolve_game  # looked up at each call: tests replace it on its module
 
     if learner not in POLICIES:
         raise ValueError(f"learner must be one of {', '.join(POLICIES)}, got {learner!r}")
@@ -237,8 +237,6 @@ def _json_safe(x: Any) -> Any:
 
 def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
     """eval.json, atomically, NaN written as null."""
-    from dqnfast.atomic import atomic_open
-
     path = Path(path)
     with atomic_open(path, "w") as f:
         f.write(json.dumps(_json_safe(result), indent=2) + "\n")
@@ -247,8 +245,6 @@ def write_json(result: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def write_plots(result: dict[str, Any], out: Path, metrics_csv: Path | None, *, frame_skip: int = 1) -> dict:
     """eval_scores.png (trained vs random) and, if metrics_csv exists, learning_curve.png; returns their paths."""
-    from dqnfast.evaluation.plots import plot_eval_scores, plot_learning_curve
-
     paths: dict[str, str] = {}
     steps = f" after {result['env_steps']:,} agent steps" if result.get("env_steps") is not None else ""
     eps = (result.get("protocol") or {}).get("epsilon", result.get("epsilon"))

@@ -17,6 +17,7 @@ wheels ship an ffmpeg binary), a GIF also ``pillow``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from dqnfast.envs import ReplayDivergedError
+from dqnfast.atomic import atomic_path
+from dqnfast.envs import ReplayDivergedError, make_replay_env
 
 __all__ = [
     "VIDEO_CHOICES",
@@ -48,8 +50,6 @@ class VideoError(RuntimeError):
 
 def check_video_deps(gif: bool = False) -> None:
     """Raises VideoError (one line) when imageio / imageio-ffmpeg (and, for a GIF, pillow) are missing."""
-    import importlib.util
-
     missing = [m for m in ("imageio", "imageio_ffmpeg") if importlib.util.find_spec(m) is None]
     if gif and not missing and importlib.util.find_spec("PIL") is None:
         missing.append("pillow")
@@ -69,8 +69,6 @@ def iter_replay(
     Yields uint8[210, 160, 3] frames (or the override's frame shape, HWC).
     Raises ReplayDivergedError at the first step whose reward or elapsed_step differs.
     """
-    from dqnfast.envs import make_replay_env
-
     if env_config.get("img_height") is None:
         raise VideoError(f"videos are for Atari games; {task_id} has no screen")
     env = make_replay_env(task_id, env_config, env_index, **{**COLOUR, **override})
@@ -100,8 +98,6 @@ def write_frames(
     Frames keep their size (H, W even for the MP4). Each file is written through
     ``dqnfast.atomic.atomic_path``: an error (e.g. ReplayDivergedError) leaves no file.
     """
-    from dqnfast.atomic import atomic_path
-
     check_video_deps(gif=gif is not None)
     import imageio.v2 as imageio
 

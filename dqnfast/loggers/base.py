@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from dqnfast.atari_scores import human_normalized
 from dqnfast.config import ConfigError, LoggerConfig
 from dqnfast.config.schema import WandbMode
 
@@ -106,10 +109,6 @@ def eval_scalars(result: Mapping[str, Any], game: str = "") -> dict[str, float]:
     ``scores`` (std, min, max, count) and of ``lengths``, and the human-normalized mean
     for Atari games with reference scores (``dqnfast.atari_scores``).
     """
-    import statistics
-
-    from dqnfast.atari_scores import human_normalized
-
     out: dict[str, float] = {}
     for k, v in result.items():
         if k in (STEP_KEY, "seed", "protocol", "reference"):  # settings, not results
@@ -147,8 +146,6 @@ def eval_media(run_dir: str | Path) -> list[Path]:
 
 def check_logger_config(cfg: LoggerConfig) -> None:
     """Start-up check (no imports of the backends): raises ConfigError if a backend is missing."""
-    import importlib.util
-
     if cfg.wandb and cfg.wandb_mode != WandbMode.disabled and importlib.util.find_spec("wandb") is None:
         raise ConfigError("logger.wandb", "needs the wandb package: pip install wandb")
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:

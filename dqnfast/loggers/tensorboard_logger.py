@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+import numpy as np
+
 from dqnfast.config import ConfigError
 from dqnfast.loggers.base import (
     METRIC_KEYS,
@@ -40,8 +42,6 @@ class TensorBoardLogger:
                 self.writer.add_scalar(METRIC_KEYS.get(k, f"charts/{k}"), v, global_step=step)
 
     def log_eval(self, result: Mapping[str, Any], *, step: int, media: Iterable[str | Path] = ()) -> None:
-        import numpy as np
-
         scalars = eval_scalars(result, self.info.game)
         for k, v in scalars.items():
             self.writer.add_scalar(k, v, global_step=step)

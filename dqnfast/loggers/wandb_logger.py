@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import netrc
 import os
 import socket
 from pathlib import Path
@@ -42,7 +43,6 @@ def _wandb_has_credentials(wandb: Any, base_url: str) -> bool:
         pass
     except Exception:  # a malformed key: let wandb.init report it, then fall back
         return True
-    import netrc
 
     if os.environ.get("WANDB_API_KEY"):
         return True

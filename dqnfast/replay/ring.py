@@ -10,6 +10,7 @@ import json
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -560,35 +561,8 @@ class ReplayRing:
     def _load(  # noqa: PLR0913 - load's arguments, passed on
         cls, z, path: Path, num_threads, check_memory, frames_device, num_actions, alpha, priority_eps
     ) -> "ReplayRing":
-        def bad(what: str) -> ReplayFileError:
-            return ReplayFileError(f"replay file {path} is invalid: {what}; delete it to start with an empty ring")
-
-        meta_text = str(z["meta"])
-        meta = json.loads(meta_text)
-        if (
-            not isinstance(meta, dict)
-            or meta.get("format") != "dqnfast-replay"
-            or meta.get("version") not in READ_VERSIONS
-        ):
-            raise ReplayFileError(f"{path} is not a dqnfast replay file of version {FORMAT_VERSION}")
-        # version 1 predates the checksum: its arrays are covered by the zip CRCs and the checks below
-        expect_digest = None
-        if meta["version"] >= 2:
-            if "sha256" not in z.files:
-                raise bad("no checksum")
-            expect_digest = str(z["sha256"])
-        if num_actions is None:
-            num_actions = meta.get("num_actions")
-        rng_state = meta["rng_state"]
-        if isinstance(rng_state, bool) or not isinstance(rng_state, int) or not 0 <= rng_state < _U64:
-            raise bad(f"rng_state {rng_state!r} is not a uint64")
-        sampler = meta.get("sampler") or {"kind": "uniform"}
-        prioritized = sampler.get("kind") == "prioritized"
-        if sampler.get("kind") not in ("uniform", "prioritized"):
-            raise bad(f"sampler {sampler.get('kind')!r} is not uniform or prioritized")
-        max_priority = sampler.get("max_priority", 1.0)
-        if prioritized and not (_is_number(max_priority) and math.isfinite(max_priority) and max_priority > 0):
-            raise bad(f"max_priority {max_priority!r} is not a positive number")
+        m = _read_meta(z, path)
+        meta, sampler = m.meta, m.sampler
         ring = cls(
             meta["capacity"],
             meta["num_envs"],
@@ -601,20 +575,46 @@ class ReplayRing:
             num_threads,
             check_memory,
             frames_device,
-            num_actions,
-            prioritized=prioritized,
+            meta.get("num_actions") if num_actions is None else num_actions,
+            prioritized=m.prioritized,
             alpha=sampler.get("alpha", 0.6) if alpha is None else alpha,
             priority_eps=sampler.get("priority_eps", 1e-6) if priority_eps is None else priority_eps,
         )
-        h = digest(meta_text)
-        L = ring.layout
+        h = digest(m.text)
+        views, frame_slots = ring._restore_arrays(z, path, h)
+        if m.digest is not None and h.hexdigest() != m.digest:
+            raise _bad_file(path, "checksum mismatch (its contents changed after it was written)")
+        problem = check_contents(
+            views,
+            segment=ring.layout.segment,
+            num_actions=ring.num_actions,
+            frames=ring._storage.host_frames(),
+            max_priority=float(m.max_priority),
+            priority_eps=float(sampler.get("priority_eps", 0.0)) if m.prioritized else 0.0,
+            frame_slots=frame_slots,
+        )
+        if problem:
+            raise _bad_file(path, problem)
+        ring.rng_state = m.rng_state
+        if m.prioritized:
+            ring._ring.max_priority = float(m.max_priority)
+        ring._ring.rebuild_index()
+        return ring
+
+    def _restore_arrays(self, z, path: Path, h) -> tuple[dict[str, np.ndarray], int]:
+        """Copies the file's arrays into this (new) ring, each checked for shape and dtype and fed to ``h``.
+
+        Returns (the ring's arrays by name, with a zero-stride stand-in of the file's frame layout, and
+        the number of frame slots per segment the file holds: all, or the first ones in version 4).
+        """
+        L = self.layout
         frame_slots = L.segment
-        views = dict(ring._ring._storage())
+        views = dict(self._ring._storage())
         # the file layout of the frames, whichever storage holds them (a zero-stride stand-in for the check)
         views["frames"] = np.lib.stride_tricks.as_strided(
             np.zeros(1, np.uint8), (L.num_envs, L.segment, L.frame_bytes), (0, 0, 0)
         )
-        for name in ring._array_names():
+        for name in self._array_names():
             view = views[name]
             arr = z[name]
             shape = view.shape
@@ -622,31 +622,58 @@ class ReplayRing:
                 frame_slots = arr.shape[1]  # the first slots of each segment (version 4)
                 shape = (L.num_envs, frame_slots, L.frame_bytes)
             if arr.shape != shape or arr.dtype != view.dtype:
-                raise bad(f"array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}")
+                raise _bad_file(
+                    path, f"array {name} has {arr.dtype}{list(arr.shape)}, expected {view.dtype}{list(view.shape)}"
+                )
             feed(h, name, arr)
             if name == "frames":
-                ring._storage.restore_frames(arr)
+                self._storage.restore_frames(arr)
             else:
-                ring._ring._restore(name, arr)
+                self._ring._restore(name, arr)
             del arr
-        if expect_digest is not None and h.hexdigest() != expect_digest:
-            raise bad("checksum mismatch (its contents changed after it was written)")
-        problem = check_contents(
-            views,
-            segment=L.segment,
-            num_actions=ring.num_actions,
-            frames=ring._storage.host_frames(),
-            max_priority=float(max_priority),
-            priority_eps=float(sampler.get("priority_eps", 0.0)) if prioritized else 0.0,
-            frame_slots=frame_slots,
-        )
-        if problem:
-            raise bad(problem)
-        ring.rng_state = rng_state
-        if prioritized:
-            ring._ring.max_priority = float(max_priority)
-        ring._ring.rebuild_index()
-        return ring
+        return views, frame_slots
+
+
+def _bad_file(path: Path, what: str) -> ReplayFileError:
+    return ReplayFileError(f"replay file {path} is invalid: {what}; delete it to start with an empty ring")
+
+
+@dataclass
+class _FileMeta:
+    """A replay file's header, checked: its JSON (``text``, parsed: ``meta``), checksum, RNG state, sampler."""
+
+    text: str
+    meta: dict
+    digest: str | None  # None: version 1, which predates the checksum
+    rng_state: int
+    sampler: dict
+    prioritized: bool
+    max_priority: float
+
+
+def _read_meta(z, path: Path) -> _FileMeta:
+    """The header of replay file ``path`` (open as ``z``); ReplayFileError (one line) for one that is not valid."""
+    meta_text = str(z["meta"])
+    meta = json.loads(meta_text)
+    if not isinstance(meta, dict) or meta.get("format") != "dqnfast-replay" or meta.get("version") not in READ_VERSIONS:
+        raise ReplayFileError(f"{path} is not a dqnfast replay file of version {FORMAT_VERSION}")
+    # version 1 predates the checksum: its arrays are covered by the zip CRCs and the checks below
+    expect_digest = None
+    if meta["version"] >= 2:
+        if "sha256" not in z.files:
+            raise _bad_file(path, "no checksum")
+        expect_digest = str(z["sha256"])
+    rng_state = meta["rng_state"]
+    if isinstance(rng_state, bool) or not isinstance(rng_state, int) or not 0 <= rng_state < _U64:
+        raise _bad_file(path, f"rng_state {rng_state!r} is not a uint64")
+    sampler = meta.get("sampler") or {"kind": "uniform"}
+    prioritized = sampler.get("kind") == "prioritized"
+    if sampler.get("kind") not in ("uniform", "prioritized"):
+        raise _bad_file(path, f"sampler {sampler.get('kind')!r} is not uniform or prioritized")
+    max_priority = sampler.get("max_priority", 1.0)
+    if prioritized and not (_is_number(max_priority) and math.isfinite(max_priority) and max_priority > 0):
+        raise _bad_file(path, f"max_priority {max_priority!r} is not a positive number")
+    return _FileMeta(meta_text, meta, expect_digest, rng_state, sampler, prioritized, max_priority)
 
 
 def _inner_contiguous(a: np.ndarray) -> bool:

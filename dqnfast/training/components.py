@@ -11,13 +11,26 @@ import logging
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+import torch
+
+from dqnfast.agent.actor import Actor, EpsilonSchedule
+from dqnfast.agent.dqn import Learner, make_optimizer
+from dqnfast.agent.networks import HeadOptions, NetworkSpec, make_network, spec_for
 from dqnfast.config import Config, ConfigError
-from dqnfast.config.resolve import Resolved
-from dqnfast.config.schema import Distributional, EnvResume, NetworkName
+from dqnfast.config.resolve import Resolved, available_cores, check_thread_counts, resolve
+from dqnfast.config.schema import Distributional, EnvResume, NetworkName, check_learning_starts
+from dqnfast.envs import ActionLog, EnvSpec
+from dqnfast.loggers import check_logger_config
+from dqnfast.replay import Prefetcher, ReplayRing
+from dqnfast.replay.batch import Batch
+from dqnfast.training.limits import check_resume_seed, check_run_memory, check_seed
 from dqnfast.training.resume import ResumePlan, check_resumable, load_ring, ring_capacity
 from dqnfast.training.stop import reached
+
+if TYPE_CHECKING:  # envpool's env protocol, for the annotation only: envpool is imported where envs are made
+    from envpool.python.protocol import EnvPool
 
 log = logging.getLogger("dqnfast.train")
 
@@ -34,10 +47,7 @@ def check_config(cfg: Config) -> Resolved:
     device, the replay storage; then the loggers. (The memory budget is checked by
     ``build``, first: it depends on what the machine has free when the run starts.)
     """
-    from dqnfast.config import validate
-    from dqnfast.config.resolve import available_cores, check_thread_counts, resolve
-    from dqnfast.loggers import check_logger_config
-    from dqnfast.training.limits import check_seed
+    from dqnfast.config import validate  # looked up at each call: tests replace it on its module
 
     validate(cfg)
     check_thread_counts(cfg, available_cores())
@@ -56,24 +66,24 @@ class Run:
     plan: ResumePlan
     run_dir: Path
     config_dict: dict
-    env: Any
-    spec: Any
-    net_spec: Any
-    ring: Any
+    env: EnvPool
+    spec: EnvSpec
+    net_spec: NetworkSpec
+    ring: ReplayRing
     replay_file: Path | None  # the ring file the newest checkpoint refers to
-    learner: Any
-    actor: Any
-    schedule: Any
-    batches: Any  # dqnfast.replay.Prefetcher: double-buffered batches on the learner's device
-    actions_log: Any
-    last_batch: Any = None  # the batch of the last update: a checkpoint checks the network's Q-values on it
+    learner: Learner
+    actor: Actor
+    schedule: EpsilonSchedule
+    batches: Prefetcher  # double-buffered batches on the learner's device
+    actions_log: ActionLog | None  # None: the envs are not re-played on resume (or run asynchronously)
+    last_batch: Batch | None = None  # the batch of the last update: a checkpoint checks the network's Q-values on it
 
     @property
     def name(self) -> str:
         return self.plan.name
 
     @property
-    def device(self) -> Any:
+    def device(self) -> torch.device:
         return self.resolved.device
 
     @property
@@ -85,16 +95,13 @@ class Run:
         return self.plan.env_seed
 
 
-def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> tuple[Any, Any, Any]:
+def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> tuple[EnvPool, EnvSpec, NetworkSpec]:
     """The training envs (closed by ``stack``) and the network's spec for them."""
-    from dqnfast.agent.networks import spec_for
-    from dqnfast.envs import make_env
+    from dqnfast.envs import make_env  # looked up at each call: tests replace it on its module
 
     if plan.ck and r.task_id != plan.ck.get("game"):  # the cheap check first
         raise ConfigError("resume", f"checkpoint is for {plan.ck.get('game')}, this run is {r.task_id}")
     if plan.ck:
-        from dqnfast.training.limits import check_resume_seed
-
         check_resume_seed(plan.env_seed, cfg.envs.num_envs, plan.resumes)
     envs = dataclasses.replace(cfg.envs, num_threads=r.env_threads)
     env, spec = make_env(cfg.game, cfg.obs, envs, cfg.envs.train, seed=plan.env_seed, task=r.game)
@@ -113,10 +120,10 @@ def _make_env(cfg: Config, r: Resolved, plan: ResumePlan, stack: ExitStack) -> t
     return env, spec, net_spec
 
 
-def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: Path) -> tuple[Any, Path | None]:
+def _make_ring(
+    cfg: Config, r: Resolved, plan: ResumePlan, spec: EnvSpec, run_dir: Path
+) -> tuple[ReplayRing, Path | None]:
     """The replay ring: reloaded from the checkpoint's file, or new and empty."""
-    from dqnfast.replay import ReplayRing
-
     frames_device = r.device if r.frames_on_device else None
     try:
         if plan.ck:
@@ -161,13 +168,8 @@ def _make_ring(cfg: Config, r: Resolved, plan: ResumePlan, spec: Any, run_dir: P
 NOISE_SEED_OFFSET = 7_919
 
 
-def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
+def _make_learner(cfg: Config, r: Resolved, net_spec: NetworkSpec) -> Learner:
     """Online and target networks (the target a copy of the online one), optimizer, Learner."""
-    import torch
-
-    from dqnfast.agent.dqn import Learner, make_optimizer
-    from dqnfast.agent.networks import make_network
-
     a, device = cfg.algo, r.device
     online = make_network(net_spec).to(device)
     target = make_network(net_spec).to(device)
@@ -191,10 +193,8 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: Any) -> Any:
     )
 
 
-def head_options(cfg: Config) -> Any:
+def head_options(cfg: Config) -> HeadOptions:
     """The head the config asks for: plain, dueling, C51's distributional head, noisy or not."""
-    from dqnfast.agent.networks import HeadOptions
-
     a, n = cfg.algo, cfg.network
     return HeadOptions(
         dueling=bool(n.dueling),
@@ -214,18 +214,12 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
     biggest item's), a checkpoint that does not fit (``resume``). Whatever was opened is
     closed by ``stack``.
     """
-    from dqnfast.agent.actor import Actor, EpsilonSchedule
-    from dqnfast.envs import ActionLog
-    from dqnfast.training.limits import check_run_memory
-
     if cfg.replay.check_memory:
         check_run_memory(cfg, r.task_id, r.family, on_cpu=r.device.type == "cpu")
 
     env, spec, net_spec = _make_env(cfg, r, plan, stack)
     reached("envs")
     if plan.ck:
-        from dqnfast.config.schema import check_learning_starts
-
         check_resumable(plan, cfg, spec, net_spec)
         check_learning_starts(cfg)
     ring, replay_file = _make_ring(cfg, r, plan, spec, run_dir)

@@ -17,6 +17,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
+from dqnfast.checkpoint import CHECKPOINT_NAME, newest_steps
 from dqnfast.config.schema import LearnerName
 
 __all__ = ["Q_LIMIT", "TrainingDiverged", "check_network", "check_row", "diverged", "newest_checkpoint"]
@@ -36,8 +39,6 @@ class TrainingDiverged(RuntimeError):
 
 def newest_checkpoint(run_dir: Any) -> str:
     """Words for the checkpoint a resume would start from now (``checkpoint.pt``), with its step."""
-    from dqnfast.checkpoint import CHECKPOINT_NAME, newest_steps
-
     latest = run_dir / CHECKPOINT_NAME
     if not latest.is_file():
         return "no checkpoint of this run has been written yet"
@@ -78,8 +79,6 @@ def check_network(run: Any, env_steps: int, obs: Any, *, outputs: str = "Q-value
     """Raises TrainingDiverged for non-finite weights, or outputs on ``obs`` (the last batch's
     observations, or None) that are not finite or beyond ``Q_LIMIT``. Host syncs: here only,
     at checkpoint time."""
-    import torch
-
     net = run.learner.online
     params = [p.detach() for p in net.parameters()]
     if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dqnfast.agent.networks import NetworkSpec, network_kind, parameter_count
 from dqnfast.config import Config, ConfigError
+from dqnfast.config.resolve import observation_kind
 from dqnfast.config.schema import EnvResume, LearnerName, NetworkName, ObsKind, Storage
 from dqnfast.evaluation.protocol import EVAL_SEED_OFFSET
 from dqnfast.memory import MemorySources, available_memory, plannable_bytes
+from dqnfast.replay.ring import batch_nbytes, ring_nbytes
+from dqnfast.training.resume import ENV_RESEED_STRIDE, ring_capacity
 
 __all__ = [
     "INT32_MAX",
@@ -78,8 +82,6 @@ def _network_floats(cfg: Config, obs_kind: str, frame_floats: int, stack: int) -
     The parameters are counted on the network itself (``dqnfast.agent.networks.parameter_count``), with
     Atari's full action set: the memory is checked before the env says how many actions it has.
     """
-    from dqnfast.agent.networks import NetworkSpec, network_kind, parameter_count
-
     n, a = cfg.network, _MAX_ACTIONS
     kind = network_kind(n.name, obs_kind)
     heads = 2 if n.dueling else 1
@@ -98,10 +100,6 @@ def run_memory_needs(cfg: Config, task_id: str, family: str, *, on_cpu: bool) ->
 
     task_id, family: the game as ``dqnfast.config.resolve.Resolved`` holds it (``task_id``, ``family``).
     """
-    from dqnfast.config.resolve import observation_kind
-    from dqnfast.replay.ring import batch_nbytes, ring_nbytes
-    from dqnfast.training.resume import ring_capacity
-
     e, a = cfg.envs, cfg.algo
     obs_kind = observation_kind(family, cfg.obs)
     frame_bytes, stack = _frames(cfg, task_id, obs_kind)
@@ -170,8 +168,6 @@ def check_run_memory(
 
 def seed_limit(cfg: Config) -> int:
     """The largest ``seed`` whose derived env seeds all fit in int32 (see the module docstring)."""
-    from dqnfast.training.resume import ENV_RESEED_STRIDE
-
     n = int(cfg.envs.num_envs)
     eval_n = max(1, min(int(cfg.envs.eval.num_envs), int(cfg.envs.eval.episodes)))
     reach = max(ENV_RESEED_STRIDE * RESERVED_RESUMES + n - 1, EVAL_SEED_OFFSET + eval_n - 1)
@@ -180,8 +176,6 @@ def seed_limit(cfg: Config) -> int:
 
 def check_seed(cfg: Config) -> None:
     """Refuses a seed outside [0, seed_limit(cfg)] in one line that gives the range."""
-    from dqnfast.training.resume import ENV_RESEED_STRIDE
-
     hi = seed_limit(cfg)
     s = cfg.seed
     if isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= hi:

@@ -79,7 +79,7 @@ def write_checkpoint(run: Run, st: LoopState) -> Path:
     (nothing written) for a diverged network, DiskFullError (one line; what was half
     written is removed, the previous checkpoint stays the newest) for a full disk.
     """
-    from dqnfast.checkpoint import save_run_checkpoint
+    from dqnfast.checkpoint import save_run_checkpoint  # looked up at each call: tests replace it on its module
 
     check_network(run, st.env_steps, run.last_batch.obs if run.last_batch is not None else None)
     filling = not run.cfg.replay.save and st.filling(run.cfg.algo.learning_starts)

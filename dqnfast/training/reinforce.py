@@ -50,14 +50,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
 from dqnfast.config.schema import Baseline, PolicyKind
 from dqnfast.training.divergence import check_network
-from dqnfast.training.resume import ResumePlan
+from dqnfast.training.limits import check_resume_seed, check_run_memory
+from dqnfast.training.resume import ResumePlan, check_resumable
 from dqnfast.training.run import envs_restored, log_place
-from dqnfast.training.state import LoopState, record
+from dqnfast.training.state import LoopState, record, rng_state, set_rng_state
 from dqnfast.training.stop import GracefulStop, reached
 
 __all__ = ["Reinforce", "collect_episodes", "replay_resets"]
@@ -147,11 +150,7 @@ class Reinforce:
     ) -> _Run:
         """Checks the run's memory budget, makes the envs (from ``plan.env_seed``; closed by ``stack``),
         the policy and its learner; a resumed run's checkpoint is checked against them (one-line ConfigError)."""
-        import torch
-
-        from dqnfast.agent.reinforce import PolicyLearner, PolicyNetwork
-        from dqnfast.envs import make_env
-        from dqnfast.training.limits import check_resume_seed, check_run_memory
+        from dqnfast.envs import make_env  # looked up at each call: tests replace it on its module
 
         if cfg.replay.check_memory:  # the envs' share of the run budget, before any is made
             check_run_memory(cfg, r.task_id, r.family, on_cpu=r.device.type == "cpu")
@@ -182,10 +181,6 @@ class Reinforce:
 
     def restore(self, run: _Run, st: LoopState) -> None:
         """``_payload``'s keys besides the weights and Adam state: counters, loop state, RNG states."""
-        import torch
-
-        from dqnfast.training.state import set_rng_state
-
         ck = run.plan.ck
         st.restore(ck, run.cfg.logger, device=torch.device("cpu"), envs_too=False)  # host metric sums
         set_rng_state(ck["rng"], None, None, run.device, ring_too=False)
@@ -223,8 +218,6 @@ class Reinforce:
     def step(self, run: _Run, st: LoopState, loggers: Any, stop: GracefulStop) -> bool:
         """One batch: a whole episode per env, then one update. Never stopped halfway: a checkpoint
         falls between batches, where no episode is in progress."""
-        import torch
-
         # act: one whole episode per env
         b = collect_episodes(run.env, run.learner, run.gen, run.max_steps)
         run.resets += b["resets"]
@@ -249,7 +242,7 @@ class Reinforce:
 
     def save(self, run: _Run, st: LoopState) -> Path:
         """Writes the checkpoint; raises TrainingDiverged (nothing written) for a diverged policy (DQN's guard)."""
-        from dqnfast.checkpoint import save_run_checkpoint
+        from dqnfast.checkpoint import save_run_checkpoint  # looked up at each call: tests replace it on its module
 
         check_network(run, st.env_steps, run.last_obs, outputs="logits")
         return save_run_checkpoint(
@@ -259,8 +252,6 @@ class Reinforce:
 
 def _check_resumable(plan: ResumePlan, cfg: Config, spec: Any, policy: Any) -> None:
     """A checkpoint without loop state is refused, then DQN's checks: game, observations, actions, network, steps."""
-    from dqnfast.training.resume import check_resumable
-
     if not all(k in plan.ck for k in ("loop", "rng", "envs", "game")):
         raise ConfigError(
             "resume",
@@ -272,10 +263,6 @@ def _check_resumable(plan: ResumePlan, cfg: Config, spec: Any, policy: Any) -> N
 
 def _payload(run: _Run, st: LoopState) -> dict[str, Any]:
     """The whole checkpoint of ``run`` at loop state ``st`` (the layout in the module docstring)."""
-    import torch
-
-    from dqnfast.training.state import rng_state
-
     learned = run.learner.state_dict()
     rng = rng_state(None, None, run.device)
     rng["sampler"] = run.gen.get_state()

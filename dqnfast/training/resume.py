@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dqnfast.checkpoint import CheckpointError, check_compatible, find_checkpoint, run_dir_of
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.schema import EnvResume, LearnerName
+from dqnfast.replay import ReplayFileError, ReplayRing
 
 __all__ = [
     "ENV_RESEED_STRIDE",
@@ -101,7 +103,7 @@ def plan_resume(
     checkpoint that cannot be read or that another learner wrote, and for a run that is
     finished: steps done, final evaluation written.
     """
-    from dqnfast.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+    from dqnfast.checkpoint import load_checkpoint  # looked up at each call: tests replace it on its module
 
     ck: dict | None = None
     source: Path | None = None
@@ -165,8 +167,6 @@ def _finished(counters: dict, cfg: Config) -> str:
 
 def check_resumable(plan: ResumePlan, cfg: Config, spec: Any, net_spec: Any) -> None:
     """Refuses a checkpoint of another game, observation, action count or network, or one without loop state."""
-    from dqnfast.checkpoint import CheckpointError, check_compatible
-
     ck = plan.ck
     try:
         check_compatible(
@@ -239,8 +239,6 @@ class _RingMisfit(ConfigError):
 
 
 def _load_ring(cfg: Config, spec: Any, path: Path, *, num_threads: int, frames_device: Any) -> tuple[Any, Path]:
-    from dqnfast.replay import ReplayFileError, ReplayRing
-
     try:
         ring = ReplayRing.load(
             path,

@@ -34,11 +34,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import numpy as np
+import torch
 
+from dqnfast.checkpoint import run_dir_of
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved
 from dqnfast.config.schema import EnvResume, LearnerName, plain
 from dqnfast.envs import EnvCreationError
+from dqnfast.evaluation import final_evaluation
+from dqnfast.evaluation.agents import load_agent
+from dqnfast.loggers import RunInfo, RunLoggers, eval_media
+from dqnfast.training.components import check_config
 from dqnfast.training.divergence import check_row
 from dqnfast.training.resume import ResumePlan, plan_resume, saved_ring
 from dqnfast.training.rundir import claim
@@ -164,8 +170,6 @@ def train(
     was written, resume continues the training; ``evaluation``: the training is complete,
     resume runs the final evaluation), metrics, checkpoint.
     """
-    from dqnfast.training.components import check_config
-
     run_dir = Path(run_dir)
     r = checked if checked is not None else check_config(cfg)
     learning = learning_for(cfg)
@@ -183,8 +187,6 @@ def _fork_carries_ring(cfg: Config, plan: ResumePlan) -> bool:
     (``saved_ring``; a checkpoint without a ring has none). A ring saved while filling comes
     along when it is there; without it the fork refills (a ring asked for with ``replay.save``
     must be there: the fork is refused)."""
-    from dqnfast.checkpoint import run_dir_of
-
     ring = saved_ring(plan.ck, cfg) if plan.ck and not plan.eval_only else None
     if ring is None:
         return False
@@ -193,8 +195,6 @@ def _fork_carries_ring(cfg: Config, plan: ResumePlan) -> bool:
 
 def _set_up_process(cfg: Config, r: Resolved, plan: ResumePlan) -> None:
     """Seeds a fresh run's global RNGs (a resumed run restores them later), picks the GPU, sizes torch's threads."""
-    import torch
-
     if not plan.ck:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -409,8 +409,6 @@ def open_loggers(
     Every learner and an evaluation-only resume log through it the same way.
     learning_starts, learning_sps: the phases of the console's time estimate (``Learning.estimate``).
     """
-    from dqnfast.loggers import RunInfo, RunLoggers
-
     tracking = dict(tracking or {})
     extra = {"hydra": tracking["hydra"]} if tracking.get("hydra") else {}
     info = RunInfo(
@@ -547,9 +545,6 @@ def _final_evaluation(
     cfg: Config, network: Any, device: Any, run_dir: Path, spec: Any, loggers: Any, summary: dict[str, Any]
 ) -> dict[str, Any]:
     """Evaluates (trained vs random), writes eval.json and the plots, tells the loggers."""
-    from dqnfast.evaluation import final_evaluation
-    from dqnfast.loggers import eval_media
-
     env_steps = summary["env_steps"]
     ckpt_path = Path(summary["checkpoint"])
     result = final_evaluation(
@@ -592,8 +587,6 @@ def evaluate_only(
     Any learner's (DQN's Q-network, REINFORCE's policy). Nothing of the training is built
     (no training envs, no ring) and no checkpoint is written.
     """
-    from dqnfast.evaluation.agents import load_agent
-
     ck, counters = plan.ck, plan.counters
     task_id = r.task_id
     if task_id != ck.get("game"):
@@ -604,8 +597,6 @@ def evaluate_only(
         raise ConfigError("resume", e.message) from None
     net.to(r.device).eval()
     if r.torch_threads:
-        import torch
-
         torch.set_num_threads(r.torch_threads)
     env_steps = int(counters["env_steps"])
     log.info(

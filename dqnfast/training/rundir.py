@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from dqnfast.atomic import is_temp_file
+from dqnfast.atomic import atomic_open, is_temp_file
+from dqnfast.checkpoint import CHECKPOINT_NAME, NUMBERED_DIR, link_or_copy, numbered_checkpoints, run_dir_of
 from dqnfast.config import ConfigError
 from dqnfast.folders import deepest_existing, remove_made_dirs
+from dqnfast.loggers.base import STEP_KEY
 
 __all__ = [
     "LOCK_NAME",
@@ -250,8 +252,6 @@ def _holds_run(run_dir: Path) -> str | None:
     fresh run would overwrite it, so it is refused as well, unless it is only the header line of
     a run stopped at start-up (nothing of it is lost).
     """
-    from dqnfast.checkpoint import CHECKPOINT_NAME, numbered_checkpoints
-
     numbered = numbered_checkpoints(run_dir)
     if numbered:
         return f"checkpoints up to {numbered[-1][0]} agent steps"
@@ -266,8 +266,6 @@ def _holds_run(run_dir: Path) -> str | None:
 
 def _header_only(metrics: Path) -> bool:
     """Whether ``metrics`` holds dqnfast's header line and no row (a run stopped before its first row)."""
-    from dqnfast.loggers.base import STEP_KEY
-
     try:
         with open(metrics, "rb") as f:
             head = f.read(1 << 16)
@@ -291,8 +289,6 @@ def check_free(run_dir: Path, source: Path | None, *, key: str = "run_dir") -> N
     write into the checkpoint's own run dir, into a folder without a run, or into a
     fork's folder that holds nothing yet but the links to this same checkpoint.
     """
-    from dqnfast.checkpoint import CHECKPOINT_NAME, run_dir_of
-
     d = _key(run_dir)
     what = _holds_run(d)
     if what is None:
@@ -324,8 +320,6 @@ def clean_temp_files(run_dir: Path) -> None:
     user's files that merely look temporary stay. Only under the run dir's lock, so none of them is
     a live run's write in progress.
     """
-    from dqnfast.checkpoint import NUMBERED_DIR
-
     for d in (run_dir, run_dir / NUMBERED_DIR):
         if d.is_symlink() or not d.is_dir():
             continue
@@ -342,8 +336,6 @@ def check_no_links(run_dir: Path, *, key: str = "run_dir", source: Path | None =
     and so may the checkpoint a resume starts from (``source``): the run only reads it, then
     replaces the link with its own checkpoint, never writing through it.
     """
-    from dqnfast.checkpoint import NUMBERED_DIR
-
     for d in (run_dir, run_dir / NUMBERED_DIR):
         try:
             entries = sorted(d.iterdir()) if d.is_dir() and not d.is_symlink() else []
@@ -360,9 +352,6 @@ def check_no_links(run_dir: Path, *, key: str = "run_dir", source: Path | None =
 
 def _copy_rows(src: Path, dst: Path, up_to: int) -> None:
     """metrics.csv rows up to ``up_to`` agent steps, copied atomically (a copy: the fork appends to it)."""
-    from dqnfast.atomic import atomic_open
-    from dqnfast.loggers.base import STEP_KEY
-
     with open(src, newline="") as f:
         reader = csv.DictReader(f)
         rows = [r for r in reader if r.get(STEP_KEY) and float(r[STEP_KEY]) <= up_to]
@@ -381,8 +370,6 @@ def fork_into(run_dir: Path, ck: dict, source: Path, *, replay: bool) -> list[Pa
     old run's files are never changed in place), copies across file systems. Reads the
     old folder only.
     """
-    from dqnfast.checkpoint import CHECKPOINT_NAME, NUMBERED_DIR, link_or_copy, run_dir_of
-
     old = run_dir_of(source)
     steps = int(ck["counters"]["env_steps"])
     links = [(source, run_dir / NUMBERED_DIR / f"step_{steps:012d}.pt"), (source, run_dir / CHECKPOINT_NAME)]
@@ -422,8 +409,6 @@ def fork_into(run_dir: Path, ck: dict, source: Path, *, replay: bool) -> list[Pa
 
 def _lock_and_check(d: Path, source: Path | None, dir_key: str) -> None:
     """Locks ``d`` (one ``acquire``) and runs the checks; on refusal releases it and removes the folders it made."""
-    from dqnfast.checkpoint import run_dir_of
-
     fork = source is not None and run_dir_of(source) != d
     existing = deepest_existing(d)
     if source is None or fork:
@@ -459,8 +444,6 @@ def claim(run_dir: Path, *, source: Path | None, ck: dict | None, replay: bool) 
     ring file. A fork's files are removed again if the run is refused (ConfigError) before
     it has written anything of its own.
     """
-    from dqnfast.checkpoint import run_dir_of
-
     d = _key(run_dir)
     _lock_and_check(d, source, "run_dir")
     try:

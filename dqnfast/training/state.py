@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from dqnfast.envs import GameTracker
 
@@ -166,7 +167,6 @@ class LoopState:
     # ------------------------------------------------------- checkpoint payload
     def state_dict(self, *, checkpoint_every: int) -> dict[str, Any]:
         """The ``loop`` section of a checkpoint (CPU tensors and plain types)."""
-        import torch
 
         def cpu(t):
             return t.detach().cpu() if t is not None else None
@@ -248,8 +248,6 @@ def rng_state(actor: Any | None, ring: Any | None, device: Any) -> dict[str, Any
 
     actor, ring: None for a learner without them (REINFORCE); their entries are left out.
     """
-    import torch
-
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
@@ -268,8 +266,6 @@ def rng_state(actor: Any | None, ring: Any | None, device: Any) -> dict[str, Any
 
 def set_rng_state(state: dict[str, Any], actor: Any | None, ring: Any | None, device: Any, *, ring_too: bool) -> None:
     """Restores ``rng_state``'s output; the sampler's only when the ring itself was restored."""
-    import torch
-
     random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))
     n = state["numpy"]
     np.random.set_state((n[0], np.asarray(n[1], np.uint32), n[2], n[3], n[4]))
@@ -312,8 +308,6 @@ def record(run: Any, st: LoopState, *, updates: int, envs: dict[str, Any]) -> di
 
 def payload(run: Any, st: LoopState, *, replay_file: str | None, filling: bool = False) -> dict[str, Any]:
     """The whole checkpoint of ``run`` (a ``components.Run``) at loop state ``st``."""
-    import torch
-
     learned, log = run.learner.state_dict(), run.actions_log
     body = record(
         run,
