@@ -39,18 +39,13 @@ import os
 import re
 import shutil
 import struct
-from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from dqnfast import __version__
 from dqnfast.atomic import atomic_open, temp_path
 from dqnfast.config.schema import plain
-
-if TYPE_CHECKING:  # torch is imported where it is used: finding a checkpoint needs no torch
-    import torch
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -123,9 +118,13 @@ def _atomic_save(payload: dict, path: Path) -> None:
 def package_version() -> str:
     """dqnfast's version (``dqnfast.__version__``, else the installed distribution's)."""
     try:
+        from dqnfast import __version__  # inside the try: an editable install may see a namespace package
+
         return str(__version__)
-    except ImportError:  # e.g. an editable install seen as a namespace package
+    except ImportError:
         try:
+            from importlib.metadata import version  # only where the package has no __version__
+
             return version("dqnfast")
         except Exception:
             return "unknown"

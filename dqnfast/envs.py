@@ -53,11 +53,11 @@ CLASSIC_CONTROL = {"CartPole": "CartPole-v1", "Acrobot": "Acrobot-v1", "Mountain
 
 def atari_games() -> list[str]:
     """Short names of every Atari game envpool ships (``Pong``, ``SpaceInvaders``, ...)."""
-    import envpool
+    import envpool  # most of a second of imports: only where envs are listed or made
 
     ids = envpool.list_all_envs()
     try:
-        from envpool.registration import registry
+        from envpool.registration import registry  # envpool's own module: imported with envpool above
 
         atari = {t for t, entry in registry.specs.items() if entry[0] == "envpool.atari"}
     except (ImportError, AttributeError):  # registry layout changed: every *-v5 id is Atari
@@ -171,7 +171,7 @@ def make_env(
     task: ``game`` already resolved, ``(task_id, family)`` (``dqnfast.config.resolve.Resolved.game``).
     Raises EnvCreationError (one line) when envpool cannot create them.
     """
-    import envpool
+    import envpool  # most of a second of imports: only where envs are made
 
     task_id, family = task or resolve_game(game)
     n = int(num_envs or envs.num_envs)
@@ -329,7 +329,7 @@ def make_replay_env(task_id: str, config: dict, env_index: int, **override: Any)
     env i with seed + i). Every ``REPLAY_KEYS`` setting is copied; override: other envpool
     kwargs (a colour screen for videos).
     """
-    import envpool
+    import envpool  # most of a second of imports: only where envs are made
 
     kw = {k: config[k] for k in REPLAY_KEYS if k in config}
     kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=int(config["seed"]) + int(env_index))

@@ -20,6 +20,7 @@ __all__ = ["check_overrides", "is_hydra_key", "plain_value", "quote", "quote_pat
 
 def _parse(arg: str) -> Any:
     """Hydra's parse of one ``key=value`` override (raises on a grammar error)."""
+    # Hydra's parser (a tenth of a second or more): imported on first use, so a report without a sweep plan skips it
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_override(arg)
@@ -112,6 +113,7 @@ def sweep_jobs(args: Sequence[str], params: Mapping[str, Any] | None = None) -> 
     the sweep cannot be listed beforehand (an interval sweep, an override Hydra's parser
     refuses: Hydra reports those itself).
     """
+    # Hydra's sweeper and parser: imported on first use (see _parse)
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -137,6 +139,7 @@ def check_overrides(
     ends the message for an unknown key. Returns ``{key: [values]}`` of what was
     checked. Raises ``ConfigError(key, one-line message)``.
     """
+    # Hydra's parser: imported on first use (see _parse)
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 

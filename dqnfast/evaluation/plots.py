@@ -24,7 +24,7 @@ RANDOM_COLOR = "#ff7f0e"
 
 
 def _figure(height: float, rows: int = 1):
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # a third of a second of imports: only when a plot is drawn
 
     fig = Figure(figsize=(7.0, height), dpi=100, layout="constrained")
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
@@ -151,7 +151,7 @@ def plot_learning_curve(
     if lx:
         ax_l.plot(lx, ly, color="#d62728", marker="o" if len(lx) < 30 else None, markersize=3)
         if all(v > 0 for v in ly):
-            from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+            from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # as Figure above
 
             ax_l.set_yscale("log")
             ax_l.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))

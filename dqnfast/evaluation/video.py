@@ -99,7 +99,7 @@ def write_frames(
     ``dqnfast.atomic.atomic_path``: an error (e.g. ReplayDivergedError) leaves no file.
     """
     check_video_deps(gif=gif is not None)
-    import imageio.v2 as imageio
+    import imageio.v2 as imageio  # checked by check_video_deps: only a run that writes videos needs it
 
     n = 0
     with ExitStack() as stack:

@@ -24,7 +24,7 @@ class TensorBoardLogger:
 
     def __init__(self, info: RunInfo) -> None:
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # the optional tensorboard extra
         except ImportError as e:
             raise ConfigError(
                 "logger.tensorboard", f"needs the tensorboard package: pip install tensorboard ({e})"
@@ -50,7 +50,7 @@ class TensorBoardLogger:
             self.writer.add_histogram("eval/scores", np.asarray(scores, dtype=np.float64), global_step=step)
         for p in map(Path, media):
             if p.suffix.lower() in (".png", ".jpg", ".jpeg"):
-                import matplotlib.image
+                import matplotlib.image  # a third of a second of imports: only when an image is logged
 
                 img = matplotlib.image.imread(str(p))
                 if img.dtype != np.uint8:

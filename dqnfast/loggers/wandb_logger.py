@@ -24,7 +24,7 @@ from dqnfast.loggers.base import (
 
 def _wandb_base_url(wandb: Any) -> str:
     try:
-        from wandb.sdk import wandb_setup
+        from wandb.sdk import wandb_setup  # wandb: imported only by a run that tracks with it
 
         return str(wandb_setup.singleton().settings.base_url)
     except Exception:  # other wandb versions: its default server
@@ -34,7 +34,7 @@ def _wandb_base_url(wandb: Any) -> str:
 def _wandb_has_credentials(wandb: Any, base_url: str) -> bool:
     """Whether wandb would find credentials (env, netrc, settings) without prompting."""
     try:  # wandb >= 0.22: the lookup wandb.init does, without prompting or saving anything
-        from wandb.sdk.lib import wbauth
+        from wandb.sdk.lib import wbauth  # wandb: as above
 
         return (
             wbauth.authenticate_session(host=base_url, source="dqnfast", prompt=False, update_session=False) is not None
@@ -86,7 +86,7 @@ class WandbLogger:
     """
 
     def __init__(self, cfg: LoggerConfig, info: RunInfo) -> None:
-        import wandb
+        import wandb  # half a second of imports or more: only for a run with logger=wandb
 
         self.wandb = wandb
         self.cfg = cfg
