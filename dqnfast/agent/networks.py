@@ -288,9 +288,7 @@ def check_fits(kind: NetworkName, obs_kind: str, obs_shape: tuple[int, ...] | No
         obs_kind not in ("image", ObsKind.pixels) or (obs_shape is not None and len(obs_shape) != 3)
     ):
         got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
-        raise ValueError(
-            f"the MinAtar CNN needs image observations (CxHxW), got {got}; use network.name=mlp (or auto)"
-        )
+        raise ValueError(f"the MinAtar CNN needs image observations (CxHxW), got {got}; use network.name=mlp (or auto)")
     if kind == NetworkName.nature and (obs_kind != ObsKind.pixels or (obs_shape is not None and len(obs_shape) != 3)):
         got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
         raise ValueError(f"the Nature CNN needs stacked pixel observations, got {got}; use network.name=mlp (or auto)")

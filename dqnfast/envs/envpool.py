@@ -215,5 +215,3 @@ def make_replay_env(task_id: str, config: dict, env_index: int, **override: Any)
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
         warnings.simplefilter("ignore", UserWarning)
         return envpool.make(task_id, **kw)
-
-

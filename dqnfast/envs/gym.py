@@ -327,7 +327,11 @@ def make_env(task_id: str, envs: EnvsConfig, *, seed: int, num_envs: int | None 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             vec = gym.make_vec(
-                env_id, num_envs=n, vectorization_mode=mode, wrappers=[functools.partial(_Guard, base_seed=seed)], **kwargs
+                env_id,
+                num_envs=n,
+                vectorization_mode=mode,
+                wrappers=[functools.partial(_Guard, base_seed=seed)],
+                **kwargs,
             )
     except TypeError as e:
         raise ConfigError(
