@@ -148,13 +148,13 @@ def layout(env_id: str, observation_space: Any, action_space: Any) -> Layout:
     if byte_like and len(shape) in (2, 3):
         if len(shape) == 3:
             c, h, w = shape[2], shape[0], shape[1]
-            return Layout("gym_image", "image", (c, h, w), np.dtype(np.uint8), True, False, dtype == bool)
-        return Layout("gym_image", "image", (1, *shape), np.dtype(np.uint8), False, True, dtype == bool)
+            return Layout("gym_image", "image", (c, h, w), np.dtype(np.uint8), True, False, dtype == np.dtype(bool))
+        return Layout("gym_image", "image", (1, *shape), np.dtype(np.uint8), False, True, dtype == np.dtype(bool))
     if len(shape) > 3 and byte_like:
         raise ValueError(f"gym:{env_id} gives uint8 observations of shape {shape}; images are HxW or HxWxC")
     size = math.prod(shape) if shape else 1
     if byte_like:
-        return Layout("gym", "vector", (size,), np.dtype(np.uint8), bool_255=dtype == bool)
+        return Layout("gym", "vector", (size,), np.dtype(np.uint8), bool_255=dtype == np.dtype(bool))
     return Layout("gym", "vector", (size,), np.dtype(np.float32))
 
 
