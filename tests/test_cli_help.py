@@ -102,7 +102,9 @@ def test_train_help_describes_every_key_of_the_default_config():
     assert table["optim.lr"][0] == "0.0001" and table["game"][0] == "Pong"
     assert "optim=rmsprop: optim.alpha, optim.centered" in page
     assert "learner=reinforce: reinforce.*" in page
-    assert re.search(r"^  preset .*c51, cartpole, cpu_budget, fast, nature, quick, rainbow, reinforce", page, re.M)
+    assert re.search(
+        r"^  preset .*c51, cartpole, cpu_budget, fast, minatar, nature, quick, rainbow, reinforce", page, re.M
+    )
     assert re.search(r"^  optim +adam\*, rmsprop: The optimizer$", page, re.M)
     assert re.search(r"^  \+sweep +optuna: .*-m \+sweep=optuna", page, re.M)  # an optional group, added with +
     assert not re.search(r"^  sweep ", page, re.M)

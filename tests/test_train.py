@@ -291,7 +291,7 @@ def test_a_run_dir_with_letters_beyond_ascii_runs_resumes_and_evaluates_by_path(
 def test_cli_help_and_cfg(run_cli):
     proc, _ = run_cli("--help", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "== Config groups" in proc.stdout and "cartpole, cpu_budget, fast, nature, quick" in proc.stdout
+    assert "== Config groups" in proc.stdout and "cartpole, cpu_budget, fast, minatar, nature, quick" in proc.stdout
     proc, _ = run_cli("game=Breakout", "preset=nature", "--cfg", "job", run_dir=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     job = yaml.safe_load(proc.stdout)

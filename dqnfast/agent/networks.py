@@ -1,4 +1,5 @@
-"""Q-networks: the Nature CNN (Mnih et al. 2015), an MLP, and the dueling head.
+"""Q-networks: the Nature CNN (Mnih et al. 2015), MinAtar's small CNN (Young & Tian 2019), an MLP,
+and the dueling head.
 
 Every network maps observations to Q-values ``float32[B, num_actions]``. Inputs stay
 in their stored dtype until the network scales them: uint8 inputs (Atari pixels
@@ -27,6 +28,7 @@ from dqnfast.config.schema import NetworkName, ObsKind
 __all__ = [
     "HeadOptions",
     "MLP",
+    "MinAtarCNN",
     "NatureCNN",
     "NetworkSpec",
     "QHead",
@@ -183,6 +185,27 @@ class NatureCNN(_QNetwork):
         self._set_head(_flat_size(self.torso, image_size), hidden, num_actions, opts)
 
 
+class MinAtarCNN(_QNetwork):
+    """The MinAtar DQN network (Young & Tian 2019, section 4: one convolution and one hidden layer).
+
+    obs uint8[B, C, H, W] (MinAtar: C channels of 10x10, 0/255 for the game's 0/1 cells) ->
+    Q float32[B, num_actions]: conv 16 3x3/1 (ReLU), flatten (16 * 8 * 8 = 1024 at 10x10),
+    fully connected ``hidden`` (128), linear to the actions (or the dueling head).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_actions: int,
+        hidden: int = 128,
+        image_size: tuple[int, int] = (10, 10),
+        head: HeadOptions | None = None,
+    ) -> None:
+        super().__init__()
+        self.torso = nn.Sequential(nn.Conv2d(in_channels, 16, 3, stride=1), nn.ReLU(), nn.Flatten())
+        self._set_head(_flat_size(self.torso, image_size), hidden, num_actions, head or HeadOptions())
+
+
 class MLP(_QNetwork):
     """Fully connected Q-network for vector observations.
 
@@ -214,9 +237,9 @@ class MLP(_QNetwork):
 class NetworkSpec:
     """Plain description of a Q-network; ``asdict(spec)`` goes into checkpoints.
 
-    kind: ``nature`` | ``mlp``. obs_shape: one observation (``(4, 84, 84)``,
+    kind: ``nature`` | ``minatar`` | ``mlp``. obs_shape: one observation (``(4, 84, 84)``,
     ``(128,)``, ``(4,)``). obs_dtype: ``uint8`` | ``float32``. hidden: the CNN's
-    fully connected width as a one-element list, or the MLP's widths. atoms: 0 (one
+    (or MinAtar CNN's) fully connected width as a one-element list, or the MLP's widths. atoms: 0 (one
     Q-value per action) or C51's support size, with its ends v_min, v_max. noisy: noisy
     head layers of scale noisy_sigma0. (Checkpoints from before the distributional head
     lack the last five keys: their defaults describe the plain head they hold.)
@@ -248,8 +271,9 @@ class NetworkSpec:
 
 
 def network_kind(name: NetworkName | str, obs_kind: str) -> NetworkName:
-    """The architecture ``network.name`` gives for an observation kind, ``nature`` or ``mlp``: the one
-    place of the ``auto`` rule (the Nature CNN for pixels, the MLP otherwise)."""
+    """The architecture ``network.name`` gives for an observation kind, ``nature``, ``minatar`` or ``mlp``: the
+    one place of the ``auto`` rule (the Nature CNN for pixels, the MLP otherwise: Gymnasium images too,
+    flattened, as their size varies; ``network.name=minatar`` picks MinAtar's CNN for them)."""
     name = NetworkName.of(name)
     if name == NetworkName.auto:
         return NetworkName.nature if obs_kind == ObsKind.pixels else NetworkName.mlp
@@ -258,7 +282,13 @@ def network_kind(name: NetworkName | str, obs_kind: str) -> NetworkName:
 
 def check_fits(kind: NetworkName, obs_kind: str, obs_shape: tuple[int, ...] | None = None) -> None:
     """Raises ValueError (one line) when network ``kind`` cannot take the observations: the Nature CNN
-    takes stacked pixels only. obs_shape: None where the env is not made yet."""
+    takes stacked pixels only, MinAtar's CNN images (CxHxW) or pixels. obs_shape: None where the env is
+    not made yet."""
+    if kind == NetworkName.minatar and (
+        obs_kind not in ("image", ObsKind.pixels) or (obs_shape is not None and len(obs_shape) != 3)
+    ):
+        got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
+        raise ValueError(f"the MinAtar CNN needs image observations (CxHxW), got {got}; use network.name=mlp (or auto)")
     if kind == NetworkName.nature and (obs_kind != ObsKind.pixels or (obs_shape is not None and len(obs_shape) != 3)):
         got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
         raise ValueError(f"the Nature CNN needs stacked pixel observations, got {got}; use network.name=mlp (or auto)")
@@ -283,7 +313,8 @@ def spec_for(
     """
     kind = network_kind(name, obs_kind)
     check_fits(kind, obs_kind, obs_shape)
-    hidden = [int(cnn_hidden)] if kind == NetworkName.nature else [int(h) for h in mlp_hidden]
+    cnn = kind in (NetworkName.nature, NetworkName.minatar)
+    hidden = [int(cnn_hidden)] if cnn else [int(h) for h in mlp_hidden]
     h = head or HeadOptions(dueling=bool(dueling))
     return NetworkSpec(
         kind.value,
@@ -307,6 +338,9 @@ def make_network(spec: NetworkSpec | dict) -> nn.Module:
     if spec.kind == NetworkName.nature:
         c, h, w = spec.obs_shape
         return NatureCNN(c, spec.num_actions, spec.hidden[0], spec.dueling, (h, w), head=spec.head)
+    if spec.kind == NetworkName.minatar:
+        c, h, w = spec.obs_shape
+        return MinAtarCNN(c, spec.num_actions, spec.hidden[0], (h, w), head=spec.head)
     if spec.kind == NetworkName.mlp:
         return MLP(math.prod(spec.obs_shape), spec.num_actions, tuple(spec.hidden), spec.dueling, head=spec.head)
     raise ValueError(f"unknown network kind {spec.kind!r}")

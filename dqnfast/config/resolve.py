@@ -219,8 +219,11 @@ class Resolved:
 
 
 def observation_kind(family: str, obs: ObsKind) -> str:
-    """What the network sees: the config's ``obs`` for an Atari game, ``vector`` for classic control."""
-    return ObsKind.of(obs).value if family == "atari" else "vector"
+    """What the network sees: the config's ``obs`` for an Atari game, ``image`` for a Gymnasium game with image
+    observations, ``vector`` otherwise."""
+    if family == "atari":
+        return ObsKind.of(obs).value
+    return "image" if family == "gym_image" else "vector"
 
 
 def _game(cfg: Config) -> tuple[str, str, str]:
@@ -229,12 +232,14 @@ def _game(cfg: Config) -> tuple[str, str, str]:
     from dqnfast.envs import resolve_game
 
     try:
-        task_id, family = resolve_game(cfg.game)
+        task_id, family = resolve_game(cfg.game, cfg.envs)
+    except ConfigError:  # envs.import / envs.make_kwargs of a Gymnasium game: the key it names
+        raise
     except ValueError as e:
         raise ConfigError("game", str(e)) from None
     if cfg.learner == LearnerName.reinforce and family != "classic":
         raise ConfigError(
-            "learner", f"reinforce plays classic control only (CartPole, Acrobot, ...), not the Atari game {task_id}"
+            "learner", f"reinforce plays envpool's classic control only (CartPole, Acrobot, ...), not {task_id}"
         )
     if family != "atari" and cfg.obs == ObsKind.ram:
         raise ConfigError("obs", f"{task_id} has vector observations; obs=ram is for Atari games")

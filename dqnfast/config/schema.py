@@ -14,9 +14,9 @@ envs; one agent step is ``envs.frame_skip`` emulator frames (4 for Atari).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from enum import Enum, EnumMeta, StrEnum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 __all__ = [
     "AlgoConfig",
@@ -90,6 +90,7 @@ class NetworkName(Choice):
     auto = "auto"
     nature = "nature"
     mlp = "mlp"
+    minatar = "minatar"
 
 
 class OptimName(Choice):
@@ -120,6 +121,10 @@ class Amp(Choice):
 class Storage(Choice):
     cpu = "cpu"
     cuda = "cuda"
+
+
+# ``async`` is a Python keyword: the members are named through the functional API
+Vectorization = Choice("Vectorization", {"sync": "sync", "async": "async"})
 
 
 class EnvResume(Choice):
@@ -172,6 +177,7 @@ _WHAT = {
     "Distributional": "distributional head",
     "Storage": "replay storage",
     "EnvResume": "env resume mode",
+    "Vectorization": "vectorization mode",
     "WandbMode": "wandb mode",
     "LearnerName": "learner",
     "PolicyKind": "policy",
@@ -262,7 +268,7 @@ class EvalProtocolConfig(ProtocolConfig):
     num_envs: int = 8
 
 
-@dataclass
+@dataclass(init=False)  # its __init__ below: the generated one cannot take the keyword ``import``
 class EnvsConfig:
     """envpool settings.
 
@@ -279,6 +285,10 @@ class EnvsConfig:
         control are deterministic for a seed), so a resumed run continues exactly the
         same env stream; it records one byte per agent step and needs synchronous envs.
         ``learner=reinforce`` replays only each env's resets (see docs/reinforce.md).
+    vectorization: how a Gymnasium game (``game=gym:<id>``) runs its envs: ``sync`` (one process)
+        | ``async`` (one subprocess per env, stepping while the learner updates).
+    make_kwargs: keyword arguments for ``gym.make`` of a Gymnasium game (``{max_episode_steps: 200}``).
+    import: a module imported before a Gymnasium game is made (one that registers the user's env).
     """
 
     num_envs: int = 8
@@ -289,6 +299,22 @@ class EnvsConfig:
     resume: EnvResume = EnvResume.reseed
     train: ProtocolConfig = field(default_factory=ProtocolConfig)
     eval: EvalProtocolConfig = field(default_factory=EvalProtocolConfig)
+    vectorization: Vectorization = Vectorization.sync
+    make_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # ``import`` is a Python keyword: the field is declared through the class namespace and read as
+    # ``getattr(envs, "import")``; left out of the generated repr and eq, which would name it as code
+    __annotations__["import"] = "Optional[str]"
+    locals()["import"] = field(default=None, repr=False, compare=False)
+
+    def __init__(self, **values: Any) -> None:
+        """Keyword arguments only, one per field (``**{"import": "my_envs"}`` for the keyword)."""
+        for f in fields(EnvsConfig):
+            if f.name in values:
+                setattr(self, f.name, values.pop(f.name))
+            else:
+                setattr(self, f.name, f.default_factory() if f.default_factory is not MISSING else f.default)
+        if values:
+            raise TypeError(f"EnvsConfig got unknown keys: {', '.join(values)}")
 
 
 @dataclass
@@ -640,6 +666,7 @@ def _validate_envs(cfg: Config) -> None:
         )
     _check(e.num_threads is None or e.num_threads >= 0, "envs.num_threads", f"must be >= 0, got {e.num_threads!r}")
     _choice(e, "resume", "envs.resume", EnvResume)
+    _choice(e, "vectorization", "envs.vectorization", Vectorization)
     _check(
         not (e.resume == EnvResume.replay and e.batch_size and e.batch_size < e.num_envs),
         "envs.resume",

@@ -53,11 +53,13 @@ def _obs_kind(ckpt: dict) -> str:
     return ObsKind.ram.value if cfg_obs == ObsKind.ram and list(net.get("obs_shape", [])) == [128] else "vector"
 
 
-def _resolve(game: Any, key: str) -> tuple[str, str]:
+def _resolve(game: Any, key: str, envs: EnvsConfig | None = None) -> tuple[str, str]:
     from dqnfast.envs import resolve_game  # looked up at each call: tests replace it on its module
 
     try:
-        return resolve_game(game)
+        return resolve_game(game, envs)
+    except ConfigError:  # envs.import / envs.make_kwargs of a Gymnasium game
+        raise
     except ValueError as e:
         raise ConfigError(key, str(e)) from None
 
@@ -119,7 +121,7 @@ def load_agent(
 
     learner = learner_of(ckpt)
     ck_game = ckpt.get("game") or (ckpt.get("config") or {}).get("game")
-    task_id, family = task or _resolve(game or ck_game, "game")
+    task_id, family = task or _resolve(game or ck_game, "game", envs)
     obs = _obs_kind(ckpt) if learner == LearnerName.dqn else "vector"
     probe, spec = make_env(
         task_id, ObsKind.pixels if obs == "vector" else obs, envs, protocol, seed=0, num_envs=1, task=(task_id, family)
@@ -129,7 +131,7 @@ def load_agent(
         if learner == LearnerName.dqn:
             net = _dqn_network(ckpt, spec)
         else:
-            ck_task = _resolve(ck_game, "run")[0] if ck_game else None
+            ck_task = _resolve(ck_game, "run", envs)[0] if ck_game else None
             if ck_task != task_id:
                 raise CheckpointError(f"checkpoint is for {ck_task}, this evaluation is {task_id}")
             if spec.obs_kind != "vector":

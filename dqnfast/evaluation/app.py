@@ -131,6 +131,10 @@ def _settings(cfg: EvalConfig, train_cfg: dict) -> tuple[EnvsConfig, EvalProtoco
         num_threads=cfg.num_threads,
         frame_skip=int(envs_cfg.get("frame_skip", 4)),
         stack=int(envs_cfg.get("stack", 4)),
+        # a Gymnasium game's: how its envs run, the kwargs they are made with, the module that registers it
+        vectorization=envs_cfg.get("vectorization", "sync"),
+        make_kwargs=dict(envs_cfg.get("make_kwargs") or {}),
+        **{"import": envs_cfg.get("import")},
     )
     protocol = EvalProtocolConfig(
         episodic_life=False,

@@ -127,7 +127,7 @@ def evaluate_network(
 
     if learner not in POLICIES:
         raise ValueError(f"learner must be one of {', '.join(POLICIES)}, got {learner!r}")
-    task = task or resolve_game(game)
+    task = task or resolve_game(game, envs)
     trained = play(
         game, obs, envs, protocol, network, epsilon=epsilon, seed=seed, device=device, record=record, task=task
     )

@@ -90,6 +90,10 @@ def _network_floats(cfg: Config, obs_kind: str, frame_floats: int, stack: int) -
         spec = NetworkSpec(kind.value, [stack, 84, 84], "uint8", a, bool(n.dueling), [h])
         acts = stack * frame_floats + 2 * (32 * 20 * 20 + 64 * 9 * 9 + 64 * 7 * 7) + 2 * heads * h + a
         return kind, parameter_count(spec), acts
+    if kind == NetworkName.minatar:  # sized for MinAtar's largest frames (10 channels of 10x10)
+        h = int(n.cnn_hidden)
+        spec = NetworkSpec(kind.value, [10, 10, 10], "uint8", a, bool(n.dueling), [h])
+        return kind, parameter_count(spec), 1000 + 2 * 16 * 8 * 8 + 2 * heads * h + a
     widths = [frame_floats * stack, *[int(x) for x in n.mlp_hidden]]
     spec = NetworkSpec(kind.value, [widths[0]], "float32", a, bool(n.dueling), widths[1:])
     return kind, parameter_count(spec), widths[0] + 2 * sum(widths[1:]) * heads + a
@@ -122,7 +126,7 @@ def run_memory_needs(cfg: Config, task_id: str, family: str, *, on_cpu: bool) ->
         per_row += 4 * _PASSES * acts
     needs.append(Need("algo.batch_size", "sample buffers and update", a.batch_size * per_row, per_row))
     if on_cpu:
-        key = "network.cnn_hidden" if kind == NetworkName.nature else "network.mlp_hidden"
+        key = "network.cnn_hidden" if kind in (NetworkName.nature, NetworkName.minatar) else "network.mlp_hidden"
         needs.append(Need(key, "networks and optimizer", 4 * 6 * params))  # online, target, grads, 2 moments, temps
     if e.resume == EnvResume.replay:  # one byte per agent step, in a buffer that doubles, copied into checkpoints
         needs.append(Need("envs.resume", "action log", 4 * int(a.total_steps)))

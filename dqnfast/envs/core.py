@@ -1,109 +1,51 @@
-"""Building envpool environments from config: Atari pixels, Atari RAM, classic control.
+"""The batched env interface every backend gives the training loop and the evaluation, and its records.
 
-A *game* is named the way people say it (``Pong``, ``SpaceInvaders``, ``CartPole``);
-``resolve_game`` maps it to envpool's task id (``Pong-v5``, ``CartPole-v1``) or fails
-at once, in one line, with the closest valid names. ``make_env`` builds the batched
-env for the training or the evaluation protocol and returns an ``EnvSpec`` that says
-what the replay ring and the network must hold.
+A backend (``dqnfast.envs.envpool``, ``dqnfast.envs.gym``) returns an env with envpool's
+gymnasium-style batched API and an ``EnvSpec``:
 
-Facts this module relies on (envpool 1.2.5; see DESIGN.md and tests/test_envs.py):
+* ``async_reset()``; ``recv() -> (obs, reward, terminated, truncated, info)`` with
+  ``info["env_id"]`` int[K] (results are keyed by it) and ``info["elapsed_step"]`` int[K];
+  ``send(actions int32[K], env_id int[K])``; ``close()``; ``config`` (a dict).
+* Autoreset is next-step: the result after ``terminated | truncated`` (at game over) ignores
+  the action sent and is a new episode's first observation, reward 0, ``elapsed_step == 0``;
+  the replay ring never learns that step.
 
-* Atari obs are uint8[N, 4, 84, 84] (stack 4, frame_skip 4, grayscale);
-  ``info["ram"]`` is uint8[N, 128], ``info["lives"]`` int32[N],
-  ``info["reward"]`` the *unclipped* reward even with ``reward_clip=True``.
-* Autoreset is next-step: the step after ``terminated | truncated`` (at game over)
-  ignores its action and returns a new episode's first obs, reward 0,
-  ``info["elapsed_step"] == 0``. With ``episodic_life=True`` a life loss is
-  ``terminated=True`` but the game continues (no reset step follows).
-* ``send``/``recv`` return ``info["env_id"]``; results are keyed by it.
+Here: the spec, the helpers that read a result (``observation_of``, ``frames_of``,
+``raw_reward_of``), real game scores (``GameTracker``) and the record of sent actions that
+re-plays a deterministic batch (``ActionLog``).
 """
 
 from __future__ import annotations
 
-import difflib
-import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 
-from dqnfast.config import EnvsConfig, ProtocolConfig
-from dqnfast.config.resolve import available_cores
-
 __all__ = [
     "ActionLog",
-    "CLASSIC_CONTROL",
     "EnvCreationError",
     "EnvSpec",
+    "EnvStepError",
     "GameTracker",
-    "REPLAY_KEYS",
     "ReplayDivergedError",
-    "atari_games",
     "frames_of",
-    "make_env",
-    "make_replay_env",
     "observation_of",
     "raw_reward_of",
-    "resolve_game",
 ]
-
-# Short name -> envpool task id of the classic-control tasks we support.
-CLASSIC_CONTROL = {"CartPole": "CartPole-v1", "Acrobot": "Acrobot-v1", "MountainCar": "MountainCar-v0"}
-
-
-def atari_games() -> list[str]:
-    """Short names of every Atari game envpool ships (``Pong``, ``SpaceInvaders``, ...)."""
-    import envpool  # most of a second of imports: only where envs are listed or made
-
-    ids = envpool.list_all_envs()
-    try:
-        from envpool.registration import registry  # envpool's own module: imported with envpool above
-
-        atari = {t for t, entry in registry.specs.items() if entry[0] == "envpool.atari"}
-    except (ImportError, AttributeError):  # registry layout changed: every *-v5 id is Atari
-        atari = set(ids)
-    return sorted(t[: -len("-v5")] for t in ids if t in atari and t.endswith("-v5"))
-
-
-def resolve_game(game: str) -> tuple[str, str]:
-    """Maps a game name to ``(task_id, family)``, family ``"atari"`` or ``"classic"``.
-
-    Accepts short names (``Pong``, ``CartPole``), any letter case, and full task ids
-    (``Pong-v5``, ``CartPole-v1``). Raises ValueError (one line) listing the closest
-    valid names when the game is unknown.
-    """
-    name = str(game).strip()
-    atari = atari_games()
-    table: dict[str, tuple[str, str]] = {}
-    for g in atari:
-        table[g.lower()] = (f"{g}-v5", "atari")
-        table[f"{g}-v5".lower()] = (f"{g}-v5", "atari")
-    for short, tid in CLASSIC_CONTROL.items():
-        table[short.lower()] = (tid, "classic")
-        table[tid.lower()] = (tid, "classic")
-    key = name.lower().replace("_", "").replace(" ", "")
-    if key in table:
-        return table[key]
-    valid = atari + list(CLASSIC_CONTROL)
-    lower = {v.lower(): v for v in valid}
-    close = difflib.get_close_matches(key.split("-v")[0], list(lower), n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(lower[c] for c in close)}?" if close else "no close match"
-    raise ValueError(
-        f"unknown game {name!r}; {hint} (valid: {len(atari)} Atari games such as Pong, Breakout, "
-        f"SpaceInvaders, or {', '.join(CLASSIC_CONTROL)})"
-    )
 
 
 @dataclass(frozen=True)
 class EnvSpec:
     """What a built env produces, for the ring and the network.
 
-    task_id: envpool id (``Pong-v5``). family: ``atari`` | ``classic``.
-    obs_kind: ``pixels`` | ``ram`` | ``vector``. frame_shape / frame_dtype: one stored
-    frame (``(84, 84)`` uint8, ``(128,)`` uint8, ``(4,)`` float32). stack: frames per
-    observation (4 for pixels, else 1). obs_shape: what the network sees
-    (``(4, 84, 84)``, ``(128,)``, ``(4,)``). num_actions: discrete actions.
-    frame_skip: emulator frames per agent step (1 for classic control).
+    task_id: the game's id (``Pong-v5``, ``gym:MinAtar/Breakout-v1``). family: ``atari`` |
+    ``classic`` (envpool) | ``gym`` | ``gym_image`` (Gymnasium, vector or image observations).
+    obs_kind: ``pixels`` | ``ram`` | ``vector`` | ``image``. frame_shape / frame_dtype: one
+    stored frame (``(84, 84)`` uint8, ``(128,)`` uint8, ``(4,)`` float32, ``(4, 10, 10)`` uint8).
+    stack: frames per observation (4 for pixels, else 1). obs_shape: what the network sees
+    (``(4, 84, 84)``, ``(128,)``, ``(4,)``, ``(4, 10, 10)``). num_actions: discrete actions.
+    frame_skip: emulator frames per agent step (1 outside Atari).
     num_envs, batch_size: envpool's (batch_size < num_envs: asynchronous).
     """
 
@@ -124,105 +66,13 @@ class EnvSpec:
         return self.batch_size < self.num_envs
 
 
-def _threads(n: int | None) -> int:
-    """A given thread count, or one per core this process may use."""
-    return int(n) if n else available_cores()
-
-
 class EnvCreationError(RuntimeError):
-    """envpool could not create the envs; the message is one line: what failed and what to change."""
+    """The envs could not be made, or failed while running; the message is one line: what failed and what
+    to change. (Caught where a run's env failure is reported: one line, the run folder kept.)"""
 
 
-def _creation_error(e: BaseException, task_id: str, n: int, threads: int) -> EnvCreationError:
-    """One line for an ``envpool.make`` failure: threads, memory or an env option, with the fix."""
-    what = " ".join(str(e).split()) or type(e).__name__
-    low = what.lower()
-    if "resource temporarily unavailable" in low or "thread" in low:
-        hint = (
-            f"could not start its {threads} threads (the machine is out of threads or processes): "
-            "lower envs.num_threads / envs.num_envs, or wait for other jobs to finish"
-        )
-    elif isinstance(e, MemoryError) or "alloc" in low or "memory" in low:
-        hint = f"out of memory for {n} envs: lower envs.num_envs or free memory"
-    elif isinstance(e, (TypeError, KeyError)) or "config" in low or "key" in low:
-        hint = "an env option this envpool version does not know: check envpool's version"
-    else:
-        hint = "see the envpool message"
-    return EnvCreationError(f"envpool could not create {n} {task_id} envs: {hint} ({what})")
-
-
-def make_env(
-    game: str,
-    obs: str,
-    envs: EnvsConfig,
-    protocol: ProtocolConfig,
-    *,
-    seed: int,
-    num_envs: int | None = None,
-    batch_size: int | None = None,
-    task: tuple[str, str] | None = None,
-) -> tuple[Any, EnvSpec]:
-    """Builds a gymnasium-style envpool env and its EnvSpec.
-
-    game: a name ``resolve_game`` accepts. obs: ``pixels`` | ``ram`` (Atari only;
-    classic control always gives float32 vectors). envs: the ``envs`` config
-    section (threads, frame skip, stack). protocol: ``envs.train`` or ``envs.eval``
-    (Atari only). num_envs / batch_size override the section's (for evaluation).
-    task: ``game`` already resolved, ``(task_id, family)`` (``dqnfast.config.resolve.Resolved.game``).
-    Raises EnvCreationError (one line) when envpool cannot create them.
-    """
-    import envpool  # most of a second of imports: only where envs are made
-
-    task_id, family = task or resolve_game(game)
-    n = int(num_envs or envs.num_envs)
-    b = int(batch_size or envs.batch_size or n)
-    b = min(b, n)
-    kwargs: dict[str, Any] = dict(
-        env_type="gymnasium", num_envs=n, batch_size=b, num_threads=min(_threads(envs.num_threads), n), seed=int(seed)
-    )
-    if family == "atari":
-        if obs not in ("pixels", "ram"):
-            raise ValueError(f"obs must be pixels or ram for Atari, got {obs!r}")
-        kwargs.update(
-            episodic_life=bool(protocol.episodic_life),
-            reward_clip=bool(protocol.reward_clip),
-            noop_max=int(protocol.noop_max),
-            repeat_action_probability=float(protocol.repeat_action_probability),
-            max_episode_steps=int(protocol.max_episode_steps),
-            frame_skip=int(envs.frame_skip),
-            stack_num=int(envs.stack),
-        )
-    with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            env = envpool.make(task_id, **kwargs)
-        except (RuntimeError, MemoryError, TypeError, KeyError) as e:
-            raise _creation_error(e, task_id, n, kwargs["num_threads"]) from e
-        obs_space = env.observation_space
-    num_actions = int(env.action_space.n)
-    if family == "atari" and obs == "pixels":
-        shape = tuple(obs_space.shape)  # (stack, 84, 84)
-        spec = EnvSpec(
-            task_id,
-            family,
-            "pixels",
-            shape[1:],
-            np.dtype(np.uint8),
-            shape[0],
-            shape,
-            num_actions,
-            int(envs.frame_skip),
-            n,
-            b,
-        )
-    elif family == "atari":
-        spec = EnvSpec(
-            task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions, int(envs.frame_skip), n, b
-        )
-    else:
-        shape = tuple(obs_space.shape)
-        spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape, num_actions, 1, n, b)
-    return env, spec
+class EnvStepError(EnvCreationError):
+    """An env raised in ``step`` or ``reset``: the game, the env and the exception's message, in one line."""
 
 
 def observation_of(obs: np.ndarray, info: dict, obs_kind: str) -> np.ndarray:
@@ -299,44 +149,6 @@ def raw_reward_of(reward: np.ndarray, info: dict) -> np.ndarray:
 
 class ReplayDivergedError(RuntimeError):
     """Re-playing recorded actions did not reproduce the recorded results (the emulator was not deterministic)."""
-
-
-# env.config keys that define a game, its protocol and its observations: a replay env copies them
-REPLAY_KEYS = (
-    "max_episode_steps",
-    "frame_skip",
-    "noop_max",
-    "zero_discount_on_life_loss",
-    "episodic_life",
-    "reward_clip",
-    "use_fire_reset",
-    "mode",
-    "difficulty",
-    "full_action_space",
-    "repeat_action_probability",
-    "use_inter_area_resize",
-    "img_height",
-    "img_width",
-    "gray_scale",
-    "stack_num",
-)
-
-
-def make_replay_env(task_id: str, config: dict, env_index: int, **override: Any) -> Any:
-    """A fresh one-env envpool env that plays as env ``env_index`` of a batch built with ``config``.
-
-    config: that batch's ``env.config`` (its ``seed`` is the batch's base seed; envpool seeds
-    env i with seed + i). Every ``REPLAY_KEYS`` setting is copied; override: other envpool
-    kwargs (a colour screen for videos).
-    """
-    import envpool  # most of a second of imports: only where envs are made
-
-    kw = {k: config[k] for k in REPLAY_KEYS if k in config}
-    kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=int(config["seed"]) + int(env_index))
-    kw.update(override)
-    with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
-        warnings.simplefilter("ignore", UserWarning)
-        return envpool.make(task_id, **kw)
 
 
 class _Rows:
