@@ -14,6 +14,10 @@ of the same cores, measured in the same process with the same torch threads:
                a large batch (256): what these exact layer shapes reach when the batch is big,
                the ceiling a batch-32 update could approach with perfect kernels
 
+    adam       the Adam step on the Nature CNN's parameters: torch's CPU default (a loop over the
+               tensors), foreach and the fused kernel (part of ``layers``)
+    updates    whole eager updates side by side, alternating: the Adam implementations and
+               channels_last for the online network or both networks (``UPDATE_VARIANTS``)
     layers     the update's parts side by side, alternating (min over repetitions): the online
                network's forward+backward in the default layout and channels_last, and the
                no-grad forward (the target's and the double-DQN argmax's) in fp32 and under bf16
@@ -151,7 +155,17 @@ def parts(b: int, reps: int = 5, calls: int = 10) -> dict:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             net(x)
 
+    adams = {}
+    for impl, kw in (("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        net = NatureCNN(4, NUM_ACTIONS)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        adams[impl] = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1.5e-4, **kw)
+
     fns = {
+        "adam_step_loop": adams["loop"].step,
+        "adam_step_foreach": adams["foreach"].step,
+        "adam_step_fused": adams["fused"].step,
         "fwd_bwd_fp32": lambda: train_step(nets["default"]),
         "fwd_bwd_fp32_channels_last": lambda: train_step(nets["channels_last"]),
         "fwd_nograd_fp32": lambda: forward(nets["default"], False),
@@ -167,6 +181,42 @@ def parts(b: int, reps: int = 5, calls: int = 10) -> dict:
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
+            times[k].append((time.perf_counter() - t0) / calls * 1e3)
+    return {k: min(v) for k, v in times.items()}
+
+
+# The whole update with each lever pulled in turn: torch's default Adam on the CPU (the per-tensor
+# loop), the fused Adam kernel, and channels_last for the online network only (its training
+# forward and backward; the target's no-grad forward keeps the default layout) or both networks.
+UPDATE_VARIANTS = {
+    "update_adam_loop": ({"foreach": False}, ()),
+    "update_adam_fused": ({"fused": True}, ()),
+    "update_adam_fused_online_channels_last": ({"fused": True}, ("online",)),
+    "update_adam_fused_both_channels_last": ({"fused": True}, ("online", "target")),
+}
+
+
+def updates(b: int, reps: int = 5, calls: int = 5) -> dict:
+    """ms per eager ``Learner.update`` for each of ``UPDATE_VARIANTS``, timed in turn (min over ``reps``)."""
+    batch = _batch(b)
+    learners = {}
+    for name, (adam_kw, layout) in UPDATE_VARIANTS.items():
+        torch.manual_seed(0)
+        nets = {"online": NatureCNN(4, NUM_ACTIONS), "target": NatureCNN(4, NUM_ACTIONS)}
+        nets["target"].load_state_dict(nets["online"].state_dict())
+        for k in layout:
+            nets[k].to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(nets["online"].parameters(), lr=1e-4, eps=1.5e-4, **adam_kw)
+        learners[name] = Learner(nets["online"], nets["target"], opt, target_update_period=10**9, device="cpu")
+    for lr in learners.values():
+        for _ in range(3):
+            lr.update(batch)
+    times: dict[str, list[float]] = {k: [] for k in learners}
+    for _ in range(reps):
+        for k, lr in learners.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                lr.update(batch)
             times[k].append((time.perf_counter() - t0) / calls * 1e3)
     return {k: min(v) for k, v in times.items()}
 
@@ -216,6 +266,9 @@ def measure(threads: int, args) -> dict:
         )
     out["parts_ms"] = parts(args.batch_size, reps=2 if args.quick else 5)
     print("    " + "  ".join(f"{k} {v:.2f} ms" for k, v in out["parts_ms"].items()), flush=True)
+    out["updates_ms"] = updates(args.batch_size, reps=2 if args.quick else 5)
+    base = out["updates_ms"]["update_adam_loop"]
+    print("    " + "  ".join(f"{k} {v:.2f} ms ({base / v:.2f}x)" for k, v in out["updates_ms"].items()), flush=True)
     if args.profile:
         out["profile_eager"] = profile(args.batch_size)
         for row in out["profile_eager"]:
