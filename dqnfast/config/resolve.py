@@ -10,15 +10,17 @@ never re-parses a config string.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
 
+from dqnfast import hardware
 from dqnfast.agent.networks import check_fits, network_kind
 from dqnfast.config.schema import (
     Amp,
     AutoBool,
+    ChannelsLast,
     CompileMode,
     Config,
     ConfigError,
@@ -29,21 +31,27 @@ from dqnfast.config.schema import (
 )
 
 __all__ = [
+    "CPU_COMPILE_MIN_STEPS",
     "Resolved",
     "MAX_THREADS",
     "MAX_THREADS_PER_CORE",
     "available_cores",
+    "check_native_bf16",
     "check_thread_counts",
+    "cpu_line",
     "job_cores",
     "max_threads",
     "observation_kind",
     "resolve",
     "resolve_amp",
+    "resolve_channels_last",
     "resolve_compile",
     "resolve_device",
+    "resolve_nograd_amp",
     "share_cores",
     "thread_counts",
     "uses_cudagraphs",
+    "SMALL_CPU_CORES",
 ]
 
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -101,17 +109,33 @@ def resolve_device(name: Any):
     return dev
 
 
-def resolve_compile(mode: Any, device: Any) -> str | None:
+# algo.compile=auto compiles a CPU run's Nature-CNN update from this many agent steps on. Compiling
+# the update (inductor's C++ code for the forward, the backward and the Adam step) took about a
+# minute on a 2-core AMD EPYC and made the learning phase 1.3x to 1.5x faster end to end
+# (``benchmarks/cpu_defaults.py``); at the CPU's 50 to 100 agent steps/s a 1M-step run learns
+# for hours, so the minute is under 1% of it, while a 300k-step run (``preset=cpu_budget``) or a
+# test would spend a large share of its time compiling. An MLP's update is a few small matrix
+# products: compiling it pays back nowhere a CPU run goes.
+CPU_COMPILE_MIN_STEPS = 1_000_000
+
+
+def resolve_compile(
+    mode: Any, device: Any, *, total_steps: int | None = None, network: NetworkName | str | None = None
+) -> str | None:
     """How the update runs: None = eager, else the ``torch.compile`` mode.
 
     mode: a ``CompileMode`` (what a validated config holds) or its value (a bool too, from a
     library caller). ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on
-    CUDA, eager on the CPU (compiling takes longer than a short CPU run gains); ``true`` =
-    ``default``; ``false`` = eager; any other value is a torch.compile mode.
+    CUDA; on the CPU ``default`` for a Nature-CNN run (``network``) of at least
+    ``CPU_COMPILE_MIN_STEPS`` agent steps (``total_steps``), eager otherwise (and where either
+    is not given); ``true`` = ``default``; ``false`` = eager; any other value is a torch.compile mode.
     """
     mode = CompileMode.parse(mode, "algo.compile")
     if mode == CompileMode.auto:
-        return "reduce-overhead" if torch.device(device).type == "cuda" else None
+        if torch.device(device).type == "cuda":
+            return "reduce-overhead"
+        long_cnn = network is not None and NetworkName.of(network) == NetworkName.nature
+        return "default" if long_cnn and (total_steps or 0) >= CPU_COMPILE_MIN_STEPS else None
     if mode == CompileMode.false:
         return None
     return "default" if mode == CompileMode.true else mode.value
@@ -123,8 +147,64 @@ def uses_cudagraphs(compile_mode: str | None) -> bool:
 
 
 def resolve_amp(amp: Any):
-    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16. amp: an ``Amp`` or its value (ValueError otherwise)."""
+    """The autocast dtype of every forward pass: ``bf16`` -> torch.bfloat16; ``none`` and ``bf16_nograd``
+    -> None (fp32 where gradients flow). amp: an ``Amp`` or its value (ConfigError otherwise)."""
     return torch.bfloat16 if Amp.parse(amp, "algo.amp") == Amp.bf16 else None
+
+
+def resolve_nograd_amp(amp: Any):
+    """The autocast dtype of the forward passes that carry no gradient (the target network's, the
+    double-DQN argmax's, the actor's): torch.bfloat16 for ``bf16`` and ``bf16_nograd``, else None."""
+    return torch.bfloat16 if Amp.parse(amp, "algo.amp") in (Amp.bf16, Amp.bf16_nograd) else None
+
+
+def check_native_bf16(amp: Any, device: Any, cpu: hardware.CpuFeatures) -> None:
+    """Refuses, in one line, bf16 autocast on a CPU that emulates bf16 (``cpu.native_bf16`` false).
+
+    oneDNN runs bf16 convolutions in fp32 with conversions on such a CPU: a Nature-CNN update
+    under bf16 autocast was measured 8x slower than in fp32 on an AVX2 AMD EPYC.
+    """
+    amp = Amp.parse(amp, "algo.amp")
+    if amp != Amp.none and torch.device(device).type == "cpu" and not cpu.native_bf16:
+        raise ConfigError(
+            "algo.amp",
+            f"{amp.value} needs native bf16, which this CPU ({cpu.describe()}) lacks: bf16 autocast would run "
+            f"several times slower than fp32 here; use algo.amp=none",
+        )
+
+
+# channels_last=auto on the CPU: NHWC for the online network's gradient forward and backward only
+# (``train``). Timed side by side on one thread of an AMD EPYC with AVX-512 (``benchmarks/roofline.py``,
+# whole eager updates at batch 32 with fused Adam): the NHWC input made the update 1.09x faster; both
+# networks in NHWC only 1.04x, since the no-grad forwards (target, double-DQN argmax) ran slower in
+# NHWC (12 vs 8 ms) while the gradient forward and backward ran faster. Measured with AVX-512 only:
+# elsewhere (AVX2, an MLP, bf16 forwards with gradient, CUDA) auto keeps the default layout.
+_CHANNELS_LAST_ISAS = ("AVX-512", "AMX")
+
+
+def resolve_channels_last(
+    mode: Any, device: Any, network: NetworkName | str, amp: Any, cpu: hardware.CpuFeatures
+) -> ChannelsLast:
+    """``algo.channels_last`` made concrete: ``true`` | ``train`` | ``false`` (``auto`` resolved).
+
+    An MLP has no convolutions: every mode is ``false`` for it."""
+    mode = ChannelsLast.parse(mode, "algo.channels_last")
+    if NetworkName.of(network) != NetworkName.nature:
+        return ChannelsLast.false
+    if mode != ChannelsLast.auto:
+        return mode
+    fp32_grad = Amp.parse(amp, "algo.amp") != Amp.bf16
+    cpu_fast = torch.device(device).type == "cpu" and cpu.isa in _CHANNELS_LAST_ISAS
+    return ChannelsLast.train if fp32_grad and cpu_fast else ChannelsLast.false
+
+
+# Training on the CPU, torch gets every core of a machine with at most this many, half the cores
+# above. The half rule keeps torch's spinning OpenMP workers off the cores envpool's workers step
+# the envs on (on a big machine sharing them slowed updates down by up to 10x). On a small machine
+# the learner is the bound and the envs step between its updates: on a 2-core AMD EPYC, torch on
+# both cores ran the default recipe's learning phase MEASURED_2_VS_1 end to end (8 envs;
+# MEASURED_32_ENVS with 32 envs) against one core (``benchmarks/cpu_defaults.py``, settings in turn).
+SMALL_CPU_CORES = 4
 
 
 def thread_counts(
@@ -132,11 +212,67 @@ def thread_counts(
 ) -> tuple[int, int, int | None]:
     """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
 
-    On the CPU torch gets half the cores: its spinning OpenMP workers and busy envpool
-    workers on the same cores slow updates down by up to 10x. On CUDA torch keeps its
-    default (None) unless a share of a machine was given (``share_cores``).
+    On the CPU torch gets every core up to ``SMALL_CPU_CORES`` cores, half of them above.
+    On CUDA torch keeps its default (None) unless a share of a machine was given (``share_cores``).
     """
-    return (envs or cores, sampler or cores, torch_threads or (max(1, cores // 2) if cpu else None))
+    cpu_torch = cores if cores <= SMALL_CPU_CORES else max(1, cores // 2)
+    return (envs or cores, sampler or cores, torch_threads or (cpu_torch if cpu else None))
+
+
+def _steps(n: int) -> str:
+    """Agent steps as a user writes them: 300k, 1.5M, 2000."""
+    for unit, size in (("M", 1_000_000), ("k", 1_000)):
+        if n >= size and n % (size // 10) == 0:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
+    """One start-up line for a CPU run: the CPU, then torch's threads, the precision, the compile mode and the
+    layout chosen for it, each with its reason, e.g. ``cpu: AMD EPYC, AVX-512, native bf16; torch 2 threads
+    (all cores: a 2-core machine), fp32 (bf16 is opt-in: algo.amp=bf16_nograd), eager (a 300k-step run:
+    compiling does not pay back), channels_last for the gradient forward (faster with AVX-512)``."""
+    a = cfg.algo
+    n = r.torch_threads or torch.get_num_threads()
+    if cfg.torch_threads:
+        why = "torch_threads"
+    elif r.cores <= SMALL_CPU_CORES:
+        why = f"all cores: a {r.cores}-core machine"
+    else:
+        why = f"half the cores: envpool steps on the rest of the {r.cores}"
+    threads = f"torch {n} thread{'s' if n != 1 else ''} ({why})"
+    amp = Amp.parse(a.amp, "algo.amp")
+    if amp == Amp.bf16:
+        precision = "bf16 autocast of every forward (algo.amp=bf16)"
+    elif amp == Amp.bf16_nograd:
+        precision = "fp32, bf16 autocast of the no-grad forwards (algo.amp=bf16_nograd)"
+    elif cpu.native_bf16 and r.network == NetworkName.nature:
+        precision = "fp32 (bf16 is opt-in: algo.amp=bf16_nograd)"
+    else:
+        precision = "fp32"
+    mode = CompileMode.parse(a.compile, "algo.compile")
+    if mode != CompileMode.auto:
+        compiled = f"compiled, mode {r.compile_mode}" if r.compile_mode else "eager"
+        compiled += f" (algo.compile={mode.value})"
+    elif r.network != NetworkName.nature:
+        compiled = "eager (an MLP: compiling does not pay back)"
+    elif r.compile_mode:
+        compiled = f"compiled (a {_steps(a.total_steps)}-step run: the compile time pays back)"
+    else:
+        compiled = f"eager (a {_steps(a.total_steps)}-step run: compiling does not pay back below 1M steps)"
+    parts = [f"cpu: {cpu.describe()}", threads, precision, compiled]
+    if r.network == NetworkName.nature:
+        layout_auto = ChannelsLast.parse(a.channels_last, "algo.channels_last") == ChannelsLast.auto
+        parts.append(
+            {
+                ChannelsLast.train: "channels_last for the gradient forward"
+                + (f" (faster with {cpu.isa})" if layout_auto else " (algo.channels_last=train)"),
+                ChannelsLast.true: "channels_last (algo.channels_last=true)",
+                ChannelsLast.false: "default layout"
+                + (" (channels_last measured faster only with AVX-512 in fp32)" if layout_auto else ""),
+            }[r.channels_last]
+        )
+    return "; ".join(parts)
 
 
 def job_cores(launcher: Mapping[str, Any] | None, available: int) -> int | None:
@@ -166,7 +302,7 @@ def job_cores(launcher: Mapping[str, Any] | None, available: int) -> int | None:
 
 
 def share_cores(cfg: Config, config_dict: dict, cores: int) -> str:
-    """Sizes the threads left at null/0 to ``cores``: envpool, replay sampling, torch (half on CPU).
+    """Sizes the threads left at null/0 to ``cores``: envpool, replay sampling, torch (``thread_counts``).
 
     For a job given a share of a machine. Updates ``cfg`` and ``config_dict`` (what the
     checkpoint and W&B record); returns a description for the log.
@@ -195,7 +331,9 @@ class Resolved:
     envpool and replay sampling threads. torch_threads: torch's CPU threads (None: torch's
     default). compile_mode: None (eager) or a torch.compile mode. amp_dtype: autocast dtype
     or None. frames_on_device: replay frames live on the GPU. pin_memory: sample into
-    pinned host buffers.
+    pinned host buffers. nograd_amp_dtype: autocast dtype of the forward passes without
+    gradient (``algo.amp=bf16_nograd``) or None. channels_last: ``true`` | ``train`` | ``false``.
+    cpu_line: the start-up line naming the CPU and what was chosen for it, and why (CPU runs).
     """
 
     task_id: str
@@ -211,6 +349,9 @@ class Resolved:
     amp_dtype: Any
     frames_on_device: bool
     pin_memory: bool
+    nograd_amp_dtype: Any = None
+    channels_last: ChannelsLast = ChannelsLast.false
+    cpu_line: str | None = None
 
     @property
     def game(self) -> tuple[str, str]:
@@ -284,7 +425,9 @@ def resolve(cfg: Config) -> Resolved:
         raise ConfigError(
             "replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; use replay.storage=cpu"
         )
-    return Resolved(
+    cpu = hardware.probe()  # looked up at each call: tests replace it on its module
+    check_native_bf16(cfg.algo.amp, device, cpu)
+    r = Resolved(
         task_id=task_id,
         family=family,
         obs_kind=obs_kind,
@@ -294,9 +437,14 @@ def resolve(cfg: Config) -> Resolved:
         env_threads=envs,
         sampler_threads=sampler,
         torch_threads=torch_threads,
-        compile_mode=resolve_compile(cfg.algo.compile, device),
+        compile_mode=resolve_compile(cfg.algo.compile, device, total_steps=cfg.algo.total_steps, network=network),
         amp_dtype=resolve_amp(cfg.algo.amp),
         frames_on_device=on_device,
         # device frames: the ring stages its small host arrays itself
         pin_memory=_pin_memory(cfg.replay.pin_memory, device) and not on_device,
+        nograd_amp_dtype=resolve_nograd_amp(cfg.algo.amp),
+        channels_last=resolve_channels_last(cfg.algo.channels_last, device, network, cfg.algo.amp, cpu),
     )
+    if device.type == "cpu":
+        r = replace(r, cpu_line=cpu_line(cfg, r, cpu))
+    return r
