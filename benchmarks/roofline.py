@@ -186,13 +186,16 @@ def parts(b: int, reps: int = 5, calls: int = 10) -> dict:
 
 
 # The whole update with each lever pulled in turn: torch's default Adam on the CPU (the per-tensor
-# loop), the fused Adam kernel, and channels_last for the online network only (its training
-# forward and backward; the target's no-grad forward keeps the default layout) or both networks.
+# loop), the fused Adam kernel, then channels_last three ways: the gradient forward's input only
+# (``algo.channels_last=train``: its backward follows, the no-grad forwards keep NCHW), the online
+# network's weights (every forward of it), both networks' weights (``algo.channels_last=true``).
+# (Adam's keywords, networks with NHWC weights, NHWC input for the gradient forward)
 UPDATE_VARIANTS = {
-    "update_adam_loop": ({"foreach": False}, ()),
-    "update_adam_fused": ({"fused": True}, ()),
-    "update_adam_fused_online_channels_last": ({"fused": True}, ("online",)),
-    "update_adam_fused_both_channels_last": ({"fused": True}, ("online", "target")),
+    "update_adam_loop": ({"foreach": False}, (), False),
+    "update_adam_fused": ({"fused": True}, (), False),
+    "update_adam_fused_train_channels_last": ({"fused": True}, (), True),
+    "update_adam_fused_online_channels_last": ({"fused": True}, ("online",), False),
+    "update_adam_fused_both_channels_last": ({"fused": True}, ("online", "target"), False),
 }
 
 
@@ -200,14 +203,16 @@ def updates(b: int, reps: int = 5, calls: int = 5) -> dict:
     """ms per eager ``Learner.update`` for each of ``UPDATE_VARIANTS``, timed in turn (min over ``reps``)."""
     batch = _batch(b)
     learners = {}
-    for name, (adam_kw, layout) in UPDATE_VARIANTS.items():
+    for name, (adam_kw, layout, train_nhwc) in UPDATE_VARIANTS.items():
         torch.manual_seed(0)
         nets = {"online": NatureCNN(4, NUM_ACTIONS), "target": NatureCNN(4, NUM_ACTIONS)}
         nets["target"].load_state_dict(nets["online"].state_dict())
         for k in layout:
             nets[k].to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(nets["online"].parameters(), lr=1e-4, eps=1.5e-4, **adam_kw)
-        learners[name] = Learner(nets["online"], nets["target"], opt, target_update_period=10**9, device="cpu")
+        learners[name] = Learner(
+            nets["online"], nets["target"], opt, target_update_period=10**9, device="cpu", channels_last=train_nhwc
+        )
     for lr in learners.values():
         for _ in range(3):
             lr.update(batch)

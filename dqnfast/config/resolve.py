@@ -31,7 +31,6 @@ from dqnfast.config.schema import (
 )
 
 __all__ = [
-    "CPU_COMPILE_MIN_STEPS",
     "Resolved",
     "MAX_THREADS",
     "MAX_THREADS_PER_CORE",
@@ -51,7 +50,6 @@ __all__ = [
     "share_cores",
     "thread_counts",
     "uses_cudagraphs",
-    "SMALL_CPU_CORES",
 ]
 
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -109,33 +107,27 @@ def resolve_device(name: Any):
     return dev
 
 
-# algo.compile=auto compiles a CPU run's Nature-CNN update from this many agent steps on. Compiling
-# the update (inductor's C++ code for the forward, the backward and the Adam step) took about a
-# minute on a 2-core AMD EPYC and made the learning phase 1.3x to 1.5x faster end to end
-# (``benchmarks/cpu_defaults.py``); at the CPU's 50 to 100 agent steps/s a 1M-step run learns
-# for hours, so the minute is under 1% of it, while a 300k-step run (``preset=cpu_budget``) or a
-# test would spend a large share of its time compiling. An MLP's update is a few small matrix
-# products: compiling it pays back nowhere a CPU run goes.
-CPU_COMPILE_MIN_STEPS = 1_000_000
+# algo.compile=auto runs the CPU's update eagerly. Timed side by side on one thread of a 2-core AMD
+# EPYC (AVX-512; 50 updates of each in turn, batch 32, Nature CNN): the eager update with the fused
+# Adam kernel and the NHWC gradient forward (``algo.channels_last=auto``) took a median 62.2 ms,
+# the compiled one 62.0 ms (NHWC) and 63.0 ms (NCHW), against 67.4 ms for the eager NCHW one: the
+# 1.3x that compiling once gained came from fusing the Adam step, which the fused kernel now does
+# eagerly. Compiling costs 20 s cold and a C++ compiler on the machine, for no measured gain, even
+# in a long run. (End to end, ``benchmarks/cpu_defaults.py``: 1.00x and 1.24x in two rounds, on a
+# machine too busy to split them.) ``true`` still compiles.
 
 
-def resolve_compile(
-    mode: Any, device: Any, *, total_steps: int | None = None, network: NetworkName | str | None = None
-) -> str | None:
+def resolve_compile(mode: Any, device: Any) -> str | None:
     """How the update runs: None = eager, else the ``torch.compile`` mode.
 
     mode: a ``CompileMode`` (what a validated config holds) or its value (a bool too, from a
     library caller). ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on
-    CUDA; on the CPU ``default`` for a Nature-CNN run (``network``) of at least
-    ``CPU_COMPILE_MIN_STEPS`` agent steps (``total_steps``), eager otherwise (and where either
-    is not given); ``true`` = ``default``; ``false`` = eager; any other value is a torch.compile mode.
+    CUDA, eager on the CPU (see above); ``true`` = ``default``; ``false`` = eager; any other
+    value is a torch.compile mode.
     """
     mode = CompileMode.parse(mode, "algo.compile")
     if mode == CompileMode.auto:
-        if torch.device(device).type == "cuda":
-            return "reduce-overhead"
-        long_cnn = network is not None and NetworkName.of(network) == NetworkName.nature
-        return "default" if long_cnn and (total_steps or 0) >= CPU_COMPILE_MIN_STEPS else None
+        return "reduce-overhead" if torch.device(device).type == "cuda" else None
     if mode == CompileMode.false:
         return None
     return "default" if mode == CompileMode.true else mode.value
@@ -198,13 +190,16 @@ def resolve_channels_last(
     return ChannelsLast.train if fp32_grad and cpu_fast else ChannelsLast.false
 
 
-# Training on the CPU, torch gets every core of a machine with at most this many, half the cores
-# above. The half rule keeps torch's spinning OpenMP workers off the cores envpool's workers step
-# the envs on (on a big machine sharing them slowed updates down by up to 10x). On a small machine
-# the learner is the bound and the envs step between its updates: on a 2-core AMD EPYC, torch on
-# both cores ran the default recipe's learning phase MEASURED_2_VS_1 end to end (8 envs;
-# MEASURED_32_ENVS with 32 envs) against one core (``benchmarks/cpu_defaults.py``, settings in turn).
-SMALL_CPU_CORES = 4
+# Training on the CPU, torch gets half the cores; envpool's workers step the envs on the rest. Measured
+# on a 2-core AMD EPYC (AVX-512) with the default recipe's learning phase (Breakout, 8 envs,
+# ``benchmarks/cpu_defaults.py``, settings in turn): with other processes on the machine (load
+# average 4 to 5) torch on both cores ran 4x to 9x SLOWER than on one (7 to 14 against 31 to 87
+# agent steps/s): an OpenMP worker descheduled by another process holds up every barrier of every
+# kernel. With the machine to itself both cores were 1.24x faster (``benchmarks/RESULTS.md``). A
+# default that loses up to 9x on a shared machine to gain 1.24x on an idle one is the wrong trade,
+# and a rule that followed the machine's load at start-up would change the rounding (the thread count
+# splits the reductions) from one run or resume to the next; so half the cores it is, and the
+# start-up line names torch_threads for a machine a run has to itself.
 
 
 def thread_counts(
@@ -212,34 +207,27 @@ def thread_counts(
 ) -> tuple[int, int, int | None]:
     """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
 
-    On the CPU torch gets every core up to ``SMALL_CPU_CORES`` cores, half of them above.
-    On CUDA torch keeps its default (None) unless a share of a machine was given (``share_cores``).
+    On the CPU torch gets half the cores (see above). On CUDA torch keeps its default (None)
+    unless a share of a machine was given (``share_cores``).
     """
-    cpu_torch = cores if cores <= SMALL_CPU_CORES else max(1, cores // 2)
-    return (envs or cores, sampler or cores, torch_threads or (cpu_torch if cpu else None))
-
-
-def _steps(n: int) -> str:
-    """Agent steps as a user writes them: 300k, 1.5M, 2000."""
-    for unit, size in (("M", 1_000_000), ("k", 1_000)):
-        if n >= size and n % (size // 10) == 0:
-            return f"{n / size:g}{unit}"
-    return str(n)
+    return (envs or cores, sampler or cores, torch_threads or (max(1, cores // 2) if cpu else None))
 
 
 def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
     """One start-up line for a CPU run: the CPU, then torch's threads, the precision, the compile mode and the
     layout chosen for it, each with its reason, e.g. ``cpu: AMD EPYC, AVX-512, native bf16; torch 2 threads
-    (all cores: a 2-core machine), fp32 (bf16 is opt-in: algo.amp=bf16_nograd), eager (a 300k-step run:
-    compiling does not pay back), channels_last for the gradient forward (faster with AVX-512)``."""
+    (half of the 2 cores: ...), fp32 (bf16 is opt-in: algo.amp=bf16_nograd), eager (...), channels_last for the
+    gradient forward (faster with AVX-512)``."""
     a = cfg.algo
     n = r.torch_threads or torch.get_num_threads()
     if cfg.torch_threads:
         why = "torch_threads"
-    elif r.cores <= SMALL_CPU_CORES:
-        why = f"all cores: a {r.cores}-core machine"
+    elif r.cores == 1:
+        why = "the one core"
     else:
-        why = f"half the cores: envpool steps on the rest of the {r.cores}"
+        why = f"half of the {r.cores} cores: envpool steps on the rest"
+        if r.cores <= 4:  # measured on 2 cores only; more cores give the learner more to split
+            why += f"; torch_threads={r.cores} is faster on a machine this run has to itself"
     threads = f"torch {n} thread{'s' if n != 1 else ''} ({why})"
     amp = Amp.parse(a.amp, "algo.amp")
     if amp == Amp.bf16:
@@ -254,13 +242,9 @@ def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
     if mode != CompileMode.auto:
         compiled = f"compiled, mode {r.compile_mode}" if r.compile_mode else "eager"
         compiled += f" (algo.compile={mode.value})"
-    elif r.network != NetworkName.nature:
-        compiled = "eager (an MLP: compiling does not pay back)"
-    elif r.compile_mode:
-        compiled = f"compiled (a {_steps(a.total_steps)}-step run: the compile time pays back)"
     else:
-        compiled = f"eager (a {_steps(a.total_steps)}-step run: compiling does not pay back below 1M steps)"
-    parts = [f"cpu: {cpu.describe()}", threads, precision, compiled]
+        compiled = "eager (compiling was measured no faster than the fused eager update on a CPU)"
+    parts = [threads, precision, compiled]
     if r.network == NetworkName.nature:
         layout_auto = ChannelsLast.parse(a.channels_last, "algo.channels_last") == ChannelsLast.auto
         parts.append(
@@ -272,7 +256,7 @@ def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
                 + (" (channels_last measured faster only with AVX-512 in fp32)" if layout_auto else ""),
             }[r.channels_last]
         )
-    return "; ".join(parts)
+    return f"cpu: {cpu.describe()}; " + ", ".join(parts)
 
 
 def job_cores(launcher: Mapping[str, Any] | None, available: int) -> int | None:
@@ -302,7 +286,7 @@ def job_cores(launcher: Mapping[str, Any] | None, available: int) -> int | None:
 
 
 def share_cores(cfg: Config, config_dict: dict, cores: int) -> str:
-    """Sizes the threads left at null/0 to ``cores``: envpool, replay sampling, torch (``thread_counts``).
+    """Sizes the threads left at null/0 to ``cores``: envpool, replay sampling, torch (half on CPU).
 
     For a job given a share of a machine. Updates ``cfg`` and ``config_dict`` (what the
     checkpoint and W&B record); returns a description for the log.
@@ -437,7 +421,7 @@ def resolve(cfg: Config) -> Resolved:
         env_threads=envs,
         sampler_threads=sampler,
         torch_threads=torch_threads,
-        compile_mode=resolve_compile(cfg.algo.compile, device, total_steps=cfg.algo.total_steps, network=network),
+        compile_mode=resolve_compile(cfg.algo.compile, device),
         amp_dtype=resolve_amp(cfg.algo.amp),
         frames_on_device=on_device,
         # device frames: the ring stages its small host arrays itself

@@ -25,12 +25,18 @@ from dqnfast.loggers.base import (
 MEASURED_AFTER = 30.0
 
 
+# The console names the layer with the most dead ReLU units (metrics.csv's dead_* columns) once at
+# least this share of it is dead: a collapse on its way; smaller shares are in metrics.csv.
+DEAD_SHOWN = 0.5
+
+
 def _known(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def postfix(row: Mapping[str, Any], *, score_format: str = ".1f") -> dict[str, str]:
-    """The progress fields of a metric row: phase, eps (4 significant digits: 0.9995, not 1.000), score, loss."""
+    """The progress fields of a metric row: phase, eps (4 significant digits: 0.9995, not 1.000), score, loss,
+    and the layer with the most dead ReLU units where at least ``DEAD_SHOWN`` of it is dead."""
     learning = int(row.get("updates") or 0) > 0
     out = {"phase": "learning" if learning else "random play"}
     eps = row.get("epsilon")
@@ -42,6 +48,10 @@ def postfix(row: Mapping[str, Any], *, score_format: str = ".1f") -> dict[str, s
     loss = row.get("loss")
     if learning and _known(loss):
         out["loss"] = f"{loss:.4g}"
+    dead = {k[len("dead_") :]: v for k, v in row.items() if k.startswith("dead_") and _known(v)}
+    worst = max(dead, key=dead.__getitem__, default=None)
+    if worst is not None and dead[worst] >= DEAD_SHOWN:
+        out["dead"] = f"{worst} {dead[worst]:.0%}"
     return out
 
 
