@@ -16,8 +16,8 @@ of the same cores, measured in the same process with the same torch threads:
 
     adam       the Adam step on the Nature CNN's parameters: torch's CPU default (a loop over the
                tensors), foreach and the fused kernel (part of ``layers``)
-    updates    whole eager updates side by side, alternating: the Adam implementations and
-               channels_last for the online network or both networks (``UPDATE_VARIANTS``)
+    updates    whole eager updates side by side, alternating: the Adam implementations, three
+               ways of channels_last, and bf16 autocast of the no-grad forwards (``UPDATE_VARIANTS``)
     layers     the update's parts side by side, alternating (min over repetitions): the online
                network's forward+backward in the default layout and channels_last, and the
                no-grad forward (the target's and the double-DQN argmax's) in fp32 and under bf16
@@ -189,13 +189,15 @@ def parts(b: int, reps: int = 5, calls: int = 10) -> dict:
 # loop), the fused Adam kernel, then channels_last three ways: the gradient forward's input only
 # (``algo.channels_last=train``: its backward follows, the no-grad forwards keep NCHW), the online
 # network's weights (every forward of it), both networks' weights (``algo.channels_last=true``).
-# (Adam's keywords, networks with NHWC weights, NHWC input for the gradient forward)
+# Last, ``algo.amp=bf16_nograd`` on top of the CPU defaults (a change of rounding a learning check
+# must clear: opt-in). (Adam's keywords, networks with NHWC weights, NHWC gradient forward, bf16 no-grad)
 UPDATE_VARIANTS = {
-    "update_adam_loop": ({"foreach": False}, (), False),
-    "update_adam_fused": ({"fused": True}, (), False),
-    "update_adam_fused_train_channels_last": ({"fused": True}, (), True),
-    "update_adam_fused_online_channels_last": ({"fused": True}, ("online",), False),
-    "update_adam_fused_both_channels_last": ({"fused": True}, ("online", "target"), False),
+    "update_adam_loop": ({"foreach": False}, (), False, False),
+    "update_adam_fused": ({"fused": True}, (), False, False),
+    "update_adam_fused_train_channels_last": ({"fused": True}, (), True, False),
+    "update_adam_fused_online_channels_last": ({"fused": True}, ("online",), False, False),
+    "update_adam_fused_both_channels_last": ({"fused": True}, ("online", "target"), False, False),
+    "update_adam_fused_train_channels_last_bf16_nograd": ({"fused": True}, (), True, True),
 }
 
 
@@ -203,7 +205,7 @@ def updates(b: int, reps: int = 5, calls: int = 5) -> dict:
     """ms per eager ``Learner.update`` for each of ``UPDATE_VARIANTS``, timed in turn (min over ``reps``)."""
     batch = _batch(b)
     learners = {}
-    for name, (adam_kw, layout, train_nhwc) in UPDATE_VARIANTS.items():
+    for name, (adam_kw, layout, train_nhwc, bf16_nograd) in UPDATE_VARIANTS.items():
         torch.manual_seed(0)
         nets = {"online": NatureCNN(4, NUM_ACTIONS), "target": NatureCNN(4, NUM_ACTIONS)}
         nets["target"].load_state_dict(nets["online"].state_dict())
@@ -211,7 +213,13 @@ def updates(b: int, reps: int = 5, calls: int = 5) -> dict:
             nets[k].to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(nets["online"].parameters(), lr=1e-4, eps=1.5e-4, **adam_kw)
         learners[name] = Learner(
-            nets["online"], nets["target"], opt, target_update_period=10**9, device="cpu", channels_last=train_nhwc
+            nets["online"],
+            nets["target"],
+            opt,
+            target_update_period=10**9,
+            device="cpu",
+            channels_last=train_nhwc,
+            nograd_amp_dtype=torch.bfloat16 if bf16_nograd else None,
         )
     for lr in learners.values():
         for _ in range(3):

@@ -454,10 +454,10 @@ def test_tensorboard_event_files(tmp_path):
     assert math.isclose(acc.Scalars("losses/td_loss")[0].value, 0.5)
 
 
-def test_the_console_names_a_layer_whose_units_are_mostly_dead():
+def test_the_console_names_a_layer_whose_units_are_all_dead():
     from dqnfast.loggers.console import postfix
 
-    healthy = {**row(500), "dead_conv1": 0.0, "dead_conv2": 0.1, "dead_conv3": math.nan, "dead_hidden": 0.3}
+    healthy = {**row(500), "dead_conv1": 0.0, "dead_conv2": 0.7, "dead_conv3": math.nan, "dead_hidden": 0.99}
     assert "dead" not in postfix(healthy)
     collapsed = {**healthy, "dead_conv3": 1.0}
     assert postfix(collapsed)["dead"] == "conv3 100%"

@@ -167,10 +167,11 @@ def check_native_bf16(amp: Any, device: Any, cpu: hardware.CpuFeatures) -> None:
 
 # channels_last=auto on the CPU: NHWC for the online network's gradient forward and backward only
 # (``train``). Timed side by side on one thread of an AMD EPYC with AVX-512 (``benchmarks/roofline.py``,
-# whole eager updates at batch 32 with fused Adam): the NHWC input made the update 1.09x faster; both
-# networks in NHWC only 1.04x, since the no-grad forwards (target, double-DQN argmax) ran slower in
-# NHWC (12 vs 8 ms) while the gradient forward and backward ran faster. Measured with AVX-512 only:
-# elsewhere (AVX2, an MLP, bf16 forwards with gradient, CUDA) auto keeps the default layout.
+# whole eager updates at batch 32 with fused Adam, two runs): the NHWC input made the update 1.09x
+# and 1.11x faster (41.6 -> 37.6 ms); the online network's weights in NHWC 1.00x, both networks'
+# 0.97x and 1.04x, since the no-grad forwards (target, double-DQN argmax) run slower in NHWC (9.0 vs
+# 7.5 ms) while the gradient forward and backward run faster (22.5 vs 26.1 ms). Measured with AVX-512
+# only: elsewhere (AVX2, an MLP, bf16 forwards with gradient, CUDA) auto keeps the default layout.
 _CHANNELS_LAST_ISAS = ("AVX-512", "AMX")
 
 

@@ -25,9 +25,10 @@ from dqnfast.loggers.base import (
 MEASURED_AFTER = 30.0
 
 
-# The console names the layer with the most dead ReLU units (metrics.csv's dead_* columns) once at
-# least this share of it is dead: a collapse on its way; smaller shares are in metrics.csv.
-DEAD_SHOWN = 0.5
+# The console names a layer once this share of its ReLU units is dead (metrics.csv's dead_* columns):
+# a layer that passes nothing on, a collapsed network. Only then: a healthy Nature CNN on Pong's
+# nearly constant frames already has 30 to 70% of each layer silent on a whole batch.
+DEAD_SHOWN = 1.0
 
 
 def _known(x: Any) -> bool:
@@ -36,7 +37,7 @@ def _known(x: Any) -> bool:
 
 def postfix(row: Mapping[str, Any], *, score_format: str = ".1f") -> dict[str, str]:
     """The progress fields of a metric row: phase, eps (4 significant digits: 0.9995, not 1.000), score, loss,
-    and the layer with the most dead ReLU units where at least ``DEAD_SHOWN`` of it is dead."""
+    and the layer with the most dead ReLU units where ``DEAD_SHOWN`` of it is dead."""
     learning = int(row.get("updates") or 0) > 0
     out = {"phase": "learning" if learning else "random play"}
     eps = row.get("epsilon")
