@@ -110,10 +110,10 @@ def resolve_device(name: Any):
 # algo.compile=auto runs the CPU's update eagerly. Timed side by side on one thread of a 2-core AMD
 # EPYC (AVX-512; 50 updates of each in turn, batch 32, Nature CNN): the eager update with the fused
 # Adam kernel and the NHWC gradient forward (``algo.channels_last=auto``) took a median 62.2 ms,
-# the compiled one 62.0 ms (NHWC) and 63.0 ms (NCHW), against 67.4 ms for the eager NCHW one: the
-# 1.3x that compiling once gained came from fusing the Adam step, which the fused kernel now does
-# eagerly. Compiling costs 20 s cold and a C++ compiler on the machine, for no measured gain, even
-# in a long run. (End to end, ``benchmarks/cpu_defaults.py``: 1.00x and 1.24x in two rounds, on a
+# the compiled one 62.0 ms (NHWC) and 63.0 ms (NCHW), against 67.4 ms for the eager NCHW one: what
+# compiling gained over the eager update before (1.3x end to end) it no longer gains over the one
+# with the fused Adam step. Compiling costs 20 s cold and a C++ compiler on the machine, for no
+# measured gain, even in a long run. (End to end, ``benchmarks/cpu_defaults.py``: 1.00x and 1.24x in two rounds, on a
 # machine too busy to split them.) ``true`` still compiles.
 
 
@@ -216,7 +216,7 @@ def thread_counts(
 
 def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
     """One start-up line for a CPU run: the CPU, then torch's threads, the precision, the compile mode and the
-    layout chosen for it, each with its reason, e.g. ``cpu: AMD EPYC, AVX-512, native bf16; torch 2 threads
+    layout chosen for it, each with its reason, e.g. ``cpu: AMD EPYC, AVX-512, native bf16; torch 1 thread
     (half of the 2 cores: ...), fp32 (bf16 is opt-in: algo.amp=bf16_nograd), eager (...), channels_last for the
     gradient forward (faster with AVX-512)``."""
     a = cfg.algo
