@@ -58,6 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup-rows", type=int, default=2, help="metric rows after learning starts to skip")
     p.add_argument("--log-every", type=int, default=500, help="agent steps per metrics row")
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="space-separated overrides each")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the settings in turn this many times (A B A B): on a shared machine each round's ratios are "
+        "taken against that round's baseline and the median ratio reported",
+    )
     p.add_argument("--out", type=Path, default=_HERE / "results" / "cpu_defaults.json")
     return p.parse_args(argv)
 
@@ -104,6 +111,23 @@ def run_setting(args, setting: str, folder: Path) -> dict:
     }
 
 
+def _combine(runs: list[dict]) -> dict:
+    """One setting over several rounds: the median of its steps/s and of its ratios to each round's baseline."""
+    ok = [r for r in runs if "sps_median" in r]
+    if not ok:
+        return runs[0]
+    out = {
+        "setting": ok[0]["setting"],
+        "sps_median": statistics.median(r["sps_median"] for r in ok),
+        "rounds": runs,
+    }
+    ratios = [r["vs_baseline"] for r in ok if "vs_baseline" in r]
+    if ratios:
+        out["vs_baseline"] = statistics.median(ratios)
+        out["vs_baseline_each_round"] = ratios
+    return out
+
+
 def _other_cpu() -> float:
     """Seconds of CPU the whole machine has spent busy (from /proc/stat), 0 where unknown."""
     try:
@@ -118,24 +142,28 @@ def _other_cpu() -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    results = []
+    rounds: list[list[dict]] = []
     with tempfile.TemporaryDirectory(prefix="dqnfast_cpu_defaults_") as tmp:
-        for i, setting in enumerate(args.settings):
-            r = run_setting(args, setting, Path(tmp) / f"s{i}")
-            results.append(r)
-            if "error" in r:
-                print(f"{setting:60s} failed: {r['error']}", flush=True)
-            else:
-                print(
-                    f"{setting:60s} {r['sps_median']:7.1f} steps/s "
-                    f"(min {r['sps_min']:.1f}, max {r['sps_max']:.1f}, {r['rows']} rows, {r['wall_s']:.0f} s)",
-                    flush=True,
-                )
-    base = results[0].get("sps_median")
-    for r in results:
-        if base and "sps_median" in r:
-            r["vs_baseline"] = r["sps_median"] / base
-    print(f"\nas a multiple of the first setting ({args.settings[0]}):")
+        for k in range(max(1, args.rounds)):
+            this = []
+            for i, setting in enumerate(args.settings):
+                r = run_setting(args, setting, Path(tmp) / f"r{k}s{i}")
+                this.append(r)
+                if "error" in r:
+                    print(f"{setting:60s} failed: {r['error']}", flush=True)
+                else:
+                    print(
+                        f"{setting:60s} {r['sps_median']:7.1f} steps/s "
+                        f"(min {r['sps_min']:.1f}, max {r['sps_max']:.1f}, {r['rows']} rows, {r['wall_s']:.0f} s)",
+                        flush=True,
+                    )
+            base = this[0].get("sps_median")
+            for r in this:
+                if base and "sps_median" in r:
+                    r["vs_baseline"] = r["sps_median"] / base
+            rounds.append(this)
+    results = rounds[0] if len(rounds) == 1 else [_combine([rd[i] for rd in rounds]) for i in range(len(args.settings))]
+    print(f"\nas a multiple of the first setting ({args.settings[0]}), median over {len(rounds)} round(s):")
     for r in results:
         print(f"  {r['setting']:60s} {r.get('vs_baseline', float('nan')):.2f}x")
     doc = {
@@ -145,6 +173,7 @@ def main(argv=None) -> int:
         "game": args.game,
         "learning_starts": args.learning_starts,
         "steps": args.steps,
+        "rounds": args.rounds,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

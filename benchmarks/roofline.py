@@ -14,6 +14,10 @@ of the same cores, measured in the same process with the same torch threads:
                a large batch (256): what these exact layer shapes reach when the batch is big,
                the ceiling a batch-32 update could approach with perfect kernels
 
+    adam       the Adam step on the Nature CNN's parameters: torch's CPU default (a loop over the
+               tensors), foreach and the fused kernel (part of ``layers``)
+    updates    whole eager updates side by side, alternating: the Adam implementations, three
+               ways of channels_last, and bf16 autocast of the no-grad forwards (``UPDATE_VARIANTS``)
     layers     the update's parts side by side, alternating (min over repetitions): the online
                network's forward+backward in the default layout and channels_last, and the
                no-grad forward (the target's and the double-DQN argmax's) in fp32 and under bf16
@@ -151,7 +155,17 @@ def parts(b: int, reps: int = 5, calls: int = 10) -> dict:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             net(x)
 
+    adams = {}
+    for impl, kw in (("loop", {"foreach": False}), ("foreach", {"foreach": True}), ("fused", {"fused": True})):
+        net = NatureCNN(4, NUM_ACTIONS)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        adams[impl] = torch.optim.Adam(net.parameters(), lr=1e-4, eps=1.5e-4, **kw)
+
     fns = {
+        "adam_step_loop": adams["loop"].step,
+        "adam_step_foreach": adams["foreach"].step,
+        "adam_step_fused": adams["fused"].step,
         "fwd_bwd_fp32": lambda: train_step(nets["default"]),
         "fwd_bwd_fp32_channels_last": lambda: train_step(nets["channels_last"]),
         "fwd_nograd_fp32": lambda: forward(nets["default"], False),
@@ -167,6 +181,55 @@ def parts(b: int, reps: int = 5, calls: int = 10) -> dict:
             t0 = time.perf_counter()
             for _ in range(calls):
                 fn()
+            times[k].append((time.perf_counter() - t0) / calls * 1e3)
+    return {k: min(v) for k, v in times.items()}
+
+
+# The whole update with each lever pulled in turn: torch's default Adam on the CPU (the per-tensor
+# loop), the fused Adam kernel, then channels_last three ways: the gradient forward's input only
+# (``algo.channels_last=train``: its backward follows, the no-grad forwards keep NCHW), the online
+# network's weights (every forward of it), both networks' weights (``algo.channels_last=true``).
+# Last, ``algo.amp=bf16_nograd`` on top of the CPU defaults (a change of rounding a learning check
+# must clear: opt-in). (Adam's keywords, networks with NHWC weights, NHWC gradient forward, bf16 no-grad)
+UPDATE_VARIANTS = {
+    "update_adam_loop": ({"foreach": False}, (), False, False),
+    "update_adam_fused": ({"fused": True}, (), False, False),
+    "update_adam_fused_train_channels_last": ({"fused": True}, (), True, False),
+    "update_adam_fused_online_channels_last": ({"fused": True}, ("online",), False, False),
+    "update_adam_fused_both_channels_last": ({"fused": True}, ("online", "target"), False, False),
+    "update_adam_fused_train_channels_last_bf16_nograd": ({"fused": True}, (), True, True),
+}
+
+
+def updates(b: int, reps: int = 5, calls: int = 5) -> dict:
+    """ms per eager ``Learner.update`` for each of ``UPDATE_VARIANTS``, timed in turn (min over ``reps``)."""
+    batch = _batch(b)
+    learners = {}
+    for name, (adam_kw, layout, train_nhwc, bf16_nograd) in UPDATE_VARIANTS.items():
+        torch.manual_seed(0)
+        nets = {"online": NatureCNN(4, NUM_ACTIONS), "target": NatureCNN(4, NUM_ACTIONS)}
+        nets["target"].load_state_dict(nets["online"].state_dict())
+        for k in layout:
+            nets[k].to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(nets["online"].parameters(), lr=1e-4, eps=1.5e-4, **adam_kw)
+        learners[name] = Learner(
+            nets["online"],
+            nets["target"],
+            opt,
+            target_update_period=10**9,
+            device="cpu",
+            channels_last=train_nhwc,
+            nograd_amp_dtype=torch.bfloat16 if bf16_nograd else None,
+        )
+    for lr in learners.values():
+        for _ in range(3):
+            lr.update(batch)
+    times: dict[str, list[float]] = {k: [] for k in learners}
+    for _ in range(reps):
+        for k, lr in learners.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                lr.update(batch)
             times[k].append((time.perf_counter() - t0) / calls * 1e3)
     return {k: min(v) for k, v in times.items()}
 
@@ -216,6 +279,9 @@ def measure(threads: int, args) -> dict:
         )
     out["parts_ms"] = parts(args.batch_size, reps=2 if args.quick else 5)
     print("    " + "  ".join(f"{k} {v:.2f} ms" for k, v in out["parts_ms"].items()), flush=True)
+    out["updates_ms"] = updates(args.batch_size, reps=2 if args.quick else 5)
+    base = out["updates_ms"]["update_adam_loop"]
+    print("    " + "  ".join(f"{k} {v:.2f} ms ({base / v:.2f}x)" for k, v in out["updates_ms"].items()), flush=True)
     if args.profile:
         out["profile_eager"] = profile(args.batch_size)
         for row in out["profile_eager"]:

@@ -175,4 +175,19 @@ def test_roofline_counts_the_updates_flops_and_saves_its_figures(tmp_path):
     assert row["flops_per_update"] == flops
     assert row["eager"]["gflops"] > 0 and 0 < row["eager"]["fraction_of_gemm"]
     assert set(row["parts_ms"]) >= {"fwd_bwd_fp32", "fwd_bwd_fp32_channels_last", "fwd_nograd_bf16"}
+    assert set(row["parts_ms"]) >= {"adam_step_loop", "adam_step_foreach", "adam_step_fused"}
+    assert set(row["updates_ms"]) == set(roofline.UPDATE_VARIANTS) and min(row["updates_ms"].values()) > 0
     assert doc["roofline"]["machine"]["cpu_model"]
+
+
+def test_cpu_defaults_rounds_give_each_setting_its_median_ratio_to_each_rounds_baseline():
+    cpu_defaults = _load("cpu_defaults")
+    runs = [
+        {"setting": "b", "sps_median": 30.0, "vs_baseline": 1.5},
+        {"setting": "b", "sps_median": 10.0, "vs_baseline": 0.5},
+        {"setting": "b", "sps_median": 50.0, "vs_baseline": 1.25},
+        {"setting": "b", "error": "failed"},
+    ]
+    got = cpu_defaults._combine(runs)
+    assert got["setting"] == "b" and got["sps_median"] == 30.0 and got["vs_baseline"] == 1.25
+    assert got["vs_baseline_each_round"] == [1.5, 0.5, 1.25] and got["rounds"] == runs

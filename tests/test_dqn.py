@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import types
 
 import pytest
@@ -223,3 +224,69 @@ def test_compiled_update_matches_eager(mode):
         results.append([lr.update(batch)["loss"].item() for _ in range(3)])
         assert lr.compile_mode == compile  # no silent fallback to eager
     assert results[0] == pytest.approx(results[1], rel=1e-4)
+
+
+def test_make_optimizer_runs_the_fused_adam_and_foreach_rmsprop_when_eager_on_the_cpu():
+    """torch's CPU default loops over the tensors; eager CPU updates get the fused kernel, compiled ones
+    leave the step to torch.compile."""
+    p = [nn.Parameter(torch.zeros(2))]
+    assert make_optimizer(p, OptimConfig(), device="cpu").param_groups[0]["fused"] is True
+    assert make_optimizer(p, OptimConfig(name="rmsprop"), device="cpu").param_groups[0]["foreach"] is True
+    assert not make_optimizer(p, OptimConfig(), device="cpu", compile_mode="default").param_groups[0]["fused"]
+
+
+def test_fused_adam_resumes_bit_identically():
+    """A learner restored from another's state_dict (fused Adam on the CPU) continues exactly as the
+    uninterrupted one: same losses, same weights, to the bit."""
+    cfg = OptimConfig(lr=1e-3)
+
+    def learner():
+        online, target, batch = _cnn_and_batch()
+        return Learner(online, target, make_optimizer(online.parameters(), cfg), max_grad_norm=10.0), batch
+
+    ref, batch = learner()
+    for _ in range(2):
+        ref.update(batch)
+    resumed, _ = learner()
+    resumed.load_state_dict(copy.deepcopy(ref.state_dict()))  # as from a file: no tensor shared
+    assert resumed.optimizer.param_groups[0]["fused"] is True
+    want = [ref.update(batch)["loss"].item() for _ in range(2)]
+    got = [resumed.update(batch)["loss"].item() for _ in range(2)]
+    assert got == want
+    assert all(torch.equal(a, b) for a, b in zip(params(ref.online), params(resumed.online)))
+
+
+class _Recorder(nn.Module):
+    """Wraps a network; records, per forward, (grad enabled, autocast enabled, input in NHWC)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.calls = net, []
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        nhwc = obs.dim() == 4 and obs.is_contiguous(memory_format=torch.channels_last) and not obs.is_contiguous()
+        self.calls.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), nhwc))
+        return self.net(obs)
+
+
+def test_bf16_nograd_autocasts_only_the_forwards_without_gradient_and_channels_last_only_the_gradient_one():
+    online, target, batch = _cnn_and_batch()
+    on, tg = _Recorder(online), _Recorder(target)
+    opt = torch.optim.Adam(online.parameters(), lr=1e-3)
+    args = (batch.obs, batch.action, batch.reward, batch.next_obs, batch.discount)
+    update_step(on, tg, opt, *args, nograd_amp_dtype=torch.bfloat16, channels_last=True)
+    # the double-DQN argmax (no grad, bf16, NCHW), then the gradient forward (fp32, NHWC); the target: no grad, bf16
+    assert on.calls == [(False, True, False), (True, False, True)]
+    assert tg.calls == [(False, True, False)]
+
+
+def test_channels_last_and_bf16_nograd_keep_the_update_close_to_the_plain_one():
+    """Same maths: NHWC changes the rounding only; bf16 in the target's forward a little more."""
+    losses = {}
+    for opts in ({}, {"channels_last": True}, {"nograd_amp_dtype": torch.bfloat16}):
+        online, target, batch = _cnn_and_batch()
+        lr = Learner(online, target, torch.optim.Adam(online.parameters(), lr=1e-3), max_grad_norm=None, **opts)
+        losses[tuple(opts)] = [lr.update(batch)["loss"].item() for _ in range(3)]
+    assert losses[("channels_last",)] == pytest.approx(losses[()], rel=1e-4)
+    assert losses[("nograd_amp_dtype",)] == pytest.approx(losses[()], rel=0.05)
+    assert losses[("nograd_amp_dtype",)] != losses[()]  # bf16 really ran

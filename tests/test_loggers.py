@@ -452,3 +452,25 @@ def test_tensorboard_event_files(tmp_path):
     assert [e.value for e in acc.Scalars("eval/human_normalized")] == pytest.approx([(3.0 - 1.7) / (30.5 - 1.7)])
     assert "eval/learning_curve" in tags["images"] and "eval/scores" in tags["histograms"]
     assert math.isclose(acc.Scalars("losses/td_loss")[0].value, 0.5)
+
+
+def test_the_console_names_a_layer_whose_units_are_all_dead():
+    from dqnfast.loggers.console import postfix
+
+    healthy = {**row(500), "dead_conv1": 0.0, "dead_conv2": 0.7, "dead_conv3": math.nan, "dead_hidden": 0.99}
+    assert "dead" not in postfix(healthy)
+    collapsed = {**healthy, "dead_conv3": 1.0}
+    assert postfix(collapsed)["dead"] == "conv3 100%"
+
+
+def test_metrics_csv_holds_the_dead_unit_columns_empty_until_learning(tmp_path):
+    from dqnfast.loggers.csv_file import CsvLogger
+
+    log = CsvLogger(tmp_path / "metrics.csv")
+    dead = ("dead_conv1", "dead_conv2", "dead_conv3", "dead_hidden")
+    log.log_metrics({**row(100), **dict.fromkeys(dead, math.nan)})
+    log.log_metrics({**row(200), "dead_conv1": 0.0, "dead_conv2": 0.25, "dead_conv3": 1.0, "dead_hidden": math.nan})
+    log.close()
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert [rows[0][k] for k in dead] == ["", "", "", ""]
+    assert [rows[1][k] for k in dead] == ["0.0", "0.25", "1.0", ""]

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from dqnfast.agent.networks import MLP, NatureCNN, NetworkSpec, dueling_aggregate, make_network, spec_for
+from dqnfast.agent.networks import (
+    DEAD_UNIT_LAYERS,
+    MLP,
+    NatureCNN,
+    NetworkSpec,
+    dead_units,
+    dueling_aggregate,
+    make_network,
+    spec_for,
+)
 
 
 def n_params(m: torch.nn.Module) -> int:
@@ -90,3 +101,34 @@ def test_q_values_keep_float32_resolution_under_bf16_autocast(dueling):
         q = head(torch.randn(5, 8))
     assert q.dtype == torch.float32
     assert (q.argmax(1) == 3).all()
+
+
+def test_dead_units_report_each_conv_layer_and_the_hidden_layer_and_show_a_collapsed_layer():
+
+    torch.manual_seed(0)
+    net = NatureCNN(4, 6)
+    obs = torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8)
+    fresh = dead_units(net, obs)
+    assert list(fresh) == list(DEAD_UNIT_LAYERS)
+    assert all(0.0 <= v < 0.5 for v in fresh.values())  # a fresh network's units mostly fire
+    with torch.no_grad():
+        net.torso[4].bias.fill_(-1e3)  # conv3 never fires: collapsed
+        net.torso[4].weight.zero_()
+        net.torso[2].bias[:16].fill_(-1e3)  # a quarter of conv2's 64 channels never fire
+        net.torso[2].weight[:16].zero_()
+    dead = dead_units(net, obs)
+    assert dead["conv3"] == 1.0 and dead["conv2"] == 0.25 and dead["conv1"] == fresh["conv1"]
+    # the hidden layer now sees only zeros: a unit fires on every sample or on none, as its bias says
+    want = float((net.head.advantage[0].bias <= 0).float().mean())
+    assert dead["hidden"] == pytest.approx(want)
+
+
+def test_dead_units_of_an_mlp_and_a_dueling_head():
+
+    net = MLP(4, 2, (8, 16), dueling=True)
+    with torch.no_grad():
+        net.head.value[0].bias.fill_(-1e3)
+        net.head.value[0].weight.zero_()
+    dead = dead_units(net, torch.randn(32, 4))
+    assert all(math.isnan(dead[k]) for k in ("conv1", "conv2", "conv3"))
+    assert 0.5 <= dead["hidden"] <= 1.0  # the value stream's 16 of the 32 hidden units, at least

@@ -16,12 +16,14 @@ import torch
 
 import dqnfast.config.resolve as resolve_module
 import dqnfast.envs as envs_module
+from dqnfast import hardware
 from dqnfast.agent.networks import NetworkSpec, make_network, network_kind, parameter_count
 from dqnfast.config import Config, ConfigError, validate
 from dqnfast.config.schema import (
     Amp,
     AutoBool,
     Baseline,
+    ChannelsLast,
     CompileMode,
     EnvResume,
     LearnerName,
@@ -34,6 +36,7 @@ from dqnfast.config.schema import (
     Storage,
     WandbMode,
 )
+from dqnfast.hardware import CpuFeatures
 from dqnfast.training import check_config, train
 
 CHOICES = {
@@ -148,3 +151,67 @@ def test_a_run_resolves_its_game_and_device_once_per_resolution(tmp_path, monkey
     # the networks, the final evaluation of both its agents -- takes the game and the device from what
     # it resolved
     assert calls == Counter({("resolve_game", "check_config"): 1, ("resolve_device", "check_config"): 1})
+
+
+# ------------------------------------------------------------ what the CPU offers
+AVX512_BF16 = CpuFeatures(
+    model="AMD EPYC",
+    flags=frozenset({"avx2", "avx512f", "avx512bw", "avx512_bf16"}),
+    torch_capability="AVX512",
+    onednn_bf16=True,
+)
+AVX2 = CpuFeatures(model="AMD EPYC 7B13", flags=frozenset({"avx2"}), torch_capability="AVX2", onednn_bf16=False)
+
+
+def _cpu_run(monkeypatch, cpu: CpuFeatures, cores: int = 2, **algo):
+    """check_config of a CPU Pong run on a CPU faked as ``cpu`` with ``cores`` cores."""
+    monkeypatch.setattr(hardware, "probe", lambda: cpu)
+    monkeypatch.setattr(resolve_module, "available_cores", lambda: cores)
+    return check_config(Config(game="Pong", device="cpu", algo=dataclasses.replace(Config().algo, **algo)))
+
+
+def test_channels_last_auto_follows_the_cpu_the_network_and_the_precision(monkeypatch):
+    rcl = resolve_module.resolve_channels_last
+    assert rcl("auto", "cpu", "nature", "none", AVX512_BF16) == ChannelsLast.train
+    assert rcl("auto", "cpu", "nature", "bf16_nograd", AVX512_BF16) == ChannelsLast.train  # fp32 gradient forward
+    assert rcl("auto", "cpu", "nature", "bf16", AVX512_BF16) == ChannelsLast.false
+    assert rcl("auto", "cpu", "nature", "none", AVX2) == ChannelsLast.false  # not measured faster there
+    assert rcl("auto", "cuda", "nature", "none", AVX512_BF16) == ChannelsLast.false
+    assert rcl("auto", "cpu", "mlp", "none", AVX512_BF16) == ChannelsLast.false
+    assert rcl("true", "cpu", "mlp", "none", AVX512_BF16) == ChannelsLast.false  # no convolutions
+    assert rcl(True, "cuda", "nature", "bf16", AVX2) == ChannelsLast.true  # a library caller's bool
+    assert _cpu_run(monkeypatch, AVX512_BF16, total_steps=300_000).channels_last == ChannelsLast.train
+
+
+@pytest.mark.parametrize("amp", ["bf16", "bf16_nograd"])
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, amp):
+    with pytest.raises(ConfigError) as e:
+        _cpu_run(monkeypatch, AVX2, amp=amp)
+    msg = str(e.value)
+    assert e.value.key == "algo.amp" and "\n" not in msg
+    assert "AMD EPYC 7B13" in msg and "algo.amp=none" in msg and "slower" in msg
+    r = _cpu_run(monkeypatch, AVX512_BF16, amp=amp)  # native: accepted
+    assert r.nograd_amp_dtype is torch.bfloat16 and r.amp_dtype is (torch.bfloat16 if amp == "bf16" else None)
+
+
+def test_the_cpu_start_up_line_names_the_cpu_and_each_choice_with_its_reason(monkeypatch):
+    r = _cpu_run(monkeypatch, AVX512_BF16, total_steps=300_000)
+    assert r.cpu_line == (
+        "cpu: AMD EPYC, AVX-512, native bf16; torch 1 thread (half of the 2 cores: envpool steps on the rest; "
+        "torch_threads=2 is faster on a machine this run has to itself), fp32 (bf16 is "
+        "opt-in: algo.amp=bf16_nograd), eager (compiling was measured no faster than the fused eager update on a "
+        "CPU), "
+        "channels_last for the gradient forward (faster with AVX-512)"
+    )
+    r = _cpu_run(monkeypatch, AVX2, cores=16, compile="true")
+    assert r.cpu_line == (
+        "cpu: AMD EPYC 7B13, AVX2, no native bf16; torch 8 threads (half of the 16 cores: envpool steps on the "
+        "rest), fp32, compiled, mode default (algo.compile=true), default layout (channels_last "
+        "measured faster only with AVX-512 in fp32)"
+    )
+    monkeypatch.setattr(hardware, "probe", lambda: AVX2)
+    mlp = check_config(Config(game="CartPole", device="cpu", torch_threads=1))
+    assert mlp.cpu_line.endswith(
+        "torch 1 thread (torch_threads), fp32, eager (compiling was measured no faster than the fused eager update "
+        "on a CPU)"
+    )  # an MLP: no layout

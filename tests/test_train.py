@@ -318,6 +318,10 @@ def check_run(out, game: str, *, total: int, updates: float, network: str) -> di
     assert all(float(r["loss"]) >= 0 for r in rows[2:])
     # the pre-clipping gradient norm: positive, its max over a row at least its mean
     assert all(float(r["grad_norm_max"]) >= float(r["grad_norm"]) > 0 for r in rows[2:])
+    # dead ReLU units on each row's last batch: empty before learning, a fraction after; convs only in a CNN
+    layers = ("conv1", "conv2", "conv3", "hidden") if network == "nature" else ("hidden",)
+    assert all(r[f"dead_{k}"] == "" for r in rows[:1] for k in layers)
+    assert all(0.0 <= float(r[f"dead_{k}"]) <= 1.0 for r in rows[2:] for k in layers)
     ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["game"] == game and ck["config"]["game"] == game.split("-")[0] and ck["network"]["kind"] == network
     assert ck["counters"]["env_steps"] == total and abs(ck["counters"]["updates"] - updates) <= 1

@@ -165,8 +165,10 @@ def c51_update_step(
     double: bool = True,
     max_grad_norm: float | None = None,
     amp_dtype: torch.dtype | None = None,
+    nograd_amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """One C51 gradient step; the same inputs and metrics as the DQN ``update_step``.
+    """One C51 gradient step; the same inputs, options and metrics as the DQN ``update_step``.
 
     The next action is the online network's greedy one (``double``, as Rainbow) or the target's
     (C51 as published); its distribution under the target network is projected through
@@ -178,12 +180,15 @@ def c51_update_step(
     dev = obs.device.type
     support = online.support
     rows = torch.arange(obs.shape[0], device=obs.device)
+    nograd = amp_dtype or nograd_amp_dtype
+    with torch.no_grad(), torch.autocast(dev, dtype=nograd or torch.bfloat16, enabled=nograd is not None):
+        next_probs = torch.softmax(target.logits(next_obs).float(), dim=-1)
+        chooser = torch.softmax(online.logits(next_obs).float(), dim=-1) if double else next_probs
+        next_action = q_values(chooser, support).argmax(dim=1)
+        m = project_distribution(next_probs[rows, next_action], reward, discount, support)
+    if channels_last and obs.dim() == 4:
+        obs = obs.contiguous(memory_format=torch.channels_last)
     with torch.autocast(dev, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        with torch.no_grad():
-            next_probs = torch.softmax(target.logits(next_obs).float(), dim=-1)
-            chooser = torch.softmax(online.logits(next_obs).float(), dim=-1) if double else next_probs
-            next_action = q_values(chooser, support).argmax(dim=1)
-            m = project_distribution(next_probs[rows, next_action], reward, discount, support)
         logits = online.logits(obs).float()[rows, action.long()]
     log_p = F.log_softmax(logits, dim=-1)
     per_sample = c51_loss(log_p, m)

@@ -32,7 +32,9 @@ __all__ = [
     "NatureCNN",
     "NetworkSpec",
     "QHead",
+    "DEAD_UNIT_LAYERS",
     "check_fits",
+    "dead_units",
     "dueling_aggregate",
     "make_network",
     "network_kind",
@@ -101,6 +103,50 @@ def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
         hidden = stream[i](hidden)
     with torch.autocast(features.device.type, enabled=False):
         return stream[-1](hidden.float())
+
+
+# The layers whose dead ReLU units a metric row reports (``dead_units``): the Nature CNN's three
+# convolutions and the head's hidden layer (an MLP's last hidden layer; its conv entries are nan).
+DEAD_UNIT_LAYERS = ("conv1", "conv2", "conv3", "hidden")
+
+
+@torch.no_grad()
+def dead_units(net: nn.Module, obs: torch.Tensor) -> dict[str, float]:
+    """The fraction of each layer's ReLU units that output 0 for every sample of ``obs`` (a batch), by
+    ``DEAD_UNIT_LAYERS`` name; nan for a layer the network does not have.
+
+    A convolution's unit is a channel (0 at every position of every sample); the hidden layer's units are
+    its neurons (a dueling head's value and advantage streams together). A unit that is 0 on a whole batch
+    gets no gradient from it: a layer at 1.0 passes nothing on, and the network's output no longer depends
+    on its input. One forward of the batch through the layers in turn (no hooks, so a compiled update is
+    left as it was); the output layers are not run. obs: as the network takes it (uint8[B, 4, 84, 84], ...).
+    """
+    dead: dict[str, list[float]] = {}
+    x = _scale(obs)
+    convs = 0
+    last = None
+    for layer in net.torso:
+        x = layer(x)
+        if isinstance(layer, nn.Conv2d):
+            convs += 1
+            last = f"conv{convs}"
+        elif isinstance(layer, nn.ReLU) and last is not None and last.startswith("conv"):
+            alive = x.amax(dim=(0, 2, 3)) > 0
+            dead[last] = [float((~alive).sum()), float(alive.numel())]
+    streams = [s for s in (net.head.advantage, getattr(net.head, "value", None)) if s is not None]
+    counts = [0.0, 0.0]
+    for stream in streams:
+        h = x
+        for layer in stream:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                alive = h.amax(dim=0) > 0
+                counts[0] += float((~alive).sum())
+                counts[1] += float(alive.numel())
+                break
+    if counts[1]:
+        dead["hidden"] = counts
+    return {k: (dead[k][0] / dead[k][1] if k in dead else float("nan")) for k in DEAD_UNIT_LAYERS}
 
 
 def _flat_size(torso: nn.Sequential, image_size: tuple[int, int]) -> int:

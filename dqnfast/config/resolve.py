@@ -10,15 +10,17 @@ never re-parses a config string.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 import torch
 
+from dqnfast import hardware
 from dqnfast.agent.networks import check_fits, network_kind
 from dqnfast.config.schema import (
     Amp,
     AutoBool,
+    ChannelsLast,
     CompileMode,
     Config,
     ConfigError,
@@ -33,14 +35,18 @@ __all__ = [
     "MAX_THREADS",
     "MAX_THREADS_PER_CORE",
     "available_cores",
+    "check_native_bf16",
     "check_thread_counts",
+    "cpu_line",
     "job_cores",
     "max_threads",
     "observation_kind",
     "resolve",
     "resolve_amp",
+    "resolve_channels_last",
     "resolve_compile",
     "resolve_device",
+    "resolve_nograd_amp",
     "share_cores",
     "thread_counts",
     "uses_cudagraphs",
@@ -101,13 +107,23 @@ def resolve_device(name: Any):
     return dev
 
 
+# algo.compile=auto runs the CPU's update eagerly. Timed side by side on one thread of a 2-core AMD
+# EPYC (AVX-512; 50 updates of each in turn, batch 32, Nature CNN): the eager update with the fused
+# Adam kernel and the NHWC gradient forward (``algo.channels_last=auto``) took a median 62.2 ms,
+# the compiled one 62.0 ms (NHWC) and 63.0 ms (NCHW), against 67.4 ms for the eager NCHW one: what
+# compiling gained over the eager update before (1.3x end to end) it no longer gains over the one
+# with the fused Adam step. Compiling costs 20 s cold and a C++ compiler on the machine, for no
+# measured gain, even in a long run. (End to end, ``benchmarks/cpu_defaults.py``: 1.00x and 1.24x in two rounds, on a
+# machine too busy to split them.) ``true`` still compiles.
+
+
 def resolve_compile(mode: Any, device: Any) -> str | None:
     """How the update runs: None = eager, else the ``torch.compile`` mode.
 
     mode: a ``CompileMode`` (what a validated config holds) or its value (a bool too, from a
     library caller). ``auto``: ``reduce-overhead`` (compiled, replayed as CUDA graphs) on
-    CUDA, eager on the CPU (compiling takes longer than a short CPU run gains); ``true`` =
-    ``default``; ``false`` = eager; any other value is a torch.compile mode.
+    CUDA, eager on the CPU (see above); ``true`` = ``default``; ``false`` = eager; any other
+    value is a torch.compile mode.
     """
     mode = CompileMode.parse(mode, "algo.compile")
     if mode == CompileMode.auto:
@@ -123,8 +139,68 @@ def uses_cudagraphs(compile_mode: str | None) -> bool:
 
 
 def resolve_amp(amp: Any):
-    """``none`` -> None (fp32); ``bf16`` -> torch.bfloat16. amp: an ``Amp`` or its value (ValueError otherwise)."""
+    """The autocast dtype of every forward pass: ``bf16`` -> torch.bfloat16; ``none`` and ``bf16_nograd``
+    -> None (fp32 where gradients flow). amp: an ``Amp`` or its value (ConfigError otherwise)."""
     return torch.bfloat16 if Amp.parse(amp, "algo.amp") == Amp.bf16 else None
+
+
+def resolve_nograd_amp(amp: Any):
+    """The autocast dtype of the forward passes that carry no gradient (the target network's, the
+    double-DQN argmax's, the actor's): torch.bfloat16 for ``bf16`` and ``bf16_nograd``, else None."""
+    return torch.bfloat16 if Amp.parse(amp, "algo.amp") in (Amp.bf16, Amp.bf16_nograd) else None
+
+
+def check_native_bf16(amp: Any, device: Any, cpu: hardware.CpuFeatures) -> None:
+    """Refuses, in one line, bf16 autocast on a CPU that emulates bf16 (``cpu.native_bf16`` false).
+
+    oneDNN runs bf16 convolutions in fp32 with conversions on such a CPU: a Nature-CNN update
+    under bf16 autocast was measured 8x slower than in fp32 on an AVX2 AMD EPYC.
+    """
+    amp = Amp.parse(amp, "algo.amp")
+    if amp != Amp.none and torch.device(device).type == "cpu" and not cpu.native_bf16:
+        raise ConfigError(
+            "algo.amp",
+            f"{amp.value} needs native bf16, which this CPU ({cpu.describe()}) lacks: bf16 autocast would run "
+            f"several times slower than fp32 here; use algo.amp=none",
+        )
+
+
+# channels_last=auto on the CPU: NHWC for the online network's gradient forward and backward only
+# (``train``). Timed side by side on one thread of an AMD EPYC with AVX-512 (``benchmarks/roofline.py``,
+# whole eager updates at batch 32 with fused Adam, two runs): the NHWC input made the update 1.09x
+# and 1.11x faster (41.6 -> 37.6 ms); the online network's weights in NHWC 1.00x, both networks'
+# 0.97x and 1.04x, since the no-grad forwards (target, double-DQN argmax) run slower in NHWC (9.0 vs
+# 7.5 ms) while the gradient forward and backward run faster (22.5 vs 26.1 ms). Measured with AVX-512
+# only: elsewhere (AVX2, an MLP, bf16 forwards with gradient, CUDA) auto keeps the default layout.
+_CHANNELS_LAST_ISAS = ("AVX-512", "AMX")
+
+
+def resolve_channels_last(
+    mode: Any, device: Any, network: NetworkName | str, amp: Any, cpu: hardware.CpuFeatures
+) -> ChannelsLast:
+    """``algo.channels_last`` made concrete: ``true`` | ``train`` | ``false`` (``auto`` resolved).
+
+    An MLP has no convolutions: every mode is ``false`` for it."""
+    mode = ChannelsLast.parse(mode, "algo.channels_last")
+    if NetworkName.of(network) != NetworkName.nature:
+        return ChannelsLast.false
+    if mode != ChannelsLast.auto:
+        return mode
+    fp32_grad = Amp.parse(amp, "algo.amp") != Amp.bf16
+    cpu_fast = torch.device(device).type == "cpu" and cpu.isa in _CHANNELS_LAST_ISAS
+    return ChannelsLast.train if fp32_grad and cpu_fast else ChannelsLast.false
+
+
+# Training on the CPU, torch gets half the cores; envpool's workers step the envs on the rest. Measured
+# on a 2-core AMD EPYC (AVX-512) with the default recipe's learning phase (Breakout, 8 envs,
+# ``benchmarks/cpu_defaults.py``, settings in turn): with other processes on the machine (load
+# average 4 to 5) torch on both cores ran 4x to 9x SLOWER than on one (7 to 14 against 31 to 87
+# agent steps/s): an OpenMP worker descheduled by another process holds up every barrier of every
+# kernel. With the machine to itself both cores were 1.24x faster (``benchmarks/RESULTS.md``). A
+# default that loses up to 9x on a shared machine to gain 1.24x on an idle one is the wrong trade,
+# and a rule that followed the machine's load at start-up would change the rounding (the thread count
+# splits the reductions) from one run or resume to the next; so half the cores it is, and the
+# start-up line names torch_threads for a machine a run has to itself.
 
 
 def thread_counts(
@@ -132,11 +208,56 @@ def thread_counts(
 ) -> tuple[int, int, int | None]:
     """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
 
-    On the CPU torch gets half the cores: its spinning OpenMP workers and busy envpool
-    workers on the same cores slow updates down by up to 10x. On CUDA torch keeps its
-    default (None) unless a share of a machine was given (``share_cores``).
+    On the CPU torch gets half the cores (see above). On CUDA torch keeps its default (None)
+    unless a share of a machine was given (``share_cores``).
     """
     return (envs or cores, sampler or cores, torch_threads or (max(1, cores // 2) if cpu else None))
+
+
+def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
+    """One start-up line for a CPU run: the CPU, then torch's threads, the precision, the compile mode and the
+    layout chosen for it, each with its reason, e.g. ``cpu: AMD EPYC, AVX-512, native bf16; torch 1 thread
+    (half of the 2 cores: ...), fp32 (bf16 is opt-in: algo.amp=bf16_nograd), eager (...), channels_last for the
+    gradient forward (faster with AVX-512)``."""
+    a = cfg.algo
+    n = r.torch_threads or torch.get_num_threads()
+    if cfg.torch_threads:
+        why = "torch_threads"
+    elif r.cores == 1:
+        why = "the one core"
+    else:
+        why = f"half of the {r.cores} cores: envpool steps on the rest"
+        if r.cores <= 4:  # measured on 2 cores only; more cores give the learner more to split
+            why += f"; torch_threads={r.cores} is faster on a machine this run has to itself"
+    threads = f"torch {n} thread{'s' if n != 1 else ''} ({why})"
+    amp = Amp.parse(a.amp, "algo.amp")
+    if amp == Amp.bf16:
+        precision = "bf16 autocast of every forward (algo.amp=bf16)"
+    elif amp == Amp.bf16_nograd:
+        precision = "fp32, bf16 autocast of the no-grad forwards (algo.amp=bf16_nograd)"
+    elif cpu.native_bf16 and r.network == NetworkName.nature:
+        precision = "fp32 (bf16 is opt-in: algo.amp=bf16_nograd)"
+    else:
+        precision = "fp32"
+    mode = CompileMode.parse(a.compile, "algo.compile")
+    if mode != CompileMode.auto:
+        compiled = f"compiled, mode {r.compile_mode}" if r.compile_mode else "eager"
+        compiled += f" (algo.compile={mode.value})"
+    else:
+        compiled = "eager (compiling was measured no faster than the fused eager update on a CPU)"
+    parts = [threads, precision, compiled]
+    if r.network == NetworkName.nature:
+        layout_auto = ChannelsLast.parse(a.channels_last, "algo.channels_last") == ChannelsLast.auto
+        parts.append(
+            {
+                ChannelsLast.train: "channels_last for the gradient forward"
+                + (f" (faster with {cpu.isa})" if layout_auto else " (algo.channels_last=train)"),
+                ChannelsLast.true: "channels_last (algo.channels_last=true)",
+                ChannelsLast.false: "default layout"
+                + (" (channels_last measured faster only with AVX-512 in fp32)" if layout_auto else ""),
+            }[r.channels_last]
+        )
+    return f"cpu: {cpu.describe()}; " + ", ".join(parts)
 
 
 def job_cores(launcher: Mapping[str, Any] | None, available: int) -> int | None:
@@ -195,7 +316,9 @@ class Resolved:
     envpool and replay sampling threads. torch_threads: torch's CPU threads (None: torch's
     default). compile_mode: None (eager) or a torch.compile mode. amp_dtype: autocast dtype
     or None. frames_on_device: replay frames live on the GPU. pin_memory: sample into
-    pinned host buffers.
+    pinned host buffers. nograd_amp_dtype: autocast dtype of the forward passes without
+    gradient (``algo.amp=bf16_nograd``) or None. channels_last: ``true`` | ``train`` | ``false``.
+    cpu_line: the start-up line naming the CPU and what was chosen for it, and why (CPU runs).
     """
 
     task_id: str
@@ -211,6 +334,9 @@ class Resolved:
     amp_dtype: Any
     frames_on_device: bool
     pin_memory: bool
+    nograd_amp_dtype: Any = None
+    channels_last: ChannelsLast = ChannelsLast.false
+    cpu_line: str | None = None
 
     @property
     def game(self) -> tuple[str, str]:
@@ -289,7 +415,9 @@ def resolve(cfg: Config) -> Resolved:
         raise ConfigError(
             "replay.storage", f"cuda storage needs a CUDA device, but this run is on {device}; use replay.storage=cpu"
         )
-    return Resolved(
+    cpu = hardware.probe()  # looked up at each call: tests replace it on its module
+    check_native_bf16(cfg.algo.amp, device, cpu)
+    r = Resolved(
         task_id=task_id,
         family=family,
         obs_kind=obs_kind,
@@ -304,4 +432,9 @@ def resolve(cfg: Config) -> Resolved:
         frames_on_device=on_device,
         # device frames: the ring stages its small host arrays itself
         pin_memory=_pin_memory(cfg.replay.pin_memory, device) and not on_device,
+        nograd_amp_dtype=resolve_nograd_amp(cfg.algo.amp),
+        channels_last=resolve_channels_last(cfg.algo.channels_last, device, network, cfg.algo.amp, cpu),
     )
+    if device.type == "cpu":
+        r = replace(r, cpu_line=cpu_line(cfg, r, cpu))
+    return r

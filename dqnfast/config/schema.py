@@ -116,6 +116,7 @@ class Distributional(Choice):
 class Amp(Choice):
     none = "none"
     bf16 = "bf16"
+    bf16_nograd = "bf16_nograd"
 
 
 class Storage(Choice):
@@ -154,7 +155,7 @@ class WandbMode(Choice):
     disabled = "disabled"
 
 
-# Two choices stay ``str`` fields, checked against these sets: their values include true and
+# Three choices stay ``str`` fields, checked against these sets: their values include true and
 # false, which YAML and Hydra's override parser read as booleans, and OmegaConf refuses a
 # boolean for an Enum field (``algo.compile=false`` is a documented command).
 CompileMode = Choice(
@@ -166,6 +167,10 @@ CompileMode = Choice(
     module=__name__,
 )
 AutoBool = Choice("AutoBool", [(v, v) for v in ("auto", "true", "false")], module=__name__)
+# algo.channels_last: true = both networks in NHWC (every forward); train = only the input of the
+# online network's gradient forward (its backward follows); auto = what the device runs fastest
+# (config.resolve.resolve_channels_last).
+ChannelsLast = Choice("ChannelsLast", [(v, v) for v in ("auto", "true", "false", "train")], module=__name__)
 
 _WHAT = {
     "ObsKind": "observation kind",
@@ -184,6 +189,7 @@ _WHAT = {
     "Baseline": "baseline",
     "CompileMode": "compile mode",
     "AutoBool": "pin_memory mode",
+    "ChannelsLast": "channels_last mode",
 }
 NETWORK_NAMES = tuple(m.value for m in NetworkName)
 MAX_STACK = 64  # the longest frame stack the replay ring rebuilds (kMaxStack in csrc/replay_ring.h)
@@ -330,12 +336,17 @@ class AlgoConfig:
     target_update_period: updates between target syncs.
     tau: at a sync target <- tau * online + (1 - tau) * target (1: a hard copy).
     loss: huber (delta 1: Nature's error clipping) | mse. max_grad_norm: clip the gradient norm (null: off).
-    compile: how the update runs: auto (reduce-overhead on CUDA, eager on CPU) | false
-    (eager) | true (= default) | a torch.compile mode: default, reduce-overhead
-    (compiled and replayed as CUDA graphs), max-autotune, max-autotune-no-cudagraphs.
+    compile: how the update runs: auto (reduce-overhead on CUDA, eager on CPU: the eager update
+    with the fused Adam kernel was measured as fast as the compiled one) | false (eager) | true
+    (= default) | a torch.compile mode: default, reduce-overhead (compiled and replayed as CUDA
+    graphs), max-autotune, max-autotune-no-cudagraphs.
     amp: none (fp32) | bf16 (bfloat16 autocast of the network's forward passes; the loss
-    and the optimizer stay fp32). channels_last: NHWC convolutions (helps with bf16 on
-    recent GPUs).
+    and the optimizer stay fp32) | bf16_nograd (bfloat16 autocast of the forward passes that
+    carry no gradient only: the target network's, the double-DQN argmax's and the actor's).
+    On a CPU without native bf16 both bf16 modes are refused (they run several times slower).
+    channels_last: auto (train on a CPU with AVX-512 training the Nature CNN in fp32, false
+    otherwise) | true (both networks NHWC: helps with bf16 on recent GPUs) | train (NHWC input
+    for the online network's gradient forward and backward only) | false.
     distributional: none (one Q-value per action) | c51 (Bellemare et al. 2017: a categorical
     distribution of the return over ``atoms`` evenly spaced values on [v_min, v_max], the
     projected distributional target, the cross-entropy loss; Q is the distribution's mean).
@@ -356,7 +367,7 @@ class AlgoConfig:
     max_grad_norm: Optional[float] = 10.0
     compile: str = "auto"  # a CompileMode, as a str: see CompileMode
     amp: Amp = Amp.none
-    channels_last: bool = False
+    channels_last: str = "auto"  # a ChannelsLast, as a str: see ChannelsLast
     distributional: Distributional = Distributional.none
     atoms: int = 51
     v_min: float = -10.0
@@ -693,6 +704,7 @@ def _validate_algo(cfg: Config) -> None:
     )
     _choice(a, "compile", "algo.compile", CompileMode)
     _choice(a, "amp", "algo.amp", Amp)
+    _choice(a, "channels_last", "algo.channels_last", ChannelsLast)
     _choice(a, "distributional", "algo.distributional", Distributional)
     _check(
         isinstance(a.atoms, int) and 2 <= a.atoms <= MAX_ATOMS,

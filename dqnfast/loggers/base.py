@@ -20,6 +20,9 @@ log = logging.getLogger("dqnfast.loggers")
 # since the previous row; loss and q_mean are averaged over the updates since that row;
 # grad_norm / grad_norm_max: mean / max of the global gradient norm before clipping
 # (algo.max_grad_norm) over those updates, so a user sees how often the clip binds.
+# dead_conv1..3, dead_hidden: the fraction of the layer's ReLU units (a convolution's channels, the
+# hidden layer's neurons) that output 0 on every sample of the last update's batch; 1.0 = a layer
+# that passes nothing on (a collapsed network); nan for a layer the network lacks or before learning.
 METRIC_COLUMNS = (
     "env_steps",
     "frames",
@@ -35,6 +38,10 @@ METRIC_COLUMNS = (
     "updates",
     "grad_norm",
     "grad_norm_max",
+    "dead_conv1",
+    "dead_conv2",
+    "dead_conv3",
+    "dead_hidden",
 )
 # column -> W&B / TensorBoard key (CleanRL's names where it has one)
 METRIC_KEYS = {

@@ -25,12 +25,19 @@ from dqnfast.loggers.base import (
 MEASURED_AFTER = 30.0
 
 
+# The console names a layer once this share of its ReLU units is dead (metrics.csv's dead_* columns):
+# a layer that passes nothing on, a collapsed network. Only then: a healthy Nature CNN on Pong's
+# nearly constant frames already has 30 to 70% of each layer silent on a whole batch.
+DEAD_SHOWN = 1.0
+
+
 def _known(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def postfix(row: Mapping[str, Any], *, score_format: str = ".1f") -> dict[str, str]:
-    """The progress fields of a metric row: phase, eps (4 significant digits: 0.9995, not 1.000), score, loss."""
+    """The progress fields of a metric row: phase, eps (4 significant digits: 0.9995, not 1.000), score, loss,
+    and the layer with the most dead ReLU units where ``DEAD_SHOWN`` of it is dead."""
     learning = int(row.get("updates") or 0) > 0
     out = {"phase": "learning" if learning else "random play"}
     eps = row.get("epsilon")
@@ -42,6 +49,10 @@ def postfix(row: Mapping[str, Any], *, score_format: str = ".1f") -> dict[str, s
     loss = row.get("loss")
     if learning and _known(loss):
         out["loss"] = f"{loss:.4g}"
+    dead = {k[len("dead_") :]: v for k, v in row.items() if k.startswith("dead_") and _known(v)}
+    worst = max(dead, key=dead.__getitem__, default=None)
+    if worst is not None and dead[worst] >= DEAD_SHOWN:
+        out["dead"] = f"{worst} {dead[worst]:.0%}"
     return out
 
 

@@ -14,7 +14,16 @@ from dqnfast.loggers.base import (
     log,
 )
 
-EMPTY_UNTIL_LEARNING = ("loss", "q_mean", "grad_norm", "grad_norm_max")
+EMPTY_UNTIL_LEARNING = (
+    "loss",
+    "q_mean",
+    "grad_norm",
+    "grad_norm_max",
+    "dead_conv1",
+    "dead_conv2",
+    "dead_conv3",
+    "dead_hidden",
+)
 
 
 def _missing(v: Any) -> bool:

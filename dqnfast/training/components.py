@@ -20,7 +20,7 @@ from dqnfast.agent.dqn import Learner, make_optimizer
 from dqnfast.agent.networks import HeadOptions, NetworkSpec, make_network, spec_for
 from dqnfast.config import Config, ConfigError
 from dqnfast.config.resolve import Resolved, available_cores, check_thread_counts, resolve
-from dqnfast.config.schema import Distributional, EnvResume, NetworkName, check_learning_starts
+from dqnfast.config.schema import ChannelsLast, Distributional, EnvResume, check_learning_starts
 from dqnfast.envs import ActionLog, EnvSpec
 from dqnfast.loggers import check_logger_config
 from dqnfast.replay import Prefetcher, ReplayRing
@@ -173,7 +173,7 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: NetworkSpec) -> Learner:
     a, device = cfg.algo, r.device
     online = make_network(net_spec).to(device)
     target = make_network(net_spec).to(device)
-    if a.channels_last and net_spec.kind == NetworkName.nature:
+    if r.channels_last == ChannelsLast.true:
         online, target = online.to(memory_format=torch.channels_last), target.to(memory_format=torch.channels_last)
     target.load_state_dict(online.state_dict())
     optimizer = make_optimizer(online.parameters(), cfg.optim, device=device, compile_mode=r.compile_mode)
@@ -189,6 +189,8 @@ def _make_learner(cfg: Config, r: Resolved, net_spec: NetworkSpec) -> Learner:
         device=device,
         compile=r.compile_mode,
         amp_dtype=r.amp_dtype,
+        nograd_amp_dtype=r.nograd_amp_dtype,
+        channels_last=r.channels_last == ChannelsLast.train,
         noise_seed=cfg.seed + NOISE_SEED_OFFSET,
     )
 
@@ -225,7 +227,12 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
     ring, replay_file = _make_ring(cfg, r, plan, spec, run_dir)
     learner = _make_learner(cfg, r, net_spec)
     actor = Actor(
-        learner.online, spec.num_actions, r.device, seed=cfg.seed, amp_dtype=r.amp_dtype, compile_mode=r.compile_mode
+        learner.online,
+        spec.num_actions,
+        r.device,
+        seed=cfg.seed,
+        amp_dtype=r.nograd_amp_dtype,
+        compile_mode=r.compile_mode,
     )
     x = cfg.explore
     schedule = EpsilonSchedule(x.schedule, x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)

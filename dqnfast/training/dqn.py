@@ -9,6 +9,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from dqnfast.agent.networks import DEAD_UNIT_LAYERS, dead_units
 from dqnfast.config import Config
 from dqnfast.config.resolve import Resolved
 from dqnfast.training import loop
@@ -64,6 +67,8 @@ class DQN:
             s.frame_shape,
             s.frame_dtype,
         )
+        if r.cpu_line:  # the CPU, and the threads, precision, compile mode and layout chosen for it
+            log.info(r.cpu_line)
         if _cpu_pixels(run, r):
             log.info(cpu_note(cfg.algo.total_steps, cfg.algo.learning_starts, cfg.algo.replay_ratio))
         log_place(run.run_dir, r)
@@ -79,6 +84,15 @@ class DQN:
 
     def step(self, run: Run, st: LoopState, loggers: Any, stop: GracefulStop) -> bool:
         return loop.step(run, st, loggers, stop)
+
+    def row_columns(self, run: Run) -> dict[str, float]:
+        """The dead ReLU units of the online network on the last update's batch (``networks.dead_units``):
+        one forward of one batch per metric row; nan before the first update."""
+        batch = run.last_batch
+        if batch is None:
+            return {f"dead_{k}": float("nan") for k in DEAD_UNIT_LAYERS}
+        obs = torch.as_tensor(batch.obs).to(run.device)
+        return {f"dead_{k}": v for k, v in dead_units(run.learner.online, obs).items()}
 
     def value_name(self, run: Run) -> str:
         return "Q-value"

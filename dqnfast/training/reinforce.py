@@ -236,6 +236,9 @@ class Reinforce:
         loggers.progress(k)
         return True
 
+    def row_columns(self, run: _Run) -> dict[str, float]:
+        return {}
+
     def value_name(self, run: _Run) -> str | None:
         """With a value baseline metrics.csv's ``q_mean`` is V's mean; without one it is nan by design."""
         return "value" if run.cfg.reinforce.baseline == Baseline.value else None

@@ -110,6 +110,10 @@ class Learning(Protocol):
         """What metrics.csv's ``q_mean`` holds, for the divergence guard (None: nothing, nan by design)."""
         ...
 
+    def row_columns(self, run: Any) -> dict[str, float]:
+        """The metric row's columns this learner fills beyond ``LoopState.row``'s (none: {})."""
+        ...
+
     def save(self, run: Any, st: LoopState) -> Path:
         """Writes the checkpoint at ``st``; raises TrainingDiverged (nothing written) for a network that blew up."""
         ...
@@ -355,6 +359,7 @@ def log_row(learning: Learning, run: Any, st: LoopState, loggers: Any) -> None:
     learner's ``value_name``, is not finite or beyond ``Q_LIMIT`` (``divergence.check_row``)."""
     n, since = st.n_metrics, st.last_steps
     row = st.row(frame_skip=run.spec.frame_skip, updates=run.learner.num_updates)
+    row.update(learning.row_columns(run))
     loggers.log_metrics(row)
     check_row(run, st.env_steps, row, n, since, value=learning.value_name(run))
 
