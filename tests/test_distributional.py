@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from dqnfast.agent.distributional import (
-    CategoricalQNetwork,
     DistributionalHead,
     c51_loss,
     c51_update_step,
@@ -156,9 +155,11 @@ def test_noise_follows_the_generator_and_eval_mode_uses_the_mean_weights():
     assert resample_noise(torch.nn.Linear(2, 2)) == 0
 
 
-def _toy_net(atoms: int = 11, actions: int = 2, noisy: bool = False) -> CategoricalQNetwork:
-    head = DistributionalHead(3, 16, actions, atoms, dueling=True, noisy=noisy)
-    return CategoricalQNetwork(torch.nn.Flatten(), head, make_support(-5.0, 5.0, atoms), lambda x: x.float())
+def _toy_net(atoms: int = 11, actions: int = 2, noisy: bool = False) -> torch.nn.Module:
+    from dqnfast.agent.networks import MLP, HeadOptions
+
+    head = HeadOptions(dueling=True, atoms=atoms, v_min=-5.0, v_max=5.0, noisy=noisy)
+    return MLP(3, actions, hidden=(16,), head=head)
 
 
 def test_the_c51_update_learns_a_two_state_chain_and_reports_dqn_metrics():

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dqnfast.agent.common import apply_gradients, fp32_output
 from dqnfast.agent.noisy import NoisyLinear
 
 __all__ = [
-    "CategoricalQNetwork",
     "DistributionalHead",
     "c51_loss",
     "c51_update_step",
@@ -118,42 +118,16 @@ class DistributionalHead(nn.Module):
         )
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        adv = _fp32_out(self.advantage, features).view(-1, self.num_actions, self.atoms)
+        adv = fp32_output(self.advantage, features).view(-1, self.num_actions, self.atoms)
         if self.value is None:
             return adv
-        value = _fp32_out(self.value, features).view(-1, 1, self.atoms)
+        value = fp32_output(self.value, features).view(-1, 1, self.atoms)
         return value + adv - adv.mean(dim=1, keepdim=True)
 
 
-def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
-    hidden = features
-    for i in range(len(stream) - 1):
-        hidden = stream[i](hidden)
-    with torch.autocast(features.device.type, enabled=False):
-        return stream[-1](hidden.float())
-
-
-class CategoricalQNetwork(nn.Module):
-    """A torso, a ``DistributionalHead`` and the support: ``logits(obs)`` float32[B, A, N] for the loss,
-    ``forward(obs)`` the expected return float32[B, A], so acting, evaluation and ``q_mean`` read it as
-    any Q-network. ``scale``: the input scaling of the torso's family (uint8 pixels / 255)."""
-
-    def __init__(self, torso: nn.Module, head: DistributionalHead, support: torch.Tensor, scale) -> None:
-        super().__init__()
-        self.torso, self.head, self._scale = torso, head, scale
-        self.register_buffer("support", support.clone().float())
-        self.atoms = head.atoms
-
-    def logits(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.torso(self._scale(obs)))
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return q_values(torch.softmax(self.logits(obs), dim=-1), self.support)
-
-
 def c51_update_step(
-    online: CategoricalQNetwork,
-    target: CategoricalQNetwork,
+    online: nn.Module,
+    target: nn.Module,
     optimizer: torch.optim.Optimizer,
     obs: torch.Tensor,
     action: torch.Tensor,
@@ -193,11 +167,7 @@ def c51_update_step(
     log_p = F.log_softmax(logits, dim=-1)
     per_sample = c51_loss(log_p, m)
     loss = per_sample.mean() if weight is None else (weight * per_sample).mean()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    params = [p for p in online.parameters() if p.grad is not None]
-    grad_norm = nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
-    optimizer.step()
+    grad_norm = apply_gradients(loss, online, optimizer, max_grad_norm)
     return {
         "loss": loss.detach(),
         "q_mean": (log_p.detach().exp() * support).sum(-1).mean(),

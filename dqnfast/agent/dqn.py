@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dqnfast.agent.common import apply_gradients
 from dqnfast.agent.distributional import c51_update_step
 from dqnfast.agent.noisy import NoisyLinear, resample_noise
 from dqnfast.config import OptimConfig
@@ -111,11 +112,7 @@ def update_step(
         td_loss = elementwise(q, y)
     else:
         td_loss = (weight * elementwise(q, y, reduction="none")).mean()
-    optimizer.zero_grad(set_to_none=True)
-    td_loss.backward()
-    params = [p for p in online.parameters() if p.grad is not None]
-    grad_norm = nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
-    optimizer.step()
+    grad_norm = apply_gradients(td_loss, online, optimizer, max_grad_norm)
     return {
         "loss": td_loss.detach(),
         "q_mean": q.detach().mean(),

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dqnfast.agent.common import fp32_output
 from dqnfast.agent.distributional import DistributionalHead, make_support, q_values
 from dqnfast.agent.noisy import NoisyLinear
 from dqnfast.config.schema import NetworkName, ObsKind
@@ -90,19 +91,10 @@ class QHead(nn.Module):
         self.value = nn.Sequential(linear(in_features, hidden), nn.ReLU(), linear(hidden, 1)) if dueling else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        adv = _fp32_out(self.advantage, features)
+        adv = fp32_output(self.advantage, features)
         if self.value is None:
             return adv
-        return dueling_aggregate(_fp32_out(self.value, features), adv)
-
-
-def _fp32_out(stream: nn.Sequential, features: torch.Tensor) -> torch.Tensor:
-    """stream[:-1] as autocast says, its last Linear in float32 (see QHead)."""
-    hidden = features
-    for i in range(len(stream) - 1):
-        hidden = stream[i](hidden)
-    with torch.autocast(features.device.type, enabled=False):
-        return stream[-1](hidden.float())
+        return dueling_aggregate(fp32_output(self.value, features), adv)
 
 
 # The layers whose dead ReLU units a metric row reports (``dead_units``): the Nature CNN's three
