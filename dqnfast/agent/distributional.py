@@ -144,6 +144,9 @@ def c51_update_step(
 ) -> dict[str, torch.Tensor]:
     """One C51 gradient step; the same inputs, options and metrics as the DQN ``update_step``.
 
+    online, target: networks with a C51 head (``networks.make_network`` of a spec with ``atoms``):
+    ``logits(obs)`` float32[B, A, N] and the ``support`` buffer.
+
     The next action is the online network's greedy one (``double``, as Rainbow) or the target's
     (C51 as published); its distribution under the target network is projected through
     ``reward + discount * z`` (the ring's n-step return and gamma^n, 0 after a termination). The loss
