@@ -5,21 +5,30 @@ training loop calls) with random actions, the same number of envs, for the same 
 the figures are ratios to envpool's, measured side by side. Prints ``NAME = value unit`` lines
 and saves JSON (``--out``).
 
-    python benchmarks/gym_fps.py --num-envs 8 --seconds 3
+    python benchmarks/gym_fps.py --num-envs 8 --seconds 3 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import os
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from dqnfast.config import EnvsConfig, ProtocolConfig
-from dqnfast.envs import make_env
+_HERE = Path(__file__).resolve().parent
+if str(_HERE.parent) not in sys.path:  # run as a script from anywhere: find dqnfast
+    sys.path.insert(0, str(_HERE.parent))
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+from common import machine_info  # noqa: E402
+
+from dqnfast.config import EnvsConfig, ProtocolConfig  # noqa: E402
+from dqnfast.envs import make_env  # noqa: E402
 
 
 def steps_per_second(game: str, n: int, seconds: float, vectorization: str = "sync") -> float:
@@ -39,36 +48,38 @@ def steps_per_second(game: str, n: int, seconds: float, vectorization: str = "sy
         env.close()
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-envs", type=int, default=8)
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/gym_fps.json"))
+    p.add_argument("--seconds", type=float, default=3.0, help="per backend and round")
+    p.add_argument("--rounds", type=int, default=3, help="backends in turn (A B C A B C ...); medians reported")
+    p.add_argument("--out", type=Path, default=_HERE / "results" / "gym_fps.json")
     a = p.parse_args()
-    rows = {
-        "envpool": steps_per_second("CartPole", a.num_envs, a.seconds),
-        "gym_sync": steps_per_second("gym:CartPole-v1", a.num_envs, a.seconds, "sync"),
-        "gym_async": steps_per_second("gym:CartPole-v1", a.num_envs, a.seconds, "async"),
+    backends = {
+        "envpool": ("CartPole", "sync"),
+        "gym_sync": ("gym:CartPole-v1", "sync"),
+        "gym_async": ("gym:CartPole-v1", "async"),
     }
-    out = {"cpu": cpu_model(), "num_envs": a.num_envs, "seconds": a.seconds, "steps_per_s": rows}
+    # in turn, so that a change in the machine's load falls on every backend alike
+    runs = {name: [] for name in backends}
+    for _ in range(a.rounds):
+        for name, (game, mode) in backends.items():
+            runs[name].append(steps_per_second(game, a.num_envs, a.seconds, mode))
+    rows = {name: float(np.median(v)) for name, v in runs.items()}
+    machine = machine_info()  # the CPU model and flags, commit, date and load the figures were taken at
+    out = {"machine": machine, "num_envs": a.num_envs, "seconds": a.seconds, "steps_per_s": rows, "rounds": runs}
     for name, sps in rows.items():
         print(f"cartpole_{name} = {sps:.0f} agent steps/s")
     for name in ("gym_sync", "gym_async"):
         out[f"{name}_vs_envpool"] = rows[name] / rows["envpool"]
         print(f"cartpole_{name}_vs_envpool = {out[f'{name}_vs_envpool']:.3f} ratio")
-    print(f"cpu = {out['cpu']}")
+    print(
+        f"cpu = {machine['cpu_model']} ({', '.join(machine['cpu'].get('flags_of_note', []))}), load {machine['loadavg']}"
+    )
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(out, indent=2))
+    tmp = a.out.with_name(f".{a.out.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    os.replace(tmp, a.out)
 
 
 if __name__ == "__main__":
