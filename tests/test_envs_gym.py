@@ -6,9 +6,6 @@ The custom envs live in tests/gym_custom_env.py, registered on import (``envs.im
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gym_custom_env  # noqa: F401  (registers the test envs)
@@ -212,13 +209,13 @@ def test_custom_env_trains_through_envs_import_evaluates_and_resumes(train_in_pr
     assert again["game"] == "gym:Chain-v0" and again["lengths"] == [3, 3, 3, 3], again
 
 
-def test_gym_cartpole_learns_clearly(train_in_process, tmp_path):
-    """Gymnasium's CartPole-v1 under the cartpole preset, a third of its budget: far above random (about 22)."""
+def test_gym_cartpole_solves(train_in_process, tmp_path):
+    """``preset=cartpole game=gym:CartPole-v1`` as shipped reaches a greedy mean of at least 475 of 500,
+    as envpool's CartPole does under the same preset (random play: about 22)."""
     out = tmp_path / "run"
     code, err = train_in_process(
         "preset=cartpole",
         "game=gym:CartPole-v1",
-        "algo.total_steps=20000",
         "logger.progress=false",
         "torch_threads=1",
         f"hydra.run.dir={out}",
@@ -226,18 +223,7 @@ def test_gym_cartpole_learns_clearly(train_in_process, tmp_path):
     )
     assert code == 0, err[-3000:]
     ev = json.loads((out / "eval.json").read_text())
-    assert ev["mean"] >= 150 and ev["random"]["mean"] < 50, ev
-
-
-@pytest.mark.slow
-def test_gym_cartpole_solves(tmp_path):
-    """``preset=cartpole game=gym:CartPole-v1`` as shipped: a greedy mean of at least 475 of 500."""
-    out = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "dqnfast.train", "preset=cartpole", "game=gym:CartPole-v1", "logger.progress=false"]
-    proc = subprocess.run([*cmd, f"hydra.run.dir={out}"], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((out / "eval.json").read_text())["mean"] >= 475
+    assert ev["mean"] >= 475 and ev["random"]["mean"] < 50, ev
 
 
 def test_minatar_preset_trains_and_evaluates(train_in_process, tmp_path):
