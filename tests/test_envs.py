@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dqnfast.checkpoint import load_checkpoint
 from dqnfast.config import EnvsConfig, EvalProtocolConfig, ProtocolConfig
 from dqnfast.envs import (
     ActionLog,
@@ -32,6 +33,8 @@ from dqnfast.envs import (
         ("CartPole-v1", ("CartPole-v1", "classic")),
         ("Acrobot", ("Acrobot-v1", "classic")),
         ("MountainCar", ("MountainCar-v0", "classic")),
+        ("LunarLander-v3", ("LunarLander-v3", "classic")),  # envpool's Box2D suite: discrete, vector obs
+        ("lunarlander-v2", ("LunarLander-v2", "classic")),
     ],
 )
 def test_resolve_game(name, expected):
@@ -54,6 +57,39 @@ def test_unknown_game_suggests_close_names(name, close):
     msg = str(e.value)
     assert "\n" not in msg
     assert repr(name) in msg and close in msg.split("did you mean")[1]
+
+
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("LunarLanderContinuous-v3", "has Box actions; dqnfast's learners take one discrete action"),
+        ("Taxi-v3", "gives Discrete observations; through envpool dqnfast takes flat vector observations"),
+        ("MiniGrid-Empty-5x5-v0", "gives Dict observations"),
+    ],
+)
+def test_envpool_envs_of_other_suites_that_cannot_train_are_refused_in_one_line(name, words):
+    with pytest.raises(ValueError) as e:
+        resolve_game(name)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_envpool_box2d_env_trains_like_classic_control(train_in_process, tmp_path):
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        "preset=cartpole",
+        "game=LunarLander-v3",
+        "algo.total_steps=800",
+        "algo.learning_starts=400",
+        "envs.eval.episodes=2",
+        "envs.eval.num_envs=2",
+        "logger.progress=false",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert code == 0, err[-3000:]
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert ck["game"] == "LunarLander-v3" and ck["network"]["obs_shape"] == [8] and ck["num_actions"] == 4
+    assert (out / "eval.json").is_file()
 
 
 def test_make_env_atari_pixels():

@@ -57,8 +57,10 @@ def resolve_game(game: str) -> tuple[str, str]:
     """Maps a game name to ``(task_id, family)``, family ``"atari"`` or ``"classic"``.
 
     Accepts short names (``Pong``, ``CartPole``), any letter case, and full task ids
-    (``Pong-v5``, ``CartPole-v1``). Raises ValueError (one line) listing the closest
-    valid names when the game is unknown.
+    (``Pong-v5``, ``CartPole-v1``); any other envpool id with discrete actions and a flat
+    vector observation (``LunarLander-v3``) runs as classic control does. Raises ValueError
+    (one line) listing the closest valid names when the game is unknown, or saying why an
+    envpool env of another suite cannot be trained.
     """
     name = str(game).strip()
     atari = atari_games()
@@ -72,13 +74,57 @@ def resolve_game(game: str) -> tuple[str, str]:
     key = name.lower().replace("_", "").replace(" ", "")
     if key in table:
         return table[key]
+    other = _other_suite_id(name)
+    if other is not None:
+        return _check_other_suite(other), "classic"
     valid = atari + list(CLASSIC_CONTROL)
     lower = {v.lower(): v for v in valid}
     close = difflib.get_close_matches(key.split("-v")[0], list(lower), n=5, cutoff=0.5)
     hint = f"did you mean {', '.join(lower[c] for c in close)}?" if close else "no close match"
     raise ValueError(
         f"unknown game {name!r}; {hint} (valid: {len(atari)} Atari games such as Pong, Breakout, "
-        f"SpaceInvaders, {', '.join(CLASSIC_CONTROL)}, or any Gymnasium id as gym:<id>)"
+        f"SpaceInvaders, {', '.join(CLASSIC_CONTROL)}, envpool's other discrete-action vector envs such as "
+        "LunarLander-v3, or any Gymnasium id as gym:<id>)"
+    )
+
+
+def _other_suite_id(name: str) -> str | None:
+    """The envpool id of ``name`` (any case) among envpool's suites other than Atari, or None."""
+    import envpool  # most of a second of imports: only where envs are listed or made
+
+    ids = {t.lower(): t for t in envpool.list_all_envs()}
+    return ids.get(name.lower())
+
+
+def _check_other_suite(task_id: str) -> str:
+    """``task_id`` if it is an envpool env the trainer takes as it takes classic control -- discrete
+    actions, a flat vector observation (Box2D's LunarLander, for one) -- else ValueError in one line
+    saying why (continuous or multi-discrete actions, images, dicts, integer observations, a suite
+    whose system library is missing)."""
+    import envpool  # most of a second of imports: only where envs are listed or made
+    from gymnasium import spaces  # envpool's own dependency: loaded with it
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            env = envpool.make(task_id, env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1)
+    except ImportError as e:  # e.g. Procgen without the system Qt 5 runtime
+        raise ValueError(f"envpool cannot load {task_id} on this machine: {' '.join(str(e).split())}") from None
+    try:
+        act, obs = env.action_space, env.observation_space
+    finally:
+        env.close()
+    if not isinstance(act, spaces.Discrete):
+        raise ValueError(
+            f"{task_id} has {type(act).__name__} actions; dqnfast's learners take one discrete action "
+            "(gymnasium.spaces.Discrete)"
+        )
+    if isinstance(obs, spaces.Box) and len(obs.shape) == 1:
+        return task_id
+    what = f"Box{tuple(obs.shape)} images" if isinstance(obs, spaces.Box) else f"{type(obs).__name__} observations"
+    raise ValueError(
+        f"{task_id} gives {what}; through envpool dqnfast takes flat vector observations of its other suites "
+        "(Atari games take pixels or RAM); a Gymnasium env of the same task runs as game=gym:<id>"
     )
 
 
