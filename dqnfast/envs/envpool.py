@@ -110,6 +110,9 @@ def _check_other_suite(task_id: str) -> str:
             env = envpool.make(task_id, env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1)
     except ImportError as e:  # e.g. Procgen without the system Qt 5 runtime
         raise ValueError(f"envpool cannot load {task_id} on this machine: {' '.join(str(e).split())}") from None
+    except (RuntimeError, TypeError, KeyError, ValueError) as e:  # a suite that needs options or assets
+        what = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(f"envpool could not make {task_id} with its defaults ({what})") from None
     try:
         act, obs = env.action_space, env.observation_space
     finally:
