@@ -92,39 +92,43 @@ def _other_suite_id(name: str) -> str | None:
     """The envpool id of ``name`` (any case) among envpool's suites other than Atari, or None."""
     import envpool  # most of a second of imports: only where envs are listed or made
 
-    ids = {t.lower(): t for t in envpool.list_all_envs()}
-    return ids.get(name.lower())
+    all_ids = envpool.list_all_envs()
+    if name in all_ids:  # some ids differ only in case (Highway-v0, highway-v0): the exact one first
+        return name
+    return {t.lower(): t for t in all_ids}.get(name.lower())
 
 
 def _check_other_suite(task_id: str) -> str:
     """``task_id`` if it is an envpool env the trainer takes as it takes classic control -- discrete
     actions, a flat vector observation (Box2D's LunarLander, for one) -- else ValueError in one line
     saying why (continuous or multi-discrete actions, images, dicts, integer observations, a suite
-    whose system library is missing)."""
+    whose system library is missing). Reads envpool's spec of the task: no env is made (some suites,
+    ViZDoom's, write files into the working directory when one is)."""
     import envpool  # most of a second of imports: only where envs are listed or made
-    from gymnasium import spaces  # envpool's own dependency: loaded with it
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            env = envpool.make(task_id, env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1)
+            spec = envpool.make_spec(task_id)
+            act, obs = spec.action_space, spec.observation_space
     except ImportError as e:  # e.g. Procgen without the system Qt 5 runtime
         raise ValueError(f"envpool cannot load {task_id} on this machine: {' '.join(str(e).split())}") from None
     except (RuntimeError, TypeError, KeyError, ValueError) as e:  # a suite that needs options or assets
         what = " ".join(str(e).split())[:200] or type(e).__name__
-        raise ValueError(f"envpool could not make {task_id} with its defaults ({what})") from None
-    try:
-        act, obs = env.action_space, env.observation_space
-    finally:
-        env.close()
-    if not isinstance(act, spaces.Discrete):
+        raise ValueError(f"envpool could not describe {task_id} with its defaults ({what})") from None
+    kind = type(act).__name__
+    if kind != "Discrete":
         raise ValueError(
-            f"{task_id} has {type(act).__name__} actions; dqnfast's learners take one discrete action "
-            "(gymnasium.spaces.Discrete)"
+            f"{task_id} has {kind} actions; dqnfast's learners take one discrete action (gymnasium.spaces.Discrete)"
         )
-    if isinstance(obs, spaces.Box) and len(obs.shape) == 1:
+    shape = getattr(obs, "shape", None)
+    if type(obs).__name__ == "Box" and shape is not None and len(shape) == 1:
         return task_id
-    what = f"Box{tuple(obs.shape)} images" if isinstance(obs, spaces.Box) else f"{type(obs).__name__} observations"
+    what = (
+        f"Box{tuple(shape)} observations (images or matrices)"
+        if type(obs).__name__ == "Box"
+        else f"{type(obs).__name__} observations"
+    )
     raise ValueError(
         f"{task_id} gives {what}; through envpool dqnfast takes flat vector observations of its other suites "
         "(Atari games take pixels or RAM); a Gymnasium env of the same task runs as game=gym:<id>"
