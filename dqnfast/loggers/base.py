@@ -23,6 +23,7 @@ log = logging.getLogger("dqnfast.loggers")
 # dead_conv1..3, dead_hidden: the fraction of the layer's ReLU units (a convolution's channels, the
 # hidden layer's neurons) that output 0 on every sample of the last update's batch; 1.0 = a layer
 # that passes nothing on (a collapsed network); nan for a layer the network lacks or before learning.
+DEAD_UNIT_COLUMNS = ("dead_conv1", "dead_conv2", "dead_conv3", "dead_hidden")
 METRIC_COLUMNS = (
     "env_steps",
     "frames",
@@ -38,10 +39,7 @@ METRIC_COLUMNS = (
     "updates",
     "grad_norm",
     "grad_norm_max",
-    "dead_conv1",
-    "dead_conv2",
-    "dead_conv3",
-    "dead_hidden",
+    *DEAD_UNIT_COLUMNS,
 )
 # column -> W&B / TensorBoard key (CleanRL's names where it has one)
 METRIC_KEYS = {

@@ -9,21 +9,13 @@ from typing import Any, Mapping, Sequence
 
 from dqnfast.atomic import atomic_open
 from dqnfast.loggers.base import (
+    DEAD_UNIT_COLUMNS,
     METRIC_COLUMNS,
     STEP_KEY,
     log,
 )
 
-EMPTY_UNTIL_LEARNING = (
-    "loss",
-    "q_mean",
-    "grad_norm",
-    "grad_norm_max",
-    "dead_conv1",
-    "dead_conv2",
-    "dead_conv3",
-    "dead_hidden",
-)
+EMPTY_UNTIL_LEARNING = ("loss", "q_mean", "grad_norm", "grad_norm_max", *DEAD_UNIT_COLUMNS)
 
 
 def _missing(v: Any) -> bool:
