@@ -10,6 +10,7 @@ as a slower setting.
 
     python benchmarks/cpu_defaults.py                     # the default grid, Breakout
     python benchmarks/cpu_defaults.py --steps 3000 --settings "torch_threads=1" "torch_threads=2"
+    python benchmarks/cpu_defaults.py --rounds 2 --settings peer default   # each alone, A B A B
 
 Writes ``benchmarks/results/cpu_defaults.json`` (``--out`` to change) and prints a table.
 A setting that changes the maths (``algo.amp=bf16``) is a speed figure only here; whether it
@@ -57,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--learning-starts", type=int, default=2000, help="agent steps of random play first")
     p.add_argument("--warmup-rows", type=int, default=2, help="metric rows after learning starts to skip")
     p.add_argument("--log-every", type=int, default=500, help="agent steps per metrics row")
+    p.add_argument(
+        "--low-epsilon",
+        action="store_true",
+        help="epsilon at its end (0.01) from the first update, as deep in a run's learning phase, where every "
+        "step of the peer's one env runs its network's forward",
+    )
     p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, help="space-separated overrides each")
     p.add_argument(
         "--rounds",
@@ -69,8 +76,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_setting(args, setting: str, folder: Path) -> dict:
-    cmd = [
+# The setting that runs the peer instead of dqnfast: CleanRL's dqn_atari.py recipe (peer_dqn.py --learn) with
+# the same game, warm-up, length and replay size, torch on its own default threads (every core), so that
+# "peer" beside dqnfast's settings in one invocation is the alone-against-alone ratio, A B A B with --rounds.
+PEER = "peer"
+DEFAULT = "default"  # dqnfast with no override: its defaults as `python -m dqnfast.train` picks them here
+
+
+def _command(args, setting: str, folder: Path) -> list[str]:
+    if setting.split()[:1] == [PEER]:
+        return [
+            sys.executable,
+            str(_HERE / "peer_dqn.py"),
+            "--learn",
+            "--game",
+            args.game,
+            "--learning-starts",
+            str(args.learning_starts),
+            "--total-steps",
+            str(args.learning_starts + args.steps),
+            "--capacity",
+            "20000",
+            "--log-every",
+            str(args.log_every),
+            "--eval-episodes",
+            "1",
+            "--out",
+            str(folder),
+            *(["--exploration-steps", str(args.learning_starts)] if args.low_epsilon else []),
+            *setting.split()[1:],
+        ]
+    return [
         sys.executable,
         "-m",
         "dqnfast.train",
@@ -85,8 +121,13 @@ def run_setting(args, setting: str, folder: Path) -> dict:
         "logger.checkpoint_every=0",
         "logger.progress=false",
         f"hydra.run.dir={folder}",
-        *setting.split(),
+        *(["explore.decay_steps=1"] if args.low_epsilon else []),
+        *(t for t in setting.split() if t != DEFAULT),
     ]
+
+
+def run_setting(args, setting: str, folder: Path) -> dict:
+    cmd = _command(args, setting, folder)
     t0 = time.perf_counter()
     cpu0 = _other_cpu()
     proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True)
@@ -99,8 +140,11 @@ def run_setting(args, setting: str, folder: Path) -> dict:
     sps = [float(r["sps"]) for r in rows[args.warmup_rows :]]
     if not sps:
         return {"setting": setting, "error": "no learning-phase rows: raise --steps", "wall_s": wall}
+    log = folder / "train.log"  # dqnfast's start-up line: the threads, precision and compile mode it chose
+    chosen = [ln.split("cpu: ", 1)[1] for ln in log.read_text().splitlines() if "cpu: " in ln] if log.is_file() else []
     return {
         "setting": setting,
+        "cpu_line": chosen[0] if chosen else None,
         "sps_median": statistics.median(sps),
         "sps_min": min(sps),
         "sps_max": max(sps),
@@ -174,6 +218,7 @@ def main(argv=None) -> int:
         "learning_starts": args.learning_starts,
         "steps": args.steps,
         "rounds": args.rounds,
+        "low_epsilon": args.low_epsilon,
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -154,6 +154,10 @@ VARIANTS: dict[str, list[str]] = {
     "noclip": ["algo.max_grad_norm=null"],  # no gradient-norm clipping (CleanRL has none)
     "1env": ["envs.num_envs=1"],  # one env, as CleanRL, instead of 8
     "per": ["replay.prioritized=true"],  # proportional prioritized replay, alpha 0.6, beta 0.4 -> 1
+    # every recipe departure from CleanRL's dqn_atari.py at once (MSE, max target, no clipping, one env):
+    # where the default trails the peer, this run says whether the recipe is the cause (it catches up)
+    # or what differs is elsewhere (the emulator's wrappers, the epsilon schedule's first 20k steps)
+    "cleanrl": ["algo.loss=mse", "algo.double=false", "algo.max_grad_norm=null", "envs.num_envs=1"],
     # C51 (preset=c51's learner at the budget's schedule): the categorical head, the target network's
     # greedy next action, Adam 2.5e-4 / 3.125e-4 and no gradient clipping, as Bellemare et al. 2017
     "c51": [

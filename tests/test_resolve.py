@@ -195,10 +195,13 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_in_one_line(monkeypatch, a
 
 
 def test_the_cpu_start_up_line_names_the_cpu_and_each_choice_with_its_reason(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "1000")  # what the command lines set before torch loads
     r = _cpu_run(monkeypatch, AVX512_BF16, total_steps=300_000)
+    assert r.torch_threads == 2
     assert r.cpu_line == (
-        "cpu: AMD EPYC, AVX-512, native bf16; torch 1 thread (half of the 2 cores: envpool steps on the rest; "
-        "torch_threads=2 is faster on a machine this run has to itself), fp32 (bf16 is "
+        "cpu: AMD EPYC, AVX-512, native bf16; torch 2 threads (every core: OpenMP's spin-wait is short "
+        "(GOMP_SPINCOUNT=1000), so a core another process takes costs little), fp32 (bf16 is "
         "opt-in: algo.amp=bf16_nograd), eager (compiling was measured no faster than the fused eager update on a "
         "CPU), "
         "channels_last for the gradient forward (faster with AVX-512)"
@@ -209,6 +212,11 @@ def test_the_cpu_start_up_line_names_the_cpu_and_each_choice_with_its_reason(mon
         "rest), fp32, compiled, mode default (algo.compile=true), default layout (channels_last "
         "measured faster only with AVX-512 in fp32)"
     )
+    monkeypatch.delenv("GOMP_SPINCOUNT")  # torch loaded with libgomp's long spin (a library caller's process)
+    r = _cpu_run(monkeypatch, AVX2)
+    assert r.torch_threads == 1
+    assert "torch 1 thread (half of the 2 cores: OpenMP's spin-wait is long (libgomp's default)" in r.cpu_line
+    assert "set GOMP_SPINCOUNT=1000 before starting Python to use them all" in r.cpu_line
     monkeypatch.setattr(hardware, "probe", lambda: AVX2)
     mlp = check_config(Config(game="CartPole", device="cpu", torch_threads=1))
     assert mlp.cpu_line.endswith(

@@ -7,7 +7,8 @@ call it. ``cli.overrides`` checks overrides in one line before Hydra runs; ``cli
 ``--help`` pages; ``cli.hydra_dirs`` removes what Hydra wrote for a refused command.
 
 Standard library only at import: ``run("train")`` installs the start-up signal handlers before
-the command line's own imports (Hydra, numpy, torch).
+the command line's own imports (Hydra, numpy, torch), and importing this package shortens OpenMP's
+spin-wait before torch is loaded (``dqnfast.openmp``: what lets a run on the CPU use every core).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import importlib
 import sys
 from pathlib import Path
 
-from dqnfast.training.stop import StopRequested, nothing_saved, raise_on_signals, reached
+from dqnfast.openmp import shorten_spin
+
+shorten_spin()  # before any import of torch: libgomp reads its environment once, when torch loads
+
+from dqnfast.training.stop import StopRequested, nothing_saved, raise_on_signals, reached  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # a link to the repo's conf/, shipped in wheels
 

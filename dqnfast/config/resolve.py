@@ -29,6 +29,7 @@ from dqnfast.config.schema import (
     ObsKind,
     Storage,
 )
+from dqnfast.openmp import spin_is_short
 
 __all__ = [
     "Resolved",
@@ -191,27 +192,66 @@ def resolve_channels_last(
     return ChannelsLast.train if fp32_grad and cpu_fast else ChannelsLast.false
 
 
-# Training on the CPU, torch gets half the cores; envpool's workers step the envs on the rest. Measured
-# on a 2-core AMD EPYC (AVX-512) with the default recipe's learning phase (Breakout, 8 envs,
-# ``benchmarks/cpu_defaults.py``, settings in turn): with other processes on the machine (load
-# average 4 to 5) torch on both cores ran 4x to 9x SLOWER than on one (7 to 14 against 31 to 87
-# agent steps/s): an OpenMP worker descheduled by another process holds up every barrier of every
-# kernel. With the machine to itself both cores were 1.24x faster (``benchmarks/RESULTS.md``). A
-# default that loses up to 9x on a shared machine to gain 1.24x on an idle one is the wrong trade,
-# and a rule that followed the machine's load at start-up would change the rounding (the thread count
-# splits the reductions) from one run or resume to the next; so half the cores it is, and the
-# start-up line names torch_threads for a machine a run has to itself.
+# Training on the CPU, torch gets every core of a small machine when OpenMP's workers sleep soon at
+# a barrier (``dqnfast.openmp``: the command lines shorten libgomp's spin before torch loads), and half
+# of them otherwise. Measured on a 2-core AMD EPYC (AVX2), the default recipe's learning phase alone on
+# the machine (Breakout, 8 envs, ``benchmarks/cpu_defaults.py``): both cores ran 1.4x to 1.5x as many
+# agent steps/s as one. With torch's default spin, a process busy beside the run made two threads 1.7x
+# to 2.2x SLOWER than one (4x to 9x on a shared AVX-512 machine): a worker descheduled by the other
+# process holds up every barrier while its partner spins. With the spin shortened two threads lose
+# little there (0.8x to 1.05x of one). Beyond MAX_ALL_CORES cores torch keeps half (not measured: a
+# batch-32 update gains little from more threads, and envpool's workers need cores too). The thread
+# count is fixed for a run (it splits the reductions, so it decides the rounding); a resume keeps the
+# config's. The start-up line names the count and why.
+MAX_ALL_CORES = 4
 
 
 def thread_counts(
-    cores: int, *, cpu: bool, envs: int | None = None, sampler: int | None = None, torch_threads: int | None = None
+    cores: int,
+    *,
+    cpu: bool,
+    envs: int | None = None,
+    sampler: int | None = None,
+    torch_threads: int | None = None,
+    short_spin: bool | None = None,
 ) -> tuple[int, int, int | None]:
     """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
 
-    On the CPU torch gets half the cores (see above). On CUDA torch keeps its default (None)
-    unless a share of a machine was given (``share_cores``).
+    On the CPU torch gets every core up to ``MAX_ALL_CORES`` when OpenMP's spin-wait is short
+    (``short_spin``, default: read from the environment by ``dqnfast.openmp.spin_is_short``), else
+    half the cores (see above). On CUDA torch keeps its default (None) unless a share of a machine
+    was given (``share_cores``).
     """
-    return (envs or cores, sampler or cores, torch_threads or (max(1, cores // 2) if cpu else None))
+    if torch_threads or not cpu:
+        return (envs or cores, sampler or cores, torch_threads or None)
+    short = spin_is_short() if short_spin is None else short_spin
+    n = cores if short and cores <= MAX_ALL_CORES else max(1, cores // 2)
+    return (envs or cores, sampler or cores, n)
+
+
+def _threads_why(cfg: Config, r: "Resolved") -> str:
+    """Why torch got the threads it got, for the start-up line."""
+    if cfg.torch_threads:
+        return "torch_threads"
+    if r.cores == 1:
+        return "the one core"
+    if r.torch_threads == r.cores:
+        return (
+            f"every core: OpenMP's spin-wait is short ({_spin_setting()}), so a core another process takes costs little"
+        )
+    if r.cores > MAX_ALL_CORES:
+        return f"half of the {r.cores} cores: envpool steps on the rest"
+    return (
+        f"half of the {r.cores} cores: OpenMP's spin-wait is long ({_spin_setting()}), which makes every core slow when "
+        "another process takes one; set GOMP_SPINCOUNT=1000 before starting Python to use them all"
+    )
+
+
+def _spin_setting() -> str:
+    for key in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        if key in os.environ:
+            return f"{key}={os.environ[key]}"
+    return "libgomp's default"
 
 
 def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
@@ -221,15 +261,7 @@ def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
     gradient forward (faster with AVX-512)``."""
     a = cfg.algo
     n = r.torch_threads or torch.get_num_threads()
-    if cfg.torch_threads:
-        why = "torch_threads"
-    elif r.cores == 1:
-        why = "the one core"
-    else:
-        why = f"half of the {r.cores} cores: envpool steps on the rest"
-        if r.cores <= 4:  # measured on 2 cores only; more cores give the learner more to split
-            why += f"; torch_threads={r.cores} is faster on a machine this run has to itself"
-    threads = f"torch {n} thread{'s' if n != 1 else ''} ({why})"
+    threads = f"torch {n} thread{'s' if n != 1 else ''} ({_threads_why(cfg, r)})"
     amp = Amp.parse(a.amp, "algo.amp")
     if amp == Amp.bf16:
         precision = "bf16 autocast of every forward (algo.amp=bf16)"

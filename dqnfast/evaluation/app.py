@@ -57,7 +57,7 @@ class EvalConfig:
     best | median | worst score. video_fps: frames per second of the video (null: real
     time, 60 / frame_skip). game: the game (null: the checkpoint's; set, it must match the
     checkpoint's). num_threads: envpool threads (null: all cores). torch_threads: torch
-    CPU threads (null: half the cores on CPU, else torch's default).
+    CPU threads (null: as training picks them on CPU, else torch's default).
     """
 
     run: str = "???"
