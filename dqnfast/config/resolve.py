@@ -171,9 +171,11 @@ def check_native_bf16(amp: Any, device: Any, cpu: hardware.CpuFeatures) -> None:
 # whole eager updates at batch 32 with fused Adam, two runs): the NHWC input made the update 1.09x
 # and 1.11x faster (41.6 -> 37.6 ms); the online network's weights in NHWC 1.00x, both networks'
 # 0.97x and 1.04x, since the no-grad forwards (target, double-DQN argmax) run slower in NHWC (9.0 vs
-# 7.5 ms) while the gradient forward and backward run faster (22.5 vs 26.1 ms). Measured with AVX-512
-# only: elsewhere (AVX2, an MLP, bf16 forwards with gradient, CUDA) auto keeps the default layout.
-_CHANNELS_LAST_ISAS = ("AVX-512", "AMX")
+# 7.5 ms) while the gradient forward and backward run faster (22.5 vs 26.1 ms). On an AMD EPYC with
+# AVX2 only, the same whole updates alternated four times each: 1.12x on one thread and on two
+# (medians 73.8 -> 65.1 ms and 80.3 -> 71.7 ms), and 1.07x in roofline.py's run. Not measured
+# elsewhere (older ISAs, an MLP, bf16 forwards with gradient, CUDA): auto keeps the default layout there.
+_CHANNELS_LAST_ISAS = ("AVX2", "AVX-512", "AMX")
 
 
 def resolve_channels_last(
@@ -286,7 +288,7 @@ def cpu_line(cfg: Config, r: Resolved, cpu: hardware.CpuFeatures) -> str:
                 + (f" (faster with {cpu.isa})" if layout_auto else " (algo.channels_last=train)"),
                 ChannelsLast.true: "channels_last (algo.channels_last=true)",
                 ChannelsLast.false: "default layout"
-                + (" (channels_last measured faster only with AVX-512 in fp32)" if layout_auto else ""),
+                + (" (channels_last measured faster only with AVX2 or wider in fp32)" if layout_auto else ""),
             }[r.channels_last]
         )
     return f"cpu: {cpu.describe()}; " + ", ".join(parts)

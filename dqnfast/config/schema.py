@@ -344,7 +344,7 @@ class AlgoConfig:
     and the optimizer stay fp32) | bf16_nograd (bfloat16 autocast of the forward passes that
     carry no gradient only: the target network's, the double-DQN argmax's and the actor's).
     On a CPU without native bf16 both bf16 modes are refused (they run several times slower).
-    channels_last: auto (train on a CPU with AVX-512 training the Nature CNN in fp32, false
+    channels_last: auto (train on a CPU with AVX2 or wider training the Nature CNN in fp32, false
     otherwise) | true (both networks NHWC: helps with bf16 on recent GPUs) | train (NHWC input
     for the online network's gradient forward and backward only) | false.
     distributional: none (one Q-value per action) | c51 (Bellemare et al. 2017: a categorical
