@@ -60,6 +60,10 @@ if str(_REPO) not in sys.path:  # run as a script from anywhere: find dqnfast
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+from dqnfast.openmp import shorten_spin  # noqa: E402
+
+shorten_spin()  # as dqnfast's command lines do, before any stage loads torch (the stages inherit it)
+
 from common import (  # noqa: E402
     Metrics,
     cpu_count,
@@ -146,8 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--torch-threads",
         type=int,
         default=0,
-        help="torch CPU threads in the actor, learner and peer stages (default: half the cores on "
-        "CPU, as dqnfast.train does, torch's default on CUDA)",
+        help="torch CPU threads in the actor, learner and peer stages (default: as dqnfast.train picks "
+        "them on CPU, torch's default on CUDA)",
     )
     p.add_argument(
         "--replay-capacity",
@@ -967,7 +971,9 @@ def main(argv=None) -> int:
     if family != "atari":
         print(f"error: --game: {task_id} is not an Atari game", file=sys.stderr)
         return 2
-    torch_threads = args.torch_threads or (0 if cuda else max(1, args.cores // 2))
+    from dqnfast.config.resolve import thread_counts  # loads torch: after shorten_spin
+
+    torch_threads = args.torch_threads or (0 if cuda else thread_counts(args.cores, cpu=True)[2])
     p = plan(args, device)
     machine = machine_info(
         packages=("torch", "numpy", "envpool", "gymnasium", "ale-py", "opencv-python-headless", "hydra-core")

@@ -5,7 +5,7 @@ and wraps the parts of its step with timers: ``recv`` (waiting for envpool's res
 replay ring storing the newest frames), ``act`` (the batched epsilon-greedy forward), ``send``
 (handing the actions to envpool, which steps them in its threads while the loop learns),
 ``sample`` (drawing a batch from the ring) and ``update`` (one gradient step); ``other`` is the
-rest of the step (Python, counters, logging). Only steps after the first update are counted.
+rest of the step (Python, counters, logging). Only the steps after the one with the first update count.
 
     python benchmarks/loop_profile.py                       # torch on 1 thread, then as the CLI picks
     python benchmarks/loop_profile.py --threads 1 2 --steps 3000
@@ -56,11 +56,11 @@ def worker(args: argparse.Namespace) -> dict:
 
     def timed(name, fn):
         def call(*a, **kw):
-            t0 = time.perf_counter()
+            counted, t0 = learning[0], time.perf_counter()
             try:
                 return fn(*a, **kw)
             finally:
-                if learning[0]:
+                if counted:
                     sums[name] += time.perf_counter() - t0
 
         return call
@@ -85,9 +85,10 @@ def worker(args: argparse.Namespace) -> dict:
         update = run.learner.update
 
         def first_update(batch):
-            learning[0] = True
-            counts["updates"] += 1
-            return update(batch)
+            out = update(batch)
+            counts["updates"] += learning[0]
+            learning[0] = True  # timing starts with the step after the first update's (its warm-up)
+            return out
 
         run.learner.update = timed("update", first_update)
         return run

@@ -191,3 +191,40 @@ def test_cpu_defaults_rounds_give_each_setting_its_median_ratio_to_each_rounds_b
     got = cpu_defaults._combine(runs)
     assert got["setting"] == "b" and got["sps_median"] == 30.0 and got["vs_baseline"] == 1.25
     assert got["vs_baseline_each_round"] == [1.5, 0.5, 1.25] and got["rounds"] == runs
+
+
+def test_cpu_defaults_runs_the_peer_alone_with_the_same_budget_and_dqnfast_with_its_defaults(tmp_path):
+    cpu_defaults = _load("cpu_defaults")
+    args = cpu_defaults.parse_args(["--steps", "300", "--learning-starts", "100", "--low-epsilon"])
+    peer = cpu_defaults._command(args, "peer --torch-threads 1", tmp_path)
+    assert peer[1].endswith("peer_dqn.py") and "--learn" in peer
+    joined = " ".join(peer)
+    assert "--learning-starts 100" in joined and "--total-steps 400" in joined
+    assert "--exploration-steps 100" in joined and peer[-2:] == ["--torch-threads", "1"]
+    mine = cpu_defaults._command(args, "default", tmp_path)
+    assert mine[1:3] == ["-m", "dqnfast.train"] and "default" not in mine
+    assert "explore.decay_steps=1" in mine and "algo.total_steps=400" in mine
+
+
+def test_loop_profile_times_every_part_of_the_real_loops_step(tmp_path):
+    out = tmp_path / "lp.json"
+    r = _run(
+        [
+            str(BENCH / "loop_profile.py"),
+            "--steps",
+            "96",
+            "--learning-starts",
+            "64",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ],
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["threads"] == 1 and row["updates"] > 0 and row["loop_steps"] > 0
+    ms = row["ms_per_step"]
+    assert all(ms[k] > 0 for k in ("recv", "add", "act", "send", "sample", "update", "step"))
+    assert ms["update"] < ms["step"]
