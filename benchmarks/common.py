@@ -379,3 +379,51 @@ def _cell(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
     return str(v)
+
+
+def default_learner(num_actions: int, device, compile_mode: str | None = None, amp_dtype=None):
+    """The default recipe's learner (double DQN, Huber, clip 10, Adam as ``OptimConfig()``) on a fresh Nature
+    CNN, its target a copy, never synced: what the learner benchmarks time. Seed torch before calling."""
+    import torch
+
+    from dqnfast.agent.dqn import Learner, make_optimizer
+    from dqnfast.agent.networks import NatureCNN
+    from dqnfast.config import OptimConfig
+
+    device = torch.device(device)
+    online = NatureCNN(4, num_actions).to(device)
+    target = NatureCNN(4, num_actions).to(device)
+    target.load_state_dict(online.state_dict())
+    if compile_mode is not None:
+        torch._dynamo.reset()
+    opt = make_optimizer(online.parameters(), OptimConfig(), device=device, compile_mode=compile_mode)
+    return Learner(
+        online,
+        target,
+        opt,
+        double=True,
+        loss="huber",
+        max_grad_norm=10.0,
+        target_update_period=10**9,
+        device=device,
+        compile=compile_mode,
+        amp_dtype=amp_dtype,
+    )
+
+
+def budget_overrides(game: str, learning_starts: int, steps: int, *, low_epsilon: bool) -> list[str]:
+    """Hydra overrides of a short CPU-budget run timed in its learning phase: ``learning_starts`` random steps,
+    then ``steps`` of learning, a small ring, no evaluation or checkpoint; ``low_epsilon``: epsilon at its end
+    value from the first update, as deep in a run (every step acts greedily)."""
+    return [
+        f"game={game}",
+        "preset=cpu_budget",
+        "device=cpu",
+        f"algo.learning_starts={learning_starts}",
+        f"algo.total_steps={learning_starts + steps}",
+        "replay.capacity=20000",
+        *(["explore.decay_steps=1"] if low_epsilon else []),
+        "envs.eval.episodes=0",
+        "logger.checkpoint_every=0",
+        "logger.progress=false",
+    ]

@@ -36,7 +36,7 @@ _REPO = _HERE.parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from common import cpu_count, machine_info  # noqa: E402
+from common import budget_overrides, cpu_count, machine_info  # noqa: E402
 
 # One thread vs all cores, eager vs compiled, fp32 vs bf16 autocast, NCHW vs NHWC.
 DEFAULT_SETTINGS = [
@@ -110,18 +110,9 @@ def _command(args, setting: str, folder: Path) -> list[str]:
         sys.executable,
         "-m",
         "dqnfast.train",
-        f"game={args.game}",
-        "preset=cpu_budget",
-        "device=cpu",
-        f"algo.learning_starts={args.learning_starts}",
-        f"algo.total_steps={args.learning_starts + args.steps}",
-        "replay.capacity=20000",
-        "envs.eval.episodes=0",
+        *budget_overrides(args.game, args.learning_starts, args.steps, low_epsilon=args.low_epsilon),
         f"logger.log_every={args.log_every}",
-        "logger.checkpoint_every=0",
-        "logger.progress=false",
         f"hydra.run.dir={folder}",
-        *(["explore.decay_steps=1"] if args.low_epsilon else []),
         *(t for t in setting.split() if t != DEFAULT),
     ]
 

@@ -68,6 +68,7 @@ from common import (  # noqa: E402
     Metrics,
     cpu_count,
     cpu_snapshot,
+    default_learner,
     machine_info,
     print_table,
     save_json,
@@ -488,9 +489,6 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
     import types
 
     torch, device = _torch_setup(cfg)
-    from dqnfast.agent.dqn import Learner, make_optimizer
-    from dqnfast.agent.networks import NatureCNN
-    from dqnfast.config import OptimConfig
 
     try:
         from torch._dynamo.utils import counters
@@ -503,25 +501,8 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
     for b, variant in cfg["configs"]:
         kind, dtype = variant.split("-")
         torch.manual_seed(cfg["seed"])
-        online = NatureCNN(4, num_actions).to(device)
-        target = NatureCNN(4, num_actions).to(device)
-        target.load_state_dict(online.state_dict())
         mode = modes[kind]
-        if mode is not None:
-            torch._dynamo.reset()
-        opt = make_optimizer(online.parameters(), OptimConfig(), device=device, compile_mode=mode)
-        learner = Learner(
-            online,
-            target,
-            opt,
-            double=True,
-            loss="huber",
-            max_grad_norm=10.0,
-            target_update_period=10**9,
-            device=device,
-            compile=mode,
-            amp_dtype=torch.bfloat16 if dtype == "bf16" else None,
-        )
+        learner = default_learner(num_actions, device, mode, torch.bfloat16 if dtype == "bf16" else None)
         g = torch.Generator(device="cpu").manual_seed(cfg["seed"])
         batch = types.SimpleNamespace(
             obs=torch.randint(0, 256, (b, 4, 84, 84), dtype=torch.uint8, generator=g).to(device),
@@ -585,7 +566,7 @@ def worker_learner(cfg: dict, sink: Sink) -> None:
             flush=True,
         )
         sink.add(row)
-        del online, target, opt, learner, call, call_k
+        del learner, call, call_k
         if device.type == "cuda":
             torch.cuda.empty_cache()
 

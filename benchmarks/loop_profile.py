@@ -38,6 +38,8 @@ PARTS = ("recv", "add", "act", "send", "sample", "update")
 
 def worker(args: argparse.Namespace) -> dict:
     """One training run with its step's parts timed; returns ms per loop step for each part."""
+    from common import budget_overrides
+
     from dqnfast.openmp import shorten_spin
 
     shorten_spin()  # as the command lines do, before torch loads
@@ -107,16 +109,7 @@ def worker(args: argparse.Namespace) -> dict:
     dqn_part.build = build
     loop.step = timed_step
     overrides = [
-        f"game={args.game}",
-        "preset=cpu_budget",
-        "device=cpu",
-        f"algo.learning_starts={args.learning_starts}",
-        f"algo.total_steps={args.learning_starts + args.steps}",
-        "replay.capacity=20000",
-        "explore.decay_steps=1",  # epsilon at its end value from the first update: every step acts greedily
-        "envs.eval.episodes=0",
-        "logger.checkpoint_every=0",
-        "logger.progress=false",
+        *budget_overrides(args.game, args.learning_starts, args.steps, low_epsilon=True),
         "logger.wandb=false",
         *([f"torch_threads={args.threads}"] if args.threads else []),
     ]

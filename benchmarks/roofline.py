@@ -54,12 +54,11 @@ if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
 import torch  # noqa: E402
-from common import cpu_count, machine_info, time_rate  # noqa: E402
+from common import cpu_count, default_learner, machine_info, time_rate  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from dqnfast.agent.dqn import Learner, make_optimizer  # noqa: E402
+from dqnfast.agent.dqn import Learner  # noqa: E402
 from dqnfast.agent.networks import NatureCNN  # noqa: E402
-from dqnfast.config import OptimConfig  # noqa: E402
 
 NUM_ACTIONS = 6  # SpaceInvaders; the head is a negligible share of the FLOPs
 
@@ -77,22 +76,7 @@ def _batch(b: int, seed: int = 0) -> types.SimpleNamespace:
 
 def _learner(compile_mode: str | None) -> Learner:
     torch.manual_seed(0)
-    online, target = NatureCNN(4, NUM_ACTIONS), NatureCNN(4, NUM_ACTIONS)
-    target.load_state_dict(online.state_dict())
-    if compile_mode is not None:
-        torch._dynamo.reset()
-    opt = make_optimizer(online.parameters(), OptimConfig(), device=torch.device("cpu"), compile_mode=compile_mode)
-    return Learner(
-        online,
-        target,
-        opt,
-        double=True,
-        loss="huber",
-        max_grad_norm=10.0,
-        target_update_period=10**9,
-        device="cpu",
-        compile=compile_mode,
-    )
+    return default_learner(NUM_ACTIONS, "cpu", compile_mode)
 
 
 def update_flops(b: int) -> int:

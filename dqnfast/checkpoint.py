@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+from dqnfast.agent.networks import head_defaults
 from dqnfast.atomic import atomic_open, temp_path
 from dqnfast.config.schema import plain
 
@@ -282,9 +283,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 # --------------------------------------------------------------- compatibility
-# The head's keys of a network spec and the values a checkpoint written before they existed holds
-# (a plain Q head): such a checkpoint compares equal to a run asking for that head.
-HEAD_DEFAULTS = {"atoms": 0, "v_min": -10.0, "v_max": 10.0, "noisy": False, "noisy_sigma0": 0.5}
+# A checkpoint written before the head's keys existed holds a plain Q head: filled in with
+# NetworkSpec's defaults (``head_defaults``), it compares equal to a run asking for that head.
 
 
 def _net_words(spec: dict) -> str:
@@ -313,11 +313,11 @@ def check_compatible(
     ck_obs = (ckpt.get("obs") or {}).get("kind")
     if ck_obs is not None and obs_kind is not None and ck_obs != obs_kind:
         raise CheckpointError(f"checkpoint observations are {ck_obs}, {what}'s are {obs_kind}")
-    ck_net = {**HEAD_DEFAULTS, **(ckpt.get("network") or {})}
+    ck_net = {**head_defaults(), **(ckpt.get("network") or {})}
     ck_actions = ckpt.get("num_actions", ck_net.get("num_actions"))
     if ck_actions != num_actions:
         raise CheckpointError(f"checkpoint has {ck_actions} actions, {what} has {num_actions}")
-    mine = {**HEAD_DEFAULTS, **network}
+    mine = {**head_defaults(), **network}
     for d in (ck_net, mine):
         d["obs_shape"] = [int(x) for x in d.get("obs_shape") or []]
         d["hidden"] = [int(x) for x in d.get("hidden") or []]

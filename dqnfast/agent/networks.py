@@ -16,7 +16,7 @@ built by ``make_network(spec)``; ``spec_for`` picks the architecture from the co
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -306,6 +306,15 @@ class NetworkSpec:
         """e.g. ``C51 (51 atoms on [-10, 10]), dueling, noisy``: what a mismatch message names."""
         parts = [f"C51 ({self.atoms} atoms on [{self.v_min:g}, {self.v_max:g}])" if self.atoms else "Q-values"]
         return ", ".join(parts + ["dueling"] * self.dueling + ["noisy"] * self.noisy)
+
+
+# The head's keys of a NetworkSpec, which checkpoints written before the distributional head lack.
+HEAD_KEYS = ("atoms", "v_min", "v_max", "noisy", "noisy_sigma0")
+
+
+def head_defaults() -> dict:
+    """NetworkSpec's defaults for ``HEAD_KEYS``: the plain Q head an older checkpoint holds."""
+    return {f.name: f.default for f in fields(NetworkSpec) if f.name in HEAD_KEYS}
 
 
 def network_kind(name: NetworkName | str, obs_kind: str) -> NetworkName:
