@@ -158,6 +158,16 @@ VARIANTS: dict[str, list[str]] = {
     # where the default trails the peer, this run says whether the recipe is the cause (it catches up)
     # or what differs is elsewhere (the emulator's wrappers, the epsilon schedule's first 20k steps)
     "cleanrl": ["algo.loss=mse", "algo.double=false", "algo.max_grad_norm=null", "envs.num_envs=1"],
+    # ...and CleanRL's epsilon schedule too: from 1 at the first step to 0.01 at 75k (the budget's
+    # 20k + 55k), falling through the warm-up, instead of uniform-random play until learning starts
+    "cleanrl_eps": [
+        "algo.loss=mse",
+        "algo.double=false",
+        "algo.max_grad_norm=null",
+        "envs.num_envs=1",
+        "explore.from_start=true",
+        "explore.decay_steps=75000",
+    ],
     # C51 (preset=c51's learner at the budget's schedule): the categorical head, the target network's
     # greedy next action, Adam 2.5e-4 / 3.125e-4 and no gradient clipping, as Bellemare et al. 2017
     "c51": [

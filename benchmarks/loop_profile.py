@@ -54,7 +54,8 @@ def worker(args: argparse.Namespace) -> dict:
 
     sums = {k: 0.0 for k in (*PARTS, "step")}
     counts = {"steps": 0, "updates": 0}
-    learning = [False]
+    learning = [False]  # timing starts with the step after the one with the first update (its warm-up)
+    seen = [False]  # an update has run
 
     def timed(name, fn):
         def call(*a, **kw):
@@ -86,13 +87,12 @@ def worker(args: argparse.Namespace) -> dict:
         run.batches.next = timed("sample", run.batches.next)
         update = run.learner.update
 
-        def first_update(batch):
-            out = update(batch)
+        def counted_update(batch):
             counts["updates"] += learning[0]
-            learning[0] = True  # timing starts with the step after the first update's (its warm-up)
-            return out
+            seen[0] = True
+            return update(batch)
 
-        run.learner.update = timed("update", first_update)
+        run.learner.update = timed("update", counted_update)
         return run
 
     step = loop.step
@@ -104,6 +104,7 @@ def worker(args: argparse.Namespace) -> dict:
         if was:
             sums["step"] += time.perf_counter() - t0
             counts["steps"] += 1
+        learning[0] = seen[0]
         return out
 
     dqn_part.build = build

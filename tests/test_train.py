@@ -393,3 +393,12 @@ def test_cartpole_learns_for_other_seeds(tmp_path, seed):
     cfg = composed("preset=cartpole", f"seed={seed}", "logger.progress=false")
     result = train(cfg, tmp_path, config_dict=dataclasses.asdict(cfg))
     assert result["eval"]["mean"] >= 400, result["eval"]
+
+
+def test_the_epsilon_decay_can_count_from_the_first_step_as_cleanrl():
+    from dqnfast.training.components import epsilon_schedule
+
+    s = epsilon_schedule(composed("preset=cpu_budget", "explore.from_start=true", "explore.decay_steps=75000"))
+    assert s(0) == 1.0 and s(37_500) == pytest.approx(0.505) and s(75_000) == pytest.approx(0.01)
+    default = epsilon_schedule(composed("preset=cpu_budget"))
+    assert default(19_999) == 1.0 and default(20_000) == 1.0 and default(75_000) == pytest.approx(0.01)

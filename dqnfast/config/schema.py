@@ -464,7 +464,9 @@ class ExploreConfig:
     schedule: linear (start -> end over decay_steps) | exponential
     (end + (start - end) * exp(-t / decay_steps)). start: epsilon when learning starts
     (before that, play is uniform-random). end: the final epsilon. decay_steps: agent steps
-    of the decay. eval_epsilon: the final evaluation's epsilon.
+    of the decay. eval_epsilon: the final evaluation's epsilon. from_start: count the decay
+    from the first agent step instead (CleanRL's schedule): epsilon then falls during the
+    warm-up too, whose non-random actions are the untrained network's greedy ones.
     """
 
     schedule: Schedule = Schedule.linear
@@ -472,6 +474,7 @@ class ExploreConfig:
     end: float = 0.1
     decay_steps: int = 1_000_000
     eval_epsilon: float = 0.05
+    from_start: bool = False
 
 
 @dataclass

@@ -234,8 +234,7 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
         amp_dtype=r.nograd_amp_dtype,
         compile_mode=r.compile_mode,
     )
-    x = cfg.explore
-    schedule = EpsilonSchedule(x.schedule, x.start, x.end, x.decay_steps, cfg.algo.learning_starts, x.eval_epsilon)
+    schedule = epsilon_schedule(cfg)
     batches = ring.prefetcher(
         cfg.algo.batch_size,
         r.device,
@@ -261,3 +260,11 @@ def build(cfg: Config, r: Resolved, plan: ResumePlan, run_dir: Path, config_dict
         batches,
         ActionLog(spec.num_envs) if record else None,
     )
+
+
+def epsilon_schedule(cfg: Config) -> EpsilonSchedule:
+    """The run's epsilon schedule; its decay counts from ``algo.learning_starts``, or from the first agent step
+    with ``explore.from_start``."""
+    x = cfg.explore
+    offset = 0 if x.from_start else cfg.algo.learning_starts
+    return EpsilonSchedule(x.schedule, x.start, x.end, x.decay_steps, offset, x.eval_epsilon)
