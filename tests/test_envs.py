@@ -64,13 +64,53 @@ def test_unknown_game_suggests_close_names(name, close):
     [
         ("LunarLanderContinuous-v3", "has Box actions; dqnfast's learners take one discrete action"),
         ("Taxi-v3", "gives Discrete observations; through envpool dqnfast takes flat vector observations"),
-        ("MiniGrid-Empty-5x5-v0", "gives Dict observations"),
+        ("FrozenLake-v1", "gives Discrete observations"),
     ],
 )
 def test_envpool_envs_of_other_suites_that_cannot_train_are_refused_in_one_line(name, words):
     with pytest.raises(ValueError) as e:
         resolve_game(name)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_minigrids_view_is_flattened_to_the_codes_then_the_direction_one_hot():
+    from dqnfast.envs.envpool import flatten_grid_view
+
+    image = np.arange(2 * 7 * 7 * 3, dtype=np.uint8).reshape(2, 7, 7, 3) % 11
+    out = flatten_grid_view({"image": image, "direction": np.array([3, 0], np.int32), "mission": np.zeros((2, 96))})
+    assert out.shape == (2, 151) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[:, :147], image.reshape(2, -1))
+    np.testing.assert_array_equal(out[:, 147:], [[0, 0, 0, 1], [1, 0, 0, 0]])
+
+
+def test_an_envpool_minigrid_task_trains_on_its_flattened_view(train_in_process, tmp_path):
+    assert resolve_game("minigrid-empty-5x5-v0") == ("MiniGrid-Empty-5x5-v0", "classic")
+    env, spec = make_env(
+        "MiniGrid-Empty-5x5-v0", "pixels", EnvsConfig(num_envs=2, num_threads=1), ProtocolConfig(), seed=0
+    )
+    try:
+        assert spec.obs_shape == (151,) and spec.frame_dtype == np.float32 and spec.num_actions == 7
+        obs, _ = env.reset()
+        assert obs.shape == (2, 151) and obs[:, 147:].sum() == 2  # one direction each
+        obs, *_ = env.step(np.zeros(2, np.int32))
+        assert obs.shape == (2, 151)
+    finally:
+        env.close()
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        "preset=cartpole",
+        "game=MiniGrid-Empty-5x5-v0",
+        "algo.total_steps=600",
+        "algo.learning_starts=300",
+        "envs.eval.episodes=2",
+        "envs.eval.num_envs=2",
+        "logger.progress=false",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert code == 0, err[-3000:]
+    assert load_checkpoint(out / "checkpoint.pt")["network"]["obs_shape"] == [151]
+    assert (out / "eval.json").is_file()
 
 
 def test_an_envpool_box2d_env_trains_like_classic_control(train_in_process, tmp_path):

@@ -1,4 +1,4 @@
-"""The envpool backend: Atari pixels, Atari RAM, classic control.
+"""The envpool backend: Atari pixels, Atari RAM, classic control, MiniGrid's views flattened.
 
 A *game* is named the way people say it (``Pong``, ``SpaceInvaders``, ``CartPole``);
 ``resolve_game`` maps it to envpool's task id (``Pong-v5``, ``CartPole-v1``) or fails
@@ -124,6 +124,8 @@ def _check_other_suite(task_id: str) -> str:
     shape = getattr(obs, "shape", None)
     if type(obs).__name__ == "Box" and shape is not None and len(shape) == 1:
         return task_id
+    if is_grid_view(obs):
+        return task_id
     what = (
         f"Box{tuple(shape)} observations (images or matrices)"
         if type(obs).__name__ == "Box"
@@ -131,8 +133,65 @@ def _check_other_suite(task_id: str) -> str:
     )
     raise ValueError(
         f"{task_id} gives {what}; through envpool dqnfast takes flat vector observations of its other suites "
-        "(Atari games take pixels or RAM); a Gymnasium env of the same task runs as game=gym:<id>"
+        "and MiniGrid's (image, direction) views (Atari games take pixels or RAM); a Gymnasium env of the same "
+        "task runs as game=gym:<id>"
     )
+
+
+# MiniGrid and BabyAI through envpool observe a dict: the agent's 7x7 view as (object, colour, state)
+# codes, ``image`` uint8[7, 7, 3]; its facing, ``direction`` in 0..3; and the instruction as bytes,
+# ``mission``. dqnfast's documented flattening, float32[7 * 7 * 3 + 4]: the view's codes as numbers,
+# then the direction one-hot. The mission is dropped: a task whose instruction changes from episode
+# to episode (BabyAI, GoToDoor, Fetch, ...) trains without it (docs/environments.md).
+GRID_DIRECTIONS = 4
+
+
+def is_grid_view(space: Any) -> bool:
+    """A MiniGrid-style dict observation space (``image`` Box HxWxC uint8, ``direction`` Discrete(4))."""
+    spaces = getattr(space, "spaces", None)
+    if type(space).__name__ != "Dict" or not spaces or "image" not in spaces or "direction" not in spaces:
+        return False
+    image, direction = spaces["image"], spaces["direction"]
+    return len(getattr(image, "shape", ()) or ()) == 3 and int(getattr(direction, "n", 0)) == GRID_DIRECTIONS
+
+
+def flatten_grid_view(obs: dict) -> np.ndarray:
+    """float32[K, H * W * C + 4]: the view's codes, then the direction one-hot (``is_grid_view`` observations)."""
+    image = np.asarray(obs["image"])
+    k = image.shape[0]
+    direction = np.asarray(obs["direction"]).astype(np.int64).reshape(k)
+    out = np.zeros((k, int(np.prod(image.shape[1:])) + GRID_DIRECTIONS), np.float32)
+    out[:, :-GRID_DIRECTIONS] = image.reshape(k, -1)
+    out[np.arange(k), out.shape[1] - GRID_DIRECTIONS + direction] = 1.0
+    return out
+
+
+class GridViewEnv:
+    """An envpool MiniGrid/BabyAI batch whose observations come flattened (``flatten_grid_view``); everything
+    else is the envpool env's own."""
+
+    def __init__(self, env: Any) -> None:
+        import gymnasium
+
+        self.env = env
+        image = env.observation_space.spaces["image"]
+        size = int(np.prod(image.shape)) + GRID_DIRECTIONS
+        self.observation_space = gymnasium.spaces.Box(0.0, 255.0, (size,), np.float32)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    def reset(self, *args: Any, **kwargs: Any) -> tuple:
+        obs, info = self.env.reset(*args, **kwargs)
+        return flatten_grid_view(obs), info
+
+    def step(self, *args: Any, **kwargs: Any) -> tuple:
+        obs, *rest = self.env.step(*args, **kwargs)
+        return (flatten_grid_view(obs), *rest)
+
+    def recv(self, *args: Any, **kwargs: Any) -> tuple:
+        obs, *rest = self.env.recv(*args, **kwargs)
+        return (flatten_grid_view(obs), *rest)
 
 
 def _threads(n: int | None) -> int:
@@ -205,6 +264,8 @@ def make_env(
             env = envpool.make(task_id, **kwargs)
         except (RuntimeError, MemoryError, TypeError, KeyError) as e:
             raise _creation_error(e, task_id, n, kwargs["num_threads"]) from e
+        if is_grid_view(env.observation_space):
+            env = GridViewEnv(env)
         obs_space = env.observation_space
     num_actions = int(env.action_space.n)
     if family == "atari" and obs == "pixels":
