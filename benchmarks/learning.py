@@ -205,6 +205,10 @@ PEER_VARIANTS: dict[str, list[str]] = {
 # Final-evaluation mean score a run must reach: the regression check of the default recipe.
 THRESHOLDS: dict[tuple[str, str], float] = {("cpu", "Breakout"): 10.0}
 
+# Training scores whose wall time to reach each run records (``time_to_score``): the speed that matters to a
+# user, learning and throughput together; compare runs that shared a machine only with each other.
+SCORE_MARKS: dict[str, float] = {"Breakout": 20.0, "SpaceInvaders": 250.0, "Pong": 0.0}
+
 # Published final scores after long training, for the ``full`` budget's plot and the README.
 # Labelled as published: dqnfast has not reproduced them until a ``full`` run exists.
 PUBLISHED: dict[str, list[dict]] = {
@@ -346,6 +350,16 @@ def collect_run(folder: Path, agent: str, game: str, seed: int, learning_starts:
         out["curve"] = [[r["env_steps"], r.get("score_mean")] for r in rows if r.get("env_steps") is not None]
         out["loss"] = [[r["env_steps"], r.get("loss")] for r in rows if r.get("env_steps") is not None]
         out["q_mean"] = [[r["env_steps"], r.get("q_mean")] for r in rows if r.get("env_steps") is not None]
+        timed = [r for r in rows if r.get("env_steps") is not None and r.get("time") is not None]
+        out["curve_hours"] = [[r["time"] / 3600, r.get("score_mean")] for r in timed]
+        mark = SCORE_MARKS.get(game)
+        if mark is not None:
+            hit = next((r for r in timed if r.get("score_mean") is not None and r["score_mean"] >= mark), None)
+            out["time_to_score"] = {
+                "score": mark,
+                "seconds": hit["time"] if hit else None,
+                "agent_steps": hit["env_steps"] if hit else None,
+            }
         if rows and rows[-1].get("time"):
             out["agent_steps"] = rows[-1]["env_steps"]
             out["train_seconds"] = rows[-1]["time"]
@@ -379,14 +393,26 @@ def plot(doc: dict, path: Path) -> Path:
     from dqnfast.atari_scores import REFERENCE_SCORES
 
     games = sorted({r["game"] for r in doc["runs"]})
-    fig, axes = plt.subplots(1, max(1, len(games)), figsize=(6.4 * max(1, len(games)), 4.4), squeeze=False)
+    fig, axes = plt.subplots(2, max(1, len(games)), figsize=(6.4 * max(1, len(games)), 8.4), squeeze=False)
     colours = {"dqnfast": "tab:blue", "peer": "tab:orange", "peer+c51": "gold"}
     colours.update(
         {
             f"dqnfast+{v}": c
             for v, c in zip(
                 sorted(VARIANTS),
-                ("tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "black"),
+                (
+                    "tab:green",
+                    "tab:red",
+                    "tab:purple",
+                    "tab:brown",
+                    "tab:pink",
+                    "tab:olive",
+                    "tab:cyan",
+                    "black",
+                    "magenta",
+                    "darkgreen",
+                    "navy",
+                ),
             )
         }
     )
@@ -434,6 +460,23 @@ def plot(doc: dict, path: Path) -> Path:
         ax.plot([], [], "ko", label="final evaluation ± std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper left")
+    for ax, game in zip(axes[1], games):  # the same curves against each run's own wall clock
+        for r in (r for r in doc["runs"] if r["game"] == game):
+            pts = [(h, v) for h, v in r.get("curve_hours", []) if v is not None]
+            if pts:
+                ax.plot(
+                    [p[0] for p in pts],
+                    [p[1] for p in pts],
+                    color=colours.get(r["agent"], "grey"),
+                    ls=styles[(r["seed"] - 1) % len(styles)],
+                    alpha=0.9,
+                )
+        if game in SCORE_MARKS:
+            ax.axhline(SCORE_MARKS[game], color="grey", ls="-.", lw=0.8, label=f"time to {SCORE_MARKS[game]:g}")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_xlabel("wall-clock hours of training (runs started together shared the machine)")
+        ax.set_ylabel("score (mean of the last 100 games)")
+        ax.grid(alpha=0.3)
     fig.suptitle(
         f"dqnfast {doc['commit'][:8]} on {doc['machine'].get('cpu_model', 'this machine')}, {doc['date']}", fontsize=9
     )

@@ -68,6 +68,14 @@ def test_cpu_budget_breakout_below_threshold_fails(tmp_path, eval_mean, status):
     assert doc["side_by_side"]["Breakout/seed1"]["ratio"] == pytest.approx(60.0 / 40.0)
     dq = next(r for r in doc["runs"] if r["agent"] == "dqnfast")
     assert dq["finished"] and dq["eval"]["mean"] == eval_mean and dq["curve"][-1] == [300_000, eval_mean]
+    assert dq["curve_hours"][-1] == [pytest.approx(300_000 / 60.0 / 3600), eval_mean]
+    # the wall time to a training score of 20: the first row at or above it, or None
+    reached = eval_mean >= 20
+    assert dq["time_to_score"] == {
+        "score": 20.0,
+        "seconds": pytest.approx(300_000 / 60.0) if reached else None,
+        "agent_steps": 300_000 if reached else None,
+    }
     assert (tmp_path / "l.png").read_bytes()[:4] == b"\x89PNG"
 
 
