@@ -196,15 +196,15 @@ def resolve_channels_last(
 
 # Training on the CPU, torch gets every core of a small machine when OpenMP's workers sleep soon at
 # a barrier (``dqnfast.openmp``: the command lines shorten libgomp's spin before torch loads), and half
-# of them otherwise. Measured on a 2-core AMD EPYC (AVX2), the default recipe's learning phase alone on
-# the machine (Breakout, 8 envs, ``benchmarks/cpu_defaults.py``): both cores ran 1.4x to 1.5x as many
-# agent steps/s as one. With torch's default spin, a process busy beside the run made two threads 1.7x
-# to 2.2x SLOWER than one (4x to 9x on a shared AVX-512 machine): a worker descheduled by the other
-# process holds up every barrier while its partner spins. With the spin shortened two threads lose
-# little there (0.8x to 1.05x of one). Beyond MAX_ALL_CORES cores torch keeps half (not measured: a
-# batch-32 update gains little from more threads, and envpool's workers need cores too). The thread
-# count is fixed for a run (it splits the reductions, so it decides the rounding); a resume keeps the
-# config's. The start-up line names the count and why.
+# of them otherwise. Measured on a 2-core AMD EPYC (AVX2) (``benchmarks/RESULTS.md``, "Every core"):
+# one update ran 1.6x faster on both cores than on one, and the default recipe's learning phase alone
+# on the machine 1.07x to 1.3x (``benchmarks/cpu_defaults.py``). With torch's default spin, a busy
+# process beside the run made two threads 1.7x to 2.2x SLOWER than one (4x to 9x on a shared AVX-512
+# machine): a worker descheduled by the other process holds up every barrier while its partner
+# spins. With the spin shortened that loss is 0.83x to 0.95x. Beyond MAX_ALL_CORES cores torch keeps
+# half (not measured: a batch-32 update gains little from more threads, and envpool's workers need
+# cores too). The thread count is fixed for a run (it splits the reductions, so it decides the
+# rounding); a resume keeps the config's. The start-up line names the count and why.
 MAX_ALL_CORES = 4
 
 
