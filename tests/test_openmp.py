@@ -41,14 +41,15 @@ def test_spin_is_short_reads_libgomps_settings(env, short):
     assert spin_is_short(env) is short
 
 
-def test_torch_gets_every_core_of_a_small_machine_only_with_a_short_spin():
-    assert thread_counts(2, cpu=True, short_spin=True) == (2, 2, 2)
-    assert thread_counts(2, cpu=True, short_spin=False) == (2, 2, 1)
-    assert thread_counts(MAX_ALL_CORES, cpu=True, short_spin=True)[2] == MAX_ALL_CORES
-    assert thread_counts(16, cpu=True, short_spin=True)[2] == 8  # more cores than measured: half
+def test_torch_gets_every_core_of_a_small_machine_only_with_a_short_spin_and_a_heavy_update():
+    assert thread_counts(2, cpu=True, short_spin=True, heavy=True) == (2, 2, 2)
+    assert thread_counts(2, cpu=True, short_spin=False, heavy=True) == (2, 2, 1)
+    assert thread_counts(2, cpu=True, short_spin=True) == (2, 2, 1)  # an MLP's update: too small to split
+    assert thread_counts(MAX_ALL_CORES, cpu=True, short_spin=True, heavy=True)[2] == MAX_ALL_CORES
+    assert thread_counts(16, cpu=True, short_spin=True, heavy=True)[2] == 8  # more cores than measured: half
     assert thread_counts(1, cpu=True, short_spin=False)[2] == 1
-    assert thread_counts(2, cpu=True, torch_threads=1, short_spin=True)[2] == 1  # the user's count is kept
-    assert thread_counts(8, cpu=False, short_spin=True)[2] is None  # CUDA: torch's own default
+    assert thread_counts(2, cpu=True, torch_threads=1, short_spin=True, heavy=True)[2] == 1  # the user's count
+    assert thread_counts(8, cpu=False, short_spin=True, heavy=True)[2] is None  # CUDA: torch's own default
 
 
 def test_the_command_lines_shorten_the_spin_before_torch_loads():

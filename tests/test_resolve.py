@@ -214,6 +214,12 @@ def test_the_cpu_start_up_line_names_the_cpu_and_each_choice_with_its_reason(mon
         "rest), fp32, compiled, mode default (algo.compile=true), channels_last for the gradient forward "
         "(faster with AVX2)"
     )
+    monkeypatch.setattr(resolve_module, "available_cores", lambda: 2)
+    cartpole = check_config(Config(game="CartPole", device="cpu"))  # an MLP: half the cores, spin or not
+    assert cartpole.torch_threads == 1
+    assert "torch 1 thread (half of the 2 cores: envpool steps on the rest; a mlp network's update is too small" in (
+        cartpole.cpu_line
+    )
     monkeypatch.delenv("GOMP_SPINCOUNT")  # torch loaded with libgomp's long spin (a library caller's process)
     r = _cpu_run(monkeypatch, AVX2)
     assert r.torch_threads == 1

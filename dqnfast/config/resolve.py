@@ -203,8 +203,12 @@ def resolve_channels_last(
 # machine): a worker descheduled by the other process holds up every barrier while its partner
 # spins. With the spin shortened that loss is 0.83x to 0.95x. Beyond MAX_ALL_CORES cores torch keeps
 # half (not measured: a batch-32 update gains little from more threads, and envpool's workers need
-# cores too). The thread count is fixed for a run (it splits the reductions, so it decides the
-# rounding); a resume keeps the config's. The start-up line names the count and why.
+# cores too). Only the Nature CNN's update is heavy enough to share: an MLP's or MinAtar's small CNN's
+# operations are too short to split, and a second thread doubled the CPU time of CartPole runs
+# (``preset=cartpole``: 97 s of CPU for a 47 s run) for no speed, so they keep half the cores, as does a
+# sweep's job (a share of a machine that other jobs use). The thread count is fixed for a run (it
+# splits the reductions, so it decides the rounding); a resume keeps the config's. The start-up line
+# names the count and why.
 MAX_ALL_CORES = 4
 
 
@@ -216,18 +220,19 @@ def thread_counts(
     sampler: int | None = None,
     torch_threads: int | None = None,
     short_spin: bool | None = None,
+    heavy: bool = False,
 ) -> tuple[int, int, int | None]:
     """(envpool, sampler, torch) threads for ``cores`` cores; a given (non-zero) count is kept.
 
-    On the CPU torch gets every core up to ``MAX_ALL_CORES`` when OpenMP's spin-wait is short
-    (``short_spin``, default: read from the environment by ``dqnfast.openmp.spin_is_short``), else
-    half the cores (see above). On CUDA torch keeps its default (None) unless a share of a machine
-    was given (``share_cores``).
+    On the CPU torch gets every core up to ``MAX_ALL_CORES`` for a ``heavy`` update (the Nature
+    CNN's) when OpenMP's spin-wait is short (``short_spin``, default: read from the environment by
+    ``dqnfast.openmp.spin_is_short``), else half the cores (see above). On CUDA torch keeps its
+    default (None) unless a share of a machine was given (``share_cores``).
     """
     if torch_threads or not cpu:
         return (envs or cores, sampler or cores, torch_threads or None)
     short = spin_is_short() if short_spin is None else short_spin
-    n = cores if short and cores <= MAX_ALL_CORES else max(1, cores // 2)
+    n = cores if heavy and short and cores <= MAX_ALL_CORES else max(1, cores // 2)
     return (envs or cores, sampler or cores, n)
 
 
@@ -241,8 +246,10 @@ def _threads_why(cfg: Config, r: "Resolved") -> str:
         return (
             f"every core: OpenMP's spin-wait is short ({_spin_setting()}), so a core another process takes costs little"
         )
-    if r.cores > MAX_ALL_CORES:
-        return f"half of the {r.cores} cores: envpool steps on the rest"
+    if r.cores > MAX_ALL_CORES or r.network != NetworkName.nature:
+        return f"half of the {r.cores} cores: envpool steps on the rest" + (
+            "" if r.network == NetworkName.nature else f"; a {r.network.value} network's update is too small to split"
+        )
     return (
         f"half of the {r.cores} cores: OpenMP's spin-wait is long ({_spin_setting()}), which makes every core slow when "
         "another process takes one; set GOMP_SPINCOUNT=1000 before starting Python to use them all"
@@ -443,6 +450,7 @@ def resolve(cfg: Config) -> Resolved:
         envs=cfg.envs.num_threads,
         sampler=cfg.replay.num_threads,
         torch_threads=cfg.torch_threads,
+        heavy=network == NetworkName.nature,
     )
     on_device = cfg.replay.storage == Storage.cuda
     if on_device and device.type != "cuda":

@@ -544,9 +544,9 @@ class Config:
     [0, 2047483640] with 8 envs. device: auto (cuda if available, else cpu) | cpu | cuda |
     cuda:N. exp_name: the run name is {game}__{exp_name}__{seed}__{unix time}. learner:
     dqn | reinforce (policy gradient, classic control only; preset=reinforce).
-    torch_threads: torch CPU threads (null, training on CPU: every core of a machine of up to 4
-    when OpenMP's spin-wait is short, which the command lines arrange, else half the cores;
-    torch's default on CUDA); at most 4 per core and 1024.
+    torch_threads: torch CPU threads (null, training the Nature CNN on CPU: every core of a
+    machine of up to 4 when OpenMP's spin-wait is short, which the command lines arrange, else
+    half the cores, as for smaller networks; torch's default on CUDA); at most 4 per core and 1024.
     resume: a run dir or checkpoint file to continue (same run dir, counters and schedules).
     """
 
