@@ -55,6 +55,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 _REPO = _HERE.parent
@@ -384,6 +385,12 @@ def collect_run(folder: Path, agent: str, game: str, seed: int, learning_starts:
     return out
 
 
+def _curve(ax: Any, pts: list, colour: str, style: str, label: str | None = None) -> None:
+    """One run's (x, score) points as a line, if it has any."""
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colour, ls=style, alpha=0.9, label=label)
+
+
 def plot(doc: dict, path: Path) -> Path:
     import matplotlib
 
@@ -423,16 +430,13 @@ def plot(doc: dict, path: Path) -> Path:
             name = {"peer": "peer (CleanRL recipe)", "peer+c51": "peer C51 (CleanRL recipe)"}.get(
                 r["agent"], r["agent"]
             )
-            label = f"{name} seed {r['seed']}"
-            if pts:
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    color=colours.get(r["agent"], "grey"),
-                    ls=styles[(r["seed"] - 1) % len(styles)],
-                    alpha=0.9,
-                    label=label,
-                )
+            _curve(
+                ax,
+                pts,
+                colours.get(r["agent"], "grey"),
+                styles[(r["seed"] - 1) % len(styles)],
+                f"{name} seed {r['seed']}",
+            )
             ev = r.get("eval")
             if ev and ev.get("mean") is not None and r.get("agent_steps"):
                 ax.errorbar(
@@ -463,14 +467,7 @@ def plot(doc: dict, path: Path) -> Path:
     for ax, game in zip(axes[1], games):  # the same curves against each run's own wall clock
         for r in (r for r in doc["runs"] if r["game"] == game):
             pts = [(h, v) for h, v in r.get("curve_hours", []) if v is not None]
-            if pts:
-                ax.plot(
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    color=colours.get(r["agent"], "grey"),
-                    ls=styles[(r["seed"] - 1) % len(styles)],
-                    alpha=0.9,
-                )
+            _curve(ax, pts, colours.get(r["agent"], "grey"), styles[(r["seed"] - 1) % len(styles)])
         if game in SCORE_MARKS:
             ax.axhline(SCORE_MARKS[game], color="grey", ls="-.", lw=0.8, label=f"time to {SCORE_MARKS[game]:g}")
             ax.legend(fontsize=7, loc="upper left")

@@ -83,7 +83,7 @@ def test_minigrids_view_is_flattened_to_the_codes_then_the_direction_one_hot():
     np.testing.assert_array_equal(out[:, 147:], [[0, 0, 0, 1], [1, 0, 0, 0]])
 
 
-def test_an_envpool_minigrid_task_trains_on_its_flattened_view(train_in_process, tmp_path):
+def test_an_envpool_minigrid_batch_gives_its_flattened_view():
     assert resolve_game("minigrid-empty-5x5-v0") == ("MiniGrid-Empty-5x5-v0", "classic")
     env, spec = make_env(
         "MiniGrid-Empty-5x5-v0", "pixels", EnvsConfig(num_envs=2, num_threads=1), ProtocolConfig(), seed=0
@@ -96,28 +96,19 @@ def test_an_envpool_minigrid_task_trains_on_its_flattened_view(train_in_process,
         assert obs.shape == (2, 151)
     finally:
         env.close()
+
+
+@pytest.mark.parametrize(
+    "game, obs_size, actions",
+    [("LunarLander-v3", 8, 4), ("MiniGrid-Empty-5x5-v0", 151, 7)],  # Box2D's vector; MiniGrid's view flattened
+)
+def test_an_envpool_env_of_another_suite_trains_like_classic_control(
+    train_in_process, tmp_path, game, obs_size, actions
+):
     out = tmp_path / "run"
     code, err = train_in_process(
         "preset=cartpole",
-        "game=MiniGrid-Empty-5x5-v0",
-        "algo.total_steps=600",
-        "algo.learning_starts=300",
-        "envs.eval.episodes=2",
-        "envs.eval.num_envs=2",
-        "logger.progress=false",
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-    )
-    assert code == 0, err[-3000:]
-    assert load_checkpoint(out / "checkpoint.pt")["network"]["obs_shape"] == [151]
-    assert (out / "eval.json").is_file()
-
-
-def test_an_envpool_box2d_env_trains_like_classic_control(train_in_process, tmp_path):
-    out = tmp_path / "run"
-    code, err = train_in_process(
-        "preset=cartpole",
-        "game=LunarLander-v3",
+        f"game={game}",
         "algo.total_steps=800",
         "algo.learning_starts=400",
         "envs.eval.episodes=2",
@@ -128,7 +119,7 @@ def test_an_envpool_box2d_env_trains_like_classic_control(train_in_process, tmp_
     )
     assert code == 0, err[-3000:]
     ck = load_checkpoint(out / "checkpoint.pt")
-    assert ck["game"] == "LunarLander-v3" and ck["network"]["obs_shape"] == [8] and ck["num_actions"] == 4
+    assert ck["game"] == game and ck["network"]["obs_shape"] == [obs_size] and ck["num_actions"] == actions
     assert (out / "eval.json").is_file()
 
 
