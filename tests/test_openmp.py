@@ -27,7 +27,8 @@ def test_shorten_spin_sets_it_only_before_torch_and_never_over_the_users_choice(
     [
         ({}, False),
         ({"GOMP_SPINCOUNT": "1000"}, True),
-        ({"GOMP_SPINCOUNT": "10k"}, True),
+        ({"GOMP_SPINCOUNT": "1k"}, True),
+        ({"GOMP_SPINCOUNT": "10k"}, False),  # measured slow beside a busy process
         ({"GOMP_SPINCOUNT": "0"}, True),
         ({"GOMP_SPINCOUNT": "300000"}, False),
         ({"GOMP_SPINCOUNT": "1M"}, False),
