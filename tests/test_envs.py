@@ -35,6 +35,8 @@ from dqnfast.envs import (
         ("MountainCar", ("MountainCar-v0", "classic")),
         ("LunarLander-v3", ("LunarLander-v3", "classic")),  # envpool's Box2D suite: discrete, vector obs
         ("lunarlander-v2", ("LunarLander-v2", "classic")),
+        ("starpiloteasy-v0", ("StarpilotEasy-v0", "envpool_image")),  # Procgen: uint8 3x64x64 images
+        ("BigfishHard-v0", ("BigfishHard-v0", "envpool_image")),
     ],
 )
 def test_resolve_game(name, expected):
@@ -73,6 +75,57 @@ def test_envpool_envs_of_other_suites_that_cannot_train_are_refused_in_one_line(
     assert words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_procgen_without_qt_5_is_refused_in_one_line_naming_the_extra(monkeypatch):
+    import envpool.procgen
+
+    from dqnfast.envs import envpool as backend
+
+    monkeypatch.setattr(envpool.procgen, "_PROCGEN_IMPORT_ERROR", ImportError("libQt5Core.so.5: cannot open"))
+    monkeypatch.setattr(backend, "qt_library_dir", lambda: None)
+    with pytest.raises(ValueError) as e:
+        resolve_game("CoinrunEasy-v0")
+    msg = str(e.value)
+    assert "\n" not in msg and "needs the Qt 5 runtime" in msg and "pip install 'dqnfast[procgen]'" in msg
+
+
+def test_procgen_loads_the_qt_5_libraries_of_the_procgen_extra():
+    import envpool.procgen
+
+    from dqnfast.envs.envpool import QT_LIBRARIES, load_suite, qt_library_dir
+
+    libs = qt_library_dir()
+    assert libs is not None and all((libs / name).is_file() for name in QT_LIBRARIES)
+    load_suite("StarpilotEasy-v0")
+    assert envpool.procgen._PROCGEN_IMPORT_ERROR is None and hasattr(envpool.procgen, "ProcgenEnvSpec")
+
+
+def test_an_envpool_procgen_batch_gives_images_and_resets_on_the_next_step():
+    from dqnfast.envs import image_shape
+
+    assert image_shape("StarpilotEasy-v0", "envpool_image") == (3, 64, 64)
+    n = 4
+    env, spec = make_env("StarpilotEasy-v0", "pixels", EnvsConfig(num_envs=n, num_threads=1), ProtocolConfig(), seed=3)
+    try:
+        assert (spec.family, spec.obs_kind, spec.stack, spec.frame_skip) == ("envpool_image", "image", 1, 1)
+        assert spec.obs_shape == spec.frame_shape == (3, 64, 64) and spec.frame_dtype == np.uint8
+        assert spec.num_actions == 15
+        obs, info = env.reset()
+        assert obs.shape == (n, 3, 64, 64) and obs.dtype == np.uint8 and (info["elapsed_step"] == 0).all()
+        np.testing.assert_array_equal(frames_of(obs, info, "image"), obs)  # stored whole: no frame stack
+        rng = np.random.default_rng(0)
+        done, ends = np.zeros(n, bool), 0
+        for _ in range(400):  # random play dies within about 80 steps: several games end
+            obs, rew, term, trunc, info = env.step(rng.integers(0, 15, n).astype(np.int32))
+            # the ring's rule: the step after an episode's last one is the next episode's first, reward 0
+            assert (info["elapsed_step"][done] == 0).all() and (rew[done] == 0).all()
+            assert (info["elapsed_step"][~done] > 0).all()
+            done = term | trunc
+            ends += int(done.sum())
+        assert ends >= n
+    finally:
+        env.close()
+
+
 def test_minigrids_view_is_flattened_to_the_codes_then_the_direction_one_hot():
     from dqnfast.envs.envpool import flatten_grid_view
 
@@ -99,16 +152,21 @@ def test_an_envpool_minigrid_batch_gives_its_flattened_view():
 
 
 @pytest.mark.parametrize(
-    "game, obs_size, actions",
-    [("LunarLander-v3", 8, 4), ("MiniGrid-Empty-5x5-v0", 151, 7)],  # Box2D's vector; MiniGrid's view flattened
+    "game, obs_shape, actions, network",
+    [
+        ("LunarLander-v3", [8], 4, "mlp"),  # Box2D's vector
+        ("MiniGrid-Empty-5x5-v0", [151], 7, "mlp"),  # MiniGrid's view flattened
+        ("StarpilotEasy-v0", [3, 64, 64], 15, "auto"),  # Procgen's images: the auto rule picks the Nature CNN
+    ],
 )
 def test_an_envpool_env_of_another_suite_trains_like_classic_control(
-    train_in_process, tmp_path, game, obs_size, actions
+    train_in_process, tmp_path, game, obs_shape, actions, network
 ):
     out = tmp_path / "run"
     code, err = train_in_process(
         "preset=cartpole",
         f"game={game}",
+        f"network.name={network}",
         "algo.total_steps=800",
         "algo.learning_starts=400",
         "envs.eval.episodes=2",
@@ -119,8 +177,8 @@ def test_an_envpool_env_of_another_suite_trains_like_classic_control(
     )
     assert code == 0, err[-3000:]
     ck = load_checkpoint(out / "checkpoint.pt")
-    assert ck["game"] == game and ck["network"]["obs_shape"] == [obs_size] and ck["num_actions"] == actions
-    assert (out / "eval.json").is_file()
+    assert ck["game"] == game and ck["network"]["obs_shape"] == obs_shape and ck["num_actions"] == actions
+    assert ck["network"]["kind"] == ("nature" if network == "auto" else network) and (out / "eval.json").is_file()
 
 
 def test_make_env_atari_pixels():

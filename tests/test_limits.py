@@ -237,6 +237,17 @@ def test_the_budget_lists_each_part_and_small_runs_fit(tmp_path):
     assert pong["envs.num_envs"] > small["envs.num_envs"] and pong["algo.batch_size"] > 16 * small["algo.batch_size"]
 
 
+def test_image_frames_are_budgeted_at_their_own_size():
+    """Procgen's 3x64x64 frames: a slot holds the whole image, and the network is the Nature CNN over it."""
+    from dqnfast import _core
+
+    cfg = Config(game="StarpilotEasy-v0", device="cpu", replay=ReplayConfig(capacity=100_000))
+    needs = {n.key: n for n in run_memory_needs(cfg, "StarpilotEasy-v0", "envpool_image", on_cpu=True)}
+    assert needs["replay.capacity"].unit >= _core.bytes_per_slot(3 * 64 * 64) > 3 * 64 * 64
+    assert needs["replay.capacity"].nbytes >= 100_000 * 3 * 64 * 64
+    assert "network.cnn_hidden" in needs  # the Nature CNN's key, not the MLP's
+
+
 def test_cli_refuses_a_run_the_machine_cannot_hold_in_one_line(tmp_path):
     need = sum(
         n.nbytes

@@ -17,7 +17,7 @@ import torch
 import dqnfast.config.resolve as resolve_module
 import dqnfast.envs as envs_module
 from dqnfast import hardware
-from dqnfast.agent.networks import NetworkSpec, make_network, network_kind, parameter_count
+from dqnfast.agent.networks import NetworkSpec, check_fits, make_network, network_kind, parameter_count
 from dqnfast.config import Config, ConfigError, validate
 from dqnfast.config.schema import (
     Amp,
@@ -90,6 +90,7 @@ def test_validate_stores_every_choice_as_its_enum_member():
         ("CartPole", "pixels", "CartPole-v1", "classic", "vector", NetworkName.mlp),
         ("pong", "pixels", "Pong-v5", "atari", "pixels", NetworkName.nature),
         ("Pong-v5", "ram", "Pong-v5", "atari", "ram", NetworkName.mlp),
+        ("StarpilotEasy-v0", "pixels", "StarpilotEasy-v0", "envpool_image", "image", NetworkName.nature),
     ],
 )
 def test_check_config_resolves_the_game_observations_and_network(game, obs, task_id, family, obs_kind, network):
@@ -109,6 +110,15 @@ def test_the_auto_rule_and_the_parameter_count_come_from_the_networks_themselves
     assert network_kind("auto", "pixels") is NetworkName.nature
     assert network_kind(NetworkName.auto, "ram") is network_kind("auto", "vector") is NetworkName.mlp
     assert network_kind("nature", "vector") is NetworkName.nature  # the fit is check_fits' to refuse
+    # images: the Nature CNN from 36x36 (Procgen's 64x64), small ones (MinAtar's 10x10) flattened into the MLP
+    assert (
+        network_kind("auto", "image", (3, 64, 64)) is network_kind("auto", "image", (1, 36, 40)) is NetworkName.nature
+    )
+    assert network_kind("auto", "image", (4, 10, 10)) is network_kind("auto", "image", (3, 35, 64)) is NetworkName.mlp
+    assert network_kind("auto", "image") is NetworkName.mlp  # size not known
+    check_fits(NetworkName.nature, "image", (3, 64, 64))
+    with pytest.raises(ValueError, match="Nature CNN needs images of at least 36x36, got image of shape"):
+        check_fits(NetworkName.nature, "image", (4, 10, 10))
     for spec in (
         NetworkSpec("nature", [4, 84, 84], "uint8", 18, dueling=True, hidden=[512]),
         NetworkSpec("nature", [16, 84, 84], "uint8", 6, hidden=[64]),

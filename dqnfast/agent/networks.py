@@ -317,28 +317,48 @@ def head_defaults() -> dict:
     return {f.name: f.default for f in fields(NetworkSpec) if f.name in HEAD_KEYS}
 
 
-def network_kind(name: NetworkName | str, obs_kind: str) -> NetworkName:
+# The smallest image side the Nature CNN takes: 8x8/4, 4x4/2 and 3x3/1 convolutions without padding
+# leave one position of a 36x36 image ((36 - 8) / 4 + 1 = 8, (8 - 4) / 2 + 1 = 3, 3 - 3 + 1 = 1).
+NATURE_MIN_SIDE = 36
+
+
+def _image_fits_nature(obs_shape: tuple[int, ...] | None) -> bool:
+    return obs_shape is not None and len(obs_shape) == 3 and min(obs_shape[1:]) >= NATURE_MIN_SIDE
+
+
+def network_kind(name: NetworkName | str, obs_kind: str, obs_shape: tuple[int, ...] | None = None) -> NetworkName:
     """The architecture ``network.name`` gives for an observation kind, ``nature``, ``minatar`` or ``mlp``: the
-    one place of the ``auto`` rule (the Nature CNN for pixels, the MLP otherwise: Gymnasium images too,
-    flattened, as their size varies; ``network.name=minatar`` picks MinAtar's CNN for them)."""
+    one place of the ``auto`` rule. The Nature CNN for pixels, and for images (CxHxW) whose sides are at least
+    ``NATURE_MIN_SIDE`` (Procgen's 64x64); the MLP otherwise, small images flattened (MinAtar's 10x10:
+    ``network.name=minatar`` picks its CNN). obs_shape: one observation, where known (an image's size)."""
     name = NetworkName.of(name)
     if name == NetworkName.auto:
-        return NetworkName.nature if obs_kind == ObsKind.pixels else NetworkName.mlp
+        big_image = obs_kind == "image" and _image_fits_nature(obs_shape)
+        return NetworkName.nature if obs_kind == ObsKind.pixels or big_image else NetworkName.mlp
     return name
 
 
 def check_fits(kind: NetworkName, obs_kind: str, obs_shape: tuple[int, ...] | None = None) -> None:
     """Raises ValueError (one line) when network ``kind`` cannot take the observations: the Nature CNN
-    takes stacked pixels only, MinAtar's CNN images (CxHxW) or pixels. obs_shape: None where the env is
-    not made yet."""
+    takes stacked pixels, or images with sides of at least ``NATURE_MIN_SIDE``; MinAtar's CNN images
+    (CxHxW) or pixels. obs_shape: None where the env is not made yet."""
+    got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
     if kind == NetworkName.minatar and (
         obs_kind not in ("image", ObsKind.pixels) or (obs_shape is not None and len(obs_shape) != 3)
     ):
-        got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
         raise ValueError(f"the MinAtar CNN needs image observations (CxHxW), got {got}; use network.name=mlp (or auto)")
-    if kind == NetworkName.nature and (obs_kind != ObsKind.pixels or (obs_shape is not None and len(obs_shape) != 3)):
-        got = f"{obs_kind} of shape {tuple(obs_shape)}" if obs_shape is not None else f"{obs_kind} observations"
-        raise ValueError(f"the Nature CNN needs stacked pixel observations, got {got}; use network.name=mlp (or auto)")
+    if kind != NetworkName.nature:
+        return
+    if obs_kind == "image" and obs_shape is not None and not _image_fits_nature(obs_shape):
+        raise ValueError(
+            f"the Nature CNN needs images of at least {NATURE_MIN_SIDE}x{NATURE_MIN_SIDE}, got {got}; "
+            "use network.name=minatar or mlp (or auto)"
+        )
+    if obs_kind not in (ObsKind.pixels, "image") or (obs_shape is not None and len(obs_shape) != 3):
+        raise ValueError(
+            f"the Nature CNN needs stacked pixel observations (or images of at least {NATURE_MIN_SIDE}x"
+            f"{NATURE_MIN_SIDE}), got {got}; use network.name=mlp (or auto)"
+        )
 
 
 def spec_for(
@@ -358,8 +378,8 @@ def spec_for(
     Raises ValueError for an unknown name or when the network cannot take the observation
     (``nature`` on RAM or vectors: ``check_fits``).
     """
-    kind = network_kind(name, obs_kind)
-    check_fits(kind, obs_kind, obs_shape)
+    kind = network_kind(name, obs_kind, tuple(obs_shape))
+    check_fits(kind, obs_kind, tuple(obs_shape))
     cnn = kind in (NetworkName.nature, NetworkName.minatar)
     hidden = [int(cnn_hidden)] if cnn else [int(h) for h in mlp_hidden]
     h = head or HeadOptions(dueling=bool(dueling))

@@ -385,12 +385,16 @@ class Resolved:
         return self.task_id, self.family
 
 
+# Families whose observations are images CxHxW, stored whole: a Gymnasium game's, envpool's Procgen.
+IMAGE_FAMILIES = ("gym_image", "envpool_image")
+
+
 def observation_kind(family: str, obs: ObsKind) -> str:
-    """What the network sees: the config's ``obs`` for an Atari game, ``image`` for a Gymnasium game with image
-    observations, ``vector`` otherwise."""
+    """What the network sees: the config's ``obs`` for an Atari game, ``image`` for a game with image
+    observations (``IMAGE_FAMILIES``), ``vector`` otherwise."""
     if family == "atari":
         return ObsKind.of(obs).value
-    return "image" if family == "gym_image" else "vector"
+    return "image" if family in IMAGE_FAMILIES else "vector"
 
 
 def _game(cfg: Config) -> tuple[str, str, str]:
@@ -413,10 +417,15 @@ def _game(cfg: Config) -> tuple[str, str, str]:
     return task_id, family, observation_kind(family, cfg.obs)
 
 
-def _network(cfg: Config, obs_kind: str) -> NetworkName:
+def _network(cfg: Config, task_id: str, family: str, obs_kind: str) -> NetworkName:
     """The architecture ``network.name`` gives; ConfigError when it cannot take the observations."""
-    kind = network_kind(cfg.network.name, obs_kind)
+    # looked up at each call (tests replace envs' functions on its module); and envs imports this module
+    from dqnfast.envs import image_shape
+
     shape = {ObsKind.pixels: (cfg.envs.stack, 84, 84), ObsKind.ram: (128,)}.get(obs_kind)  # vector: the env's
+    if obs_kind == "image":
+        shape = image_shape(task_id, family)
+    kind = network_kind(cfg.network.name, obs_kind, shape)
     try:
         check_fits(kind, obs_kind, shape)
     except ValueError as e:
@@ -441,7 +450,7 @@ def resolve(cfg: Config) -> Resolved:
     a CUDA device).
     """
     task_id, family, obs_kind = _game(cfg)
-    network = _network(cfg, obs_kind)
+    network = _network(cfg, task_id, family, obs_kind)
     device = resolve_device(cfg.device)
     cores = available_cores()
     envs, sampler, torch_threads = thread_counts(

@@ -1,7 +1,8 @@
 """Environments: two backends behind one batched interface (``dqnfast.envs.core``).
 
-* ``dqnfast.envs.envpool``: Atari (pixels, RAM) and classic control, named the way people say
-  them (``Pong``, ``CartPole``).
+* ``dqnfast.envs.envpool``: Atari (pixels, RAM), classic control and envpool's other discrete
+  suites (Procgen's images, MiniGrid's views, Box2D's vectors), named the way people say them
+  (``Pong``, ``CartPole``, ``StarpilotEasy-v0``).
 * ``dqnfast.envs.gym``: any registered Gymnasium id with Discrete actions and Box observations
   (MinAtar among them), named ``gym:<id>`` (``gym:MinAtar/Breakout-v1``), run as a Gymnasium
   vector env.
@@ -42,6 +43,7 @@ __all__ = [
     "ReplayDivergedError",
     "atari_games",
     "frames_of",
+    "image_shape",
     "is_gym",
     "make_env",
     "make_replay_env",
@@ -74,6 +76,18 @@ def resolve_game(game: str, envs: EnvsConfig | None = None) -> tuple[str, str]:
 
         return gym_backend.resolve(name[len(GYM_PREFIX) :], envs)
     return envpool_backend.resolve_game(name)
+
+
+def image_shape(task_id: str, family: str) -> tuple[int, ...] | None:
+    """One image observation's shape CxHxW of a resolved game with images (``(3, 64, 64)`` for Procgen), or
+    None where it is not known before the env is made (a Gymnasium id not resolved in this process)."""
+    if family == "envpool_image":
+        return envpool_backend.frame_shape(task_id)
+    if family == "gym_image":
+        from dqnfast.envs import gym as gym_backend  # Gymnasium is imported only for a Gymnasium game
+
+        return gym_backend.FRAME_SHAPES.get(task_id)
+    return None
 
 
 def make_env(

@@ -40,7 +40,8 @@ class EnvSpec:
     """What a built env produces, for the ring and the network.
 
     task_id: the game's id (``Pong-v5``, ``gym:MinAtar/Breakout-v1``). family: ``atari`` |
-    ``classic`` (envpool) | ``gym`` | ``gym_image`` (Gymnasium, vector or image observations).
+    ``classic`` | ``envpool_image`` (envpool; Procgen's images) | ``gym`` | ``gym_image`` (Gymnasium, vector or
+    image observations).
     obs_kind: ``pixels`` | ``ram`` | ``vector`` | ``image``. frame_shape / frame_dtype: one
     stored frame (``(84, 84)`` uint8, ``(128,)`` uint8, ``(4,)`` float32, ``(4, 10, 10)`` uint8).
     stack: frames per observation (4 for pixels, else 1). obs_shape: what the network sees

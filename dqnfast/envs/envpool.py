@@ -1,4 +1,4 @@
-"""The envpool backend: Atari pixels, Atari RAM, classic control, MiniGrid's views flattened.
+"""The envpool backend: Atari pixels, Atari RAM, classic control, MiniGrid's views flattened, Procgen's images.
 
 A *game* is named the way people say it (``Pong``, ``SpaceInvaders``, ``CartPole``);
 ``resolve_game`` maps it to envpool's task id (``Pong-v5``, ``CartPole-v1``) or fails
@@ -22,8 +22,12 @@ Facts this module relies on (envpool 1.2.5; see DESIGN.md and tests/test_envs.py
 
 from __future__ import annotations
 
+import ctypes
 import difflib
+import importlib
+import importlib.metadata
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +36,16 @@ from dqnfast.config import EnvsConfig, ProtocolConfig
 from dqnfast.config.resolve import available_cores
 from dqnfast.envs.core import EnvCreationError, EnvSpec
 
-__all__ = ["CLASSIC_CONTROL", "REPLAY_KEYS", "atari_games", "make_env", "make_replay_env", "resolve_game"]
+__all__ = [
+    "CLASSIC_CONTROL",
+    "REPLAY_KEYS",
+    "atari_games",
+    "frame_shape",
+    "load_suite",
+    "make_env",
+    "make_replay_env",
+    "resolve_game",
+]
 
 
 # Short name -> envpool task id of the classic-control tasks we support.
@@ -54,11 +67,12 @@ def atari_games() -> list[str]:
 
 
 def resolve_game(game: str) -> tuple[str, str]:
-    """Maps a game name to ``(task_id, family)``, family ``"atari"`` or ``"classic"``.
+    """Maps a game name to ``(task_id, family)``, family ``"atari"``, ``"classic"`` or ``"envpool_image"``.
 
     Accepts short names (``Pong``, ``CartPole``), any letter case, and full task ids
     (``Pong-v5``, ``CartPole-v1``); any other envpool id with discrete actions and a flat
-    vector observation (``LunarLander-v3``) runs as classic control does. Raises ValueError
+    vector observation (``LunarLander-v3``) runs as classic control does, one with uint8
+    CxHxW images (Procgen's ``StarpilotEasy-v0``) as family ``envpool_image``. Raises ValueError
     (one line) listing the closest valid names when the game is unknown, or saying why an
     envpool env of another suite cannot be trained.
     """
@@ -76,7 +90,7 @@ def resolve_game(game: str) -> tuple[str, str]:
         return table[key]
     other = _other_suite_id(name)
     if other is not None:
-        return _check_other_suite(other), "classic"
+        return _check_other_suite(other)
     valid = atari + list(CLASSIC_CONTROL)
     lower = {v.lower(): v for v in valid}
     close = difflib.get_close_matches(key.split("-v")[0], list(lower), n=5, cutoff=0.5)
@@ -98,14 +112,16 @@ def _other_suite_id(name: str) -> str | None:
     return {t.lower(): t for t in all_ids}.get(name.lower())
 
 
-def _check_other_suite(task_id: str) -> str:
-    """``task_id`` if it is an envpool env the trainer takes as it takes classic control -- discrete
-    actions, a flat vector observation (Box2D's LunarLander, for one) -- else ValueError in one line
-    saying why (continuous or multi-discrete actions, images, dicts, integer observations, a suite
-    whose system library is missing). Reads envpool's spec of the task: no env is made (some suites,
-    ViZDoom's, write files into the working directory when one is)."""
+def _check_other_suite(task_id: str) -> tuple[str, str]:
+    """``(task_id, family)`` of an envpool env of another suite the trainer takes: discrete actions and a
+    flat vector observation (Box2D's LunarLander, MiniGrid's flattened view: family ``classic``, trained
+    as classic control is) or uint8 images CxHxW (Procgen: family ``envpool_image``); else ValueError in
+    one line saying why (continuous or multi-discrete actions, other dicts, integer observations,
+    matrices, a suite whose system library is missing). Reads envpool's spec of the task: no env is
+    made (some suites, ViZDoom's, write files into the working directory when one is)."""
     import envpool  # most of a second of imports: only where envs are listed or made
 
+    load_suite(task_id)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -123,19 +139,108 @@ def _check_other_suite(task_id: str) -> str:
         )
     shape = getattr(obs, "shape", None)
     if type(obs).__name__ == "Box" and shape is not None and len(shape) == 1:
-        return task_id
+        return task_id, "classic"
     if is_grid_view(obs):
-        return task_id
+        return task_id, "classic"
+    if is_image(obs):
+        return task_id, "envpool_image"
     what = (
-        f"Box{tuple(shape)} observations (images or matrices)"
+        f"Box{tuple(shape)} {np.dtype(obs.dtype).name} observations (matrices, or images not uint8 CxHxW)"
         if type(obs).__name__ == "Box"
         else f"{type(obs).__name__} observations"
     )
     raise ValueError(
-        f"{task_id} gives {what}; through envpool dqnfast takes flat vector observations of its other suites "
-        "and MiniGrid's (image, direction) views (Atari games take pixels or RAM); a Gymnasium env of the same "
-        "task runs as game=gym:<id>"
+        f"{task_id} gives {what}; through envpool dqnfast takes flat vector observations of its other suites, "
+        "uint8 CxHxW images (Procgen) and MiniGrid's (image, direction) views (Atari games take pixels or RAM); "
+        "a Gymnasium env of the same task runs as game=gym:<id>"
     )
+
+
+MAX_IMAGE_CHANNELS = 4  # RGB(A) or grey: more leading "channels" than this is a matrix stack, not an image
+
+
+def is_image(space: Any) -> bool:
+    """A uint8 Box of CxHxW images, channels first (C <= 4), as envpool gives Procgen's frames (3x64x64)."""
+    shape = tuple(getattr(space, "shape", None) or ())
+    return (
+        type(space).__name__ == "Box"
+        and len(shape) == 3
+        and 1 <= shape[0] <= MAX_IMAGE_CHANNELS < min(shape[1:])
+        and np.dtype(space.dtype) == np.uint8
+    )
+
+
+def frame_shape(task_id: str) -> tuple[int, ...]:
+    """One observation's shape of an envpool image task (``(3, 64, 64)`` for Procgen), from envpool's spec."""
+    import envpool  # most of a second of imports: only where envs are listed or made
+
+    load_suite(task_id)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return tuple(int(x) for x in envpool.make_spec(task_id).observation_space.shape)
+
+
+# envpool's Procgen extension links the Qt 5 Core and Gui libraries (``libQt5Core.so.5``,
+# ``libQt5Gui.so.5``) and envpool imports it when envpool is imported, keeping the failure where the
+# system has no Qt 5. The ``procgen`` extra installs Riverbank's PyQt5-Qt5 wheel, which ships those
+# libraries: loaded by path with RTLD_GLOBAL, the dynamic linker then satisfies the extension's
+# dependencies by soname, and envpool's Procgen module is imported again.
+QT_DISTRIBUTION = "PyQt5-Qt5"
+QT_LIBRARIES = ("libQt5Core.so.5", "libQt5Gui.so.5")
+_QT_HINT = (
+    "pip install 'dqnfast[procgen]' (the PyQt5-Qt5 wheel's Qt 5 libraries; from a checkout: "
+    "pip install -e '.[procgen]') or the system's Qt 5 (apt install libqt5gui5)"
+)
+
+
+def _suite_module(task_id: str) -> str | None:
+    """The envpool module that defines ``task_id`` (``envpool.procgen``), or None when envpool's registry
+    does not say."""
+    try:
+        from envpool.registration import registry  # envpool's own module: imported with envpool
+
+        return str(registry.specs[task_id][0])
+    except (ImportError, AttributeError, KeyError, IndexError, TypeError):
+        return None
+
+
+def qt_library_dir() -> Path | None:
+    """The folder of the installed PyQt5-Qt5 wheel's Qt 5 libraries, or None where it is not installed."""
+    try:
+        dist = importlib.metadata.distribution(QT_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.name == QT_LIBRARIES[0]:
+            return Path(dist.locate_file(f)).parent
+    return None
+
+
+def load_suite(task_id: str) -> None:
+    """Makes the envpool suite of ``task_id`` loadable: for Procgen without the system's Qt 5, the
+    PyQt5-Qt5 wheel's libraries are loaded and envpool's Procgen module imported again. ValueError (one
+    line, naming the fix) where neither is there."""
+    if _suite_module(task_id) != "envpool.procgen":
+        return
+    import envpool.procgen as procgen  # imported with envpool; its Qt import error is kept on the module
+
+    if getattr(procgen, "_PROCGEN_IMPORT_ERROR", None) is None:
+        return
+    libs = qt_library_dir()
+    if libs is None:
+        raise ValueError(f"envpool's Procgen ({task_id}) needs the Qt 5 runtime, which is missing: {_QT_HINT}")
+    try:
+        for name in QT_LIBRARIES:
+            ctypes.CDLL(str(libs / name), mode=ctypes.RTLD_GLOBAL)
+        importlib.reload(procgen)
+    except (OSError, ImportError) as e:
+        what = " ".join(str(e).split())
+        raise ValueError(
+            f"envpool's Procgen ({task_id}) could not load Qt 5 from {libs} ({what}): {_QT_HINT}"
+        ) from None
+    if getattr(procgen, "_PROCGEN_IMPORT_ERROR", None) is not None:
+        what = " ".join(str(procgen._PROCGEN_IMPORT_ERROR).split())
+        raise ValueError(f"envpool's Procgen ({task_id}) still cannot load Qt 5 ({what}): {_QT_HINT}")
 
 
 # MiniGrid and BabyAI through envpool observe a dict: the agent's 7x7 view as (object, colour, state)
@@ -258,6 +363,11 @@ def make_env(
             frame_skip=int(envs.frame_skip),
             stack_num=int(envs.stack),
         )
+    if family == "envpool_image":
+        try:
+            load_suite(task_id)
+        except ValueError as e:
+            raise EnvCreationError(str(e)) from None
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
         warnings.simplefilter("ignore", UserWarning)
         try:
@@ -287,6 +397,9 @@ def make_env(
         spec = EnvSpec(
             task_id, family, "ram", (128,), np.dtype(np.uint8), 1, (128,), num_actions, int(envs.frame_skip), n, b
         )
+    elif family == "envpool_image":  # one CxHxW frame per observation, stored whole (no frame stack)
+        shape = tuple(obs_space.shape)
+        spec = EnvSpec(task_id, family, "image", shape, np.dtype(np.uint8), 1, shape, num_actions, 1, n, b)
     else:
         shape = tuple(obs_space.shape)
         spec = EnvSpec(task_id, family, "vector", shape, np.dtype(obs_space.dtype), 1, shape, num_actions, 1, n, b)
@@ -323,6 +436,7 @@ def make_replay_env(task_id: str, config: dict, env_index: int, **override: Any)
     """
     import envpool  # most of a second of imports: only where envs are listed or made
 
+    load_suite(task_id)
     kw = {k: config[k] for k in REPLAY_KEYS if k in config}
     kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=int(config["seed"]) + int(env_index))
     kw.update(override)

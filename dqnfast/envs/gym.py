@@ -182,7 +182,14 @@ def resolve(env_id: str, envs: EnvsConfig | None = None) -> tuple[str, str]:
         lay = layout(env_id, probe.observation_space, probe.action_space)
     finally:
         probe.close()
+    if lay.obs_kind == "image":
+        FRAME_SHAPES[GYM_PREFIX + env_id] = lay.frame_shape
     return GYM_PREFIX + env_id, lay.family
+
+
+# Each image id's frame shape, CxHxW, as ``resolve`` found it: the network's auto rule needs an image's size
+# before the envs are made (``dqnfast.envs.image_shape``).
+FRAME_SHAPES: dict[str, tuple[int, ...]] = {}
 
 
 class _Guard(gym.Wrapper):

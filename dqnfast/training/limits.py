@@ -19,6 +19,7 @@ Each check raises ``ConfigError`` naming the key to change, in one line.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from dqnfast.agent.networks import NetworkSpec, network_kind, parameter_count
@@ -67,34 +68,49 @@ class Need:
     unit: int = 0
 
 
-def _frames(cfg: Config, task_id: str, obs_kind: str) -> tuple[int, int]:
-    """(bytes of one stored frame, frames per observation)."""
+def _frames(cfg: Config, task_id: str, family: str, obs_kind: str) -> tuple[int, int, tuple[int, ...]]:
+    """(bytes of one stored frame, frames per observation, one observation's shape)."""
+    from dqnfast.envs import image_shape  # looked up at each call; and envs imports the config this module reads
+
     if obs_kind == ObsKind.pixels:
-        return 84 * 84, int(cfg.envs.stack)
+        return 84 * 84, int(cfg.envs.stack), (int(cfg.envs.stack), 84, 84)
     if obs_kind == ObsKind.ram:
-        return 128, 1
-    return 4 * _CLASSIC_OBS.get(task_id, 16), 1
+        return 128, 1, (128,)
+    if obs_kind == "image":  # uint8 CxHxW; a size not known before the env is made is budgeted as MinAtar's
+        shape = image_shape(task_id, family) or (10, 10, 10)
+        return math.prod(shape), 1, tuple(shape)
+    size = _CLASSIC_OBS.get(task_id, 16)
+    return 4 * size, 1, (size,)
 
 
-def _network_floats(cfg: Config, obs_kind: str, frame_floats: int, stack: int) -> tuple[NetworkName, int, int]:
+def _nature_activations(c: int, h: int, w: int) -> int:
+    """The Nature CNN's convolution outputs for one CxHxW input (8x8/4 -> 32, 4x4/2 -> 64, 3x3/1 -> 64)."""
+    h1, w1 = (h - 8) // 4 + 1, (w - 8) // 4 + 1
+    h2, w2 = (h1 - 4) // 2 + 1, (w1 - 4) // 2 + 1
+    return 32 * h1 * w1 + 64 * h2 * w2 + 64 * (h2 - 2) * (w2 - 2)
+
+
+def _network_floats(cfg: Config, obs_kind: str, obs_shape: tuple[int, ...]) -> tuple[NetworkName, int, int]:
     """(architecture, parameters, activations per sample of one forward pass) of the Q-network, in float32s.
 
     The parameters are counted on the network itself (``dqnfast.agent.networks.parameter_count``), with
     Atari's full action set: the memory is checked before the env says how many actions it has.
     """
     n, a = cfg.network, _MAX_ACTIONS
-    kind = network_kind(n.name, obs_kind)
+    kind = network_kind(n.name, obs_kind, obs_shape)
     heads = 2 if n.dueling else 1
+    inputs = math.prod(obs_shape)
     if kind == NetworkName.nature:
         h = int(n.cnn_hidden)
-        spec = NetworkSpec(kind.value, [stack, 84, 84], "uint8", a, bool(n.dueling), [h])
-        acts = stack * frame_floats + 2 * (32 * 20 * 20 + 64 * 9 * 9 + 64 * 7 * 7) + 2 * heads * h + a
+        spec = NetworkSpec(kind.value, list(obs_shape), "uint8", a, bool(n.dueling), [h])
+        acts = inputs + 2 * _nature_activations(*obs_shape) + 2 * heads * h + a
         return kind, parameter_count(spec), acts
-    if kind == NetworkName.minatar:  # sized for MinAtar's largest frames (10 channels of 10x10)
+    if kind == NetworkName.minatar:
         h = int(n.cnn_hidden)
-        spec = NetworkSpec(kind.value, [10, 10, 10], "uint8", a, bool(n.dueling), [h])
-        return kind, parameter_count(spec), 1000 + 2 * 16 * 8 * 8 + 2 * heads * h + a
-    widths = [frame_floats * stack, *[int(x) for x in n.mlp_hidden]]
+        c, hh, ww = obs_shape if len(obs_shape) == 3 else (10, 10, 10)  # sized for MinAtar's largest frames
+        spec = NetworkSpec(kind.value, [c, hh, ww], "uint8", a, bool(n.dueling), [h])
+        return kind, parameter_count(spec), inputs + 2 * 16 * (hh - 2) * (ww - 2) + 2 * heads * h + a
+    widths = [inputs, *[int(x) for x in n.mlp_hidden]]
     spec = NetworkSpec(kind.value, [widths[0]], "float32", a, bool(n.dueling), widths[1:])
     return kind, parameter_count(spec), widths[0] + 2 * sum(widths[1:]) * heads + a
 
@@ -106,9 +122,8 @@ def run_memory_needs(cfg: Config, task_id: str, family: str, *, on_cpu: bool) ->
     """
     e, a = cfg.envs, cfg.algo
     obs_kind = observation_kind(family, cfg.obs)
-    frame_bytes, stack = _frames(cfg, task_id, obs_kind)
-    frame_floats = frame_bytes // 4 if family != "atari" else frame_bytes
-    kind, params, acts = _network_floats(cfg, obs_kind, frame_floats, stack)
+    frame_bytes, stack, obs_shape = _frames(cfg, task_id, family, obs_kind)
+    kind, params, acts = _network_floats(cfg, obs_kind, obs_shape)
     per_env = (ATARI_ENV_BYTES if family == "atari" else CLASSIC_ENV_BYTES) + OBS_BUFFERS * stack * frame_bytes
     if on_cpu:  # the actor's forward pass over every env's observation
         per_env += 4 * acts
