@@ -126,6 +126,58 @@ def test_an_envpool_procgen_batch_gives_images_and_resets_on_the_next_step():
         env.close()
 
 
+def test_a_procgen_env_replays_alone_as_it_played_in_its_batch():
+    """Each env of a Procgen batch is seeded seed + i, so a one-env env re-plays it (what videos rely on)."""
+    env, _ = make_env("StarpilotEasy-v0", "pixels", EnvsConfig(num_envs=3, num_threads=1), ProtocolConfig(), seed=5)
+    rng = np.random.default_rng(1)
+    actions = [rng.integers(0, 15, 3).astype(np.int32) for _ in range(120)]
+    try:
+        seen = [env.reset()[0][2].copy()]
+        seen += [env.step(a)[0][2].copy() for a in actions]
+        config = env.config
+    finally:
+        env.close()
+    alone = make_replay_env("StarpilotEasy-v0", config, 2)
+    try:
+        replayed = [alone.reset()[0][0]] + [alone.step(a[2:])[0][0] for a in actions]
+    finally:
+        alone.close()
+    for k, (a, b) in enumerate(zip(seen, replayed)):
+        np.testing.assert_array_equal(a, b, err_msg=f"step {k}")
+
+
+def test_a_procgen_evaluation_writes_a_video_of_its_screen(train_in_process, tmp_path):
+    imageio = pytest.importorskip("imageio.v2", reason="videos need imageio and imageio-ffmpeg")
+    pytest.importorskip("imageio_ffmpeg", reason="videos need imageio-ffmpeg")
+    from dqnfast.evaluation import EvalConfig, evaluate
+
+    out = tmp_path / "run"
+    code, err = train_in_process(
+        "preset=cartpole",
+        "game=StarpilotEasy-v0",
+        "network.name=auto",
+        "algo.total_steps=400",
+        "algo.learning_starts=200",
+        "algo.replay_ratio=1",  # a few Nature CNN updates: the run only has to make a checkpoint
+        "envs.eval.episodes=1",
+        "envs.eval.num_envs=1",
+        "logger.progress=false",
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert code == 0, err[-3000:]
+    cfg = EvalConfig(run=str(out), episodes=2, num_envs=2, video=True, random_baseline=False, plots=False, device="cpu")
+    v = evaluate(cfg, tmp_path / "eval", echo=False)["video"]
+    assert v["shape"] == [256, 256, 3] and v["fps"] == 15.0 and v["frames"] == v["length"] + 1
+    reader = imageio.get_reader(v["mp4"])
+    try:
+        first = reader.get_data(0)
+        assert first.shape == (256, 256, 3) and first.std() > 10  # a picture (Starpilot is mostly dark), not black
+        assert sum(1 for _ in reader) == v["frames"]
+    finally:
+        reader.close()
+
+
 def test_minigrids_view_is_flattened_to_the_codes_then_the_direction_one_hot():
     from dqnfast.envs.envpool import flatten_grid_view
 
@@ -167,6 +219,7 @@ def test_an_envpool_env_of_another_suite_trains_like_classic_control(
         "preset=cartpole",
         f"game={game}",
         f"network.name={network}",
+        "algo.replay_ratio=2",  # CartPole's 16 is many Nature CNN updates for Procgen's row
         "algo.total_steps=800",
         "algo.learning_starts=400",
         "envs.eval.episodes=2",

@@ -368,6 +368,9 @@ def make_env(
             load_suite(task_id)
         except ValueError as e:
             raise EnvCreationError(str(e)) from None
+        # envpool derives a Procgen env's seed from the batch's own way, not seed + i as for Atari: each env's
+        # seed given, so that env i plays as a one-env env seeded seed + i (a video re-plays it that way)
+        kwargs["env_seed"] = [int(seed) + i for i in range(n)]
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
         warnings.simplefilter("ignore", UserWarning)
         try:
@@ -431,14 +434,17 @@ def make_replay_env(task_id: str, config: dict, env_index: int, **override: Any)
     """A fresh one-env envpool env that plays as env ``env_index`` of a batch built with ``config``.
 
     config: that batch's ``env.config`` (its ``seed`` is the batch's base seed; envpool seeds
-    env i with seed + i). Every ``REPLAY_KEYS`` setting is copied; override: other envpool
+    env i of an Atari batch with seed + i; a batch made with ``env_seed``, Procgen's, names each env's seed). Every ``REPLAY_KEYS`` setting is copied; override: other envpool
     kwargs (a colour screen for videos).
     """
     import envpool  # most of a second of imports: only where envs are listed or made
 
     load_suite(task_id)
     kw = {k: config[k] for k in REPLAY_KEYS if k in config}
-    kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=int(config["seed"]) + int(env_index))
+    seed = int(config["seed"]) + int(env_index)
+    kw.update(env_type="gymnasium", num_envs=1, batch_size=1, num_threads=1, seed=seed)
+    if config.get("env_seed"):  # a batch made with each env's seed (Procgen): this env's
+        kw["env_seed"] = [int(config["env_seed"][env_index])]
     kw.update(override)
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
         warnings.simplefilter("ignore", UserWarning)

@@ -209,8 +209,8 @@ def _prepare(cfg: EvalConfig) -> _Prepared:
     path, ckpt = _load(cfg)
     envs, protocol = _settings(cfg, ckpt.get("config") or {})
     agent = load_agent(ckpt, game=cfg.game, envs=envs, protocol=protocol)
-    if (cfg.video or cfg.gif) and agent.family != "atari":
-        raise ConfigError("video", f"videos are for Atari games; {agent.task_id} has no screen")
+    if (cfg.video or cfg.gif) and agent.family not in ("atari", "envpool_image"):
+        raise ConfigError("video", f"videos are for Atari and Procgen games; {agent.task_id} has no screen")
     return _Prepared(path, ckpt, envs, protocol, agent, resolve_device(cfg.device))
 
 

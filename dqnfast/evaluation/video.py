@@ -1,4 +1,5 @@
-"""Videos of evaluation games at full Atari resolution (210x160 RGB), by deterministic replay.
+"""Videos of evaluation games at full Atari resolution (210x160 RGB), by deterministic replay; Procgen's
+64x64 colour observations, shown 4x larger, the same way.
 
 The agent plays on 84x84 grey frames; nobody wants to watch those. The evaluation records
 every action each env was sent and every result (``dqnfast.envs.ActionLog``); a game is
@@ -42,10 +43,11 @@ __all__ = [
 
 VIDEO_CHOICES = ("first", "best", "median", "worst")
 COLOUR = {"img_height": 210, "img_width": 160, "gray_scale": False, "stack_num": 1}
+PROCGEN_ZOOM = 4
 
 
 class VideoError(RuntimeError):
-    """A video cannot be made (missing packages, not an Atari game)."""
+    """A video cannot be made (missing packages, not an Atari or Procgen game)."""
 
 
 def check_video_deps(gif: bool = False) -> None:
@@ -69,12 +71,15 @@ def iter_replay(
     Yields uint8[210, 160, 3] frames (or the override's frame shape, HWC).
     Raises ReplayDivergedError at the first step whose reward or elapsed_step differs.
     """
-    if env_config.get("img_height") is None:
-        raise VideoError(f"videos are for Atari games; {task_id} has no screen")
-    env = make_replay_env(task_id, env_config, env_index, **{**COLOUR, **override})
+    atari = env_config.get("img_height") is not None
+    if not atari and not env_config.get("env_name"):
+        raise VideoError(f"videos are for Atari and Procgen games; {task_id} has no screen")
+    env = make_replay_env(task_id, env_config, env_index, **({**COLOUR, **override} if atari else override))
     try:
         for o in recording.replay_env(env, env_index, start, stop):
-            yield np.ascontiguousarray(o.transpose(1, 2, 0)) if o.ndim == 3 else o.copy()
+            f = np.ascontiguousarray(o.transpose(1, 2, 0)) if o.ndim == 3 else o.copy()
+            # Procgen's screen is its 64x64 observation: each pixel shown as 4x4 to be watchable
+            yield f if atari else f.repeat(PROCGEN_ZOOM, axis=0).repeat(PROCGEN_ZOOM, axis=1)
     except ReplayDivergedError as e:
         raise ReplayDivergedError(f"video: {e}, so no video") from None
     finally:
@@ -146,6 +151,7 @@ def write_videos(
         raise ValueError("write_videos needs a recorded evaluation (play(..., record=True)) with finished games")
     g = pick_game(played.games, which)
     frames = iter_replay(played.task_id, played.env_config, played.recording, g.env, g.start, g.stop)
+    # Atari at the emulator's 60 Hz over its frame skip; Procgen (no frame skip) at 15 agent steps a second
     fps = float(fps or 60.0 / max(1, int(played.env_config.get("frame_skip", 4))))
     stem = f"video_{played.task_id.split('-v')[0]}_{which}_score{g.score:g}"
     paths = {"mp4": out / f"{stem}.mp4" if mp4 else None, "gif": out / f"{stem}.gif" if gif else None}
