@@ -126,6 +126,32 @@ def test_an_envpool_procgen_batch_gives_images_and_resets_on_the_next_step():
         env.close()
 
 
+def test_envpool_settings_come_from_make_kwargs_and_bad_ones_are_refused_in_one_line():
+    from dqnfast.config import ConfigError
+
+    def envs(**kw):
+        return EnvsConfig(num_envs=2, num_threads=1, make_kwargs=kw)
+
+    settings = {"num_levels": 3, "start_level": 7, "distribution_mode": 1}
+    assert resolve_game("StarpilotEasy-v0", envs(**settings)) == ("StarpilotEasy-v0", "envpool_image")
+    env, _ = make_env("StarpilotEasy-v0", "pixels", envs(**settings), ProtocolConfig(), seed=0)
+    try:
+        assert {k: env.config[k] for k in settings} == settings
+        alone = make_replay_env("StarpilotEasy-v0", env.config, 1)  # a video's env plays the same levels
+        assert {k: alone.config[k] for k in settings} == settings
+        alone.close()
+    finally:
+        env.close()
+    for game, kw, words in [
+        ("StarpilotEasy-v0", {"num_level": 3}, "has no setting 'num_level'; did you mean num_levels"),
+        ("Pong", {"frame_skip": 2}, "frame_skip is dqnfast's to set for envpool: use envs.frame_skip"),
+        ("CartPole", {"num_envs": 2}, "num_envs is dqnfast's to set for envpool: use envs.num_envs"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            resolve_game(game, envs(**kw))
+        assert e.value.key == "envs.make_kwargs" and words in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_procgen_env_replays_alone_as_it_played_in_its_batch():
     """Each env of a Procgen batch is seeded seed + i, so a one-env env re-plays it (what videos rely on)."""
     env, _ = make_env("StarpilotEasy-v0", "pixels", EnvsConfig(num_envs=3, num_threads=1), ProtocolConfig(), seed=5)

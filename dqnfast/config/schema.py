@@ -293,7 +293,9 @@ class EnvsConfig:
         ``learner=reinforce`` replays only each env's resets (see docs/reinforce.md).
     vectorization: how a Gymnasium game (``game=gym:<id>``) runs its envs: ``sync`` (one process)
         | ``async`` (one subprocess per env, stepping while the learner updates).
-    make_kwargs: keyword arguments for ``gym.make`` of a Gymnasium game (``{max_episode_steps: 200}``).
+    make_kwargs: keyword arguments for ``gym.make`` of a Gymnasium game (``{max_episode_steps: 200}``), or
+    envpool settings of an envpool game (Procgen's ``{num_levels: 200, distribution_mode: 0}``) other than
+    those dqnfast sets from its own keys.
     import: a module imported before a Gymnasium game is made (one that registers the user's env).
     """
 

@@ -62,11 +62,12 @@ def is_gym(game: str) -> bool:
 
 
 def resolve_game(game: str, envs: EnvsConfig | None = None) -> tuple[str, str]:
-    """Maps a game name to ``(task_id, family)``: family ``atari`` | ``classic`` (envpool) or ``gym`` |
-    ``gym_image`` (a Gymnasium id ``gym:<id>``, vector or image observations).
+    """Maps a game name to ``(task_id, family)``: family ``atari`` | ``classic`` | ``envpool_image`` (envpool)
+    or ``gym`` | ``gym_image`` (a Gymnasium id ``gym:<id>``, vector or image observations).
 
-    envs: the ``envs`` section, for a Gymnasium id (``envs.import`` imported first, ``envs.make_kwargs``
-    for the probe that reads its spaces). Raises ValueError (one line) with the closest valid names
+    envs: the ``envs`` section: for a Gymnasium id ``envs.import`` imported first and ``envs.make_kwargs``
+    given to the probe that reads its spaces; for an envpool game ``envs.make_kwargs`` checked against the
+    task's envpool settings. Raises ValueError (one line) with the closest valid names
     for an unknown game or an unsupported space; ConfigError naming ``envs.import`` /
     ``envs.make_kwargs`` when they fail.
     """
@@ -75,7 +76,7 @@ def resolve_game(game: str, envs: EnvsConfig | None = None) -> tuple[str, str]:
         from dqnfast.envs import gym as gym_backend  # Gymnasium is imported only for a Gymnasium game
 
         return gym_backend.resolve(name[len(GYM_PREFIX) :], envs)
-    return envpool_backend.resolve_game(name)
+    return envpool_backend.resolve_game(name, envs)
 
 
 def image_shape(task_id: str, family: str) -> tuple[int, ...] | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from dqnfast.config import EnvsConfig, ProtocolConfig
+from dqnfast.config import ConfigError, EnvsConfig, ProtocolConfig
 from dqnfast.config.resolve import available_cores
 from dqnfast.envs.core import EnvCreationError, EnvSpec
 
@@ -66,7 +66,15 @@ def atari_games() -> list[str]:
     return sorted(t[: -len("-v5")] for t in ids if t in atari and t.endswith("-v5"))
 
 
-def resolve_game(game: str) -> tuple[str, str]:
+def resolve_game(game: str, envs: EnvsConfig | None = None) -> tuple[str, str]:
+    """``_resolve_name``'s ``(task_id, family)`` of ``game``, with ``envs.make_kwargs`` (envs: the ``envs``
+    section, where given) checked against the task's envpool settings (ConfigError, ``envpool_settings``)."""
+    found = _resolve_name(game)
+    envpool_settings(*found, envs)
+    return found
+
+
+def _resolve_name(game: str) -> tuple[str, str]:
     """Maps a game name to ``(task_id, family)``, family ``"atari"``, ``"classic"`` or ``"envpool_image"``.
 
     Accepts short names (``Pong``, ``CartPole``), any letter case, and full task ids
@@ -299,6 +307,56 @@ class GridViewEnv:
         return (flatten_grid_view(obs), *rest)
 
 
+# envpool settings dqnfast makes itself, each from its own key: envs.make_kwargs may not name them
+_OWN_SETTINGS = {
+    "env_type": "(the trainer's interface)",
+    "num_envs": "envs.num_envs",
+    "batch_size": "envs.batch_size",
+    "num_threads": "envs.num_threads",
+    "seed": "seed",
+    "env_seed": "seed",
+    "gym_reset_return_info": "(the trainer's interface)",
+    "channel_first": "(images are taken channels first)",
+}
+_ATARI_SETTINGS = {
+    "episodic_life": "envs.train.episodic_life / envs.eval.episodic_life",
+    "reward_clip": "envs.train.reward_clip / envs.eval.reward_clip",
+    "noop_max": "envs.train.noop_max / envs.eval.noop_max",
+    "repeat_action_probability": "envs.train.repeat_action_probability / envs.eval.repeat_action_probability",
+    "max_episode_steps": "envs.train.max_episode_steps / envs.eval.max_episode_steps",
+    "frame_skip": "envs.frame_skip",
+    "stack_num": "envs.stack",
+}
+
+
+def envpool_settings(task_id: str, family: str, envs: EnvsConfig | None) -> dict[str, Any]:
+    """``envs.make_kwargs`` for ``envpool.make`` of ``task_id`` (Procgen's ``num_levels``, ``start_level``,
+    ``distribution_mode``, ``paint_vel_info``, ...; Atari's ``full_action_space``, ``mode``, ...).
+
+    Raises ConfigError (key ``envs.make_kwargs``, one line) for a setting the task does not have (listing
+    those it has) or one dqnfast sets from its own key (naming it)."""
+    given = dict(getattr(envs, "make_kwargs", None) or {})
+    if not given:
+        return {}
+    import envpool  # most of a second of imports: only where envs are listed or made
+
+    load_suite(task_id)
+    own = {**_OWN_SETTINGS, **(_ATARI_SETTINGS if family == "atari" else {})}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        known = [k for k in envpool.make_spec(task_id)._config_keys if k not in own]
+    for key in given:
+        if key in own:
+            raise ConfigError("envs.make_kwargs", f"{key} is dqnfast's to set for envpool: use {own[key]}")
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ConfigError(
+                "envs.make_kwargs", f"envpool's {task_id} has no setting {key!r}; {hint}it has: {', '.join(known)}"
+            )
+    return given
+
+
 def _threads(n: int | None) -> int:
     """A given thread count, or one per core this process may use."""
     return int(n) if n else available_cores()
@@ -371,6 +429,7 @@ def make_env(
         # envpool derives a Procgen env's seed from the batch's own way, not seed + i as for Atari: each env's
         # seed given, so that env i plays as a one-env env seeded seed + i (a video re-plays it that way)
         kwargs["env_seed"] = [int(seed) + i for i in range(n)]
+    kwargs.update(envpool_settings(task_id, family, envs))
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
         warnings.simplefilter("ignore", UserWarning)
         try:
@@ -427,6 +486,18 @@ REPLAY_KEYS = (
     "img_width",
     "gray_scale",
     "stack_num",
+    # Procgen's
+    "num_levels",
+    "start_level",
+    "use_sequential_levels",
+    "center_agent",
+    "use_backgrounds",
+    "use_monochrome_assets",
+    "restrict_themes",
+    "use_generated_assets",
+    "paint_vel_info",
+    "use_easy_jump",
+    "distribution_mode",
 )
 
 
