@@ -326,6 +326,9 @@ _ATARI_SETTINGS = {
     "max_episode_steps": "envs.train.max_episode_steps / envs.eval.max_episode_steps",
     "frame_skip": "envs.frame_skip",
     "stack_num": "envs.stack",
+    "img_height": "(the agent's frames are 84x84 grey; videos are full-size colour)",
+    "img_width": "(the agent's frames are 84x84 grey; videos are full-size colour)",
+    "gray_scale": "(the agent's frames are 84x84 grey; videos are full-size colour)",
 }
 
 
@@ -347,7 +350,10 @@ def envpool_settings(task_id: str, family: str, envs: EnvsConfig | None) -> dict
         known = [k for k in envpool.make_spec(task_id)._config_keys if k not in own]
     for key in given:
         if key in own:
-            raise ConfigError("envs.make_kwargs", f"{key} is dqnfast's to set for envpool: use {own[key]}")
+            how = own[key] if own[key].startswith("(") else f": use {own[key]}"
+            raise ConfigError(
+                "envs.make_kwargs", f"{key} is dqnfast's to set for envpool{' ' * how.startswith('(')}{how}"
+            )
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -426,8 +432,8 @@ def make_env(
             load_suite(task_id)
         except ValueError as e:
             raise EnvCreationError(str(e)) from None
-        # envpool derives a Procgen env's seed from the batch's own way, not seed + i as for Atari: each env's
-        # seed given, so that env i plays as a one-env env seeded seed + i (a video re-plays it that way)
+        # envpool seeds the envs of a Procgen batch its own way, not seed + i as Atari's: each env's seed is
+        # given, so that env i plays as a one-env env seeded seed + i does (a video re-plays it that way)
         kwargs["env_seed"] = [int(seed) + i for i in range(n)]
     kwargs.update(envpool_settings(task_id, family, envs))
     with warnings.catch_warnings():  # gymnasium's float64 -> float32 Box notice for classic control
