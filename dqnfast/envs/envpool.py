@@ -307,28 +307,28 @@ class GridViewEnv:
         return (flatten_grid_view(obs), *rest)
 
 
-# envpool settings dqnfast makes itself, each from its own key: envs.make_kwargs may not name them
+# envpool settings dqnfast makes itself, each with the tail of its refusal: the key that sets it, or why not
 _OWN_SETTINGS = {
-    "env_type": "(the trainer's interface)",
-    "num_envs": "envs.num_envs",
-    "batch_size": "envs.batch_size",
-    "num_threads": "envs.num_threads",
-    "seed": "seed",
-    "env_seed": "seed",
-    "gym_reset_return_info": "(the trainer's interface)",
-    "channel_first": "(images are taken channels first)",
+    "env_type": " (the trainer's interface)",
+    "num_envs": ": use envs.num_envs",
+    "batch_size": ": use envs.batch_size",
+    "num_threads": ": use envs.num_threads",
+    "seed": ": use seed",
+    "env_seed": ": use seed",
+    "gym_reset_return_info": " (the trainer's interface)",
+    "channel_first": " (images are taken channels first)",
 }
 _ATARI_SETTINGS = {
-    "episodic_life": "envs.train.episodic_life / envs.eval.episodic_life",
-    "reward_clip": "envs.train.reward_clip / envs.eval.reward_clip",
-    "noop_max": "envs.train.noop_max / envs.eval.noop_max",
-    "repeat_action_probability": "envs.train.repeat_action_probability / envs.eval.repeat_action_probability",
-    "max_episode_steps": "envs.train.max_episode_steps / envs.eval.max_episode_steps",
-    "frame_skip": "envs.frame_skip",
-    "stack_num": "envs.stack",
-    "img_height": "(the agent's frames are 84x84 grey; videos are full-size colour)",
-    "img_width": "(the agent's frames are 84x84 grey; videos are full-size colour)",
-    "gray_scale": "(the agent's frames are 84x84 grey; videos are full-size colour)",
+    "episodic_life": ": use envs.train.episodic_life / envs.eval.episodic_life",
+    "reward_clip": ": use envs.train.reward_clip / envs.eval.reward_clip",
+    "noop_max": ": use envs.train.noop_max / envs.eval.noop_max",
+    "repeat_action_probability": ": use envs.train.repeat_action_probability / envs.eval.repeat_action_probability",
+    "max_episode_steps": ": use envs.train.max_episode_steps / envs.eval.max_episode_steps",
+    "frame_skip": ": use envs.frame_skip",
+    "stack_num": ": use envs.stack",
+    "img_height": " (the agent's frames are 84x84 grey; videos are full-size colour)",
+    "img_width": " (the agent's frames are 84x84 grey; videos are full-size colour)",
+    "gray_scale": " (the agent's frames are 84x84 grey; videos are full-size colour)",
 }
 
 
@@ -350,10 +350,7 @@ def envpool_settings(task_id: str, family: str, envs: EnvsConfig | None) -> dict
         known = [k for k in envpool.make_spec(task_id)._config_keys if k not in own]
     for key in given:
         if key in own:
-            how = own[key] if own[key].startswith("(") else f": use {own[key]}"
-            raise ConfigError(
-                "envs.make_kwargs", f"{key} is dqnfast's to set for envpool{' ' * how.startswith('(')}{how}"
-            )
+            raise ConfigError("envs.make_kwargs", f"{key} is dqnfast's to set for envpool{own[key]}")
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join(close)}? " if close else ""
