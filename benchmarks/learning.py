@@ -11,13 +11,16 @@ recipe and loop) beside it on the same machine at the same time, then reads ever
                                           lines, the final evaluation as a point with its std,
                                           and the published 10M-step scores on the ``full`` budget
 
-Budgets (agent steps; 1 agent step = 4 frames):
+Budgets (agent steps; 1 agent step = 4 frames on Atari, 1 on MinAtar):
 
     cpu    300k steps: the default recipe scaled the way the field scales DQN to short runs
            (``preset=cpu_budget``: 20k random steps, epsilon 1 -> 0.01 reached at 75k, a 100k
            replay, target sync every 1000 agent steps, 30 evaluation games); the peer gets the
            same numbers in CleanRL's form (epsilon decays from step 0, as CleanRL)
     full   the default 10M-step recipe (a GPU-sized job); the peer runs CleanRL's defaults
+    minatar  300k frames of each of MinAtar's five games (``--games Breakout ...`` plays
+           ``gym:MinAtar/Breakout-v1``) with the paper's DQN (``preset=minatar``), no peer:
+           python benchmarks/learning.py --budget minatar --seeds 1 --parallel 2 --threads 1
     tiny   a few thousand steps: checks that this script and the peer still run (tests)
 
 A run folder that already holds an ``eval.json`` is read, not run again (``--rerun`` to redo),
@@ -109,6 +112,13 @@ BUDGETS: dict[str, dict] = {
             "--log-every",
             "100000",
         ],
+    },
+    # MinAtar's five games with the paper's DQN (preset=minatar: one update per frame), 1 agent step = 1 frame,
+    # the first 300k of the paper's 5M frames (about 30 min a game on one core); no peer
+    "minatar": {
+        "steps": 300_000,
+        "dqnfast": ["preset=minatar", "algo.total_steps=300000"],
+        "peer": [],
     },
     "tiny": {
         "steps": 1200,
@@ -224,6 +234,18 @@ PUBLISHED: dict[str, list[dict]] = {
 }
 
 
+# The minatar budget names a game by its MinAtar name; dqnfast plays it through the minatar package's Gymnasium id.
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+
+# Agent steps of uniform-random play before learning, per budget (dqnfast's runs).
+LEARNING_STARTS: dict[str, int] = {"cpu": 20_000, "full": 50_000, "minatar": 5_000, "tiny": 800}
+
+
+def game_id(budget: str, game: str) -> str:
+    """The ``game=`` dqnfast is given: ``Breakout`` on the minatar budget is ``gym:MinAtar/Breakout-v1``."""
+    return f"gym:MinAtar/{game}-v1" if budget == "minatar" else game
+
+
 def run_dir(out: Path, budget: str, game: str, agent: str, seed: int) -> Path:
     return out / budget / game / f"{agent}_seed{seed}"
 
@@ -245,7 +267,7 @@ def dqnfast_command(
         sys.executable,
         "-m",
         "dqnfast.train",
-        f"game={game}",
+        f"game={game_id(budget, game)}",
         f"seed={seed}",
         *BUDGETS[budget]["dqnfast"],
         f"torch_threads={threads}",
@@ -343,7 +365,11 @@ def learning_phase_sps(rows: list[dict], learning_starts: int) -> float | None:
     return (after[-1]["env_steps"] - after[0]["env_steps"]) / dt if dt > 0 else None
 
 
-def collect_run(folder: Path, agent: str, game: str, seed: int, learning_starts: int) -> dict:
+def collect_run(
+    folder: Path, agent: str, game: str, seed: int, learning_starts: int, mark: float | None = None
+) -> dict:
+    """One run folder's curves, speed and final evaluation; ``mark``: the training score whose wall time to
+    reach the run records (``time_to_score``), None for none."""
     out: dict = {"agent": agent, "game": game, "seed": seed, "folder": str(folder), "finished": False}
     metrics = folder / "metrics.csv"
     if metrics.is_file():
@@ -353,7 +379,6 @@ def collect_run(folder: Path, agent: str, game: str, seed: int, learning_starts:
         out["q_mean"] = [[r["env_steps"], r.get("q_mean")] for r in rows if r.get("env_steps") is not None]
         timed = [r for r in rows if r.get("env_steps") is not None and r.get("time") is not None]
         out["curve_hours"] = [[r["time"] / 3600, r.get("score_mean")] for r in timed]
-        mark = SCORE_MARKS.get(game)
         if mark is not None:
             hit = next((r for r in timed if r.get("score_mean") is not None and r["score_mean"] >= mark), None)
             out["time_to_score"] = {
@@ -447,7 +472,12 @@ def plot(doc: dict, path: Path) -> Path:
                     capsize=4,
                     color=colours.get(r["agent"], "grey"),
                 )
-        ref = REFERENCE_SCORES.get(game)
+        minatar = doc["budget"] == "minatar"
+        ref = None if minatar else REFERENCE_SCORES.get(game)
+        rand = [(r.get("eval") or {}).get("random_mean") for r in doc["runs"] if r["game"] == game]
+        rand = [x for x in rand if x is not None]
+        if minatar and rand:  # MinAtar has no published random/human table: the runs' own random agent
+            ax.axhline(sum(rand) / len(rand), color="grey", ls=":", label=f"random {sum(rand) / len(rand):.2f}")
         if ref:
             ax.axhline(ref[0], color="grey", ls=":", label=f"random {ref[0]:g}")
             if doc["budget"] == "full" or ref[1] < 2 * max(
@@ -458,8 +488,11 @@ def plot(doc: dict, path: Path) -> Path:
         if doc["budget"] == "full":
             for p in PUBLISHED.get(game, []):
                 ax.plot([p["agent_steps"]], [p["score"]], marker="*", ms=11, ls="none", label=p["source"])
-        ax.set_title(f"{game}, {doc['budget']} budget ({BUDGETS[doc['budget']]['steps']:,} agent steps)")
-        ax.set_xlabel("agent steps (1 = 4 frames)")
+        ax.set_title(
+            f"{'MinAtar ' if minatar else ''}{game}, {doc['budget']} budget "
+            f"({BUDGETS[doc['budget']]['steps']:,} agent steps)"
+        )
+        ax.set_xlabel("frames (MinAtar: 1 agent step = 1 frame)" if minatar else "agent steps (1 = 4 frames)")
         ax.set_ylabel("score (mean of the last 100 games)")
         ax.plot([], [], "ko", label="final evaluation ± std")
         ax.grid(alpha=0.3)
@@ -468,7 +501,7 @@ def plot(doc: dict, path: Path) -> Path:
         for r in (r for r in doc["runs"] if r["game"] == game):
             pts = [(h, v) for h, v in r.get("curve_hours", []) if v is not None]
             _curve(ax, pts, colours.get(r["agent"], "grey"), styles[(r["seed"] - 1) % len(styles)])
-        if game in SCORE_MARKS:
+        if game in SCORE_MARKS and doc["budget"] != "minatar":
             ax.axhline(SCORE_MARKS[game], color="grey", ls="-.", lw=0.8, label=f"time to {SCORE_MARKS[game]:g}")
             ax.legend(fontsize=7, loc="upper left")
         ax.set_xlabel("wall-clock hours of training (runs started together shared the machine)")
@@ -500,7 +533,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    p.add_argument("--games", nargs="+", default=["Breakout", "Pong"])
+    p.add_argument(
+        "--games",
+        nargs="+",
+        default=None,
+        help=f"games (default Breakout Pong; on the minatar budget MinAtar's: {' '.join(MINATAR_GAMES)})",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[1])
     p.add_argument(
         "--peer",
@@ -548,7 +586,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--rerun", action="store_true", help="run again even where an eval.json exists")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for the dqnfast runs (key=value)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.games is None:
+        args.games = list(MINATAR_GAMES) if args.budget == "minatar" else ["Breakout", "Pong"]
+    if args.budget == "minatar":
+        if args.peer or args.peer_variants:
+            p.error("--peer: the minatar budget has no peer; drop --peer and --peer-variants")
+        unknown = [g for g in args.games if g not in MINATAR_GAMES]
+        if unknown:
+            p.error(f"--games: {', '.join(unknown)} not MinAtar's; choose from {', '.join(MINATAR_GAMES)}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -579,16 +626,16 @@ def main(argv=None) -> int:
             jobs.append((f"{a}/{g}/seed{s}", cmd, folder))
         walls = launch(jobs, parallel)
 
-    learning_starts = {"cpu": 20_000, "full": 50_000, "tiny": 800}[budget]
     runs = [
         collect_run(
             run_dir(out, budget, g, a, s),
             a,
             g,
             s,
-            learning_starts
+            LEARNING_STARTS[budget]
             if a.startswith("dqnfast")
             else int(BUDGETS[budget]["peer"][BUDGETS[budget]["peer"].index("--learning-starts") + 1]),
+            None if budget == "minatar" else SCORE_MARKS.get(g),
         )
         for a, g, s in plan
     ]

@@ -177,3 +177,33 @@ def test_variants_add_their_overrides_to_the_default_command():
     assert mod.variant_of("peer") is None
     for name, overrides in mod.VARIANTS.items():
         assert overrides and all("=" in o for o in overrides), name
+
+
+def test_minatar_budget_plays_minatars_games_and_draws_their_random_agent(tmp_path):
+    """``--budget minatar``: a game is its MinAtar name, played as the minatar package's Gymnasium id with
+    the paper's DQN; there is no peer, no Atari reference line and no time-to-score mark."""
+    spec = importlib.util.spec_from_file_location("learning_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cmd = mod.dqnfast_command("minatar", "Breakout", 1, tmp_path / "r", 1, "cpu", [])
+    assert "game=gym:MinAtar/Breakout-v1" in cmd and "preset=minatar" in cmd
+    assert mod.parse_args(["--budget", "minatar"]).games == list(mod.MINATAR_GAMES)
+
+    out = tmp_path / "runs"
+    for game in ("Breakout", "Freeway"):
+        _fake_run(out / "minatar" / game / "dqnfast_seed1", [0.5, 3.0, 25.0], 25.0, sps=180.0)
+    args = ["--budget", "minatar", "--games", "Breakout", "Freeway", "--collect", "--out", str(out)]
+    r = _run([*args, "--json", str(tmp_path / "m.json"), "--plot", str(tmp_path / "m.png")], timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc = json.loads((tmp_path / "m.json").read_text())
+    assert doc["budget"] == "minatar" and doc["thresholds"] == {}
+    assert {x["game"] for x in doc["runs"]} == {"Breakout", "Freeway"}
+    assert all("time_to_score" not in x and x["eval"]["random_mean"] == 1.5 for x in doc["runs"])
+    assert (tmp_path / "m.png").stat().st_size > 10_000
+
+    for bad, line in (
+        (["--peer", "Breakout"], "the minatar budget has no peer"),
+        (["--games", "Pong"], "--games: Pong not MinAtar's"),
+    ):
+        r = _run(["--budget", "minatar", *bad, "--collect", "--out", str(out)], timeout=60)
+        assert r.returncode == 2 and line in r.stderr, r.stderr
