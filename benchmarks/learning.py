@@ -188,6 +188,15 @@ VARIANTS: dict[str, list[str]] = {
         "optim.eps=3.125e-4",
         "algo.max_grad_norm=null",
     ],
+    # C51 with one env, as CleanRL's c51_atari.py (8 by default): one of what is left between the two C51 runs
+    "c51_1env": [
+        "algo.distributional=c51",
+        "algo.double=false",
+        "optim.lr=2.5e-4",
+        "optim.eps=3.125e-4",
+        "algo.max_grad_norm=null",
+        "envs.num_envs=1",
+    ],
     # the full Rainbow (preset=rainbow's learner at the budget's schedule): C51 with double-DQN
     # selection, noisy dueling head (no epsilon-greedy), 3-step returns, prioritized replay
     # (alpha 0.5, beta 0.4 -> 1), Adam 6.25e-5 / 1.5e-4, no gradient clipping (Hessel et al. 2018)
@@ -444,6 +453,7 @@ def plot(doc: dict, path: Path) -> Path:
                     "magenta",
                     "darkgreen",
                     "navy",
+                    "teal",
                 ),
             )
         }
