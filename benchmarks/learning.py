@@ -500,7 +500,7 @@ def plot(doc: dict, path: Path) -> Path:
                 ax.plot([p["agent_steps"]], [p["score"]], marker="*", ms=11, ls="none", label=p["source"])
         ax.set_title(
             f"{'MinAtar ' if minatar else ''}{game}, {doc['budget']} budget "
-            f"({BUDGETS[doc['budget']]['steps']:,} agent steps)"
+            f"({BUDGETS[doc['budget']]['steps']:,} {'frames' if minatar else 'agent steps'})"
         )
         ax.set_xlabel("frames (MinAtar: 1 agent step = 1 frame)" if minatar else "agent steps (1 = 4 frames)")
         ax.set_ylabel("score (mean of the last 100 games)")
