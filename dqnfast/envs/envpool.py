@@ -318,6 +318,7 @@ _OWN_SETTINGS = {
     "gym_reset_return_info": " (the trainer's interface)",
     "channel_first": " (images are taken channels first)",
 }
+_FRAMES_84_GREY = " (the agent's frames are 84x84 grey; videos are full-size colour)"
 _ATARI_SETTINGS = {
     "episodic_life": ": use envs.train.episodic_life / envs.eval.episodic_life",
     "reward_clip": ": use envs.train.reward_clip / envs.eval.reward_clip",
@@ -326,9 +327,9 @@ _ATARI_SETTINGS = {
     "max_episode_steps": ": use envs.train.max_episode_steps / envs.eval.max_episode_steps",
     "frame_skip": ": use envs.frame_skip",
     "stack_num": ": use envs.stack",
-    "img_height": " (the agent's frames are 84x84 grey; videos are full-size colour)",
-    "img_width": " (the agent's frames are 84x84 grey; videos are full-size colour)",
-    "gray_scale": " (the agent's frames are 84x84 grey; videos are full-size colour)",
+    "img_height": _FRAMES_84_GREY,
+    "img_width": _FRAMES_84_GREY,
+    "gray_scale": _FRAMES_84_GREY,
 }
 
 
