@@ -220,6 +220,10 @@ VARIANTS: dict[str, list[str]] = {
 PEER_VARIANTS: dict[str, list[str]] = {
     # CleanRL's c51_atari.py: 51 atoms on [-10, 10], Adam lr 2.5e-4, eps 0.01/32
     "c51": ["--algo", "c51", "--lr", "2.5e-4", "--adam-eps", "3.125e-4"],
+    # the peer's loop, replay and learner on envpool's Atari env, as dqnfast plays: where dqnfast trails the
+    # peer, this run says whether the emulator pipeline is the cause (it trails too) or the learner is (it does not)
+    "envpool": ["--emulator", "envpool"],
+    "c51_envpool": ["--algo", "c51", "--lr", "2.5e-4", "--adam-eps", "3.125e-4", "--emulator", "envpool"],
 }
 
 # Final-evaluation mean score a run must reach: the regression check of the default recipe.

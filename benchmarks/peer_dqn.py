@@ -50,6 +50,12 @@ first step to a final evaluation, for learning curves beside dqnfast's
              loss, q_mean, epsilon, sps, time); <out>/eval.json: --eval-episodes whole games
              (no episodic life, unclipped, 27k-step cap) at --eval-epsilon
 
+    emulator (--emulator envpool) the same loop, replay and learner on envpool's Atari env
+             (one env, ``<game>-v5``, episodic life and clipped rewards in training, none in the
+             evaluation) instead of the wrapper chain over ale-py: what dqnfast plays, so a gap
+             between the two recipes that stays with this run is the learner's, one that closes
+             is the emulator pipeline's (``EnvpoolAsGym``)
+
     c51      (--algo c51) CleanRL's c51_atari.py instead: the same loop, env and replay; the
              network's last layer gives 51 logits per action on the support [-10, 10], the
              target is the target network's distribution of its own greedy next action
@@ -220,6 +226,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         choices=("dqn", "c51"),
         default="dqn",
         help="dqn: dqn_atari.py; c51: c51_atari.py (a categorical head)",
+    )
+    g.add_argument(
+        "--emulator",
+        choices=("ale", "envpool"),
+        default="ale",
+        help="ale: CleanRL's wrapper chain over ale-py; envpool: envpool's Atari env, as dqnfast plays",
     )
     g.add_argument("--atoms", type=int, default=51, help="--algo c51: atoms of the support")
     g.add_argument("--v-min", type=float, default=-10.0, help="--algo c51: the support's lowest return")
@@ -477,6 +489,67 @@ def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "au
     return env
 
 
+class EnvpoolAsGym:
+    """One envpool Atari env with the Gymnasium env interface CleanRL's loop uses (``reset``, ``step``).
+
+    envpool resets next-step: after a step that ends an episode (a game over, the 27k-step cap,
+    or a life loss under episodic life) the env's next step ignores its action and returns the
+    first observation of what follows (after a life loss the same game, after envpool's no-ops
+    and FIRE). ``reset`` after such a step is that next step, as CleanRL's wrappers' ``reset``
+    plays their no-op and FIRE steps. A finished game (or the cap) adds
+    ``info["episode"]["r"]``, its unclipped score, as gymnasium's RecordEpisodeStatistics does.
+    """
+
+    def __init__(self, game: str, seed: int, train: bool) -> None:
+        import envpool
+
+        name = game.split("/")[-1].removesuffix("-v5")
+        self.env = envpool.make(
+            f"{name}-v5",
+            env_type="gymnasium",
+            num_envs=1,
+            batch_size=1,
+            num_threads=1,
+            seed=seed,
+            episodic_life=train,
+            reward_clip=train,
+            noop_max=30,
+            repeat_action_probability=0.0,
+            max_episode_steps=27_000,
+        )
+        self.action_space = self.env.action_space
+        self.observation_space = self.env.observation_space
+        self._started = False
+        self._score = 0.0
+
+    def reset(self, seed: int | None = None):
+        if not self._started:  # the first reset; the env's seed was given to envpool.make
+            self._started = True
+            obs, info = self.env.reset()
+        else:  # the step after an episode's end: envpool plays the reset, the action is ignored
+            obs, _, _, _, info = self.env.step(np.zeros(1, np.int32))
+        return obs[0], {}
+
+    def step(self, action: int):
+        obs, reward, terminated, truncated, info = self.env.step(np.array([action], np.int32))
+        self._score += float(info["reward"][0])
+        out: dict = {}
+        if bool(info["terminated"][0]) or bool(truncated[0]):  # a whole game ended (not only a life)
+            out["episode"] = {"r": self._score}
+            self._score = 0.0
+        return obs[0], float(reward[0]), bool(terminated[0]), bool(truncated[0]), out
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_learning_env(args: argparse.Namespace, seed: int, train: bool):
+    """The --learn env of --emulator: CleanRL's wrapper chain over ale-py, or envpool's Atari env."""
+    if args.emulator == "envpool":
+        return EnvpoolAsGym(args.game, seed, train)
+    return make_cleanrl_env(args.game, seed, train=train, resize=args.resize)
+
+
 def learn_main(args: argparse.Namespace) -> int:
     """CleanRL's dqn_atari.py loop on one env: train, log metrics.csv, evaluate, write eval.json."""
     import csv
@@ -489,7 +562,7 @@ def learn_main(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = _seed_and_device(args)
-    env = make_cleanrl_env(args.game, args.seed, train=True, resize=args.resize)
+    env = make_learning_env(args, args.seed, train=True)
     from stable_baselines3.common.buffers import ReplayBuffer
 
     n_actions = int(env.action_space.n)
@@ -626,7 +699,7 @@ def evaluate_peer(q_net, args: argparse.Namespace, device) -> list[float]:
     """--eval-episodes whole games at --eval-epsilon, one env, scores unclipped."""
     import torch
 
-    env = make_cleanrl_env(args.game, args.seed + 10_000, train=False, resize=args.resize)
+    env = make_learning_env(args, args.seed + 10_000, train=False)
     rng = random.Random(args.seed + 10_000)
     scores: list[float] = []
     obs, _ = env.reset(seed=args.seed + 10_000)

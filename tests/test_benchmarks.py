@@ -158,6 +158,28 @@ def test_peer_resize_standin_matches_opencv():
     assert np.abs(ours.astype(int) - ref.astype(int)).max() <= 1
 
 
+def test_the_peers_envpool_emulator_ends_lives_and_games_as_cleanrls_wrappers_do():
+    """A life loss ends the episode and the game goes on; only a game over reports a whole game's (unclipped) score."""
+    peer = _load("peer_dqn")
+    env = peer.EnvpoolAsGym("Breakout", seed=3, train=True)
+    obs, _ = env.reset()
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    rng = np.random.default_rng(0)
+    episodes, games, clipped = 0, [], 0.0
+    while len(games) < 2:
+        obs, reward, terminated, truncated, info = env.step(int(rng.integers(env.action_space.n)))
+        assert reward in (0.0, 1.0)  # clipped in training
+        clipped += reward
+        if "episode" in info:
+            games.append(info["episode"]["r"])
+        if terminated or truncated:
+            episodes += 1
+            obs, _ = env.reset()
+    env.close()
+    assert episodes == 10  # Breakout's 5 lives: five episodes a game
+    assert sum(games) >= clipped  # a brick is worth 1, 4 or 7 points; the clipped reward 1
+
+
 def test_dqnfasts_c51_update_is_the_peers_c51_maths_on_the_same_weights_and_batches():
     """dqnfast's c51_update_step and the peer's C51 (CleanRL's c51_atari.py maths) agree step for step: a
     gap between the two C51 runs lies elsewhere (env count, emulator wrappers), not in the loss."""
