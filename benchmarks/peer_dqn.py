@@ -446,10 +446,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "auto"):
+def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "auto", max_episode_steps: int = 27_000):
     """CleanRL's Atari env: the SB3 wrappers over ale-py, then resize, grayscale and a 4-frame stack.
 
     train=False drops EpisodicLife and ClipReward (whole games, real scores) for evaluation.
+    max_episode_steps: agent steps per game (ale-py's cap counts frames: 4 a step).
     RecordEpisodeStatistics is innermost, so ``info["episode"]["r"]`` is a whole game's score.
     """
     try:
@@ -471,7 +472,11 @@ def make_cleanrl_env(game: str, seed: int, train: bool = True, resize: str = "au
         install_cv2_standin()
     gym.register_envs(ale_py)
     env = gym.make(
-        ale_id(game), frameskip=1, repeat_action_probability=0.0, full_action_space=False, max_episode_steps=27_000 * 4
+        ale_id(game),
+        frameskip=1,
+        repeat_action_probability=0.0,
+        full_action_space=False,
+        max_episode_steps=max_episode_steps * 4,
     )
     env = gym.wrappers.RecordEpisodeStatistics(env)
     env = NoopResetEnv(env, noop_max=30)

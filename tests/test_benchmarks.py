@@ -180,6 +180,54 @@ def test_the_peers_envpool_emulator_ends_lives_and_games_as_cleanrls_wrappers_do
     assert sum(games) >= clipped  # a brick is worth 1, 4 or 7 points; the clipped reward 1
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("ale_py") is None, reason="the peer's pipeline needs ale-py (the bench extra)"
+)
+def test_cross_eval_plays_both_networks_in_both_pipelines_on_the_same_seeds(tmp_path, capsys):
+    import dataclasses
+
+    import torch
+
+    from dqnfast.agent.networks import NatureCNN, make_network, spec_for
+    from dqnfast.checkpoint import write_checkpoint
+    from dqnfast.config import Config
+
+    torch.manual_seed(0)
+    spec = spec_for("auto", "pixels", (4, 84, 84), "uint8", 4, cnn_hidden=32)
+    net = make_network(spec)
+    ck = write_checkpoint(
+        tmp_path / "run" / "checkpoint.pt",
+        {
+            "online": net.state_dict(),
+            "target": net.state_dict(),
+            "optimizer": {},
+            "counters": {"env_steps": 100, "frames": 400, "updates": 1, "episodes": 0, "seed": 1},
+            "config": dataclasses.asdict(Config(game="Breakout", seed=1)),
+            "game": "Breakout-v5",
+            "obs": {"kind": "pixels", "shape": [4, 84, 84], "dtype": "uint8"},
+            "num_actions": 4,
+            "network": spec.to_dict(),
+        },
+    )
+    torch.save(NatureCNN(4, 4).state_dict(), tmp_path / "q_net.pt")
+    torch.save(NatureCNN(4, 4 * 51).state_dict(), tmp_path / "c51_q_net.pt")  # peer_dqn.py --algo c51's
+    cross = _load("cross_eval")
+    for peer in ("q_net.pt", "c51_q_net.pt"):
+        out = tmp_path / f"{peer}.json"
+        argv = ["--dqnfast", str(ck.parent), "--peer", str(tmp_path / peer), "--games", "2", "--epsilons", "0.5"]
+        assert cross.main([*argv, "--max-episode-steps", "40", "--json", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        assert sorted(doc["results"]) == [
+            f"{w} {p} eps0.5" for w in ("dqnfast", "peer") for p in ("cleanrl", "envpool")
+        ]
+        for r in doc["results"].values():
+            assert len(r["scores"]) == 2 and all(s >= 0 for s in r["scores"])
+    assert "cross_eval.peer.cleanrl.eps0.5 = " in capsys.readouterr().out
+    torch.save(NatureCNN(4, 6).state_dict(), tmp_path / "pong.pt")  # a network for another game
+    with pytest.raises(SystemExit, match="not a network for 4 actions"):
+        cross.main(["--dqnfast", str(ck.parent), "--peer", str(tmp_path / "pong.pt")])
+
+
 def test_dqnfasts_c51_update_is_the_peers_c51_maths_on_the_same_weights_and_batches():
     """dqnfast's c51_update_step and the peer's C51 (CleanRL's c51_atari.py maths) agree step for step: a
     gap between the two C51 runs lies elsewhere (env count, emulator wrappers), not in the loss."""
