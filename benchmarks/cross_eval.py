@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import statistics
 import sys
 from pathlib import Path
-
-import numpy as np
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
@@ -78,24 +74,8 @@ def peer_network(path: str, num_actions: int, v_min: float, v_max: float):
 
 def cleanrl_scores(net, game: str, epsilon: float, games: int, seed: int, max_steps: int) -> list[float]:
     """``games`` whole games of ``net`` in CleanRL's evaluation env (peer_dqn's), one env."""
-    import torch
-
     env = peer_dqn.make_cleanrl_env(game, seed, train=False, max_episode_steps=max_steps)
-    rng = random.Random(seed)
-    scores: list[float] = []
-    obs, _ = env.reset(seed=seed)
-    while len(scores) < games:
-        if rng.random() < epsilon:
-            action = int(env.action_space.sample())
-        else:
-            with torch.no_grad():
-                action = int(net(torch.from_numpy(np.asarray(obs)).unsqueeze(0)).argmax(1).item())
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            scores.append(float(info["episode"]["r"]))
-            obs, _ = env.reset()
-    env.close()
-    return scores
+    return peer_dqn.play_games(net, env, epsilon, games, seed)
 
 
 def main(argv=None) -> int:
@@ -142,11 +122,11 @@ def main(argv=None) -> int:
                 print(f"cross_eval.{who}.{pipeline}.eps{eps:g} = {mean:.1f} ± {std:.1f} over {len(scores)} games")
     if args.json:
         doc = {"game": game, "dqnfast": str(path), "peer": str(args.peer), "seed": args.seed, "results": results}
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, out)
+        from dqnfast.atomic import atomic_open
+
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(args.json, "w") as f:
+            f.write(json.dumps(doc, indent=1) + "\n")
     return 0
 
 

@@ -702,14 +702,20 @@ def learn_main(args: argparse.Namespace) -> int:
 
 def evaluate_peer(q_net, args: argparse.Namespace, device) -> list[float]:
     """--eval-episodes whole games at --eval-epsilon, one env, scores unclipped."""
+    env = make_learning_env(args, args.seed + 10_000, train=False)
+    return play_games(q_net, env, args.eval_epsilon, args.eval_episodes, args.seed + 10_000, device)
+
+
+def play_games(q_net, env, epsilon: float, games: int, seed: int, device="cpu") -> list[float]:
+    """``games`` whole games of ``q_net`` (argmax, a random action with probability ``epsilon``) on
+    an evaluation ``env`` of this module's; their unclipped scores. Closes the env."""
     import torch
 
-    env = make_learning_env(args, args.seed + 10_000, train=False)
-    rng = random.Random(args.seed + 10_000)
+    rng = random.Random(seed)
     scores: list[float] = []
-    obs, _ = env.reset(seed=args.seed + 10_000)
-    while len(scores) < args.eval_episodes:
-        if rng.random() < args.eval_epsilon:
+    obs, _ = env.reset(seed=seed)
+    while len(scores) < games:
+        if rng.random() < epsilon:
             action = int(env.action_space.sample())
         else:
             with torch.no_grad():
