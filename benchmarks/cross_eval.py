@@ -41,7 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--v-min", type=float, default=-10.0, help="a C51 peer network's support (peer_dqn.py's)")
     p.add_argument("--v-max", type=float, default=10.0)
     p.add_argument("--json", default="", help="write the scores here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.games < 1:
+        p.error(f"--games must be >= 1, got {args.games}")
+    if not all(0.0 <= e <= 1.0 for e in args.epsilons):
+        p.error(f"--epsilons must be in [0, 1], got {args.epsilons}")
+    if not Path(args.peer).is_file():
+        p.error(f"--peer: no file {args.peer} (peer_dqn.py --learn --out DIR writes DIR/q_net.pt)")
+    return args
 
 
 def peer_network(path: str, num_actions: int, v_min: float, v_max: float):

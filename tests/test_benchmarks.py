@@ -226,6 +226,12 @@ def test_cross_eval_plays_both_networks_in_both_pipelines_on_the_same_seeds(tmp_
     torch.save(NatureCNN(4, 6).state_dict(), tmp_path / "pong.pt")  # a network for another game
     with pytest.raises(SystemExit, match="not a network for 4 actions"):
         cross.main(["--dqnfast", str(ck.parent), "--peer", str(tmp_path / "pong.pt")])
+    for bad in (["--peer", str(tmp_path / "missing.pt")], ["--games", "0"], ["--epsilons", "2"]):
+        with pytest.raises(SystemExit) as refused:
+            cross.main(["--dqnfast", str(ck.parent), "--peer", str(tmp_path / "q_net.pt"), *bad])
+        assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "--peer: no file" in err and "--games must be >= 1" in err and "--epsilons must be in [0, 1]" in err
 
 
 def test_dqnfasts_c51_update_is_the_peers_c51_maths_on_the_same_weights_and_batches():
